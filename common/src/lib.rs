@@ -1,0 +1,1 @@
+//! Host-side pieces shared by sluice-send and sluice-recv.

@@ -1,0 +1,395 @@
+//! Wire format v1: the bytes of one frame, as they cross the link.
+//!
+//! One frame is one UDP datagram, or one COBS-delimited frame on a serial line
+//! ([`crate::framing`]). `SPEC.md` is the normative description; this module implements it.
+//!
+//! ```text
+//!  0      2     3                  3+H                 n-20           n-4        n
+//!  +------+-----+-------------------+-------------------+--------------+----------+
+//!  | "SL" | 0x01| header (postcard) | payload           | MAC, 16 B    | CRC-32C  |
+//!  +------+-----+-------------------+-------------------+--------------+----------+
+//!  magic   ver   H ≤ 64 bytes        symbol_size bytes    BLAKE3 keyed   LE, over
+//!                                    (0 for control)      over [0,n-20)  [0,n-4)
+//! ```
+//!
+//! Checks run cheapest first and stop at the first failure: length, magic, version, CRC,
+//! MAC, header decoding, then header validation (geometry, payload length). A forged frame
+//! therefore costs the receiver one CRC and one keyed hash over at most [`MAX_FRAME_LEN`]
+//! bytes, no allocation and no state. After [`parse_frame`] returns `Ok`, every field is
+//! within the limits of SPEC.md and no accessor can panic.
+
+use serde::{Deserialize, Serialize};
+
+use crate::fec::{Geometry, GeometryError};
+
+/// First two bytes of every frame.
+pub const MAGIC: [u8; 2] = *b"SL";
+/// Wire format version carried in byte 2.
+pub const VERSION: u8 = 1;
+/// Magic and version.
+pub const PREFIX_LEN: usize = 3;
+/// Length of the truncated link MAC.
+pub const MAC_LEN: usize = 16;
+/// Length of the CRC-32C trailer.
+pub const CRC_LEN: usize = 4;
+/// MAC and CRC.
+pub const TRAILER_LEN: usize = MAC_LEN + CRC_LEN;
+/// Longest header a valid frame may carry.
+pub const MAX_HEADER_LEN: usize = 64;
+/// Longest frame accepted or produced (fits a 9000-byte MTU datagram).
+pub const MAX_FRAME_LEN: usize = 9216;
+/// Shortest possible frame: prefix, a one-byte header, trailer.
+pub const MIN_FRAME_LEN: usize = PREFIX_LEN + 1 + TRAILER_LEN;
+/// Bytes a frame adds around a symbol, at most: what to subtract from a datagram size.
+pub const MAX_OVERHEAD: usize = PREFIX_LEN + MAX_HEADER_LEN + TRAILER_LEN;
+
+/// BLAKE3 context string for deriving the frame MAC key from the shared link key.
+const MAC_KEY_CONTEXT: &str = "sluice v1 2026-11 frame authentication";
+
+const CASTAGNOLI: crc::Crc<u32, crc::Table<16>> =
+    crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
+
+/// CRC-32C (Castagnoli) of `bytes`, as carried in the frame trailer.
+pub fn crc32c(bytes: &[u8]) -> u32 {
+    CASTAGNOLI.checksum(bytes)
+}
+
+/// The 32-byte secret both ends of a link share; frames are authenticated with a key derived
+/// from it, so a frame injected without it never reaches the FEC decoder.
+#[derive(Clone)]
+pub struct LinkKey {
+    mac_key: [u8; 32],
+}
+
+impl LinkKey {
+    /// Derives the frame-authentication key from the raw shared secret.
+    pub fn new(secret: &[u8; 32]) -> Self {
+        LinkKey {
+            mac_key: blake3::derive_key(MAC_KEY_CONTEXT, secret),
+        }
+    }
+
+    /// The 16-byte tag of `authenticated` (everything before the MAC field).
+    pub fn tag(&self, authenticated: &[u8]) -> [u8; MAC_LEN] {
+        let hash = blake3::keyed_hash(&self.mac_key, authenticated);
+        let mut tag = [0u8; MAC_LEN];
+        tag.copy_from_slice(&hash.as_bytes()[..MAC_LEN]);
+        tag
+    }
+
+    /// Whether `tag` authenticates `authenticated`, compared in constant time.
+    pub fn verify(&self, authenticated: &[u8], tag: &[u8]) -> bool {
+        let expected = self.tag(authenticated);
+        if tag.len() != MAC_LEN {
+            return false;
+        }
+        let diff = expected
+            .iter()
+            .zip(tag)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        diff == 0
+    }
+}
+
+impl core::fmt::Debug for LinkKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("LinkKey(<redacted>)")
+    }
+}
+
+/// Random per sender start; lets the receiver tell transfers of different runs apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SessionId(pub u64);
+
+/// Objects are numbered from 0 within a session; a `u64` never wraps in a session's life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ObjectId(pub u64);
+
+/// What a block of an object holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum BlockKind {
+    /// One encrypted segment of the object's content, numbered from 0.
+    Data,
+    /// The object's encrypted, signed manifest (always block index 0).
+    Manifest,
+}
+
+/// Names one FEC block on the link: the unit the receiver assembles and decodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct BlockKey {
+    /// Sender run the block belongs to.
+    pub session: SessionId,
+    /// Object within the session.
+    pub object: ObjectId,
+    /// Segment data or manifest.
+    pub kind: BlockKind,
+    /// Segment number within the object (0 for the manifest).
+    pub index: u32,
+}
+
+/// Header of a frame carrying one FEC symbol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SymbolHeader {
+    /// The block this symbol belongs to.
+    pub block: BlockKey,
+    /// How the block was encoded; the same in every symbol of the block.
+    pub geometry: Geometry,
+    /// Encoding symbol id: `0..k` are source symbols, `k..k+R` repair symbols.
+    pub symbol: u16,
+}
+
+/// Sent while idle and periodically while busy, so the receiver can tell "link down" from
+/// "nothing to send".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Sender run.
+    pub session: SessionId,
+    /// Counts heartbeats of this session from 0.
+    pub seq: u64,
+    /// Frames the sender has put on the link this session, heartbeats included.
+    pub frames_sent: u64,
+    /// The sender's pacing rate in bytes per second (0 when unpaced).
+    pub rate: u64,
+}
+
+/// Counters a protocol-break relay between the two ends reports about itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayStatus {
+    /// Counts status frames from 0 since the relay started.
+    pub seq: u32,
+    /// Frames forwarded to the high side.
+    pub forwarded: u32,
+    /// Bytes of frames forwarded.
+    pub forwarded_bytes: u64,
+    /// Deframing failures (bad COBS, over-long frames).
+    pub dropped_framing: u32,
+    /// Frames that failed a check before the MAC (length, magic, version, CRC, header).
+    pub dropped_invalid: u32,
+    /// Frames whose MAC did not verify (only when the relay holds the link key).
+    pub dropped_mac: u32,
+    /// Frames over the configured rate ceiling.
+    pub dropped_rate: u32,
+}
+
+/// Every frame kind of wire format v1. The postcard discriminant is the frame kind byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Header {
+    /// Kind 0: one FEC symbol of a block.
+    Symbol(SymbolHeader),
+    /// Kind 1: sender liveness.
+    Heartbeat(Heartbeat),
+    /// Kind 2: protocol-break relay counters.
+    RelayStatus(RelayStatus),
+}
+
+impl Header {
+    /// Payload length this header requires.
+    pub fn payload_len(&self) -> usize {
+        match self {
+            Header::Symbol(s) => usize::from(s.geometry.symbol_size),
+            Header::Heartbeat(_) | Header::RelayStatus(_) => 0,
+        }
+    }
+
+    /// Checks the header's own limits (see SPEC.md, "Validation").
+    pub fn validate(&self) -> Result<(), GeometryError> {
+        match self {
+            Header::Symbol(s) => {
+                s.geometry.validate()?;
+                if u32::from(s.symbol) >= s.geometry.total_symbols() {
+                    return Err(GeometryError::SymbolOutOfRange);
+                }
+                if s.block.kind == BlockKind::Manifest && s.block.index != 0 {
+                    return Err(GeometryError::ManifestIndex);
+                }
+                Ok(())
+            }
+            Header::Heartbeat(_) | Header::RelayStatus(_) => Ok(()),
+        }
+    }
+}
+
+/// Why a byte string is not a valid frame. Variants follow the order the checks run in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ParseError {
+    /// Shorter than [`MIN_FRAME_LEN`].
+    TooShort,
+    /// Longer than [`MAX_FRAME_LEN`].
+    TooLong,
+    /// First two bytes are not [`MAGIC`].
+    BadMagic,
+    /// Byte 2 is not [`VERSION`].
+    BadVersion,
+    /// CRC-32C trailer does not match: corrupted on the line.
+    BadCrc,
+    /// MAC does not verify: not sent by a holder of the link key.
+    BadMac,
+    /// Header does not decode (unknown kind, truncated or over-long).
+    BadHeader,
+    /// Payload length differs from what the header requires.
+    BadLength,
+    /// Header decodes but breaks a limit.
+    BadGeometry(GeometryError),
+}
+
+/// Why a frame could not be written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// The output buffer cannot hold the frame.
+    BufferTooSmall,
+    /// The frame would exceed [`MAX_FRAME_LEN`].
+    FrameTooLong,
+    /// The header does not fit in [`MAX_HEADER_LEN`] bytes.
+    HeaderTooLong,
+    /// Payload length differs from what the header requires.
+    PayloadLength,
+    /// The header breaks a limit; a receiver would drop the frame.
+    BadGeometry(GeometryError),
+}
+
+/// A frame that passed every check. Borrowed from the buffer it was parsed from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frame<'a> {
+    /// The decoded, validated header.
+    pub header: Header,
+    /// Exactly [`Header::payload_len`] bytes.
+    pub payload: &'a [u8],
+    /// The MAC field as received (already verified by [`parse_frame`]).
+    pub tag: [u8; MAC_LEN],
+}
+
+/// Parses and fully verifies one frame: structure, CRC and link MAC.
+pub fn parse_frame<'a>(bytes: &'a [u8], key: &LinkKey) -> Result<Frame<'a>, ParseError> {
+    check_envelope(bytes)?;
+    let mac_start = bytes.len() - TRAILER_LEN;
+    if !key.verify(&bytes[..mac_start], &bytes[mac_start..mac_start + MAC_LEN]) {
+        return Err(ParseError::BadMac);
+    }
+    decode_body(bytes)
+}
+
+/// Parses a frame checking everything except the MAC: for a relay that does not hold the
+/// link key. The receiver must never use this.
+pub fn parse_frame_unauthenticated(bytes: &[u8]) -> Result<Frame<'_>, ParseError> {
+    check_envelope(bytes)?;
+    decode_body(bytes)
+}
+
+/// Length, magic, version and CRC: the checks that need no key and no decoding.
+fn check_envelope(bytes: &[u8]) -> Result<(), ParseError> {
+    if bytes.len() < MIN_FRAME_LEN {
+        return Err(ParseError::TooShort);
+    }
+    if bytes.len() > MAX_FRAME_LEN {
+        return Err(ParseError::TooLong);
+    }
+    if bytes[..2] != MAGIC {
+        return Err(ParseError::BadMagic);
+    }
+    if bytes[2] != VERSION {
+        return Err(ParseError::BadVersion);
+    }
+    let crc_start = bytes.len() - CRC_LEN;
+    let mut crc = [0u8; CRC_LEN];
+    crc.copy_from_slice(&bytes[crc_start..]);
+    if crc32c(&bytes[..crc_start]) != u32::from_le_bytes(crc) {
+        return Err(ParseError::BadCrc);
+    }
+    Ok(())
+}
+
+/// Header decoding and validation; `bytes` already passed [`check_envelope`].
+fn decode_body(bytes: &[u8]) -> Result<Frame<'_>, ParseError> {
+    let mac_start = bytes.len() - TRAILER_LEN;
+    let body = &bytes[PREFIX_LEN..mac_start];
+    let (header, payload) =
+        postcard::take_from_bytes::<Header>(body).map_err(|_| ParseError::BadHeader)?;
+    if body.len() - payload.len() > MAX_HEADER_LEN {
+        return Err(ParseError::BadHeader);
+    }
+    header.validate().map_err(ParseError::BadGeometry)?;
+    if payload.len() != header.payload_len() {
+        return Err(ParseError::BadLength);
+    }
+    let mut tag = [0u8; MAC_LEN];
+    tag.copy_from_slice(&bytes[mac_start..mac_start + MAC_LEN]);
+    Ok(Frame {
+        header,
+        payload,
+        tag,
+    })
+}
+
+/// Writes a complete frame (prefix, header, payload, MAC, CRC) into `out`; returns its length.
+pub fn write_frame(
+    header: &Header,
+    payload: &[u8],
+    key: &LinkKey,
+    out: &mut [u8],
+) -> Result<usize, EncodeError> {
+    let mac_start = write_body(header, payload, out)?;
+    let tag = key.tag(&out[..mac_start]);
+    Ok(finish(out, mac_start, &tag))
+}
+
+/// Writes a frame with a MAC computed elsewhere: how a relay without the link key re-emits a
+/// frame it parsed. The receiver's MAC check still covers the re-encoded bytes, so a relay
+/// that changed anything produces a frame the receiver drops.
+pub fn write_frame_with_tag(
+    header: &Header,
+    payload: &[u8],
+    tag: &[u8; MAC_LEN],
+    out: &mut [u8],
+) -> Result<usize, EncodeError> {
+    let mac_start = write_body(header, payload, out)?;
+    Ok(finish(out, mac_start, tag))
+}
+
+/// Writes prefix, header and payload; returns where the MAC goes.
+fn write_body(header: &Header, payload: &[u8], out: &mut [u8]) -> Result<usize, EncodeError> {
+    header.validate().map_err(EncodeError::BadGeometry)?;
+    if payload.len() != header.payload_len() {
+        return Err(EncodeError::PayloadLength);
+    }
+    if out.len() < PREFIX_LEN {
+        return Err(EncodeError::BufferTooSmall);
+    }
+    out[..2].copy_from_slice(&MAGIC);
+    out[2] = VERSION;
+    let mut header_buf = [0u8; MAX_HEADER_LEN];
+    let header_len = postcard::to_slice(header, &mut header_buf)
+        .map_err(|_| EncodeError::HeaderTooLong)?
+        .len();
+    let payload_start = PREFIX_LEN + header_len;
+    let mac_start = payload_start + payload.len();
+    let frame_len = mac_start + TRAILER_LEN;
+    if frame_len > MAX_FRAME_LEN {
+        return Err(EncodeError::FrameTooLong);
+    }
+    if out.len() < frame_len {
+        return Err(EncodeError::BufferTooSmall);
+    }
+    out[PREFIX_LEN..payload_start].copy_from_slice(&header_buf[..header_len]);
+    out[payload_start..mac_start].copy_from_slice(payload);
+    Ok(mac_start)
+}
+
+/// Appends MAC and CRC after the body; returns the frame length.
+fn finish(out: &mut [u8], mac_start: usize, tag: &[u8; MAC_LEN]) -> usize {
+    let crc_start = mac_start + MAC_LEN;
+    out[mac_start..crc_start].copy_from_slice(tag);
+    let crc = crc32c(&out[..crc_start]);
+    out[crc_start..crc_start + CRC_LEN].copy_from_slice(&crc.to_le_bytes());
+    crc_start + CRC_LEN
+}
+
+/// Frame length for a header and its payload, without writing anything.
+pub fn frame_len(header: &Header) -> Result<usize, EncodeError> {
+    let mut header_buf = [0u8; MAX_HEADER_LEN];
+    let header_len = postcard::to_slice(header, &mut header_buf)
+        .map_err(|_| EncodeError::HeaderTooLong)?
+        .len();
+    Ok(PREFIX_LEN + header_len + header.payload_len() + TRAILER_LEN)
+}

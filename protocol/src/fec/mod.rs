@@ -21,8 +21,6 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "alloc")]
 mod reed_solomon;
-#[cfg(feature = "alloc")]
-// pub use reed_solomon::ReedSolomon;
 
 /// Most source symbols in one block.
 pub const MAX_SOURCE_SYMBOLS: u16 = 32768;

@@ -1,1 +1,631 @@
-//! (in progress)
+//! Receive assembler: authenticated frames in, decodable blocks and link events out.
+//!
+//! Sans-IO and deterministic: the driver passes in frame bytes and the time, and polls for
+//! events. Memory is bounded by [`RxConfig`] whatever arrives: a block is admitted only if its
+//! full padded size fits in the byte budget, and frames that fail the CRC or MAC never create
+//! state at all.
+//!
+//! Call order (one driver loop):
+//!
+//! ```text
+//!   loop {
+//!       handle_frame(now, bytes)      for every frame the link delivered
+//!       handle_timeout(now)           when poll_timeout() has passed (or just periodically)
+//!       while let Some(ev) = poll_event() {
+//!           BlockStarted  -> restore(..) spilled symbols, or mark_done(..) if already stored
+//!           BlockReady    -> take_ready(key) and decode it (possibly on another thread)
+//!           BlockStalled  -> persist the partial symbols for a later pass, report it
+//!           ...
+//!       }
+//!   }
+//! ```
+
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use crate::counters::{DropCounters, DropReason};
+use crate::fec::{CodecError, ErasureCodec, Geometry};
+use crate::time::Instant;
+use crate::wire::{
+    self, BlockKey, Header, Heartbeat, LinkKey, RelayStatus, SessionId, SymbolHeader,
+};
+
+/// Bounds and timeouts of the assembler.
+#[derive(Clone, Copy, Debug)]
+pub struct RxConfig {
+    /// Most blocks assembled at once (partial or ready but not yet taken).
+    pub max_blocks: usize,
+    /// Most bytes of block buffers held at once (each block is charged its full padded size).
+    pub max_buffered_bytes: usize,
+    /// A block that receives no new symbol for this long is given up and reported stalled.
+    pub block_timeout: Duration,
+    /// No valid frame for this long means the link is down.
+    pub link_timeout: Duration,
+    /// How many finished block keys to remember, so late symbols are dropped cheaply.
+    pub remembered_done: usize,
+}
+
+impl Default for RxConfig {
+    fn default() -> Self {
+        RxConfig {
+            max_blocks: 256,
+            max_buffered_bytes: 32 * 1024 * 1024,
+            block_timeout: Duration::from_secs(10),
+            link_timeout: Duration::from_secs(5),
+            remembered_done: 1 << 16,
+        }
+    }
+}
+
+/// What the assembler reports; drain with [`Assembler::poll_event`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// The first symbol of a block not held yet arrived. The driver may
+    /// [`restore`](Assembler::restore) symbols it saved earlier, or
+    /// [`mark_done`](Assembler::mark_done) a block it already has.
+    BlockStarted(BlockKey),
+    /// A block holds `k` distinct symbols: [`take_ready`](Assembler::take_ready) it.
+    BlockReady(BlockKey),
+    /// A block got no symbol for `block_timeout` and was evicted with fewer than `k` symbols.
+    BlockStalled(PartialBlock),
+    /// A valid frame arrived after `link_timeout` of silence (or for the first time).
+    LinkUp,
+    /// No valid frame for `link_timeout`.
+    LinkDown,
+    /// A sender heartbeat.
+    Heartbeat(Heartbeat),
+    /// Counters from a protocol-break relay on the link.
+    RelayStatus(RelayStatus),
+}
+
+/// Symbols of one block, held until `k` distinct ones are there.
+#[derive(Debug)]
+struct Assembly {
+    geometry: Geometry,
+    /// One bit per symbol id: already held.
+    seen: Vec<u64>,
+    /// Ids of the held symbols, in arrival order.
+    ids: Vec<u16>,
+    /// Held symbols back to back, `symbol_size` bytes each, same order as `ids`.
+    symbols: Vec<u8>,
+    last_update: Instant,
+}
+
+impl Assembly {
+    fn new(geometry: Geometry, now: Instant) -> Self {
+        let k = usize::from(geometry.source_symbols);
+        let words = (geometry.total_symbols() as usize).div_ceil(64);
+        Assembly {
+            geometry,
+            seen: alloc::vec![0; words],
+            ids: Vec::with_capacity(k),
+            symbols: Vec::with_capacity(k * usize::from(geometry.symbol_size)),
+            last_update: now,
+        }
+    }
+
+    /// Bytes this block is charged against the budget: everything allocated for it.
+    fn charge(geometry: &Geometry) -> usize {
+        let k = usize::from(geometry.source_symbols);
+        let words = (geometry.total_symbols() as usize).div_ceil(64);
+        k * usize::from(geometry.symbol_size) + k * 2 + words * 8
+    }
+
+    /// Adds a symbol; false if it was already held.
+    fn insert(&mut self, id: u16, data: &[u8]) -> bool {
+        let (word, bit) = (usize::from(id) / 64, u64::from(id) % 64);
+        let Some(slot) = self.seen.get_mut(word) else {
+            return false;
+        };
+        if *slot & (1 << bit) != 0 {
+            return false;
+        }
+        *slot |= 1 << bit;
+        self.ids.push(id);
+        self.symbols.extend_from_slice(data);
+        true
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ids.len() >= usize::from(self.geometry.source_symbols)
+    }
+
+    fn into_parts(self) -> (Geometry, Vec<u16>, Vec<u8>) {
+        (self.geometry, self.ids, self.symbols)
+    }
+}
+
+/// A block with `k` distinct symbols, ready to decode.
+#[derive(Debug)]
+pub struct ReadyBlock {
+    /// The block.
+    pub key: BlockKey,
+    /// Its geometry.
+    pub geometry: Geometry,
+    ids: Vec<u16>,
+    symbols: Vec<u8>,
+}
+
+impl ReadyBlock {
+    /// Decodes the block's data (`block_len` bytes, padding removed) with `codec`.
+    pub fn decode(&self, codec: &mut dyn ErasureCodec) -> Result<Vec<u8>, CodecError> {
+        let padded =
+            usize::try_from(self.geometry.padded_len()).map_err(|_| CodecError::BufferLength)?;
+        let mut out = alloc::vec![0u8; padded];
+        let size = usize::from(self.geometry.symbol_size);
+        let mut symbols = self
+            .ids
+            .iter()
+            .copied()
+            .zip(self.symbols.chunks_exact(size));
+        codec.decode(&self.geometry, &mut symbols, &mut out)?;
+        out.truncate(self.geometry.block_len as usize);
+        Ok(out)
+    }
+
+    /// Whether every source symbol arrived (no repair symbol was needed).
+    pub fn used_repair(&self) -> bool {
+        self.ids.iter().any(|id| !self.geometry.is_source(*id))
+    }
+}
+
+/// The symbols of a block that was given up, so a driver can keep them for a later pass.
+#[derive(Debug, Clone)]
+pub struct PartialBlock {
+    /// The block.
+    pub key: BlockKey,
+    /// Its geometry.
+    pub geometry: Geometry,
+    /// Held symbol ids.
+    pub ids: Vec<u16>,
+    /// Held symbols back to back, same order as `ids`.
+    pub symbols: Vec<u8>,
+}
+
+/// Frames in, events out. See the module docs for the call order.
+#[derive(Debug)]
+pub struct Assembler {
+    config: RxConfig,
+    key: LinkKey,
+    assembling: BTreeMap<BlockKey, Assembly>,
+    ready: BTreeMap<BlockKey, Assembly>,
+    buffered: usize,
+    done: BTreeSet<BlockKey>,
+    done_order: VecDeque<BlockKey>,
+    events: VecDeque<Event>,
+    drops: DropCounters,
+    stats: RxStats,
+    last_frame: Option<Instant>,
+    link_up: bool,
+    recent_sessions: VecDeque<SessionId>,
+}
+
+/// Sessions remembered for counting distinct senders runs.
+const RECENT_SESSIONS: usize = 16;
+
+/// Counts of what the assembler accepted and produced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RxStats {
+    /// Frames that passed every check.
+    pub frames_ok: u64,
+    /// Symbols stored into a block.
+    pub symbols_stored: u64,
+    /// Blocks that reached `k` symbols.
+    pub blocks_ready: u64,
+    /// Blocks given up on a timeout.
+    pub blocks_stalled: u64,
+    /// Sessions seen (distinct senders runs), counted on first sight.
+    pub sessions_seen: u64,
+}
+
+impl Assembler {
+    /// An empty assembler that authenticates frames with `key`.
+    pub fn new(config: RxConfig, key: LinkKey) -> Self {
+        Assembler {
+            config,
+            key,
+            assembling: BTreeMap::new(),
+            ready: BTreeMap::new(),
+            buffered: 0,
+            done: BTreeSet::new(),
+            done_order: VecDeque::new(),
+            events: VecDeque::new(),
+            drops: DropCounters::default(),
+            stats: RxStats::default(),
+            last_frame: None,
+            link_up: false,
+            recent_sessions: VecDeque::new(),
+        }
+    }
+
+    /// Drops counted so far, by reason.
+    pub fn drops(&self) -> &DropCounters {
+        &self.drops
+    }
+
+    /// Counts a drop that happened before the assembler (e.g. serial deframing).
+    pub fn record_drop(&mut self, reason: DropReason) {
+        self.drops.record(reason);
+    }
+
+    /// What the assembler accepted and produced so far.
+    pub fn stats(&self) -> RxStats {
+        self.stats
+    }
+
+    /// Bytes of block buffers held now; never above `max_buffered_bytes`.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered
+    }
+
+    /// Blocks held now (assembling or ready); never above `max_blocks`.
+    pub fn blocks_held(&self) -> usize {
+        self.assembling.len() + self.ready.len()
+    }
+
+    /// Handles one frame as delivered by the link (datagram or deframed serial frame).
+    pub fn handle_frame(&mut self, now: Instant, bytes: &[u8]) {
+        let frame = match wire::parse_frame(bytes, &self.key) {
+            Ok(frame) => frame,
+            Err(error) => return self.drops.record(error.into()),
+        };
+        self.stats.frames_ok += 1;
+        if !self.link_up {
+            self.link_up = true;
+            self.events.push_back(Event::LinkUp);
+        }
+        self.last_frame = Some(now);
+        match frame.header {
+            Header::Symbol(symbol) => self.handle_symbol(now, &symbol, frame.payload),
+            Header::Heartbeat(beat) => self.events.push_back(Event::Heartbeat(beat)),
+            Header::RelayStatus(status) => self.events.push_back(Event::RelayStatus(status)),
+        }
+    }
+
+    fn handle_symbol(&mut self, now: Instant, header: &SymbolHeader, data: &[u8]) {
+        let key = header.block;
+        if self.done.contains(&key) || self.ready.contains_key(&key) {
+            return self.drops.record(DropReason::BlockDone);
+        }
+        if !self.assembling.contains_key(&key) {
+            if let Err(reason) = self.admit(key, header.geometry, now) {
+                return self.drops.record(reason);
+            }
+        }
+        let Some(block) = self.assembling.get_mut(&key) else {
+            return;
+        };
+        if block.geometry != header.geometry {
+            return self.drops.record(DropReason::GeometryMismatch);
+        }
+        if !block.insert(header.symbol, data) {
+            return self.drops.record(DropReason::Duplicate);
+        }
+        block.last_update = now;
+        self.stats.symbols_stored += 1;
+        self.promote_if_ready(key);
+    }
+
+    /// Creates the state for a new block if the bounds allow it.
+    fn admit(&mut self, key: BlockKey, geometry: Geometry, now: Instant) -> Result<(), DropReason> {
+        let charge = Assembly::charge(&geometry);
+        if self.blocks_held() >= self.config.max_blocks
+            || self.buffered + charge > self.config.max_buffered_bytes
+        {
+            return Err(DropReason::Capacity);
+        }
+        if !self.recent_sessions.contains(&key.session) {
+            self.stats.sessions_seen += 1;
+            self.recent_sessions.push_front(key.session);
+            self.recent_sessions.truncate(RECENT_SESSIONS);
+        }
+        self.buffered += charge;
+        self.assembling.insert(key, Assembly::new(geometry, now));
+        self.events.push_back(Event::BlockStarted(key));
+        Ok(())
+    }
+
+    fn promote_if_ready(&mut self, key: BlockKey) {
+        if !self.assembling.get(&key).is_some_and(Assembly::is_ready) {
+            return;
+        }
+        if let Some(block) = self.assembling.remove(&key) {
+            self.ready.insert(key, block);
+            self.stats.blocks_ready += 1;
+            self.events.push_back(Event::BlockReady(key));
+        }
+    }
+
+    /// Gives symbols a driver saved earlier (from a [`PartialBlock`]) back to a block that is
+    /// assembling again. Symbols already held or with another geometry are ignored. Returns
+    /// how many were added.
+    pub fn restore(&mut self, now: Instant, saved: &PartialBlock) -> usize {
+        let Some(block) = self.assembling.get_mut(&saved.key) else {
+            return 0;
+        };
+        if block.geometry != saved.geometry {
+            return 0;
+        }
+        let size = usize::from(saved.geometry.symbol_size);
+        let mut added = 0;
+        for (id, data) in saved.ids.iter().zip(saved.symbols.chunks_exact(size)) {
+            if u32::from(*id) < saved.geometry.total_symbols() && block.insert(*id, data) {
+                added += 1;
+            }
+        }
+        block.last_update = now;
+        self.promote_if_ready(saved.key);
+        added
+    }
+
+    /// Takes a ready block out of the assembler; later symbols for it are dropped as done.
+    #[must_use]
+    pub fn take_ready(&mut self, key: &BlockKey) -> Option<ReadyBlock> {
+        let block = self.ready.remove(key)?;
+        self.buffered -= Assembly::charge(&block.geometry);
+        self.remember_done(*key);
+        let (geometry, ids, symbols) = block.into_parts();
+        Some(ReadyBlock {
+            key: *key,
+            geometry,
+            ids,
+            symbols,
+        })
+    }
+
+    /// Declares a block finished (the driver already stored it): its state is released and
+    /// later symbols are dropped.
+    pub fn mark_done(&mut self, key: BlockKey) {
+        if let Some(block) = self
+            .assembling
+            .remove(&key)
+            .or_else(|| self.ready.remove(&key))
+        {
+            self.buffered -= Assembly::charge(&block.geometry);
+        }
+        self.remember_done(key);
+    }
+
+    fn remember_done(&mut self, key: BlockKey) {
+        if self.config.remembered_done == 0 || !self.done.insert(key) {
+            return;
+        }
+        self.done_order.push_back(key);
+        while self.done_order.len() > self.config.remembered_done {
+            if let Some(old) = self.done_order.pop_front() {
+                self.done.remove(&old);
+            }
+        }
+    }
+
+    /// Evicts stalled blocks and notices a silent link.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let timeout = self.config.block_timeout;
+        let stalled: Vec<BlockKey> = self
+            .assembling
+            .iter()
+            .filter(|(_, b)| now.saturating_since(b.last_update) >= timeout)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in stalled {
+            if let Some(block) = self.assembling.remove(&key) {
+                self.buffered -= Assembly::charge(&block.geometry);
+                self.stats.blocks_stalled += 1;
+                let (geometry, ids, symbols) = block.into_parts();
+                self.events.push_back(Event::BlockStalled(PartialBlock {
+                    key,
+                    geometry,
+                    ids,
+                    symbols,
+                }));
+            }
+        }
+        if self.link_up
+            && self
+                .last_frame
+                .is_some_and(|t| now.saturating_since(t) >= self.config.link_timeout)
+        {
+            self.link_up = false;
+            self.events.push_back(Event::LinkDown);
+        }
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) next has something to do.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let block = self
+            .assembling
+            .values()
+            .map(|b| b.last_update + self.config.block_timeout)
+            .min();
+        let link = self
+            .last_frame
+            .filter(|_| self.link_up)
+            .map(|t| t + self.config.link_timeout);
+        match (block, link) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The next event, if any.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Blocks still assembling for `session` (for end-of-run reports).
+    pub fn assembling_keys(&self) -> impl Iterator<Item = &BlockKey> {
+        self.assembling.keys()
+    }
+
+    /// Sessions with blocks held now.
+    pub fn sessions_held(&self) -> BTreeSet<SessionId> {
+        self.assembling.keys().map(|k| k.session).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fec::{ReedSolomon, RepairPlan};
+    use crate::wire::{BlockKind, ObjectId};
+
+    const SECRET: [u8; 32] = [7; 32];
+
+    fn key(index: u32) -> BlockKey {
+        BlockKey {
+            session: SessionId(1),
+            object: ObjectId(0),
+            kind: BlockKind::Data,
+            index,
+        }
+    }
+
+    /// Encodes `data` and returns (geometry, frames of pass `pass`).
+    fn frames(
+        block: BlockKey,
+        data: &[u8],
+        repair_permille: u32,
+        pass: u16,
+    ) -> (Geometry, Vec<Vec<u8>>) {
+        let size = 64;
+        let k = data.len().div_ceil(size) as u16;
+        let plan = RepairPlan::new(k, repair_permille, 2);
+        let geometry =
+            Geometry::new(data.len() as u32, size as u16, plan.reserved_repair()).unwrap();
+        let mut padded = data.to_vec();
+        padded.resize(k as usize * size, 0);
+        let r = plan.reserved_repair();
+        let mut repair = vec![0u8; r as usize * size];
+        ReedSolomon::default()
+            .encode(&geometry, &padded, 0..r, &mut repair)
+            .unwrap();
+        let link = LinkKey::new(&SECRET);
+        let out = plan
+            .symbols(pass)
+            .map(|id| {
+                let payload = if id < k {
+                    &padded[id as usize * size..][..size]
+                } else {
+                    &repair[(id - k) as usize * size..][..size]
+                };
+                let header = Header::Symbol(SymbolHeader {
+                    block,
+                    geometry,
+                    symbol: id,
+                });
+                let mut buf = vec![0u8; 512];
+                let n = wire::write_frame(&header, payload, &link, &mut buf).unwrap();
+                buf.truncate(n);
+                buf
+            })
+            .collect();
+        (geometry, out)
+    }
+
+    fn drain(a: &mut Assembler) -> Vec<Event> {
+        core::iter::from_fn(|| a.poll_event()).collect()
+    }
+
+    #[test]
+    fn lossy_block_recovers_bit_exact() {
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 31 % 251) as u8).collect();
+        let (_, fr) = frames(key(0), &data, 500, 0);
+        let mut a = Assembler::new(RxConfig::default(), LinkKey::new(&SECRET));
+        // Lose every third frame: 16 source + 8 repair sent, 8 lost, 16 left = k.
+        for (i, f) in fr.iter().enumerate() {
+            if i % 3 != 0 {
+                a.handle_frame(Instant::ZERO, f);
+            }
+        }
+        let events = drain(&mut a);
+        assert!(matches!(events[0], Event::LinkUp));
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, Event::BlockReady(k) if *k == key(0))));
+        let ready = a.take_ready(&key(0)).unwrap();
+        assert!(ready.used_repair());
+        assert_eq!(ready.decode(&mut ReedSolomon::default()).unwrap(), data);
+        assert_eq!(a.buffered_bytes(), 0);
+        // Later symbols of the finished block are dropped as done.
+        a.handle_frame(Instant::ZERO, &fr[0]);
+        assert_eq!(a.drops().get(DropReason::BlockDone), 1);
+    }
+
+    #[test]
+    fn stalled_block_is_reported_and_second_pass_merges() {
+        let data: Vec<u8> = (0..640u32).map(|i| i as u8).collect();
+        let (_, pass1) = frames(key(0), &data, 100, 0);
+        let (_, pass2) = frames(key(0), &data, 100, 1);
+        let config = RxConfig::default();
+        let mut a = Assembler::new(config, LinkKey::new(&SECRET));
+        for f in &pass1[..6] {
+            a.handle_frame(Instant::ZERO, f);
+        }
+        let later = Instant::ZERO + config.block_timeout;
+        a.handle_timeout(later);
+        let partial = drain(&mut a)
+            .into_iter()
+            .find_map(|e| match e {
+                Event::BlockStalled(p) => Some(p),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(partial.ids.len(), 6);
+        assert_eq!(a.buffered_bytes(), 0);
+        // Pass 2: the driver restores the saved symbols when the block starts again.
+        a.handle_frame(later, &pass2[0]);
+        assert!(drain(&mut a)
+            .iter()
+            .any(|e| matches!(e, Event::BlockStarted(_))));
+        assert_eq!(a.restore(later, &partial), 6);
+        for f in &pass2[1..4] {
+            a.handle_frame(later, f);
+        }
+        let ready = a.take_ready(&key(0)).unwrap();
+        assert_eq!(ready.decode(&mut ReedSolomon::default()).unwrap(), data);
+    }
+
+    #[test]
+    fn memory_bound_holds_and_capacity_drops_are_counted() {
+        let config = RxConfig {
+            max_blocks: 3,
+            ..RxConfig::default()
+        };
+        let mut a = Assembler::new(config, LinkKey::new(&SECRET));
+        for i in 0..10 {
+            let (_, fr) = frames(key(i), &[1u8; 200], 0, 0);
+            a.handle_frame(Instant::ZERO, &fr[0]);
+            assert!(a.blocks_held() <= 3);
+        }
+        assert_eq!(a.drops().get(DropReason::Capacity), 7);
+    }
+
+    #[test]
+    fn forged_frames_create_no_state() {
+        let (_, fr) = frames(key(0), &[5u8; 300], 0, 0);
+        let mut a = Assembler::new(RxConfig::default(), LinkKey::new(&[8; 32]));
+        for f in &fr {
+            a.handle_frame(Instant::ZERO, f);
+        }
+        assert_eq!(a.drops().get(DropReason::BadMac), fr.len() as u64);
+        assert_eq!(a.blocks_held(), 0);
+        assert!(a.poll_event().is_none());
+    }
+
+    #[test]
+    fn link_down_after_silence() {
+        let (_, fr) = frames(key(0), &[5u8; 64], 0, 0);
+        let config = RxConfig::default();
+        let mut a = Assembler::new(config, LinkKey::new(&SECRET));
+        a.handle_frame(Instant::ZERO, &fr[0]);
+        a.mark_done(key(0));
+        drain(&mut a);
+        a.handle_timeout(Instant::ZERO + config.link_timeout);
+        assert!(matches!(a.poll_event(), Some(Event::LinkDown)));
+        assert_eq!(a.poll_timeout(), None);
+    }
+}

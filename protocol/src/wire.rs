@@ -42,6 +42,25 @@ pub const MAX_FRAME_LEN: usize = 9216;
 pub const MIN_FRAME_LEN: usize = PREFIX_LEN + 1 + TRAILER_LEN;
 /// Bytes a frame adds around a symbol, at most: what to subtract from a datagram size.
 pub const MAX_OVERHEAD: usize = PREFIX_LEN + MAX_HEADER_LEN + TRAILER_LEN;
+/// Largest object id: bounds its varint to 5 bytes (34 billion objects per session).
+pub const MAX_OBJECT_ID: u64 = (1 << 35) - 1;
+/// Largest block index: bounds its varint to 3 bytes (2 Mi segments per object).
+pub const MAX_BLOCK_INDEX: u32 = (1 << 21) - 1;
+/// Longest symbol header the limits allow: kind 1, session 10, object 5, block kind 1,
+/// index 3, geometry 3+3+3+4, symbol id 3.
+pub const MAX_SYMBOL_HEADER_LEN: usize = 36;
+/// Bytes a symbol frame adds around its symbol, at most.
+pub const MAX_SYMBOL_OVERHEAD: usize = PREFIX_LEN + MAX_SYMBOL_HEADER_LEN + TRAILER_LEN;
+
+/// Largest valid symbol size whose frames fit in `max_frame_len` bytes (0 if none does).
+pub fn max_symbol_size(max_frame_len: usize) -> u16 {
+    let room = max_frame_len
+        .min(MAX_FRAME_LEN)
+        .saturating_sub(MAX_SYMBOL_OVERHEAD);
+    let align = usize::from(crate::fec::SYMBOL_ALIGN);
+    let size = (room / align * align).min(usize::from(crate::fec::MAX_SYMBOL_SIZE));
+    u16::try_from(size).unwrap_or(0)
+}
 
 /// BLAKE3 context string for deriving the frame MAC key from the shared link key.
 const MAC_KEY_CONTEXT: &str = "sluice v1 2026-11 frame authentication";
@@ -195,6 +214,9 @@ impl Header {
     pub fn validate(&self) -> Result<(), GeometryError> {
         match self {
             Header::Symbol(s) => {
+                if s.block.object.0 > MAX_OBJECT_ID || s.block.index > MAX_BLOCK_INDEX {
+                    return Err(GeometryError::IdOutOfRange);
+                }
                 s.geometry.validate()?;
                 if u32::from(s.symbol) >= s.geometry.total_symbols() {
                     return Err(GeometryError::SymbolOutOfRange);
@@ -392,4 +414,65 @@ pub fn frame_len(header: &Header) -> Result<usize, EncodeError> {
         .map_err(|_| EncodeError::HeaderTooLong)?
         .len();
     Ok(PREFIX_LEN + header_len + header.payload_len() + TRAILER_LEN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worst_symbol_header() -> Header {
+        Header::Symbol(SymbolHeader {
+            block: BlockKey {
+                session: SessionId(u64::MAX),
+                object: ObjectId(MAX_OBJECT_ID),
+                kind: BlockKind::Manifest,
+                index: 0,
+            },
+            geometry: Geometry {
+                source_symbols: 32768,
+                repair_symbols: 32768,
+                symbol_size: 64,
+                block_len: 32768 * 64,
+            },
+            symbol: 65535,
+        })
+    }
+
+    #[test]
+    fn worst_case_symbol_header_fits_the_documented_bound() {
+        let mut header = worst_symbol_header();
+        if let Header::Symbol(s) = &mut header {
+            s.block.kind = BlockKind::Data;
+            s.block.index = MAX_BLOCK_INDEX;
+            s.geometry.block_len = crate::fec::MAX_BLOCK_BYTES;
+        }
+        let mut buf = [0u8; MAX_HEADER_LEN];
+        let len = postcard::to_slice(&header, &mut buf).unwrap().len();
+        assert_eq!(len, MAX_SYMBOL_HEADER_LEN);
+    }
+
+    #[test]
+    fn symbol_sizes_for_common_links() {
+        assert_eq!(max_symbol_size(1500 - 28), 1408);
+        assert_eq!(max_symbol_size(9000 - 28), 8896);
+        assert_eq!(max_symbol_size(10), 0);
+        let size = max_symbol_size(1500 - 28);
+        let mut header = worst_symbol_header();
+        if let Header::Symbol(s) = &mut header {
+            s.geometry = Geometry::new(u32::from(size) * 100, size, 10).unwrap();
+            s.symbol = 0;
+            s.block.kind = BlockKind::Data;
+            s.block.index = MAX_BLOCK_INDEX;
+        }
+        assert!(frame_len(&header).unwrap() <= 1500 - 28);
+    }
+
+    #[test]
+    fn ids_beyond_limits_are_refused() {
+        let mut header = worst_symbol_header();
+        if let Header::Symbol(s) = &mut header {
+            s.block.object = ObjectId(MAX_OBJECT_ID + 1);
+        }
+        assert_eq!(header.validate(), Err(GeometryError::IdOutOfRange));
+    }
 }

@@ -64,12 +64,18 @@ pub enum GeometryError {
     SymbolOutOfRange,
     /// A manifest block has an index other than 0.
     ManifestIndex,
+    /// Object id above `wire::MAX_OBJECT_ID` or block index above `wire::MAX_BLOCK_INDEX`.
+    IdOutOfRange,
 }
 
 impl Geometry {
     /// The geometry for `block_len` bytes in symbols of `symbol_size`, with `repair_symbols`
     /// reserved.
-    pub fn new(block_len: u32, symbol_size: u16, repair_symbols: u16) -> Result<Self, GeometryError> {
+    pub fn new(
+        block_len: u32,
+        symbol_size: u16,
+        repair_symbols: u16,
+    ) -> Result<Self, GeometryError> {
         if symbol_size == 0 {
             return Err(GeometryError::SymbolSize);
         }

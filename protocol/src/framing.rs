@@ -167,7 +167,10 @@ mod tests {
         acc: &mut CobsAccumulator<N>,
         line: &[u8],
         chunk: usize,
-    ) -> (std::vec::Vec<std::vec::Vec<u8>>, std::vec::Vec<FramingError>) {
+    ) -> (
+        std::vec::Vec<std::vec::Vec<u8>>,
+        std::vec::Vec<FramingError>,
+    ) {
         let (mut frames, mut errors) = (std::vec::Vec::new(), std::vec::Vec::new());
         for piece in line.chunks(chunk.max(1)) {
             let mut input = piece;
@@ -235,7 +238,10 @@ mod tests {
     #[test]
     fn encode_refuses_small_buffer() {
         let mut out = [0u8; 4];
-        assert_eq!(encode_frame(b"hello", &mut out), Err(FramingError::Oversize));
+        assert_eq!(
+            encode_frame(b"hello", &mut out),
+            Err(FramingError::Oversize)
+        );
         let mut exact = [0u8; encoded_len(5)];
         assert_eq!(encode_frame(b"hello", &mut exact), Ok(7));
     }

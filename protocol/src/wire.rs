@@ -46,9 +46,9 @@ pub const MAX_OVERHEAD: usize = PREFIX_LEN + MAX_HEADER_LEN + TRAILER_LEN;
 pub const MAX_OBJECT_ID: u64 = (1 << 35) - 1;
 /// Largest block index: bounds its varint to 3 bytes (2 Mi segments per object).
 pub const MAX_BLOCK_INDEX: u32 = (1 << 21) - 1;
-/// Longest symbol header the limits allow: kind 1, session 10, object 5, block kind 1,
-/// index 3, geometry 3+3+3+4, symbol id 3.
-pub const MAX_SYMBOL_HEADER_LEN: usize = 36;
+/// Longest symbol header the limits allow (varint bytes): kind 1, session 10, object 5,
+/// block kind 1, index 3, geometry k 3 + R 3 + symbol size 2 + block_len 4, symbol id 3.
+pub const MAX_SYMBOL_HEADER_LEN: usize = 35;
 /// Bytes a symbol frame adds around its symbol, at most.
 pub const MAX_SYMBOL_OVERHEAD: usize = PREFIX_LEN + MAX_SYMBOL_HEADER_LEN + TRAILER_LEN;
 
@@ -444,6 +444,7 @@ mod tests {
         if let Header::Symbol(s) = &mut header {
             s.block.kind = BlockKind::Data;
             s.block.index = MAX_BLOCK_INDEX;
+            s.geometry.symbol_size = crate::fec::MAX_SYMBOL_SIZE;
             s.geometry.block_len = crate::fec::MAX_BLOCK_BYTES;
         }
         let mut buf = [0u8; MAX_HEADER_LEN];

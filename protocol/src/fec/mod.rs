@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "alloc")]
 mod reed_solomon;
+#[cfg(feature = "alloc")]
+pub use reed_solomon::ReedSolomon;
 
 /// Most source symbols in one block.
 pub const MAX_SOURCE_SYMBOLS: u16 = 32768;
@@ -258,10 +260,10 @@ pub trait ErasureCodec {
 
     /// Rebuilds the padded source bytes (`k * symbol_size`) into `out` from `symbols`, pairs of
     /// symbol id and symbol bytes. Ids must be distinct; at least `k` are needed.
-    fn decode<'a>(
+    fn decode(
         &mut self,
         geometry: &Geometry,
-        symbols: &mut dyn Iterator<Item = (u16, &'a [u8])>,
+        symbols: &mut dyn Iterator<Item = (u16, &[u8])>,
         out: &mut [u8],
     ) -> Result<(), CodecError>;
 }

@@ -4,6 +4,9 @@
 //! parsed back. A change that alters any of these bytes is a wire-format change and needs a
 //! version bump (SPEC.md section 11).
 
+// Test code: a failed unwrap is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use sluice_protocol::fec::Geometry;
 use sluice_protocol::wire::{
     parse_frame, write_frame, BlockKey, BlockKind, Header, Heartbeat, LinkKey, ObjectId,

@@ -1,6 +1,9 @@
 //! One test per validation rule of SPEC.md section 4, each isolating its rule: the frames
 //! carry a correct CRC and MAC unless the CRC or MAC is what the test breaks.
 
+// Test code: a failed unwrap is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use sluice_protocol::fec::{Geometry, GeometryError};
 use sluice_protocol::wire::{
     crc32c, parse_frame, parse_frame_unauthenticated, write_frame, BlockKey, BlockKind, Header,

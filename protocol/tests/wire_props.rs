@@ -1,5 +1,8 @@
 //! Property tests of the wire format and serial framing.
 
+// Test code: a failed unwrap is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use proptest::prelude::*;
 use sluice_protocol::fec::Geometry;
 use sluice_protocol::framing::{encode_frame, encoded_len, CobsAccumulator, Feed};

@@ -1,0 +1,415 @@
+//! Key files: the receiver's age identity, the sender's minisign signing pair and the shared
+//! link key. Formats are the ones operators already use, so `age -d -i receiver.key` and
+//! `minisign -V -p sender.pub` work on the same files.
+//!
+//! Secret files are written 0600 and refused when group or others can read or write them
+//! (as ssh does): a gateway box's keys leaking to another local account defeats the diode.
+
+use std::fmt;
+use std::io::{Cursor, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use age::secrecy::ExposeSecret;
+use sluice_protocol::wire::LinkKey;
+
+/// File names `keygen` writes.
+pub const RECEIVER_KEY: &str = "receiver.key";
+pub const RECEIVER_PUB: &str = "receiver.pub";
+pub const SENDER_KEY: &str = "sender.key";
+pub const SENDER_PUB: &str = "sender.pub";
+pub const LINK_KEY: &str = "link.key";
+
+/// Trusted comment carried in every manifest signature.
+const TRUSTED_COMMENT: &str = "sluice manifest";
+
+/// A key file that cannot be used, and why.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not {expected}")]
+    Format {
+        path: PathBuf,
+        expected: &'static str,
+    },
+    #[error(
+        "{path}: secret key file is accessible by group or others (mode {mode:o}); \
+         refusing to use it, run `chmod 600 {path}`"
+    )]
+    LoosePermissions { path: PathBuf, mode: u32 },
+    #[error("{path} already exists; refusing to overwrite a key")]
+    Exists { path: PathBuf },
+    #[error("key generation failed: {0}")]
+    Generate(String),
+}
+
+/// A minisign key id, shown as minisign shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyId(pub u64);
+
+impl KeyId {
+    fn from_keynum(keynum: &[u8]) -> Self {
+        let mut bytes = [0u8; 8];
+        for (dst, src) in bytes.iter_mut().zip(keynum) {
+            *dst = *src;
+        }
+        KeyId(u64::from_le_bytes(bytes))
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016X}", self.0)
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
+    move |source| KeyError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn format_err(path: &Path, expected: &'static str) -> KeyError {
+    KeyError::Format {
+        path: path.to_path_buf(),
+        expected,
+    }
+}
+
+/// Writes a new file; secret files get mode 0600. Never overwrites.
+fn write_new(path: &Path, contents: &str, secret: bool) -> Result<(), KeyError> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(if secret { 0o600 } else { 0o644 })
+        .open(path)
+        .map_err(|source| {
+            if source.kind() == std::io::ErrorKind::AlreadyExists {
+                KeyError::Exists {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                KeyError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
+        })?;
+    file.write_all(contents.as_bytes()).map_err(io_err(path))?;
+    file.sync_all().map_err(io_err(path))
+}
+
+/// Reads a secret key file after checking nobody but the owner can touch it.
+fn read_secret(path: &Path) -> Result<String, KeyError> {
+    let meta = std::fs::metadata(path).map_err(io_err(path))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(KeyError::LoosePermissions {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    std::fs::read_to_string(path).map_err(io_err(path))
+}
+
+fn read_public(path: &Path) -> Result<String, KeyError> {
+    std::fs::read_to_string(path).map_err(io_err(path))
+}
+
+fn ensure_dir(dir: &Path) -> Result<(), KeyError> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))
+}
+
+// ----- receiver: age X25519 -----
+
+/// Creates `DIR/receiver.key` (an age identity, as `age-keygen` writes it) and
+/// `DIR/receiver.pub` (its `age1…` recipient). Returns the recipient.
+pub fn generate_receiver_keys(dir: &Path) -> Result<String, KeyError> {
+    ensure_dir(dir)?;
+    let identity = age::x25519::Identity::generate();
+    let recipient = identity.to_public().to_string();
+    let secret = identity.to_string();
+    let key_file = format!(
+        "# created by sluice-recv keygen\n# public key: {recipient}\n{}\n",
+        secret.expose_secret()
+    );
+    write_new(&dir.join(RECEIVER_KEY), &key_file, true)?;
+    write_new(&dir.join(RECEIVER_PUB), &format!("{recipient}\n"), false)?;
+    Ok(recipient)
+}
+
+/// Loads every age identity in an identity file (comment lines ignored).
+pub fn load_identities(path: &Path) -> Result<Vec<age::x25519::Identity>, KeyError> {
+    let text = read_secret(path)?;
+    let identities: Vec<_> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(age::x25519::Identity::from_str)
+        .collect::<Result<_, _>>()
+        .map_err(|_| format_err(path, "an age identity file (AGE-SECRET-KEY-1… lines)"))?;
+    if identities.is_empty() {
+        return Err(format_err(
+            path,
+            "an age identity file (AGE-SECRET-KEY-1… lines)",
+        ));
+    }
+    Ok(identities)
+}
+
+/// Loads every `age1…` recipient in a file (comment lines ignored).
+pub fn load_recipients(path: &Path) -> Result<Vec<age::x25519::Recipient>, KeyError> {
+    let text = read_public(path)?;
+    let recipients: Vec<_> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(age::x25519::Recipient::from_str)
+        .collect::<Result<_, _>>()
+        .map_err(|_| format_err(path, "an age recipient file (age1… lines)"))?;
+    if recipients.is_empty() {
+        return Err(format_err(path, "an age recipient file (age1… lines)"));
+    }
+    Ok(recipients)
+}
+
+// ----- sender: minisign ed25519 -----
+
+/// Creates `DIR/sender.key` + `DIR/sender.pub` (a minisign key pair without a password, as
+/// `minisign -G -W` writes it) and `DIR/link.key`. Returns the signing key's id.
+pub fn generate_sender_keys(dir: &Path) -> Result<KeyId, KeyError> {
+    ensure_dir(dir)?;
+    for name in [SENDER_KEY, SENDER_PUB, LINK_KEY] {
+        let path = dir.join(name);
+        if path.exists() {
+            return Err(KeyError::Exists { path });
+        }
+    }
+    let pair = minisign::KeyPair::generate_unencrypted_keypair()
+        .map_err(|e| KeyError::Generate(e.to_string()))?;
+    let id = KeyId::from_keynum(pair.pk.keynum());
+    let sk_box = pair
+        .sk
+        .to_box(Some(&format!("sluice sender secret key {id}")))
+        .map_err(|e| KeyError::Generate(e.to_string()))?;
+    let pk_box = pair
+        .pk
+        .to_box()
+        .map_err(|e| KeyError::Generate(e.to_string()))?;
+    write_new(&dir.join(SENDER_KEY), &sk_box.to_string(), true)?;
+    write_new(&dir.join(SENDER_PUB), &pk_box.to_string(), false)?;
+    generate_link_key(&dir.join(LINK_KEY))?;
+    Ok(id)
+}
+
+/// The sender's manifest signing key.
+pub struct SigningKey {
+    secret: minisign::SecretKey,
+    id: KeyId,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey").field("id", &self.id).finish()
+    }
+}
+
+impl SigningKey {
+    /// Loads a minisign secret key without a password.
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
+        let text = read_secret(path)?;
+        let expected =
+            "a minisign secret key without a password (sluice-send keygen, minisign -G -W)";
+        let secret = minisign::SecretKeyBox::from_string(&text)
+            .and_then(|b| b.into_unencrypted_secret_key())
+            .map_err(|_| format_err(path, expected))?;
+        let id = KeyId::from_keynum(secret.keynum());
+        Ok(SigningKey { secret, id })
+    }
+
+    pub fn id(&self) -> KeyId {
+        self.id
+    }
+
+    /// Signs `data`; returns the `.minisig` text that `minisign -V` accepts.
+    pub fn sign(&self, data: &[u8]) -> Result<String, KeyError> {
+        minisign::sign(
+            None,
+            &self.secret,
+            Cursor::new(data),
+            Some(TRUSTED_COMMENT),
+            None,
+        )
+        .map(|sig| sig.into_string())
+        .map_err(|e| KeyError::Generate(e.to_string()))
+    }
+}
+
+/// Why a signature is not accepted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SignatureError {
+    #[error("signature is not in minisign format")]
+    Malformed,
+    #[error("signed by untrusted key {0}")]
+    Untrusted(KeyId),
+    #[error("signature by key {0} does not match the data")]
+    Invalid(KeyId),
+}
+
+/// The minisign public keys whose signatures the receiver accepts.
+#[derive(Default)]
+pub struct TrustedKeys {
+    keys: Vec<(KeyId, minisign::PublicKey)>,
+}
+
+impl fmt::Debug for TrustedKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.keys.iter().map(|(id, _)| id))
+            .finish()
+    }
+}
+
+impl TrustedKeys {
+    /// Loads minisign public key files; each may hold several keys (one base64 line each,
+    /// `untrusted comment:` and `#` lines ignored).
+    pub fn load(paths: &[PathBuf]) -> Result<Self, KeyError> {
+        let mut keys = Vec::new();
+        for path in paths {
+            let text = read_public(path)?;
+            let before = keys.len();
+            for line in text.lines().map(str::trim) {
+                if line.is_empty()
+                    || line.starts_with('#')
+                    || line.starts_with("untrusted comment:")
+                {
+                    continue;
+                }
+                let key = minisign::PublicKey::from_base64(line)
+                    .map_err(|_| format_err(path, "a minisign public key file"))?;
+                keys.push((KeyId::from_keynum(key.keynum()), key));
+            }
+            if keys.len() == before {
+                return Err(format_err(path, "a minisign public key file"));
+            }
+        }
+        Ok(TrustedKeys { keys })
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = KeyId> + '_ {
+        self.keys.iter().map(|(id, _)| *id)
+    }
+
+    /// Checks a `.minisig` text over `data`; returns the signer's key id.
+    pub fn verify(&self, data: &[u8], signature: &[u8]) -> Result<KeyId, SignatureError> {
+        let text = std::str::from_utf8(signature).map_err(|_| SignatureError::Malformed)?;
+        let sig =
+            minisign::SignatureBox::from_string(text).map_err(|_| SignatureError::Malformed)?;
+        let id = KeyId::from_keynum(sig.keynum());
+        let (_, key) = self
+            .keys
+            .iter()
+            .find(|(known, _)| *known == id)
+            .ok_or(SignatureError::Untrusted(id))?;
+        minisign::verify(key, &sig, Cursor::new(data), true, false, false)
+            .map(|()| id)
+            .map_err(|_| SignatureError::Invalid(id))
+    }
+}
+
+// ----- link key -----
+
+/// Writes a fresh random 32-byte link key as 64 hex digits.
+pub fn generate_link_key(path: &Path) -> Result<(), KeyError> {
+    let mut secret = [0u8; 32];
+    getrandom::getrandom(&mut secret).map_err(|e| KeyError::Generate(e.to_string()))?;
+    write_new(path, &format!("{}\n", hex::encode(secret)), true)
+}
+
+/// Loads the shared link key (64 hex digits).
+pub fn load_link_key(path: &Path) -> Result<LinkKey, KeyError> {
+    let text = read_secret(path)?;
+    let mut secret = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut secret)
+        .map_err(|_| format_err(path, "a link key (64 hex digits, from sluice-send keygen)"))?;
+    Ok(LinkKey::new(&secret))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receiver_keys_round_trip_through_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let recipient = generate_receiver_keys(dir.path()).unwrap();
+        let recipients = load_recipients(&dir.path().join(RECEIVER_PUB)).unwrap();
+        assert_eq!(recipients[0].to_string(), recipient);
+        let identities = load_identities(&dir.path().join(RECEIVER_KEY)).unwrap();
+        assert_eq!(identities[0].to_public().to_string(), recipient);
+        let mode = std::fs::metadata(dir.path().join(RECEIVER_KEY))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(matches!(
+            generate_receiver_keys(dir.path()),
+            Err(KeyError::Exists { .. })
+        ));
+    }
+
+    #[test]
+    fn signatures_verify_only_with_trusted_keys() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let id_a = generate_sender_keys(a.path()).unwrap();
+        let id_b = generate_sender_keys(b.path()).unwrap();
+        let signer = SigningKey::load(&a.path().join(SENDER_KEY)).unwrap();
+        assert_eq!(signer.id(), id_a);
+        let sig = signer.sign(b"manifest bytes").unwrap();
+
+        let trust_a = TrustedKeys::load(&[a.path().join(SENDER_PUB)]).unwrap();
+        assert_eq!(trust_a.verify(b"manifest bytes", sig.as_bytes()), Ok(id_a));
+        assert_eq!(
+            trust_a.verify(b"manifest bytez", sig.as_bytes()),
+            Err(SignatureError::Invalid(id_a))
+        );
+        let trust_b = TrustedKeys::load(&[b.path().join(SENDER_PUB)]).unwrap();
+        assert_eq!(trust_b.ids().collect::<Vec<_>>(), vec![id_b]);
+        assert_eq!(
+            trust_b.verify(b"manifest bytes", sig.as_bytes()),
+            Err(SignatureError::Untrusted(id_a))
+        );
+        assert_eq!(
+            trust_a.verify(b"manifest bytes", b"garbage"),
+            Err(SignatureError::Malformed)
+        );
+    }
+
+    #[test]
+    fn link_key_loads_and_loose_permissions_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        generate_sender_keys(dir.path()).unwrap();
+        let path = dir.path().join(LINK_KEY);
+        let key = load_link_key(&path).unwrap();
+        let again = load_link_key(&path).unwrap();
+        assert_eq!(key.tag(b"x"), again.tag(b"x"));
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = load_link_key(&path).unwrap_err();
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+
+        let truncated = dir.path().join("short.key");
+        write_new(&truncated, "abcd\n", true).unwrap();
+        let err = load_link_key(&truncated).unwrap_err();
+        assert!(err.to_string().contains("64 hex digits"), "{err}");
+    }
+}

@@ -1,0 +1,48 @@
+//! Log output for both daemons: readable lines for people by default, one JSON object per
+//! line for log shippers (`--log-format json`). `RUST_LOG` overrides the level.
+
+use std::str::FromStr;
+
+use tracing_subscriber::EnvFilter;
+
+/// `--log-format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "human" => Ok(LogFormat::Human),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("--log-format {other:?}: expected human or json")),
+        }
+    }
+}
+
+/// Installs the global subscriber, writing to stderr. `verbose` raises the default level to
+/// debug; `quiet` lowers it to warnings.
+pub fn init(format: LogFormat, verbose: bool, quiet: bool) {
+    let default = if verbose {
+        "debug"
+    } else if quiet {
+        "warn"
+    } else {
+        "info"
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    // A second init (tests driving the library twice) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}

@@ -28,7 +28,7 @@ use sluice_tests::tree;
 #[command(name = "sluice-demo")]
 struct Args {
     /// Total dataset size, with a unit (KB, MB, GB; KiB, MiB, GiB).
-    #[arg(long, default_value = "300MB", value_parser = parse_size)]
+    #[arg(long, default_value = "300MB", value_parser = sluice_tests::parse_size)]
     size: u64,
     /// Percentage of datagrams the relay drops (seeded, independent).
     #[arg(long, default_value_t = 2.0)]
@@ -45,32 +45,6 @@ struct Args {
     /// Keep the temp dir (keys, dataset, output, logs) and print where it is.
     #[arg(long)]
     keep: bool,
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let num: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a number with a unit, like 300MB"))?;
-    let mult = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "kb" | "k" => 1e3,
-        "mb" | "m" => 1e6,
-        "gb" | "g" => 1e9,
-        "kib" => 1024.0,
-        "mib" => 1024.0 * 1024.0,
-        "gib" => 1024.0 * 1024.0 * 1024.0,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} (KB, MB, GB, KiB, MiB, GiB)"
-            ))
-        }
-    };
-    Ok((num * mult) as u64)
 }
 
 fn main() -> ExitCode {
@@ -301,14 +275,6 @@ fn report(args: &Args, payload: u64, elapsed: Duration, c: &FaultCounts, log: &s
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_parse_with_units() {
-        assert_eq!(parse_size("300MB"), Ok(300_000_000));
-        assert_eq!(parse_size("1.5GB"), Ok(1_500_000_000));
-        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
-        assert!(parse_size("12XB").is_err());
-    }
 
     #[test]
     fn the_dataset_has_the_requested_size_and_a_big_file() {

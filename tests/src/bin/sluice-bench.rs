@@ -1,0 +1,525 @@
+//! End-to-end benchmark of the real daemons on one machine: goodput, CPU per GB, peak RSS,
+//! wire efficiency and FEC use, per case, as a table and as one JSON line per run.
+//!
+//! ```text
+//! cargo run --release --bin sluice-bench -- [--case NAME]... [--runs 3] [--size 1GiB]
+//! ```
+//!
+//! Cases: `udp-1500`, `udp-9000` (no loss, sender unpaced), `udp-1500-loss1`, `udp-1500-loss5`
+//! (through the seeded relay, repair 10%), `small-files` (10 000 × 4 KiB), `serial-115200`,
+//! `serial-921600`, `serial-3000000` (pty pair via socat, sender paced to the baud) and
+//! `memory-4g` (a 4 GiB file; peak RSS is the figure that matters). Without `--case` the
+//! UDP, small-file and serial cases run; `memory-4g` only when asked for.
+//!
+//! How each figure is taken:
+//! - goodput: file bytes / (last object delivered − sender start), from the receiver's
+//!   JSON log timestamps; every delivered file is then checked against its source SHA-256.
+//! - CPU s/GB and peak RSS: sampled from `/proc/<pid>/{stat,status}` every 20 ms while each
+//!   daemon runs (utime+stime; VmHWM), so the last sample is within 20 ms of exit.
+//! - wire efficiency: file bytes / link bytes the sender reports (frames plus IP/UDP or COBS
+//!   overhead); frames per file byte from the same summary.
+//! - FEC blocks: blocks the receiver decoded with repair symbols.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use sluice_tests::binaries::{self, Keys, Proc};
+use sluice_tests::relay::{Faults, Relay};
+use sluice_tests::tree;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sluice-bench",
+    about = "End-to-end benchmark of sluice-send and sluice-recv"
+)]
+struct Args {
+    /// Cases to run (repeatable); default: every case but memory-4g.
+    #[arg(long = "case")]
+    cases: Vec<String>,
+    /// Runs per case; the table shows the median.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// File size for the UDP cases.
+    #[arg(long, default_value = "1GiB")]
+    size: String,
+    /// Print only the JSON lines.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    name: &'static str,
+    link: LinkKind,
+    loss: f64,
+    files: Files,
+    sender_args: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum LinkKind {
+    Udp { mtu: u32 },
+    Serial { baud: u32 },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Files {
+    One(u64),
+    Many { count: usize, size: u64 },
+}
+
+#[derive(Debug, Clone, Default)]
+struct Run {
+    file_bytes: u64,
+    files: usize,
+    seconds: f64,
+    goodput_mb_s: f64,
+    files_per_s: f64,
+    send_cpu_s_per_gb: f64,
+    recv_cpu_s_per_gb: f64,
+    send_peak_rss_mib: f64,
+    recv_peak_rss_mib: f64,
+    link_bytes: u64,
+    frames: u64,
+    wire_efficiency: f64,
+    fec_blocks: u64,
+    intact: bool,
+}
+
+fn cases(size: u64) -> Vec<Case> {
+    let udp = |name, mtu, loss| Case {
+        name,
+        link: LinkKind::Udp { mtu },
+        loss,
+        files: Files::One(size),
+        sender_args: vec!["--rate".into(), "0".into(), "--repair".into(), "10%".into()],
+    };
+    let serial = |name, baud: u32| Case {
+        name,
+        link: LinkKind::Serial { baud },
+        loss: 0.0,
+        // About 20 s of line time at baud/10 bytes per second.
+        files: Files::One(u64::from(baud) * 2),
+        sender_args: vec!["--repair".into(), "0%".into()],
+    };
+    vec![
+        Case {
+            sender_args: vec!["--rate".into(), "0".into(), "--repair".into(), "0%".into()],
+            ..udp("udp-1500", 1500, 0.0)
+        },
+        Case {
+            sender_args: vec!["--rate".into(), "0".into(), "--repair".into(), "0%".into()],
+            ..udp("udp-9000", 9000, 0.0)
+        },
+        udp("udp-1500-loss1", 1500, 0.01),
+        udp("udp-1500-loss5", 1500, 0.05),
+        Case {
+            files: Files::Many {
+                count: 10_000,
+                size: 4096,
+            },
+            sender_args: vec!["--rate".into(), "0".into()],
+            ..udp("small-files", 1500, 0.0)
+        },
+        serial("serial-115200", 115_200),
+        serial("serial-921600", 921_600),
+        serial("serial-3000000", 3_000_000),
+        Case {
+            files: Files::One(4 << 30),
+            ..udp("memory-4g", 1500, 0.0)
+        },
+    ]
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice-bench: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
+    let size = sluice_tests::parse_size(&args.size).map_err(anyhow::Error::msg)?;
+    let all = cases(size);
+    let selected: Vec<Case> = if args.cases.is_empty() {
+        all.into_iter().filter(|c| c.name != "memory-4g").collect()
+    } else {
+        let mut chosen = Vec::new();
+        for name in &args.cases {
+            let case = all
+                .iter()
+                .find(|c| c.name == name)
+                .with_context(|| format!("unknown case {name:?}"))?;
+            chosen.push(case.clone());
+        }
+        chosen
+    };
+    let mut table = Vec::new();
+    for case in &selected {
+        let mut runs = Vec::new();
+        for i in 0..args.runs.max(1) {
+            let r = run_case(case, i as u64 + 1)
+                .with_context(|| format!("case {} run {}", case.name, i + 1))?;
+            println!("{}", json_line(case, i + 1, &r));
+            runs.push(r);
+        }
+        table.push((case.name, median(&runs)));
+    }
+    if !args.json {
+        print_table(&table);
+    }
+    Ok(())
+}
+
+fn median(runs: &[Run]) -> Run {
+    let mut sorted = runs.to_vec();
+    sorted.sort_by(|a, b| a.goodput_mb_s.total_cmp(&b.goodput_mb_s));
+    let mut m = sorted[sorted.len() / 2].clone();
+    // Memory and correctness: report the worst run, not the median.
+    m.send_peak_rss_mib = runs.iter().map(|r| r.send_peak_rss_mib).fold(0.0, f64::max);
+    m.recv_peak_rss_mib = runs.iter().map(|r| r.recv_peak_rss_mib).fold(0.0, f64::max);
+    m.intact = runs.iter().all(|r| r.intact);
+    m
+}
+
+fn json_line(case: &Case, run: usize, r: &Run) -> String {
+    serde_json::json!({
+        "case": case.name,
+        "run": run,
+        "file_bytes": r.file_bytes,
+        "files": r.files,
+        "seconds": r.seconds,
+        "goodput_mb_s": r.goodput_mb_s,
+        "files_per_s": r.files_per_s,
+        "send_cpu_s_per_gb": r.send_cpu_s_per_gb,
+        "recv_cpu_s_per_gb": r.recv_cpu_s_per_gb,
+        "send_peak_rss_mib": r.send_peak_rss_mib,
+        "recv_peak_rss_mib": r.recv_peak_rss_mib,
+        "link_bytes": r.link_bytes,
+        "frames": r.frames,
+        "frames_per_file_byte": r.frames as f64 / r.file_bytes.max(1) as f64,
+        "wire_efficiency": r.wire_efficiency,
+        "fec_blocks": r.fec_blocks,
+        "intact": r.intact,
+    })
+    .to_string()
+}
+
+fn print_table(rows: &[(&str, Run)]) {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| case | goodput MB/s | files/s | send CPU s/GB | recv CPU s/GB | send RSS MiB | recv RSS MiB | wire eff. | FEC blocks | intact |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for (name, r) in rows {
+        let _ = writeln!(
+            out,
+            "| {name} | {:.1} | {:.0} | {:.2} | {:.2} | {:.1} | {:.1} | {:.3} | {} | {} |",
+            r.goodput_mb_s,
+            r.files_per_s,
+            r.send_cpu_s_per_gb,
+            r.recv_cpu_s_per_gb,
+            r.send_peak_rss_mib,
+            r.recv_peak_rss_mib,
+            r.wire_efficiency,
+            r.fec_blocks,
+            if r.intact { "yes" } else { "NO" }
+        );
+    }
+    println!("\n(median of runs by goodput; RSS is the worst run)\n{out}");
+}
+
+/// CPU and memory high-water marks of a running process, read from /proc.
+#[derive(Debug, Default, Clone, Copy)]
+struct Usage {
+    cpu_ticks: u64,
+    peak_rss_kib: u64,
+}
+
+fn sample(pid: u32) -> Option<Usage> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(Usage {
+        cpu_ticks: utime + stime,
+        peak_rss_kib: hwm,
+    })
+}
+
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Runs both processes to completion while sampling their usage.
+fn watch(procs: &mut [&mut Proc], timeout: Duration) -> Result<Vec<Usage>> {
+    let mut usage = vec![Usage::default(); procs.len()];
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut any_running = false;
+        for (p, u) in procs.iter_mut().zip(usage.iter_mut()) {
+            if p.running() {
+                any_running = true;
+                if let Some(s) = sample(p.id()) {
+                    *u = s;
+                }
+            }
+        }
+        if !any_running {
+            return Ok(usage);
+        }
+        if Instant::now() > deadline {
+            bail!("daemons still running after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn make_files(case: &Case, src: &Path, seed: u64) -> Result<(PathBuf, u64, usize)> {
+    match case.files {
+        Files::One(len) => {
+            let path = src.join("payload.bin");
+            tree::write_random_file(&path, len, seed)?;
+            Ok((path, len, 1))
+        }
+        Files::Many { count, size } => {
+            let dir = src.join("shards");
+            for i in 0..count {
+                let sub = dir.join(format!("{:02}", i % 100));
+                std::fs::create_dir_all(&sub)?;
+                tree::write_random_file(
+                    &sub.join(format!("shard-{i:05}.bin")),
+                    size,
+                    seed + i as u64,
+                )?;
+            }
+            Ok((dir, size * count as u64, count))
+        }
+    }
+}
+
+fn run_case(case: &Case, seed: u64) -> Result<Run> {
+    let tmp = tempfile::Builder::new().prefix("sluice-bench-").tempdir()?;
+    let keys: Keys = binaries::keygen(&tmp.path().join("keys"));
+    let (src, out, state) = (
+        tmp.path().join("src"),
+        tmp.path().join("out"),
+        tmp.path().join("state"),
+    );
+    for d in [&src, &out, &state] {
+        std::fs::create_dir_all(d)?;
+    }
+    let (path, file_bytes, files) = make_files(case, &src, seed)?;
+
+    let (recv_link, send_link, _pty, relay) = match case.link {
+        LinkKind::Udp { mtu } => {
+            let port = binaries::free_udp_port();
+            let recv_link = format!("udp://127.0.0.1:{port}?mtu={mtu}");
+            if case.loss > 0.0 {
+                // The relay starts after the receiver is bound (below); its address is fixed then.
+                (recv_link, None, None, Some((port, mtu)))
+            } else {
+                (recv_link.clone(), Some(recv_link), None, None)
+            }
+        }
+        LinkKind::Serial { baud } => {
+            let (a, b) = (tmp.path().join("tty-send"), tmp.path().join("tty-recv"));
+            let pty = Proc::spawn("socat", {
+                let mut c = Command::new("socat");
+                c.arg(format!("pty,raw,echo=0,link={}", a.display()))
+                    .arg(format!("pty,raw,echo=0,link={}", b.display()));
+                c
+            });
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !(a.exists() && b.exists()) {
+                if Instant::now() > deadline {
+                    bail!("socat did not create the pty pair (is socat installed?)");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (
+                format!("serial://{}?baud={baud}", b.display()),
+                Some(format!("serial://{}?baud={baud}", a.display())),
+                Some(pty),
+                None,
+            )
+        }
+    };
+
+    let mut recv_cmd = binaries::receiver_cmd(&recv_link, &keys, &out, &state);
+    recv_cmd.args(["--exit-after-idle", "3", "--log-format", "json"]);
+    let mut recv = Proc::spawn("sluice-recv", recv_cmd);
+    if let LinkKind::Udp { .. } = case.link {
+        let port = recv_link
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.split('?').next())
+            .and_then(|p| p.parse::<u16>().ok())
+            .context("receiver port")?;
+        binaries::wait_bound(
+            &mut recv,
+            ([127, 0, 0, 1], port).into(),
+            Duration::from_secs(20),
+        );
+    } else {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let relay = match relay {
+        Some((port, _)) => Some(Relay::start(
+            ([127, 0, 0, 1], port).into(),
+            Faults {
+                seed,
+                loss: case.loss,
+                max_lifetime: Duration::from_secs(3600),
+                ..Faults::default()
+            },
+        )?),
+        None => None,
+    };
+    let send_link = match (&relay, send_link, case.link) {
+        (Some(r), _, LinkKind::Udp { mtu }) => format!("udp://{}?mtu={mtu}", r.addr()),
+        (_, Some(link), _) => link,
+        _ => bail!("no sender link"),
+    };
+
+    let mut send_cmd = binaries::sender_cmd(&send_link, &keys);
+    send_cmd
+        .args(["--log-format", "json"])
+        .args(&case.sender_args)
+        .arg(&path);
+    let started = SystemTime::now();
+    let mut send = Proc::spawn("sluice-send", send_cmd);
+    let usage = watch(&mut [&mut send, &mut recv], Duration::from_secs(3600))?;
+    let sent = send.finish(Duration::from_secs(1));
+    let got = recv.finish(Duration::from_secs(1));
+    if let Some(r) = relay {
+        r.stop();
+    }
+    if sent.code() != 0 {
+        bail!("sluice-send exited {}:\n{}", sent.code(), tail(&sent.log));
+    }
+
+    let last_delivery = last_delivery_time(&got.log).context("no delivery in the receiver log")?;
+    let seconds = last_delivery
+        .duration_since(started)
+        .unwrap_or_default()
+        .as_secs_f64()
+        .max(1e-6);
+    let intact = match tree::published_files_are_intact(&src, &out) {
+        Ok(n) => n == files,
+        Err(e) => {
+            eprintln!("{e}");
+            false
+        }
+    };
+    let gb = file_bytes as f64 / 1e9;
+    let ticks = clock_ticks_per_second();
+    let send_summary = binaries::json_summary(&sent.log, "frames_sent");
+    let recv_summary = binaries::json_summary(&got.log, "blocks_recovered");
+    let get = |v: &Option<serde_json::Value>, key: &str| {
+        v.as_ref()
+            .and_then(|v| binaries::find_u64(v, key))
+            .unwrap_or(0)
+    };
+    let link_bytes = get(&send_summary, "link_bytes");
+    Ok(Run {
+        file_bytes,
+        files,
+        seconds,
+        goodput_mb_s: file_bytes as f64 / 1e6 / seconds,
+        files_per_s: files as f64 / seconds,
+        send_cpu_s_per_gb: usage[0].cpu_ticks as f64 / ticks / gb,
+        recv_cpu_s_per_gb: usage[1].cpu_ticks as f64 / ticks / gb,
+        send_peak_rss_mib: usage[0].peak_rss_kib as f64 / 1024.0,
+        recv_peak_rss_mib: usage[1].peak_rss_kib as f64 / 1024.0,
+        link_bytes,
+        frames: get(&send_summary, "frames_sent"),
+        wire_efficiency: file_bytes as f64 / link_bytes.max(1) as f64,
+        fec_blocks: get(&recv_summary, "blocks_recovered"),
+        intact,
+    })
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// Time of the last "delivered" log line (tracing JSON `timestamp`, RFC 3339 UTC).
+fn last_delivery_time(log: &str) -> Option<SystemTime> {
+    log.lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l.trim()).ok())
+        .find(|v| {
+            v.get("message")
+                .and_then(|m| m.as_str())
+                .is_some_and(|m| m.contains("delivered") && !m.contains("already"))
+        })
+        .and_then(|v| v.get("timestamp")?.as_str().and_then(parse_rfc3339))
+}
+
+/// Parses `2026-11-23T03:40:12.123456Z` (UTC, as tracing-subscriber writes it).
+fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+    let text = text.strip_suffix('Z')?;
+    let (date, time) = text.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.split(':').map(|p| p.parse::<i64>());
+    let (h, min, s) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
+    let nanos: u32 = format!("{frac:0<9}").get(..9)?.parse().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + min * 60 + s;
+    Some(UNIX_EPOCH + Duration::new(u64::try_from(secs).ok()?, nanos))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_timestamps_parse() {
+        let t = parse_rfc3339("2026-11-23T03:40:12.500000Z").unwrap();
+        let secs = t.duration_since(UNIX_EPOCH).unwrap();
+        // date -u -d 2026-11-23T03:40:12Z +%s
+        assert_eq!(secs.as_secs(), 1_795_405_212);
+        assert_eq!(secs.subsec_millis(), 500);
+        assert!(parse_rfc3339("yesterday").is_none());
+    }
+
+    #[test]
+    fn proc_sampling_reads_this_process() {
+        let u = sample(std::process::id()).unwrap();
+        assert!(u.peak_rss_kib > 0);
+    }
+}

@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the per-frame hot path: writing and fully parsing a symbol frame (1408-
-//! and 8896-byte symbols), the two checks inside it (BLAKE3 keyed MAC, CRC-32C) on their own,
+//! and 8896-byte symbols), the two checks inside it (HMAC-SHA-256 link MAC, CRC-32C) on their own,
 //! and COBS framing of a 1024-byte frame for serial links. Throughput is in frame bytes.
 //! Results: `protocol/BENCHMARKS.md`.
 

@@ -44,7 +44,7 @@ fn vectors() -> Vec<(&'static str, Header, Vec<u8>, &'static str)> {
                 symbol: 1,
             }),
             (0..64u8).collect(),
-            "534c0100ef9bafcdf8acd191010500020201406401000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3fce460da550e96ec6a006419d1579933eeb382de8",
+            "534c0100ef9bafcdf8acd191010500020201406401000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f16c464cce268ae0ef097bdd1715c96c20e16069a",
         ),
         (
             "symbol, manifest block",
@@ -58,7 +58,7 @@ fn vectors() -> Vec<(&'static str, Header, Vec<u8>, &'static str)> {
                 symbol: 2,
             }),
             vec![0xa5; 64],
-            "534c0100ef9bafcdf8acd191010501000102404002a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5830a9660696eda0f2f57326a4871b8f9e50797a8",
+            "534c0100ef9bafcdf8acd191010501000102404002a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a57ecbb8697e912d66244989397a6e409439852047",
         ),
         (
             "heartbeat",
@@ -69,7 +69,7 @@ fn vectors() -> Vec<(&'static str, Header, Vec<u8>, &'static str)> {
                 rate: 100_000_000,
             }),
             vec![],
-            "534c0101ef9bafcdf8acd19101ac02c0843d80c2d72f3bba320d213c86cc9b5b5cc74db7a89a49830e28",
+            "534c0101ef9bafcdf8acd19101ac02c0843d80c2d72fbcb5380a8b2bf706a71e39b0c7d8a059ef9b0e87",
         ),
         (
             "relay status",
@@ -83,7 +83,7 @@ fn vectors() -> Vec<(&'static str, Header, Vec<u8>, &'static str)> {
                 dropped_rate: 4,
             }),
             vec![],
-            "534c010207e80787ad4b01020304d5d2eac44b0b42febba1a6c89cc31b14227c38b4",
+            "534c010207e80787ad4b01020304acd1d953cb43870935c6cba48c7bf1b42ec27d98",
         ),
     ]
 }

@@ -31,6 +31,8 @@ pub enum PathError {
     ComponentTooLong(usize),
     #[error("path contains a NUL or control character")]
     ControlCharacter,
+    #[error("path contains a backslash (ambiguous between systems)")]
+    Backslash,
     #[error("path is inside the reserved state directory {RESERVED_STATE_DIR}")]
     Reserved,
     #[error("{0} is a symlink; refusing to follow it out of the output directory")]
@@ -53,6 +55,9 @@ pub fn validate_object_path(path: &str) -> Result<(), PathError> {
     }
     if path.chars().any(char::is_control) {
         return Err(PathError::ControlCharacter);
+    }
+    if path.contains('\\') {
+        return Err(PathError::Backslash);
     }
     if path.starts_with('/') {
         return Err(PathError::Absolute);
@@ -172,6 +177,7 @@ mod tests {
             (&long_component, "longer than 255"),
             (&long_path, "longer than 4096"),
             (".sluice-state/x", "reserved"),
+            ("a\\..\\b", "backslash"),
         ];
         for (path, reason) in cases {
             let err = validate_object_path(path).unwrap_err().to_string();

@@ -45,8 +45,18 @@ enum Step {
     Advance { millis: u16 },
 }
 
-fn symbol_frame(key: &LinkKey, block: BlockKey, geometry: Geometry, symbol: u16, fill: u8) -> Option<Vec<u8>> {
-    let header = Header::Symbol(SymbolHeader { block, geometry, symbol });
+fn symbol_frame(
+    key: &LinkKey,
+    block: BlockKey,
+    geometry: Geometry,
+    symbol: u16,
+    fill: u8,
+) -> Option<Vec<u8>> {
+    let header = Header::Symbol(SymbolHeader {
+        block,
+        geometry,
+        symbol,
+    });
     let payload = vec![fill; usize::from(geometry.symbol_size)];
     let mut buf = vec![0u8; MAX_FRAME_LEN];
     let n = write_frame(&header, &payload, key, &mut buf).ok()?;
@@ -69,7 +79,18 @@ fuzz_target!(|steps: Vec<Step>| {
     let mut now = Instant::ZERO;
     for step in steps {
         let frame = match step {
-            Step::Symbol { session, object, manifest, index, k, repair, size_units, tail, symbol, fill } => {
+            Step::Symbol {
+                session,
+                object,
+                manifest,
+                index,
+                k,
+                repair,
+                size_units,
+                tail,
+                symbol,
+                fill,
+            } => {
                 let size = 64 * u16::from(size_units % 8 + 1);
                 let k = u32::from(k % 32) + 1;
                 let block_len = (k - 1) * u32::from(size) + u32::from(tail) % u32::from(size) + 1;
@@ -79,16 +100,28 @@ fuzz_target!(|steps: Vec<Step>| {
                 let block = BlockKey {
                     session: SessionId(u64::from(session % 3)),
                     object: ObjectId(u64::from(object % 4)),
-                    kind: if manifest { BlockKind::Manifest } else { BlockKind::Data },
+                    kind: if manifest {
+                        BlockKind::Manifest
+                    } else {
+                        BlockKind::Data
+                    },
                     index: if manifest { 0 } else { u32::from(index % 4) },
                 };
                 let id = symbol % geometry.total_symbols().max(1) as u16;
                 symbol_frame(&key, block, geometry, id, fill)
             }
             Step::Heartbeat { seq } => {
-                let header = Header::Heartbeat(Heartbeat { session: SessionId(1), seq: u64::from(seq), frames_sent: 0, rate: 0 });
+                let header = Header::Heartbeat(Heartbeat {
+                    session: SessionId(1),
+                    seq: u64::from(seq),
+                    frames_sent: 0,
+                    rate: 0,
+                });
                 let mut buf = vec![0u8; 128];
-                write_frame(&header, &[], &key, &mut buf).ok().map(|n| { buf.truncate(n); buf })
+                write_frame(&header, &[], &key, &mut buf).ok().map(|n| {
+                    buf.truncate(n);
+                    buf
+                })
             }
             Step::Raw(bytes) => {
                 let before = (rx.buffered_bytes(), rx.blocks_held(), rx.stats());
@@ -96,13 +129,21 @@ fuzz_target!(|steps: Vec<Step>| {
                 if rx.stats().frames_ok == before.2.frames_ok {
                     // Not authenticated: nothing may change.
                     assert_eq!((rx.buffered_bytes(), rx.blocks_held(), rx.stats()), before);
-                    assert!(rx.poll_event().is_none(), "unauthenticated bytes produced an event");
+                    assert!(
+                        rx.poll_event().is_none(),
+                        "unauthenticated bytes produced an event"
+                    );
                 }
                 None
             }
             Step::Forged { index } => {
                 let geometry = Geometry::new(64, 64, 1).ok();
-                let block = BlockKey { session: SessionId(1), object: ObjectId(0), kind: BlockKind::Data, index: u32::from(index) };
+                let block = BlockKey {
+                    session: SessionId(1),
+                    object: ObjectId(0),
+                    kind: BlockKind::Data,
+                    index: u32::from(index),
+                };
                 if let Some(f) = geometry.and_then(|g| symbol_frame(&wrong, block, g, 0, 1)) {
                     let before = (rx.buffered_bytes(), rx.blocks_held(), rx.stats());
                     rx.handle_frame(now, &f);

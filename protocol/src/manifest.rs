@@ -132,6 +132,11 @@ impl Manifest {
             return Err(ManifestError::Malformed);
         }
         manifest.validate()?;
+        // postcard also accepts over-long varints; insisting on the one canonical encoding
+        // means a signed manifest has exactly one byte form (found by the `manifest` fuzzer).
+        if manifest.to_bytes()? != bytes {
+            return Err(ManifestError::Malformed);
+        }
         Ok(manifest)
     }
 
@@ -199,6 +204,7 @@ impl SignedManifest {
         if !rest.is_empty()
             || envelope.manifest.len() > MAX_ENCODED_LEN
             || envelope.signature.len() > MAX_SIGNATURE_LEN
+            || envelope.to_bytes()? != bytes
         {
             return Err(ManifestError::Malformed);
         }
@@ -235,6 +241,28 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn over_long_varints_are_refused() {
+        // Fuzzer input: an envelope whose first length is the varint 0x88 0x00 (8, over-long).
+        let fuzzed = [
+            0x88, 0x00, 0x01, 0x00, 0x40, 0x00, 0x88, 0x27, 0x80, 0x80, 0x01, 0x01,
+        ];
+        assert_eq!(
+            SignedManifest::from_bytes(&fuzzed),
+            Err(ManifestError::Malformed)
+        );
+        let m = sample(3000, 1024);
+        let mut bytes = m.to_bytes().unwrap();
+        // Re-encode the one-byte path length as a two-byte over-long varint.
+        let at = bytes
+            .iter()
+            .position(|b| usize::from(*b) == m.path.len())
+            .unwrap();
+        bytes[at] |= 0x80;
+        bytes.insert(at + 1, 0x00);
+        assert_eq!(Manifest::from_bytes(&bytes), Err(ManifestError::Malformed));
     }
 
     #[test]

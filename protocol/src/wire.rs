@@ -352,8 +352,16 @@ fn decode_body(bytes: &[u8]) -> Result<Frame<'_>, ParseError> {
     let body = &bytes[PREFIX_LEN..mac_start];
     let (header, payload) =
         postcard::take_from_bytes::<Header>(body).map_err(|_| ParseError::BadHeader)?;
-    if body.len() - payload.len() > MAX_HEADER_LEN {
+    let header_len = body.len() - payload.len();
+    if header_len > MAX_HEADER_LEN {
         return Err(ParseError::BadHeader);
+    }
+    // postcard also decodes over-long varints; accept only the canonical encoding so a frame
+    // has one byte form and a relay that re-encodes what it parsed reproduces it exactly.
+    let mut canonical = [0u8; MAX_HEADER_LEN];
+    match postcard::to_slice(&header, &mut canonical) {
+        Ok(encoded) if encoded[..] == body[..header_len] => {}
+        _ => return Err(ParseError::BadHeader),
     }
     header.validate().map_err(ParseError::BadGeometry)?;
     if payload.len() != header.payload_len() {

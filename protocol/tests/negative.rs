@@ -157,6 +157,23 @@ fn bad_header_truncated_varint() {
 }
 
 #[test]
+fn bad_header_over_long_varint() {
+    // A heartbeat whose seq 5 is written as the two-byte varint 0x85 0x00: postcard decodes it,
+    // but a frame has exactly one byte form, so it is refused.
+    let hb = Header::Heartbeat(Heartbeat {
+        session: SessionId(1),
+        seq: 5,
+        frames_sent: 0,
+        rate: 0,
+    });
+    let canonical = postcard::to_allocvec(&hb).unwrap();
+    assert_eq!(canonical, [1, 1, 5, 0, 0]);
+    assert!(parse_frame(&frame_from_raw(&canonical, &[]), &key()).is_ok());
+    let f = frame_from_raw(&[1, 1, 0x85, 0x00, 0, 0], &[]);
+    assert_eq!(parse_frame(&f, &key()), Err(ParseError::BadHeader));
+}
+
+#[test]
 fn bad_length_short_and_long_payload() {
     let header = symbol(valid_geometry(), 0);
     for len in [63, 65] {

@@ -11,6 +11,7 @@
 pub mod binaries;
 pub mod harness;
 pub mod relay;
+pub mod sweep;
 pub mod tree;
 
 /// Parses a size with a unit: `300MB`, `1.5GB`, `64MiB` (decimal and binary units).

@@ -267,10 +267,8 @@ fn drain_events(
                 }
                 decided.insert(key, true);
             }
-            Event::BlockStalled(partial) => {
-                if decided.insert(partial.key, false).is_none() {
-                    outcome.failed += 1;
-                }
+            Event::BlockStalled(partial) if decided.insert(partial.key, false).is_none() => {
+                outcome.failed += 1;
             }
             _ => {}
         }

@@ -267,8 +267,11 @@ fn drain_events(
                 }
                 decided.insert(key, true);
             }
-            Event::BlockStalled(partial) if decided.insert(partial.key, false).is_none() => {
-                outcome.failed += 1;
+            Event::BlockStalled(partial) => {
+                // A block decided once stays decided: a stall can never undo a decode.
+                let first = !decided.contains_key(&partial.key);
+                decided.entry(partial.key).or_insert(false);
+                outcome.failed += usize::from(first);
             }
             _ => {}
         }

@@ -46,6 +46,7 @@ pub struct Summary {
     pub heartbeats: u64,
     pub blocks: u64,
     pub passes: u16,
+    /// From start to the last symbol frame (the trailing heartbeats are not counted).
     pub elapsed: Duration,
 }
 
@@ -147,6 +148,7 @@ pub(crate) async fn send_loop(
     let mut pending: Option<OutgoingBlock> = None;
     let mut encoder_done = false;
     let mut finish_at: Option<sluice_protocol::time::Instant> = None;
+    let mut drained_after: Option<Duration> = None;
     let mut frame = vec![0u8; MAX_FRAME_LEN];
 
     loop {
@@ -181,6 +183,7 @@ pub(crate) async fn send_loop(
         };
         let idle = encoder_done && pending.is_none() && scheduler.is_drained();
         let deadline = if idle {
+            drained_after.get_or_insert_with(|| start.elapsed());
             let end = *finish_at.get_or_insert(now + settings.linger);
             if now >= end {
                 break;
@@ -212,7 +215,7 @@ pub(crate) async fn send_loop(
     summary.symbols = stats.symbols;
     summary.heartbeats = stats.heartbeats;
     summary.blocks = stats.blocks;
-    summary.elapsed = start.elapsed();
+    summary.elapsed = drained_after.unwrap_or_else(|| start.elapsed());
     Ok(summary)
 }
 

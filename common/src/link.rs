@@ -24,6 +24,8 @@ const SERIAL_DEFAULT_FRAME: usize = 1024;
 const SERIAL_ACCUMULATOR: usize = encoded_len(MAX_FRAME_LEN);
 /// Receive buffer asked for on UDP; the kernel caps it at `net.core.rmem_max`.
 const UDP_RECV_BUFFER: usize = 64 << 20;
+/// Datagrams fetched per `recvmmsg` call.
+const UDP_RECV_BATCH: usize = 32;
 /// Send buffer asked for on UDP (`net.core.wmem_max`).
 const UDP_SEND_BUFFER: usize = 8 << 20;
 
@@ -216,6 +218,7 @@ pub struct LinkSender {
 enum TxInner {
     Udp {
         socket: tokio::net::UdpSocket,
+        state: quinn_udp::UdpSocketState,
         target: SocketAddr,
     },
     Serial {
@@ -223,6 +226,9 @@ enum TxInner {
         encoded: Vec<u8>,
     },
 }
+
+/// Largest UDP payload one GSO send may carry (the kernel's limit for a UDP datagram).
+const GSO_MAX_BYTES: usize = 65_507;
 
 impl LinkSender {
     /// Opens the link for sending.
@@ -238,8 +244,13 @@ impl LinkSender {
                     "0.0.0.0:0".parse().map_err(io::Error::other)?
                 };
                 socket.bind(&any.into())?;
+                let state = quinn_udp::UdpSocketState::new((&socket).into())?;
                 let socket = tokio::net::UdpSocket::from_std(socket.into())?;
-                TxInner::Udp { socket, target }
+                TxInner::Udp {
+                    socket,
+                    state,
+                    target,
+                }
             }
             LinkSpec::Serial { path, baud, frame } => TxInner::Serial {
                 port: open_serial(path, *baud)?,
@@ -253,7 +264,7 @@ impl LinkSender {
     /// up yet) is not an error: a real diode never reports one either.
     pub async fn send(&mut self, frame: &[u8]) -> io::Result<()> {
         match &mut self.inner {
-            TxInner::Udp { socket, target } => match socket.send_to(frame, *target).await {
+            TxInner::Udp { socket, target, .. } => match socket.send_to(frame, *target).await {
                 Ok(_) => Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(()),
                 Err(e) => Err(e),
@@ -262,6 +273,58 @@ impl LinkSender {
                 let n = encode_frame(frame, encoded)
                     .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too long"))?;
                 port.write_all(&encoded[..n]).await
+            }
+        }
+    }
+
+    /// How many equal-length frames [`send_batch`](Self::send_batch) takes at once for frames
+    /// of `frame_len` bytes: UDP segmentation offload (GSO) hands the kernel up to this many
+    /// datagrams in one system call; serial writes one frame at a time.
+    pub fn batch_limit(&self, frame_len: usize) -> usize {
+        match &self.inner {
+            TxInner::Udp { state, .. } => state
+                .max_gso_segments()
+                .min(GSO_MAX_BYTES / frame_len.max(1))
+                .max(1),
+            TxInner::Serial { .. } => 1,
+        }
+    }
+
+    /// Sends `frames`: consecutive frames of `frame_len` bytes each (the last may be shorter),
+    /// at most [`batch_limit`](Self::batch_limit) of them. On UDP each still leaves as its own
+    /// datagram; GSO only saves the per-datagram trips through the network stack.
+    pub async fn send_batch(&mut self, frames: &[u8], frame_len: usize) -> io::Result<()> {
+        if frames.len() <= frame_len {
+            return self.send(frames).await;
+        }
+        match &mut self.inner {
+            TxInner::Udp {
+                socket,
+                state,
+                target,
+            } => {
+                let transmit = quinn_udp::Transmit {
+                    destination: *target,
+                    ecn: None,
+                    contents: frames,
+                    segment_size: Some(frame_len),
+                    src_ip: None,
+                };
+                let sent = socket
+                    .async_io(tokio::io::Interest::WRITABLE, || {
+                        state.try_send(quinn_udp::UdpSockRef::from(&*socket), &transmit)
+                    })
+                    .await;
+                match sent {
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(()),
+                    other => other,
+                }
+            }
+            TxInner::Serial { .. } => {
+                for frame in frames.chunks(frame_len) {
+                    self.send(frame).await?;
+                }
+                Ok(())
             }
         }
     }
@@ -294,7 +357,13 @@ pub struct LinkReceiver {
 enum RxInner {
     Udp {
         socket: tokio::net::UdpSocket,
-        buf: Vec<u8>,
+        state: quinn_udp::UdpSocketState,
+        /// One buffer per datagram of a `recvmmsg` batch; GRO may coalesce up to 64 KiB.
+        bufs: Vec<Vec<u8>>,
+        metas: Vec<quinn_udp::RecvMeta>,
+        /// Datagram buffers filled by the last batch, and how far `recv` has handed them out.
+        filled: usize,
+        cursor: (usize, usize),
     },
     Serial {
         port: tokio_serial::SerialStream,
@@ -323,9 +392,14 @@ impl LinkReceiver {
                     );
                 }
                 socket.bind(&local.into())?;
+                let state = quinn_udp::UdpSocketState::new((&socket).into())?;
                 RxInner::Udp {
                     socket: tokio::net::UdpSocket::from_std(socket.into())?,
-                    buf: vec![0; 65536],
+                    state,
+                    bufs: vec![vec![0; 65_536]; UDP_RECV_BATCH],
+                    metas: vec![quinn_udp::RecvMeta::default(); UDP_RECV_BATCH],
+                    filled: 0,
+                    cursor: (0, 0),
                 }
             }
             LinkSpec::Serial { path, baud, .. } => RxInner::Serial {
@@ -352,10 +426,20 @@ impl LinkReceiver {
     /// bytes already read.
     pub async fn recv(&mut self) -> io::Result<Received<'_>> {
         match &mut self.inner {
-            RxInner::Udp { socket, buf } => {
-                let (n, _) = socket.recv_from(buf).await?;
-                Ok(Received::Frame(&buf[..n]))
-            }
+            RxInner::Udp {
+                socket,
+                state,
+                bufs,
+                metas,
+                filled,
+                cursor,
+            } => loop {
+                if let Some((msg, start, end)) = next_datagram(metas, bufs, *filled, cursor) {
+                    return Ok(Received::Frame(&bufs[msg][start..end]));
+                }
+                *filled = recv_batch(socket, state, bufs, metas).await?;
+                *cursor = (0, 0);
+            },
             RxInner::Serial {
                 port,
                 accumulator,
@@ -393,6 +477,81 @@ impl LinkReceiver {
                 *start = 0;
                 *end = n;
             },
+        }
+    }
+}
+
+/// The next datagram of the current batch as (buffer, start, end), advancing `cursor`
+/// (buffer index, offset). A GRO buffer holds several datagrams of `stride` bytes each.
+fn next_datagram(
+    metas: &[quinn_udp::RecvMeta],
+    bufs: &[Vec<u8>],
+    filled: usize,
+    cursor: &mut (usize, usize),
+) -> Option<(usize, usize, usize)> {
+    while cursor.0 < filled {
+        let (msg, offset) = *cursor;
+        let meta = metas.get(msg)?;
+        let len = meta.len.min(bufs.get(msg)?.len());
+        if offset < len {
+            let end = (offset + meta.stride.max(1)).min(len);
+            cursor.1 = end;
+            return Some((msg, offset, end));
+        }
+        *cursor = (msg + 1, 0);
+    }
+    None
+}
+
+/// One `recvmmsg` (with GRO) into `bufs`; returns how many buffers were filled.
+async fn recv_batch(
+    socket: &tokio::net::UdpSocket,
+    state: &quinn_udp::UdpSocketState,
+    bufs: &mut [Vec<u8>],
+    metas: &mut [quinn_udp::RecvMeta],
+) -> io::Result<usize> {
+    let mut slices: Vec<io::IoSliceMut<'_>> =
+        bufs.iter_mut().map(|b| io::IoSliceMut::new(b)).collect();
+    socket
+        .async_io(tokio::io::Interest::READABLE, || {
+            state.recv(quinn_udp::UdpSockRef::from(socket), &mut slices, metas)
+        })
+        .await
+}
+
+impl LinkReceiver {
+    /// Waits for traffic, then hands every frame (or deframing drop) that is ready to `each`:
+    /// on UDP up to 32 datagrams per `recvmmsg`, each GRO-coalesced buffer split back into its
+    /// datagrams; on serial whatever one read delivered. Returns how many it handed over.
+    pub async fn recv_many(&mut self, mut each: impl FnMut(Received<'_>)) -> io::Result<usize> {
+        match &mut self.inner {
+            RxInner::Udp {
+                socket,
+                state,
+                bufs,
+                metas,
+                filled,
+                cursor,
+            } => {
+                if next_datagram(metas, bufs, *filled, &mut cursor.clone()).is_none() {
+                    *filled = recv_batch(socket, state, bufs, metas).await?;
+                    *cursor = (0, 0);
+                }
+                let mut frames = 0;
+                while let Some((msg, start, end)) = next_datagram(metas, bufs, *filled, cursor) {
+                    each(Received::Frame(&bufs[msg][start..end]));
+                    frames += 1;
+                }
+                Ok(frames)
+            }
+            RxInner::Serial { .. } => {
+                let first = match self.recv().await? {
+                    Received::Frame(f) => Received::Frame(f),
+                    Received::Dropped(r) => Received::Dropped(r),
+                };
+                each(first);
+                Ok(1)
+            }
         }
     }
 }
@@ -451,5 +610,29 @@ mod tests {
         tx.send(b"second").await.unwrap();
         assert_eq!(rx.recv().await.unwrap(), Received::Frame(b"first frame"));
         assert_eq!(rx.recv().await.unwrap(), Received::Frame(b"second"));
+
+        // A GSO batch of equal frames (the last shorter) arrives as separate frames, in order.
+        let frame_len = 1000;
+        let limit = tx.batch_limit(frame_len);
+        assert!(limit >= 1);
+        let count = limit.clamp(1, 10);
+        let mut batch = Vec::new();
+        for i in 0..count {
+            let len = if i + 1 == count { 300 } else { frame_len };
+            batch.extend(std::iter::repeat_n(i as u8, len));
+        }
+        tx.send_batch(&batch, frame_len).await.unwrap();
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        while got.len() < count {
+            rx.recv_many(|r| {
+                if let Received::Frame(f) = r {
+                    got.push(f.to_vec());
+                }
+            })
+            .await
+            .unwrap();
+        }
+        let expected: Vec<Vec<u8>> = batch.chunks(frame_len).map(<[u8]>::to_vec).collect();
+        assert_eq!(got, expected);
     }
 }

@@ -150,6 +150,8 @@ pub(crate) async fn send_loop(
     let mut finish_at: Option<sluice_protocol::time::Instant> = None;
     let mut drained_after: Option<Duration> = None;
     let mut frame = vec![0u8; MAX_FRAME_LEN];
+    // Consecutive frames of equal length go to the link in one GSO batch.
+    let mut batch = Batch::default();
 
     loop {
         // Feed the scheduler as far as it has room.
@@ -176,11 +178,12 @@ pub(crate) async fn send_loop(
             .map_err(|e| std::io::Error::other(format!("frame encoding: {e:?}")))?
         {
             Transmit::Frame(len) => {
-                link.send(&frame[..len]).await?;
+                batch.push(&frame[..len], &mut link).await?;
                 continue;
             }
             Transmit::WaitUntil(at) => at,
         };
+        batch.flush(&mut link).await?;
         let idle = encoder_done && pending.is_none() && scheduler.is_drained();
         let deadline = if idle {
             drained_after.get_or_insert_with(|| start.elapsed());
@@ -206,6 +209,7 @@ pub(crate) async fn send_loop(
             sleep.await;
         }
     }
+    batch.flush(&mut link).await?;
     link.flush().await?;
     bar.finish_and_clear();
     let stats = scheduler.stats();
@@ -217,6 +221,43 @@ pub(crate) async fn send_loop(
     summary.blocks = stats.blocks;
     summary.elapsed = drained_after.unwrap_or_else(|| start.elapsed());
     Ok(summary)
+}
+
+/// Frames waiting to go out together: all `frame_len` long except possibly the last.
+#[derive(Debug, Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    frame_len: usize,
+    count: usize,
+    limit: usize,
+}
+
+impl Batch {
+    async fn push(&mut self, frame: &[u8], link: &mut LinkSender) -> std::io::Result<()> {
+        if self.count > 0 && (frame.len() > self.frame_len || self.count >= self.limit) {
+            self.flush(link).await?;
+        }
+        if self.count == 0 {
+            self.frame_len = frame.len();
+            self.limit = link.batch_limit(frame.len());
+        }
+        self.bytes.extend_from_slice(frame);
+        self.count += 1;
+        // A shorter frame can only end a batch.
+        if frame.len() < self.frame_len || self.count >= self.limit {
+            self.flush(link).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, link: &mut LinkSender) -> std::io::Result<()> {
+        if self.count > 0 {
+            link.send_batch(&self.bytes, self.frame_len).await?;
+            self.bytes.clear();
+            self.count = 0;
+        }
+        Ok(())
+    }
 }
 
 fn absorb(

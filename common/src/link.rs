@@ -545,11 +545,7 @@ impl LinkReceiver {
                 Ok(frames)
             }
             RxInner::Serial { .. } => {
-                let first = match self.recv().await? {
-                    Received::Frame(f) => Received::Frame(f),
-                    Received::Dropped(r) => Received::Dropped(r),
-                };
-                each(first);
+                each(self.recv().await?);
                 Ok(1)
             }
         }

@@ -1,0 +1,349 @@
+//! The link task: frames in, assembled blocks out to the decoders. It does nothing slow: no
+//! decoding, no crypto beyond the frame MAC, no file I/O except the `stat` of a done marker
+//! when an unknown object starts, and no allocation per frame (the link reuses its buffer,
+//! the assembler allocates once per block).
+//!
+//! ```text
+//!   link.recv() ──► Assembler::handle_frame ──► events
+//!        BlockStarted ─► object table: assemble / mark_done / restore saved symbols
+//!        BlockReady   ─► take_ready once permits for its bytes are free ─► decoders
+//!        BlockStalled ─► warn, save its symbols (decoders) for a later pass
+//!   every 100 ms: handle_timeout, idle check, "frames failed link authentication" warning
+//! ```
+//!
+//! Ready blocks wait inside the assembler (charged to `--max-memory`) while the decoders are
+//! busy, so a slow disk turns into counted `capacity` drops, never into unbounded memory.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_common::link::{LinkReceiver, Received};
+use sluice_protocol::counters::DropReason;
+use sluice_protocol::rx::{Assembler, Event, PartialBlock, ReadyBlock};
+use sluice_protocol::time::Instant;
+use sluice_protocol::wire::{BlockKey, BlockKind};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+use crate::decode::Job;
+use crate::objects::StartAction;
+use crate::shared::{Counters, Shared};
+use crate::state::ObjectKey;
+use crate::summary::Stop;
+
+/// How often timeouts, the idle limit and the MAC warning are checked.
+const TICK: Duration = Duration::from_millis(100);
+/// Least time between two "failed link authentication" warnings.
+const BAD_MAC_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// A block taken from the assembler, waiting for permits.
+#[derive(Debug)]
+enum Waiting {
+    Ready(ReadyBlock),
+    Partial(PartialBlock),
+}
+
+impl Waiting {
+    /// Bytes the job will hold: its symbols, plus the decoded block for a ready block.
+    fn charge(&self) -> u32 {
+        let bytes = match self {
+            Waiting::Ready(b) => b.geometry.padded_len().saturating_mul(2),
+            Waiting::Partial(p) => p.symbols.len() as u64,
+        };
+        u32::try_from(bytes).unwrap_or(u32::MAX)
+    }
+}
+
+/// Counts the link task keeps.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct LinkStats {
+    pub frames_received: u64,
+    pub first_frame: Option<std::time::Instant>,
+    pub blocks_stalled: u64,
+}
+
+/// The receive loop's state.
+pub(crate) struct LinkLoop {
+    pub asm: Assembler,
+    shared: Arc<Shared>,
+    jobs: crossbeam_channel::Sender<Job>,
+    permits: Arc<Semaphore>,
+    pending: VecDeque<BlockKey>,
+    waiting: Option<Waiting>,
+    restored_tx: mpsc::UnboundedSender<PartialBlock>,
+    restored_rx: mpsc::UnboundedReceiver<PartialBlock>,
+    clock: std::time::Instant,
+    idle: Option<Duration>,
+    last_frame: Instant,
+    bad_mac_reported: u64,
+    bad_mac_warned_at: Option<std::time::Instant>,
+    pub stats: LinkStats,
+}
+
+impl LinkLoop {
+    pub fn new(
+        asm: Assembler,
+        shared: Arc<Shared>,
+        jobs: crossbeam_channel::Sender<Job>,
+        permits: Arc<Semaphore>,
+        idle: Option<Duration>,
+    ) -> Self {
+        let (restored_tx, restored_rx) = mpsc::unbounded_channel();
+        LinkLoop {
+            asm,
+            shared,
+            jobs,
+            permits,
+            pending: VecDeque::new(),
+            waiting: None,
+            restored_tx,
+            restored_rx,
+            clock: std::time::Instant::now(),
+            idle,
+            last_frame: Instant::ZERO,
+            bad_mac_reported: 0,
+            bad_mac_warned_at: None,
+            stats: LinkStats::default(),
+        }
+    }
+
+    fn now(&self) -> Instant {
+        sluice_common::instant_since(self.clock)
+    }
+
+    /// Receives until idle, shutdown or a link error.
+    pub async fn run(
+        &mut self,
+        link: &mut LinkReceiver,
+        mut shutdown: Pin<&mut impl Future<Output = ()>>,
+    ) -> Stop {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let need = self.waiting.as_ref().map(Waiting::charge);
+            tokio::select! {
+                biased;
+                () = &mut shutdown => return Stop::Shutdown,
+                permit = acquire(&self.permits, need.unwrap_or(0)), if need.is_some() => {
+                    match permit {
+                        Some(permit) => self.send_waiting(permit),
+                        None => return Stop::LinkError("permit semaphore closed".into()),
+                    }
+                }
+                received = link.recv() => {
+                    let now = self.now();
+                    match received {
+                        Ok(Received::Frame(bytes)) => self.asm.handle_frame(now, bytes),
+                        Ok(Received::Dropped(reason)) => self.asm.record_drop(reason),
+                        Err(e) => return Stop::LinkError(e.to_string()),
+                    }
+                    self.last_frame = now;
+                    self.stats.frames_received += 1;
+                    if self.stats.first_frame.is_none() {
+                        self.stats.first_frame = Some(std::time::Instant::now());
+                    }
+                }
+                Some(partial) = self.restored_rx.recv() => {
+                    let added = self.asm.restore(self.now(), &partial);
+                    if added > 0 {
+                        Counters::add(&self.shared.counters.partials_restored, 1);
+                    }
+                    tracing::debug!(block = ?partial.key, added, "restored saved symbols");
+                }
+                _ = tick.tick() => {
+                    let now = self.now();
+                    self.asm.handle_timeout(now);
+                    self.warn_bad_mac(false);
+                    if let Some(idle) = self.idle {
+                        if now.saturating_since(self.last_frame) >= idle {
+                            return Stop::Idle;
+                        }
+                    }
+                }
+            }
+            self.drain_events();
+        }
+    }
+
+    /// Handles every pending assembler event, then hands ready blocks to the decoders.
+    fn drain_events(&mut self) {
+        while let Some(event) = self.asm.poll_event() {
+            match event {
+                Event::BlockStarted(key) => self.on_started(key),
+                Event::BlockReady(key) => self.pending.push_back(key),
+                Event::BlockStalled(partial) => self.on_stalled(partial, true),
+                Event::LinkUp => tracing::info!("link up: valid frames arriving"),
+                Event::LinkDown => tracing::info!("link down: no valid frame for 5 s"),
+                Event::Heartbeat(beat) => tracing::debug!(
+                    session = format_args!("{:016x}", beat.session.0),
+                    seq = beat.seq,
+                    frames_sent = beat.frames_sent,
+                    rate = beat.rate,
+                    "heartbeat"
+                ),
+                Event::RelayStatus(status) => tracing::info!(?status, "relay status"),
+                _ => {}
+            }
+        }
+        self.dispatch_pending();
+    }
+
+    fn on_started(&mut self, key: BlockKey) {
+        let action = self.shared.index().on_block_started(
+            &key,
+            &self.shared.state,
+            std::time::Instant::now(),
+        );
+        match action {
+            StartAction::Assemble => {}
+            StartAction::MarkDone => self.asm.mark_done(key),
+            StartAction::Restore => {
+                let (shared, tx) = (self.shared.clone(), self.restored_tx.clone());
+                // Reading a saved block is file I/O: off the link task.
+                tokio::task::spawn_blocking(move || match shared.state.load_partial(&key) {
+                    Ok(partial) => {
+                        let _ = tx.send(partial);
+                    }
+                    Err(e) => tracing::debug!(block = ?key, "saved symbols unusable: {e}"),
+                });
+            }
+        }
+    }
+
+    /// A block got no symbol for the block timeout: warn, and keep its symbols if possible.
+    fn on_stalled(&mut self, partial: PartialBlock, running: bool) {
+        let obj = ObjectKey::of(&partial.key);
+        if !self.shared.index().is_open(&obj) {
+            return;
+        }
+        let held = partial.ids.len();
+        let needed = partial.geometry.source_symbols;
+        if running {
+            self.stats.blocks_stalled += 1;
+            match partial.key.kind {
+                BlockKind::Data => tracing::warn!(
+                    object = %obj,
+                    segment = partial.key.index,
+                    held,
+                    needed,
+                    "block stalled: object {obj} segment {} has {held} of {needed} symbols",
+                    partial.key.index
+                ),
+                BlockKind::Manifest => tracing::warn!(
+                    object = %obj,
+                    held,
+                    needed,
+                    "block stalled: object {obj} manifest has {held} of {needed} symbols"
+                ),
+            }
+        }
+        let waiting = Waiting::Partial(partial);
+        match self
+            .permits
+            .clone()
+            .try_acquire_many_owned(waiting.charge())
+        {
+            Ok(permit) => self.send(waiting, permit),
+            // Symbols are only an optimisation for a later pass; never wait for room here.
+            Err(_) => tracing::debug!(object = %obj, "no room to save a stalled block's symbols"),
+        }
+    }
+
+    fn dispatch_pending(&mut self) {
+        while self.waiting.is_none() {
+            let Some(key) = self.pending.pop_front() else {
+                break;
+            };
+            let Some(block) = self.asm.take_ready(&key) else {
+                continue;
+            };
+            let waiting = Waiting::Ready(block);
+            match self
+                .permits
+                .clone()
+                .try_acquire_many_owned(waiting.charge())
+            {
+                Ok(permit) => self.send(waiting, permit),
+                Err(_) => self.waiting = Some(waiting),
+            }
+        }
+    }
+
+    fn send_waiting(&mut self, permit: OwnedSemaphorePermit) {
+        if let Some(waiting) = self.waiting.take() {
+            self.send(waiting, permit);
+        }
+        self.dispatch_pending();
+    }
+
+    fn send(&mut self, waiting: Waiting, permit: OwnedSemaphorePermit) {
+        let job = match waiting {
+            Waiting::Ready(block) => Job::Decode(block, permit),
+            Waiting::Partial(partial) => Job::SavePartial(partial, permit),
+        };
+        if self.jobs.send(job).is_err() {
+            tracing::error!("decoder threads are gone; dropping a block");
+        }
+    }
+
+    /// Warns about frames that failed the link MAC since the last warning (at most every
+    /// [`BAD_MAC_WARN_EVERY`] unless `force`).
+    pub fn warn_bad_mac(&mut self, force: bool) {
+        let total = self.asm.drops().get(DropReason::BadMac);
+        let new = total.saturating_sub(self.bad_mac_reported);
+        if new == 0 {
+            return;
+        }
+        let due = force
+            || self
+                .bad_mac_warned_at
+                .is_none_or(|at| at.elapsed() >= BAD_MAC_WARN_EVERY);
+        if due {
+            tracing::warn!(
+                count = new,
+                "{new} frames failed link authentication (wrong --link-key?)"
+            );
+            self.bad_mac_reported = total;
+            self.bad_mac_warned_at = Some(std::time::Instant::now());
+        }
+    }
+
+    /// At the end of a run: every block still assembling is saved for a later run, every
+    /// ready one is decoded. Waits for permits as needed.
+    pub async fn flush(&mut self) {
+        self.drain_events();
+        self.warn_bad_mac(true);
+        self.asm.handle_timeout(Instant::from_micros(u64::MAX));
+        while let Some(event) = self.asm.poll_event() {
+            if let Event::BlockStalled(partial) = event {
+                let obj = ObjectKey::of(&partial.key);
+                if self.shared.index().is_open(&obj) {
+                    let waiting = Waiting::Partial(partial);
+                    if let Some(permit) = acquire(&self.permits, waiting.charge()).await {
+                        self.send(waiting, permit);
+                    }
+                }
+            }
+        }
+        loop {
+            if let Some(waiting) = self.waiting.take() {
+                if let Some(permit) = acquire(&self.permits, waiting.charge()).await {
+                    self.send(waiting, permit);
+                }
+            }
+            let Some(key) = self.pending.pop_front() else {
+                break;
+            };
+            if let Some(block) = self.asm.take_ready(&key) {
+                self.waiting = Some(Waiting::Ready(block));
+            }
+        }
+    }
+}
+
+/// Waits for `n` permits (`None` if the semaphore was closed).
+async fn acquire(permits: &Arc<Semaphore>, n: u32) -> Option<OwnedSemaphorePermit> {
+    permits.clone().acquire_many_owned(n).await.ok()
+}

@@ -1,0 +1,439 @@
+//! Publishing: turns a complete, verified object into a file or directory under `--out`,
+//! atomically, and recognises content that is already there.
+//!
+//! ```text
+//!  seg-0 ─┐                                         staging file (state dir, 0600)
+//!  seg-1 ─┼─► SHA-256(ciphertext) ─► age decrypt ─► SHA-256(plaintext) + byte count ─► write
+//!  seg-n ─┘   (must match the signed manifest)      (must match the signed manifest)
+//!        then: mode, mtime, fsync ─► resolve target (no symlink, no clash) ─► rename ─► fsync dir
+//! ```
+//!
+//! One segment is in flight at a time and read through fixed buffers, so memory does not
+//! depend on the file's size. Directories are created (mode and mtime applied), and because
+//! adding an entry changes a directory's mtime, the recorded mtime of every delivered ancestor
+//! is applied again after each publish and once more at shutdown ("directories after their
+//! contents"). Setuid and setgid bits are never applied: a gateway must not mint privileged
+//! executables from across the diode.
+
+use std::collections::HashMap;
+use std::fs::{self, File, FileTimes, OpenOptions, Permissions};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+use sluice_common::paths::{self, PathError, Target};
+use sluice_protocol::manifest::{EntryKind, Manifest};
+
+use crate::objects::Failure;
+use crate::shared::Shared;
+use crate::state::{ObjectKey, Record};
+
+/// Permission bits applied: everything but setuid and setgid.
+const MODE_MASK: u32 = 0o1777;
+/// Read and write buffer sizes while publishing.
+const IO_BUFFER: usize = 256 * 1024;
+
+/// Mode and mtime of a delivered directory, applied again after its contents change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirMeta {
+    mode: u32,
+    mtime_secs: i64,
+    mtime_nanos: u32,
+}
+
+/// Delivered directories by object path (`None`: looked up, not a delivered directory).
+pub type DirCache = HashMap<String, Option<DirMeta>>;
+
+/// Checks a manifest path: valid, and not inside the state directory.
+pub(crate) fn check_path(shared: &Shared, path: &str) -> Result<(), Failure> {
+    let refused = |error: String| Failure::PathRefused {
+        path: path.to_string(),
+        error,
+    };
+    paths::validate_object_path(path).map_err(|e| refused(e.to_string()))?;
+    if let Some(reserved) = &shared.reserved {
+        let inside = path == reserved
+            || path
+                .strip_prefix(reserved.as_str())
+                .is_some_and(|rest| rest.starts_with('/'));
+        if inside {
+            return Err(refused(format!(
+                "path is inside the state directory {reserved}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn path_failure(path: &str, error: PathError) -> Failure {
+    match error {
+        PathError::Io { path: at, source } => {
+            Failure::Io(format!("cannot prepare {}: {source}", at.display()))
+        }
+        other => Failure::PathRefused {
+            path: path.to_string(),
+            error: other.to_string(),
+        },
+    }
+}
+
+fn io_failure(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> Failure {
+    move |e| Failure::Io(format!("{what}: {e}"))
+}
+
+/// The `SystemTime` of a manifest mtime, if representable.
+fn system_time(secs: i64, nanos: u32) -> Option<SystemTime> {
+    let nanos = Duration::from_nanos(u64::from(nanos.min(999_999_999)));
+    let base = if secs >= 0 {
+        UNIX_EPOCH.checked_add(Duration::from_secs(secs.unsigned_abs()))?
+    } else {
+        UNIX_EPOCH.checked_sub(Duration::from_secs(secs.unsigned_abs()))?
+    };
+    base.checked_add(nanos)
+}
+
+/// Applies mode and mtime through an open handle (never through a path that could be a link).
+fn apply_meta(file: &File, mode: u32, secs: i64, nanos: u32) -> io::Result<()> {
+    file.set_permissions(Permissions::from_mode(mode & MODE_MASK))?;
+    if let Some(time) = system_time(secs, nanos) {
+        file.set_times(FileTimes::new().set_modified(time))?;
+    }
+    Ok(())
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Runs `f` with `dir` writable by its owner, restoring its mode afterwards (a delivered
+/// read-only directory must still receive the rest of its contents when not running as root).
+fn with_writable_dir<T>(dir: &Path, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    let meta = fs::symlink_metadata(dir)?;
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o300 == 0o300 {
+        return f();
+    }
+    fs::set_permissions(dir, Permissions::from_mode(mode | 0o300))?;
+    let result = f();
+    fs::set_permissions(dir, Permissions::from_mode(mode))?;
+    result
+}
+
+/// Publishes a complete object; returns the plaintext bytes written.
+pub(crate) fn publish(
+    shared: &Shared,
+    obj: ObjectKey,
+    manifest: &Manifest,
+    dirs: &mut DirCache,
+) -> Result<u64, Failure> {
+    check_path(shared, &manifest.path)?;
+    let bytes = match manifest.kind {
+        EntryKind::Directory => {
+            publish_dir(shared, manifest, dirs)?;
+            0
+        }
+        EntryKind::File => publish_file(shared, obj, manifest)?,
+    };
+    reapply_ancestors(shared, &manifest.path, dirs);
+    Ok(bytes)
+}
+
+fn parent_of(path: &Path) -> Result<&Path, Failure> {
+    path.parent()
+        .ok_or_else(|| Failure::Io(format!("{} has no parent", path.display())))
+}
+
+fn publish_dir(shared: &Shared, m: &Manifest, dirs: &mut DirCache) -> Result<(), Failure> {
+    let target = paths::resolve_under(&shared.out, &m.path, Target::Directory, true)
+        .map_err(|e| path_failure(&m.path, e))?;
+    let parent = parent_of(&target)?;
+    if !target.is_dir() {
+        with_writable_dir(parent, || fs::DirBuilder::new().mode(0o700).create(&target))
+            .or_else(|e| match e.kind() {
+                io::ErrorKind::AlreadyExists => Ok(()),
+                _ => Err(e),
+            })
+            .map_err(io_failure(format!("cannot create {}", target.display())))?;
+        // Whatever is there now must be the directory we made, not a link raced in.
+        paths::resolve_under(&shared.out, &m.path, Target::Directory, false)
+            .map_err(|e| path_failure(&m.path, e))?;
+    }
+    let dir =
+        File::open(&target).map_err(io_failure(format!("cannot open {}", target.display())))?;
+    apply_meta(&dir, m.mode, m.mtime_secs, m.mtime_nanos).map_err(io_failure(format!(
+        "cannot set mode/mtime of {}",
+        target.display()
+    )))?;
+    fsync_dir(parent).map_err(io_failure(format!("cannot fsync {}", parent.display())))?;
+    let meta = DirMeta {
+        mode: m.mode,
+        mtime_secs: m.mtime_secs,
+        mtime_nanos: m.mtime_nanos,
+    };
+    dirs.insert(m.path.clone(), Some(meta));
+    let inode = dir.metadata().map(|md| md.ino()).unwrap_or(0);
+    write_record(shared, m, "directory", inode);
+    Ok(())
+}
+
+fn write_record(shared: &Shared, m: &Manifest, kind: &str, inode: u64) {
+    let record = Record {
+        path: m.path.clone(),
+        kind: kind.to_string(),
+        sha256: hex::encode(m.sha256),
+        size: m.size,
+        mode: m.mode & MODE_MASK,
+        mtime_secs: m.mtime_secs,
+        mtime_nanos: m.mtime_nanos,
+        inode,
+    };
+    if let Err(e) = shared.state.write_record(&record) {
+        // The object is delivered; only the shortcut for recognising it again is lost.
+        tracing::warn!(path = %m.path, "cannot record the delivery in the state directory: {e}");
+    }
+}
+
+fn publish_file(shared: &Shared, obj: ObjectKey, m: &Manifest) -> Result<u64, Failure> {
+    // Resolve first: a refused path fails before any decryption work.
+    paths::resolve_under(&shared.out, &m.path, Target::File, true)
+        .map_err(|e| path_failure(&m.path, e))?;
+    let staging = shared
+        .staging
+        .join(format!("stage-{:016x}-{}", obj.session.0, obj.object.0));
+    let _ = fs::remove_file(&staging);
+    let result = stage_file(shared, obj, m, &staging).and_then(|()| {
+        // Resolve again right before the rename: nothing planted meanwhile is followed.
+        let target = paths::resolve_under(&shared.out, &m.path, Target::File, true)
+            .map_err(|e| path_failure(&m.path, e))?;
+        let parent = parent_of(&target)?;
+        with_writable_dir(parent, || fs::rename(&staging, &target)).map_err(io_failure(
+            format!("cannot rename into {}", target.display()),
+        ))?;
+        fsync_dir(parent).map_err(io_failure(format!("cannot fsync {}", parent.display())))?;
+        let inode = fs::symlink_metadata(&target)
+            .map(|md| md.ino())
+            .unwrap_or(0);
+        write_record(shared, m, "file", inode);
+        Ok(())
+    });
+    if result.is_err() {
+        let _ = fs::remove_file(&staging);
+    }
+    result.map(|()| m.size)
+}
+
+/// A reader that hashes what passes through it.
+struct HashingReader<R> {
+    inner: R,
+    sha: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.sha.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Decrypts every segment into `staging`, checks size and SHA-256, applies mode and mtime,
+/// and fsyncs it.
+fn stage_file(
+    shared: &Shared,
+    obj: ObjectKey,
+    m: &Manifest,
+    staging: &Path,
+) -> Result<(), Failure> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(staging)
+        .map_err(io_failure(format!("cannot create {}", staging.display())))?;
+    let write_error =
+        |e: io::Error| Failure::Io(format!("cannot write {}: {e}", staging.display()));
+    let mut out = BufWriter::with_capacity(IO_BUFFER, file);
+    let mut plain = Sha256::new();
+    let mut written = 0u64;
+    let mut buf = vec![0u8; IO_BUFFER];
+    for (i, info) in m.segments.iter().enumerate() {
+        let index = u32::try_from(i).map_err(|_| Failure::SegmentUnexpected(u32::MAX))?;
+        let (file, len, stored_sha) = shared
+            .state
+            .open_segment(obj, index)
+            .map_err(|_| Failure::StoredSegmentDamaged(index))?;
+        if len != u64::from(info.ciphertext_len) || stored_sha != info.ciphertext_sha256 {
+            return Err(Failure::SegmentMismatch(index));
+        }
+        let mut reader = BufReader::with_capacity(
+            IO_BUFFER,
+            HashingReader {
+                inner: file.take(len),
+                sha: Sha256::new(),
+            },
+        );
+        {
+            let undecryptable =
+                |e: &dyn std::fmt::Display| Failure::SegmentUndecryptable(index, e.to_string());
+            let decryptor =
+                age::Decryptor::new_buffered(&mut reader).map_err(|e| undecryptable(&e))?;
+            let mut stream = decryptor
+                .decrypt(shared.identities.iter().map(|i| i as &dyn age::Identity))
+                .map_err(|e| undecryptable(&e))?;
+            loop {
+                let n = stream.read(&mut buf).map_err(|e| undecryptable(&e))?;
+                if n == 0 {
+                    break;
+                }
+                plain.update(&buf[..n]);
+                written += n as u64;
+                if written > m.size {
+                    return Err(Failure::SizeMismatch {
+                        expected: m.size,
+                        got: written,
+                    });
+                }
+                out.write_all(&buf[..n]).map_err(write_error)?;
+            }
+        }
+        // Whatever age did not need still belongs to the hashed ciphertext.
+        io::copy(&mut reader, &mut io::sink()).map_err(|_| Failure::StoredSegmentDamaged(index))?;
+        let cipher: [u8; 32] = reader.into_inner().sha.finalize().into();
+        if cipher != info.ciphertext_sha256 {
+            return Err(Failure::StoredSegmentDamaged(index));
+        }
+    }
+    if written != m.size {
+        return Err(Failure::SizeMismatch {
+            expected: m.size,
+            got: written,
+        });
+    }
+    if <[u8; 32]>::from(plain.finalize()) != m.sha256 {
+        return Err(Failure::ContentMismatch);
+    }
+    let file = out.into_inner().map_err(|e| write_error(e.into_error()))?;
+    apply_meta(&file, m.mode, m.mtime_secs, m.mtime_nanos).map_err(io_failure(format!(
+        "cannot set mode/mtime of {}",
+        staging.display()
+    )))?;
+    file.sync_all().map_err(write_error)
+}
+
+/// Applies the recorded mode and mtime of every delivered ancestor of `path`, deepest first.
+pub(crate) fn reapply_ancestors(shared: &Shared, path: &str, dirs: &mut DirCache) {
+    let mut end = path.len();
+    while let Some(slash) = path[..end].rfind('/') {
+        end = slash;
+        reapply_dir(shared, &path[..end], dirs);
+    }
+}
+
+/// Applies the recorded mode and mtime of a delivered directory (cached lookups).
+pub(crate) fn reapply_dir(shared: &Shared, dir: &str, dirs: &mut DirCache) {
+    let meta = *dirs.entry(dir.to_string()).or_insert_with(|| {
+        shared
+            .state
+            .read_record(dir)
+            .filter(|r| r.kind == "directory")
+            .map(|r| DirMeta {
+                mode: r.mode,
+                mtime_secs: r.mtime_secs,
+                mtime_nanos: r.mtime_nanos,
+            })
+    });
+    let Some(meta) = meta else {
+        return;
+    };
+    let Ok(target) = paths::resolve_under(&shared.out, dir, Target::Directory, false) else {
+        return;
+    };
+    let applied = File::open(&target)
+        .and_then(|f| apply_meta(&f, meta.mode, meta.mtime_secs, meta.mtime_nanos));
+    if let Err(e) = applied {
+        tracing::debug!(dir, "cannot apply directory metadata: {e}");
+    }
+}
+
+/// Applies every cached directory's metadata, deepest first (at shutdown).
+pub(crate) fn reapply_all(shared: &Shared, dirs: &mut DirCache) {
+    let mut known: Vec<String> = dirs
+        .iter()
+        .filter(|(_, meta)| meta.is_some())
+        .map(|(path, _)| path.clone())
+        .collect();
+    known.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count()));
+    for dir in known {
+        reapply_dir(shared, &dir, dirs);
+    }
+}
+
+/// Whether a file with the manifest's content already sits at its path: the delivery record
+/// matches the file (same inode, size and mtime), or hashing the file gives the SHA-256.
+pub(crate) fn already_delivered(shared: &Shared, m: &Manifest) -> bool {
+    if m.kind != EntryKind::File {
+        return false;
+    }
+    let Ok(target) = paths::resolve_under(&shared.out, &m.path, Target::File, false) else {
+        return false;
+    };
+    let Ok(meta) = fs::symlink_metadata(&target) else {
+        return false;
+    };
+    if !meta.is_file() || meta.len() != m.size {
+        return false;
+    }
+    let sha = hex::encode(m.sha256);
+    if let Some(r) = shared.state.read_record(&m.path) {
+        let same_file = r.inode == meta.ino()
+            && r.size == meta.len()
+            && r.mtime_secs == meta.mtime()
+            && i64::from(r.mtime_nanos) == meta.mtime_nsec();
+        if same_file && r.sha256 == sha {
+            return true;
+        }
+    }
+    hash_file(&target).is_ok_and(|h| h == m.sha256)
+}
+
+fn hash_file(path: &PathBuf) -> io::Result<[u8; 32]> {
+    let mut file = File::open(path)?;
+    let mut sha = Sha256::new();
+    let mut buf = vec![0u8; IO_BUFFER];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(sha.finalize().into());
+        }
+        sha.update(&buf[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_before_and_after_the_epoch() {
+        assert_eq!(system_time(1, 5), Some(UNIX_EPOCH + Duration::new(1, 5)));
+        assert_eq!(
+            system_time(-1, 500),
+            Some(UNIX_EPOCH - Duration::from_secs(1) + Duration::from_nanos(500))
+        );
+    }
+
+    #[test]
+    fn read_only_directories_still_take_new_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("ro");
+        fs::create_dir(&sub).unwrap();
+        fs::set_permissions(&sub, Permissions::from_mode(0o555)).unwrap();
+        with_writable_dir(&sub, || fs::write(sub.join("f"), b"x")).unwrap();
+        assert!(sub.join("f").exists());
+        let mode = fs::metadata(&sub).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o555);
+        fs::set_permissions(&sub, Permissions::from_mode(0o755)).unwrap();
+    }
+}

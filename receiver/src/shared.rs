@@ -1,0 +1,76 @@
+//! What every stage of the pipeline shares: output and state directories, keys, the object
+//! table and the counters the final summary is built from.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use sluice_common::keys::TrustedKeys;
+
+use crate::objects::Index;
+use crate::state::StateDir;
+
+/// Read-only configuration plus the shared, locked object table.
+pub(crate) struct Shared {
+    /// `--out`, canonical.
+    pub out: PathBuf,
+    /// The state directory.
+    pub state: StateDir,
+    /// Where published files are staged: on the same file system as `out`.
+    pub staging: PathBuf,
+    /// Keys from `--identity`.
+    pub identities: Vec<age::x25519::Identity>,
+    /// The `--identity` file, for messages.
+    pub identity_path: PathBuf,
+    /// Keys from `--trust`.
+    pub trusted: TrustedKeys,
+    /// The state directory's path relative to `out` when it lies inside it: no object may
+    /// land there.
+    pub reserved: Option<String>,
+    /// Objects in progress.
+    pub index: Mutex<Index>,
+    /// Counters for the summary.
+    pub counters: Counters,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("out", &self.out)
+            .field("state", &self.state)
+            .field("identities", &self.identities.len())
+            .field("trusted", &self.trusted)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// The object table. A panic elsewhere while holding the lock leaves the table usable:
+    /// every update to it is a single insert or remove.
+    pub fn index(&self) -> MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Counters updated by the worker threads.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub blocks_decoded: AtomicU64,
+    pub blocks_recovered: AtomicU64,
+    pub partials_saved: AtomicU64,
+    pub partials_restored: AtomicU64,
+    pub objects_delivered: AtomicU64,
+    pub objects_already: AtomicU64,
+    pub objects_failed: AtomicU64,
+    pub bytes_delivered: AtomicU64,
+}
+
+impl Counters {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,280 @@
+//! The sink thread: the one place that decides an object's fate. It checks stored segments
+//! against the signed manifest, publishes complete objects (one at a time, see
+//! [`publish`](crate::publish)), records deliveries, and logs exactly one line per object:
+//! delivered, already delivered, or failed with its reason.
+//!
+//! Messages are small (the decoders write the data themselves), so a long publish only delays
+//! bookkeeping, never the link.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::Receiver;
+use sluice_protocol::manifest::Manifest;
+use sluice_protocol::wire::BlockKey;
+
+use crate::decode::SinkMsg;
+use crate::objects::{Failure, Status};
+use crate::publish::{self, DirCache};
+use crate::shared::{Counters, Shared};
+use crate::state::ObjectKey;
+
+/// Failures kept in full for the report (all are counted and logged).
+const MAX_REPORTED_FAILURES: usize = 1000;
+
+/// One failed object as the report lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedObject {
+    /// Session and object (`session/object`).
+    pub object: String,
+    /// Its path, if the manifest was read.
+    pub path: Option<String>,
+    /// Why (the documented phrase).
+    pub reason: String,
+}
+
+/// What the sink hands back when the pipeline ends.
+#[derive(Debug, Default)]
+pub(crate) struct SinkReport {
+    pub failures: Vec<FailedObject>,
+    pub last_delivery: Option<Instant>,
+}
+
+pub(crate) struct Sink {
+    shared: Arc<Shared>,
+    dirs: DirCache,
+    report: SinkReport,
+}
+
+/// Starts the sink thread; it runs until every sender of `rx` is gone.
+pub(crate) fn spawn(
+    shared: Arc<Shared>,
+    rx: Receiver<SinkMsg>,
+) -> std::io::Result<std::thread::JoinHandle<SinkReport>> {
+    std::thread::Builder::new()
+        .name("sink".into())
+        .spawn(move || {
+            let mut sink = Sink {
+                shared,
+                dirs: DirCache::new(),
+                report: SinkReport::default(),
+            };
+            sink.publish_complete();
+            for msg in rx.iter() {
+                sink.handle(msg);
+            }
+            sink.finish()
+        })
+}
+
+impl Sink {
+    fn handle(&mut self, msg: SinkMsg) {
+        match msg {
+            SinkMsg::Stored { key, sha256, len } => self.on_stored(key, &sha256, len),
+            SinkMsg::Manifest {
+                key,
+                manifest,
+                already_delivered,
+            } => self.on_manifest(key, manifest, already_delivered),
+            SinkMsg::Failed { obj, failure } => self.fail(obj, failure),
+        }
+    }
+
+    /// Publishes objects whose every block is stored (left complete by an earlier run).
+    fn publish_complete(&mut self) {
+        let complete = self.shared.index().complete();
+        for obj in complete {
+            self.publish(obj);
+        }
+    }
+
+    fn on_stored(&mut self, key: BlockKey, sha256: &[u8; 32], len: u64) {
+        let obj = ObjectKey::of(&key);
+        let verdict = {
+            let index = self.shared.index();
+            let Some(entry) = index.get(&obj).filter(|e| e.status == Status::Open) else {
+                return;
+            };
+            match &entry.manifest {
+                None => Ok(false),
+                Some(m) => check_segment(m, key.index, sha256, len).map(|()| entry.is_complete()),
+            }
+        };
+        match verdict {
+            Ok(true) => self.publish(obj),
+            Ok(false) => {}
+            Err(failure) => self.fail(obj, failure),
+        }
+    }
+
+    fn on_manifest(&mut self, key: BlockKey, manifest: Manifest, already_delivered: bool) {
+        let obj = ObjectKey::of(&key);
+        if !self.shared.index().is_open(&obj) {
+            return;
+        }
+        if already_delivered {
+            self.finish_delivered(obj, &manifest);
+            return;
+        }
+        let verdict = {
+            let mut index = self.shared.index();
+            let Some(entry) = index.get_mut(&obj) else {
+                return;
+            };
+            let checked = entry.segments.iter().try_for_each(|(i, sha)| {
+                let info = manifest.segments.get(*i as usize);
+                match info {
+                    Some(info) if info.ciphertext_sha256 == *sha => Ok(()),
+                    Some(_) => Err(Failure::SegmentMismatch(*i)),
+                    None => Err(Failure::SegmentUnexpected(*i)),
+                }
+            });
+            entry.manifest = Some(Arc::new(manifest));
+            checked.map(|()| entry.is_complete())
+        };
+        match verdict {
+            Ok(true) => self.publish(obj),
+            Ok(false) => {}
+            Err(failure) => self.fail(obj, failure),
+        }
+    }
+
+    fn publish(&mut self, obj: ObjectKey) {
+        let (manifest, first_seen) = {
+            let index = self.shared.index();
+            let Some(entry) = index.get(&obj) else {
+                return;
+            };
+            let Some(manifest) = entry.manifest.clone() else {
+                return;
+            };
+            (manifest, entry.first_seen)
+        };
+        let started = first_seen.unwrap_or_else(Instant::now);
+        match publish::publish(&self.shared, obj, &manifest, &mut self.dirs) {
+            Ok(bytes) => {
+                Counters::add(&self.shared.counters.objects_delivered, 1);
+                Counters::add(&self.shared.counters.bytes_delivered, bytes);
+                self.report.last_delivery = Some(Instant::now());
+                tracing::info!(
+                    object = %obj,
+                    path = %manifest.path,
+                    kind = ?manifest.kind,
+                    sha256 = %hex::encode(manifest.sha256),
+                    size = manifest.size,
+                    duration_ms = started.elapsed().as_millis() as u64,
+                    "delivered {}",
+                    manifest.path
+                );
+                self.forget(obj);
+            }
+            Err(failure) => self.fail(obj, failure),
+        }
+    }
+
+    /// The content is already in `--out`: record the object as done without writing.
+    fn finish_delivered(&mut self, obj: ObjectKey, manifest: &Manifest) {
+        Counters::add(&self.shared.counters.objects_already, 1);
+        tracing::info!(
+            object = %obj,
+            path = %manifest.path,
+            sha256 = %hex::encode(manifest.sha256),
+            size = manifest.size,
+            "already delivered {}",
+            manifest.path
+        );
+        self.forget(obj);
+    }
+
+    /// Marks a finished object done and drops what was kept for it.
+    fn forget(&mut self, obj: ObjectKey) {
+        if let Err(e) = self.shared.state.mark_done(obj) {
+            tracing::warn!(object = %obj, "cannot record the object as done: {e}");
+        }
+        if let Err(e) = self.shared.state.remove_object(obj) {
+            tracing::warn!(object = %obj, "cannot clean up the state directory: {e}");
+        }
+        self.shared.index().remove(&obj);
+    }
+
+    /// Reports an object failed (once), and drops its blocks unless a later run may use them.
+    fn fail(&mut self, obj: ObjectKey, failure: Failure) {
+        let path = {
+            let mut index = self.shared.index();
+            let Some(entry) = index.get_mut(&obj) else {
+                return;
+            };
+            if entry.status == Status::Failed {
+                return;
+            }
+            entry.status = Status::Failed;
+            let path = entry.manifest.as_ref().map(|m| m.path.clone());
+            entry.manifest = None;
+            entry.segments.clear();
+            entry.partials.clear();
+            path
+        };
+        if !failure.keeps_state() {
+            if let Err(e) = self.shared.state.remove_object(obj) {
+                tracing::warn!(object = %obj, "cannot clean up the state directory: {e}");
+            }
+        }
+        self.record_failure(obj, path, &failure);
+    }
+
+    fn record_failure(&mut self, obj: ObjectKey, path: Option<String>, failure: &Failure) {
+        Counters::add(&self.shared.counters.objects_failed, 1);
+        match &path {
+            Some(p) => tracing::warn!(object = %obj, path = %p, "object failed: {failure}"),
+            None => tracing::warn!(object = %obj, "object failed: {failure}"),
+        }
+        if self.report.failures.len() < MAX_REPORTED_FAILURES {
+            self.report.failures.push(FailedObject {
+                object: obj.to_string(),
+                path,
+                reason: failure.to_string(),
+            });
+        }
+    }
+
+    /// End of the run: directory mtimes once more, and every object seen but not finished is
+    /// reported failed (its blocks stay in the state directory for a later run).
+    fn finish(mut self) -> SinkReport {
+        publish::reapply_all(&self.shared, &mut self.dirs);
+        let unfinished: Vec<(ObjectKey, Option<String>, Failure)> = {
+            let index = self.shared.index();
+            let mut list: Vec<_> = index
+                .incomplete()
+                .map(|(obj, entry)| {
+                    let failure = match entry.missing() {
+                        Some((missing, total)) => Failure::Incomplete { missing, total },
+                        None => Failure::NoManifest,
+                    };
+                    (
+                        *obj,
+                        entry.manifest.as_ref().map(|m| m.path.clone()),
+                        failure,
+                    )
+                })
+                .collect();
+            list.sort_by_key(|(obj, _, _)| *obj);
+            list
+        };
+        for (obj, path, failure) in unfinished {
+            self.record_failure(obj, path, &failure);
+        }
+        self.report
+    }
+}
+
+/// Checks a stored segment against the manifest entry for it.
+fn check_segment(m: &Manifest, index: u32, sha256: &[u8; 32], len: u64) -> Result<(), Failure> {
+    match m.segments.get(index as usize) {
+        None => Err(Failure::SegmentUnexpected(index)),
+        Some(info) if u64::from(info.ciphertext_len) != len => {
+            Err(Failure::SegmentUnexpected(index))
+        }
+        Some(info) if info.ciphertext_sha256 != *sha256 => Err(Failure::SegmentMismatch(index)),
+        Some(_) => Ok(()),
+    }
+}

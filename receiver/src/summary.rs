@@ -1,0 +1,172 @@
+//! The end-of-run report: what `sluice-recv` prints when it stops (a human block on stderr, or
+//! one JSON line with `--log-format json`) and the exit status it implies.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde_json::json;
+use sluice_common::units::Bytes;
+use sluice_protocol::counters::{DropCounters, DropReason};
+
+use crate::sink::FailedObject;
+
+/// Why the receive loop ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// `--exit-after-idle` elapsed without frames.
+    Idle,
+    /// SIGINT, SIGTERM or the embedding caller's shutdown future.
+    Shutdown,
+    /// The link failed (the message says how).
+    LinkError(String),
+}
+
+/// Everything the final summary reports.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Why the run ended.
+    pub stop: Stop,
+    /// Whether `--exit-after-idle` was given (it decides exit status 3).
+    pub exit_after_idle: bool,
+    /// Objects published in this run.
+    pub objects_delivered: u64,
+    /// Objects recognised as already in `--out` (not written again).
+    pub objects_already_delivered: u64,
+    /// Objects refused, failed or left incomplete.
+    pub objects_failed: u64,
+    /// The failures, with their reasons (the first 1000).
+    pub failures: Vec<FailedObject>,
+    /// Plaintext bytes published.
+    pub bytes_delivered: u64,
+    /// Frames (datagrams or deframed serial frames) received, valid or not.
+    pub frames_received: u64,
+    /// Frames that passed every check.
+    pub frames_valid: u64,
+    /// Drops by reason.
+    pub drops: DropCounters,
+    /// Blocks decoded.
+    pub blocks_decoded: u64,
+    /// Blocks that needed repair symbols to decode.
+    pub blocks_recovered: u64,
+    /// Blocks given up while the link was running.
+    pub blocks_stalled: u64,
+    /// Partial blocks saved to the state directory.
+    pub partials_saved: u64,
+    /// Partial blocks restored from the state directory.
+    pub partials_restored: u64,
+    /// Sender runs seen.
+    pub sessions_seen: u64,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+    /// From the first frame to the last delivery (what goodput is measured over).
+    pub active: Option<Duration>,
+}
+
+impl Report {
+    /// 0 ok; 1 runtime error; 3 some object failed or stayed incomplete (only with
+    /// `--exit-after-idle`; a daemon stopped by a signal exits 0).
+    pub fn exit_code(&self) -> u8 {
+        if matches!(self.stop, Stop::LinkError(_)) {
+            1
+        } else if self.exit_after_idle && self.objects_failed > 0 {
+            3
+        } else {
+            0
+        }
+    }
+
+    /// Delivered plaintext megabytes (10⁶) per second of active time.
+    pub fn goodput_mb_s(&self) -> f64 {
+        match self.active {
+            Some(t) if t.as_secs_f64() > 0.0 => self.bytes_delivered as f64 / 1e6 / t.as_secs_f64(),
+            _ => 0.0,
+        }
+    }
+
+    /// The human summary block.
+    pub fn human(&self) -> String {
+        let mut s = String::from("sluice-recv summary\n");
+        let _ = writeln!(
+            s,
+            "  objects:  {} delivered, {} already delivered, {} failed",
+            self.objects_delivered, self.objects_already_delivered, self.objects_failed
+        );
+        let _ = writeln!(s, "  bytes:    {} delivered", Bytes(self.bytes_delivered));
+        let _ = writeln!(
+            s,
+            "  frames:   {} received, {} valid",
+            self.frames_received, self.frames_valid
+        );
+        let drops: Vec<String> = self
+            .drops
+            .nonzero()
+            .map(|(r, n)| format!("{} {n}", r.name()))
+            .collect();
+        let drops = if drops.is_empty() {
+            "none".to_string()
+        } else {
+            drops.join(", ")
+        };
+        let _ = writeln!(s, "  dropped:  {drops}");
+        let _ = writeln!(
+            s,
+            "  blocks:   {} decoded, {} recovered by FEC, {} stalled",
+            self.blocks_decoded, self.blocks_recovered, self.blocks_stalled
+        );
+        let _ = writeln!(
+            s,
+            "  goodput:  {:.2} MB/s (elapsed {:.2} s)",
+            self.goodput_mb_s(),
+            self.elapsed.as_secs_f64()
+        );
+        for f in &self.failures {
+            let name = f.path.as_deref().unwrap_or(&f.object);
+            let _ = writeln!(s, "  failed:   {name}: {}", f.reason);
+        }
+        if let Stop::LinkError(e) = &self.stop {
+            let _ = writeln!(s, "  stopped:  link error: {e}");
+        }
+        s
+    }
+
+    /// The JSON summary: `{"message": "summary", "summary": {...}}`, drop counters by
+    /// [`DropReason`] name (all of them, zeros included).
+    pub fn json(&self) -> serde_json::Value {
+        let dropped: serde_json::Map<String, serde_json::Value> = DropReason::ALL
+            .iter()
+            .map(|r| (r.name().to_string(), json!(self.drops.get(*r))))
+            .collect();
+        let failures: Vec<serde_json::Value> = self
+            .failures
+            .iter()
+            .map(|f| json!({"object": f.object, "path": f.path, "reason": f.reason}))
+            .collect();
+        json!({
+            "message": "summary",
+            "summary": {
+                "stop": match &self.stop {
+                    Stop::Idle => "idle".to_string(),
+                    Stop::Shutdown => "shutdown".to_string(),
+                    Stop::LinkError(e) => format!("link error: {e}"),
+                },
+                "objects_delivered": self.objects_delivered,
+                "objects_already_delivered": self.objects_already_delivered,
+                "objects_failed": self.objects_failed,
+                "bytes_delivered": self.bytes_delivered,
+                "frames_received": self.frames_received,
+                "frames_valid": self.frames_valid,
+                "dropped": dropped,
+                "blocks_decoded": self.blocks_decoded,
+                "blocks_recovered": self.blocks_recovered,
+                "blocks_stalled": self.blocks_stalled,
+                "partials_saved": self.partials_saved,
+                "partials_restored": self.partials_restored,
+                "sessions_seen": self.sessions_seen,
+                "goodput_mb_s": (self.goodput_mb_s() * 100.0).round() / 100.0,
+                "elapsed_s": (self.elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+                "failures": failures,
+                "exit_code": self.exit_code(),
+            }
+        })
+    }
+}

@@ -123,6 +123,8 @@ impl LinkLoop {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let need = self.waiting.as_ref().map(Waiting::charge);
+            let (asm, clock) = (&mut self.asm, self.clock);
+            let mut batch_time = None;
             tokio::select! {
                 biased;
                 () = &mut shutdown => return Stop::Shutdown,
@@ -132,15 +134,21 @@ impl LinkLoop {
                         None => return Stop::LinkError("permit semaphore closed".into()),
                     }
                 }
-                received = link.recv() => {
-                    let now = self.now();
+                received = link.recv_many(|frame| {
+                    // One clock read per batch (up to 32 datagrams).
+                    let now = *batch_time.get_or_insert_with(|| sluice_common::instant_since(clock));
+                    match frame {
+                        Received::Frame(bytes) => asm.handle_frame(now, bytes),
+                        Received::Dropped(reason) => asm.record_drop(reason),
+                    }
+                }) => {
                     match received {
-                        Ok(Received::Frame(bytes)) => self.asm.handle_frame(now, bytes),
-                        Ok(Received::Dropped(reason)) => self.asm.record_drop(reason),
+                        Ok(n) => self.stats.frames_received += n as u64,
                         Err(e) => return Stop::LinkError(e.to_string()),
                     }
-                    self.last_frame = now;
-                    self.stats.frames_received += 1;
+                    if let Some(now) = batch_time {
+                        self.last_frame = now;
+                    }
                     if self.stats.first_frame.is_none() {
                         self.stats.first_frame = Some(std::time::Instant::now());
                     }

@@ -23,6 +23,9 @@ use tokio::sync::mpsc;
 
 use crate::objects::{Source, SourceObject};
 
+/// Fewest repair symbols per pass any block gets (unless `--repair 0%`).
+const MIN_REPAIR_SYMBOLS: u64 = 4;
+
 /// What the encoder tells the send loop.
 #[derive(Debug)]
 pub enum Produced {
@@ -100,14 +103,25 @@ impl Encoder<'_> {
             .map_err(|_| EncodeError::Closed)
     }
 
-    fn plan(&self, kind: BlockKind) -> BlockPlan {
+    /// Repair for a block of `len` bytes. A percentage of a small block is a symbol or two,
+    /// and a block of few symbols fails on a single unlucky loss, so every block gets at least
+    /// [`MIN_REPAIR_SYMBOLS`] repair symbols per pass (cheap: such blocks are small).
+    fn plan(&self, kind: BlockKind, len: usize) -> BlockPlan {
+        let k = len
+            .div_ceil(usize::from(self.config.symbol_size.max(1)))
+            .max(1) as u64;
+        let floor = (MIN_REPAIR_SYMBOLS * 1000).div_ceil(k) as u32;
         let repair_permille = match kind {
             // Manifests are small and losing one loses the object: at least 100% repair.
             BlockKind::Manifest => self.config.repair_permille.max(1000),
             _ => self.config.repair_permille,
         };
         BlockPlan {
-            repair_permille,
+            repair_permille: if repair_permille == 0 {
+                0
+            } else {
+                repair_permille.max(floor)
+            },
             passes: self.config.passes,
         }
     }
@@ -142,7 +156,7 @@ impl Encoder<'_> {
             key,
             data,
             self.config.symbol_size,
-            self.plan(key.kind),
+            self.plan(key.kind, data.len()),
             pass,
             &mut self.codec,
         )

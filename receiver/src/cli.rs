@@ -56,10 +56,10 @@ pub struct Args {
     pub state: Option<PathBuf>,
     /// Exit after this many seconds without frames (status 0 if everything seen was
     /// delivered, 3 otherwise). Default: run until SIGINT/SIGTERM.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
     pub exit_after_idle: Option<String>,
     /// Bound on the bytes of blocks being assembled (e.g. 32MiB, 256MB). Default 32MiB.
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
     pub max_memory: Option<String>,
     /// TOML file with any of these options; the command line wins.
     #[arg(long)]

@@ -1,0 +1,97 @@
+//! End to end over a serial line: two pseudo-terminals joined by socat stand in for a
+//! one-way UART. The tree is small (serial is slow) and the sender must pace itself to
+//! baud/10 bytes per second: the run cannot be faster than the payload at that rate.
+//!
+//! ```text
+//!   sluice-send ─▶ tmp/tty-send ═ socat (pty,raw,echo=0 ⇄ pty,raw,echo=0) ═ tmp/tty-recv ─▶ sluice-recv
+//! ```
+
+// Test helpers panic on failure by design, like the tests that call them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use sluice_tests::binaries::{self, wait_open, Proc};
+use sluice_tests::harness::{assert_exit, Setup};
+use sluice_tests::tree::{self, Check, TreeSpec};
+
+const BAUD: u64 = 230_400;
+
+/// socat joining two raw ptys, linked at `a` and `b`.
+fn pty_pair(a: &Path, b: &Path) -> Option<Proc> {
+    if Command::new("socat").arg("-V").output().is_err() {
+        eprintln!("SKIPPED e2e_serial: socat is not installed (apt-get install socat)");
+        return None;
+    }
+    let mut cmd = Command::new("socat");
+    cmd.arg(format!("pty,raw,echo=0,link={}", a.display()))
+        .arg(format!("pty,raw,echo=0,link={}", b.display()));
+    let mut socat = Proc::spawn("socat", cmd);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(a.exists() && b.exists()) {
+        assert!(socat.running(), "socat exited:\n{}", socat.log());
+        assert!(
+            Instant::now() < deadline,
+            "socat made no ptys:\n{}",
+            socat.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(socat)
+}
+
+fn serial_link(path: &Path) -> String {
+    format!("serial://{}?baud={BAUD}", path.display())
+}
+
+#[test]
+fn tree_arrives_identical_over_a_paced_serial_line() {
+    let s = Setup::new();
+    let (tty_send, tty_recv) = (s.tmp.path().join("tty-send"), s.tmp.path().join("tty-recv"));
+    let Some(_socat) = pty_pair(&tty_send, &tty_recv) else {
+        return;
+    };
+    let root = s.src.join("serial-set");
+    tree::make_tree(
+        &root,
+        TreeSpec {
+            big_bytes: 0,
+            segment_edges: false,
+            small_scale: 1,
+            seed: 7,
+        },
+    )
+    .unwrap();
+    let payload = tree::total_bytes(&root);
+    assert!((100_000..400_000).contains(&payload), "{payload} bytes");
+
+    let mut cmd = binaries::receiver_cmd(&serial_link(&tty_recv), &s.keys, &s.out, &s.state);
+    cmd.args(["--exit-after-idle", "4", "--log-format", "json"]);
+    let mut recv = Proc::spawn("sluice-recv", cmd);
+    wait_open(&mut recv, &tty_recv, Duration::from_secs(20));
+
+    let mut cmd = binaries::sender_cmd(&serial_link(&tty_send), &s.keys);
+    cmd.args(["--log-format", "json"]).arg(&root);
+    let sent = Proc::spawn("sluice-send", cmd).finish(Duration::from_secs(60));
+    assert_exit(&sent, 0, "sluice-send");
+    let got = recv.finish(Duration::from_secs(30));
+    assert_exit(&got, 0, "sluice-recv");
+    tree::compare(&root, &s.out.join("serial-set"), Check::ALL)
+        .unwrap_or_else(|d| panic!("trees differ:\n{d}\nreceiver log:\n{}", got.log));
+
+    // Pacing: the payload alone needs payload / (baud / 10) seconds on the line; a sender
+    // that ignores the baud rate finishes a pty transfer of this size in well under that.
+    let floor = Duration::from_secs_f64(payload as f64 / (BAUD as f64 / 10.0));
+    assert!(
+        sent.elapsed >= floor,
+        "sender took {:?} for {payload} bytes, the line needs at least {floor:?}",
+        sent.elapsed
+    );
+    assert!(
+        sent.elapsed < Duration::from_secs(30),
+        "took {:?}",
+        sent.elapsed
+    );
+}

@@ -37,6 +37,11 @@ use crate::summary::Stop;
 const TICK: Duration = Duration::from_millis(100);
 /// Least time between two "failed link authentication" warnings.
 const BAD_MAC_WARN_EVERY: Duration = Duration::from_secs(10);
+/// When the assembler is full, blocks without a new symbol for this long are set aside
+/// (saved as partial blocks) to make room. A sender interleaves a handful of blocks, so a
+/// block that went quiet this long on a busy link has had its last symbol of the pass; left
+/// in memory until the block timeout (10 s) it would cost every block after it.
+const PRESSURE_IDLE: Duration = Duration::from_millis(100);
 
 /// A block taken from the assembler, waiting for permits.
 #[derive(Debug)]
@@ -79,12 +84,21 @@ pub(crate) struct LinkLoop {
     last_frame: Instant,
     bad_mac_reported: u64,
     bad_mac_warned_at: Option<std::time::Instant>,
+    /// Capacity drops already answered by setting idle blocks aside.
+    capacity_seen: u64,
+    /// The assembler's block timeout, to shift its clock by.
+    block_timeout: Duration,
+    /// A pressure eviction made the assembler report the link down; its next "up" is not news.
+    quiet_link_up: bool,
+    /// Events being drained come from a shifted clock.
+    clock_shifted: bool,
     pub stats: LinkStats,
 }
 
 impl LinkLoop {
     pub fn new(
         asm: Assembler,
+        block_timeout: Duration,
         shared: Arc<Shared>,
         jobs: crossbeam_channel::Sender<Job>,
         permits: Arc<Semaphore>,
@@ -105,6 +119,10 @@ impl LinkLoop {
             last_frame: Instant::ZERO,
             bad_mac_reported: 0,
             bad_mac_warned_at: None,
+            capacity_seen: 0,
+            block_timeout,
+            quiet_link_up: false,
+            clock_shifted: false,
             stats: LinkStats::default(),
         }
     }
@@ -172,6 +190,7 @@ impl LinkLoop {
                 }
             }
             self.drain_events();
+            self.relieve_pressure();
         }
     }
 
@@ -182,6 +201,8 @@ impl LinkLoop {
                 Event::BlockStarted(key) => self.on_started(key),
                 Event::BlockReady(key) => self.pending.push_back(key),
                 Event::BlockStalled(partial) => self.on_stalled(partial, true),
+                Event::LinkDown if self.clock_shifted => self.quiet_link_up = true,
+                Event::LinkUp if self.quiet_link_up => self.quiet_link_up = false,
                 Event::LinkUp => tracing::info!("link up: valid frames arriving"),
                 Event::LinkDown => tracing::info!("link down: no valid frame for 5 s"),
                 Event::Heartbeat(beat) => tracing::debug!(
@@ -196,6 +217,22 @@ impl LinkLoop {
             }
         }
         self.dispatch_pending();
+    }
+
+    /// After capacity drops, sets aside blocks idle for [`PRESSURE_IDLE`]: the assembler's
+    /// clock is moved forward so its block timeout means that. The link-down event this
+    /// shift also produces is dropped, and so is the "up" that follows.
+    fn relieve_pressure(&mut self) {
+        let capacity = self.asm.drops().get(DropReason::Capacity);
+        if capacity == self.capacity_seen {
+            return;
+        }
+        self.capacity_seen = capacity;
+        let shift = self.block_timeout.saturating_sub(PRESSURE_IDLE);
+        self.asm.handle_timeout(self.last_frame + shift);
+        self.clock_shifted = true;
+        self.drain_events();
+        self.clock_shifted = false;
     }
 
     fn on_started(&mut self, key: BlockKey) {

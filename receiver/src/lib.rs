@@ -135,7 +135,15 @@ impl Receiver {
             .map(str::to_string);
         let staging = staging_dir(&out, &state)?;
 
+        let max_memory = usize::try_from(options.max_memory).unwrap_or(usize::MAX);
+        // In flight between the link task and the disk: as much again as the assembler, and
+        // always room for the largest possible block (symbols plus decoded copy).
+        let in_flight = max_memory
+            .max(2 * sluice_protocol::fec::MAX_BLOCK_BYTES as usize)
+            .min(Semaphore::MAX_PERMITS);
         let shared = Arc::new(Shared {
+            permits: Arc::new(Semaphore::new(in_flight)),
+            permits_total: in_flight,
             out,
             state,
             staging,
@@ -173,15 +181,11 @@ impl Receiver {
             mut link,
             link_key,
         } = self;
-        let max_memory = usize::try_from(options.max_memory).unwrap_or(usize::MAX);
         let config = RxConfig {
-            max_buffered_bytes: max_memory,
+            max_buffered_bytes: usize::try_from(options.max_memory).unwrap_or(usize::MAX),
             ..RxConfig::default()
         };
-        // In flight between the link task and the disk: as much again as the assembler, and
-        // always room for the largest possible block (symbols plus decoded copy).
-        let in_flight = max_memory.max(2 * sluice_protocol::fec::MAX_BLOCK_BYTES as usize);
-        let permits = Arc::new(Semaphore::new(in_flight.min(Semaphore::MAX_PERMITS)));
+        let permits = shared.permits.clone();
 
         let (job_tx, job_rx) = crossbeam_channel::unbounded();
         let (sink_tx, sink_rx) = crossbeam_channel::unbounded();
@@ -203,6 +207,7 @@ impl Receiver {
         );
         let mut driver = driver::LinkLoop::new(
             Assembler::new(config, link_key),
+            config.block_timeout,
             shared.clone(),
             job_tx,
             permits,

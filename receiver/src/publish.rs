@@ -2,9 +2,9 @@
 //! atomically, and recognises content that is already there.
 //!
 //! ```text
-//!  seg-0 ─┐                                         staging file (state dir, 0600)
-//!  seg-1 ─┼─► SHA-256(ciphertext) ─► age decrypt ─► SHA-256(plaintext) + byte count ─► write
-//!  seg-n ─┘   (must match the signed manifest)      (must match the signed manifest)
+//!  seg-0 ─┐                                      staging file (state dir, 0600)
+//!  seg-1 ─┼─► age decrypt ─► SHA-256(plaintext) + byte count ─► write
+//!  seg-n ─┘   (ciphertext SHA-256 checked against the signed manifest when decoded)
 //!        then: mode, mtime, fsync ─► resolve target (no symlink, no clash) ─► rename ─► fsync dir
 //! ```
 //!
@@ -33,7 +33,7 @@ use crate::state::{ObjectKey, Record};
 /// Permission bits applied: everything but setuid and setgid.
 const MODE_MASK: u32 = 0o1777;
 /// Read and write buffer sizes while publishing.
-const IO_BUFFER: usize = 256 * 1024;
+pub(crate) const IO_BUFFER: usize = 256 * 1024;
 
 /// Mode and mtime of a delivered directory, applied again after its contents change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,14 +127,24 @@ pub(crate) fn publish(
     obj: ObjectKey,
     manifest: &Manifest,
     dirs: &mut DirCache,
+    staged: Option<Staged>,
+    buf: &mut [u8],
 ) -> Result<u64, Failure> {
-    check_path(shared, &manifest.path)?;
+    if let Err(failure) = check_path(shared, &manifest.path) {
+        if let Some(staged) = staged {
+            staged.discard();
+        }
+        return Err(failure);
+    }
     let bytes = match manifest.kind {
         EntryKind::Directory => {
+            if let Some(staged) = staged {
+                staged.discard();
+            }
             publish_dir(shared, manifest, dirs)?;
             0
         }
-        EntryKind::File => publish_file(shared, obj, manifest)?,
+        EntryKind::File => publish_file(shared, obj, manifest, staged, buf)?,
     };
     reapply_ancestors(shared, &manifest.path, dirs);
     Ok(bytes)
@@ -195,22 +205,41 @@ fn write_record(shared: &Shared, m: &Manifest, kind: &str, inode: u64) {
     }
 }
 
-fn publish_file(shared: &Shared, obj: ObjectKey, m: &Manifest) -> Result<u64, Failure> {
+fn publish_file(
+    shared: &Shared,
+    obj: ObjectKey,
+    m: &Manifest,
+    staged: Option<Staged>,
+    buf: &mut [u8],
+) -> Result<u64, Failure> {
     // Resolve first: a refused path fails before any decryption work.
-    paths::resolve_under(&shared.out, &m.path, Target::File, true)
-        .map_err(|e| path_failure(&m.path, e))?;
-    let staging = shared
-        .staging
-        .join(format!("stage-{:016x}-{}", obj.session.0, obj.object.0));
-    let _ = fs::remove_file(&staging);
-    let result = stage_file(shared, obj, m, &staging).and_then(|()| {
+    if let Err(e) = paths::resolve_under(&shared.out, &m.path, Target::File, true) {
+        if let Some(staged) = staged {
+            staged.discard();
+        }
+        return Err(path_failure(&m.path, e));
+    }
+    let mut staged = match staged {
+        Some(staged) => staged,
+        None => Staged::create(shared, obj)?,
+    };
+    let result = (|| {
+        while let Some(info) = m.segments.get(staged.next as usize) {
+            let expected = (u64::from(info.ciphertext_len), info.ciphertext_sha256);
+            staged.append(shared, obj, Some(expected), Some(m.size), buf)?;
+        }
+        staged.finish(m)
+    })();
+    let path = staged.path.clone();
+    let result = result.and_then(|()| {
         // Resolve again right before the rename: nothing planted meanwhile is followed.
         let target = paths::resolve_under(&shared.out, &m.path, Target::File, true)
             .map_err(|e| path_failure(&m.path, e))?;
         let parent = parent_of(&target)?;
-        with_writable_dir(parent, || fs::rename(&staging, &target)).map_err(io_failure(
-            format!("cannot rename into {}", target.display()),
-        ))?;
+        with_writable_dir(parent, || fs::rename(&path, &target)).map_err(io_failure(format!(
+            "cannot rename into {}",
+            target.display()
+        )))?;
         fsync_dir(parent).map_err(io_failure(format!("cannot fsync {}", parent.display())))?;
         let inode = fs::symlink_metadata(&target)
             .map(|md| md.ino())
@@ -219,107 +248,170 @@ fn publish_file(shared: &Shared, obj: ObjectKey, m: &Manifest) -> Result<u64, Fa
         Ok(())
     });
     if result.is_err() {
-        let _ = fs::remove_file(&staging);
+        let _ = fs::remove_file(&path);
     }
     result.map(|()| m.size)
 }
 
-/// A reader that hashes what passes through it.
-struct HashingReader<R> {
-    inner: R,
-    sha: Sha256,
+/// Plaintext handed to the kernel's writeback between two kicks, so the fsync before the
+/// rename only waits for the tail of the file.
+const WRITEBACK_EVERY: u64 = 16 << 20;
+
+/// A file being staged: the plaintext of segments `0..next`, decrypted in order and hashed as
+/// it goes. The sink stages segments as soon as they are stored, before the manifest arrives
+/// (it comes last), so publishing a large file only has its tail left to do.
+#[derive(Debug)]
+pub(crate) struct Staged {
+    path: PathBuf,
+    out: BufWriter<File>,
+    plain: Sha256,
+    written: u64,
+    next: u32,
+    flushed_at: u64,
+    writeback: Option<std::thread::JoinHandle<()>>,
 }
 
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.sha.update(&buf[..n]);
-        Ok(n)
+impl Staged {
+    /// An empty staging file for `obj` (mode 0600, in the staging directory).
+    pub fn create(shared: &Shared, obj: ObjectKey) -> Result<Self, Failure> {
+        let path = shared
+            .staging
+            .join(format!("stage-{:016x}-{}", obj.session.0, obj.object.0));
+        let _ = fs::remove_file(&path);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_failure(format!("cannot create {}", path.display())))?;
+        Ok(Staged {
+            path,
+            out: BufWriter::with_capacity(IO_BUFFER, file),
+            plain: Sha256::new(),
+            written: 0,
+            next: 0,
+            flushed_at: 0,
+            writeback: None,
+        })
     }
-}
 
-/// Decrypts every segment into `staging`, checks size and SHA-256, applies mode and mtime,
-/// and fsyncs it.
-fn stage_file(
-    shared: &Shared,
-    obj: ObjectKey,
-    m: &Manifest,
-    staging: &Path,
-) -> Result<(), Failure> {
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(staging)
-        .map_err(io_failure(format!("cannot create {}", staging.display())))?;
-    let write_error =
-        |e: io::Error| Failure::Io(format!("cannot write {}: {e}", staging.display()));
-    let mut out = BufWriter::with_capacity(IO_BUFFER, file);
-    let mut plain = Sha256::new();
-    let mut written = 0u64;
-    let mut buf = vec![0u8; IO_BUFFER];
-    for (i, info) in m.segments.iter().enumerate() {
-        let index = u32::try_from(i).map_err(|_| Failure::SegmentUnexpected(u32::MAX))?;
+    /// The next segment to append.
+    pub fn next(&self) -> u32 {
+        self.next
+    }
+
+    fn write_error(&self, e: io::Error) -> Failure {
+        Failure::Io(format!("cannot write {}: {e}", self.path.display()))
+    }
+
+    /// Decrypts stored segment `next` and appends its plaintext. Its stored length and
+    /// SHA-256 (recorded when it was decoded) must equal `expected` (from the manifest) when
+    /// given; `limit` caps the plaintext at the manifest's size.
+    ///
+    /// The stored ciphertext is not hashed again: it was hashed when decoded, and age's
+    /// authenticated encryption refuses any byte that changed on disk since.
+    pub fn append(
+        &mut self,
+        shared: &Shared,
+        obj: ObjectKey,
+        expected: Option<(u64, [u8; 32])>,
+        limit: Option<u64>,
+        buf: &mut [u8],
+    ) -> Result<(), Failure> {
+        let index = self.next;
         let (file, len, stored_sha) = shared
             .state
             .open_segment(obj, index)
             .map_err(|_| Failure::StoredSegmentDamaged(index))?;
-        if len != u64::from(info.ciphertext_len) || stored_sha != info.ciphertext_sha256 {
+        if expected.is_some_and(|e| e != (len, stored_sha)) {
             return Err(Failure::SegmentMismatch(index));
         }
-        let mut reader = BufReader::with_capacity(
-            IO_BUFFER,
-            HashingReader {
-                inner: file.take(len),
-                sha: Sha256::new(),
-            },
-        );
-        {
-            let undecryptable =
-                |e: &dyn std::fmt::Display| Failure::SegmentUndecryptable(index, e.to_string());
-            let decryptor =
-                age::Decryptor::new_buffered(&mut reader).map_err(|e| undecryptable(&e))?;
-            let mut stream = decryptor
-                .decrypt(shared.identities.iter().map(|i| i as &dyn age::Identity))
-                .map_err(|e| undecryptable(&e))?;
-            loop {
-                let n = stream.read(&mut buf).map_err(|e| undecryptable(&e))?;
-                if n == 0 {
-                    break;
-                }
-                plain.update(&buf[..n]);
-                written += n as u64;
-                if written > m.size {
-                    return Err(Failure::SizeMismatch {
-                        expected: m.size,
-                        got: written,
-                    });
-                }
-                out.write_all(&buf[..n]).map_err(write_error)?;
+        let mut reader = BufReader::with_capacity(IO_BUFFER, file.take(len));
+        let undecryptable =
+            |e: &dyn std::fmt::Display| Failure::SegmentUndecryptable(index, e.to_string());
+        let decryptor = age::Decryptor::new_buffered(&mut reader).map_err(|e| undecryptable(&e))?;
+        let mut stream = decryptor
+            .decrypt(shared.identities.iter().map(|i| i as &dyn age::Identity))
+            .map_err(|e| undecryptable(&e))?;
+        loop {
+            let n = stream.read(buf).map_err(|e| undecryptable(&e))?;
+            if n == 0 {
+                break;
             }
+            self.plain.update(&buf[..n]);
+            self.written += n as u64;
+            if let Some(limit) = limit.filter(|l| self.written > *l) {
+                return Err(Failure::SizeMismatch {
+                    expected: limit,
+                    got: self.written,
+                });
+            }
+            self.out
+                .write_all(&buf[..n])
+                .map_err(|e| self.write_error(e))?;
         }
-        // Whatever age did not need still belongs to the hashed ciphertext.
-        io::copy(&mut reader, &mut io::sink()).map_err(|_| Failure::StoredSegmentDamaged(index))?;
-        let cipher: [u8; 32] = reader.into_inner().sha.finalize().into();
-        if cipher != info.ciphertext_sha256 {
+        drop(stream);
+        // age stops at its final chunk; anything stored after it is not ours.
+        if reader
+            .read(&mut buf[..1])
+            .map_err(|_| Failure::StoredSegmentDamaged(index))?
+            != 0
+        {
             return Err(Failure::StoredSegmentDamaged(index));
         }
+        self.next += 1;
+        if self.written - self.flushed_at >= WRITEBACK_EVERY {
+            self.start_writeback().map_err(|e| self.write_error(e))?;
+        }
+        Ok(())
     }
-    if written != m.size {
-        return Err(Failure::SizeMismatch {
-            expected: m.size,
-            got: written,
-        });
+
+    /// Starts writing what is staged so far to disk, on a helper thread (at most one at a
+    /// time), so the final fsync has little left to wait for.
+    fn start_writeback(&mut self) -> io::Result<()> {
+        if self.writeback.as_ref().is_some_and(|w| !w.is_finished()) {
+            return Ok(());
+        }
+        self.out.flush()?;
+        self.flushed_at = self.written;
+        let file = self.out.get_ref().try_clone()?;
+        self.writeback = Some(std::thread::spawn(move || {
+            let _ = file.sync_data();
+        }));
+        Ok(())
     }
-    if <[u8; 32]>::from(plain.finalize()) != m.sha256 {
-        return Err(Failure::ContentMismatch);
+
+    /// Checks size and SHA-256 against the manifest, applies mode and mtime, and fsyncs.
+    fn finish(&mut self, m: &Manifest) -> Result<(), Failure> {
+        if self.written != m.size {
+            return Err(Failure::SizeMismatch {
+                expected: m.size,
+                got: self.written,
+            });
+        }
+        let sha: [u8; 32] = std::mem::take(&mut self.plain).finalize().into();
+        if sha != m.sha256 {
+            return Err(Failure::ContentMismatch);
+        }
+        self.out.flush().map_err(|e| self.write_error(e))?;
+        if let Some(writeback) = self.writeback.take() {
+            let _ = writeback.join();
+        }
+        let file = self.out.get_ref();
+        apply_meta(file, m.mode, m.mtime_secs, m.mtime_nanos).map_err(io_failure(format!(
+            "cannot set mode/mtime of {}",
+            self.path.display()
+        )))?;
+        file.sync_all().map_err(|e| self.write_error(e))
     }
-    let file = out.into_inner().map_err(|e| write_error(e.into_error()))?;
-    apply_meta(&file, m.mode, m.mtime_secs, m.mtime_nanos).map_err(io_failure(format!(
-        "cannot set mode/mtime of {}",
-        staging.display()
-    )))?;
-    file.sync_all().map_err(write_error)
+
+    /// Removes the staging file (the object failed or was already delivered).
+    pub fn discard(mut self) {
+        if let Some(writeback) = self.writeback.take() {
+            let _ = writeback.join();
+        }
+        let _ = fs::remove_file(&self.path);
+    }
 }
 
 /// Applies the recorded mode and mtime of every delivered ancestor of `path`, deepest first.

@@ -3,9 +3,10 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use sluice_common::keys::TrustedKeys;
+use tokio::sync::Semaphore;
 
 use crate::objects::Index;
 use crate::state::StateDir;
@@ -31,6 +32,10 @@ pub(crate) struct Shared {
     pub index: Mutex<Index>,
     /// Counters for the summary.
     pub counters: Counters,
+    /// Bytes of blocks between the link task and the disk (held by decoder jobs).
+    pub permits: Arc<Semaphore>,
+    /// All the permits there are.
+    pub permits_total: usize,
 }
 
 impl std::fmt::Debug for Shared {
@@ -49,6 +54,13 @@ impl Shared {
     /// every update to it is a single insert or remove.
     pub fn index(&self) -> MutexGuard<'_, Index> {
         self.index.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether the decoders are keeping up (at most a quarter of the in-flight budget in
+    /// use): only then may the sink spend CPU on work that can wait. On a one-way link a
+    /// receiver that falls behind loses frames for good.
+    pub fn decoders_idle(&self) -> bool {
+        self.permits.available_permits() * 4 >= self.permits_total * 3
     }
 }
 

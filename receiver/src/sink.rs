@@ -6,21 +6,24 @@
 //! Messages are small (the decoders write the data themselves), so a long publish only delays
 //! bookkeeping, never the link.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::Receiver;
-use sluice_protocol::manifest::Manifest;
+use sluice_protocol::manifest::{EntryKind, Manifest};
 use sluice_protocol::wire::BlockKey;
 
 use crate::decode::SinkMsg;
 use crate::objects::{Failure, Status};
-use crate::publish::{self, DirCache};
+use crate::publish::{self, DirCache, Staged};
 use crate::shared::{Counters, Shared};
 use crate::state::ObjectKey;
 
 /// Failures kept in full for the report (all are counted and logged).
 const MAX_REPORTED_FAILURES: usize = 1000;
+/// Objects staged ahead of their manifest at once (each holds a file and a write buffer).
+const MAX_EARLY_STAGING: usize = 8;
 
 /// One failed object as the report lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +47,10 @@ pub(crate) struct Sink {
     shared: Arc<Shared>,
     dirs: DirCache,
     report: SinkReport,
+    /// Objects whose stored segments are being decrypted ahead of the manifest.
+    staging: HashMap<ObjectKey, Staged>,
+    /// Decryption buffer, reused for every segment.
+    buf: Vec<u8>,
 }
 
 /// Starts the sink thread; it runs until every sender of `rx` is gone.
@@ -58,6 +65,8 @@ pub(crate) fn spawn(
                 shared,
                 dirs: DirCache::new(),
                 report: SinkReport::default(),
+                staging: HashMap::new(),
+                buf: vec![0; publish::IO_BUFFER],
             };
             sink.publish_complete();
             for msg in rx.iter() {
@@ -102,8 +111,67 @@ impl Sink {
         };
         match verdict {
             Ok(true) => self.publish(obj),
-            Ok(false) => {}
+            Ok(false) => self.stage_ahead(obj),
             Err(failure) => self.fail(obj, failure),
+        }
+    }
+
+    /// Decrypts the stored segments of `obj` that follow what is staged, in order, before
+    /// the object is complete. A failure here only drops the head start: publishing redoes
+    /// the work and reports what goes wrong.
+    fn stage_ahead(&mut self, obj: ObjectKey) {
+        loop {
+            if !self.shared.decoders_idle() {
+                return;
+            }
+            let next = self.staging.get(&obj).map_or(0, Staged::next);
+            let expected = {
+                let index = self.shared.index();
+                let Some(entry) = index.get(&obj).filter(|e| e.status == Status::Open) else {
+                    return;
+                };
+                let Some(sha) = entry.segments.get(&next) else {
+                    return;
+                };
+                match &entry.manifest {
+                    None => (None, None),
+                    Some(m) if m.kind == EntryKind::Directory => return,
+                    Some(m) => match m.segments.get(next as usize) {
+                        Some(info) if info.ciphertext_sha256 == *sha => (
+                            Some((u64::from(info.ciphertext_len), info.ciphertext_sha256)),
+                            Some(m.size),
+                        ),
+                        _ => return,
+                    },
+                }
+            };
+            if !self.staging.contains_key(&obj) {
+                if self.staging.len() >= MAX_EARLY_STAGING {
+                    return;
+                }
+                match Staged::create(&self.shared, obj) {
+                    Ok(staged) => self.staging.insert(obj, staged),
+                    Err(failure) => {
+                        tracing::debug!(object = %obj, "cannot stage early: {failure}");
+                        return;
+                    }
+                };
+            }
+            let Some(staged) = self.staging.get_mut(&obj) else {
+                return;
+            };
+            let (sha, limit) = expected;
+            if let Err(failure) = staged.append(&self.shared, obj, sha, limit, &mut self.buf) {
+                tracing::debug!(object = %obj, "early staging stopped: {failure}");
+                self.discard_staging(obj);
+                return;
+            }
+        }
+    }
+
+    fn discard_staging(&mut self, obj: ObjectKey) {
+        if let Some(staged) = self.staging.remove(&obj) {
+            staged.discard();
         }
     }
 
@@ -134,7 +202,7 @@ impl Sink {
         };
         match verdict {
             Ok(true) => self.publish(obj),
-            Ok(false) => {}
+            Ok(false) => self.stage_ahead(obj),
             Err(failure) => self.fail(obj, failure),
         }
     }
@@ -151,7 +219,21 @@ impl Sink {
             (manifest, entry.first_seen)
         };
         let started = first_seen.unwrap_or_else(Instant::now);
-        match publish::publish(&self.shared, obj, &manifest, &mut self.dirs) {
+        let staged = self.staging.remove(&obj);
+        tracing::debug!(
+            object = %obj,
+            staged_ahead = staged.as_ref().map_or(0, Staged::next),
+            segments = manifest.segments.len(),
+            "publishing"
+        );
+        match publish::publish(
+            &self.shared,
+            obj,
+            &manifest,
+            &mut self.dirs,
+            staged,
+            &mut self.buf,
+        ) {
             Ok(bytes) => {
                 Counters::add(&self.shared.counters.objects_delivered, 1);
                 Counters::add(&self.shared.counters.bytes_delivered, bytes);
@@ -188,6 +270,7 @@ impl Sink {
 
     /// Marks a finished object done and drops what was kept for it.
     fn forget(&mut self, obj: ObjectKey) {
+        self.discard_staging(obj);
         if let Err(e) = self.shared.state.mark_done(obj) {
             tracing::warn!(object = %obj, "cannot record the object as done: {e}");
         }
@@ -199,6 +282,7 @@ impl Sink {
 
     /// Reports an object failed (once), and drops its blocks unless a later run may use them.
     fn fail(&mut self, obj: ObjectKey, failure: Failure) {
+        self.discard_staging(obj);
         let path = {
             let mut index = self.shared.index();
             let Some(entry) = index.get_mut(&obj) else {
@@ -240,6 +324,9 @@ impl Sink {
     /// End of the run: directory mtimes once more, and every object seen but not finished is
     /// reported failed (its blocks stay in the state directory for a later run).
     fn finish(mut self) -> SinkReport {
+        for (_, staged) in self.staging.drain() {
+            staged.discard();
+        }
         publish::reapply_all(&self.shared, &mut self.dirs);
         let unfinished: Vec<(ObjectKey, Option<String>, Failure)> = {
             let index = self.shared.index();

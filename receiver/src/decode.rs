@@ -30,6 +30,9 @@ use crate::publish;
 use crate::shared::{Counters, Shared};
 use crate::state::ObjectKey;
 
+/// Nice increment of decoder and sink threads relative to the link task.
+pub(crate) const WORKER_NICE: i32 = 3;
+
 /// Work for a decoder thread.
 #[derive(Debug)]
 pub(crate) enum Job {
@@ -76,6 +79,7 @@ pub(crate) fn spawn(
 }
 
 fn run(shared: &Shared, jobs: &Receiver<Job>, sink: &Sender<SinkMsg>) {
+    crate::shared::lower_priority(WORKER_NICE);
     let mut codec = ReedSolomon::new();
     for job in jobs.iter() {
         match job {

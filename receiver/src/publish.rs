@@ -212,8 +212,9 @@ fn publish_file(
     staged: Option<Staged>,
     buf: &mut [u8],
 ) -> Result<u64, Failure> {
-    // Resolve first: a refused path fails before any decryption work.
-    if let Err(e) = paths::resolve_under(&shared.out, &m.path, Target::File, true) {
+    // Resolve first (creating nothing): a refused path fails before any decryption work, and
+    // an object that fails later leaves no directories behind.
+    if let Err(e) = paths::resolve_under(&shared.out, &m.path, Target::File, false) {
         if let Some(staged) = staged {
             staged.discard();
         }

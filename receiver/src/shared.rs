@@ -86,3 +86,13 @@ impl Counters {
         counter.load(Ordering::Relaxed)
     }
 }
+
+/// Lowers the calling thread's scheduling priority by `increment` (Linux nice values are per
+/// thread). Worker threads call it so that, on a busy machine, the link task, whose kernel
+/// buffer lasts only tens of milliseconds at full rate, runs first; the workers have the
+/// assembler's and the in-flight budget's buffering to catch up with.
+pub(crate) fn lower_priority(increment: i32) {
+    if let Err(e) = rustix::process::nice(increment) {
+        tracing::debug!("cannot lower a worker thread's priority: {e}");
+    }
+}

@@ -61,6 +61,7 @@ pub(crate) fn spawn(
     std::thread::Builder::new()
         .name("sink".into())
         .spawn(move || {
+            crate::shared::lower_priority(crate::decode::WORKER_NICE);
             let mut sink = Sink {
                 shared,
                 dirs: DirCache::new(),

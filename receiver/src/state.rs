@@ -4,6 +4,7 @@
 //! ```text
 //! <state>/                        default <out>/.sluice-state, mode 0700, same file system as --out
 //!   VERSION                       "sluice-state 1"
+//!   lock                          flock()ed while a receiver uses the directory
 //!   tmp/                          files being written; emptied at start
 //!   objects/<session>-<object>/   one in-progress object (session: 16 hex digits, object: decimal)
 //!       manifest                  the verified, decrypted SignedManifest envelope (postcard)
@@ -84,6 +85,8 @@ pub struct StateDir {
     done: PathBuf,
     delivered: PathBuf,
     counter: AtomicU64,
+    /// Held open with an exclusive `flock` for as long as this value lives.
+    _lock: File,
 }
 
 /// What a previous run left for one object.
@@ -145,7 +148,9 @@ impl StateDir {
             Err(e) if e.kind() == io::ErrorKind::NotFound => fs::write(&version, VERSION_TEXT)?,
             Err(e) => return Err(e),
         }
+        let lock = lock(root)?;
         let state = StateDir {
+            _lock: lock,
             tmp: root.join("tmp"),
             objects: root.join("objects"),
             done: root.join("done"),
@@ -413,6 +418,25 @@ impl StateDir {
     }
 }
 
+/// Takes the directory's lock, so two receivers never share (and corrupt) one state.
+fn lock(root: &Path) -> io::Result<File> {
+    let path = root.join("lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!("{} is in use by another sluice-recv", root.display()),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn damaged(path: &Path) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
@@ -551,6 +575,11 @@ mod tests {
         drop(state);
         let state = StateDir::open(dir.path()).unwrap();
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        let err = StateDir::open(dir.path()).unwrap_err();
+        assert!(
+            err.to_string().contains("in use by another sluice-recv"),
+            "{err}"
+        );
         fs::write(dir.path().join("VERSION"), "something else").unwrap();
         drop(state);
         assert!(StateDir::open(dir.path()).is_err());

@@ -10,6 +10,7 @@
 
 pub mod binaries;
 pub mod harness;
+pub mod qemu;
 pub mod relay;
 pub mod sweep;
 pub mod tree;

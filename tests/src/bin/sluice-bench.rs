@@ -8,7 +8,8 @@
 //! Cases: `udp-1500`, `udp-9000` (no loss, sender unpaced), `udp-1500-loss1`, `udp-1500-loss5`
 //! (through the seeded relay, repair 10%), `small-files` (10 000 × 4 KiB), `serial-115200`,
 //! `serial-921600`, `serial-3000000` (pty pair via socat, sender paced to the baud) and
-//! `memory-4g` (a 4 GiB file; peak RSS is the figure that matters). Without `--case` the
+//! `memory-4g` (a 4 GiB file; peak RSS is the figure that matters), and `qemu-relay` (frames
+//! per second through the emulated firmware protocol break). Without `--case` the
 //! UDP, small-file and serial cases run; `memory-4g` only when asked for.
 //!
 //! How each figure is taken:
@@ -153,7 +154,7 @@ fn run(args: &Args) -> Result<()> {
         all.into_iter().filter(|c| c.name != "memory-4g").collect()
     } else {
         let mut chosen = Vec::new();
-        for name in &args.cases {
+        for name in args.cases.iter().filter(|c| *c != "qemu-relay") {
             let case = all
                 .iter()
                 .find(|c| c.name == name)
@@ -162,6 +163,16 @@ fn run(args: &Args) -> Result<()> {
         }
         chosen
     };
+    if args.cases.iter().any(|c| c == "qemu-relay") {
+        qemu_relay_rate(args.runs.max(1))?;
+        if args.cases.len() == 1 {
+            return Ok(());
+        }
+    }
+    let selected: Vec<Case> = selected
+        .into_iter()
+        .filter(|c| c.name != "qemu-relay")
+        .collect();
     let mut table = Vec::new();
     for case in &selected {
         let mut runs = Vec::new();
@@ -175,6 +186,82 @@ fn run(args: &Args) -> Result<()> {
     }
     if !args.json {
         print_table(&table);
+    }
+    Ok(())
+}
+
+/// Frames per second the emulated protocol break forwards: 500 frames of 1024 bytes (a
+/// serial link's default frame) pushed into UART0 as fast as QEMU takes them, timed until the
+/// last one leaves UART1.
+fn qemu_relay_rate(runs: usize) -> Result<()> {
+    use sluice_protocol::fec::Geometry;
+    use sluice_protocol::framing::{encode_frame, encoded_len};
+    use sluice_protocol::wire::{
+        max_symbol_size, write_frame, BlockKey, BlockKind, Header, LinkKey, ObjectId, SessionId,
+        SymbolHeader,
+    };
+    use sluice_tests::qemu::QemuRelay;
+    use std::io::{Read, Write};
+
+    if !sluice_tests::qemu::available() {
+        bail!("qemu-relay needs qemu-system-arm and firmware/build-board.sh");
+    }
+    let key = LinkKey::new(&[3; 32]);
+    let symbol = max_symbol_size(1024);
+    let count = 500u32;
+    let mut input = Vec::new();
+    let mut frame_len = 0;
+    for n in 0..count {
+        let header = Header::Symbol(SymbolHeader {
+            block: BlockKey {
+                session: SessionId(1),
+                object: ObjectId(0),
+                kind: BlockKind::Data,
+                index: n / 1000,
+            },
+            geometry: Geometry::new(u32::from(symbol) * 1000, symbol, 100)
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+            symbol: (n % 1000) as u16,
+        });
+        let mut frame = vec![0u8; 2048];
+        let payload = vec![0x5a; usize::from(symbol)];
+        let len = write_frame(&header, &payload, &key, &mut frame)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        frame_len = len;
+        let mut line = vec![0u8; encoded_len(len)];
+        let n = encode_frame(&frame[..len], &mut line).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        input.extend_from_slice(&line[..n]);
+    }
+    for run in 1..=runs {
+        let relay = QemuRelay::start();
+        let mut low = QemuRelay::connect(relay.low);
+        let mut high = QemuRelay::connect(relay.high);
+        let expected = input.len();
+        let writer_input = input.clone();
+        let started = Instant::now();
+        let writer = std::thread::spawn(move || low.write_all(&writer_input));
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 65536];
+        high.set_read_timeout(Some(Duration::from_secs(30)))?;
+        while got < expected {
+            let n = high.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        println!(
+            "{}",
+            serde_json::json!({
+                "case": "qemu-relay", "run": run, "frames": count, "frame_bytes": frame_len,
+                "bytes_out": got, "seconds": secs, "frames_per_s": f64::from(count) / secs,
+                "line_mbit_s": got as f64 * 8.0 / secs / 1e6,
+            })
+        );
     }
     Ok(())
 }

@@ -251,21 +251,12 @@ fn report(args: &Args, payload: u64, elapsed: Duration, c: &FaultCounts, log: &s
     );
     match Summary::find(log, "bad_crc") {
         Some(s) => {
-            let recovered = [
-                "blocks_recovered",
-                "recovered_by_fec",
-                "fec_recovered",
-                "recovered",
-            ]
-            .iter()
-            .map(|k| s.get(k))
-            .max()
-            .unwrap_or(0);
+            let recovered = s.get("blocks_recovered");
             println!("FEC recoveries: {recovered} blocks decoded with repair symbols");
             println!(
                 "receiver:       {} objects delivered, {} failed, exit {code}",
-                s.get("delivered"),
-                s.get("failed")
+                s.get("objects_delivered") + s.get("objects_already_delivered"),
+                s.get("objects_failed")
             );
         }
         None => println!("receiver:       exit {code} (no JSON summary found)"),

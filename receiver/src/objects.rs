@@ -225,13 +225,11 @@ pub enum Failure {
 }
 
 impl Failure {
-    /// Whether the stored blocks should be kept so a later run can retry (I/O trouble),
-    /// rather than discarded (the object is refused).
+    /// Whether the stored blocks are kept for a later pass or run (the object is merely
+    /// incomplete) rather than discarded (it was refused, or the disk failed: its blocks
+    /// would only hold space other objects need; a later sender run brings them again).
     pub fn keeps_state(&self) -> bool {
-        matches!(
-            self,
-            Failure::Io(_) | Failure::Incomplete { .. } | Failure::NoManifest
-        )
+        matches!(self, Failure::Incomplete { .. } | Failure::NoManifest)
     }
 }
 

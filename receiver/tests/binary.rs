@@ -380,3 +380,99 @@ fn frames_failing_the_link_mac_are_warned_about_and_counted() {
     assert_eq!(summary["frames_valid"], 0, "{summary}");
     assert!(!Path::new(&rig.out).join("x").exists());
 }
+
+/// `--out` (with the default state directory in it) on a 1 MiB tmpfs in a private mount
+/// namespace: a file that fits is delivered, one that does not fails with the OS's reason,
+/// the receiver keeps running and exits 3, and nothing partial is left in `--out`. Needs root
+/// (`unshare -m`, `mount -t tmpfs`); otherwise it says so and skips.
+#[test]
+fn a_full_disk_fails_the_object_cleanly() {
+    let rig = Rig::new();
+    std::fs::create_dir_all(&rig.out).unwrap();
+    let probe = Command::new("unshare")
+        .args(["-m", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs -o size=1m tmpfs {}",
+            rig.out.display()
+        ))
+        .output();
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED a_full_disk_fails_the_object_cleanly: cannot mount a tmpfs: {probe:?}");
+        return;
+    }
+    let port = free_port();
+    let script = format!(
+        "mount -t tmpfs -o size=1m tmpfs '{out}' && \
+         '{bin}' --link udp://127.0.0.1:{port} --identity '{id}' --trust '{trust}' \
+           --link-key '{link}' --out '{out}' --exit-after-idle 1; \
+         echo EXIT=$?; cd '{out}' && find . -path ./.sluice-state -prune -o -print | sort",
+        bin = BIN,
+        id = rig.keys.receiver_key.display(),
+        trust = rig.keys.sender_pub.display(),
+        link = rig.keys.link_key.display(),
+        out = rig.out.display(),
+    );
+    let mut child = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(String::new()));
+    let readers: Vec<_> = [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ]
+    .into_iter()
+    .map(|stream| {
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let mut all = sink.lock().unwrap();
+                all.push_str(&line.unwrap_or_default());
+                all.push('\n');
+            }
+        })
+    })
+    .collect();
+    let wait_for = |phrase: &str| {
+        let deadline = Instant::now() + WAIT;
+        while !lines.lock().unwrap().contains(phrase) {
+            assert!(
+                Instant::now() < deadline,
+                "no {phrase:?} in:\n{}",
+                lines.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for("receiving");
+    let to: SocketAddr = ([127, 0, 0, 1], port).into();
+    let producer = Producer::new(&rig.keys, 0xB5);
+    let small = producer.encode(0, &Item::file("small.txt", bytes(2000, 26), 0o644, (1, 0)));
+    send(to, &producer.frames(&[small], 0, all));
+    wait_for("delivered small.txt");
+    let big = producer.encode(1, &Item::file("big.bin", bytes(3 << 20, 27), 0o644, (1, 0)));
+    send(to, &producer.frames(&[big], 0, all));
+    let status = child.wait().unwrap();
+    for reader in readers {
+        reader.join().unwrap();
+    }
+    let log = lines.lock().unwrap().clone();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("EXIT=3"), "{log}");
+    assert!(log.contains("No space left on device"), "{log}");
+    assert!(log.contains("object failed: "), "{log}");
+    let listing: Vec<&str> = log
+        .lines()
+        .skip_while(|l| !l.starts_with("EXIT="))
+        .skip(1)
+        .collect();
+    assert_eq!(listing, [".", "./small.txt"], "{log}");
+    // The failed object's blocks were dropped to give the space back.
+    assert!(
+        log.contains("1 delivered, 0 already delivered, 1 failed"),
+        "{log}"
+    );
+}

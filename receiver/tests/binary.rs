@@ -405,7 +405,8 @@ fn a_full_disk_fails_the_object_cleanly() {
         "mount -t tmpfs -o size=1m tmpfs '{out}' && \
          '{bin}' --link udp://127.0.0.1:{port} --identity '{id}' --trust '{trust}' \
            --link-key '{link}' --out '{out}' --exit-after-idle 1; \
-         echo EXIT=$?; cd '{out}' && find . -path ./.sluice-state -prune -o -print | sort",
+         echo EXIT=$?; cd '{out}' && find . -path ./.sluice-state -prune -o -print | sort; \
+         echo OBJECTS=$(ls .sluice-state/objects | wc -l)",
         bin = BIN,
         id = rig.keys.receiver_key.display(),
         trust = rig.keys.sender_pub.display(),
@@ -468,11 +469,13 @@ fn a_full_disk_fails_the_object_cleanly() {
         .lines()
         .skip_while(|l| !l.starts_with("EXIT="))
         .skip(1)
+        .take_while(|l| !l.starts_with("OBJECTS="))
         .collect();
     assert_eq!(listing, [".", "./small.txt"], "{log}");
-    // The failed object's blocks were dropped to give the space back.
     assert!(
         log.contains("1 delivered, 0 already delivered, 1 failed"),
         "{log}"
     );
+    // The failed object's blocks were dropped to give the space back.
+    assert!(log.contains("OBJECTS=0"), "{log}");
 }

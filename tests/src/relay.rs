@@ -341,6 +341,11 @@ impl Relay {
     pub fn start(target: SocketAddr, faults: Faults) -> std::io::Result<Relay> {
         let socket = UdpSocket::bind("127.0.0.1:0")?;
         socket.set_read_timeout(Some(Duration::from_millis(20)))?;
+        // Like the receiver: a deep buffer so the relay thread losing the CPU for a moment on
+        // a busy machine does not add kernel drops to the loss it was asked for (capped by
+        // net.core.rmem_max).
+        let _ = socket2::SockRef::from(&socket).set_recv_buffer_size(16 << 20);
+        let _ = socket2::SockRef::from(&socket).set_send_buffer_size(4 << 20);
         let addr = socket.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let counts = Arc::new(Mutex::new(FaultCounts::default()));

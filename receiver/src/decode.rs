@@ -5,7 +5,7 @@
 //!  link task ──Job──► decoder 1..n ──SinkMsg──► sink
 //!                      │  data block:     decode, SHA-256, store seg-<i>
 //!                      │  manifest block: decode, age-decrypt, verify signature against
-//!                      │                  --trust, check ids and path, store, "already
+//!                      │                  --trust, check ids and path, "already
 //!                      │                  delivered?"
 //!                      │  stalled block:  store partial-<i>
 //! ```
@@ -25,7 +25,7 @@ use sluice_protocol::rx::{PartialBlock, ReadyBlock};
 use sluice_protocol::wire::{BlockKey, BlockKind};
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::objects::Failure;
+use crate::objects::{Failure, Status};
 use crate::publish;
 use crate::shared::{Counters, Shared};
 use crate::state::ObjectKey;
@@ -51,14 +51,18 @@ pub(crate) enum SinkMsg {
         sha256: [u8; 32],
         len: u64,
     },
-    /// A manifest decrypted and verified (and was stored).
+    /// A manifest decrypted and verified; the sink stores the envelope if the object is not
+    /// complete yet (a complete one is published at once, and needs no copy).
     Manifest {
         key: BlockKey,
         manifest: Manifest,
+        envelope: Vec<u8>,
         already_delivered: bool,
     },
     /// The object cannot be delivered.
     Failed { obj: ObjectKey, failure: Failure },
+    /// Nothing to do (the block's object finished meanwhile).
+    Ignored,
 }
 
 /// Starts `n` decoder threads.
@@ -96,8 +100,15 @@ fn save_partial(shared: &Shared, partial: &PartialBlock) {
     }
     match shared.state.store_partial(partial) {
         Ok(()) => {
-            if let Some(entry) = shared.index().get_mut(&obj) {
-                entry.partials.insert((partial.key.kind, partial.key.index));
+            match shared.index().get_mut(&obj) {
+                Some(entry) if entry.status == Status::Open => {
+                    entry.partials.insert((partial.key.kind, partial.key.index));
+                }
+                _ => {
+                    let path = shared.state.partial_path(&partial.key);
+                    shared.state.remove_stray(obj, &path);
+                    return;
+                }
             }
             Counters::add(&shared.counters.partials_saved, 1);
         }
@@ -143,12 +154,19 @@ fn store_segment(shared: &Shared, key: BlockKey, data: &[u8]) -> SinkMsg {
         ));
         return SinkMsg::Failed { obj, failure };
     }
+    // Entered in the table only after the file exists, and under the lock: if the object
+    // was refused meanwhile (its state removed), the file just written is removed too.
     let had_partial = match shared.index().get_mut(&obj) {
-        Some(entry) => {
+        Some(entry) if entry.status == Status::Open => {
             entry.segments.insert(key.index, sha256);
             entry.partials.remove(&(BlockKind::Data, key.index))
         }
-        None => false,
+        _ => {
+            shared
+                .state
+                .remove_stray(obj, &shared.state.segment_path(obj, key.index));
+            return SinkMsg::Ignored;
+        }
     };
     if had_partial {
         shared.state.remove_partial(&key);
@@ -166,13 +184,6 @@ fn open_manifest(shared: &Shared, key: BlockKey, data: &[u8]) -> SinkMsg {
         Ok(opened) => opened,
         Err(failure) => return SinkMsg::Failed { obj, failure },
     };
-    if let Err(e) = shared.state.store_manifest(obj, &envelope) {
-        let failure = Failure::Io(format!(
-            "cannot store the manifest in {}: {e}",
-            shared.state.root().display()
-        ));
-        return SinkMsg::Failed { obj, failure };
-    }
     if shared
         .index()
         .get_mut(&obj)
@@ -184,6 +195,7 @@ fn open_manifest(shared: &Shared, key: BlockKey, data: &[u8]) -> SinkMsg {
     SinkMsg::Manifest {
         key,
         manifest,
+        envelope,
         already_delivered,
     }
 }

@@ -23,6 +23,8 @@ pub enum Status {
     Open,
     /// Refused or failed for good in this run; its blocks are no longer needed.
     Failed,
+    /// Published, waiting for its directory's fsync before it is recorded done.
+    Done,
 }
 
 /// One object in progress.
@@ -130,7 +132,7 @@ impl Index {
             return StartAction::Assemble;
         };
         entry.first_seen.get_or_insert(now);
-        if entry.status == Status::Failed {
+        if entry.status != Status::Open {
             return StartAction::MarkDone;
         }
         let stored = match key.kind {

@@ -32,6 +32,9 @@ use crate::state::{ObjectKey, Record};
 
 /// Permission bits applied: everything but setuid and setgid.
 const MODE_MASK: u32 = 0o1777;
+/// Files smaller than this get no delivery record: hashing them again to recognise a re-send
+/// costs less than writing a record for every one.
+const RECORD_MIN_SIZE: u64 = 1 << 20;
 /// Read and write buffer sizes while publishing.
 pub(crate) const IO_BUFFER: usize = 256 * 1024;
 
@@ -103,7 +106,8 @@ fn apply_meta(file: &File, mode: u32, secs: i64, nanos: u32) -> io::Result<()> {
     Ok(())
 }
 
-fn fsync_dir(dir: &Path) -> io::Result<()> {
+/// Makes a directory's entries durable.
+pub(crate) fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
@@ -121,7 +125,17 @@ fn with_writable_dir<T>(dir: &Path, f: impl FnOnce() -> io::Result<T>) -> io::Re
     result
 }
 
-/// Publishes a complete object; returns the plaintext bytes written.
+/// A published object: its bytes, and the directory whose entry changed (to be fsynced by
+/// the caller, which batches that for many small files).
+#[derive(Debug)]
+pub(crate) struct Published {
+    /// Plaintext bytes written.
+    pub bytes: u64,
+    /// The parent directory the object was renamed or created in.
+    pub dir: PathBuf,
+}
+
+/// Publishes a complete object (everything but the final fsync of its directory).
 pub(crate) fn publish(
     shared: &Shared,
     obj: ObjectKey,
@@ -129,25 +143,23 @@ pub(crate) fn publish(
     dirs: &mut DirCache,
     staged: Option<Staged>,
     buf: &mut [u8],
-) -> Result<u64, Failure> {
+) -> Result<Published, Failure> {
     if let Err(failure) = check_path(shared, &manifest.path) {
         if let Some(staged) = staged {
             staged.discard();
         }
         return Err(failure);
     }
-    let bytes = match manifest.kind {
+    let published = match manifest.kind {
         EntryKind::Directory => {
             if let Some(staged) = staged {
                 staged.discard();
             }
-            publish_dir(shared, manifest, dirs)?;
-            0
+            publish_dir(shared, manifest, dirs)?
         }
         EntryKind::File => publish_file(shared, obj, manifest, staged, buf)?,
     };
-    reapply_ancestors(shared, &manifest.path, dirs);
-    Ok(bytes)
+    Ok(published)
 }
 
 fn parent_of(path: &Path) -> Result<&Path, Failure> {
@@ -155,7 +167,7 @@ fn parent_of(path: &Path) -> Result<&Path, Failure> {
         .ok_or_else(|| Failure::Io(format!("{} has no parent", path.display())))
 }
 
-fn publish_dir(shared: &Shared, m: &Manifest, dirs: &mut DirCache) -> Result<(), Failure> {
+fn publish_dir(shared: &Shared, m: &Manifest, dirs: &mut DirCache) -> Result<Published, Failure> {
     let target = paths::resolve_under(&shared.out, &m.path, Target::Directory, true)
         .map_err(|e| path_failure(&m.path, e))?;
     let parent = parent_of(&target)?;
@@ -176,7 +188,8 @@ fn publish_dir(shared: &Shared, m: &Manifest, dirs: &mut DirCache) -> Result<(),
         "cannot set mode/mtime of {}",
         target.display()
     )))?;
-    fsync_dir(parent).map_err(io_failure(format!("cannot fsync {}", parent.display())))?;
+    dir.sync_all()
+        .map_err(io_failure(format!("cannot fsync {}", target.display())))?;
     let meta = DirMeta {
         mode: m.mode,
         mtime_secs: m.mtime_secs,
@@ -185,7 +198,10 @@ fn publish_dir(shared: &Shared, m: &Manifest, dirs: &mut DirCache) -> Result<(),
     dirs.insert(m.path.clone(), Some(meta));
     let inode = dir.metadata().map(|md| md.ino()).unwrap_or(0);
     write_record(shared, m, "directory", inode);
-    Ok(())
+    Ok(Published {
+        bytes: 0,
+        dir: parent.to_path_buf(),
+    })
 }
 
 fn write_record(shared: &Shared, m: &Manifest, kind: &str, inode: u64) {
@@ -211,7 +227,7 @@ fn publish_file(
     m: &Manifest,
     staged: Option<Staged>,
     buf: &mut [u8],
-) -> Result<u64, Failure> {
+) -> Result<Published, Failure> {
     // Resolve first (creating nothing): a refused path fails before any decryption work, and
     // an object that fails later leaves no directories behind.
     if let Err(e) = paths::resolve_under(&shared.out, &m.path, Target::File, false) {
@@ -241,17 +257,18 @@ fn publish_file(
             "cannot rename into {}",
             target.display()
         )))?;
-        fsync_dir(parent).map_err(io_failure(format!("cannot fsync {}", parent.display())))?;
-        let inode = fs::symlink_metadata(&target)
-            .map(|md| md.ino())
-            .unwrap_or(0);
-        write_record(shared, m, "file", inode);
-        Ok(())
+        if m.size >= RECORD_MIN_SIZE {
+            let inode = fs::symlink_metadata(&target)
+                .map(|md| md.ino())
+                .unwrap_or(0);
+            write_record(shared, m, "file", inode);
+        }
+        Ok(parent.to_path_buf())
     });
     if result.is_err() {
         let _ = fs::remove_file(&path);
     }
-    result.map(|()| m.size)
+    result.map(|dir| Published { bytes: m.size, dir })
 }
 
 /// Plaintext handed to the kernel's writeback between two kicks, so the fsync before the
@@ -275,10 +292,8 @@ pub(crate) struct Staged {
 impl Staged {
     /// An empty staging file for `obj` (mode 0600, in the staging directory).
     pub fn create(shared: &Shared, obj: ObjectKey) -> Result<Self, Failure> {
-        let path = shared
-            .staging
-            .join(format!("stage-{:016x}-{}", obj.session.0, obj.object.0));
-        let _ = fs::remove_file(&path);
+        let name = format!("stage-{:016x}-{}", obj.session.0, obj.object.0);
+        let path = shared.staging.join(shared.state.unique_name(&name));
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -415,12 +430,27 @@ impl Staged {
     }
 }
 
-/// Applies the recorded mode and mtime of every delivered ancestor of `path`, deepest first.
-pub(crate) fn reapply_ancestors(shared: &Shared, path: &str, dirs: &mut DirCache) {
-    let mut end = path.len();
-    while let Some(slash) = path[..end].rfind('/') {
-        end = slash;
-        reapply_dir(shared, &path[..end], dirs);
+/// Applies the recorded mode and mtime of every delivered ancestor of `paths`, deepest first,
+/// each directory once.
+pub(crate) fn reapply_ancestors(
+    shared: &Shared,
+    paths: impl IntoIterator<Item = String>,
+    dirs: &mut DirCache,
+) {
+    let mut ancestors = std::collections::BTreeSet::new();
+    for path in paths {
+        let mut end = path.len();
+        while let Some(slash) = path[..end].rfind('/') {
+            end = slash;
+            if !ancestors.insert(path[..end].to_string()) {
+                break;
+            }
+        }
+    }
+    let mut ancestors: Vec<String> = ancestors.into_iter().collect();
+    ancestors.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count()));
+    for dir in ancestors {
+        reapply_dir(shared, &dir, dirs);
     }
 }
 

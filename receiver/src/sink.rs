@@ -6,11 +6,12 @@
 //! Messages are small (the decoders write the data themselves), so a long publish only delays
 //! bookkeeping, never the link.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, TryRecvError};
 use sluice_protocol::manifest::{EntryKind, Manifest};
 use sluice_protocol::wire::BlockKey;
 
@@ -24,6 +25,18 @@ use crate::state::ObjectKey;
 const MAX_REPORTED_FAILURES: usize = 1000;
 /// Objects staged ahead of their manifest at once (each holds a file and a write buffer).
 const MAX_EARLY_STAGING: usize = 8;
+/// Published objects whose directories are fsynced together at most (when no message is
+/// waiting, they are committed at once): one directory fsync serves many small files.
+const MAX_UNCOMMITTED: usize = 64;
+
+/// A published object waiting for its directory's fsync.
+#[derive(Debug)]
+struct Uncommitted {
+    obj: ObjectKey,
+    manifest: Arc<Manifest>,
+    started: Instant,
+    bytes: u64,
+}
 
 /// One failed object as the report lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +64,12 @@ pub(crate) struct Sink {
     staging: HashMap<ObjectKey, Staged>,
     /// Decryption buffer, reused for every segment.
     buf: Vec<u8>,
+    /// Published objects not yet recorded done, and the directories to fsync first.
+    uncommitted: Vec<Uncommitted>,
+    dirty_dirs: BTreeSet<PathBuf>,
+    /// Object paths published since the last commit: their ancestors' mtimes are applied
+    /// again (once per directory) before the commit.
+    touched: BTreeSet<String>,
 }
 
 /// Starts the sink thread; it runs until every sender of `rx` is gone.
@@ -68,9 +87,27 @@ pub(crate) fn spawn(
                 report: SinkReport::default(),
                 staging: HashMap::new(),
                 buf: vec![0; publish::IO_BUFFER],
+                uncommitted: Vec::new(),
+                dirty_dirs: BTreeSet::new(),
+                touched: BTreeSet::new(),
             };
             sink.publish_complete();
-            for msg in rx.iter() {
+            loop {
+                let msg = if sink.uncommitted.is_empty() {
+                    match rx.recv() {
+                        Ok(msg) => msg,
+                        Err(_) => break,
+                    }
+                } else {
+                    match rx.try_recv() {
+                        Ok(msg) => msg,
+                        Err(TryRecvError::Empty) => {
+                            sink.commit();
+                            continue;
+                        }
+                        Err(TryRecvError::Disconnected) => break,
+                    }
+                };
                 sink.handle(msg);
             }
             sink.finish()
@@ -84,18 +121,33 @@ impl Sink {
             SinkMsg::Manifest {
                 key,
                 manifest,
+                envelope,
                 already_delivered,
-            } => self.on_manifest(key, manifest, already_delivered),
+            } => self.on_manifest(key, manifest, &envelope, already_delivered),
             SinkMsg::Failed { obj, failure } => self.fail(obj, failure),
+            SinkMsg::Ignored => {}
         }
     }
 
-    /// Publishes objects whose every block is stored (left complete by an earlier run).
+    /// Publishes objects whose every block is stored (left complete by an earlier run, which
+    /// may have been stopped between the rename and recording the object done).
     fn publish_complete(&mut self) {
         let complete = self.shared.index().complete();
         for obj in complete {
-            self.publish(obj);
+            let manifest = self
+                .shared
+                .index()
+                .get(&obj)
+                .and_then(|e| e.manifest.clone());
+            match manifest {
+                Some(m) if publish::already_delivered(&self.shared, &m) => {
+                    self.finish_delivered(obj, &m)
+                }
+                Some(_) => self.publish(obj),
+                None => {}
+            }
         }
+        self.commit();
     }
 
     fn on_stored(&mut self, key: BlockKey, sha256: &[u8; 32], len: u64) {
@@ -176,7 +228,13 @@ impl Sink {
         }
     }
 
-    fn on_manifest(&mut self, key: BlockKey, manifest: Manifest, already_delivered: bool) {
+    fn on_manifest(
+        &mut self,
+        key: BlockKey,
+        manifest: Manifest,
+        envelope: &[u8],
+        already_delivered: bool,
+    ) {
         let obj = ObjectKey::of(&key);
         if !self.shared.index().is_open(&obj) {
             return;
@@ -203,7 +261,16 @@ impl Sink {
         };
         match verdict {
             Ok(true) => self.publish(obj),
-            Ok(false) => self.stage_ahead(obj),
+            Ok(false) => match self.shared.state.store_manifest(obj, envelope) {
+                Ok(()) => self.stage_ahead(obj),
+                Err(e) => {
+                    let failure = Failure::Io(format!(
+                        "cannot store the manifest in {}: {e}",
+                        self.shared.state.root().display()
+                    ));
+                    self.fail(obj, failure);
+                }
+            },
             Err(failure) => self.fail(obj, failure),
         }
     }
@@ -235,23 +302,56 @@ impl Sink {
             staged,
             &mut self.buf,
         ) {
-            Ok(bytes) => {
-                Counters::add(&self.shared.counters.objects_delivered, 1);
-                Counters::add(&self.shared.counters.bytes_delivered, bytes);
-                self.report.last_delivery = Some(Instant::now());
-                tracing::info!(
-                    object = %obj,
-                    path = %manifest.path,
-                    kind = ?manifest.kind,
-                    sha256 = %hex::encode(manifest.sha256),
-                    size = manifest.size,
-                    duration_ms = started.elapsed().as_millis() as u64,
-                    "delivered {}",
-                    manifest.path
-                );
-                self.forget(obj);
+            Ok(published) => {
+                if let Some(entry) = self.shared.index().get_mut(&obj) {
+                    entry.status = Status::Done;
+                }
+                self.dirty_dirs.insert(published.dir);
+                self.touched.insert(manifest.path.clone());
+                self.uncommitted.push(Uncommitted {
+                    obj,
+                    manifest,
+                    started,
+                    bytes: published.bytes,
+                });
+                if self.uncommitted.len() >= MAX_UNCOMMITTED
+                    || std::env::var_os("XX_NOGROUP").is_some()
+                {
+                    self.commit();
+                }
             }
             Err(failure) => self.fail(obj, failure),
+        }
+    }
+
+    /// Fsyncs the directories published into, then records and logs those objects delivered.
+    fn commit(&mut self) {
+        publish::reapply_ancestors(
+            &self.shared,
+            std::mem::take(&mut self.touched),
+            &mut self.dirs,
+        );
+        for dir in std::mem::take(&mut self.dirty_dirs) {
+            if let Err(e) = publish::fsync_dir(&dir) {
+                tracing::warn!(dir = %dir.display(), "cannot fsync a published-into directory: {e}");
+            }
+        }
+        for done in std::mem::take(&mut self.uncommitted) {
+            let m = &done.manifest;
+            Counters::add(&self.shared.counters.objects_delivered, 1);
+            Counters::add(&self.shared.counters.bytes_delivered, done.bytes);
+            self.report.last_delivery = Some(Instant::now());
+            tracing::info!(
+                object = %done.obj,
+                path = %m.path,
+                kind = ?m.kind,
+                sha256 = %hex::encode(m.sha256),
+                size = m.size,
+                duration_ms = done.started.elapsed().as_millis() as u64,
+                "delivered {}",
+                m.path
+            );
+            self.forget(done.obj);
         }
     }
 
@@ -289,7 +389,7 @@ impl Sink {
             let Some(entry) = index.get_mut(&obj) else {
                 return;
             };
-            if entry.status == Status::Failed {
+            if entry.status != Status::Open {
                 return;
             }
             entry.status = Status::Failed;
@@ -325,6 +425,7 @@ impl Sink {
     /// End of the run: directory mtimes once more, and every object seen but not finished is
     /// reported failed (its blocks stay in the state directory for a later run).
     fn finish(mut self) -> SinkReport {
+        self.commit();
         for (_, staged) in self.staging.drain() {
             staged.discard();
         }

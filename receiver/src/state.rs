@@ -85,6 +85,8 @@ pub struct StateDir {
     done: PathBuf,
     delivered: PathBuf,
     counter: AtomicU64,
+    /// This process's id, part of every temporary name.
+    pid: u32,
     /// Held open with an exclusive `flock` for as long as this value lives.
     _lock: File,
 }
@@ -157,6 +159,7 @@ impl StateDir {
             delivered: root.join("delivered"),
             root: root.to_path_buf(),
             counter: AtomicU64::new(0),
+            pid: std::process::id(),
         };
         if state.tmp.exists() {
             fs::remove_dir_all(&state.tmp)?;
@@ -172,13 +175,19 @@ impl StateDir {
         &self.root
     }
 
-    /// A fresh, unused path under `tmp/`.
-    pub fn tmp_path(&self, what: &str) -> PathBuf {
+    /// A name no other file of this process uses (`what-<pid>-<n>`).
+    pub fn unique_name(&self, what: &str) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        self.tmp.join(format!("{what}-{}-{n}", std::process::id()))
+        format!("{what}-{}-{n}", self.pid)
     }
 
-    /// Writes a file through `tmp/` and renames it to `dest`.
+    /// A fresh, unused path under `tmp/`.
+    pub fn tmp_path(&self, what: &str) -> PathBuf {
+        self.tmp.join(self.unique_name(what))
+    }
+
+    /// Writes a file through `tmp/` and renames it to `dest`, creating `dest`'s directory
+    /// (0700) only if the rename finds it missing: the common case costs no `mkdir`.
     pub fn write_atomic(
         &self,
         dest: &Path,
@@ -191,10 +200,19 @@ impl StateDir {
                 .create_new(true)
                 .mode(0o600)
                 .open(&tmp)?;
-            let mut writer = io::BufWriter::with_capacity(256 * 1024, file);
+            let mut writer = io::BufWriter::with_capacity(64 * 1024, file);
             write(&mut writer)?;
             writer.flush()?;
-            fs::rename(&tmp, dest)
+            drop(writer);
+            match fs::rename(&tmp, dest) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    if let Some(parent) = dest.parent() {
+                        create_private_dir(parent)?;
+                    }
+                    fs::rename(&tmp, dest)
+                }
+                other => other,
+            }
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -206,12 +224,6 @@ impl StateDir {
     pub fn object_dir(&self, obj: ObjectKey) -> PathBuf {
         self.objects
             .join(format!("{:016x}-{}", obj.session.0, obj.object.0))
-    }
-
-    fn ensure_object_dir(&self, obj: ObjectKey) -> io::Result<PathBuf> {
-        let dir = self.object_dir(obj);
-        create_private_dir(&dir)?;
-        Ok(dir)
     }
 
     /// Where data block `index` of `obj` is stored.
@@ -227,8 +239,7 @@ impl StateDir {
         sha256: &[u8; 32],
         data: &[u8],
     ) -> io::Result<()> {
-        let dir = self.ensure_object_dir(obj)?;
-        self.write_atomic(&dir.join(format!("seg-{index}")), |w| {
+        self.write_atomic(&self.segment_path(obj, index), |w| {
             w.write_all(&SEGMENT_MAGIC)?;
             w.write_all(&(data.len() as u64).to_le_bytes())?;
             w.write_all(sha256)?;
@@ -250,11 +261,13 @@ impl StateDir {
 
     /// Stores the verified manifest envelope of `obj`.
     pub fn store_manifest(&self, obj: ObjectKey, envelope: &[u8]) -> io::Result<()> {
-        let dir = self.ensure_object_dir(obj)?;
-        self.write_atomic(&dir.join("manifest"), |w| w.write_all(envelope))
+        self.write_atomic(&self.object_dir(obj).join("manifest"), |w| {
+            w.write_all(envelope)
+        })
     }
 
-    fn partial_path(&self, key: &BlockKey) -> PathBuf {
+    /// Where the saved symbols of a block live.
+    pub fn partial_path(&self, key: &BlockKey) -> PathBuf {
         let name = match key.kind {
             BlockKind::Manifest => "partial-m".to_string(),
             BlockKind::Data => format!("partial-{}", key.index),
@@ -264,7 +277,6 @@ impl StateDir {
 
     /// Saves the symbols of a stalled block.
     pub fn store_partial(&self, partial: &PartialBlock) -> io::Result<()> {
-        self.ensure_object_dir(ObjectKey::of(&partial.key))?;
         let header = postcard::to_allocvec(&(partial.key, partial.geometry, &partial.ids))
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let header_len = u32::try_from(header.len())
@@ -291,6 +303,13 @@ impl StateDir {
         let _ = fs::remove_file(self.partial_path(key));
     }
 
+    /// Removes a file written for an object that was finished or refused meanwhile, and the
+    /// object's directory if that leaves it empty.
+    pub fn remove_stray(&self, obj: ObjectKey, path: &Path) {
+        let _ = fs::remove_file(path);
+        let _ = fs::remove_dir(self.object_dir(obj));
+    }
+
     /// Removes everything kept for an in-progress object.
     pub fn remove_object(&self, obj: ObjectKey) -> io::Result<()> {
         match fs::remove_dir_all(self.object_dir(obj)) {
@@ -305,13 +324,27 @@ impl StateDir {
             .join(obj.object.0.to_string())
     }
 
-    /// Records that `obj` was delivered.
+    /// Records that `obj` was delivered. The marker is empty, so creating it is atomic by
+    /// itself: no temporary file is needed.
     pub fn mark_done(&self, obj: ObjectKey) -> io::Result<()> {
         let path = self.done_path(obj);
-        if let Some(parent) = path.parent() {
-            create_private_dir(parent)?;
+        let create = || {
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)
+        };
+        match create() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if let Some(parent) = path.parent() {
+                    create_private_dir(parent)?;
+                }
+                create().map(drop)
+            }
+            other => other.map(drop),
         }
-        self.write_atomic(&path, |_| Ok(()))
     }
 
     /// Whether `obj` was delivered by this or an earlier run.
@@ -338,9 +371,6 @@ impl StateDir {
     /// Replaces the record of the last delivery at `record.path`.
     pub fn write_record(&self, record: &Record) -> io::Result<()> {
         let dest = self.record_path(&record.path);
-        if let Some(parent) = dest.parent() {
-            create_private_dir(parent)?;
-        }
         let json = serde_json::to_vec(record).map_err(io::Error::other)?;
         self.write_atomic(&dest, |w| w.write_all(&json))
     }

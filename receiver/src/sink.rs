@@ -314,9 +314,7 @@ impl Sink {
                     started,
                     bytes: published.bytes,
                 });
-                if self.uncommitted.len() >= MAX_UNCOMMITTED
-                    || std::env::var_os("XX_NOGROUP").is_some()
-                {
+                if self.uncommitted.len() >= MAX_UNCOMMITTED {
                     self.commit();
                 }
             }

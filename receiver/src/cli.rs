@@ -51,7 +51,7 @@ pub struct Args {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// State directory for partial transfers; same file system as --out.
-    /// Default: <out>/.sluice-state.
+    /// Default: OUT/.sluice-state.
     #[arg(long)]
     pub state: Option<PathBuf>,
     /// Exit after this many seconds without frames (status 0 if everything seen was

@@ -1,6 +1,6 @@
 //! The sink thread: the one place that decides an object's fate. It checks stored segments
 //! against the signed manifest, publishes complete objects (one at a time, see
-//! [`publish`](crate::publish)), records deliveries, and logs exactly one line per object:
+//! the `publish` module), records deliveries, and logs exactly one line per object:
 //! delivered, already delivered, or failed with its reason.
 //!
 //! Messages are small (the decoders write the data themselves), so a long publish only delays

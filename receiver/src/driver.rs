@@ -62,12 +62,18 @@ impl Waiting {
 }
 
 /// Counts the link task keeps.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct LinkStats {
     pub frames_received: u64,
     pub first_frame: Option<std::time::Instant>,
     pub blocks_stalled: u64,
+    /// Frames each sender run says it sent (its latest heartbeat), by session.
+    pub sender_frames: std::collections::HashMap<u64, u64>,
 }
+
+/// Sender runs whose heartbeat counts are kept (a bound against a stream of forged sessions;
+/// heartbeats are authenticated, so this only matters for a misbehaving key holder).
+const MAX_SESSIONS_TRACKED: usize = 1024;
 
 /// The receive loop's state.
 pub(crate) struct LinkLoop {
@@ -205,13 +211,21 @@ impl LinkLoop {
                 Event::LinkUp if self.quiet_link_up => self.quiet_link_up = false,
                 Event::LinkUp => tracing::info!("link up: valid frames arriving"),
                 Event::LinkDown => tracing::info!("link down: no valid frame for 5 s"),
-                Event::Heartbeat(beat) => tracing::debug!(
-                    session = format_args!("{:016x}", beat.session.0),
-                    seq = beat.seq,
-                    frames_sent = beat.frames_sent,
-                    rate = beat.rate,
-                    "heartbeat"
-                ),
+                Event::Heartbeat(beat) => {
+                    tracing::debug!(
+                        session = format_args!("{:016x}", beat.session.0),
+                        seq = beat.seq,
+                        frames_sent = beat.frames_sent,
+                        rate = beat.rate,
+                        "heartbeat"
+                    );
+                    let tracked = &mut self.stats.sender_frames;
+                    if tracked.len() < MAX_SESSIONS_TRACKED || tracked.contains_key(&beat.session.0)
+                    {
+                        let sent = tracked.entry(beat.session.0).or_insert(0);
+                        *sent = (*sent).max(beat.frames_sent);
+                    }
+                }
                 Event::RelayStatus(status) => tracing::info!(?status, "relay status"),
                 _ => {}
             }

@@ -220,7 +220,7 @@ impl Receiver {
             Stop::Shutdown => tracing::info!("shutting down"),
             Stop::LinkError(e) => tracing::error!("link failed: {e}"),
         }
-        let link_stats = driver.stats;
+        let link_stats = driver.stats.clone();
         let rx_stats = driver.asm.stats();
         driver.flush().await;
         let drops = *driver.asm.drops();
@@ -252,6 +252,7 @@ impl Receiver {
             failures: sink_report.failures,
             bytes_delivered: Counters::get(&c.bytes_delivered),
             frames_received: link_stats.frames_received,
+            sender_frames_sent: link_stats.sender_frames.values().sum(),
             frames_valid: rx_stats.frames_ok,
             drops,
             blocks_decoded: Counters::get(&c.blocks_decoded),

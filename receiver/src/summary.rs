@@ -42,6 +42,9 @@ pub struct Report {
     pub frames_received: u64,
     /// Frames that passed every check.
     pub frames_valid: u64,
+    /// Frames the senders said they sent, from their latest heartbeats (a lower bound: frames
+    /// after a sender's last heartbeat are not in it).
+    pub sender_frames_sent: u64,
     /// Drops by reason.
     pub drops: DropCounters,
     /// Blocks decoded.
@@ -94,8 +97,8 @@ impl Report {
         let _ = writeln!(s, "  bytes:    {} delivered", Bytes(self.bytes_delivered));
         let _ = writeln!(
             s,
-            "  frames:   {} received, {} valid",
-            self.frames_received, self.frames_valid
+            "  frames:   {} received, {} valid (senders' heartbeats report {} sent)",
+            self.frames_received, self.frames_valid, self.sender_frames_sent
         );
         let drops: Vec<String> = self
             .drops
@@ -155,6 +158,7 @@ impl Report {
                 "bytes_delivered": self.bytes_delivered,
                 "frames_received": self.frames_received,
                 "frames_valid": self.frames_valid,
+                "sender_frames_sent": self.sender_frames_sent,
                 "dropped": dropped,
                 "blocks_decoded": self.blocks_decoded,
                 "blocks_recovered": self.blocks_recovered,

@@ -60,6 +60,8 @@ async fn a_tree_arrives_identical_with_modes_and_mtimes() {
     assert_eq!(report.objects_delivered, items.len() as u64);
     assert_eq!(report.exit_code(), 0);
     assert_eq!(report.drops.get(DropReason::BadMac), 0);
+    // The producer's scheduler opens with a heartbeat counting itself.
+    assert_eq!(report.sender_frames_sent, 1);
     for item in &items {
         let path = rig.out.join(&item.path);
         let meta = std::fs::symlink_metadata(&path).unwrap();

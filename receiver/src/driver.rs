@@ -258,6 +258,12 @@ impl LinkLoop {
         match action {
             StartAction::Assemble => {}
             StartAction::MarkDone => self.asm.mark_done(key),
+            StartAction::AlreadyDone => {
+                self.asm.mark_done(key);
+                let obj = ObjectKey::of(&key);
+                Counters::add(&self.shared.counters.objects_already, 1);
+                tracing::info!(object = %obj, "already delivered {obj} (by an earlier pass or run)");
+            }
             StartAction::Restore => {
                 let (shared, tx) = (self.shared.clone(), self.restored_tx.clone());
                 // Reading a saved block is file I/O: off the link task.

@@ -78,6 +78,9 @@ pub enum StartAction {
     Assemble,
     /// Already stored, delivered or not wanted: release it.
     MarkDone,
+    /// The first block seen in this run of an object an earlier run (or pass) delivered:
+    /// release it, and say so once.
+    AlreadyDone,
     /// Symbols of it were saved earlier: load and restore them.
     Restore,
 }
@@ -125,11 +128,16 @@ impl Index {
     ) -> StartAction {
         let obj = ObjectKey::of(key);
         let Some(entry) = self.objects.get_mut(&obj) else {
-            if state.is_done(obj) {
-                return StartAction::MarkDone;
-            }
-            self.objects.insert(obj, Entry::new(Some(now)));
-            return StartAction::Assemble;
+            let mut entry = Entry::new(Some(now));
+            let action = if state.is_done(obj) {
+                // Remembered for the run, so its other blocks need no file-system lookup.
+                entry.status = Status::Done;
+                StartAction::AlreadyDone
+            } else {
+                StartAction::Assemble
+            };
+            self.objects.insert(obj, entry);
+            return action;
         };
         entry.first_seen.get_or_insert(now);
         if entry.status != Status::Open {
@@ -322,14 +330,18 @@ mod tests {
             index.on_block_started(&key(BlockKind::Manifest, 0), &state, now),
             StartAction::MarkDone
         );
-        // A delivered object is answered by its done marker.
+        // A delivered object is answered by its done marker, once; then from memory.
         index.remove(&obj);
         state.mark_done(obj).unwrap();
         assert_eq!(
             index.on_block_started(&data0, &state, now),
+            StartAction::AlreadyDone
+        );
+        assert_eq!(
+            index.on_block_started(&key(BlockKind::Manifest, 0), &state, now),
             StartAction::MarkDone
         );
-        assert!(index.get(&obj).is_none());
+        assert_eq!(index.incomplete().count(), 0);
     }
 
     #[test]

@@ -43,6 +43,63 @@ const BAD_MAC_WARN_EVERY: Duration = Duration::from_secs(10);
 /// in memory until the block timeout (10 s) it would cost every block after it.
 const PRESSURE_IDLE: Duration = Duration::from_millis(100);
 
+/// Stall warnings per [`STALL_WARN_WINDOW`]; beyond that they go to debug and the count of the
+/// rest is warned when the window ends (heavy loss, or a key holder sending blocks that never
+/// complete, would otherwise flood the log).
+const STALL_WARNINGS: u32 = 20;
+const STALL_WARN_WINDOW: Duration = Duration::from_secs(10);
+
+/// Counts warnings in a time window.
+#[derive(Debug)]
+struct WarnLimit {
+    window_start: std::time::Instant,
+    warned: u32,
+    suppressed: u64,
+}
+
+impl WarnLimit {
+    fn new() -> Self {
+        WarnLimit {
+            window_start: std::time::Instant::now(),
+            warned: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether one more warning may go out now.
+    fn allow(&mut self) -> bool {
+        self.roll();
+        if self.warned < STALL_WARNINGS {
+            self.warned += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+
+    /// Starts a new window when the current one is over, reporting what it held back.
+    fn roll(&mut self) {
+        if self.window_start.elapsed() < STALL_WARN_WINDOW {
+            return;
+        }
+        self.flush();
+        self.window_start = std::time::Instant::now();
+        self.warned = 0;
+    }
+
+    fn flush(&mut self) {
+        if self.suppressed > 0 {
+            tracing::warn!(
+                count = self.suppressed,
+                "block stalled: {} more blocks stalled (not listed)",
+                self.suppressed
+            );
+            self.suppressed = 0;
+        }
+    }
+}
+
 /// A block taken from the assembler, waiting for permits.
 #[derive(Debug)]
 enum Waiting {
@@ -98,6 +155,7 @@ pub(crate) struct LinkLoop {
     quiet_link_up: bool,
     /// Events being drained come from a shifted clock.
     clock_shifted: bool,
+    stall_warnings: WarnLimit,
     pub stats: LinkStats,
 }
 
@@ -129,6 +187,7 @@ impl LinkLoop {
             block_timeout,
             quiet_link_up: false,
             clock_shifted: false,
+            stall_warnings: WarnLimit::new(),
             stats: LinkStats::default(),
         }
     }
@@ -188,6 +247,7 @@ impl LinkLoop {
                     let now = self.now();
                     self.asm.handle_timeout(now);
                     self.warn_bad_mac(false);
+                    self.stall_warnings.roll();
                     if let Some(idle) = self.idle {
                         if now.saturating_since(self.last_frame) >= idle {
                             return Stop::Idle;
@@ -287,21 +347,10 @@ impl LinkLoop {
         let needed = partial.geometry.source_symbols;
         if running {
             self.stats.blocks_stalled += 1;
-            match partial.key.kind {
-                BlockKind::Data => tracing::warn!(
-                    object = %obj,
-                    segment = partial.key.index,
-                    held,
-                    needed,
-                    "block stalled: object {obj} segment {} has {held} of {needed} symbols",
-                    partial.key.index
-                ),
-                BlockKind::Manifest => tracing::warn!(
-                    object = %obj,
-                    held,
-                    needed,
-                    "block stalled: object {obj} manifest has {held} of {needed} symbols"
-                ),
+            if self.stall_warnings.allow() {
+                warn_stalled(&partial, obj, held, needed);
+            } else {
+                tracing::debug!(object = %obj, held, needed, "block stalled");
             }
         }
         let waiting = Waiting::Partial(partial);
@@ -380,6 +429,7 @@ impl LinkLoop {
     pub async fn flush(&mut self) {
         self.drain_events();
         self.warn_bad_mac(true);
+        self.stall_warnings.flush();
         self.asm.handle_timeout(Instant::from_micros(u64::MAX));
         while let Some(event) = self.asm.poll_event() {
             if let Event::BlockStalled(partial) = event {
@@ -408,7 +458,42 @@ impl LinkLoop {
     }
 }
 
+/// The documented "block stalled" warning.
+fn warn_stalled(partial: &PartialBlock, obj: ObjectKey, held: usize, needed: u16) {
+    match partial.key.kind {
+        BlockKind::Data => tracing::warn!(
+            object = %obj,
+            segment = partial.key.index,
+            held,
+            needed,
+            "block stalled: object {obj} segment {} has {held} of {needed} symbols",
+            partial.key.index
+        ),
+        BlockKind::Manifest => tracing::warn!(
+            object = %obj,
+            held,
+            needed,
+            "block stalled: object {obj} manifest has {held} of {needed} symbols"
+        ),
+    }
+}
+
 /// Waits for `n` permits (`None` if the semaphore was closed).
 async fn acquire(permits: &Arc<Semaphore>, n: u32) -> Option<OwnedSemaphorePermit> {
     permits.clone().acquire_many_owned(n).await.ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stall_warnings_are_limited_per_window() {
+        let mut limit = WarnLimit::new();
+        let allowed = (0..50).filter(|_| limit.allow()).count();
+        assert_eq!(allowed, STALL_WARNINGS as usize);
+        assert_eq!(limit.suppressed, 30);
+        limit.flush();
+        assert_eq!(limit.suppressed, 0);
+    }
 }

@@ -1,15 +1,28 @@
 //! Objects in, FEC-encoded blocks out: read → hash → age-encrypt each segment → FEC, then the
 //! signed and encrypted manifest block, for every pass.
 //!
-//! Runs on its own thread and hands blocks to the paced send loop through a bounded channel,
-//! so memory stays a few blocks deep whatever the file size. Each segment is an independent
-//! age file (a lost segment costs only itself). Because age is randomised and a block's FEC
-//! code is fixed by its first pass, later passes must resend the *same* ciphertext: pass 0
-//! spools every block's ciphertext, later passes re-read it (nothing is spooled for one pass).
+//! ```text
+//!             jobs, round robin            results, same order
+//!  reader ──▶ worker 0 (age, SHA-256, FEC) ──┐
+//!  (read,  ──▶ worker 1                    ──┼──▶ collector ──▶ send loop
+//!   SHA)   ──▶ ...                         ──┘    (manifest: sign, age, FEC)
+//! ```
+//!
+//! The reader reads each object in segments and hashes the plaintext (a sequential hash);
+//! the expensive, independent part of each segment (encryption, the ciphertext hash, FEC) runs
+//! on a small pool of workers. Jobs go to the workers round robin and the collector takes the
+//! results round robin too, so blocks leave in the order they were read without a reorder
+//! buffer. Every channel holds one item, so memory stays a few segments deep whatever the file
+//! size. Each segment is an independent age file (a lost segment costs only itself).
+//!
+//! Because age is randomised and a block's FEC code is fixed by its first pass, later passes
+//! must resend the *same* ciphertext: pass 0 spools every block's ciphertext, later passes
+//! re-read it (nothing is spooled for one pass).
 
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
 
 use sha2::{Digest, Sha256};
 use sluice_common::keys::SigningKey;
@@ -25,12 +38,15 @@ use crate::objects::{Source, SourceObject};
 
 /// Fewest repair symbols per pass any block gets (unless `--repair 0%`).
 const MIN_REPAIR_SYMBOLS: u64 = 4;
+/// Most encryption workers, whatever the core count: beyond this the single send loop and
+/// the reader's plaintext hash are the limit.
+const MAX_WORKERS: usize = 4;
 
 /// What the encoder tells the send loop.
 #[derive(Debug)]
 pub enum Produced {
     /// A block's symbols for one pass; `plain_bytes` of file content it carries (0 for
-    /// manifests and later passes' progress is counted the same way).
+    /// manifests).
     Block {
         block: OutgoingBlock,
         plain_bytes: u64,
@@ -59,6 +75,8 @@ pub struct EncodeConfig {
     pub signer: SigningKey,
     /// Where pass 0 keeps ciphertext for later passes (required when `passes > 1`).
     pub spool: Option<PathBuf>,
+    /// Encryption workers; 0 picks one per core (at most [`MAX_WORKERS`]).
+    pub workers: usize,
 }
 
 impl std::fmt::Debug for EncodeConfig {
@@ -68,53 +86,31 @@ impl std::fmt::Debug for EncodeConfig {
             .field("symbol_size", &self.symbol_size)
             .field("segment_size", &self.segment_size)
             .field("passes", &self.passes)
+            .field("workers", &self.workers)
             .finish_non_exhaustive()
     }
 }
 
-/// Why encoding stopped early.
-#[derive(Debug, thiserror::Error)]
-pub enum EncodeError {
-    #[error("the send loop stopped")]
-    Closed,
-    #[error("spool {path}: {source}")]
-    Spool { path: PathBuf, source: io::Error },
-    #[error("{0}")]
-    Other(String),
-}
-
-/// Blocks of one object that later passes resend.
-#[derive(Debug)]
-struct Sent {
-    object: ObjectId,
-    blocks: Vec<(BlockKind, u32)>,
-}
-
-struct Encoder<'a> {
-    config: &'a EncodeConfig,
-    codec: ReedSolomon,
-    out: mpsc::Sender<Produced>,
-}
-
-impl Encoder<'_> {
-    fn emit(&self, produced: Produced) -> Result<(), EncodeError> {
-        self.out
-            .blocking_send(produced)
-            .map_err(|_| EncodeError::Closed)
+impl EncodeConfig {
+    fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(MAX_WORKERS),
+            n => n,
+        }
     }
 
     /// Repair for a block of `len` bytes. A percentage of a small block is a symbol or two,
     /// and a block of few symbols fails on a single unlucky loss, so every block gets at least
     /// [`MIN_REPAIR_SYMBOLS`] repair symbols per pass (cheap: such blocks are small).
     fn plan(&self, kind: BlockKind, len: usize) -> BlockPlan {
-        let k = len
-            .div_ceil(usize::from(self.config.symbol_size.max(1)))
-            .max(1) as u64;
+        let k = len.div_ceil(usize::from(self.symbol_size.max(1))).max(1) as u64;
         let floor = (MIN_REPAIR_SYMBOLS * 1000).div_ceil(k) as u32;
         let repair_permille = match kind {
             // Manifests are small and losing one loses the object: at least 100% repair.
-            BlockKind::Manifest => self.config.repair_permille.max(1000),
-            _ => self.config.repair_permille,
+            BlockKind::Manifest => self.repair_permille.max(1000),
+            _ => self.repair_permille,
         };
         BlockPlan {
             repair_permille: if repair_permille == 0 {
@@ -122,67 +118,42 @@ impl Encoder<'_> {
             } else {
                 repair_permille.max(floor)
             },
-            passes: self.config.passes,
+            passes: self.passes,
         }
     }
 
     fn block_key(&self, object: ObjectId, kind: BlockKind, index: u32) -> BlockKey {
         BlockKey {
-            session: self.config.session,
+            session: self.session,
             object,
             kind,
             index,
         }
     }
 
-    fn spool_path(&self, object: ObjectId, kind: BlockKind, index: u32) -> Option<PathBuf> {
-        let dir = self.config.spool.as_ref()?;
-        let tag = match kind {
-            BlockKind::Manifest => "m",
-            _ => "d",
-        };
-        Some(dir.join(format!("{}-{tag}{index}", object.0)))
-    }
-
-    /// FEC-encodes `data` for `pass` and hands the block on.
-    fn send_block(
-        &mut self,
-        key: BlockKey,
-        data: &[u8],
-        pass: u16,
-        plain_bytes: u64,
-    ) -> Result<(), EncodeError> {
-        let block = OutgoingBlock::encode_pass(
-            key,
-            data,
-            self.config.symbol_size,
-            self.plan(key.kind, data.len()),
-            pass,
-            &mut self.codec,
-        )
-        .map_err(|e| EncodeError::Other(format!("FEC encoding of {key:?} failed: {e:?}")))?;
-        self.emit(Produced::Block { block, plain_bytes })
-    }
-
-    fn spool(&self, key: BlockKey, data: &[u8]) -> Result<(), EncodeError> {
-        if self.config.passes <= 1 {
-            return Ok(());
+    /// Where pass 0 keeps a block's ciphertext; `None` with one pass.
+    fn spool_path(&self, key: BlockKey) -> Option<PathBuf> {
+        if self.passes <= 1 {
+            return None;
         }
-        let path = self
-            .spool_path(key.object, key.kind, key.index)
-            .ok_or_else(|| EncodeError::Other("passes > 1 needs a spool directory".into()))?;
-        std::fs::write(&path, data).map_err(|source| EncodeError::Spool { path, source })
+        let dir = self.spool.as_ref()?;
+        let tag = match key.kind {
+            BlockKind::Manifest => "m",
+            BlockKind::Data => "d",
+        };
+        Some(dir.join(format!("{}-{tag}{}", key.object.0, key.index)))
     }
 
+    /// An age file of `plaintext` for every recipient.
     fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>, String> {
         let encryptor = age::Encryptor::with_recipients(
-            self.config
-                .recipients
-                .iter()
-                .map(|r| r as &dyn age::Recipient),
+            self.recipients.iter().map(|r| r as &dyn age::Recipient),
         )
         .map_err(|e| format!("age: {e}"))?;
-        let mut ciphertext = Vec::with_capacity(plaintext.len() + plaintext.len() / 4096 + 512);
+        // age adds a header (~200 bytes per recipient) and 16 bytes per 64 KiB chunk.
+        let mut ciphertext = Vec::with_capacity(
+            plaintext.len() + plaintext.len() / 4096 + 256 * self.recipients.len() + 256,
+        );
         let mut writer = encryptor
             .wrap_output(&mut ciphertext)
             .map_err(|e| format!("age: {e}"))?;
@@ -193,149 +164,571 @@ impl Encoder<'_> {
         Ok(ciphertext)
     }
 
-    /// Pass 0 of one object: its segments, then its manifest. `Ok(None)` if the object
-    /// failed (reported) and should not be resent.
-    fn first_pass(
-        &mut self,
-        id: ObjectId,
-        object: &SourceObject,
-    ) -> Result<Option<Sent>, EncodeError> {
-        match self.first_pass_inner(id, object) {
-            Ok(sent) => Ok(Some(sent)),
-            Err(ObjectError::Fatal(e)) => Err(e),
-            Err(ObjectError::Object(reason)) => {
-                self.emit(Produced::ObjectFailed {
-                    path: object.path.clone(),
+    /// FEC-encodes `data` for `pass`.
+    fn fec(
+        &self,
+        codec: &mut ReedSolomon,
+        key: BlockKey,
+        data: &[u8],
+        pass: u16,
+    ) -> Result<OutgoingBlock, EncodeError> {
+        OutgoingBlock::encode_pass(
+            key,
+            data,
+            self.symbol_size,
+            self.plan(key.kind, data.len()),
+            pass,
+            codec,
+        )
+        .map_err(|e| EncodeError::Fec(format!("{key:?}: {e:?}")))
+    }
+
+    /// Keeps a block's ciphertext for later passes (no-op with one pass).
+    fn spool(&self, key: BlockKey, data: &[u8]) -> Result<(), EncodeError> {
+        if self.passes <= 1 {
+            return Ok(());
+        }
+        let path = self.spool_path(key).ok_or(EncodeError::NoSpool)?;
+        std::fs::write(&path, data).map_err(|source| EncodeError::Spool { path, source })
+    }
+}
+
+/// Why encoding stopped early.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    #[error("the send loop stopped")]
+    Closed,
+    #[error("spool {path}: {source}")]
+    Spool { path: PathBuf, source: io::Error },
+    #[error("more than one pass needs a spool directory")]
+    NoSpool,
+    #[error("FEC encoding failed for {0}")]
+    Fec(String),
+    #[error("an encoder thread panicked")]
+    Panicked,
+    #[error("cannot start an encoder thread: {0}")]
+    Thread(io::Error),
+}
+
+/// What an object was, for its manifest; filled in by the reader as it reads.
+#[derive(Debug)]
+struct ObjectEnd {
+    object: ObjectId,
+    path: String,
+    kind: EntryKind,
+    size: u64,
+    mode: u32,
+    mtime_secs: i64,
+    mtime_nanos: u32,
+    sha256: [u8; 32],
+}
+
+/// Work for one worker, in reader order.
+#[derive(Debug)]
+enum Job {
+    /// Pass 0 of a data segment: encrypt, hash, spool, FEC.
+    Segment { key: BlockKey, plaintext: Vec<u8> },
+    /// A later pass of a spooled block: FEC only.
+    Resend {
+        key: BlockKey,
+        data: Vec<u8>,
+        pass: u16,
+        plain_bytes: u64,
+    },
+    /// Passed through untouched, so the collector sees it in order.
+    Mark(Mark),
+}
+
+/// Events of the reader the collector must see in order with the blocks.
+#[derive(Debug)]
+enum Mark {
+    /// Every segment of an object was read: the collector builds its manifest.
+    ObjectEnd(ObjectEnd),
+    /// An object could not be read; it is dropped from later passes.
+    ObjectFailed {
+        object: ObjectId,
+        path: String,
+        reason: String,
+    },
+    /// Every block of a pass was handed out.
+    PassEnd(u16),
+}
+
+/// A worker's result, in job order.
+#[derive(Debug)]
+enum Done {
+    Segment {
+        block: OutgoingBlock,
+        info: SegmentInfo,
+        /// The plaintext buffer, handed back to the reader for the next segment.
+        plaintext: Vec<u8>,
+    },
+    /// Encryption failed: the object fails, the run goes on.
+    SegmentFailed {
+        object: ObjectId,
+        reason: String,
+    },
+    Block {
+        block: OutgoingBlock,
+        plain_bytes: u64,
+    },
+    Mark(Mark),
+}
+
+/// Blocks of one object that later passes resend, in send order.
+#[derive(Debug, Clone)]
+struct Sent {
+    object: ObjectId,
+    /// Plaintext bytes, to count each resent segment's share of the file.
+    size: u64,
+    blocks: Vec<(BlockKind, u32)>,
+}
+
+/// Encodes every pass of `objects` (object ids are their indices) into `out`.
+pub fn run(
+    config: &EncodeConfig,
+    objects: &[SourceObject],
+    out: mpsc::Sender<Produced>,
+) -> Result<(), EncodeError> {
+    let workers = config.worker_count().max(1);
+    std::thread::scope(|scope| {
+        let mut job_txs = Vec::with_capacity(workers);
+        let mut done_rxs = Vec::with_capacity(workers);
+        let mut handles = Vec::with_capacity(workers);
+        for i in 0..workers {
+            let (job_tx, job_rx) = std_mpsc::sync_channel::<Job>(1);
+            let (done_tx, done_rx) = std_mpsc::sync_channel::<Done>(1);
+            let handle = std::thread::Builder::new()
+                .name(format!("sluice-enc-{i}"))
+                .spawn_scoped(scope, move || worker(config, job_rx, done_tx))
+                .map_err(EncodeError::Thread)?;
+            job_txs.push(job_tx);
+            done_rxs.push(done_rx);
+            handles.push(handle);
+        }
+        // Plaintext buffers come back from the collector for reuse (bounded by what is in
+        // flight: the channel only ever holds buffers that existed already).
+        let (pool_tx, pool_rx) = std_mpsc::channel::<Vec<u8>>();
+        let (sent_tx, sent_rx) = std_mpsc::channel::<Vec<Sent>>();
+        let collector = std::thread::Builder::new()
+            .name("sluice-collect".into())
+            .spawn_scoped(scope, move || {
+                let mut collector = Collector {
+                    config,
+                    codec: ReedSolomon::new(),
+                    out,
+                    pool: pool_tx,
+                    sent_tx,
+                    sent: Vec::new(),
+                    current: Vec::new(),
+                    failed: None,
+                };
+                collector.run(done_rxs)
+            })
+            .map_err(EncodeError::Thread)?;
+
+        let mut reader = Reader {
+            config,
+            jobs: job_txs,
+            next: 0,
+            pool: pool_rx,
+        };
+        let read = reader.run(objects, sent_rx);
+        // Dropping the job senders lets the workers finish and the collector drain.
+        drop(reader);
+        let mut result = read;
+        let joined = handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or(Err(EncodeError::Panicked)))
+            .chain(std::iter::once(
+                collector.join().unwrap_or(Err(EncodeError::Panicked)),
+            ));
+        for outcome in joined {
+            result = prefer_cause(result, outcome);
+        }
+        result
+    })
+}
+
+/// Of two outcomes, the more telling error: `Closed` only says some other stage stopped.
+fn prefer_cause(a: Result<(), EncodeError>, b: Result<(), EncodeError>) -> Result<(), EncodeError> {
+    match (a, b) {
+        (Ok(()), other) | (other, Ok(())) => other,
+        (Err(EncodeError::Closed), Err(e)) => Err(e),
+        (Err(e), Err(_)) => Err(e),
+    }
+}
+
+/// Worker loop: jobs in, results out, in the same order.
+fn worker(
+    config: &EncodeConfig,
+    jobs: std_mpsc::Receiver<Job>,
+    done: std_mpsc::SyncSender<Done>,
+) -> Result<(), EncodeError> {
+    let mut codec = ReedSolomon::new();
+    for job in jobs {
+        let result = match job {
+            Job::Segment { key, plaintext } => match config.encrypt(&plaintext) {
+                Ok(ciphertext) => {
+                    config.spool(key, &ciphertext)?;
+                    let info = SegmentInfo {
+                        ciphertext_len: u32::try_from(ciphertext.len())
+                            .map_err(|_| EncodeError::Fec(format!("{key:?}: segment too large")))?,
+                        ciphertext_sha256: Sha256::digest(&ciphertext).into(),
+                    };
+                    let block = config.fec(&mut codec, key, &ciphertext, 0)?;
+                    Done::Segment {
+                        block,
+                        info,
+                        plaintext,
+                    }
+                }
+                Err(reason) => Done::SegmentFailed {
+                    object: key.object,
                     reason,
-                })?;
-                Ok(None)
+                },
+            },
+            Job::Resend {
+                key,
+                data,
+                pass,
+                plain_bytes,
+            } => Done::Block {
+                block: config.fec(&mut codec, key, &data, pass)?,
+                plain_bytes,
+            },
+            Job::Mark(mark) => Done::Mark(mark),
+        };
+        done.send(result).map_err(|_| EncodeError::Closed)?;
+    }
+    Ok(())
+}
+
+/// Reads objects and hands out jobs round robin.
+struct Reader<'a> {
+    config: &'a EncodeConfig,
+    jobs: Vec<std_mpsc::SyncSender<Job>>,
+    /// Worker that gets the next job.
+    next: usize,
+    pool: std_mpsc::Receiver<Vec<u8>>,
+}
+
+impl Reader<'_> {
+    fn submit(&mut self, job: Job) -> Result<(), EncodeError> {
+        let worker = self.next;
+        self.next = (self.next + 1) % self.jobs.len();
+        self.jobs[worker].send(job).map_err(|_| EncodeError::Closed)
+    }
+
+    fn run(
+        &mut self,
+        objects: &[SourceObject],
+        sent_rx: std_mpsc::Receiver<Vec<Sent>>,
+    ) -> Result<(), EncodeError> {
+        for (i, object) in objects.iter().enumerate() {
+            self.first_pass(ObjectId(i as u64), object)?;
+        }
+        self.submit(Job::Mark(Mark::PassEnd(0)))?;
+        if self.config.passes <= 1 {
+            return Ok(());
+        }
+        // Which objects made it through pass 0 is known once the collector has seen them all.
+        let sent = sent_rx.recv().map_err(|_| EncodeError::Closed)?;
+        for pass in 1..self.config.passes {
+            for object in &sent {
+                self.later_pass(pass, object)?;
             }
+            self.submit(Job::Mark(Mark::PassEnd(pass)))?;
+        }
+        Ok(())
+    }
+
+    /// A plaintext buffer of the segment size, reused when one came back.
+    fn buffer(&self) -> Vec<u8> {
+        let size = self.config.segment_size as usize;
+        match self.pool.try_recv() {
+            Ok(mut buf) => {
+                buf.resize(size, 0);
+                buf
+            }
+            Err(_) => vec![0u8; size],
         }
     }
 
-    fn first_pass_inner(
-        &mut self,
-        id: ObjectId,
-        object: &SourceObject,
-    ) -> Result<Sent, ObjectError> {
+    /// Pass 0 of one object: its segments, then the mark that makes its manifest.
+    fn first_pass(&mut self, id: ObjectId, object: &SourceObject) -> Result<(), EncodeError> {
         let mut reader: Option<Box<dyn Read>> = match &object.source {
-            Source::File(path) => Some(Box::new(File::open(path).map_err(|e| {
-                ObjectError::Object(format!("cannot open {}: {e}", path.display()))
-            })?)),
+            Source::File(path) => match File::open(path) {
+                Ok(f) => Some(Box::new(f)),
+                Err(e) => {
+                    return self.fail(id, object, format!("cannot open {}: {e}", path.display()))
+                }
+            },
             Source::Stdin => Some(Box::new(io::stdin().lock())),
             Source::Directory => None,
         };
         let segment_size = self.config.segment_size as usize;
         let mut plain_hash = Sha256::new();
-        let mut segments = Vec::new();
-        let mut blocks = Vec::new();
         let mut size = 0u64;
-        let mut buf = vec![0u8; segment_size];
+        let mut index = 0u32;
         if let Some(reader) = reader.as_mut() {
             loop {
-                let n = read_full(reader, &mut buf).map_err(|e| {
-                    ObjectError::Object(format!("read error after {size} bytes: {e}"))
-                })?;
+                let mut buf = self.buffer();
+                let n = match read_full(reader, &mut buf) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        return self.fail(id, object, format!("read error after {size} bytes: {e}"))
+                    }
+                };
                 if n == 0 {
                     break;
                 }
-                let plaintext = &buf[..n];
-                plain_hash.update(plaintext);
+                buf.truncate(n);
+                plain_hash.update(&buf);
                 size += n as u64;
-                let ciphertext = self.encrypt(plaintext).map_err(ObjectError::Object)?;
-                let index = u32::try_from(segments.len())
-                    .map_err(|_| ObjectError::Object("too many segments".into()))?;
-                segments.push(SegmentInfo {
-                    ciphertext_len: u32::try_from(ciphertext.len())
-                        .map_err(|_| ObjectError::Object("segment too large".into()))?,
-                    ciphertext_sha256: Sha256::digest(&ciphertext).into(),
-                });
-                let key = self.block_key(id, BlockKind::Data, index);
-                self.spool(key, &ciphertext).map_err(ObjectError::Fatal)?;
-                self.send_block(key, &ciphertext, 0, n as u64)
-                    .map_err(ObjectError::Fatal)?;
-                blocks.push((BlockKind::Data, index));
+                let key = self.config.block_key(id, BlockKind::Data, index);
+                self.submit(Job::Segment {
+                    key,
+                    plaintext: buf,
+                })?;
+                index = match index.checked_add(1) {
+                    Some(i) => i,
+                    None => return self.fail(id, object, "too many segments".into()),
+                };
                 if n < segment_size {
                     break;
                 }
             }
         }
-        let sha256: [u8; 32] = plain_hash.finalize().into();
-        let manifest = Manifest {
-            version: MANIFEST_VERSION,
-            session: self.config.session,
+        let kind = object.kind();
+        self.submit(Job::Mark(Mark::ObjectEnd(ObjectEnd {
             object: id,
             path: object.path.clone(),
-            kind: object.kind(),
+            kind,
             size,
             mode: object.mode,
             mtime_secs: object.mtime_secs,
             mtime_nanos: object.mtime_nanos,
-            segment_size: if object.kind() == EntryKind::Directory || size == 0 {
-                0
-            } else {
-                self.config.segment_size
-            },
-            sha256,
-            segments,
-        };
-        let segment_count = manifest.segments.len();
-        let manifest_bytes = manifest
-            .to_bytes()
-            .map_err(|e| ObjectError::Object(format!("manifest: {e:?}")))?;
-        let signature = self
-            .config
-            .signer
-            .sign(&manifest_bytes)
-            .map_err(|e| ObjectError::Object(format!("signing: {e}")))?;
-        let envelope = SignedManifest {
-            manifest: manifest_bytes,
-            signature: signature.into_bytes(),
-        }
-        .to_bytes()
-        .map_err(|e| ObjectError::Object(format!("manifest envelope: {e:?}")))?;
-        let ciphertext = self.encrypt(&envelope).map_err(ObjectError::Object)?;
-        let key = self.block_key(id, BlockKind::Manifest, 0);
-        self.spool(key, &ciphertext).map_err(ObjectError::Fatal)?;
-        self.send_block(key, &ciphertext, 0, 0)
-            .map_err(ObjectError::Fatal)?;
-        blocks.push((BlockKind::Manifest, 0));
-        self.emit(Produced::ObjectQueued {
-            path: object.path.clone(),
-            size,
-            sha256,
-            segments: segment_count,
-        })
-        .map_err(ObjectError::Fatal)?;
-        Ok(Sent { object: id, blocks })
+            sha256: plain_hash.finalize().into(),
+        })))
+    }
+
+    fn fail(
+        &mut self,
+        object: ObjectId,
+        source: &SourceObject,
+        reason: String,
+    ) -> Result<(), EncodeError> {
+        self.submit(Job::Mark(Mark::ObjectFailed {
+            object,
+            path: source.path.clone(),
+            reason,
+        }))
     }
 
     fn later_pass(&mut self, pass: u16, sent: &Sent) -> Result<(), EncodeError> {
         for (kind, index) in &sent.blocks {
-            let path = self
-                .spool_path(sent.object, *kind, *index)
-                .ok_or_else(|| EncodeError::Other("no spool directory".into()))?;
+            let key = self.config.block_key(sent.object, *kind, *index);
+            let path = self.config.spool_path(key).ok_or(EncodeError::NoSpool)?;
             let data = std::fs::read(&path).map_err(|source| EncodeError::Spool {
                 path: path.clone(),
                 source,
             })?;
-            let key = self.block_key(sent.object, *kind, *index);
-            let plain = if *kind == BlockKind::Manifest {
-                0
-            } else {
-                data.len() as u64
+            // Progress counts file bytes, not ciphertext: every segment but the last is full.
+            let plain_bytes = match kind {
+                BlockKind::Manifest => 0,
+                BlockKind::Data => {
+                    let segment = u64::from(self.config.segment_size);
+                    sent.size
+                        .saturating_sub(u64::from(*index) * segment)
+                        .min(segment)
+                }
             };
-            self.send_block(key, &data, pass, plain)?;
+            self.submit(Job::Resend {
+                key,
+                data,
+                pass,
+                plain_bytes,
+            })?;
         }
         Ok(())
     }
 }
 
-enum ObjectError {
-    /// This object fails; the run goes on.
-    Object(String),
-    /// The run cannot go on.
-    Fatal(EncodeError),
+/// Takes worker results in job order, builds manifests, and feeds the send loop.
+struct Collector<'a> {
+    config: &'a EncodeConfig,
+    codec: ReedSolomon,
+    out: mpsc::Sender<Produced>,
+    pool: std_mpsc::Sender<Vec<u8>>,
+    sent_tx: std_mpsc::Sender<Vec<Sent>>,
+    /// Objects fully queued in pass 0.
+    sent: Vec<Sent>,
+    /// Segments of the object being collected.
+    current: Vec<SegmentInfo>,
+    /// The object being collected failed, and why (its remaining segments are dropped).
+    failed: Option<(ObjectId, String)>,
+}
+
+impl Collector<'_> {
+    fn emit(&self, produced: Produced) -> Result<(), EncodeError> {
+        self.out
+            .blocking_send(produced)
+            .map_err(|_| EncodeError::Closed)
+    }
+
+    fn run(&mut self, results: Vec<std_mpsc::Receiver<Done>>) -> Result<(), EncodeError> {
+        // Round robin, as the reader handed the jobs out; a worker that hung up ends the run
+        // (its error, if any, comes from joining it).
+        'outer: loop {
+            for rx in &results {
+                match rx.recv() {
+                    Ok(done) => self.handle(done)?,
+                    Err(_) => break 'outer,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, done: Done) -> Result<(), EncodeError> {
+        match done {
+            Done::Segment {
+                block,
+                info,
+                plaintext,
+            } => {
+                let plain_bytes = plaintext.len() as u64;
+                // The reader may have finished; then nobody needs the buffer back.
+                let _ = self.pool.send(plaintext);
+                if self.failed_object() == Some(block.key().object) {
+                    return Ok(());
+                }
+                self.current.push(info);
+                self.emit(Produced::Block { block, plain_bytes })
+            }
+            Done::SegmentFailed { object, reason } => {
+                // Reported with the object's path when its end mark arrives.
+                if self.failed_object() != Some(object) {
+                    self.failed = Some((object, reason));
+                }
+                Ok(())
+            }
+            Done::Block { block, plain_bytes } => self.emit(Produced::Block { block, plain_bytes }),
+            Done::Mark(Mark::ObjectEnd(end)) => {
+                let segments = std::mem::take(&mut self.current);
+                match self.failed.take() {
+                    Some((object, reason)) if object == end.object => {
+                        self.emit(Produced::ObjectFailed {
+                            path: end.path,
+                            reason,
+                        })
+                    }
+                    _ => self.manifest(end, segments),
+                }
+            }
+            Done::Mark(Mark::ObjectFailed {
+                object,
+                path,
+                reason,
+            }) => {
+                self.current.clear();
+                // An earlier encryption failure of the same object is the first cause.
+                let reason = match self.failed.take() {
+                    Some((failed, first)) if failed == object => first,
+                    _ => reason,
+                };
+                self.emit(Produced::ObjectFailed { path, reason })
+            }
+            Done::Mark(Mark::PassEnd(pass)) => {
+                if pass == 0 {
+                    // The reader waits for this only when there are later passes.
+                    let _ = self.sent_tx.send(std::mem::take(&mut self.sent));
+                }
+                self.emit(Produced::PassQueued(pass))
+            }
+        }
+    }
+
+    fn failed_object(&self) -> Option<ObjectId> {
+        self.failed.as_ref().map(|(object, _)| *object)
+    }
+
+    /// Signs, encrypts and queues an object's manifest, after its segments.
+    fn manifest(&mut self, end: ObjectEnd, segments: Vec<SegmentInfo>) -> Result<(), EncodeError> {
+        let segment_count = segments.len();
+        let manifest = Manifest {
+            version: MANIFEST_VERSION,
+            session: self.config.session,
+            object: end.object,
+            path: end.path.clone(),
+            kind: end.kind,
+            size: end.size,
+            mode: end.mode,
+            mtime_secs: end.mtime_secs,
+            mtime_nanos: end.mtime_nanos,
+            segment_size: if end.kind == EntryKind::Directory || end.size == 0 {
+                0
+            } else {
+                self.config.segment_size
+            },
+            sha256: end.sha256,
+            segments,
+        };
+        let ciphertext = match self.seal(&manifest) {
+            Ok(c) => c,
+            Err(reason) => {
+                return self.emit(Produced::ObjectFailed {
+                    path: end.path,
+                    reason,
+                })
+            }
+        };
+        let key = self.config.block_key(end.object, BlockKind::Manifest, 0);
+        self.config.spool(key, &ciphertext)?;
+        let block = self.config.fec(&mut self.codec, key, &ciphertext, 0)?;
+        self.emit(Produced::Block {
+            block,
+            plain_bytes: 0,
+        })?;
+        if self.config.passes > 1 {
+            let blocks = (0..segment_count as u32)
+                .map(|i| (BlockKind::Data, i))
+                .chain(std::iter::once((BlockKind::Manifest, 0)))
+                .collect();
+            self.sent.push(Sent {
+                object: end.object,
+                size: end.size,
+                blocks,
+            });
+        }
+        self.emit(Produced::ObjectQueued {
+            path: end.path,
+            size: end.size,
+            sha256: end.sha256,
+            segments: segment_count,
+        })
+    }
+
+    /// `age(postcard(SignedManifest { manifest bytes, minisign signature }))`.
+    fn seal(&self, manifest: &Manifest) -> Result<Vec<u8>, String> {
+        let manifest_bytes = manifest
+            .to_bytes()
+            .map_err(|e| format!("manifest: {e:?}"))?;
+        let signature = self
+            .config
+            .signer
+            .sign(&manifest_bytes)
+            .map_err(|e| format!("signing: {e}"))?;
+        let envelope = SignedManifest {
+            manifest: manifest_bytes,
+            signature: signature.into_bytes(),
+        }
+        .to_bytes()
+        .map_err(|e| format!("manifest envelope: {e:?}"))?;
+        self.config.encrypt(&envelope)
+    }
 }
 
 /// Reads until `buf` is full or the input ends; returns the bytes read.
@@ -350,33 +743,6 @@ fn read_full(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(filled)
-}
-
-/// Encodes every pass of `objects` (object ids are their indices) into `out`.
-pub fn run(
-    config: &EncodeConfig,
-    objects: &[SourceObject],
-    out: mpsc::Sender<Produced>,
-) -> Result<(), EncodeError> {
-    let mut encoder = Encoder {
-        config,
-        codec: ReedSolomon::new(),
-        out,
-    };
-    let mut sent = Vec::with_capacity(objects.len());
-    for (i, object) in objects.iter().enumerate() {
-        if let Some(s) = encoder.first_pass(ObjectId(i as u64), object)? {
-            sent.push(s);
-        }
-    }
-    encoder.emit(Produced::PassQueued(0))?;
-    for pass in 1..config.passes {
-        for s in &sent {
-            encoder.later_pass(pass, s)?;
-        }
-        encoder.emit(Produced::PassQueued(pass))?;
-    }
-    Ok(())
 }
 
 /// A spool directory: the one given, or a temporary one removed when dropped.
@@ -404,5 +770,150 @@ impl Spool {
             Spool::Given(p) => p,
             Spool::Temporary(t) => t.path(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::objects::Source;
+
+    /// A condensed trace of what the encoder produced, comparable across worker counts.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Event {
+        /// Key and plaintext bytes (symbol counts vary: age adds random-length grease).
+        Block(BlockKey, u64),
+        Queued(String, u64, [u8; 32], usize),
+        Failed(String),
+        Pass(u16),
+    }
+
+    fn file(dir: &Path, name: &str, len: usize, seed: u8) -> SourceObject {
+        let data: Vec<u8> = (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect();
+        let path = dir.join(name);
+        std::fs::write(&path, &data).unwrap();
+        SourceObject {
+            path: name.into(),
+            source: Source::File(path),
+            size: Some(len as u64),
+            mode: 0o644,
+            mtime_secs: 0,
+            mtime_nanos: 0,
+        }
+    }
+
+    fn trace(dir: &Path, objects: &[SourceObject], workers: usize, passes: u16) -> Vec<Event> {
+        let spool = dir.join(format!("spool-{workers}"));
+        std::fs::create_dir_all(&spool).unwrap();
+        let config = EncodeConfig {
+            session: SessionId(7),
+            symbol_size: 256,
+            segment_size: 4096,
+            repair_permille: 100,
+            passes,
+            recipients: sluice_common::keys::load_recipients(
+                &dir.join(sluice_common::keys::RECEIVER_PUB),
+            )
+            .unwrap(),
+            signer: SigningKey::load(&dir.join(sluice_common::keys::SENDER_KEY)).unwrap(),
+            spool: Some(spool),
+            workers,
+        };
+        let (tx, mut rx) = mpsc::channel(2);
+        let objects = objects.to_vec();
+        let encoder = std::thread::spawn(move || run(&config, &objects, tx));
+        let mut events = Vec::new();
+        while let Some(produced) = rx.blocking_recv() {
+            events.push(match produced {
+                Produced::Block { block, plain_bytes } => Event::Block(block.key(), plain_bytes),
+                Produced::ObjectQueued {
+                    path,
+                    size,
+                    sha256,
+                    segments,
+                } => Event::Queued(path, size, sha256, segments),
+                Produced::ObjectFailed { path, .. } => Event::Failed(path),
+                Produced::PassQueued(pass) => Event::Pass(pass),
+            });
+        }
+        encoder.join().unwrap().unwrap();
+        events
+    }
+
+    #[test]
+    fn any_worker_count_produces_blocks_in_read_order() {
+        let dir = tempfile::tempdir().unwrap();
+        sluice_common::keys::generate_receiver_keys(dir.path()).unwrap();
+        sluice_common::keys::generate_sender_keys(dir.path()).unwrap();
+        let objects = vec![
+            file(dir.path(), "a", 4096 * 5 + 17, 1),
+            SourceObject {
+                path: "gone".into(),
+                source: Source::File(dir.path().join("does-not-exist")),
+                size: Some(1),
+                mode: 0o644,
+                mtime_secs: 0,
+                mtime_nanos: 0,
+            },
+            file(dir.path(), "empty", 0, 2),
+            file(dir.path(), "b", 4096 * 3, 3),
+        ];
+        let one = trace(dir.path(), &objects, 1, 2);
+        let four = trace(dir.path(), &objects, 4, 2);
+        assert_eq!(one, four);
+
+        // Pass 0: a's six segments in order, then its manifest; the missing file fails; the
+        // empty file is a manifest alone; b's three segments; then pass 1 resends a and b.
+        let keys: Vec<(u64, BlockKind, u32)> = four
+            .iter()
+            .filter_map(|e| match e {
+                Event::Block(key, _) => Some((key.object.0, key.kind, key.index)),
+                _ => None,
+            })
+            .collect();
+        let mut expected: Vec<(u64, BlockKind, u32)> = Vec::new();
+        let a: Vec<_> = (0..6)
+            .map(|i| (0, BlockKind::Data, i))
+            .chain([(0, BlockKind::Manifest, 0)])
+            .collect();
+        let b: Vec<_> = (0..3)
+            .map(|i| (3, BlockKind::Data, i))
+            .chain([(3, BlockKind::Manifest, 0)])
+            .collect();
+        expected.extend(&a);
+        expected.push((2, BlockKind::Manifest, 0));
+        expected.extend(&b);
+        expected.extend(&a);
+        expected.push((2, BlockKind::Manifest, 0));
+        expected.extend(&b);
+        assert_eq!(keys, expected);
+        assert!(four.contains(&Event::Failed("gone".into())));
+        let queued: Vec<_> = four
+            .iter()
+            .filter_map(|e| match e {
+                Event::Queued(path, size, _, segments) => Some((path.as_str(), *size, *segments)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            queued,
+            [("a", 4096 * 5 + 17, 6), ("empty", 0, 0), ("b", 4096 * 3, 3)]
+        );
+        let plain: u64 = four
+            .iter()
+            .map(|e| match e {
+                Event::Block(_, n) => *n,
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(plain, 2 * (4096 * 5 + 17 + 4096 * 3));
+        assert_eq!(
+            four.iter()
+                .filter(|e| matches!(e, Event::Pass(_)))
+                .collect::<Vec<_>>(),
+            [&Event::Pass(0), &Event::Pass(1)]
+        );
     }
 }

@@ -158,6 +158,7 @@ pub async fn run(options: cli::Options) -> u8 {
         recipients,
         signer,
         spool: spool.as_ref().map(|s| s.path().to_path_buf()),
+        workers: 0,
     };
     let total_plain: u64 =
         objects.iter().filter_map(|o| o.size).sum::<u64>() * u64::from(options.passes);

@@ -149,9 +149,9 @@ pub(crate) async fn send_loop(
     let mut encoder_done = false;
     let mut finish_at: Option<sluice_protocol::time::Instant> = None;
     let mut drained_after: Option<Duration> = None;
-    let mut frame = vec![0u8; MAX_FRAME_LEN];
-    // Consecutive frames of equal length go to the link in one GSO batch.
-    let mut batch = Batch::default();
+    // The scheduler writes each frame straight into the batch that goes to the link: consecutive
+    // frames of equal length leave in one system call (UDP segmentation offload).
+    let mut batch = Batch::new();
 
     loop {
         // Feed the scheduler as far as it has room.
@@ -174,11 +174,11 @@ pub(crate) async fn send_loop(
 
         let now = sluice_common::instant_since(start);
         let wait_until = match scheduler
-            .poll_transmit(now, &mut frame)
+            .poll_transmit(now, batch.slot())
             .map_err(|e| std::io::Error::other(format!("frame encoding: {e:?}")))?
         {
             Transmit::Frame(len) => {
-                batch.push(&frame[..len], &mut link).await?;
+                batch.commit(len, &mut link).await?;
                 continue;
             }
             Transmit::WaitUntil(at) => at,
@@ -223,28 +223,59 @@ pub(crate) async fn send_loop(
     Ok(summary)
 }
 
-/// Frames waiting to go out together: all `frame_len` long except possibly the last.
-#[derive(Debug, Default)]
+/// Frames waiting to go out together: all `frame_len` long except possibly the last, back to
+/// back in one buffer that the scheduler writes into directly (no copy per frame).
+#[derive(Debug)]
 struct Batch {
-    bytes: Vec<u8>,
+    buf: Vec<u8>,
+    /// Bytes of committed frames at the start of `buf`.
+    len: usize,
     frame_len: usize,
     count: usize,
     limit: usize,
 }
 
 impl Batch {
-    async fn push(&mut self, frame: &[u8], link: &mut LinkSender) -> std::io::Result<()> {
-        if self.count > 0 && (frame.len() > self.frame_len || self.count >= self.limit) {
-            self.flush(link).await?;
+    /// Room for one GSO send (at most 64 KiB of datagrams) plus the frame being written.
+    const CAPACITY: usize = (64 << 10) + MAX_FRAME_LEN;
+
+    fn new() -> Self {
+        Batch {
+            buf: vec![0; Self::CAPACITY],
+            len: 0,
+            frame_len: 0,
+            count: 0,
+            limit: 1,
+        }
+    }
+
+    /// Where the next frame goes: after the committed ones, always room for the largest frame.
+    fn slot(&mut self) -> &mut [u8] {
+        &mut self.buf[self.len..self.len + MAX_FRAME_LEN]
+    }
+
+    /// Takes the `len`-byte frame just written into [`slot`](Self::slot); sends the batch when
+    /// it is full or the frame cannot join it.
+    async fn commit(&mut self, len: usize, link: &mut LinkSender) -> std::io::Result<()> {
+        if self.count > 0 && len > self.frame_len {
+            // Longer than the batch's frames: send those, then start over with this one.
+            link.send_batch(&self.buf[..self.len], self.frame_len)
+                .await?;
+            self.buf.copy_within(self.len..self.len + len, 0);
+            self.len = 0;
+            self.count = 0;
         }
         if self.count == 0 {
-            self.frame_len = frame.len();
-            self.limit = link.batch_limit(frame.len());
+            self.frame_len = len;
+            self.limit = link.batch_limit(len);
         }
-        self.bytes.extend_from_slice(frame);
+        self.len += len;
         self.count += 1;
         // A shorter frame can only end a batch.
-        if frame.len() < self.frame_len || self.count >= self.limit {
+        if len < self.frame_len
+            || self.count >= self.limit
+            || self.len + MAX_FRAME_LEN > self.buf.len()
+        {
             self.flush(link).await?;
         }
         Ok(())
@@ -252,8 +283,9 @@ impl Batch {
 
     async fn flush(&mut self, link: &mut LinkSender) -> std::io::Result<()> {
         if self.count > 0 {
-            link.send_batch(&self.bytes, self.frame_len).await?;
-            self.bytes.clear();
+            link.send_batch(&self.buf[..self.len], self.frame_len)
+                .await?;
+            self.len = 0;
             self.count = 0;
         }
         Ok(())

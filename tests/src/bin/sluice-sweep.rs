@@ -5,7 +5,7 @@
 //! `cargo run --release --bin sluice-sweep -- [--blocks 64] [--k 745] [--seed 1]`
 //!
 //! With `--e2e` it sweeps the real daemons instead: a small tree through the seeded relay at
-//! random loss 0–20%, 10% and 25% repair, one and two passes, and counts files delivered
+//! random loss 0–20% and the same bursts, 10% and 25% repair, one and two passes, and counts files delivered
 //! intact, files reported failed and files published corrupt (which must stay 0).
 
 use clap::Parser;
@@ -32,6 +32,27 @@ struct Args {
     e2e: bool,
 }
 
+/// Loss models of a sweep: each random loss rate, then Gilbert–Elliott bursts of 10, 50 and
+/// 200 frames losing 5% of frames on average. (name, random loss, bursts)
+fn loss_models(random: &[f64]) -> Vec<(String, f64, Option<BurstLoss>)> {
+    let mut models: Vec<_> = random
+        .iter()
+        .map(|&p| (format!("random {:.0}%", p * 100.0), p, None))
+        .collect();
+    for run_len in [10.0, 50.0, 200.0] {
+        models.push((
+            format!("bursts of {run_len:.0}, 5% mean"),
+            0.0,
+            Some(BurstLoss {
+                p_good_to_bad: 0.05 / 0.95 / run_len,
+                p_bad_to_good: 1.0 / run_len,
+                loss_in_bad: 1.0,
+            }),
+        ));
+    }
+    models
+}
+
 fn e2e_sweep(seed: u64) -> std::io::Result<()> {
     use sluice_tests::binaries::free_udp_port;
     use sluice_tests::harness::{Setup, Summary};
@@ -39,10 +60,10 @@ fn e2e_sweep(seed: u64) -> std::io::Result<()> {
     use sluice_tests::tree::{self, TreeSpec};
     use std::time::Duration;
 
-    println!("| random loss | repair | passes | frames lost | files | intact | reported failed | corrupt | receiver exit |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| loss model | repair | passes | frames lost | files | intact | reported failed | corrupt | receiver exit |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut seed = seed;
-    for loss in [0.0, 0.02, 0.05, 0.08, 0.12, 0.2] {
+    for (name, loss, burst) in loss_models(&[0.0, 0.02, 0.05, 0.08, 0.12, 0.2]) {
         for repair in ["10%", "25%"] {
             for passes in ["1", "2"] {
                 seed += 1;
@@ -65,6 +86,7 @@ fn e2e_sweep(seed: u64) -> std::io::Result<()> {
                     Faults {
                         seed,
                         loss,
+                        burst,
                         ..Faults::default()
                     },
                 )?;
@@ -83,8 +105,7 @@ fn e2e_sweep(seed: u64) -> std::io::Result<()> {
                     Err(e) => (0, e.lines().count()),
                 };
                 println!(
-                    "| {:.0}% | {repair} | {passes} | {:.2}% | {files} | {intact} | {failed} | {corrupt} | {} |",
-                    loss * 100.0,
+                    "| {name} | {repair} | {passes} | {:.2}% | {files} | {intact} | {failed} | {corrupt} | {} |",
                     100.0 * counts.dropped() as f64 / counts.received.max(1) as f64,
                     got.code(),
                 );
@@ -112,22 +133,7 @@ fn main() {
     println!("| loss model | repair | passes | frames lost | blocks | intact | failed | corrupt | silent | k arrived = decoded | binomial failure rate |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|");
     let mut seed = args.seed;
-    let mut models: Vec<(String, f64, Option<BurstLoss>)> =
-        [0.0, 0.01, 0.02, 0.05, 0.08, 0.1, 0.15, 0.2, 0.3]
-            .into_iter()
-            .map(|p| (format!("random {:.0}%", p * 100.0), p, None))
-            .collect();
-    for run_len in [10.0, 50.0, 200.0] {
-        models.push((
-            format!("bursts of {run_len:.0}, 5% mean"),
-            0.0,
-            Some(BurstLoss {
-                p_good_to_bad: 0.05 / 0.95 / run_len,
-                p_bad_to_good: 1.0 / run_len,
-                loss_in_bad: 1.0,
-            }),
-        ));
-    }
+    let models = loss_models(&[0.0, 0.01, 0.02, 0.05, 0.08, 0.1, 0.15, 0.2, 0.3]);
     for (name, loss, burst) in &models {
         for repair in [50u32, 100, 250] {
             for passes in [1u16, 2] {

@@ -190,6 +190,7 @@ fn heartbeats_pass_unchanged() {
         seq: 9,
         frames_sent: 100,
         rate: 0,
+        objects: 0,
     });
     let mut frame = vec![0u8; 128];
     let n = write_frame(&header, &[], &key, &mut frame).unwrap();

@@ -116,6 +116,7 @@ fuzz_target!(|steps: Vec<Step>| {
                     seq: u64::from(seq),
                     frames_sent: 0,
                     rate: 0,
+                    objects: 0,
                 });
                 let mut buf = vec![0u8; 128];
                 write_frame(&header, &[], &key, &mut buf).ok().map(|n| {

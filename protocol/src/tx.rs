@@ -212,6 +212,8 @@ pub struct Scheduler {
     refilled_at: Instant,
     next_heartbeat: Instant,
     heartbeat_seq: u64,
+    /// One past the highest object id a symbol went out for.
+    objects_started: u64,
     stats: TxStats,
 }
 
@@ -232,6 +234,7 @@ impl Scheduler {
             refilled_at: now,
             next_heartbeat: now,
             heartbeat_seq: 0,
+            objects_started: 0,
             stats: TxStats::default(),
         }
     }
@@ -333,6 +336,7 @@ impl Scheduler {
             seq: self.heartbeat_seq,
             frames_sent: self.stats.frames + 1,
             rate: self.config.rate,
+            objects: self.objects_started,
         });
         let len = wire::write_frame(&header, &[], &self.key, out)?;
         self.heartbeat_seq += 1;
@@ -357,6 +361,9 @@ impl Scheduler {
         let len = wire::write_frame(&header, &block.symbols[i * size..][..size], &self.key, out)?;
         current.next += 1;
         self.stats.symbols += 1;
+        self.objects_started = self
+            .objects_started
+            .max(block.key.object.0.saturating_add(1));
         if current.next < current.block.ids.len() {
             self.active.push_back(current);
         } else {
@@ -497,7 +504,7 @@ mod tests {
             panic!("first poll sends a heartbeat");
         };
         assert!(
-            matches!(parse_frame(&buf[..n], &key).unwrap().header, Header::Heartbeat(h) if h.seq == 0)
+            matches!(parse_frame(&buf[..n], &key).unwrap().header, Header::Heartbeat(h) if h.seq == 0 && h.objects == 0)
         );
         let next = Instant::ZERO + Duration::from_secs(1);
         assert_eq!(
@@ -515,6 +522,11 @@ mod tests {
         assert!(matches!(
             parse_frame(&buf[..n], &key).unwrap().header,
             Header::Heartbeat(h) if h.seq == 1 && h.frames_sent == 3
+        ));
+        // A symbol of object 1 went out: ids 0 and 1 are announced.
+        assert!(matches!(
+            parse_frame(&buf[..n], &key).unwrap().header,
+            Header::Heartbeat(h) if h.objects == 2
         ));
     }
 

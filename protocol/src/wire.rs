@@ -193,6 +193,10 @@ pub struct Heartbeat {
     pub frames_sent: u64,
     /// The sender's pacing rate in bytes per second (0 when unpaced).
     pub rate: u64,
+    /// Objects of this session with a symbol on the link: ids `0..objects` (the sender sends
+    /// objects in id order). A receiver that has seen nothing of an id below it knows the
+    /// object was lost whole, or that the sender could not read it and said so.
+    pub objects: u64,
 }
 
 /// Counters a protocol-break relay between the two ends reports about itself.

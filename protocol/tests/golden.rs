@@ -67,9 +67,10 @@ fn vectors() -> Vec<(&'static str, Header, Vec<u8>, &'static str)> {
                 seq: 300,
                 frames_sent: 1_000_000,
                 rate: 100_000_000,
+                objects: 42,
             }),
             vec![],
-            "534c0101ef9bafcdf8acd19101ac02c0843d80c2d72fbcb5380a8b2bf706a71e39b0c7d8a059ef9b0e87",
+            "534c0101ef9bafcdf8acd19101ac02c0843d80c2d72f2a378b54b521c9df6d3e937226236807661a4e82af",
         ),
         (
             "relay status",

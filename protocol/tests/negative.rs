@@ -165,11 +165,12 @@ fn bad_header_over_long_varint() {
         seq: 5,
         frames_sent: 0,
         rate: 0,
+        objects: 0,
     });
     let canonical = postcard::to_allocvec(&hb).unwrap();
-    assert_eq!(canonical, [1, 1, 5, 0, 0]);
+    assert_eq!(canonical, [1, 1, 5, 0, 0, 0]);
     assert!(parse_frame(&frame_from_raw(&canonical, &[]), &key()).is_ok());
-    let f = frame_from_raw(&[1, 1, 0x85, 0x00, 0, 0], &[]);
+    let f = frame_from_raw(&[1, 1, 0x85, 0x00, 0, 0, 0], &[]);
     assert_eq!(parse_frame(&f, &key()), Err(ParseError::BadHeader));
 }
 
@@ -189,6 +190,7 @@ fn bad_length_short_and_long_payload() {
         seq: 0,
         frames_sent: 0,
         rate: 0,
+        objects: 0,
     });
     assert_eq!(
         parse_frame(&frame_from_header(&beat, 1), &key()),

@@ -47,14 +47,22 @@ prop_compose! {
 fn header() -> impl Strategy<Value = Header> {
     prop_oneof![
         symbol_header(),
-        (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(s, q, f, r)| {
-            Header::Heartbeat(Heartbeat {
-                session: SessionId(s),
-                seq: q,
-                frames_sent: f,
-                rate: r,
-            })
-        }),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>()
+        )
+            .prop_map(|(s, q, f, r, o)| {
+                Header::Heartbeat(Heartbeat {
+                    session: SessionId(s),
+                    seq: q,
+                    frames_sent: f,
+                    rate: r,
+                    objects: o,
+                })
+            }),
     ]
 }
 

@@ -27,6 +27,7 @@ use sluice_protocol::time::Instant;
 use sluice_protocol::wire::{BlockKey, BlockKind};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
+use crate::census::Census;
 use crate::decode::Job;
 use crate::objects::StartAction;
 use crate::shared::{Counters, Shared};
@@ -128,6 +129,17 @@ pub(crate) struct LinkStats {
     pub sender_frames: std::collections::HashMap<u64, u64>,
 }
 
+/// Ids checked against the state directory when looking for objects lost whole.
+pub(crate) const MISSING_CHECKS: usize = 10_000;
+
+/// `a, b, c` of object keys.
+pub(crate) fn list(keys: &[ObjectKey]) -> String {
+    keys.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Sender runs whose heartbeat counts are kept (a bound against a stream of forged sessions;
 /// heartbeats are authenticated, so this only matters for a misbehaving key holder).
 const MAX_SESSIONS_TRACKED: usize = 1024;
@@ -157,6 +169,10 @@ pub(crate) struct LinkLoop {
     clock_shifted: bool,
     stall_warnings: WarnLimit,
     pub stats: LinkStats,
+    /// Objects the senders announced against objects seen.
+    pub census: Census,
+    /// Objects lost whole at the last link-down report (warned again only when it changes).
+    missing_reported: u64,
 }
 
 impl LinkLoop {
@@ -189,6 +205,8 @@ impl LinkLoop {
             clock_shifted: false,
             stall_warnings: WarnLimit::new(),
             stats: LinkStats::default(),
+            census: Census::default(),
+            missing_reported: 0,
         }
     }
 
@@ -270,7 +288,10 @@ impl LinkLoop {
                 Event::LinkDown if self.clock_shifted => self.quiet_link_up = true,
                 Event::LinkUp if self.quiet_link_up => self.quiet_link_up = false,
                 Event::LinkUp => tracing::info!("link up: valid frames arriving"),
-                Event::LinkDown => tracing::info!("link down: no valid frame for 5 s"),
+                Event::LinkDown => {
+                    tracing::info!("link down: no valid frame for 5 s");
+                    self.report_missing();
+                }
                 Event::Heartbeat(beat) => {
                     tracing::debug!(
                         session = format_args!("{:016x}", beat.session.0),
@@ -279,6 +300,7 @@ impl LinkLoop {
                         rate = beat.rate,
                         "heartbeat"
                     );
+                    self.census.announced(beat.session, beat.objects);
                     let tracked = &mut self.stats.sender_frames;
                     if tracked.len() < MAX_SESSIONS_TRACKED || tracked.contains_key(&beat.session.0)
                     {
@@ -310,6 +332,7 @@ impl LinkLoop {
     }
 
     fn on_started(&mut self, key: BlockKey) {
+        self.census.seen(ObjectKey::of(&key));
         let action = self.shared.index().on_block_started(
             &key,
             &self.shared.state,
@@ -335,6 +358,24 @@ impl LinkLoop {
                 });
             }
         }
+    }
+
+    /// Warns about objects the senders announced of which no frame arrived (once per change:
+    /// the link goes down after every transfer).
+    fn report_missing(&mut self) {
+        let missing = self
+            .census
+            .missing(|obj| self.shared.knows(obj), MISSING_CHECKS);
+        if missing.count != self.missing_reported && missing.count > 0 {
+            tracing::warn!(
+                count = missing.count,
+                first = %list(&missing.first),
+                "{} object(s) lost whole: the sender announced them but none of their frames \
+                 arrived (a later pass can still bring them)",
+                missing.count
+            );
+        }
+        self.missing_reported = missing.count;
     }
 
     /// A block got no symbol for the block timeout: warn, and keep its symbols if possible.

@@ -25,6 +25,7 @@
 //!
 //! The binary is [`main_with_args`]; tests and other programs drive [`Receiver`] in-process.
 
+mod census;
 pub mod cli;
 mod decode;
 mod driver;
@@ -54,7 +55,12 @@ pub use summary::{Report, Stop};
 
 use crate::objects::Index;
 use crate::shared::{Counters, Shared};
+use crate::sink::FailedObject;
 use crate::state::StateDir;
+
+/// Failure reason of an object the sender announced (heartbeat) of which no frame arrived.
+const LOST_WHOLE: &str =
+    "lost whole: the sender announced it but none of its frames arrived (or the sender could not read it)";
 
 /// Exit status for bad usage or configuration.
 pub const EXIT_USAGE: u8 = 2;
@@ -223,11 +229,14 @@ impl Receiver {
         let link_stats = driver.stats.clone();
         let rx_stats = driver.asm.stats();
         driver.flush().await;
+        let lost_whole = driver
+            .census
+            .missing(|obj| shared.knows(obj), driver::MISSING_CHECKS);
         let drops = *driver.asm.drops();
         drop(driver);
         drop(link);
 
-        let sink_report = tokio::task::spawn_blocking(move || {
+        let mut sink_report = tokio::task::spawn_blocking(move || {
             for handle in decoders {
                 let _ = handle.join();
             }
@@ -238,6 +247,21 @@ impl Receiver {
         .and_then(Result::ok)
         .unwrap_or_default();
 
+        // Objects of which nothing arrived have no entry anywhere else: report them here.
+        for obj in &lost_whole.first {
+            tracing::warn!(object = %obj, "object failed: {LOST_WHOLE}");
+            sink_report.failures.push(FailedObject {
+                object: obj.to_string(),
+                path: None,
+                reason: LOST_WHOLE.to_string(),
+            });
+        }
+        if lost_whole.count > lost_whole.first.len() as u64 {
+            tracing::warn!(
+                "{} more object(s) lost whole",
+                lost_whole.count - lost_whole.first.len() as u64
+            );
+        }
         let c = &shared.counters;
         let active = match (link_stats.first_frame, sink_report.last_delivery) {
             (Some(first), Some(last)) => Some(last.saturating_duration_since(first)),
@@ -248,7 +272,7 @@ impl Receiver {
             exit_after_idle: options.exit_after_idle.is_some(),
             objects_delivered: Counters::get(&c.objects_delivered),
             objects_already_delivered: Counters::get(&c.objects_already),
-            objects_failed: Counters::get(&c.objects_failed),
+            objects_failed: Counters::get(&c.objects_failed) + lost_whole.count,
             failures: sink_report.failures,
             bytes_delivered: Counters::get(&c.bytes_delivered),
             frames_received: link_stats.frames_received,

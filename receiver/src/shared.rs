@@ -9,7 +9,7 @@ use sluice_common::keys::TrustedKeys;
 use tokio::sync::Semaphore;
 
 use crate::objects::Index;
-use crate::state::StateDir;
+use crate::state::{ObjectKey, StateDir};
 
 /// Read-only configuration plus the shared, locked object table.
 pub(crate) struct Shared {
@@ -61,6 +61,11 @@ impl Shared {
     /// receiver that falls behind loses frames for good.
     pub fn decoders_idle(&self) -> bool {
         self.permits.available_permits() * 4 >= self.permits_total * 3
+    }
+
+    /// Whether an earlier run delivered `obj` or left part of it in the state directory.
+    pub fn knows(&self, obj: ObjectKey) -> bool {
+        self.state.is_done(obj) || self.state.object_dir(obj).exists()
     }
 }
 

@@ -89,6 +89,9 @@ pub struct Faults {
     pub reorder_depth: u32,
     /// Optional tampering.
     pub tamper: Option<Tamper>,
+    /// Every symbol frame of these object ids (in any session) is lost: objects lost whole,
+    /// as when all the frames of a small file fall into one burst.
+    pub lose_objects: Vec<u64>,
     /// The relay thread stops by itself after this long.
     pub max_lifetime: Duration,
 }
@@ -106,6 +109,7 @@ impl Default for Faults {
             reorder: 0.0,
             reorder_depth: 1,
             tamper: None,
+            lose_objects: Vec::new(),
             max_lifetime: Duration::from_secs(600),
         }
     }
@@ -122,6 +126,8 @@ pub struct FaultCounts {
     pub dropped_random: u64,
     /// Frames lost in the bad burst state.
     pub dropped_burst: u64,
+    /// Frames lost because their object is in [`Faults::lose_objects`].
+    pub dropped_object: u64,
     /// Frames with flipped bits.
     pub bit_flipped: u64,
     /// Bits flipped over all frames.
@@ -142,7 +148,7 @@ pub struct FaultCounts {
 impl FaultCounts {
     /// Frames lost by any loss fault.
     pub fn dropped(&self) -> u64 {
-        self.dropped_random + self.dropped_burst
+        self.dropped_random + self.dropped_burst + self.dropped_object
     }
 }
 
@@ -184,7 +190,9 @@ impl FaultModel {
     pub fn process(&mut self, mut frame: Vec<u8>, emit: &mut impl FnMut(&[u8])) {
         self.counts.received += 1;
         let mut out: Vec<Vec<u8>> = Vec::new();
-        if !self.lose() {
+        if self.lose_object(&frame) {
+            self.counts.dropped_object += 1;
+        } else if !self.lose() {
             self.tamper(&mut frame);
             let damaged = self.flip_bits(&mut frame) | self.truncate(&mut frame);
             let copies = if self.roll(self.faults.duplicate) {
@@ -231,6 +239,15 @@ impl FaultModel {
     }
 
     /// Steps the Gilbert–Elliott chain and draws the losses; true if the frame is lost.
+    fn lose_object(&self, frame: &[u8]) -> bool {
+        !self.faults.lose_objects.is_empty()
+            && matches!(
+                wire::parse_frame_unauthenticated(frame),
+                Ok(f) if matches!(f.header, Header::Symbol(s)
+                    if self.faults.lose_objects.contains(&s.block.object.0))
+            )
+    }
+
     fn lose(&mut self) -> bool {
         if let Some(burst) = self.faults.burst {
             let flip = if self.in_bad_state {

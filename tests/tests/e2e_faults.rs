@@ -201,6 +201,35 @@ fn a_second_pass_completes_what_one_pass_cannot() {
     assert!(summary(&got.log).get("blocks_recovered") > 0 || got.log.contains("recovered"));
 }
 
+/// An object of which not one frame arrives (every frame of a small file in one burst) is
+/// still reported: the sender's heartbeats say how many objects went out, and the receiver
+/// names the id it never heard of, exits 3, and delivers the others.
+#[test]
+fn an_object_lost_whole_is_reported() {
+    let s = Setup::new();
+    let files = small_files(&s);
+    let faults = Faults {
+        lose_objects: vec![1],
+        ..Faults::default()
+    };
+    let (sent, got, counts) = transfer(&s, faults, SLOW, &refs(&files));
+    assert_exit(&sent, 0, "sluice-send");
+    assert_exit(&got, 3, "sluice-recv");
+    assert!(counts.dropped_object > 0, "{counts:?}");
+    assert_logged(&got.log, "object failed: lost whole");
+    let summary = Summary::find(&got.log, "objects_failed").expect("a JSON summary");
+    assert_eq!(summary.get("objects_failed"), 1, "{}", got.log);
+    assert_eq!(summary.get("objects_delivered"), 2, "{}", got.log);
+    assert!(!s.out.join("two notes.txt").exists());
+    for f in [&files[0], &files[2]] {
+        let name = f.file_name().unwrap();
+        assert_eq!(
+            std::fs::read(s.out.join(name)).unwrap(),
+            std::fs::read(f).unwrap()
+        );
+    }
+}
+
 /// (d) A receiver SIGKILLed mid-transfer and restarted on the same --out/--state completes
 /// everything from the second pass, and does not write twice what it had delivered.
 #[test]

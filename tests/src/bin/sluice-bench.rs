@@ -89,7 +89,10 @@ struct Run {
     recv_peak_rss_mib: f64,
     link_bytes: u64,
     frames: u64,
+    /// File bytes per link byte, IP/UDP headers (or serial COBS framing) included.
     wire_efficiency: f64,
+    /// File bytes per byte of Sluice frames (UDP payload; serial: before COBS).
+    frame_efficiency: f64,
     fec_blocks: u64,
     intact: bool,
 }
@@ -304,6 +307,7 @@ fn json_line(case: &Case, run: usize, r: &Run) -> String {
         "frames": r.frames,
         "frames_per_file_byte": r.frames as f64 / r.file_bytes.max(1) as f64,
         "wire_efficiency": r.wire_efficiency,
+        "frame_efficiency": r.frame_efficiency,
         "fec_blocks": r.fec_blocks,
         "intact": r.intact,
     })
@@ -314,13 +318,16 @@ fn print_table(rows: &[(&str, Run)]) {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| case | goodput MB/s | files/s | send CPU s/GB | recv CPU s/GB | send RSS MiB | recv RSS MiB | wire eff. | FEC blocks | intact |"
+        "| case | goodput MB/s | files/s | send CPU s/GB | recv CPU s/GB | send RSS MiB | recv RSS MiB | wire eff. | frame eff. | FEC blocks | intact |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(
+        out,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    );
     for (name, r) in rows {
         let _ = writeln!(
             out,
-            "| {name} | {:.1} | {:.0} | {:.2} | {:.2} | {:.1} | {:.1} | {:.3} | {} | {} |",
+            "| {name} | {:.1} | {:.0} | {:.2} | {:.2} | {:.1} | {:.1} | {:.3} | {:.3} | {} | {} |",
             r.goodput_mb_s,
             r.files_per_s,
             r.send_cpu_s_per_gb,
@@ -328,6 +335,7 @@ fn print_table(rows: &[(&str, Run)]) {
             r.send_peak_rss_mib,
             r.recv_peak_rss_mib,
             r.wire_efficiency,
+            r.frame_efficiency,
             r.fec_blocks,
             if r.intact { "yes" } else { "NO" }
         );
@@ -556,6 +564,7 @@ fn run_case(case: &Case, seed: u64) -> Result<Run> {
         link_bytes,
         frames: get(&send_summary, "frames_sent"),
         wire_efficiency: file_bytes as f64 / link_bytes.max(1) as f64,
+        frame_efficiency: file_bytes as f64 / get(&send_summary, "frame_bytes").max(1) as f64,
         fec_blocks: get(&recv_summary, "blocks_recovered"),
         intact,
     })

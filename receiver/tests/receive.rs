@@ -231,6 +231,38 @@ async fn hostile_paths_are_refused_and_nothing_outside_out_is_touched() {
     assert!(rig.out.join("ok.txt").is_file());
 }
 
+/// A later file may not replace a published directory (the reverse of the `below-a-file`
+/// case above): refused with its reason, the directory and its contents untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_may_not_replace_a_published_directory() {
+    let rig = Rig::new();
+    let producer = Producer::new(&rig.keys, 0x7777);
+    let inside = bytes(500, 8);
+    let tree = [
+        Item::dir("d", 0o755, (1, 0)),
+        Item::file("d/x.txt", inside.clone(), 0o644, (1, 0)),
+    ];
+    let report = transfer(&rig, &producer, &tree).await;
+    assert_eq!(report.objects_delivered, 2, "{:?}", report.failures);
+    let inode = std::fs::metadata(rig.out.join("d/x.txt")).unwrap().ino();
+
+    let later = Producer::new(&rig.keys, 0x7778);
+    let clash = [Item::file("d", bytes(100, 9), 0o644, (1, 0))];
+    let report = transfer(&rig, &later, &clash).await;
+    assert_eq!(report.objects_delivered, 0);
+    assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
+    let reason = &report.failures[0].reason;
+    assert!(reason.starts_with("refused path \"d\""), "{reason}");
+    assert!(reason.contains("directory"), "{reason}");
+    assert!(rig.out.join("d").is_dir());
+    assert_eq!(std::fs::read(rig.out.join("d/x.txt")).unwrap(), inside);
+    assert_eq!(
+        std::fs::metadata(rig.out.join("d/x.txt")).unwrap().ino(),
+        inode
+    );
+    assert_eq!(rig.published(), ["d", "d/x.txt"]);
+}
+
 /// Pass 0 brings segments 0 and 1 and half of segment 2, no manifest; the receiver goes away.
 /// A new receiver on the same state, fed pass 1 with too few symbols of segment 2 to decode it
 /// alone, completes the object only by restoring the saved half.

@@ -535,12 +535,34 @@ fn run_case(case: &Case, seed: u64) -> Result<Run> {
         .unwrap_or(f64::INFINITY)
         .max(1e-6);
     let intact = match tree::published_files_are_intact(&src, &out) {
-        Ok(n) => n == files,
+        Ok(n) => {
+            if n != files {
+                eprintln!("{}: {n} of {files} files published intact", case.name);
+            }
+            n == files
+        }
         Err(e) => {
             eprintln!("{e}");
             false
         }
     };
+    if !intact {
+        // Say why, so a failed run can be told apart from a slow one.
+        let failures: Vec<&str> = got
+            .log
+            .lines()
+            .filter(|l| l.contains("object failed") || l.contains("\"summary\""))
+            .take(6)
+            .collect();
+        eprintln!(
+            "{}: not every file arrived (receiver exit {}, {} log bytes):\n{}\n{}",
+            case.name,
+            got.code(),
+            got.log.len(),
+            failures.join("\n"),
+            tail(&got.log)
+        );
+    }
     let gb = file_bytes as f64 / 1e9;
     let ticks = clock_ticks_per_second();
     let send_summary = binaries::json_summary(&sent.log, "frames_sent");

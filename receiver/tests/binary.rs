@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use sha2::Digest as _;
 use sluice_protocol::wire::BlockKind;
 use support::{all, bytes, send, Item, Keys, Producer, Rig};
 
@@ -381,6 +382,111 @@ fn frames_failing_the_link_mac_are_warned_about_and_counted() {
     assert!(!Path::new(&rig.out).join("x").exists());
 }
 
+/// A shell script run in a private mount namespace (`unshare -m`), its output collected.
+struct Namespaced {
+    child: Child,
+    lines: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Namespaced {
+    /// `None` (after saying why) when this machine cannot mount a tmpfs on `dir` (not root).
+    fn probe(dir: &Path, test: &str) -> Option<()> {
+        let probe = Command::new("unshare")
+            .args(["-m", "sh", "-c"])
+            .arg(format!("mount -t tmpfs -o size=1m tmpfs {}", dir.display()))
+            .output();
+        if probe.as_ref().is_ok_and(|o| o.status.success()) {
+            Some(())
+        } else {
+            eprintln!("SKIPPED {test}: cannot mount a tmpfs: {probe:?}");
+            None
+        }
+    }
+
+    fn spawn(script: &str) -> Namespaced {
+        let mut child = Command::new("unshare")
+            .args(["-m", "sh", "-c", script])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = Arc::new(Mutex::new(String::new()));
+        let readers = [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ]
+        .into_iter()
+        .map(|stream| {
+            let sink = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let mut all = sink.lock().unwrap();
+                    all.push_str(&line.unwrap_or_default());
+                    all.push('\n');
+                }
+            })
+        })
+        .collect();
+        Namespaced {
+            child,
+            lines,
+            readers,
+        }
+    }
+
+    /// Waits until the output has `phrase` `times` times.
+    fn wait_for(&self, phrase: &str, times: usize) {
+        let deadline = Instant::now() + WAIT;
+        while self.lines.lock().unwrap().matches(phrase).count() < times {
+            assert!(
+                Instant::now() < deadline,
+                "no {phrase:?} in:\n{}",
+                self.lines.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the script; returns its output, having checked it exited 0.
+    fn finish(mut self) -> String {
+        let status = self.child.wait().unwrap();
+        for reader in self.readers {
+            reader.join().unwrap();
+        }
+        let log = self.lines.lock().unwrap().clone();
+        assert!(status.success(), "{log}");
+        log
+    }
+}
+
+/// The receiver command line for a namespaced script.
+fn receiver_line(rig: &Rig, port: u16, idle_secs: u32) -> String {
+    format!(
+        "'{bin}' --link udp://127.0.0.1:{port} --identity '{id}' --trust '{trust}' \
+           --link-key '{link}' --out '{out}' --exit-after-idle {idle_secs}",
+        bin = BIN,
+        id = rig.keys.receiver_key.display(),
+        trust = rig.keys.sender_pub.display(),
+        link = rig.keys.link_key.display(),
+        out = rig.out.display(),
+    )
+}
+
+/// Lines of `find` output between `EXIT=` and `OBJECTS=`.
+fn listing(log: &str) -> Vec<&str> {
+    log.lines()
+        .skip_while(|l| !l.starts_with("EXIT="))
+        .skip(1)
+        .take_while(|l| !l.starts_with("OBJECTS="))
+        .collect()
+}
+
+/// Prints `--out` (state directory left out) and the state's object count.
+const LIST_OUT: &str =
+    "find . -path ./.sluice-state -prune -o -print | sort; echo OBJECTS=$(ls .sluice-state/objects | wc -l)";
+
 /// `--out` (with the default state directory in it) on a 1 MiB tmpfs in a private mount
 /// namespace: a file that fits is delivered, one that does not fails with the OS's reason,
 /// the receiver keeps running and exits 3, and nothing partial is left in `--out`. Needs root
@@ -389,93 +495,88 @@ fn frames_failing_the_link_mac_are_warned_about_and_counted() {
 fn a_full_disk_fails_the_object_cleanly() {
     let rig = Rig::new();
     std::fs::create_dir_all(&rig.out).unwrap();
-    let probe = Command::new("unshare")
-        .args(["-m", "sh", "-c"])
-        .arg(format!(
-            "mount -t tmpfs -o size=1m tmpfs {}",
-            rig.out.display()
-        ))
-        .output();
-    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
-        eprintln!("SKIPPED a_full_disk_fails_the_object_cleanly: cannot mount a tmpfs: {probe:?}");
+    if Namespaced::probe(&rig.out, "a_full_disk_fails_the_object_cleanly").is_none() {
         return;
     }
     let port = free_port();
     let script = format!(
-        "mount -t tmpfs -o size=1m tmpfs '{out}' && \
-         '{bin}' --link udp://127.0.0.1:{port} --identity '{id}' --trust '{trust}' \
-           --link-key '{link}' --out '{out}' --exit-after-idle 1; \
-         echo EXIT=$?; cd '{out}' && find . -path ./.sluice-state -prune -o -print | sort; \
-         echo OBJECTS=$(ls .sluice-state/objects | wc -l)",
-        bin = BIN,
-        id = rig.keys.receiver_key.display(),
-        trust = rig.keys.sender_pub.display(),
-        link = rig.keys.link_key.display(),
+        "mount -t tmpfs -o size=1m tmpfs '{out}' && {recv}; echo EXIT=$?; cd '{out}' && {LIST_OUT}",
         out = rig.out.display(),
+        recv = receiver_line(&rig, port, 1),
     );
-    let mut child = Command::new("unshare")
-        .args(["-m", "sh", "-c", &script])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = Arc::new(Mutex::new(String::new()));
-    let readers: Vec<_> = [
-        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-        Box::new(child.stderr.take().unwrap()),
-    ]
-    .into_iter()
-    .map(|stream| {
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines() {
-                let mut all = sink.lock().unwrap();
-                all.push_str(&line.unwrap_or_default());
-                all.push('\n');
-            }
-        })
-    })
-    .collect();
-    let wait_for = |phrase: &str| {
-        let deadline = Instant::now() + WAIT;
-        while !lines.lock().unwrap().contains(phrase) {
-            assert!(
-                Instant::now() < deadline,
-                "no {phrase:?} in:\n{}",
-                lines.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    wait_for("receiving");
+    let run = Namespaced::spawn(&script);
+    run.wait_for("receiving", 1);
     let to: SocketAddr = ([127, 0, 0, 1], port).into();
     let producer = Producer::new(&rig.keys, 0xB5);
     let small = producer.encode(0, &Item::file("small.txt", bytes(2000, 26), 0o644, (1, 0)));
     send(to, &producer.frames(&[small], 0, all));
-    wait_for("delivered small.txt");
+    run.wait_for("delivered small.txt", 1);
     let big = producer.encode(1, &Item::file("big.bin", bytes(3 << 20, 27), 0o644, (1, 0)));
     send(to, &producer.frames(&[big], 0, all));
-    let status = child.wait().unwrap();
-    for reader in readers {
-        reader.join().unwrap();
-    }
-    let log = lines.lock().unwrap().clone();
-    assert!(status.success(), "{log}");
+    let log = run.finish();
     assert!(log.contains("EXIT=3"), "{log}");
     assert!(log.contains("No space left on device"), "{log}");
     assert!(log.contains("object failed: "), "{log}");
-    let listing: Vec<&str> = log
-        .lines()
-        .skip_while(|l| !l.starts_with("EXIT="))
-        .skip(1)
-        .take_while(|l| !l.starts_with("OBJECTS="))
-        .collect();
-    assert_eq!(listing, [".", "./small.txt"], "{log}");
+    assert_eq!(listing(&log), [".", "./small.txt"], "{log}");
     assert!(
         log.contains("1 delivered, 0 already delivered, 1 failed"),
         "{log}"
     );
     // The failed object's blocks were dropped to give the space back.
+    assert!(log.contains("OBJECTS=0"), "{log}");
+}
+
+/// The same tmpfs, mostly taken by a file that is not the receiver's: an object fails for want
+/// of space, the file is removed, and the object sent again (a new sender run) is delivered
+/// intact by the same receiver; nothing partial in `--out` at any time.
+#[test]
+fn delivery_resumes_once_disk_space_is_freed() {
+    let rig = Rig::new();
+    std::fs::create_dir_all(&rig.out).unwrap();
+    if Namespaced::probe(&rig.out, "delivery_resumes_once_disk_space_is_freed").is_none() {
+        return;
+    }
+    let port = free_port();
+    // The flag lives outside the tmpfs, where the test can create it.
+    let flag = rig.out.with_extension("space-freed");
+    let script = format!(
+        "mount -t tmpfs -o size=8m tmpfs '{out}' && \
+         head -c 7300000 /dev/zero > '{out}/filler' && \
+         {{ {recv} & }} && \
+         i=0; while [ ! -e '{flag}' ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done; rm '{out}/filler'; echo FREED; \
+         wait $!; echo EXIT=$?; cd '{out}' && {LIST_OUT}; sha256sum data.bin",
+        out = rig.out.display(),
+        flag = flag.display(),
+        recv = receiver_line(&rig, port, 3),
+    );
+    let run = Namespaced::spawn(&script);
+    run.wait_for("receiving", 1);
+    let to: SocketAddr = ([127, 0, 0, 1], port).into();
+    let content = bytes(3 << 19, 28);
+    let item = Item::file("data.bin", content.clone(), 0o644, (1, 0));
+    let first = Producer::new(&rig.keys, 0xC1);
+    send(to, &first.frames(&[first.encode(0, &item)], 0, all));
+    run.wait_for("No space left on device", 1);
+    run.wait_for("object failed: ", 1);
+    std::fs::write(&flag, b"").unwrap();
+    run.wait_for("FREED", 1);
+    let again = Producer::new(&rig.keys, 0xC2);
+    send(to, &again.frames(&[again.encode(0, &item)], 0, all));
+    run.wait_for("delivered data.bin", 1);
+    let log = run.finish();
+    assert!(
+        log.contains("EXIT=3"),
+        "one object failed on the way: {log}"
+    );
+    assert_eq!(listing(&log), [".", "./data.bin"], "{log}");
+    let digest: String = sha2::Sha256::digest(&content)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(log.contains(&format!("{digest}  data.bin")), "{log}");
+    assert!(
+        log.contains("1 delivered, 0 already delivered, 1 failed"),
+        "{log}"
+    );
     assert!(log.contains("OBJECTS=0"), "{log}");
 }

@@ -1,6 +1,7 @@
 //! Cross-crate test support: a seeded lossy UDP relay ([`relay`]), helpers that build, run and
 //! check the real `sluice-send` / `sluice-recv` binaries ([`binaries`], [`harness`]), and
-//! seeded test trees with a byte-exact comparison ([`tree`]).
+//! seeded test trees with a byte-exact comparison ([`tree`]), and what a test needs from the
+//! machine ([`require`]: tools, root, the firmware image).
 //!
 //! The end-to-end tests in `tests/` and the `sluice-demo` binary are built on these.
 
@@ -12,6 +13,7 @@ pub mod binaries;
 pub mod harness;
 pub mod qemu;
 pub mod relay;
+pub mod require;
 pub mod sweep;
 pub mod tree;
 

@@ -19,25 +19,18 @@ pub fn board_image() -> PathBuf {
         .join("../firmware/board/target/thumbv7m-none-eabi/release/sluice-relay-board")
 }
 
-/// Whether the emulator and the image are there; prints why not. In CI (env `CI` set) their
-/// absence is a failure, since `.ci/run` installs QEMU and builds the image first.
-pub fn available() -> bool {
+/// Fails the test unless QEMU is installed; the board image is built by [`QemuRelay::start`].
+pub fn require() {
+    crate::require::tool("qemu-system-arm", "qemu-system-arm");
+}
+
+/// Why the emulated relay cannot run here (for tools that report instead of failing).
+pub fn missing() -> Option<&'static str> {
     let qemu = Command::new("qemu-system-arm")
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    let image = board_image().exists();
-    if qemu && image {
-        return true;
-    }
-    let why = if qemu {
-        "the board image is missing: run firmware/build-board.sh"
-    } else {
-        "qemu-system-arm is not installed"
-    };
-    assert!(std::env::var_os("CI").is_none(), "{why}");
-    eprintln!("skipping: {why}");
-    false
+    (!qemu).then_some("qemu-system-arm is not installed (apt-get install qemu-system-arm)")
 }
 
 /// A running emulated relay.
@@ -57,8 +50,10 @@ fn free_tcp_port() -> u16 {
 }
 
 impl QemuRelay {
-    /// Boots the image with both UARTs on loopback TCP servers; returns once both listen.
+    /// Boots the image (building it first if needed) with both UARTs on loopback TCP servers;
+    /// returns once both listen.
     pub fn start() -> QemuRelay {
+        let image = crate::require::board_image();
         let (low_port, high_port) = (free_tcp_port(), free_tcp_port());
         let mut cmd = Command::new("qemu-system-arm");
         cmd.args(["-M", "mps2-an385", "-display", "none", "-monitor", "none"])
@@ -67,7 +62,7 @@ impl QemuRelay {
             .arg("-serial")
             .arg(format!("tcp:127.0.0.1:{high_port},server=on,wait=off"))
             .arg("-kernel")
-            .arg(board_image());
+            .arg(image);
         let mut proc = Proc::spawn("qemu", cmd);
         let low: SocketAddr = ([127, 0, 0, 1], low_port).into();
         let high: SocketAddr = ([127, 0, 0, 1], high_port).into();

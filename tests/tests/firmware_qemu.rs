@@ -1,7 +1,8 @@
 //! The protocol-break firmware running in QEMU between the two ends: garbage injected on the
 //! low side never reaches the high side, valid frames all do (in order), and a directory tree
-//! crosses sluice-send → emulated MCU → sluice-recv intact. Skipped with a message where QEMU
-//! or the board image is missing, unless `CI` is set (CI builds the image first).
+//! crosses sluice-send → emulated MCU → sluice-recv intact. Ignored by a plain `cargo test`
+//! (they need QEMU, socat and the `thumbv7m-none-eabi` target); `./test.sh` runs them, building
+//! the board image with `firmware/build-board.sh` first, and they fail if anything is missing.
 //!
 //! ```text
 //!   sluice-send ─pty─ socat ─tcp─▶ UART0 [relay firmware] UART1 ─tcp─ socat ─pty─ sluice-recv
@@ -48,10 +49,9 @@ fn cobs(frame: &[u8]) -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "needs qemu-system-arm and the thumbv7m-none-eabi target (./test.sh runs it)"]
 fn garbage_never_crosses_and_valid_frames_all_do() {
-    if !qemu::available() {
-        return;
-    }
+    qemu::require();
     let relay = QemuRelay::start();
     let mut low = QemuRelay::connect(relay.low);
     let mut high = QemuRelay::connect(relay.high);
@@ -120,10 +120,10 @@ fn garbage_never_crosses_and_valid_frames_all_do() {
 }
 
 #[test]
+#[ignore = "needs qemu-system-arm, socat and the thumbv7m-none-eabi target (./test.sh runs it)"]
 fn a_tree_crosses_through_the_emulated_relay() {
-    if !qemu::available() {
-        return;
-    }
+    qemu::require();
+    sluice_tests::require::tool("socat", "socat");
     let s = Setup::new();
     let root = s.src.join("through-mcu");
     tree::make_tree(

@@ -216,8 +216,8 @@ fn qemu_relay_rate(runs: usize) -> Result<()> {
     use sluice_tests::qemu::QemuRelay;
     use std::io::{Read, Write};
 
-    if !sluice_tests::qemu::available() {
-        bail!("qemu-relay needs qemu-system-arm and firmware/build-board.sh");
+    if let Some(why) = sluice_tests::qemu::missing() {
+        bail!("qemu-relay: {why}");
     }
     let key = LinkKey::new(&[3; 32]);
     let symbol = max_symbol_size(1024);

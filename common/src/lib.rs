@@ -1,12 +1,22 @@
-//! Host-side pieces both Sluice daemons share: the link (`udp://`, `serial://`), key files,
-//! units on the command line, path safety and logging.
+//! Host-side pieces both Sluice daemons share:
+//!
+//! - [`link`]: the link behind two traits (frames out, frames in) and its backends;
+//! - [`config`]: layered options (defaults < TOML < command line) and usage errors;
+//! - [`exit`]: the exit statuses; [`logging`]: log output;
+//! - [`envelope`]: age encryption and the signed manifest envelope;
+//! - [`outcome`]: outcomes as events, emitted at one place to a list of subscribers;
+//! - [`keys`]: key files; [`paths`]: object path safety; [`units`]: sizes and rates.
 //!
 //! The wire format and the state machines live in `sluice-protocol`; this crate is the I/O
 //! and operator-facing edge around them.
 
+pub mod config;
+pub mod envelope;
+pub mod exit;
 pub mod keys;
 pub mod link;
 pub mod logging;
+pub mod outcome;
 pub mod paths;
 pub mod units;
 

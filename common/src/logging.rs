@@ -25,9 +25,25 @@ impl FromStr for LogFormat {
     }
 }
 
+/// Checked logging options (`--log-format`, `-v`, `-q`), the same on both daemons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogOptions {
+    /// Human lines or JSON objects.
+    pub format: LogFormat,
+    /// Debug level.
+    pub verbose: bool,
+    /// Warnings only.
+    pub quiet: bool,
+}
+
 /// Installs the global subscriber, writing to stderr. `verbose` raises the default level to
 /// debug; `quiet` lowers it to warnings.
-pub fn init(format: LogFormat, verbose: bool, quiet: bool) {
+pub fn init(options: LogOptions) {
+    let LogOptions {
+        format,
+        verbose,
+        quiet,
+    } = options;
     let default = if verbose {
         "debug"
     } else if quiet {
@@ -48,4 +64,13 @@ pub fn init(format: LogFormat, verbose: bool, quiet: bool) {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// Reports the error that ends a program: `error: …` on stderr for people, or one JSON log
+/// record with the other logs.
+pub fn error(format: LogFormat, error: &dyn std::fmt::Display) {
+    match format {
+        LogFormat::Human => eprintln!("error: {error}"),
+        LogFormat::Json => tracing::error!("{error}"),
+    }
 }

@@ -127,6 +127,12 @@ impl DropCounters {
         *slot = slot.saturating_add(1);
     }
 
+    /// Counts `n` drops at once (e.g. when copying counters between threads).
+    pub fn add(&mut self, reason: DropReason, n: u64) {
+        let slot = &mut self.counts[reason.index()];
+        *slot = slot.saturating_add(n);
+    }
+
     /// Drops counted for `reason`.
     pub fn get(&self, reason: DropReason) -> u64 {
         self.counts[reason.index()]

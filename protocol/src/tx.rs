@@ -12,7 +12,8 @@
 //!   "link down" from "nothing to send" and estimate loss from `frames_sent`.
 //!
 //! Call order: `while has_room() { push_block(..) }`, then `poll_transmit(now, buf)` until it
-//! returns [`Transmit::WaitUntil`]; sleep until then or until a new block is ready.
+//! returns [`Transmit::WaitUntil`], taking finished blocks with `poll_sent()`; sleep until
+//! then or until a new block is ready.
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
@@ -21,7 +22,7 @@ use core::time::Duration;
 use crate::fec::{ErasureCodec, Geometry, RepairPlan};
 use crate::time::Instant;
 use crate::wire::{
-    self, BlockKey, EncodeError, Header, Heartbeat, LinkKey, SessionId, SymbolHeader,
+    self, BlockKey, BlockKind, EncodeError, Header, Heartbeat, LinkKey, SessionId, SymbolHeader,
 };
 
 /// Pacing, interleaving and heartbeat settings.
@@ -166,6 +167,37 @@ pub struct BlockPlan {
     pub passes: u16,
 }
 
+/// Fewest repair symbols per pass any block gets (unless repair is off).
+pub const MIN_REPAIR_SYMBOLS: u64 = 4;
+
+impl BlockPlan {
+    /// The repair rule for a block of `len` bytes cut into `symbol_size`-byte symbols, when
+    /// the sender asks for `repair_permille` per pass over `passes` passes:
+    ///
+    /// - a percentage of a small block is a symbol or two, and a block of few symbols fails on
+    ///   a single unlucky loss, so every block gets at least [`MIN_REPAIR_SYMBOLS`] per pass;
+    /// - manifests are small and losing one loses the whole object: at least 100 %;
+    /// - `repair_permille == 0` sends data blocks without repair (manifests keep 100 %).
+    pub fn for_block(
+        kind: BlockKind,
+        len: usize,
+        symbol_size: u16,
+        repair_permille: u32,
+        passes: u16,
+    ) -> Self {
+        let k = len.div_ceil(usize::from(symbol_size.max(1))).max(1) as u64;
+        let floor = u32::try_from((MIN_REPAIR_SYMBOLS * 1000).div_ceil(k)).unwrap_or(u32::MAX);
+        let asked = match kind {
+            BlockKind::Manifest => repair_permille.max(1000),
+            BlockKind::Data => repair_permille,
+        };
+        BlockPlan {
+            repair_permille: if asked == 0 { 0 } else { asked.max(floor) },
+            passes,
+        }
+    }
+}
+
 /// A block being sent and how far along it is.
 #[derive(Debug)]
 struct Active {
@@ -214,6 +246,8 @@ pub struct Scheduler {
     heartbeat_seq: u64,
     /// One past the highest object id a symbol went out for.
     objects_started: u64,
+    /// Blocks whose last symbol went out, not yet polled.
+    sent: VecDeque<BlockKey>,
     stats: TxStats,
 }
 
@@ -235,6 +269,7 @@ impl Scheduler {
             next_heartbeat: now,
             heartbeat_seq: 0,
             objects_started: 0,
+            sent: VecDeque::new(),
             stats: TxStats::default(),
         }
     }
@@ -253,7 +288,9 @@ impl Scheduler {
         if !self.has_room() {
             return Err(block);
         }
-        if !block.is_empty() {
+        if block.is_empty() {
+            self.sent.push_back(block.key);
+        } else {
             self.queued.push_back(block);
             self.fill_active();
         }
@@ -265,14 +302,16 @@ impl Scheduler {
         self.active.is_empty() && self.queued.is_empty()
     }
 
+    /// A block whose every symbol (of this push) has gone out, in the order they finished.
+    /// Poll after [`poll_transmit`](Self::poll_transmit); unpolled keys accumulate.
+    #[must_use]
+    pub fn poll_sent(&mut self) -> Option<BlockKey> {
+        self.sent.pop_front()
+    }
+
     /// What went out so far.
     pub fn stats(&self) -> TxStats {
         self.stats
-    }
-
-    /// The session this scheduler sends for.
-    pub fn session(&self) -> SessionId {
-        self.session
     }
 
     fn fill_active(&mut self) {
@@ -368,6 +407,7 @@ impl Scheduler {
             self.active.push_back(current);
         } else {
             self.stats.blocks += 1;
+            self.sent.push_back(current.block.key);
             self.fill_active();
         }
         Ok(Some(len))
@@ -377,7 +417,7 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{parse_frame, BlockKind, ObjectId};
+    use crate::wire::{parse_frame, ObjectId};
 
     const SECRET: [u8; 32] = [3; 32];
 
@@ -461,6 +501,16 @@ mod tests {
             ]
         );
         assert_eq!(s.stats().blocks, 4);
+        // Blocks finish in the order their last symbol went out.
+        let finished: Vec<u32> = core::iter::from_fn(|| s.poll_sent())
+            .map(|k| k.index)
+            .collect();
+        assert_eq!(finished, [0, 1, 2, 3]);
+        // A block with nothing to send in this pass is finished at once.
+        let empty =
+            OutgoingBlock::new(block(7, 1).key(), block(7, 1).geometry, vec![], vec![]).unwrap();
+        s.push_block(empty).unwrap();
+        assert_eq!(s.poll_sent().map(|k| k.index), Some(7));
     }
 
     #[test]
@@ -554,5 +604,22 @@ mod tests {
         }
         // Three active plus three queued.
         assert_eq!(accepted, 6);
+    }
+
+    #[test]
+    fn the_repair_rule_floors_small_blocks_and_manifests() {
+        // 100 symbols at 10 %: 10 repair per pass, above the floor.
+        let big = BlockPlan::for_block(BlockKind::Data, 100 * 64, 64, 100, 2);
+        assert_eq!((big.repair_permille, big.passes), (100, 2));
+        // 2 symbols at 10 %: the floor of 4 repair symbols is 2000 ‰.
+        let small = BlockPlan::for_block(BlockKind::Data, 100, 64, 100, 1);
+        assert_eq!(small.repair_permille, 2000);
+        // Manifests: at least 100 %, even with repair off.
+        let manifest = BlockPlan::for_block(BlockKind::Manifest, 64 * 40, 64, 0, 1);
+        assert_eq!(manifest.repair_permille, 1000);
+        assert_eq!(
+            BlockPlan::for_block(BlockKind::Data, 100, 64, 0, 1).repair_permille,
+            0
+        );
     }
 }

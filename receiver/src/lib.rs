@@ -5,36 +5,50 @@
 //! `--out`: complete and verified, or not at all. See `README.md` for usage.
 //!
 //! ```text
-//!  link task (tokio)             decoder threads (n)               sink thread
-//!  ─────────────────             ───────────────────               ───────────
-//!  recv ─► CRC, MAC ─► rx::Assembler
-//!     BlockReady ─► take_ready ─Job─► RS decode ─► data: SHA-256, store seg-<i> ─┐
-//!     (permits bound the bytes)       manifest: age decrypt, minisign verify,    ├─SinkMsg─►
-//!     BlockStalled ─────────Job─►     check path, store; save partial symbols   ─┘
-//!                                                                   check segments against
-//!                                                                   the manifest, publish:
-//!                                                                   decrypt segment by segment
-//!                                                                   into a staging file, fsync,
-//!                                                                   rename into --out, fsync dir
+//!  link task (tokio)               delivery thread                 workers
+//!  ─────────────────               ───────────────                 ───────
+//!  FrameRx ─▶ CRC, MAC ─▶          Delivery (sans-IO):             decoders 1..n: FEC-decode,
+//!  rx::Assembler ──LinkEvent──▶    the object table, the census,   store segments, open and
+//!     (permits bound the bytes)    every decision about objects    verify manifests, keep
+//!  ◀──LinkCommand── mark done,      │ ▲                              stalled symbols
+//!     restore                       │ └──────── Reply ◀──────────  publisher: stage, publish
+//!                                   └─ jobs ───────────────────▶   (rename, fsync), commit
+//!                                   └─ outcomes ─▶ log line, report's failures, …
 //! ```
 //!
-//! - [`cli`]: command line and TOML config.
-//! - `driver`: the link task. `decode`: decoder threads. `sink`, `publish`: deciding and
-//!   publishing. [`state`]: the restart-safe state directory. `objects`: the object table and
-//!   failure reasons. [`summary`]: the final report.
+//! One owner per fact: the assembler belongs to the link task, the object table to the
+//! delivery core (driven by one thread), the staging files to the publisher; they talk through
+//! one typed channel each way, and nothing about objects sits behind a lock. Outcomes
+//! (delivered, already delivered, failed, lost whole) are emitted at one place, to
+//! subscribers; counters live in one struct that the report reads.
+//!
+//! - [`cli`]: command line and TOML config. `error`: start-up errors.
+//! - `link_task`: frames to assembler events. `delivery`: the object table and its rules;
+//!   `dispatch`: the thread that drives it. `workers`: the decoder pool. `publisher`,
+//!   `publish`: turning objects into files. [`state`]: the restart-safe state directory.
+//! - [`outcome`]: outcomes and their subscribers. [`counters`], [`summary`]: the figures.
+//!
+//! Where things go: a new link is a backend in `sluice_common::link`; a new consumer of
+//! outcomes (audit log, metrics) is a [`Subscriber`](sluice_common::outcome::Subscriber) added
+//! in [`Receiver::run`]; a new check before publication belongs to the publisher's jobs, decided
+//! by the delivery core.
 //!
 //! The binary is [`main_with_args`]; tests and other programs drive [`Receiver`] in-process.
 
-mod census;
 pub mod cli;
-mod decode;
-mod driver;
-pub mod objects;
+mod context;
+pub mod counters;
+mod delivery;
+mod dispatch;
+mod error;
+pub mod failure;
+mod link_task;
+pub mod outcome;
 mod publish;
-mod shared;
-pub mod sink;
+mod publisher;
 pub mod state;
 pub mod summary;
+mod workers;
 
 use std::ffi::OsString;
 use std::future::Future;
@@ -42,82 +56,51 @@ use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use sluice_common::config::{self, Parsed};
+use sluice_common::exit::ExitStatus;
 use sluice_common::keys::{self, TrustedKeys};
-use sluice_common::link::LinkReceiver;
+use sluice_common::link::FrameRx;
+use sluice_common::logging::{self, LogFormat};
+use sluice_common::outcome::Outcomes;
 use sluice_protocol::rx::{Assembler, RxConfig};
 use sluice_protocol::wire::LinkKey;
 use tokio::sync::Semaphore;
 
 pub use cli::Options;
+pub use error::Error;
 pub use summary::{Report, Stop};
 
-use crate::objects::Index;
-use crate::shared::{Counters, Shared};
-use crate::sink::FailedObject;
+use crate::context::Context;
+use crate::counters::Counters;
+use crate::delivery::{Delivery, Resumed};
+use crate::error::{io_error, key_error};
+use crate::outcome::{FailureList, LogLine};
 use crate::state::StateDir;
 
-/// Failure reason of an object the sender announced (heartbeat) of which no frame arrived.
-const LOST_WHOLE: &str =
-    "lost whole: the sender announced it but none of its frames arrived (or the sender could not read it)";
-
-/// Exit status for bad usage or configuration.
-pub const EXIT_USAGE: u8 = 2;
-/// Exit status for a runtime error.
-pub const EXIT_RUNTIME: u8 = 1;
-
-/// Why the receiver could not start or run.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// Bad configuration: key files, options (exit status 2).
-    #[error("{0}")]
-    Config(String),
-    /// The file system or the link failed (exit status 1).
-    #[error("{what}: {source}")]
-    Io {
-        /// What was being done.
-        what: String,
-        /// The OS error.
-        source: std::io::Error,
-    },
-}
-
-impl Error {
-    /// The exit status this error implies.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Error::Config(_) => EXIT_USAGE,
-            Error::Io { .. } => EXIT_RUNTIME,
-        }
-    }
-}
-
-fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
-    let what = what.into();
-    move |source| Error::Io { what, source }
-}
+/// Messages from the link task and the workers waiting for the delivery thread: if it falls
+/// this far behind, the link task waits (and the kernel drops datagrams) rather than memory
+/// growing.
+const INPUT_QUEUE: usize = 4096;
 
 /// A receiver with its keys loaded, state directory opened and link bound.
 #[derive(Debug)]
 pub struct Receiver {
     options: Options,
-    shared: Arc<Shared>,
-    link: LinkReceiver,
+    ctx: Arc<Context>,
+    link: Box<dyn FrameRx>,
     link_key: LinkKey,
+    leftovers: Vec<Resumed>,
 }
 
 impl Receiver {
     /// Loads keys, opens `--out` and the state directory (picking up what an earlier run
     /// left), and opens the link.
     pub async fn bind(options: Options) -> Result<Self, Error> {
-        let identities = keys::load_identities(&options.identity)
-            .map_err(|e| Error::Config(format!("--identity: {e}")))?;
-        let trusted = TrustedKeys::load(&options.trust)
-            .map_err(|e| Error::Config(format!("--trust: {e}")))?;
-        let link_key = keys::load_link_key(&options.link_key)
-            .map_err(|e| Error::Config(format!("--link-key: {e}")))?;
+        let identities = keys::load_identities(&options.identity).map_err(key_error("identity"))?;
+        let trusted = TrustedKeys::load(&options.trust).map_err(key_error("trust"))?;
+        let link_key = keys::load_link_key(&options.link_key).map_err(key_error("link-key"))?;
 
         std::fs::create_dir_all(&options.out).map_err(io_error(format!(
             "cannot create --out {}",
@@ -147,7 +130,7 @@ impl Receiver {
         let in_flight = max_memory
             .max(2 * sluice_protocol::fec::MAX_BLOCK_BYTES as usize)
             .min(Semaphore::MAX_PERMITS);
-        let shared = Arc::new(Shared {
+        let ctx = Arc::new(Context {
             permits: Arc::new(Semaphore::new(in_flight)),
             permits_total: in_flight,
             out,
@@ -157,18 +140,19 @@ impl Receiver {
             identity_path: options.identity.clone(),
             trusted,
             reserved,
-            index: Mutex::new(Index::default()),
-            counters: Counters::default(),
         });
-        load_leftovers(&shared)?;
-        let link = LinkReceiver::open(&options.link)
+        let leftovers = load_leftovers(&ctx)?;
+        let link = options
+            .link
+            .open_rx()
             .await
             .map_err(io_error(format!("cannot open --link {}", options.link)))?;
         Ok(Receiver {
             options,
-            shared,
+            ctx,
             link,
             link_key,
+            leftovers,
         })
     }
 
@@ -183,111 +167,92 @@ impl Receiver {
         let started = std::time::Instant::now();
         let Receiver {
             options,
-            shared,
+            ctx,
             mut link,
             link_key,
+            leftovers,
         } = self;
         let config = RxConfig {
             max_buffered_bytes: usize::try_from(options.max_memory).unwrap_or(usize::MAX),
             ..RxConfig::default()
         };
-        let permits = shared.permits.clone();
+        let counters = Arc::new(Counters::new());
+        let (input_tx, input_rx) = flume::bounded(INPUT_QUEUE);
+        let (decode_tx, decode_rx) = flume::unbounded();
+        let (publish_tx, publish_rx) = flume::unbounded();
+        let (command_tx, command_rx) = flume::unbounded();
 
-        let (job_tx, job_rx) = crossbeam_channel::unbounded();
-        let (sink_tx, sink_rx) = crossbeam_channel::unbounded();
         let workers = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2)
             .clamp(2, 4);
-        let decoders = decode::spawn(workers, &shared, &job_rx, &sink_tx)
+        let mut threads = workers::spawn(workers, &ctx, &decode_rx, &input_tx)
             .map_err(io_error("cannot start decoder threads"))?;
-        drop((job_rx, sink_tx));
-        let sink =
-            sink::spawn(shared.clone(), sink_rx).map_err(io_error("cannot start the sink"))?;
+        drop(decode_rx);
+        threads.push(
+            publisher::spawn(ctx.clone(), publish_rx, input_tx.clone())
+                .map_err(io_error("cannot start the publisher"))?,
+        );
+        let failures = FailureList::default();
+        let mut outcomes = Outcomes::default();
+        outcomes.subscribe(LogLine);
+        outcomes.subscribe(failures.clone());
+        let dispatch = dispatch::Dispatch {
+            core: Delivery::resume(leftovers),
+            ctx: ctx.clone(),
+            decode: decode_tx,
+            publish: publish_tx,
+            link: command_tx,
+            outcomes,
+            counters: counters.clone(),
+        };
+        threads.push(
+            dispatch::spawn(dispatch, input_rx)
+                .map_err(io_error("cannot start the delivery thread"))?,
+        );
 
         tracing::info!(
             link = %options.link,
-            out = %shared.out.display(),
-            state = %shared.state.root().display(),
+            out = %ctx.out.display(),
+            state = %ctx.state.root().display(),
             "receiving"
         );
-        let mut driver = driver::LinkLoop::new(
+        let mut link_task = link_task::LinkTask::new(
             Assembler::new(config, link_key),
-            config.block_timeout,
-            shared.clone(),
-            job_tx,
-            permits,
+            config.link_timeout,
+            input_tx,
+            command_rx,
+            ctx.permits.clone(),
             options.exit_after_idle,
+            counters.clone(),
         );
         let shutdown = std::pin::pin!(shutdown);
-        let stop = driver.run(&mut link, shutdown).await;
+        let stop = link_task.run(link.as_mut(), shutdown).await;
         match &stop {
             Stop::Idle => tracing::info!("no frames for --exit-after-idle; finishing"),
             Stop::Shutdown => tracing::info!("shutting down"),
             Stop::LinkError(e) => tracing::error!("link failed: {e}"),
         }
-        let link_stats = driver.stats.clone();
-        let rx_stats = driver.asm.stats();
-        driver.flush().await;
-        let lost_whole = driver
-            .census
-            .missing(|obj| shared.knows(obj), driver::MISSING_CHECKS);
-        let drops = *driver.asm.drops();
-        drop(driver);
+        link_task.finish().await;
         drop(link);
-
-        let mut sink_report = tokio::task::spawn_blocking(move || {
-            for handle in decoders {
-                let _ = handle.join();
+        // The delivery thread ends once every job answered; then the workers run out of jobs.
+        tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
             }
-            sink.join()
         })
         .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
-
-        // Objects of which nothing arrived have no entry anywhere else: report them here.
-        for obj in &lost_whole.first {
-            tracing::warn!(object = %obj, "object failed: {LOST_WHOLE}");
-            sink_report.failures.push(FailedObject {
-                object: obj.to_string(),
-                path: None,
-                reason: LOST_WHOLE.to_string(),
-            });
-        }
-        if lost_whole.count > lost_whole.first.len() as u64 {
-            tracing::warn!(
-                "{} more object(s) lost whole",
-                lost_whole.count - lost_whole.first.len() as u64
-            );
-        }
-        let c = &shared.counters;
-        let active = match (link_stats.first_frame, sink_report.last_delivery) {
-            (Some(first), Some(last)) => Some(last.saturating_duration_since(first)),
-            _ => None,
-        };
-        Ok(Report {
+        .map_err(|e| Error::Io {
+            what: "waiting for the workers".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        Ok(Report::new(
             stop,
-            exit_after_idle: options.exit_after_idle.is_some(),
-            objects_delivered: Counters::get(&c.objects_delivered),
-            objects_already_delivered: Counters::get(&c.objects_already),
-            objects_failed: Counters::get(&c.objects_failed) + lost_whole.count,
-            failures: sink_report.failures,
-            bytes_delivered: Counters::get(&c.bytes_delivered),
-            frames_received: link_stats.frames_received,
-            sender_frames_sent: link_stats.sender_frames.values().sum(),
-            frames_valid: rx_stats.frames_ok,
-            drops,
-            blocks_decoded: Counters::get(&c.blocks_decoded),
-            blocks_recovered: Counters::get(&c.blocks_recovered),
-            blocks_stalled: link_stats.blocks_stalled,
-            partials_saved: Counters::get(&c.partials_saved),
-            partials_restored: Counters::get(&c.partials_restored),
-            sessions_seen: rx_stats.sessions_seen,
-            elapsed: started.elapsed(),
-            active,
-        })
+            options.exit_after_idle.is_some(),
+            counters.snapshot(),
+            failures.take(),
+            started.elapsed(),
+        ))
     }
 }
 
@@ -316,12 +281,12 @@ fn staging_dir(out: &Path, state: &StateDir) -> Result<PathBuf, Error> {
     Ok(staging)
 }
 
-/// Enters what earlier runs left in the state directory into the object table; a stored
-/// manifest is verified again (the `--trust` keys may have changed).
-fn load_leftovers(shared: &Shared) -> Result<(), Error> {
-    let leftovers = shared.state.scan().map_err(io_error(format!(
+/// What earlier runs left in the state directory; a stored manifest is verified again (the
+/// `--trust` keys may have changed) and dropped with its object if it no longer verifies.
+fn load_leftovers(ctx: &Context) -> Result<Vec<Resumed>, Error> {
+    let leftovers = ctx.state.scan().map_err(io_error(format!(
         "cannot read the state directory {}",
-        shared.state.root().display()
+        ctx.state.root().display()
     )))?;
     if !leftovers.is_empty() {
         tracing::info!(
@@ -329,27 +294,31 @@ fn load_leftovers(shared: &Shared) -> Result<(), Error> {
             "resuming incomplete objects from the state directory"
         );
     }
-    let mut index = shared.index();
+    let mut resumed = Vec::with_capacity(leftovers.len());
     for (obj, left) in leftovers {
-        let manifest = match left
-            .manifest
-            .as_deref()
-            .map(|e| decode::verify_envelope(shared, e))
-        {
+        let manifest = match left.manifest.as_deref().map(|envelope| {
+            let (manifest, _signer) =
+                sluice_common::envelope::verify_envelope(envelope, &ctx.trusted)
+                    .map_err(|e| workers::open_failure(ctx, e))?;
+            publish::check_path(ctx, &manifest.path)?;
+            Ok::<_, failure::Failure>(manifest)
+        }) {
             None => None,
             Some(Ok(m)) if m.session == obj.session && m.object == obj.object => Some(m),
             Some(Ok(_)) | Some(Err(_)) => {
                 tracing::warn!(object = %obj, "discarding a stored manifest that no longer verifies");
-                let _ = shared.state.remove_object(obj);
+                let _ = ctx.state.remove_object(obj);
                 continue;
             }
         };
-        let entry = index.insert_leftover(obj);
-        entry.manifest = manifest.map(Arc::new);
-        entry.segments = left.segments.into_iter().collect();
-        entry.partials = left.partials;
+        resumed.push(Resumed {
+            obj,
+            manifest,
+            segments: left.segments,
+            partials: left.partials,
+        });
     }
-    Ok(())
+    Ok(resumed)
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -372,10 +341,10 @@ pub async fn shutdown_signal() {
 }
 
 /// `sluice-recv keygen DIR`.
-fn keygen(args: &[OsString]) -> ExitCode {
-    let parsed = match cli::KeygenArgs::try_parse_from(args) {
-        Ok(parsed) => parsed,
-        Err(e) => return clap_exit(&e),
+fn keygen(args: Vec<OsString>) -> ExitStatus {
+    let parsed = match config::parse(args, |k: cli::Keygen| Ok(k.args)) {
+        Parsed::Run(parsed) => parsed,
+        Parsed::Exit(status) => return status,
     };
     match keys::generate_receiver_keys(&parsed.dir) {
         Ok(recipient) => {
@@ -385,34 +354,11 @@ fn keygen(args: &[OsString]) -> ExitCode {
                 parsed.dir.join(keys::RECEIVER_PUB).display()
             );
             println!("{recipient}");
-            ExitCode::SUCCESS
+            ExitStatus::Success
         }
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(EXIT_RUNTIME)
-        }
-    }
-}
-
-use clap::Parser as _;
-
-/// Prints a clap error: `--help`/`--version` as clap does, anything else as one line.
-fn clap_exit(e: &clap::Error) -> ExitCode {
-    use clap::error::ErrorKind;
-    match e.kind() {
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
-            let _ = e.print();
-            ExitCode::SUCCESS
-        }
-        _ => {
-            let text = e.render().to_string();
-            let line = text
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("error: bad usage")
-                .trim();
-            eprintln!("{line} (see --help)");
-            ExitCode::from(EXIT_USAGE)
+            ExitStatus::Failure
         }
     }
 }
@@ -420,17 +366,13 @@ fn clap_exit(e: &clap::Error) -> ExitCode {
 /// The whole `sluice-recv` program; `args` includes the program name.
 pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
     if args.get(1).is_some_and(|a| a == "keygen") {
-        return keygen(&args[1..]);
+        return keygen(args[1..].to_vec()).into();
     }
-    let options = match cli::parse(&args) {
-        Ok(options) => options,
-        Err(cli::ParseError::Clap(e)) => return clap_exit(&e),
-        Err(cli::ParseError::Usage(e)) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+    let options = match config::parse(args, cli::resolve) {
+        Parsed::Run(options) => options,
+        Parsed::Exit(status) => return status.into(),
     };
-    sluice_common::logging::init(options.log_format, options.verbose, options.quiet);
+    logging::init(options.log);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -438,10 +380,10 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_RUNTIME);
+            return ExitStatus::Failure.into();
         }
     };
-    let format = options.log_format;
+    let format = options.log.format;
     let result = runtime.block_on(async move {
         let receiver = Receiver::bind(options).await?;
         receiver.run(shutdown_signal()).await
@@ -449,22 +391,19 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
     match result {
         Ok(report) => {
             print_summary(&report, format);
-            ExitCode::from(report.exit_code())
+            report.exit_status().into()
         }
         Err(e) => {
-            match format {
-                sluice_common::logging::LogFormat::Human => eprintln!("error: {e}"),
-                sluice_common::logging::LogFormat::Json => tracing::error!("{e}"),
-            }
-            ExitCode::from(e.exit_code())
+            logging::error(format, &e);
+            e.exit_status().into()
         }
     }
 }
 
 /// Prints the summary: a human block on stderr, or one JSON line (stderr, with the logs).
-pub fn print_summary(report: &Report, format: sluice_common::logging::LogFormat) {
+pub fn print_summary(report: &Report, format: LogFormat) {
     match format {
-        sluice_common::logging::LogFormat::Human => eprint!("{}", report.human()),
-        sluice_common::logging::LogFormat::Json => eprintln!("{}", report.json()),
+        LogFormat::Human => eprint!("{}", report.human()),
+        LogFormat::Json => eprintln!("{}", report.json()),
     }
 }

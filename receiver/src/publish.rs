@@ -26,8 +26,8 @@ use sha2::{Digest, Sha256};
 use sluice_common::paths::{self, PathError, Target};
 use sluice_protocol::manifest::{EntryKind, Manifest};
 
-use crate::objects::Failure;
-use crate::shared::Shared;
+use crate::context::Context;
+use crate::failure::Failure;
 use crate::state::{ObjectKey, Record};
 
 /// Permission bits applied: everything but setuid and setgid.
@@ -50,13 +50,13 @@ pub struct DirMeta {
 pub type DirCache = HashMap<String, Option<DirMeta>>;
 
 /// Checks a manifest path: valid, and not inside the state directory.
-pub(crate) fn check_path(shared: &Shared, path: &str) -> Result<(), Failure> {
+pub(crate) fn check_path(ctx: &Context, path: &str) -> Result<(), Failure> {
     let refused = |error: String| Failure::PathRefused {
         path: path.to_string(),
         error,
     };
     paths::validate_object_path(path).map_err(|e| refused(e.to_string()))?;
-    if let Some(reserved) = &shared.reserved {
+    if let Some(reserved) = &ctx.reserved {
         let inside = path == reserved
             || path
                 .strip_prefix(reserved.as_str())
@@ -137,14 +137,14 @@ pub(crate) struct Published {
 
 /// Publishes a complete object (everything but the final fsync of its directory).
 pub(crate) fn publish(
-    shared: &Shared,
+    ctx: &Context,
     obj: ObjectKey,
     manifest: &Manifest,
     dirs: &mut DirCache,
     staged: Option<Staged>,
     buf: &mut [u8],
 ) -> Result<Published, Failure> {
-    if let Err(failure) = check_path(shared, &manifest.path) {
+    if let Err(failure) = check_path(ctx, &manifest.path) {
         if let Some(staged) = staged {
             staged.discard();
         }
@@ -155,9 +155,9 @@ pub(crate) fn publish(
             if let Some(staged) = staged {
                 staged.discard();
             }
-            publish_dir(shared, manifest, dirs)?
+            publish_dir(ctx, manifest, dirs)?
         }
-        EntryKind::File => publish_file(shared, obj, manifest, staged, buf)?,
+        EntryKind::File => publish_file(ctx, obj, manifest, staged, buf)?,
     };
     Ok(published)
 }
@@ -167,8 +167,8 @@ fn parent_of(path: &Path) -> Result<&Path, Failure> {
         .ok_or_else(|| Failure::Io(format!("{} has no parent", path.display())))
 }
 
-fn publish_dir(shared: &Shared, m: &Manifest, dirs: &mut DirCache) -> Result<Published, Failure> {
-    let target = paths::resolve_under(&shared.out, &m.path, Target::Directory, true)
+fn publish_dir(ctx: &Context, m: &Manifest, dirs: &mut DirCache) -> Result<Published, Failure> {
+    let target = paths::resolve_under(&ctx.out, &m.path, Target::Directory, true)
         .map_err(|e| path_failure(&m.path, e))?;
     let parent = parent_of(&target)?;
     if !target.is_dir() {
@@ -179,7 +179,7 @@ fn publish_dir(shared: &Shared, m: &Manifest, dirs: &mut DirCache) -> Result<Pub
             })
             .map_err(io_failure(format!("cannot create {}", target.display())))?;
         // Whatever is there now must be the directory we made, not a link raced in.
-        paths::resolve_under(&shared.out, &m.path, Target::Directory, false)
+        paths::resolve_under(&ctx.out, &m.path, Target::Directory, false)
             .map_err(|e| path_failure(&m.path, e))?;
     }
     let dir =
@@ -197,14 +197,14 @@ fn publish_dir(shared: &Shared, m: &Manifest, dirs: &mut DirCache) -> Result<Pub
     };
     dirs.insert(m.path.clone(), Some(meta));
     let inode = dir.metadata().map(|md| md.ino()).unwrap_or(0);
-    write_record(shared, m, "directory", inode);
+    write_record(ctx, m, "directory", inode);
     Ok(Published {
         bytes: 0,
         dir: parent.to_path_buf(),
     })
 }
 
-fn write_record(shared: &Shared, m: &Manifest, kind: &str, inode: u64) {
+fn write_record(ctx: &Context, m: &Manifest, kind: &str, inode: u64) {
     let record = Record {
         path: m.path.clone(),
         kind: kind.to_string(),
@@ -215,14 +215,14 @@ fn write_record(shared: &Shared, m: &Manifest, kind: &str, inode: u64) {
         mtime_nanos: m.mtime_nanos,
         inode,
     };
-    if let Err(e) = shared.state.write_record(&record) {
+    if let Err(e) = ctx.state.write_record(&record) {
         // The object is delivered; only the shortcut for recognising it again is lost.
         tracing::warn!(path = %m.path, "cannot record the delivery in the state directory: {e}");
     }
 }
 
 fn publish_file(
-    shared: &Shared,
+    ctx: &Context,
     obj: ObjectKey,
     m: &Manifest,
     staged: Option<Staged>,
@@ -230,7 +230,7 @@ fn publish_file(
 ) -> Result<Published, Failure> {
     // Resolve first (creating nothing): a refused path fails before any decryption work, and
     // an object that fails later leaves no directories behind.
-    if let Err(e) = paths::resolve_under(&shared.out, &m.path, Target::File, false) {
+    if let Err(e) = paths::resolve_under(&ctx.out, &m.path, Target::File, false) {
         if let Some(staged) = staged {
             staged.discard();
         }
@@ -238,19 +238,19 @@ fn publish_file(
     }
     let mut staged = match staged {
         Some(staged) => staged,
-        None => Staged::create(shared, obj)?,
+        None => Staged::create(ctx, obj)?,
     };
     let result = (|| {
         while let Some(info) = m.segments.get(staged.next as usize) {
             let expected = (u64::from(info.ciphertext_len), info.ciphertext_sha256);
-            staged.append(shared, obj, Some(expected), Some(m.size), buf)?;
+            staged.append(ctx, obj, Some(expected), Some(m.size), buf)?;
         }
         staged.finish(m)
     })();
     let path = staged.path.clone();
     let result = result.and_then(|()| {
         // Resolve again right before the rename: nothing planted meanwhile is followed.
-        let target = paths::resolve_under(&shared.out, &m.path, Target::File, true)
+        let target = paths::resolve_under(&ctx.out, &m.path, Target::File, true)
             .map_err(|e| path_failure(&m.path, e))?;
         let parent = parent_of(&target)?;
         with_writable_dir(parent, || fs::rename(&path, &target)).map_err(io_failure(format!(
@@ -261,7 +261,7 @@ fn publish_file(
             let inode = fs::symlink_metadata(&target)
                 .map(|md| md.ino())
                 .unwrap_or(0);
-            write_record(shared, m, "file", inode);
+            write_record(ctx, m, "file", inode);
         }
         Ok(parent.to_path_buf())
     });
@@ -290,9 +290,9 @@ pub(crate) struct Staged {
 
 impl Staged {
     /// An empty staging file for `obj` (mode 0600, in the staging directory).
-    pub fn create(shared: &Shared, obj: ObjectKey) -> Result<Self, Failure> {
+    pub fn create(ctx: &Context, obj: ObjectKey) -> Result<Self, Failure> {
         let name = format!("stage-{:016x}-{}", obj.session.0, obj.object.0);
-        let path = shared.staging.join(shared.state.unique_name(&name));
+        let path = ctx.staging.join(ctx.state.unique_name(&name));
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -326,14 +326,14 @@ impl Staged {
     /// authenticated encryption refuses any byte that changed on disk since.
     pub fn append(
         &mut self,
-        shared: &Shared,
+        ctx: &Context,
         obj: ObjectKey,
         expected: Option<(u64, [u8; 32])>,
         limit: Option<u64>,
         buf: &mut [u8],
     ) -> Result<(), Failure> {
         let index = self.next;
-        let (file, len, stored_sha) = shared
+        let (file, len, stored_sha) = ctx
             .state
             .open_segment(obj, index)
             .map_err(|_| Failure::StoredSegmentDamaged(index))?;
@@ -343,9 +343,7 @@ impl Staged {
         let mut reader = BufReader::with_capacity(IO_BUFFER, file.take(len));
         let undecryptable =
             |e: &dyn std::fmt::Display| Failure::SegmentUndecryptable(index, e.to_string());
-        let decryptor = age::Decryptor::new_buffered(&mut reader).map_err(|e| undecryptable(&e))?;
-        let mut stream = decryptor
-            .decrypt(shared.identities.iter().map(|i| i as &dyn age::Identity))
+        let mut stream = sluice_common::envelope::decrypt(&mut reader, &ctx.identities)
             .map_err(|e| undecryptable(&e))?;
         loop {
             let n = stream.read(buf).map_err(|e| undecryptable(&e))?;
@@ -428,7 +426,7 @@ impl Staged {
 /// Applies the recorded mode and mtime of every delivered ancestor of `paths`, deepest first,
 /// each directory once.
 pub(crate) fn reapply_ancestors(
-    shared: &Shared,
+    ctx: &Context,
     paths: impl IntoIterator<Item = String>,
     dirs: &mut DirCache,
 ) {
@@ -445,15 +443,14 @@ pub(crate) fn reapply_ancestors(
     let mut ancestors: Vec<String> = ancestors.into_iter().collect();
     ancestors.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count()));
     for dir in ancestors {
-        reapply_dir(shared, &dir, dirs);
+        reapply_dir(ctx, &dir, dirs);
     }
 }
 
 /// Applies the recorded mode and mtime of a delivered directory (cached lookups).
-pub(crate) fn reapply_dir(shared: &Shared, dir: &str, dirs: &mut DirCache) {
+pub(crate) fn reapply_dir(ctx: &Context, dir: &str, dirs: &mut DirCache) {
     let meta = *dirs.entry(dir.to_string()).or_insert_with(|| {
-        shared
-            .state
+        ctx.state
             .read_record(dir)
             .filter(|r| r.kind == "directory")
             .map(|r| DirMeta {
@@ -465,7 +462,7 @@ pub(crate) fn reapply_dir(shared: &Shared, dir: &str, dirs: &mut DirCache) {
     let Some(meta) = meta else {
         return;
     };
-    let Ok(target) = paths::resolve_under(&shared.out, dir, Target::Directory, false) else {
+    let Ok(target) = paths::resolve_under(&ctx.out, dir, Target::Directory, false) else {
         return;
     };
     let applied = File::open(&target)
@@ -476,7 +473,7 @@ pub(crate) fn reapply_dir(shared: &Shared, dir: &str, dirs: &mut DirCache) {
 }
 
 /// Applies every cached directory's metadata, deepest first (at shutdown).
-pub(crate) fn reapply_all(shared: &Shared, dirs: &mut DirCache) {
+pub(crate) fn reapply_all(ctx: &Context, dirs: &mut DirCache) {
     let mut known: Vec<String> = dirs
         .iter()
         .filter(|(_, meta)| meta.is_some())
@@ -484,17 +481,17 @@ pub(crate) fn reapply_all(shared: &Shared, dirs: &mut DirCache) {
         .collect();
     known.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count()));
     for dir in known {
-        reapply_dir(shared, &dir, dirs);
+        reapply_dir(ctx, &dir, dirs);
     }
 }
 
 /// Whether a file with the manifest's content already sits at its path: the delivery record
 /// matches the file (same inode, size and mtime), or hashing the file gives the SHA-256.
-pub(crate) fn already_delivered(shared: &Shared, m: &Manifest) -> bool {
+pub(crate) fn already_delivered(ctx: &Context, m: &Manifest) -> bool {
     if m.kind != EntryKind::File {
         return false;
     }
-    let Ok(target) = paths::resolve_under(&shared.out, &m.path, Target::File, false) else {
+    let Ok(target) = paths::resolve_under(&ctx.out, &m.path, Target::File, false) else {
         return false;
     };
     let Ok(meta) = fs::symlink_metadata(&target) else {
@@ -504,7 +501,7 @@ pub(crate) fn already_delivered(shared: &Shared, m: &Manifest) -> bool {
         return false;
     }
     let sha = hex::encode(m.sha256);
-    if let Some(r) = shared.state.read_record(&m.path) {
+    if let Some(r) = ctx.state.read_record(&m.path) {
         let same_file = r.inode == meta.ino()
             && r.size == meta.len()
             && r.mtime_secs == meta.mtime()

@@ -52,6 +52,11 @@ pub struct ObjectKey {
 }
 
 impl ObjectKey {
+    /// Object `object` of sender run `session`.
+    pub fn new(session: SessionId, object: ObjectId) -> Self {
+        ObjectKey { session, object }
+    }
+
     /// The object a block belongs to.
     pub fn of(block: &BlockKey) -> Self {
         ObjectKey {

@@ -5,10 +5,22 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use serde_json::json;
+use sluice_common::exit::ExitStatus;
 use sluice_common::units::Bytes;
 use sluice_protocol::counters::{DropCounters, DropReason};
 
-use crate::sink::FailedObject;
+use crate::counters::Snapshot;
+
+/// One failed object as the report lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedObject {
+    /// Session and object (`session/object`).
+    pub object: String,
+    /// Its path, if the manifest was read.
+    pub path: Option<String>,
+    /// Why (the documented phrase).
+    pub reason: String,
+}
 
 /// Why the receive loop ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,16 +78,56 @@ pub struct Report {
 }
 
 impl Report {
-    /// 0 ok; 1 runtime error; 3 some object failed or stayed incomplete (only with
-    /// `--exit-after-idle`; a daemon stopped by a signal exits 0).
-    pub fn exit_code(&self) -> u8 {
-        if matches!(self.stop, Stop::LinkError(_)) {
-            1
-        } else if self.exit_after_idle && self.objects_failed > 0 {
-            3
-        } else {
-            0
+    /// The report of a run that ended for `stop`, from its counters and failures.
+    pub(crate) fn new(
+        stop: Stop,
+        exit_after_idle: bool,
+        c: Snapshot,
+        failures: Vec<FailedObject>,
+        elapsed: Duration,
+    ) -> Self {
+        let active = match (c.first_frame, c.last_delivery) {
+            (Some(first), Some(last)) => Some(last.saturating_sub(first)),
+            _ => None,
+        };
+        Report {
+            stop,
+            exit_after_idle,
+            objects_delivered: c.objects_delivered,
+            objects_already_delivered: c.objects_already_delivered,
+            objects_failed: c.objects_failed,
+            failures,
+            bytes_delivered: c.bytes_delivered,
+            frames_received: c.frames_received,
+            frames_valid: c.frames_valid,
+            sender_frames_sent: c.sender_frames_sent,
+            drops: c.drops,
+            blocks_decoded: c.blocks_decoded,
+            blocks_recovered: c.blocks_recovered,
+            blocks_stalled: c.blocks_stalled,
+            partials_saved: c.partials_saved,
+            partials_restored: c.partials_restored,
+            sessions_seen: c.sessions_seen,
+            elapsed,
+            active,
         }
+    }
+
+    /// Success; failure (1) on a link error; objects failed (3) when some object failed or
+    /// stayed incomplete (only with `--exit-after-idle`: a daemon stopped by a signal exits 0).
+    pub fn exit_status(&self) -> ExitStatus {
+        if matches!(self.stop, Stop::LinkError(_)) {
+            ExitStatus::Failure
+        } else if self.exit_after_idle && self.objects_failed > 0 {
+            ExitStatus::ObjectsFailed
+        } else {
+            ExitStatus::Success
+        }
+    }
+
+    /// The numeric exit status (see [`exit_status`](Self::exit_status)).
+    pub fn exit_code(&self) -> u8 {
+        self.exit_status().code()
     }
 
     /// Delivered plaintext megabytes (10⁶) per second of active time.

@@ -68,12 +68,12 @@ fn encode_only(dir: &Path, file: &Path, bytes: u64, symbol_size: u16, workers: u
         workers,
     };
     let (objects, _) = objects::enumerate(&[file.to_path_buf()], None);
-    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let (tx, rx) = flume::bounded(4);
     let cpu_before = cpu_seconds("self").unwrap_or(0.0);
     let start = Instant::now();
     let encoder = std::thread::spawn(move || encode::run(&config, &objects, tx));
     let mut symbols = 0usize;
-    while let Some(item) = rx.blocking_recv() {
+    while let Ok(item) = rx.recv() {
         if let Produced::Block { block, .. } = item {
             symbols += block.len();
         }

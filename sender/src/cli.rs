@@ -1,16 +1,16 @@
-//! Command line and `--config` TOML file, merged into one checked [`Options`].
+//! Command line and `--config` TOML file, merged into one checked [`Options`] by the shared
+//! layered config (`sluice_common::config`).
 //!
 //! Every option can come from the TOML file (same names as the long options, e.g.
-//! `link = "udp://gw:9000"`, `recipient = ["keys/receiver.pub"]`); the command line wins. A bad
-//! value is one line naming the option and the accepted form, and exit status 2.
+//! `link = "udp://gw:9000"`, `recipient = ["keys/receiver.pub"]`, `verbose = true`); the
+//! command line wins. A bad value is one line naming the option and the accepted form, and
+//! exit status 2.
 
-use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::Parser;
-use serde::Deserialize;
+use sluice_common::config::{self, KeygenArgs, Layers, LogOptions, SharedArgs, UsageError};
 use sluice_common::link::LinkSpec;
-use sluice_common::logging::LogFormat;
 use sluice_common::units;
 
 /// `sluice-send`: the low-side daemon.
@@ -22,25 +22,21 @@ use sluice_common::units;
     after_help = "Key setup: `sluice-send keygen DIR` writes DIR/sender.key, DIR/sender.pub and DIR/link.key."
 )]
 pub struct Args {
-    /// Link to send on: udp://HOST:PORT[?mtu=1500] or serial:///dev/ttyX[?baud=115200&frame=1024].
-    #[arg(long)]
-    pub link: Option<String>,
+    #[command(flatten)]
+    pub shared: SharedArgs,
     /// Receiver's age recipient file (receiver.pub); repeat to encrypt to several receivers.
     #[arg(long)]
     pub recipient: Vec<PathBuf>,
     /// Minisign secret key that signs every manifest (sender.key).
     #[arg(long)]
     pub sign_key: Option<PathBuf>,
-    /// Shared 32-byte frame-authentication key (link.key).
-    #[arg(long)]
-    pub link_key: Option<PathBuf>,
     /// Link rate in bytes per second (500KB, 100MB, 1.5GB); 0 sends unpaced.
     /// Default: 100MB on UDP, baud/10 on serial.
     #[arg(long)]
     pub rate: Option<String>,
     /// Passes over the data; each later pass carries fresh repair symbols. Default 1.
     #[arg(long)]
-    pub passes: Option<u16>,
+    pub passes: Option<String>,
     /// Repair symbols per pass, as a share of source symbols (e.g. 10%). Default 10%.
     #[arg(long)]
     pub repair: Option<String>,
@@ -55,19 +51,7 @@ pub struct Args {
     pub name: Option<String>,
     /// Blocks whose symbols are interleaved on the link (spreads loss bursts). Default 8.
     #[arg(long)]
-    pub interleave: Option<usize>,
-    /// TOML file with any of these options; the command line wins.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Log format: human or json.
-    #[arg(long)]
-    pub log_format: Option<String>,
-    /// More log output.
-    #[arg(short, long)]
-    pub verbose: bool,
-    /// Only warnings and errors.
-    #[arg(short, long)]
-    pub quiet: bool,
+    pub interleave: Option<String>,
     /// Files and directories to send, or `-` for stdin.
     pub paths: Vec<PathBuf>,
 }
@@ -78,183 +62,105 @@ pub struct Args {
     name = "sluice-send keygen",
     about = "Create sender.key, sender.pub and link.key in DIR"
 )]
-pub struct KeygenArgs {
-    /// Directory to write the keys into (created if missing).
-    pub dir: PathBuf,
+pub struct Keygen {
+    #[command(flatten)]
+    pub args: KeygenArgs,
 }
-
-/// The `--config` file: the same options as the command line.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct ConfigFile {
-    link: Option<String>,
-    recipient: Option<Vec<PathBuf>>,
-    sign_key: Option<PathBuf>,
-    link_key: Option<PathBuf>,
-    rate: Option<String>,
-    passes: Option<u16>,
-    repair: Option<String>,
-    segment_size: Option<String>,
-    spool: Option<PathBuf>,
-    name: Option<String>,
-    interleave: Option<usize>,
-    log_format: Option<String>,
-}
-
-/// A usage or configuration error: one line, exit status 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
 
 /// Checked options for one run.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// Where frames go.
     pub link: LinkSpec,
+    /// age recipient files.
     pub recipients: Vec<PathBuf>,
+    /// minisign secret key file.
     pub sign_key: PathBuf,
+    /// Link key file.
     pub link_key: PathBuf,
     /// Link bytes per second; 0 = unpaced.
     pub rate: u64,
+    /// Passes over the data.
     pub passes: u16,
+    /// Repair symbols per thousand source symbols, per pass.
     pub repair_permille: u32,
+    /// Plaintext bytes per segment.
     pub segment_size: u32,
+    /// Where later passes' ciphertext is kept.
     pub spool: Option<PathBuf>,
+    /// Object name for stdin.
     pub name: Option<String>,
+    /// Blocks interleaved on the link.
     pub interleave: usize,
-    pub log_format: LogFormat,
-    pub verbose: bool,
-    pub quiet: bool,
+    /// Logging.
+    pub log: LogOptions,
+    /// What to send.
     pub paths: Vec<PathBuf>,
 }
 
+/// Smallest `--segment-size`.
 pub const MIN_SEGMENT: u64 = 64 << 10;
+/// Largest `--segment-size`.
 pub const MAX_SEGMENT: u64 = 8 << 20;
-
-fn usage(option: &str, value: &str, form: &str) -> UsageError {
-    UsageError(format!("--{option} {value:?}: expected {form}"))
-}
-
-fn required<T>(value: Option<T>, option: &str, form: &str) -> Result<T, UsageError> {
-    value.ok_or_else(|| UsageError(format!("--{option} is required ({form})")))
-}
-
-/// Parses the command line (without the program name) and merges the config file.
-pub fn parse<I, T>(args: I) -> Result<Options, clap::Error>
-where
-    I: IntoIterator<Item = T>,
-    T: Into<OsString> + Clone,
-{
-    let args = Args::try_parse_from(args)?;
-    resolve(args)
-        .map_err(|e| clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e}\n")))
-}
-
-fn load_config(path: &Path) -> Result<ConfigFile, UsageError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| UsageError(format!("--config {}: {e}", path.display())))?;
-    toml::from_str(&text).map_err(|e| {
-        let first = e.to_string();
-        let first = first
-            .lines()
-            .last()
-            .unwrap_or("invalid TOML")
-            .trim()
-            .to_string();
-        UsageError(format!("--config {}: {first}", path.display()))
-    })
-}
 
 /// Merges the config file under the command line and checks every value.
 pub fn resolve(args: Args) -> Result<Options, UsageError> {
-    let file = match &args.config {
-        Some(path) => load_config(path)?,
-        None => ConfigFile::default(),
-    };
-    let link_text = required(
-        args.link.or(file.link),
-        "link",
+    let file = config::load_file::<Args>(args.shared.config.as_deref())?;
+    let layers = Layers::new(file.as_ref());
+    let link = layers.link(
+        args.shared.link,
         "udp://HOST:PORT or serial:///dev/ttyX?baud=N",
     )?;
-    let link: LinkSpec = link_text.parse().map_err(|e| UsageError(format!("{e}")))?;
-    let recipients = if args.recipient.is_empty() {
-        file.recipient.unwrap_or_default()
-    } else {
-        args.recipient
-    };
+    let recipients = layers.paths("recipient", args.recipient)?;
     if recipients.is_empty() {
         return Err(UsageError(
             "--recipient is required (the receiver's receiver.pub)".into(),
         ));
     }
-    let sign_key = required(
-        args.sign_key.or(file.sign_key),
-        "sign-key",
-        "a sender.key file",
-    )?;
-    let link_key = required(
-        args.link_key.or(file.link_key),
-        "link-key",
-        "a link.key file",
-    )?;
-    let rate = match args.rate.or(file.rate) {
+    let sign_key = layers.required_path("sign-key", args.sign_key, "a sender.key file")?;
+    let link_key = layers.link_key(args.shared.link_key)?;
+    let rate = match layers.value("rate", args.rate)? {
         None => link.default_rate(),
-        Some(text) => units::parse_bytes(&text).map_err(|_| {
-            usage(
-                "rate",
-                &text,
-                "bytes per second with a unit, e.g. 500KB, 100MB, 1.5GB, or 0 for unpaced",
-            )
+        Some(v) => v.parse(
+            "bytes per second with a unit, e.g. 500KB, 100MB, 1.5GB, or 0 for unpaced",
+            |t| units::parse_bytes(t).ok(),
+        )?,
+    };
+    let passes = match layers.value("passes", args.passes)? {
+        None => 1,
+        Some(v) => v.parse("a number of passes from 1 to 100", |t| {
+            t.parse::<u16>().ok().filter(|n| (1..=100).contains(n))
         })?,
     };
-    let passes = args.passes.or(file.passes).unwrap_or(1);
-    if !(1..=100).contains(&passes) {
-        return Err(usage(
-            "passes",
-            &passes.to_string(),
-            "a number of passes from 1 to 100",
-        ));
-    }
-    let repair_permille = match args.repair.or(file.repair) {
+    let repair_permille = match layers.value("repair", args.repair)? {
         None => 100,
-        Some(text) => units::parse_permille(&text)
-            .map_err(|_| usage("repair", &text, "a percentage from 0% to 1000%, e.g. 10%"))?,
+        Some(v) => v.parse("a percentage from 0% to 1000%, e.g. 10%", |t| {
+            units::parse_permille(t).ok()
+        })?,
     };
-    let segment_size = match args.segment_size.or(file.segment_size) {
+    let segment_size = match layers.value("segment-size", args.segment_size)? {
         None => 1 << 20,
-        Some(text) => {
-            let bytes = units::parse_bytes(&text)
+        Some(v) => v.parse("a size from 64KiB to 8MiB, e.g. 1MiB", |t| {
+            units::parse_bytes(t)
                 .ok()
-                .filter(|n| (MIN_SEGMENT..=MAX_SEGMENT).contains(n));
-            bytes.ok_or_else(|| {
-                usage(
-                    "segment-size",
-                    &text,
-                    "a size from 64KiB to 8MiB, e.g. 1MiB",
-                )
-            })? as u32
-        }
+                .filter(|n| (MIN_SEGMENT..=MAX_SEGMENT).contains(n))
+                .and_then(|n| u32::try_from(n).ok())
+        })?,
     };
-    let interleave = args.interleave.or(file.interleave).unwrap_or(8);
-    if !(1..=256).contains(&interleave) {
-        return Err(usage(
-            "interleave",
-            &interleave.to_string(),
-            "a block count from 1 to 256",
-        ));
-    }
-    let log_format = match args.log_format.or(file.log_format) {
-        None => LogFormat::Human,
-        Some(text) => text
-            .parse()
-            .map_err(|_| usage("log-format", &text, "human or json"))?,
+    let interleave = match layers.value("interleave", args.interleave)? {
+        None => 8,
+        Some(v) => v.parse("a block count from 1 to 256", |t| {
+            t.parse::<usize>().ok().filter(|n| (1..=256).contains(n))
+        })?,
     };
+    let log = layers.log(args.shared.log)?;
     if args.paths.is_empty() {
         return Err(UsageError(
             "nothing to send: give files, directories, or - for stdin".into(),
         ));
     }
     let stdin_count = args.paths.iter().filter(|p| p.as_os_str() == "-").count();
-    let name = args.name.or(file.name);
+    let name = layers.value("name", args.name)?;
     if stdin_count > 1 {
         return Err(UsageError("- (stdin) may appear only once".into()));
     }
@@ -264,15 +170,15 @@ pub fn resolve(args: Args) -> Result<Options, UsageError> {
                 .into(),
         ));
     }
-    if let Some(name) = &name {
-        sluice_common::paths::validate_object_path(name).map_err(|e| {
-            usage(
-                "name",
-                name,
-                &format!("a relative path the receiver accepts ({e})"),
-            )
-        })?;
-    }
+    let name = match name {
+        None => None,
+        Some(v) => {
+            if let Err(e) = sluice_common::paths::validate_object_path(&v.text) {
+                return Err(v.error(&format!("a relative path the receiver accepts ({e})")));
+            }
+            Some(v.text)
+        }
+    };
     Ok(Options {
         link,
         recipients,
@@ -282,12 +188,10 @@ pub fn resolve(args: Args) -> Result<Options, UsageError> {
         passes,
         repair_permille,
         segment_size,
-        spool: args.spool.or(file.spool),
+        spool: layers.path("spool", args.spool)?,
         name,
         interleave,
-        log_format,
-        verbose: args.verbose,
-        quiet: args.quiet,
+        log,
         paths: args.paths,
     })
 }
@@ -296,24 +200,21 @@ pub fn resolve(args: Args) -> Result<Options, UsageError> {
 mod tests {
     use super::*;
 
-    fn base() -> Vec<&'static str> {
-        vec![
-            "sluice-send",
-            "--link",
-            "udp://127.0.0.1:9000",
-            "--recipient",
-            "r.pub",
-            "--sign-key",
-            "s.key",
-            "--link-key",
-            "l.key",
-        ]
+    /// The required options (with `link`), then `extra`.
+    fn resolve_with_link(link: &str, extra: &[&str]) -> Result<Options, UsageError> {
+        let required = format!(
+            "sluice-send --recipient r.pub --sign-key s.key --link-key l.key --link {link}"
+        );
+        let argv = required
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        let argv = argv.iter().map(String::as_str).chain(extra.iter().copied());
+        resolve(Args::try_parse_from(argv).unwrap())
     }
 
     fn resolve_args(extra: &[&str]) -> Result<Options, UsageError> {
-        let mut argv = base();
-        argv.extend_from_slice(extra);
-        resolve(Args::try_parse_from(argv).unwrap())
+        resolve_with_link("udp://127.0.0.1:9000", extra)
     }
 
     #[test]
@@ -328,10 +229,7 @@ mod tests {
 
     #[test]
     fn serial_rate_defaults_to_the_baud() {
-        let mut argv = base();
-        argv[2] = "serial:///dev/ttyS0?baud=921600";
-        argv.push("f");
-        let o = resolve(Args::try_parse_from(argv).unwrap()).unwrap();
+        let o = resolve_with_link("serial:///dev/ttyS0?baud=921600", &["f"]).unwrap();
         assert_eq!(o.rate, 92_160);
     }
 

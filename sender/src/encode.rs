@@ -20,24 +20,19 @@
 //! re-read it (nothing is spooled for one pass).
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc as std_mpsc;
 
 use sha2::{Digest, Sha256};
+use sluice_common::envelope;
 use sluice_common::keys::SigningKey;
 use sluice_protocol::fec::ReedSolomon;
-use sluice_protocol::manifest::{
-    EntryKind, Manifest, SegmentInfo, SignedManifest, MANIFEST_VERSION,
-};
+use sluice_protocol::manifest::{EntryKind, Manifest, SegmentInfo, MANIFEST_VERSION};
 use sluice_protocol::tx::{BlockPlan, OutgoingBlock};
 use sluice_protocol::wire::{BlockKey, BlockKind, ObjectId, SessionId};
-use tokio::sync::mpsc;
 
 use crate::objects::{Source, SourceObject};
 
-/// Fewest repair symbols per pass any block gets (unless `--repair 0%`).
-const MIN_REPAIR_SYMBOLS: u64 = 4;
 /// Most encryption workers, whatever the core count: beyond this the single send loop and
 /// the reader's plaintext hash are the limit.
 const MAX_WORKERS: usize = 4;
@@ -45,21 +40,27 @@ const MAX_WORKERS: usize = 4;
 /// What the encoder tells the send loop.
 #[derive(Debug)]
 pub enum Produced {
-    /// A block's symbols for one pass; `plain_bytes` of file content it carries (0 for
+    /// A block's symbols for `pass`; `plain_bytes` of file content it carries (0 for
     /// manifests).
     Block {
         block: OutgoingBlock,
         plain_bytes: u64,
+        pass: u16,
     },
     /// Every block of an object went to the send loop in pass 0.
     ObjectQueued {
+        object: ObjectId,
         path: String,
         size: u64,
         sha256: [u8; 32],
         segments: usize,
     },
     /// An object could not be read or encoded; none of its later blocks will come.
-    ObjectFailed { path: String, reason: String },
+    ObjectFailed {
+        object: ObjectId,
+        path: String,
+        reason: String,
+    },
     /// A pass finished queueing.
     PassQueued(u16),
 }
@@ -101,25 +102,15 @@ impl EncodeConfig {
         }
     }
 
-    /// Repair for a block of `len` bytes. A percentage of a small block is a symbol or two,
-    /// and a block of few symbols fails on a single unlucky loss, so every block gets at least
-    /// [`MIN_REPAIR_SYMBOLS`] repair symbols per pass (cheap: such blocks are small).
+    /// Repair for a block of `len` bytes: the protocol's rule ([`BlockPlan::for_block`]).
     fn plan(&self, kind: BlockKind, len: usize) -> BlockPlan {
-        let k = len.div_ceil(usize::from(self.symbol_size.max(1))).max(1) as u64;
-        let floor = (MIN_REPAIR_SYMBOLS * 1000).div_ceil(k) as u32;
-        let repair_permille = match kind {
-            // Manifests are small and losing one loses the object: at least 100% repair.
-            BlockKind::Manifest => self.repair_permille.max(1000),
-            _ => self.repair_permille,
-        };
-        BlockPlan {
-            repair_permille: if repair_permille == 0 {
-                0
-            } else {
-                repair_permille.max(floor)
-            },
-            passes: self.passes,
-        }
+        BlockPlan::for_block(
+            kind,
+            len,
+            self.symbol_size,
+            self.repair_permille,
+            self.passes,
+        )
     }
 
     fn block_key(&self, object: ObjectId, kind: BlockKind, index: u32) -> BlockKey {
@@ -142,26 +133,6 @@ impl EncodeConfig {
             BlockKind::Data => "d",
         };
         Some(dir.join(format!("{}-{tag}{}", key.object.0, key.index)))
-    }
-
-    /// An age file of `plaintext` for every recipient.
-    fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>, String> {
-        let encryptor = age::Encryptor::with_recipients(
-            self.recipients.iter().map(|r| r as &dyn age::Recipient),
-        )
-        .map_err(|e| format!("age: {e}"))?;
-        // age adds a header (~200 bytes per recipient) and 16 bytes per 64 KiB chunk.
-        let mut ciphertext = Vec::with_capacity(
-            plaintext.len() + plaintext.len() / 4096 + 256 * self.recipients.len() + 256,
-        );
-        let mut writer = encryptor
-            .wrap_output(&mut ciphertext)
-            .map_err(|e| format!("age: {e}"))?;
-        writer
-            .write_all(plaintext)
-            .map_err(|e| format!("age: {e}"))?;
-        writer.finish().map_err(|e| format!("age: {e}"))?;
-        Ok(ciphertext)
     }
 
     /// FEC-encodes `data` for `pass`.
@@ -272,6 +243,7 @@ enum Done {
     Block {
         block: OutgoingBlock,
         plain_bytes: u64,
+        pass: u16,
     },
     Mark(Mark),
 }
@@ -289,7 +261,7 @@ struct Sent {
 pub fn run(
     config: &EncodeConfig,
     objects: &[SourceObject],
-    out: mpsc::Sender<Produced>,
+    out: flume::Sender<Produced>,
 ) -> Result<(), EncodeError> {
     let workers = config.worker_count().max(1);
     std::thread::scope(|scope| {
@@ -297,8 +269,8 @@ pub fn run(
         let mut done_rxs = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
         for i in 0..workers {
-            let (job_tx, job_rx) = std_mpsc::sync_channel::<Job>(1);
-            let (done_tx, done_rx) = std_mpsc::sync_channel::<Done>(1);
+            let (job_tx, job_rx) = flume::bounded::<Job>(1);
+            let (done_tx, done_rx) = flume::bounded::<Done>(1);
             let handle = std::thread::Builder::new()
                 .name(format!("sluice-enc-{i}"))
                 .spawn_scoped(scope, move || worker(config, job_rx, done_tx))
@@ -309,8 +281,8 @@ pub fn run(
         }
         // Plaintext buffers come back from the collector for reuse (bounded by what is in
         // flight: the channel only ever holds buffers that existed already).
-        let (pool_tx, pool_rx) = std_mpsc::channel::<Vec<u8>>();
-        let (sent_tx, sent_rx) = std_mpsc::channel::<Vec<Sent>>();
+        let (pool_tx, pool_rx) = flume::unbounded::<Vec<u8>>();
+        let (sent_tx, sent_rx) = flume::unbounded::<Vec<Sent>>();
         let collector = std::thread::Builder::new()
             .name("sluice-collect".into())
             .spawn_scoped(scope, move || {
@@ -363,32 +335,35 @@ fn prefer_cause(a: Result<(), EncodeError>, b: Result<(), EncodeError>) -> Resul
 /// Worker loop: jobs in, results out, in the same order.
 fn worker(
     config: &EncodeConfig,
-    jobs: std_mpsc::Receiver<Job>,
-    done: std_mpsc::SyncSender<Done>,
+    jobs: flume::Receiver<Job>,
+    done: flume::Sender<Done>,
 ) -> Result<(), EncodeError> {
     let mut codec = ReedSolomon::new();
-    for job in jobs {
+    for job in jobs.iter() {
         let result = match job {
-            Job::Segment { key, plaintext } => match config.encrypt(&plaintext) {
-                Ok(ciphertext) => {
-                    config.spool(key, &ciphertext)?;
-                    let info = SegmentInfo {
-                        ciphertext_len: u32::try_from(ciphertext.len())
-                            .map_err(|_| EncodeError::Fec(format!("{key:?}: segment too large")))?,
-                        ciphertext_sha256: Sha256::digest(&ciphertext).into(),
-                    };
-                    let block = config.fec(&mut codec, key, &ciphertext, 0)?;
-                    Done::Segment {
-                        block,
-                        info,
-                        plaintext,
+            Job::Segment { key, plaintext } => {
+                match envelope::encrypt(&plaintext, &config.recipients) {
+                    Ok(ciphertext) => {
+                        config.spool(key, &ciphertext)?;
+                        let info = SegmentInfo {
+                            ciphertext_len: u32::try_from(ciphertext.len()).map_err(|_| {
+                                EncodeError::Fec(format!("{key:?}: segment too large"))
+                            })?,
+                            ciphertext_sha256: Sha256::digest(&ciphertext).into(),
+                        };
+                        let block = config.fec(&mut codec, key, &ciphertext, 0)?;
+                        Done::Segment {
+                            block,
+                            info,
+                            plaintext,
+                        }
                     }
+                    Err(e) => Done::SegmentFailed {
+                        object: key.object,
+                        reason: e.to_string(),
+                    },
                 }
-                Err(reason) => Done::SegmentFailed {
-                    object: key.object,
-                    reason,
-                },
-            },
+            }
             Job::Resend {
                 key,
                 data,
@@ -397,6 +372,7 @@ fn worker(
             } => Done::Block {
                 block: config.fec(&mut codec, key, &data, pass)?,
                 plain_bytes,
+                pass,
             },
             Job::Mark(mark) => Done::Mark(mark),
         };
@@ -408,10 +384,10 @@ fn worker(
 /// Reads objects and hands out jobs round robin.
 struct Reader<'a> {
     config: &'a EncodeConfig,
-    jobs: Vec<std_mpsc::SyncSender<Job>>,
+    jobs: Vec<flume::Sender<Job>>,
     /// Worker that gets the next job.
     next: usize,
-    pool: std_mpsc::Receiver<Vec<u8>>,
+    pool: flume::Receiver<Vec<u8>>,
 }
 
 impl Reader<'_> {
@@ -424,7 +400,7 @@ impl Reader<'_> {
     fn run(
         &mut self,
         objects: &[SourceObject],
-        sent_rx: std_mpsc::Receiver<Vec<Sent>>,
+        sent_rx: flume::Receiver<Vec<Sent>>,
     ) -> Result<(), EncodeError> {
         for (i, object) in objects.iter().enumerate() {
             self.first_pass(ObjectId(i as u64), object)?;
@@ -560,9 +536,9 @@ impl Reader<'_> {
 struct Collector<'a> {
     config: &'a EncodeConfig,
     codec: ReedSolomon,
-    out: mpsc::Sender<Produced>,
-    pool: std_mpsc::Sender<Vec<u8>>,
-    sent_tx: std_mpsc::Sender<Vec<Sent>>,
+    out: flume::Sender<Produced>,
+    pool: flume::Sender<Vec<u8>>,
+    sent_tx: flume::Sender<Vec<Sent>>,
     /// Objects fully queued in pass 0.
     sent: Vec<Sent>,
     /// Segments of the object being collected.
@@ -573,12 +549,10 @@ struct Collector<'a> {
 
 impl Collector<'_> {
     fn emit(&self, produced: Produced) -> Result<(), EncodeError> {
-        self.out
-            .blocking_send(produced)
-            .map_err(|_| EncodeError::Closed)
+        self.out.send(produced).map_err(|_| EncodeError::Closed)
     }
 
-    fn run(&mut self, results: Vec<std_mpsc::Receiver<Done>>) -> Result<(), EncodeError> {
+    fn run(&mut self, results: Vec<flume::Receiver<Done>>) -> Result<(), EncodeError> {
         // Round robin, as the reader handed the jobs out; a worker that hung up ends the run
         // (its error, if any, comes from joining it).
         'outer: loop {
@@ -606,7 +580,11 @@ impl Collector<'_> {
                     return Ok(());
                 }
                 self.current.push(info);
-                self.emit(Produced::Block { block, plain_bytes })
+                self.emit(Produced::Block {
+                    block,
+                    plain_bytes,
+                    pass: 0,
+                })
             }
             Done::SegmentFailed { object, reason } => {
                 // Reported with the object's path when its end mark arrives.
@@ -615,12 +593,21 @@ impl Collector<'_> {
                 }
                 Ok(())
             }
-            Done::Block { block, plain_bytes } => self.emit(Produced::Block { block, plain_bytes }),
+            Done::Block {
+                block,
+                plain_bytes,
+                pass,
+            } => self.emit(Produced::Block {
+                block,
+                plain_bytes,
+                pass,
+            }),
             Done::Mark(Mark::ObjectEnd(end)) => {
                 let segments = std::mem::take(&mut self.current);
                 match self.failed.take() {
                     Some((object, reason)) if object == end.object => {
                         self.emit(Produced::ObjectFailed {
+                            object,
                             path: end.path,
                             reason,
                         })
@@ -639,7 +626,11 @@ impl Collector<'_> {
                     Some((failed, first)) if failed == object => first,
                     _ => reason,
                 };
-                self.emit(Produced::ObjectFailed { path, reason })
+                self.emit(Produced::ObjectFailed {
+                    object,
+                    path,
+                    reason,
+                })
             }
             Done::Mark(Mark::PassEnd(pass)) => {
                 if pass == 0 {
@@ -676,12 +667,15 @@ impl Collector<'_> {
             sha256: end.sha256,
             segments,
         };
-        let ciphertext = match self.seal(&manifest) {
+        let sealed =
+            envelope::seal_manifest(&manifest, &self.config.signer, &self.config.recipients);
+        let ciphertext = match sealed {
             Ok(c) => c,
-            Err(reason) => {
+            Err(e) => {
                 return self.emit(Produced::ObjectFailed {
+                    object: end.object,
                     path: end.path,
-                    reason,
+                    reason: e.to_string(),
                 })
             }
         };
@@ -691,6 +685,7 @@ impl Collector<'_> {
         self.emit(Produced::Block {
             block,
             plain_bytes: 0,
+            pass: 0,
         })?;
         if self.config.passes > 1 {
             let blocks = (0..segment_count as u32)
@@ -704,30 +699,12 @@ impl Collector<'_> {
             });
         }
         self.emit(Produced::ObjectQueued {
+            object: end.object,
             path: end.path,
             size: end.size,
             sha256: end.sha256,
             segments: segment_count,
         })
-    }
-
-    /// `age(postcard(SignedManifest { manifest bytes, minisign signature }))`.
-    fn seal(&self, manifest: &Manifest) -> Result<Vec<u8>, String> {
-        let manifest_bytes = manifest
-            .to_bytes()
-            .map_err(|e| format!("manifest: {e:?}"))?;
-        let signature = self
-            .config
-            .signer
-            .sign(&manifest_bytes)
-            .map_err(|e| format!("signing: {e}"))?;
-        let envelope = SignedManifest {
-            manifest: manifest_bytes,
-            signature: signature.into_bytes(),
-        }
-        .to_bytes()
-        .map_err(|e| format!("manifest envelope: {e:?}"))?;
-        self.config.encrypt(&envelope)
     }
 }
 
@@ -821,18 +798,21 @@ mod tests {
             spool: Some(spool),
             workers,
         };
-        let (tx, mut rx) = mpsc::channel(2);
+        let (tx, rx) = flume::bounded(2);
         let objects = objects.to_vec();
         let encoder = std::thread::spawn(move || run(&config, &objects, tx));
         let mut events = Vec::new();
-        while let Some(produced) = rx.blocking_recv() {
+        while let Ok(produced) = rx.recv() {
             events.push(match produced {
-                Produced::Block { block, plain_bytes } => Event::Block(block.key(), plain_bytes),
+                Produced::Block {
+                    block, plain_bytes, ..
+                } => Event::Block(block.key(), plain_bytes),
                 Produced::ObjectQueued {
                     path,
                     size,
                     sha256,
                     segments,
+                    ..
                 } => Event::Queued(path, size, sha256, segments),
                 Produced::ObjectFailed { path, .. } => Event::Failed(path),
                 Produced::PassQueued(pass) => Event::Pass(pass),

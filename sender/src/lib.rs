@@ -1,55 +1,243 @@
+//! # sluice-sender
+//!
 //! `sluice-send`, the low side of a Sluice data diode.
 //!
 //! ```text
-//!  paths ─▶ objects ─▶ encode thread: read, SHA-256, age per segment, sign manifest, FEC
+//!  paths ─▶ objects ─▶ encode: reader (read, SHA-256) ─▶ workers (age per segment, FEC)
+//!                              ─▶ collector (sign + encrypt the manifest, in order)
 //!                         │ bounded channel (a few blocks)
 //!                         ▼
-//!                      send loop: tx::Scheduler (interleave, heartbeats, token-bucket pacing)
-//!                         │
+//!                      send loop: tx::Scheduler (interleave, heartbeats, token-bucket pacing),
+//!                         │        outcomes (queued, sent, failed, …) to their subscribers
 //!                         ▼
-//!                      link (UDP datagrams or COBS on a serial line), never read from
+//!                      FrameTx (UDP datagrams or COBS on a byte stream), never read from
 //! ```
 //!
 //! The encoder and the send loop run on different threads so pacing never waits for
 //! encryption; the channel between them keeps memory bounded whatever the file sizes.
+//!
+//! - [`cli`]: command line and TOML config. `error`: start-up errors.
+//! - [`objects`]: what the paths expand to. [`encode`]: the encode pipeline.
+//! - `send_loop`: pacing, the link, and the one place outcomes are emitted.
+//! - [`outcome`]: outcomes and their subscribers. [`counters`], [`summary`]: the figures.
+//!
+//! The mirror of `sluice_receiver::Receiver`: [`Sender::bind`] loads keys, opens the link and
+//! finds the objects; [`Sender::run`] sends them and returns the [`Summary`].
 
 pub mod cli;
+pub mod counters;
 pub mod encode;
+mod error;
 pub mod objects;
-mod transmit;
+pub mod outcome;
+mod send_loop;
+pub mod summary;
 
 use std::ffi::OsString;
+use std::future::Future;
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
+use sluice_common::config::{self, Parsed};
+use sluice_common::exit::ExitStatus;
 use sluice_common::keys::{self, SigningKey};
+use sluice_common::link::FrameTx;
 use sluice_common::logging;
+use sluice_common::outcome::Outcomes;
 use sluice_common::units::Bytes;
-use sluice_protocol::wire::{self, SessionId};
+use sluice_protocol::wire::{self, LinkKey, SessionId};
 
-pub use transmit::Summary;
+pub use cli::Options;
+pub use error::Error;
+pub use summary::Summary;
 
-/// Exit status: everything was sent.
-pub const EXIT_OK: u8 = 0;
-/// Exit status: a runtime failure, or some object could not be sent.
-pub const EXIT_FAILED: u8 = 1;
-/// Exit status: bad usage or configuration.
-pub const EXIT_USAGE: u8 = 2;
+use crate::counters::Counters;
+use crate::objects::{Skipped, SourceObject};
+use crate::outcome::Outcome;
+
+/// A sender with its keys loaded, its objects found and its link open.
+pub struct Sender {
+    options: Options,
+    recipients: Vec<age::x25519::Recipient>,
+    signer: SigningKey,
+    link_key: LinkKey,
+    link: Box<dyn FrameTx>,
+    objects: Vec<SourceObject>,
+    skipped: Vec<Skipped>,
+}
+
+impl std::fmt::Debug for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sender")
+            .field("link", &self.options.link)
+            .field("objects", &self.objects.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sender {
+    /// Loads keys, expands the paths into objects, and opens the link.
+    pub async fn bind(options: Options) -> Result<Self, Error> {
+        let mut recipients = Vec::new();
+        for path in &options.recipients {
+            recipients.append(&mut keys::load_recipients(path).map_err(error::key("recipient"))?);
+        }
+        let signer = SigningKey::load(&options.sign_key).map_err(error::key("sign-key"))?;
+        let link_key = keys::load_link_key(&options.link_key).map_err(error::key("link-key"))?;
+        let (objects, skipped) = objects::enumerate(&options.paths, options.name.as_deref());
+        if objects.is_empty() {
+            for s in &skipped {
+                log_skipped(s);
+            }
+            return Err(Error::NothingToSend);
+        }
+        let link = options.link.open_tx().await.map_err(|source| Error::Link {
+            link: options.link.to_string(),
+            source,
+        })?;
+        Ok(Sender {
+            options,
+            recipients,
+            signer,
+            link_key,
+            link,
+            objects,
+            skipped,
+        })
+    }
+
+    /// Sends every object, every pass; stops early (after the heartbeat tail) when `shutdown`
+    /// resolves. Objects that fail are outcomes, counted in the summary, not errors.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<Summary, Error> {
+        let Sender {
+            options,
+            recipients,
+            signer,
+            link_key,
+            mut link,
+            objects,
+            skipped,
+        } = self;
+        let spool = match options.passes {
+            1 => None,
+            _ => Some(encode::Spool::create(options.spool.as_deref()).map_err(Error::Spool)?),
+        };
+        let mut session_bytes = [0u8; 8];
+        getrandom::getrandom(&mut session_bytes).map_err(|e| Error::Random(e.to_string()))?;
+        let session = SessionId(u64::from_le_bytes(session_bytes));
+        let symbol_size = wire::max_symbol_size(options.link.max_frame_len());
+        let config = encode::EncodeConfig {
+            session,
+            symbol_size,
+            segment_size: options.segment_size,
+            repair_permille: options.repair_permille,
+            passes: options.passes,
+            recipients,
+            signer,
+            spool: spool.as_ref().map(|s| s.path().to_path_buf()),
+            workers: 0,
+        };
+        let file_bytes: u64 = objects.iter().filter_map(|o| o.size).sum();
+        tracing::info!(
+            link = %options.link,
+            session = format_args!("{:016x}", session.0),
+            objects = objects.len(),
+            bytes = file_bytes,
+            rate = %if options.rate == 0 { "unpaced".to_string() } else { format!("{}/s", Bytes(options.rate)) },
+            passes = options.passes,
+            repair = format_args!("{}%", f64::from(options.repair_permille) / 10.0),
+            symbol_size,
+            "sending"
+        );
+
+        let counters = Arc::new(Counters::default());
+        let mut outcomes = Outcomes::default();
+        outcomes.subscribe(outcome::LogLine);
+        outcomes.subscribe(outcome::Count(counters.clone()));
+        let overhead = options.link.frame_overhead();
+        let progress = std::io::stderr().is_terminal() && !options.log.quiet;
+        let settings = send_loop::Settings {
+            rate: options.rate,
+            wire_frame: (options.link.max_frame_len() + overhead as usize) as u64,
+            frame_overhead: overhead,
+            interleave: options.interleave,
+            session,
+            link_key,
+            passes: options.passes,
+            heartbeat_interval: Duration::from_secs(1),
+            linger: Duration::from_secs(1),
+            progress_total: progress.then_some(file_bytes * u64::from(options.passes)),
+        };
+        let mut send_loop = send_loop::SendLoop::new(settings, outcomes, counters.clone());
+        for s in skipped {
+            send_loop.emit(if s.refused {
+                Outcome::Refused {
+                    path: s.path,
+                    reason: s.reason,
+                }
+            } else {
+                Outcome::Skipped {
+                    path: s.path,
+                    reason: s.reason,
+                }
+            });
+        }
+
+        let (tx, rx) = flume::bounded(4);
+        let encoder = std::thread::Builder::new()
+            .name("sluice-encode".into())
+            .spawn(move || encode::run(&config, &objects, tx))
+            .map_err(Error::Thread)?;
+        let shutdown = std::pin::pin!(shutdown);
+        let sent = tokio::select! {
+            sent = send_loop.run(link.as_mut(), rx) => sent,
+            () = shutdown => Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "stopped by a signal")),
+        };
+        let encoded = encoder.join().unwrap_or(Err(encode::EncodeError::Panicked));
+        drop(spool);
+        let elapsed = sent.map_err(|source| Error::Link {
+            link: options.link.to_string(),
+            source,
+        })?;
+        encoded?;
+        Ok(Summary::new(
+            &counters.snapshot(),
+            options.passes,
+            overhead,
+            elapsed,
+        ))
+    }
+}
+
+fn log_skipped(s: &Skipped) {
+    if s.refused {
+        tracing::error!(path = %s.path.display(), "{}", s.reason);
+    } else {
+        tracing::warn!(path = %s.path.display(), "{}", s.reason);
+    }
+}
+
+/// The exit status of a finished run: failure if any object failed or was refused.
+pub fn exit_status(summary: &Summary) -> ExitStatus {
+    if summary.objects_failed > 0 || summary.objects_refused > 0 {
+        ExitStatus::Failure
+    } else {
+        ExitStatus::Success
+    }
+}
 
 /// Runs `sluice-send` with `args` (program name first) and returns its exit status.
 pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
     if args.get(1).is_some_and(|a| a == "keygen") {
-        return keygen(&args[1..]);
+        return keygen(args[1..].to_vec()).into();
     }
-    let options = match cli::parse(args) {
-        Ok(o) => o,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { EXIT_OK });
-        }
+    let options = match config::parse(args, cli::resolve) {
+        Parsed::Run(options) => options,
+        Parsed::Exit(status) => return status.into(),
     };
-    logging::init(options.log_format, options.verbose, options.quiet);
+    logging::init(options.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -57,20 +245,32 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("sluice-send: cannot start the runtime: {e}");
-            return ExitCode::from(EXIT_FAILED);
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitStatus::Failure.into();
         }
     };
-    ExitCode::from(runtime.block_on(run(options)))
+    let format = options.log.format;
+    let result = runtime.block_on(async move {
+        let sender = Sender::bind(options).await?;
+        sender.run(std::future::pending()).await
+    });
+    match result {
+        Ok(summary) => {
+            summary.print(format);
+            exit_status(&summary).into()
+        }
+        Err(e) => {
+            logging::error(format, &e);
+            e.exit_status().into()
+        }
+    }
 }
 
-fn keygen(args: &[OsString]) -> ExitCode {
-    let args = match <cli::KeygenArgs as clap::Parser>::try_parse_from(args) {
-        Ok(a) => a,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { EXIT_OK });
-        }
+/// `sluice-send keygen DIR`.
+fn keygen(args: Vec<OsString>) -> ExitStatus {
+    let args = match config::parse(args, |k: cli::Keygen| Ok(k.args)) {
+        Parsed::Run(args) => args,
+        Parsed::Exit(status) => return status,
     };
     match keys::generate_sender_keys(&args.dir) {
         Ok(id) => {
@@ -82,158 +282,11 @@ fn keygen(args: &[OsString]) -> ExitCode {
                 keys::SENDER_PUB,
                 keys::LINK_KEY
             );
-            ExitCode::from(EXIT_OK)
+            ExitStatus::Success
         }
         Err(e) => {
-            eprintln!("sluice-send keygen: {e}");
-            ExitCode::from(EXIT_FAILED)
+            eprintln!("error: {e}");
+            ExitStatus::Failure
         }
-    }
-}
-
-/// One-line configuration errors (keys that do not load) exit 2, like bad option values.
-macro_rules! usage_fail {
-    ($($arg:tt)*) => {{
-        eprintln!("sluice-send: {}", format!($($arg)*));
-        return EXIT_USAGE;
-    }};
-}
-
-/// Sends everything `options` names; returns the exit status.
-pub async fn run(options: cli::Options) -> u8 {
-    let mut recipients = Vec::new();
-    for path in &options.recipients {
-        match keys::load_recipients(path) {
-            Ok(mut r) => recipients.append(&mut r),
-            Err(e) => usage_fail!("--recipient {e}"),
-        }
-    }
-    let signer = match SigningKey::load(&options.sign_key) {
-        Ok(s) => s,
-        Err(e) => usage_fail!("--sign-key {e}"),
-    };
-    let link_key = match keys::load_link_key(&options.link_key) {
-        Ok(k) => k,
-        Err(e) => usage_fail!("--link-key {e}"),
-    };
-
-    let (objects, skipped) = objects::enumerate(&options.paths, options.name.as_deref());
-    let refused = skipped.iter().filter(|s| s.refused).count();
-    for s in &skipped {
-        if s.refused {
-            tracing::error!(path = %s.path.display(), "{}", s.reason);
-        } else {
-            tracing::warn!(path = %s.path.display(), "{}", s.reason);
-        }
-    }
-    if objects.is_empty() {
-        eprintln!("sluice-send: nothing to send");
-        return EXIT_FAILED;
-    }
-
-    let spool = if options.passes > 1 {
-        match encode::Spool::create(options.spool.as_deref()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                eprintln!("sluice-send: --spool: {e}");
-                return EXIT_FAILED;
-            }
-        }
-    } else {
-        None
-    };
-    let mut session_bytes = [0u8; 8];
-    if let Err(e) = getrandom::getrandom(&mut session_bytes) {
-        eprintln!("sluice-send: no OS randomness for the session id: {e}");
-        return EXIT_FAILED;
-    }
-    let session = SessionId(u64::from_le_bytes(session_bytes));
-    let symbol_size = wire::max_symbol_size(options.link.max_frame_len());
-    let config = encode::EncodeConfig {
-        session,
-        symbol_size,
-        segment_size: options.segment_size,
-        repair_permille: options.repair_permille,
-        passes: options.passes,
-        recipients,
-        signer,
-        spool: spool.as_ref().map(|s| s.path().to_path_buf()),
-        workers: 0,
-    };
-    let total_plain: u64 =
-        objects.iter().filter_map(|o| o.size).sum::<u64>() * u64::from(options.passes);
-    tracing::info!(
-        link = %options.link,
-        session = format_args!("{:016x}", session.0),
-        objects = objects.len(),
-        bytes = total_plain / u64::from(options.passes),
-        rate = %if options.rate == 0 { "unpaced".to_string() } else { format!("{}/s", Bytes(options.rate)) },
-        passes = options.passes,
-        repair = format_args!("{}%", f64::from(options.repair_permille) / 10.0),
-        symbol_size,
-        "sending"
-    );
-
-    let link = match sluice_common::link::LinkSender::open(&options.link).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("sluice-send: cannot open {}: {e}", options.link);
-            return EXIT_FAILED;
-        }
-    };
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let encoder = std::thread::Builder::new()
-        .name("sluice-encode".into())
-        .spawn(move || {
-            let result = encode::run(&config, &objects, tx);
-            (result, objects.len())
-        });
-    let encoder = match encoder {
-        Ok(h) => h,
-        Err(e) => {
-            eprintln!("sluice-send: cannot start the encoder thread: {e}");
-            return EXIT_FAILED;
-        }
-    };
-    let progress = std::io::stderr().is_terminal() && !options.quiet;
-    let settings = transmit::Settings {
-        link: options.link.clone(),
-        rate: options.rate,
-        interleave: options.interleave,
-        session,
-        link_key,
-        heartbeat_interval: Duration::from_secs(1),
-        linger: Duration::from_secs(1),
-        progress_total: progress.then_some(total_plain),
-    };
-    let sent = transmit::send_loop(settings, link, rx).await;
-    let (encoded, object_count) = match encoder.join() {
-        Ok(r) => r,
-        Err(_) => {
-            eprintln!("sluice-send: the encoder thread panicked");
-            return EXIT_FAILED;
-        }
-    };
-    drop(spool);
-    let mut summary = match sent {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("sluice-send: link error: {e}");
-            return EXIT_FAILED;
-        }
-    };
-    summary.objects_refused = refused as u64;
-    summary.passes = options.passes;
-    if let Err(e) = encoded {
-        eprintln!("sluice-send: {e}");
-        summary.print(options.log_format);
-        return EXIT_FAILED;
-    }
-    debug_assert!(summary.objects_queued + summary.objects_failed <= object_count as u64);
-    summary.print(options.log_format);
-    if summary.objects_failed > 0 || refused > 0 {
-        EXIT_FAILED
-    } else {
-        EXIT_OK
     }
 }

@@ -14,18 +14,16 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use sluice_common::envelope;
 use sluice_common::keys::{self, SigningKey};
 use sluice_common::link::LinkSpec;
 use sluice_protocol::fec::ReedSolomon;
-use sluice_protocol::manifest::{
-    EntryKind, Manifest, SegmentInfo, SignedManifest, MANIFEST_VERSION,
-};
+use sluice_protocol::manifest::{EntryKind, Manifest, SegmentInfo, MANIFEST_VERSION};
 use sluice_protocol::time::Instant;
 use sluice_protocol::tx::{BlockPlan, OutgoingBlock, Scheduler, Transmit, TxConfig};
 use sluice_protocol::wire::{
@@ -138,15 +136,7 @@ impl Producer {
     }
 
     fn encrypt(&self, plain: &[u8]) -> Vec<u8> {
-        let encryptor = age::Encryptor::with_recipients(
-            self.recipients.iter().map(|r| r as &dyn age::Recipient),
-        )
-        .unwrap();
-        let mut out = Vec::new();
-        let mut writer = encryptor.wrap_output(&mut out).unwrap();
-        writer.write_all(plain).unwrap();
-        writer.finish().unwrap();
-        out
+        envelope::encrypt(plain, &self.recipients).unwrap()
     }
 
     /// Encodes `item` as object `object`.
@@ -180,15 +170,9 @@ impl Producer {
         Encoded { manifest, blocks }
     }
 
-    /// The manifest block data: age(postcard(SignedManifest)) signed by `signer`.
+    /// The manifest block data, signed by `signer` (the envelope `sluice-send` makes).
     pub fn seal(&self, manifest: &Manifest, signer: &SigningKey) -> Vec<u8> {
-        let bytes = manifest.to_bytes().unwrap();
-        let signature = signer.sign(&bytes).unwrap().into_bytes();
-        let envelope = SignedManifest {
-            manifest: bytes,
-            signature,
-        };
-        self.encrypt(&envelope.to_bytes().unwrap())
+        envelope::seal_manifest(manifest, signer, &self.recipients).unwrap()
     }
 
     pub fn key(&self, object: u64, kind: BlockKind, index: u32) -> BlockKey {
@@ -212,14 +196,13 @@ impl Producer {
         let mut queue = Vec::new();
         for obj in objects {
             for (key, data) in &obj.blocks {
-                let repair_permille = match key.kind {
-                    BlockKind::Data => self.repair_permille,
-                    BlockKind::Manifest => self.repair_permille.max(1000),
-                };
-                let plan = BlockPlan {
-                    repair_permille,
-                    passes: self.passes,
-                };
+                let plan = BlockPlan::for_block(
+                    key.kind,
+                    data.len(),
+                    self.symbol_size,
+                    self.repair_permille,
+                    self.passes,
+                );
                 queue.push(
                     OutgoingBlock::encode_pass(
                         *key,

@@ -1,7 +1,9 @@
-//! Receive assembler: authenticated frames in, decodable blocks and link events out.
+//! Receive assembler: authenticated frames in, decodable blocks and link events out; and the
+//! [`Census`] of objects the senders announced against those that showed up.
 //!
 //! Sans-IO and deterministic: the driver passes in frame bytes and the time, and polls for
-//! events. Memory is bounded by [`RxConfig`] whatever arrives: a block is admitted only if its
+//! events. Time only moves forward: every `now` passed in must be at least the one before
+//! (the driver reads one monotonic clock). Memory is bounded by [`RxConfig`] whatever arrives: a block is admitted only if its
 //! full padded size fits in the byte budget, and frames that fail the CRC or MAC never create
 //! state at all.
 //!
@@ -11,6 +13,7 @@
 //!   loop {
 //!       handle_frame(now, bytes)      for every frame the link delivered
 //!       handle_timeout(now)           when poll_timeout() has passed (or just periodically)
+//!       evict_idle(now, idle)         when memory is short: set quiet blocks aside early
 //!       while let Some(ev) = poll_event() {
 //!           BlockStarted  -> restore(..) spilled symbols, or mark_done(..) if already stored
 //!           BlockReady    -> take_ready(key) and decode it (possibly on another thread)
@@ -18,6 +21,7 @@
 //!           ...
 //!       }
 //!   }
+//!   drain_partials()                  at the end of a run: every unfinished block, to keep
 //! ```
 
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -30,6 +34,9 @@ use crate::time::Instant;
 use crate::wire::{
     self, BlockKey, Header, Heartbeat, LinkKey, RelayStatus, SessionId, SymbolHeader,
 };
+
+pub mod census;
+pub use census::{Census, Missing};
 
 /// Bounds and timeouts of the assembler.
 #[derive(Clone, Copy, Debug)]
@@ -402,26 +409,7 @@ impl Assembler {
 
     /// Evicts stalled blocks and notices a silent link.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let timeout = self.config.block_timeout;
-        let stalled: Vec<BlockKey> = self
-            .assembling
-            .iter()
-            .filter(|(_, b)| now.saturating_since(b.last_update) >= timeout)
-            .map(|(k, _)| *k)
-            .collect();
-        for key in stalled {
-            if let Some(block) = self.assembling.remove(&key) {
-                self.buffered -= Assembly::charge(&block.geometry);
-                self.stats.blocks_stalled += 1;
-                let (geometry, ids, symbols) = block.into_parts();
-                self.events.push_back(Event::BlockStalled(PartialBlock {
-                    key,
-                    geometry,
-                    ids,
-                    symbols,
-                }));
-            }
-        }
+        self.evict_idle(now, self.config.block_timeout);
         if self.link_up
             && self
                 .last_frame
@@ -429,6 +417,44 @@ impl Assembler {
         {
             self.link_up = false;
             self.events.push_back(Event::LinkDown);
+        }
+    }
+
+    /// Gives up, as [`Event::BlockStalled`], every block that got no symbol for `idle` (which
+    /// may be shorter than the block timeout: a driver short of memory sets quiet blocks aside
+    /// early, for a later pass). The link state is not touched.
+    pub fn evict_idle(&mut self, now: Instant, idle: Duration) {
+        let quiet: Vec<BlockKey> = self
+            .assembling
+            .iter()
+            .filter(|(_, b)| now.saturating_since(b.last_update) >= idle)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in quiet {
+            self.stall(key);
+        }
+    }
+
+    /// Gives up every block still assembling, as [`Event::BlockStalled`] (at the end of a run,
+    /// so the driver can keep their symbols for a later one).
+    pub fn drain_partials(&mut self) {
+        let keys: Vec<BlockKey> = self.assembling.keys().copied().collect();
+        for key in keys {
+            self.stall(key);
+        }
+    }
+
+    fn stall(&mut self, key: BlockKey) {
+        if let Some(block) = self.assembling.remove(&key) {
+            self.buffered -= Assembly::charge(&block.geometry);
+            self.stats.blocks_stalled += 1;
+            let (geometry, ids, symbols) = block.into_parts();
+            self.events.push_back(Event::BlockStalled(PartialBlock {
+                key,
+                geometry,
+                ids,
+                symbols,
+            }));
         }
     }
 
@@ -454,16 +480,6 @@ impl Assembler {
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
-    }
-
-    /// Blocks still assembling for `session` (for end-of-run reports).
-    pub fn assembling_keys(&self) -> impl Iterator<Item = &BlockKey> {
-        self.assembling.keys()
-    }
-
-    /// Sessions with blocks held now.
-    pub fn sessions_held(&self) -> BTreeSet<SessionId> {
-        self.assembling.keys().map(|k| k.session).collect()
     }
 }
 
@@ -690,5 +706,31 @@ mod tests {
         a.handle_timeout(Instant::ZERO + config.link_timeout);
         assert!(matches!(a.poll_event(), Some(Event::LinkDown)));
         assert_eq!(a.poll_timeout(), None);
+    }
+
+    #[test]
+    fn idle_blocks_are_set_aside_early_without_touching_the_link_state() {
+        let config = RxConfig::default();
+        let mut a = Assembler::new(config, LinkKey::new(&SECRET));
+        let (_, quiet) = frames(key(0), &[1u8; 640], 100, 0);
+        let (_, busy) = frames(key(1), &[2u8; 640], 100, 0);
+        a.handle_frame(Instant::ZERO, &quiet[0]);
+        let t = Instant::ZERO + Duration::from_millis(150);
+        a.handle_frame(t, &busy[0]);
+        drain(&mut a);
+        a.evict_idle(t, Duration::from_millis(100));
+        let events = drain(&mut a);
+        assert_eq!(
+            events.len(),
+            1,
+            "only the quiet block, and no LinkDown: {events:?}"
+        );
+        assert!(matches!(&events[0], Event::BlockStalled(p) if p.key == key(0)));
+        assert_eq!(a.blocks_held(), 1);
+        // At the end of a run every block left is handed over, whatever the time.
+        a.drain_partials();
+        assert!(matches!(a.poll_event(), Some(Event::BlockStalled(p)) if p.key == key(1)));
+        assert_eq!((a.blocks_held(), a.buffered_bytes()), (0, 0));
+        assert!(a.poll_event().is_none());
     }
 }

@@ -1,18 +1,16 @@
-//! What every stage of the pipeline shares: output and state directories, keys, the object
-//! table and the counters the final summary is built from.
+//! What every worker reads and nobody changes during a run: the output and state
+//! directories, the keys, and the memory budget between the link task and the disk.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 
 use sluice_common::keys::TrustedKeys;
 use tokio::sync::Semaphore;
 
-use crate::objects::Index;
 use crate::state::{ObjectKey, StateDir};
 
-/// Read-only configuration plus the shared, locked object table.
-pub(crate) struct Shared {
+/// Read-only configuration of one run.
+pub(crate) struct Context {
     /// `--out`, canonical.
     pub out: PathBuf,
     /// The state directory.
@@ -28,19 +26,15 @@ pub(crate) struct Shared {
     /// The state directory's path relative to `out` when it lies inside it: no object may
     /// land there.
     pub reserved: Option<String>,
-    /// Objects in progress.
-    pub index: Mutex<Index>,
-    /// Counters for the summary.
-    pub counters: Counters,
     /// Bytes of blocks between the link task and the disk (held by decoder jobs).
     pub permits: Arc<Semaphore>,
     /// All the permits there are.
     pub permits_total: usize,
 }
 
-impl std::fmt::Debug for Shared {
+impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
+        f.debug_struct("Context")
             .field("out", &self.out)
             .field("state", &self.state)
             .field("identities", &self.identities.len())
@@ -49,15 +43,9 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-impl Shared {
-    /// The object table. A panic elsewhere while holding the lock leaves the table usable:
-    /// every update to it is a single insert or remove.
-    pub fn index(&self) -> MutexGuard<'_, Index> {
-        self.index.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
+impl Context {
     /// Whether the decoders are keeping up (at most a quarter of the in-flight budget in
-    /// use): only then may the sink spend CPU on work that can wait. On a one-way link a
+    /// use): only then may the publisher spend CPU on work that can wait. On a one-way link a
     /// receiver that falls behind loses frames for good.
     pub fn decoders_idle(&self) -> bool {
         self.permits.available_permits() * 4 >= self.permits_total * 3
@@ -66,29 +54,6 @@ impl Shared {
     /// Whether an earlier run delivered `obj` or left part of it in the state directory.
     pub fn knows(&self, obj: ObjectKey) -> bool {
         self.state.is_done(obj) || self.state.object_dir(obj).exists()
-    }
-}
-
-/// Counters updated by the worker threads.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub blocks_decoded: AtomicU64,
-    pub blocks_recovered: AtomicU64,
-    pub partials_saved: AtomicU64,
-    pub partials_restored: AtomicU64,
-    pub objects_delivered: AtomicU64,
-    pub objects_already: AtomicU64,
-    pub objects_failed: AtomicU64,
-    pub bytes_delivered: AtomicU64,
-}
-
-impl Counters {
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
     }
 }
 
@@ -101,3 +66,6 @@ pub(crate) fn lower_priority(increment: i32) {
         tracing::debug!("cannot lower a worker thread's priority: {e}");
     }
 }
+
+/// Nice increment of worker threads relative to the link task.
+pub(crate) const WORKER_NICE: i32 = 3;

@@ -1,0 +1,429 @@
+//! Options for both daemons, in layers: built-in defaults < the `--config` TOML file < the
+//! command line.
+//!
+//! Each daemon declares its options once, as a clap `Args` struct. The TOML file takes the
+//! same names as the long options (`rate = "50MB"`, `trust = ["a.pub", "b.pub"]`,
+//! `verbose = true`); a key that is not a long option is refused, so the file and the command
+//! line can never disagree about what exists. A value is looked up with [`Layers`], which
+//! remembers where it came from, so every bad value is one line naming the option, the file
+//! if it came from one, and the accepted form — and exit status 2.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use crate::exit::ExitStatus;
+use crate::link::LinkSpec;
+use crate::logging::LogFormat;
+pub use crate::logging::LogOptions;
+
+/// A usage or configuration error: one line, exit status 2.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The options both daemons take besides their own: the link, its key, the config file and
+/// logging. Flattened into each daemon's clap `Args`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SharedArgs {
+    /// The link: udp://HOST:PORT[?mtu=1500] or serial:///dev/ttyX[?baud=115200&frame=1024]
+    /// (the sender sends to it, the receiver listens on it).
+    #[arg(long)]
+    pub link: Option<String>,
+    /// Shared 32-byte frame-authentication key (link.key).
+    #[arg(long)]
+    pub link_key: Option<PathBuf>,
+    /// TOML file with any of these options (same names); the command line wins.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// `keygen DIR`, on both daemons.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KeygenArgs {
+    /// Directory to write the keys into (created if missing).
+    pub dir: PathBuf,
+}
+
+/// Logging options, the same on both daemons (and in both config files).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LogArgs {
+    /// Log format: human or json.
+    #[arg(long)]
+    pub log_format: Option<String>,
+    /// More log output (debug).
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// Only warnings and errors.
+    #[arg(short, long, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+/// A parsed `--config` file.
+#[derive(Debug)]
+pub struct ConfigFile {
+    path: PathBuf,
+    table: toml::Table,
+}
+
+impl ConfigFile {
+    /// Reads `path`; every key must be a long option of `command` (other than `config`).
+    pub fn load(path: &Path, command: &clap::Command) -> Result<Self, UsageError> {
+        let fail = |why: String| UsageError(format!("--config {}: {why}", path.display()));
+        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+        // toml's messages span several lines with a source excerpt; keep the gist.
+        let table: toml::Table =
+            toml::from_str(&text).map_err(|e| fail(e.message().trim().replace('\n', " ")))?;
+        let known: Vec<&str> = command
+            .get_arguments()
+            .filter_map(clap::Arg::get_long)
+            .filter(|long| *long != "config")
+            .collect();
+        if let Some(key) = table.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(fail(format!(
+                "unknown option {key:?} (the file takes the long options: {})",
+                known.join(", ")
+            )));
+        }
+        Ok(ConfigFile {
+            path: path.to_path_buf(),
+            table,
+        })
+    }
+}
+
+/// Where a value came from, for error messages.
+#[derive(Debug, Clone, Copy)]
+enum Source<'a> {
+    CommandLine,
+    File(&'a Path),
+}
+
+/// One option's value as text, and where it came from.
+#[derive(Debug, Clone)]
+pub struct Value<'a> {
+    option: &'static str,
+    /// The value as given.
+    pub text: String,
+    source: Source<'a>,
+}
+
+impl Value<'_> {
+    /// The error for this value: `--option "text" (in FILE): expected FORM`.
+    pub fn error(&self, form: &str) -> UsageError {
+        let (option, text) = (self.option, &self.text);
+        match self.source {
+            Source::CommandLine => UsageError(format!("--{option} {text:?}: expected {form}")),
+            Source::File(path) => UsageError(format!(
+                "--{option} {text:?} (in {}): expected {form}",
+                path.display()
+            )),
+        }
+    }
+
+    /// Converts with `parse`; `None` from it is a usage error naming `form`.
+    pub fn parse<T>(
+        &self,
+        form: &str,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Result<T, UsageError> {
+        parse(&self.text).ok_or_else(|| self.error(form))
+    }
+}
+
+/// The command line over the config file.
+#[derive(Debug, Clone, Copy)]
+pub struct Layers<'a> {
+    file: Option<&'a ConfigFile>,
+}
+
+impl<'a> Layers<'a> {
+    /// Layers over `file` (if a `--config` was given).
+    pub fn new(file: Option<&'a ConfigFile>) -> Self {
+        Layers { file }
+    }
+
+    fn in_file(&self, option: &str) -> Option<(&'a toml::Value, &'a Path)> {
+        let file = self.file?;
+        Some((file.table.get(option)?, &file.path))
+    }
+
+    fn wrong_type(option: &str, path: &Path, expected: &str) -> UsageError {
+        UsageError(format!(
+            "--{option} (in {}): expected {expected}",
+            path.display()
+        ))
+    }
+
+    /// A single value: the command line's, else the file's (a string or a number there).
+    pub fn value(
+        &self,
+        option: &'static str,
+        cli: Option<String>,
+    ) -> Result<Option<Value<'a>>, UsageError> {
+        if let Some(text) = cli {
+            return Ok(Some(Value {
+                option,
+                text,
+                source: Source::CommandLine,
+            }));
+        }
+        let Some((value, path)) = self.in_file(option) else {
+            return Ok(None);
+        };
+        let text = match value {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(n) => n.to_string(),
+            toml::Value::Float(x) => x.to_string(),
+            _ => return Err(Self::wrong_type(option, path, "a string or a number")),
+        };
+        Ok(Some(Value {
+            option,
+            text,
+            source: Source::File(path),
+        }))
+    }
+
+    /// A single value that must be given; `form` says what it is.
+    pub fn required(
+        &self,
+        option: &'static str,
+        cli: Option<String>,
+        form: &str,
+    ) -> Result<Value<'a>, UsageError> {
+        self.value(option, cli)?
+            .ok_or_else(|| UsageError(format!("--{option} is required ({form})")))
+    }
+
+    /// A path option.
+    pub fn path(
+        &self,
+        option: &'static str,
+        cli: Option<PathBuf>,
+    ) -> Result<Option<PathBuf>, UsageError> {
+        match cli {
+            Some(path) => Ok(Some(path)),
+            None => Ok(self.value(option, None)?.map(|v| PathBuf::from(v.text))),
+        }
+    }
+
+    /// A path option that must be given.
+    pub fn required_path(
+        &self,
+        option: &'static str,
+        cli: Option<PathBuf>,
+        form: &str,
+    ) -> Result<PathBuf, UsageError> {
+        self.path(option, cli)?
+            .ok_or_else(|| UsageError(format!("--{option} is required ({form})")))
+    }
+
+    /// A repeatable path option: the command line's if any, else the file's (one string or
+    /// an array of strings).
+    pub fn paths(
+        &self,
+        option: &'static str,
+        cli: Vec<PathBuf>,
+    ) -> Result<Vec<PathBuf>, UsageError> {
+        if !cli.is_empty() {
+            return Ok(cli);
+        }
+        let Some((value, path)) = self.in_file(option) else {
+            return Ok(Vec::new());
+        };
+        let expected = "a path or an array of paths";
+        match value {
+            toml::Value::String(s) => Ok(vec![PathBuf::from(s)]),
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|item| match item {
+                    toml::Value::String(s) => Ok(PathBuf::from(s)),
+                    _ => Err(Self::wrong_type(option, path, expected)),
+                })
+                .collect(),
+            _ => Err(Self::wrong_type(option, path, expected)),
+        }
+    }
+
+    /// A switch: on if given on the command line, else the file's `true`/`false`.
+    pub fn flag(&self, option: &'static str, cli: bool) -> Result<bool, UsageError> {
+        if cli {
+            return Ok(true);
+        }
+        match self.in_file(option) {
+            None => Ok(false),
+            Some((toml::Value::Boolean(b), _)) => Ok(*b),
+            Some((_, path)) => Err(Self::wrong_type(option, path, "true or false")),
+        }
+    }
+
+    /// `--link`, required; `form` says what it looks like.
+    pub fn link(&self, cli: Option<String>, form: &str) -> Result<LinkSpec, UsageError> {
+        self.required("link", cli, form)?
+            .text
+            .parse()
+            .map_err(|e| UsageError(format!("{e}")))
+    }
+
+    /// `--link-key`, required.
+    pub fn link_key(&self, cli: Option<PathBuf>) -> Result<PathBuf, UsageError> {
+        self.required_path("link-key", cli, "the shared link.key file")
+    }
+
+    /// The logging options. A switch on the command line overrides the other one in the file.
+    pub fn log(&self, cli: LogArgs) -> Result<LogOptions, UsageError> {
+        let format = match self.value("log-format", cli.log_format)? {
+            None => LogFormat::Human,
+            Some(v) => v.parse("human or json", |t| t.parse().ok())?,
+        };
+        let verbose = cli.verbose || (!cli.quiet && self.flag("verbose", false)?);
+        let quiet = cli.quiet || (!cli.verbose && self.flag("quiet", false)?);
+        if verbose && quiet {
+            return Err(UsageError(
+                "--verbose and --quiet exclude each other".into(),
+            ));
+        }
+        Ok(LogOptions {
+            format,
+            verbose,
+            quiet,
+        })
+    }
+}
+
+/// Loads the `--config` file of a command, if one was named.
+pub fn load_file<A: clap::CommandFactory>(
+    path: Option<&Path>,
+) -> Result<Option<ConfigFile>, UsageError> {
+    path.map(|p| ConfigFile::load(p, &A::command())).transpose()
+}
+
+/// How a command line ended up.
+#[derive(Debug)]
+pub enum Parsed<T> {
+    /// Options to run with.
+    Run(T),
+    /// Nothing to run: `--help` or `--version` was printed, or a usage error was.
+    Exit(ExitStatus),
+}
+
+/// Parses `args` (program name first) with clap, then checks them with `resolve`. Help and
+/// version are printed as clap prints them; every error is printed as one line on stderr.
+pub fn parse<A, T>(
+    args: impl IntoIterator<Item = OsString>,
+    resolve: impl FnOnce(A) -> Result<T, UsageError>,
+) -> Parsed<T>
+where
+    A: clap::Parser,
+{
+    let parsed = match A::try_parse_from(args) {
+        Ok(parsed) => parsed,
+        Err(e) => return Parsed::Exit(report_clap_error(&e)),
+    };
+    match resolve(parsed) {
+        Ok(options) => Parsed::Run(options),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Parsed::Exit(ExitStatus::Usage)
+        }
+    }
+}
+
+/// Prints a clap error: `--help`/`--version` whole (success), anything else as its first line.
+pub fn report_clap_error(e: &clap::Error) -> ExitStatus {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitStatus::Success
+        }
+        _ => {
+            let text = e.render().to_string();
+            let line = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("error: bad usage")
+                .trim();
+            eprintln!("{line} (see --help)");
+            ExitStatus::Usage
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Debug, Parser)]
+    struct Args {
+        #[arg(long)]
+        rate: Option<String>,
+        #[arg(long)]
+        trust: Vec<PathBuf>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        log: LogArgs,
+    }
+
+    fn file(text: &str) -> (tempfile::TempDir, ConfigFile) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        let file = ConfigFile::load(&path, &Args::command()).unwrap();
+        (dir, file)
+    }
+
+    #[test]
+    fn command_line_wins_over_the_file() {
+        let (_dir, f) = file("rate = 50\ntrust = [\"a\", \"b\"]\nout = \"o\"\nverbose = true\n");
+        let layers = Layers::new(Some(&f));
+        let rate = layers.value("rate", Some("1MB".into())).unwrap().unwrap();
+        assert_eq!(rate.text, "1MB");
+        assert_eq!(layers.value("rate", None).unwrap().unwrap().text, "50");
+        assert_eq!(layers.paths("trust", vec![]).unwrap().len(), 2);
+        assert_eq!(layers.paths("trust", vec!["c".into()]).unwrap().len(), 1);
+        assert_eq!(layers.path("out", None).unwrap(), Some(PathBuf::from("o")));
+        let log = layers.log(LogArgs::default()).unwrap();
+        assert!(log.verbose && !log.quiet);
+        let quiet = LogArgs {
+            quiet: true,
+            ..LogArgs::default()
+        };
+        let log = layers.log(quiet).unwrap();
+        assert!(!log.verbose && log.quiet, "the command line's -q wins");
+    }
+
+    #[test]
+    fn errors_are_one_line_naming_option_and_file() {
+        let (_dir, f) = file("rate = \"fast\"\nverbose = 3\n");
+        let layers = Layers::new(Some(&f));
+        let err = layers
+            .value("rate", None)
+            .unwrap()
+            .unwrap()
+            .parse::<u64>("a number", |t| t.parse().ok())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("--rate \"fast\" (in ") && err.ends_with("expected a number"));
+        assert!(layers.flag("verbose", false).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "speed = 3\n").unwrap();
+        let err = ConfigFile::load(&path, &Args::command())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("speed") && !err.contains('\n'), "{err}");
+        std::fs::write(&path, "rate = \n").unwrap();
+        let err = ConfigFile::load(&path, &Args::command())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("--config ") && !err.contains('\n'), "{err}");
+    }
+}

@@ -1,0 +1,191 @@
+//! The receiver's counters: one struct, shared by reference. Each field has one writer, the
+//! owner of the fact: the link task (frames, drops, restored partials) and the delivery driver
+//! (blocks, objects, bytes). The final report reads it, and so can anything that wants live
+//! figures (a metrics endpoint), without a lock.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use sluice_protocol::counters::{DropCounters, DropReason};
+use sluice_protocol::rx::RxStats;
+
+use crate::delivery::DeliveryStats;
+
+/// Live counters of one receiver run.
+#[derive(Debug)]
+pub struct Counters {
+    /// Start of the run; instants are kept as microseconds after it (0: not yet).
+    base: Instant,
+    frames_received: AtomicU64,
+    frames_valid: AtomicU64,
+    sessions_seen: AtomicU64,
+    partials_restored: AtomicU64,
+    drops: [AtomicU64; DropReason::ALL.len()],
+    first_frame_us: AtomicU64,
+    last_frame_us: AtomicU64,
+    link_up: AtomicU64,
+    blocks_decoded: AtomicU64,
+    blocks_recovered: AtomicU64,
+    blocks_stalled: AtomicU64,
+    partials_saved: AtomicU64,
+    objects_delivered: AtomicU64,
+    objects_already_delivered: AtomicU64,
+    objects_failed: AtomicU64,
+    bytes_delivered: AtomicU64,
+    sender_frames_sent: AtomicU64,
+    last_delivery_us: AtomicU64,
+}
+
+/// The counters at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub frames_received: u64,
+    pub frames_valid: u64,
+    pub sessions_seen: u64,
+    pub partials_restored: u64,
+    pub drops: DropCounters,
+    pub first_frame: Option<Duration>,
+    pub last_frame: Option<Duration>,
+    pub link_up: bool,
+    pub blocks_decoded: u64,
+    pub blocks_recovered: u64,
+    pub blocks_stalled: u64,
+    pub partials_saved: u64,
+    pub objects_delivered: u64,
+    pub objects_already_delivered: u64,
+    pub objects_failed: u64,
+    pub bytes_delivered: u64,
+    pub sender_frames_sent: u64,
+    /// When the last object was delivered, after the start of the run.
+    pub last_delivery: Option<Duration>,
+}
+
+fn get(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+fn set(a: &AtomicU64, v: u64) {
+    a.store(v, Ordering::Relaxed);
+}
+
+impl Counters {
+    /// Zeroed counters for a run starting now.
+    pub fn new() -> Self {
+        Counters {
+            base: Instant::now(),
+            frames_received: AtomicU64::new(0),
+            frames_valid: AtomicU64::new(0),
+            sessions_seen: AtomicU64::new(0),
+            partials_restored: AtomicU64::new(0),
+            drops: std::array::from_fn(|_| AtomicU64::new(0)),
+            first_frame_us: AtomicU64::new(0),
+            last_frame_us: AtomicU64::new(0),
+            link_up: AtomicU64::new(0),
+            blocks_decoded: AtomicU64::new(0),
+            blocks_recovered: AtomicU64::new(0),
+            blocks_stalled: AtomicU64::new(0),
+            partials_saved: AtomicU64::new(0),
+            objects_delivered: AtomicU64::new(0),
+            objects_already_delivered: AtomicU64::new(0),
+            objects_failed: AtomicU64::new(0),
+            bytes_delivered: AtomicU64::new(0),
+            sender_frames_sent: AtomicU64::new(0),
+            last_delivery_us: AtomicU64::new(0),
+        }
+    }
+
+    /// Microseconds after the start (at least 1, so 0 can mean "never").
+    fn stamp(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    fn since_start(us: u64) -> Option<Duration> {
+        (us != 0).then(|| Duration::from_micros(us))
+    }
+
+    /// The link task's figures (it owns the assembler).
+    pub(crate) fn record_link(
+        &self,
+        frames_received: u64,
+        rx: &RxStats,
+        drops: &DropCounters,
+        partials_restored: u64,
+    ) {
+        set(&self.frames_received, frames_received);
+        set(&self.frames_valid, rx.frames_ok);
+        set(&self.sessions_seen, rx.sessions_seen);
+        set(&self.partials_restored, partials_restored);
+        for (slot, reason) in self.drops.iter().zip(DropReason::ALL) {
+            set(slot, drops.get(reason));
+        }
+    }
+
+    /// A valid frame arrived at `at`.
+    pub(crate) fn record_frame_at(&self, at: Instant) {
+        let us = self.stamp(at);
+        if get(&self.first_frame_us) == 0 {
+            set(&self.first_frame_us, us);
+        }
+        set(&self.last_frame_us, us);
+    }
+
+    /// Whether valid frames are arriving.
+    pub(crate) fn record_link_up(&self, up: bool) {
+        set(&self.link_up, u64::from(up));
+    }
+
+    /// The delivery core's figures.
+    pub(crate) fn record_delivery(&self, stats: &DeliveryStats) {
+        set(&self.blocks_decoded, stats.blocks_decoded);
+        set(&self.blocks_recovered, stats.blocks_recovered);
+        set(&self.blocks_stalled, stats.blocks_stalled);
+        set(&self.partials_saved, stats.partials_saved);
+        set(&self.objects_delivered, stats.objects_delivered);
+        set(
+            &self.objects_already_delivered,
+            stats.objects_already_delivered,
+        );
+        set(&self.objects_failed, stats.objects_failed);
+        set(&self.bytes_delivered, stats.bytes_delivered);
+        set(&self.sender_frames_sent, stats.sender_frames.values().sum());
+        if let Some(at) = stats.last_delivery {
+            set(&self.last_delivery_us, self.stamp(at));
+        }
+    }
+
+    /// Everything, now.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut drops = DropCounters::default();
+        for (slot, reason) in self.drops.iter().zip(DropReason::ALL) {
+            drops.add(reason, get(slot));
+        }
+        Snapshot {
+            frames_received: get(&self.frames_received),
+            frames_valid: get(&self.frames_valid),
+            sessions_seen: get(&self.sessions_seen),
+            partials_restored: get(&self.partials_restored),
+            drops,
+            first_frame: Self::since_start(get(&self.first_frame_us)),
+            last_frame: Self::since_start(get(&self.last_frame_us)),
+            link_up: get(&self.link_up) != 0,
+            blocks_decoded: get(&self.blocks_decoded),
+            blocks_recovered: get(&self.blocks_recovered),
+            blocks_stalled: get(&self.blocks_stalled),
+            partials_saved: get(&self.partials_saved),
+            objects_delivered: get(&self.objects_delivered),
+            objects_already_delivered: get(&self.objects_already_delivered),
+            objects_failed: get(&self.objects_failed),
+            bytes_delivered: get(&self.bytes_delivered),
+            sender_frames_sent: get(&self.sender_frames_sent),
+            last_delivery: Self::since_start(get(&self.last_delivery_us)),
+        }
+    }
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self::new()
+    }
+}

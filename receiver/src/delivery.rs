@@ -1,0 +1,1102 @@
+//! The object table, and every decision about an object: the one owner of "what happened to
+//! object X". Sans-IO, in the style of the protocol crate: events come in through `handle_*`
+//! (from the link task and from the workers' replies), and what must be done comes out of
+//! [`Delivery::poll_action`] — jobs for the decoders and the publisher, commands for the link
+//! task, outcomes to emit, notices to log. It never touches a file, a socket or a clock (time
+//! is passed in), so its rules are tested directly.
+//!
+//! ```text
+//!  link task ──LinkEvent──┐                        ┌──▶ Action::Link     (mark done, restore)
+//!                          ├─▶ Delivery::handle_* ─┼──▶ Action::Decode   (decoder pool)
+//!  workers ─────Reply─────┘   (object table,       ├──▶ Action::Publish  (publisher thread)
+//!                              census)             ├──▶ Action::Emit     (outcome subscribers)
+//!                                                  └──▶ Action::Notice   (log lines)
+//! ```
+//!
+//! Lifecycle of an object: *open* while its blocks are collected (data blocks stored as
+//! ciphertext by the decoders, the manifest opened and verified), *publishing* once the manifest
+//! and every segment it lists are stored, then *done* (delivered, or already delivered) or
+//! *failed*. Done and failed objects stay in the table for the run, so their late blocks are
+//! released at once; delivered ones leave it once committed (their done marker answers then).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_common::envelope::Opened;
+use sluice_protocol::manifest::{EntryKind, Manifest};
+use sluice_protocol::rx::{Census, Missing, PartialBlock, ReadyBlock};
+use sluice_protocol::wire::{BlockKey, BlockKind, Heartbeat, RelayStatus};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::failure::Failure;
+use crate::outcome::Outcome;
+use crate::state::ObjectKey;
+
+/// Bytes of memory a job holds, released when the job is dropped (see the link task).
+pub(crate) type Permit = OwnedSemaphorePermit;
+
+/// Sender runs whose heartbeat frame counts are kept (heartbeats are authenticated; this
+/// bounds a misbehaving key holder).
+const MAX_SESSIONS_TRACKED: usize = 1024;
+/// Ids checked against the state directory when looking for objects lost whole.
+pub(crate) const MISSING_CHECKS: usize = 10_000;
+
+/// Everything the delivery core hears, on one channel: link events and worker replies.
+#[derive(Debug)]
+pub(crate) enum Input {
+    Link(LinkEvent),
+    Reply(Reply),
+}
+
+/// What the link task reports.
+#[derive(Debug)]
+pub(crate) enum LinkEvent {
+    /// The first symbol of a block not held arrived.
+    BlockStarted(BlockKey),
+    /// A block has `k` symbols; the permit covers its bytes until it is decoded.
+    BlockReady(ReadyBlock, Permit),
+    /// A block was given up with fewer than `k` symbols (`running`: while the link was up,
+    /// rather than at the end of the run); with a permit if there was room to keep them.
+    BlockStalled {
+        partial: PartialBlock,
+        permit: Option<Permit>,
+        running: bool,
+    },
+    Heartbeat(Heartbeat),
+    RelayStatus(RelayStatus),
+    LinkUp,
+    /// No valid frame for this long.
+    LinkDown(Duration),
+    /// The link task ended: nothing more will come from it.
+    Closed,
+}
+
+/// What the workers report, one reply per job that asks for one.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    /// A block was FEC-decoded (or failed to be) and handled.
+    Block {
+        key: BlockKey,
+        /// Whether decoding needed repair symbols; `None` if it failed.
+        recovered: Option<bool>,
+        result: BlockResult,
+    },
+    /// The symbols of a stalled block were kept in the state directory (or could not be).
+    PartialSaved { key: BlockKey, saved: bool },
+    /// Saved symbols were read back (or were unusable).
+    PartialLoaded(BlockKey, Option<PartialBlock>),
+    /// The manifest envelope was stored for a later run (or could not be).
+    ManifestStored(ObjectKey, Result<(), Failure>),
+    /// Published objects whose directories are now durable, and their bytes.
+    Committed(Vec<(ObjectKey, u64)>),
+    /// A publish found the object's content already in place.
+    AlreadyThere(ObjectKey),
+    /// An object already delivered is recorded done and its blocks are gone.
+    Finished(ObjectKey),
+    /// A publish failed.
+    PublishFailed(ObjectKey, Failure),
+}
+
+/// What became of a decoded block.
+#[derive(Debug)]
+pub(crate) enum BlockResult {
+    /// A data block stored as ciphertext in the state directory.
+    Stored { sha256: [u8; 32], len: u64 },
+    /// A manifest decrypted and verified; `existing` says its content already sits at its path.
+    Manifest { opened: Box<Opened>, existing: bool },
+    /// The block could not be used.
+    Failed(Failure),
+}
+
+/// A job for the decoder pool.
+#[derive(Debug)]
+pub(crate) enum DecodeJob {
+    /// Decode and store (data) or open and verify (manifest); remove saved symbols after.
+    Decode {
+        block: ReadyBlock,
+        permit: Permit,
+        drop_partial: bool,
+    },
+    /// Keep a stalled block's symbols for a later pass or run.
+    SavePartial {
+        partial: PartialBlock,
+        permit: Permit,
+    },
+    /// Read back saved symbols.
+    LoadPartial(BlockKey),
+}
+
+/// A job for the publisher thread (one thread: its jobs run in order).
+#[derive(Debug)]
+pub(crate) enum PublishJob {
+    /// Keep the verified manifest envelope for a later run.
+    StoreManifest { obj: ObjectKey, envelope: Vec<u8> },
+    /// Decrypt stored segments `..upto` into the staging file ahead of time, if the decoders
+    /// have time to spare (checked against `manifest` when it is known).
+    StageAhead {
+        obj: ObjectKey,
+        upto: u32,
+        manifest: Option<Arc<Manifest>>,
+    },
+    /// Publish a complete object; with `check_existing`, first see whether it is already there.
+    Publish {
+        obj: ObjectKey,
+        manifest: Arc<Manifest>,
+        check_existing: bool,
+    },
+    /// Drop what is kept for an object: its staging file, and its stored blocks unless a
+    /// later run may still use them.
+    Discard { obj: ObjectKey, remove_state: bool },
+    /// Record an object found already delivered as done, and drop what is kept for it.
+    Finish(ObjectKey),
+}
+
+/// What the link task is told.
+#[derive(Debug)]
+pub(crate) enum LinkCommand {
+    /// The block is stored, delivered or not wanted: release it.
+    MarkDone(BlockKey),
+    /// Symbols saved earlier for a block assembling again.
+    Restore(PartialBlock),
+}
+
+/// Something worth a log line that is not an object's outcome.
+#[derive(Debug)]
+pub(crate) enum Notice {
+    LinkUp,
+    LinkDown {
+        after: Duration,
+        /// Objects lost whole, when their count changed since the last report.
+        missing: Option<Missing>,
+    },
+    BlockStalled {
+        key: BlockKey,
+        held: usize,
+        needed: u16,
+    },
+    Heartbeat(Heartbeat),
+    RelayStatus(RelayStatus),
+}
+
+/// What the driver must do next.
+#[derive(Debug)]
+pub(crate) enum Action {
+    Link(LinkCommand),
+    Decode(DecodeJob),
+    Publish(PublishJob),
+    Emit(Outcome),
+    Notice(Notice),
+}
+
+/// Counts only the delivery core knows; the driver copies them into the shared counters.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct DeliveryStats {
+    pub blocks_decoded: u64,
+    pub blocks_recovered: u64,
+    pub blocks_stalled: u64,
+    pub partials_saved: u64,
+    pub objects_delivered: u64,
+    pub objects_already_delivered: u64,
+    pub objects_failed: u64,
+    pub bytes_delivered: u64,
+    /// When the last object was delivered.
+    pub last_delivery: Option<Instant>,
+    /// Frames each sender run says it sent (its latest heartbeat), by session.
+    pub sender_frames: HashMap<u64, u64>,
+}
+
+/// Where an object stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    /// Collecting blocks.
+    Open,
+    /// Handed to the publisher; waiting for its commit.
+    Publishing,
+    /// Delivered or already delivered in this run.
+    Done,
+    /// Refused or failed for good in this run; `kept`: its stored blocks stay for a later run.
+    Failed { kept: bool },
+}
+
+/// One object the run has heard of.
+#[derive(Debug)]
+struct Entry {
+    status: Status,
+    /// When a block of it first arrived in this run (`None`: only known from the state dir).
+    first_seen: Option<Instant>,
+    manifest: Option<Arc<Manifest>>,
+    /// Stored segments and the SHA-256 of their ciphertext.
+    segments: BTreeMap<u32, [u8; 32]>,
+    /// Blocks whose partial symbols are saved in the state dir.
+    partials: BTreeSet<(BlockKind, u32)>,
+}
+
+impl Entry {
+    fn new(first_seen: Option<Instant>) -> Self {
+        Entry {
+            status: Status::Open,
+            first_seen,
+            manifest: None,
+            segments: BTreeMap::new(),
+            partials: BTreeSet::new(),
+        }
+    }
+
+    /// Segments the manifest lists that are not stored: `(missing, total)`.
+    fn missing(&self) -> Option<(usize, usize)> {
+        let manifest = self.manifest.as_ref()?;
+        let total = manifest.segments.len();
+        let held = self
+            .segments
+            .keys()
+            .filter(|i| (**i as usize) < total)
+            .count();
+        Some((total - held, total))
+    }
+
+    fn is_complete(&self) -> bool {
+        self.missing().is_some_and(|(missing, _)| missing == 0)
+    }
+
+    /// Stored segments `0..n` with no gap.
+    fn contiguous(&self) -> u32 {
+        let mut n = 0;
+        while self.segments.contains_key(&n) {
+            n += 1;
+        }
+        n
+    }
+
+    fn path(&self) -> Option<String> {
+        self.manifest.as_ref().map(|m| m.path.clone())
+    }
+}
+
+/// What an earlier run left for one object, verified again at start.
+#[derive(Debug)]
+pub(crate) struct Resumed {
+    pub obj: ObjectKey,
+    pub manifest: Option<Manifest>,
+    pub segments: Vec<(u32, [u8; 32])>,
+    pub partials: BTreeSet<(BlockKind, u32)>,
+}
+
+/// The object table and its rules. See the module docs.
+#[derive(Debug, Default)]
+pub(crate) struct Delivery {
+    objects: HashMap<ObjectKey, Entry>,
+    census: Census,
+    actions: VecDeque<Action>,
+    /// Jobs sent that will reply, not yet answered.
+    awaiting: usize,
+    link_closed: bool,
+    /// Objects lost whole at the last link-down report (reported again only on change).
+    missing_reported: u64,
+    stats: DeliveryStats,
+}
+
+impl Delivery {
+    /// A table holding what earlier runs left; objects among them that are complete are
+    /// published (or recognised as already there) first.
+    pub fn resume(leftovers: Vec<Resumed>) -> Self {
+        let mut delivery = Delivery::default();
+        let mut complete = Vec::new();
+        for left in leftovers {
+            let mut entry = Entry::new(None);
+            entry.manifest = left.manifest.map(Arc::new);
+            entry.segments = left.segments.into_iter().collect();
+            entry.partials = left.partials;
+            if entry.is_complete() {
+                complete.push(left.obj);
+            }
+            delivery.objects.insert(left.obj, entry);
+        }
+        complete.sort_unstable();
+        for obj in complete {
+            // An earlier run may have stopped between the rename and recording the object
+            // done: the publisher checks for the content first.
+            delivery.publish(obj, true);
+        }
+        delivery
+    }
+
+    /// The next thing to do, if any.
+    #[must_use]
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Counts so far.
+    pub fn stats(&self) -> &DeliveryStats {
+        &self.stats
+    }
+
+    /// Whether the link has closed and every job has answered: the run is over.
+    pub fn is_finished(&self) -> bool {
+        self.link_closed && self.awaiting == 0 && self.actions.is_empty()
+    }
+
+    fn push(&mut self, action: Action) {
+        match &action {
+            Action::Decode(_)
+            | Action::Publish(
+                PublishJob::Publish { .. }
+                | PublishJob::StoreManifest { .. }
+                | PublishJob::Finish(_),
+            ) => {
+                self.awaiting += 1;
+            }
+            _ => {}
+        }
+        self.actions.push_back(action);
+    }
+
+    fn answered(&mut self, jobs: usize) {
+        self.awaiting = self.awaiting.saturating_sub(jobs);
+    }
+
+    fn is_open(&self, obj: &ObjectKey) -> bool {
+        self.objects
+            .get(obj)
+            .is_some_and(|e| e.status == Status::Open)
+    }
+
+    // ----- events from the link task -----
+
+    /// Handles one event of the link task. `delivered_before` says whether an earlier run (or
+    /// pass) delivered an object this run has not seen yet; `known` whether the receiver has an
+    /// object at all (delivered, or partly stored), for the lost-whole report.
+    pub fn handle_link(
+        &mut self,
+        event: LinkEvent,
+        now: Instant,
+        delivered_before: impl Fn(ObjectKey) -> bool,
+        known: impl Fn(ObjectKey) -> bool,
+    ) {
+        match event {
+            LinkEvent::BlockStarted(key) => self.on_block_started(key, now, delivered_before),
+            LinkEvent::BlockReady(block, permit) => self.on_block_ready(block, permit),
+            LinkEvent::BlockStalled {
+                partial,
+                permit,
+                running,
+            } => self.on_block_stalled(partial, permit, running),
+            LinkEvent::Heartbeat(beat) => self.on_heartbeat(beat),
+            LinkEvent::RelayStatus(status) => {
+                self.push(Action::Notice(Notice::RelayStatus(status)))
+            }
+            LinkEvent::LinkUp => self.push(Action::Notice(Notice::LinkUp)),
+            LinkEvent::LinkDown(after) => {
+                let missing = self
+                    .census
+                    .missing(|s, o| known(ObjectKey::new(s, o)), MISSING_CHECKS);
+                let changed = missing.count != self.missing_reported && missing.count > 0;
+                self.missing_reported = missing.count;
+                let missing = changed.then_some(missing);
+                self.push(Action::Notice(Notice::LinkDown { after, missing }));
+            }
+            LinkEvent::Closed => self.link_closed = true,
+        }
+    }
+
+    fn on_block_started(
+        &mut self,
+        key: BlockKey,
+        now: Instant,
+        delivered_before: impl Fn(ObjectKey) -> bool,
+    ) {
+        let obj = ObjectKey::of(&key);
+        self.census.seen(key.session, key.object);
+        let Some(entry) = self.objects.get_mut(&obj) else {
+            let mut entry = Entry::new(Some(now));
+            if delivered_before(obj) {
+                // Remembered for the run, so its other blocks need no lookup.
+                entry.status = Status::Done;
+                self.objects.insert(obj, entry);
+                self.push(Action::Link(LinkCommand::MarkDone(key)));
+                self.stats.objects_already_delivered += 1;
+                self.push(Action::Emit(Outcome::AlreadyDelivered {
+                    obj,
+                    manifest: None,
+                }));
+            } else {
+                self.objects.insert(obj, entry);
+            }
+            return;
+        };
+        entry.first_seen.get_or_insert(now);
+        let stored = match key.kind {
+            BlockKind::Data => entry.segments.contains_key(&key.index),
+            BlockKind::Manifest => entry.manifest.is_some(),
+        };
+        if entry.status != Status::Open || stored {
+            self.push(Action::Link(LinkCommand::MarkDone(key)));
+        } else if entry.partials.contains(&(key.kind, key.index)) {
+            self.push(Action::Decode(DecodeJob::LoadPartial(key)));
+        }
+    }
+
+    fn on_block_ready(&mut self, block: ReadyBlock, permit: Permit) {
+        let obj = ObjectKey::of(&block.key);
+        let Some(entry) = self.objects.get(&obj).filter(|e| e.status == Status::Open) else {
+            return;
+        };
+        let drop_partial = entry.partials.contains(&(block.key.kind, block.key.index));
+        self.push(Action::Decode(DecodeJob::Decode {
+            block,
+            permit,
+            drop_partial,
+        }));
+    }
+
+    fn on_block_stalled(&mut self, partial: PartialBlock, permit: Option<Permit>, running: bool) {
+        if !self.is_open(&ObjectKey::of(&partial.key)) {
+            return;
+        }
+        if running {
+            self.stats.blocks_stalled += 1;
+            self.push(Action::Notice(Notice::BlockStalled {
+                key: partial.key,
+                held: partial.ids.len(),
+                needed: partial.geometry.source_symbols,
+            }));
+        }
+        // Symbols are only an optimisation for a later pass: without room they are dropped.
+        if let Some(permit) = permit {
+            self.push(Action::Decode(DecodeJob::SavePartial { partial, permit }));
+        }
+    }
+
+    fn on_heartbeat(&mut self, beat: Heartbeat) {
+        self.census.announced(beat.session, beat.objects);
+        let tracked = &mut self.stats.sender_frames;
+        if tracked.len() < MAX_SESSIONS_TRACKED || tracked.contains_key(&beat.session.0) {
+            let sent = tracked.entry(beat.session.0).or_insert(0);
+            *sent = (*sent).max(beat.frames_sent);
+        }
+        self.push(Action::Notice(Notice::Heartbeat(beat)));
+    }
+
+    // ----- replies from the workers -----
+
+    /// Handles one worker reply.
+    pub fn handle_reply(&mut self, reply: Reply, now: Instant) {
+        match reply {
+            Reply::Block {
+                key,
+                recovered,
+                result,
+            } => {
+                self.answered(1);
+                if let Some(recovered) = recovered {
+                    self.stats.blocks_decoded += 1;
+                    self.stats.blocks_recovered += u64::from(recovered);
+                }
+                match result {
+                    BlockResult::Stored { sha256, len } => self.on_stored(key, sha256, len),
+                    BlockResult::Manifest { opened, existing } => {
+                        self.on_manifest(key, *opened, existing)
+                    }
+                    BlockResult::Failed(failure) => self.fail(ObjectKey::of(&key), failure),
+                }
+            }
+            Reply::PartialSaved { key, saved } => {
+                self.answered(1);
+                self.on_partial_saved(key, saved);
+            }
+            Reply::PartialLoaded(key, partial) => {
+                self.answered(1);
+                match partial {
+                    Some(partial) if self.is_open(&ObjectKey::of(&key)) => {
+                        self.push(Action::Link(LinkCommand::Restore(partial)));
+                    }
+                    _ => {}
+                }
+            }
+            Reply::ManifestStored(obj, result) => {
+                self.answered(1);
+                if let Err(failure) = result {
+                    self.fail(obj, failure);
+                }
+            }
+            Reply::Committed(published) => {
+                self.answered(published.len());
+                for (obj, bytes) in published {
+                    self.on_committed(obj, bytes, now);
+                }
+            }
+            Reply::AlreadyThere(obj) => {
+                self.answered(1);
+                self.finish_already_delivered(obj);
+            }
+            Reply::Finished(obj) => {
+                self.answered(1);
+                // From now on its done marker answers for it.
+                self.objects.remove(&obj);
+            }
+            Reply::PublishFailed(obj, failure) => {
+                self.answered(1);
+                self.fail(obj, failure);
+            }
+        }
+    }
+
+    /// Blocks of an object that is no longer open reached the state directory after it was
+    /// finished: remove them again (unless the object's blocks are kept for a later run).
+    fn clean_stray(&mut self, obj: ObjectKey) {
+        let keep = matches!(
+            self.objects.get(&obj).map(|e| e.status),
+            Some(Status::Failed { kept: true } | Status::Open)
+        );
+        if !keep {
+            self.push(Action::Publish(PublishJob::Discard {
+                obj,
+                remove_state: true,
+            }));
+        }
+    }
+
+    fn on_partial_saved(&mut self, key: BlockKey, saved: bool) {
+        let obj = ObjectKey::of(&key);
+        if !saved {
+            return;
+        }
+        match self.objects.get_mut(&obj) {
+            Some(entry) if entry.status == Status::Open => {
+                entry.partials.insert((key.kind, key.index));
+                self.stats.partials_saved += 1;
+            }
+            _ => self.clean_stray(obj),
+        }
+    }
+
+    fn on_stored(&mut self, key: BlockKey, sha256: [u8; 32], len: u64) {
+        let obj = ObjectKey::of(&key);
+        let Some(entry) = self
+            .objects
+            .get_mut(&obj)
+            .filter(|e| e.status == Status::Open)
+        else {
+            return self.clean_stray(obj);
+        };
+        entry.segments.insert(key.index, sha256);
+        entry.partials.remove(&(BlockKind::Data, key.index));
+        let verdict = match &entry.manifest {
+            None => Ok(false),
+            Some(m) => check_segment(m, key.index, &sha256, len).map(|()| entry.is_complete()),
+        };
+        match verdict {
+            Ok(true) => self.publish(obj, false),
+            Ok(false) => self.stage_ahead(obj),
+            Err(failure) => self.fail(obj, failure),
+        }
+    }
+
+    /// Lets the publisher decrypt stored segments ahead of the manifest (which comes last).
+    fn stage_ahead(&mut self, obj: ObjectKey) {
+        let Some(entry) = self.objects.get(&obj) else {
+            return;
+        };
+        if entry
+            .manifest
+            .as_ref()
+            .is_some_and(|m| m.kind == EntryKind::Directory)
+        {
+            return;
+        }
+        let upto = entry.contiguous();
+        if upto > 0 {
+            let manifest = entry.manifest.clone();
+            self.push(Action::Publish(PublishJob::StageAhead {
+                obj,
+                upto,
+                manifest,
+            }));
+        }
+    }
+
+    fn on_manifest(&mut self, key: BlockKey, opened: Opened, existing: bool) {
+        let obj = ObjectKey::of(&key);
+        if !self.is_open(&obj) {
+            return;
+        }
+        if let Some(entry) = self.objects.get_mut(&obj) {
+            entry.partials.remove(&(BlockKind::Manifest, 0));
+            if existing {
+                entry.manifest = Some(Arc::new(opened.manifest));
+                return self.finish_already_delivered(obj);
+            }
+            let manifest = opened.manifest;
+            let checked = entry.segments.iter().try_for_each(|(i, sha)| {
+                match manifest.segments.get(*i as usize) {
+                    Some(info) if info.ciphertext_sha256 == *sha => Ok(()),
+                    Some(_) => Err(Failure::SegmentMismatch(*i)),
+                    None => Err(Failure::SegmentUnexpected(*i)),
+                }
+            });
+            entry.manifest = Some(Arc::new(manifest));
+            match checked.map(|()| entry.is_complete()) {
+                Ok(true) => self.publish(obj, false),
+                Ok(false) => {
+                    self.push(Action::Publish(PublishJob::StoreManifest {
+                        obj,
+                        envelope: opened.envelope,
+                    }));
+                    self.stage_ahead(obj);
+                }
+                Err(failure) => self.fail(obj, failure),
+            }
+        }
+    }
+
+    fn publish(&mut self, obj: ObjectKey, check_existing: bool) {
+        let Some(entry) = self.objects.get_mut(&obj) else {
+            return;
+        };
+        let Some(manifest) = entry.manifest.clone() else {
+            return;
+        };
+        entry.status = Status::Publishing;
+        self.push(Action::Publish(PublishJob::Publish {
+            obj,
+            manifest,
+            check_existing,
+        }));
+    }
+
+    fn on_committed(&mut self, obj: ObjectKey, bytes: u64, now: Instant) {
+        // Delivered objects leave the table: their done marker answers for them from now on.
+        let Some(entry) = self.objects.remove(&obj) else {
+            return;
+        };
+        let Some(manifest) = entry.manifest else {
+            return;
+        };
+        self.stats.objects_delivered += 1;
+        self.stats.bytes_delivered += bytes;
+        self.stats.last_delivery = Some(now);
+        let duration = entry
+            .first_seen
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        self.push(Action::Emit(Outcome::Delivered {
+            obj,
+            manifest,
+            duration,
+        }));
+    }
+
+    /// The content is already in `--out`: the object is done without writing. It stays in
+    /// the table (its blocks released at once) until its done marker is written.
+    fn finish_already_delivered(&mut self, obj: ObjectKey) {
+        let Some(entry) = self.objects.get_mut(&obj) else {
+            return;
+        };
+        entry.status = Status::Done;
+        let manifest = entry.manifest.take();
+        entry.segments.clear();
+        entry.partials.clear();
+        self.stats.objects_already_delivered += 1;
+        self.push(Action::Publish(PublishJob::Finish(obj)));
+        self.push(Action::Emit(Outcome::AlreadyDelivered { obj, manifest }));
+    }
+
+    /// Reports an object failed (once), and drops its blocks unless a later run may use them.
+    fn fail(&mut self, obj: ObjectKey, failure: Failure) {
+        let Some(entry) = self.objects.get_mut(&obj) else {
+            return;
+        };
+        if !matches!(entry.status, Status::Open | Status::Publishing) {
+            return;
+        }
+        let kept = failure.keeps_state();
+        entry.status = Status::Failed { kept };
+        let path = entry.path();
+        entry.manifest = None;
+        entry.segments.clear();
+        entry.partials.clear();
+        self.stats.objects_failed += 1;
+        self.push(Action::Publish(PublishJob::Discard {
+            obj,
+            remove_state: !kept,
+        }));
+        self.push(Action::Emit(Outcome::Failed { obj, path, failure }));
+    }
+
+    // ----- the end of the run -----
+
+    /// Once [`is_finished`](Self::is_finished): every object seen in this run but not finished
+    /// is reported failed (its blocks stay for a later run), and every object a sender
+    /// announced of which nothing arrived, lost whole.
+    pub fn finish(&mut self, known: impl Fn(ObjectKey) -> bool) {
+        let mut unfinished: Vec<(ObjectKey, Failure)> = self
+            .objects
+            .iter()
+            .filter(|(_, e)| e.status == Status::Open && e.first_seen.is_some())
+            .map(|(obj, e)| {
+                let failure = match e.missing() {
+                    Some((missing, total)) => Failure::Incomplete { missing, total },
+                    None => Failure::NoManifest,
+                };
+                (*obj, failure)
+            })
+            .collect();
+        unfinished.sort_by_key(|(obj, _)| *obj);
+        for (obj, failure) in unfinished {
+            self.fail(obj, failure);
+        }
+        let lost = self
+            .census
+            .missing(|s, o| known(ObjectKey::new(s, o)), MISSING_CHECKS);
+        if lost.count > 0 {
+            self.stats.objects_failed += lost.count;
+            let first = lost
+                .first
+                .iter()
+                .map(|(s, o)| ObjectKey::new(*s, *o))
+                .collect();
+            self.push(Action::Emit(Outcome::LostWhole {
+                first,
+                count: lost.count,
+            }));
+        }
+    }
+}
+
+/// Checks a stored segment against the manifest entry for it.
+fn check_segment(m: &Manifest, index: u32, sha256: &[u8; 32], len: u64) -> Result<(), Failure> {
+    match m.segments.get(index as usize) {
+        None => Err(Failure::SegmentUnexpected(index)),
+        Some(info) if u64::from(info.ciphertext_len) != len => {
+            Err(Failure::SegmentUnexpected(index))
+        }
+        Some(info) if info.ciphertext_sha256 != *sha256 => Err(Failure::SegmentMismatch(index)),
+        Some(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_common::keys::KeyId;
+    use sluice_protocol::fec::ReedSolomon;
+    use sluice_protocol::manifest::{SegmentInfo, MANIFEST_VERSION};
+    use sluice_protocol::rx::{Assembler, Event, RxConfig};
+    use sluice_protocol::tx::{BlockPlan, OutgoingBlock, Scheduler, Transmit, TxConfig};
+    use sluice_protocol::wire::{LinkKey, ObjectId, SessionId};
+    use tokio::sync::Semaphore;
+
+    const OBJ: ObjectKey = ObjectKey {
+        session: SessionId(5),
+        object: ObjectId(1),
+    };
+
+    fn key(kind: BlockKind, index: u32) -> BlockKey {
+        BlockKey {
+            session: OBJ.session,
+            object: OBJ.object,
+            kind,
+            index,
+        }
+    }
+
+    /// A ready block of `kind`/`index` (built the way the link task gets one).
+    fn ready(kind: BlockKind, index: u32) -> (ReadyBlock, Permit) {
+        let link = LinkKey::new(&[1; 32]);
+        let plan = BlockPlan::for_block(kind, 100, 64, 0, 1);
+        let block = OutgoingBlock::encode_pass(
+            key(kind, index),
+            &[7; 100],
+            64,
+            plan,
+            0,
+            &mut ReedSolomon::new(),
+        )
+        .unwrap();
+        let mut sched = Scheduler::new(
+            TxConfig::default(),
+            OBJ.session,
+            link.clone(),
+            Default::default(),
+        );
+        let mut asm = Assembler::new(RxConfig::default(), link);
+        sched.push_block(block).unwrap();
+        let mut buf = vec![0; 2048];
+        while !sched.is_drained() {
+            if let Transmit::Frame(n) = sched.poll_transmit(Default::default(), &mut buf).unwrap() {
+                asm.handle_frame(Default::default(), &buf[..n]);
+            }
+        }
+        while let Some(event) = asm.poll_event() {
+            if let Event::BlockReady(k) = event {
+                let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+                return (asm.take_ready(&k).unwrap(), permit);
+            }
+        }
+        panic!("block never ready");
+    }
+
+    fn manifest(segments: &[[u8; 32]]) -> Opened {
+        Opened {
+            manifest: Manifest {
+                version: MANIFEST_VERSION,
+                session: OBJ.session,
+                object: OBJ.object,
+                path: "dir/file".into(),
+                kind: EntryKind::File,
+                size: 10 * segments.len() as u64,
+                mode: 0o644,
+                mtime_secs: 0,
+                mtime_nanos: 0,
+                segment_size: 10,
+                sha256: [0; 32],
+                segments: segments
+                    .iter()
+                    .map(|sha| SegmentInfo {
+                        ciphertext_len: 100,
+                        ciphertext_sha256: *sha,
+                    })
+                    .collect(),
+            },
+            envelope: b"envelope".to_vec(),
+            signer: KeyId(1),
+        }
+    }
+
+    fn stored(d: &mut Delivery, index: u32, sha: [u8; 32]) {
+        let reply = Reply::Block {
+            key: key(BlockKind::Data, index),
+            recovered: Some(false),
+            result: BlockResult::Stored {
+                sha256: sha,
+                len: 100,
+            },
+        };
+        d.handle_reply(reply, Instant::now());
+    }
+
+    fn opened(d: &mut Delivery, opened: Opened) {
+        let reply = Reply::Block {
+            key: key(BlockKind::Manifest, 0),
+            recovered: Some(true),
+            result: BlockResult::Manifest {
+                opened: Box::new(opened),
+                existing: false,
+            },
+        };
+        d.handle_reply(reply, Instant::now());
+    }
+
+    fn link(d: &mut Delivery, event: LinkEvent, delivered_before: bool) {
+        d.handle_link(event, Instant::now(), |_| delivered_before, |_| false);
+    }
+
+    /// Every action, described in a word, in order.
+    fn actions(d: &mut Delivery) -> Vec<String> {
+        std::iter::from_fn(|| d.poll_action())
+            .map(|a| match a {
+                Action::Link(LinkCommand::MarkDone(k)) => {
+                    format!("mark-done {:?}{}", k.kind, k.index)
+                }
+                Action::Link(LinkCommand::Restore(p)) => format!("restore {}", p.key.index),
+                Action::Decode(DecodeJob::Decode { block, .. }) => {
+                    format!("decode {}", block.key.index)
+                }
+                Action::Decode(DecodeJob::SavePartial { .. }) => "save-partial".into(),
+                Action::Decode(DecodeJob::LoadPartial(k)) => format!("load-partial {}", k.index),
+                Action::Publish(PublishJob::StoreManifest { .. }) => "store-manifest".into(),
+                Action::Publish(PublishJob::StageAhead { upto, .. }) => {
+                    format!("stage-ahead {upto}")
+                }
+                Action::Publish(PublishJob::Publish { check_existing, .. }) => {
+                    format!("publish {check_existing}")
+                }
+                Action::Publish(PublishJob::Discard { remove_state, .. }) => {
+                    format!("discard {remove_state}")
+                }
+                Action::Publish(PublishJob::Finish(_)) => "finish".into(),
+                Action::Emit(Outcome::Delivered { .. }) => "delivered".into(),
+                Action::Emit(Outcome::AlreadyDelivered { manifest, .. }) => {
+                    format!("already-delivered {}", manifest.is_some())
+                }
+                Action::Emit(Outcome::Failed { failure, .. }) => format!("failed: {failure}"),
+                Action::Emit(Outcome::LostWhole { count, .. }) => format!("lost-whole {count}"),
+                Action::Notice(n) => format!("notice {n:?}").chars().take(20).collect(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_object_is_published_once_its_manifest_and_segments_are_stored() {
+        let mut d = Delivery::default();
+        link(
+            &mut d,
+            LinkEvent::BlockStarted(key(BlockKind::Data, 0)),
+            false,
+        );
+        assert!(actions(&mut d).is_empty(), "a new object is assembled");
+        let (block, permit) = ready(BlockKind::Data, 0);
+        link(&mut d, LinkEvent::BlockReady(block, permit), false);
+        assert_eq!(actions(&mut d), ["decode 0"]);
+        stored(&mut d, 0, [1; 32]);
+        assert_eq!(actions(&mut d), ["stage-ahead 1"]);
+        opened(&mut d, manifest(&[[1; 32], [2; 32]]));
+        assert_eq!(actions(&mut d), ["store-manifest", "stage-ahead 1"]);
+        d.handle_reply(Reply::ManifestStored(OBJ, Ok(())), Instant::now());
+        stored(&mut d, 1, [2; 32]);
+        assert_eq!(actions(&mut d), ["publish false"]);
+        // Blocks of an object being published are not needed any more.
+        link(
+            &mut d,
+            LinkEvent::BlockStarted(key(BlockKind::Data, 1)),
+            false,
+        );
+        assert_eq!(actions(&mut d), ["mark-done Data1"]);
+        d.handle_reply(Reply::Committed(vec![(OBJ, 20)]), Instant::now());
+        assert_eq!(actions(&mut d), ["delivered"]);
+        let stats = d.stats();
+        assert_eq!((stats.objects_delivered, stats.bytes_delivered), (1, 20));
+        assert_eq!((stats.blocks_decoded, stats.blocks_recovered), (3, 1));
+        // A later pass: its done marker answers, once.
+        link(
+            &mut d,
+            LinkEvent::BlockStarted(key(BlockKind::Data, 0)),
+            true,
+        );
+        assert_eq!(
+            actions(&mut d),
+            ["mark-done Data0", "already-delivered false"]
+        );
+        link(
+            &mut d,
+            LinkEvent::BlockStarted(key(BlockKind::Data, 1)),
+            true,
+        );
+        assert_eq!(actions(&mut d), ["mark-done Data1"]);
+        link(&mut d, LinkEvent::Closed, false);
+        assert!(d.is_finished());
+    }
+
+    #[test]
+    fn a_segment_that_is_not_the_signed_one_fails_the_object_and_its_strays_are_removed() {
+        let mut d = Delivery::default();
+        link(
+            &mut d,
+            LinkEvent::BlockStarted(key(BlockKind::Data, 0)),
+            false,
+        );
+        stored(&mut d, 0, [9; 32]);
+        assert_eq!(actions(&mut d), ["stage-ahead 1"]);
+        opened(&mut d, manifest(&[[1; 32]]));
+        assert_eq!(
+            actions(&mut d),
+            ["discard true", "failed: segment 0 SHA-256 mismatch"]
+        );
+        assert_eq!(d.stats().objects_failed, 1);
+        // A block decoded meanwhile lands in the state directory: it is removed again, and the
+        // object is not reported twice.
+        stored(&mut d, 1, [2; 32]);
+        assert_eq!(actions(&mut d), ["discard true"]);
+        link(
+            &mut d,
+            LinkEvent::BlockStarted(key(BlockKind::Data, 2)),
+            false,
+        );
+        assert_eq!(actions(&mut d), ["mark-done Data2"]);
+        assert_eq!(d.stats().objects_failed, 1);
+    }
+
+    #[test]
+    fn the_end_of_a_run_reports_unfinished_and_lost_whole_objects_keeping_their_blocks() {
+        let mut d = Delivery::default();
+        link(
+            &mut d,
+            LinkEvent::BlockStarted(key(BlockKind::Data, 0)),
+            false,
+        );
+        stored(&mut d, 0, [1; 32]);
+        opened(&mut d, manifest(&[[1; 32], [2; 32], [3; 32]]));
+        // Objects 0..4 announced; object 1 seen; 0, 2 and 3 never.
+        let beat = Heartbeat {
+            session: OBJ.session,
+            seq: 0,
+            frames_sent: 10,
+            rate: 0,
+            objects: 4,
+        };
+        link(&mut d, LinkEvent::Heartbeat(beat), false);
+        d.handle_reply(Reply::ManifestStored(OBJ, Ok(())), Instant::now());
+        link(&mut d, LinkEvent::Closed, false);
+        actions(&mut d);
+        assert!(d.is_finished());
+        d.finish(|obj| obj.object == ObjectId(3));
+        assert_eq!(
+            actions(&mut d),
+            [
+                "discard false",
+                "failed: incomplete: 2 of 3 segments missing",
+                "lost-whole 2"
+            ]
+        );
+        assert_eq!(d.stats().objects_failed, 3);
+        assert_eq!(d.stats().sender_frames.get(&OBJ.session.0), Some(&10));
+    }
+
+    #[test]
+    fn saved_symbols_are_restored_when_their_block_starts_again_and_only_if_wanted() {
+        let mut d = Delivery::resume(vec![Resumed {
+            obj: OBJ,
+            manifest: None,
+            segments: vec![(0, [1; 32])],
+            partials: [(BlockKind::Data, 1)].into_iter().collect(),
+        }]);
+        assert!(actions(&mut d).is_empty());
+        link(
+            &mut d,
+            LinkEvent::BlockStarted(key(BlockKind::Data, 0)),
+            false,
+        );
+        assert_eq!(actions(&mut d), ["mark-done Data0"], "already stored");
+        link(
+            &mut d,
+            LinkEvent::BlockStarted(key(BlockKind::Data, 1)),
+            false,
+        );
+        assert_eq!(actions(&mut d), ["load-partial 1"]);
+        let (block, _) = ready(BlockKind::Data, 1);
+        let partial = PartialBlock {
+            key: block.key,
+            geometry: block.geometry,
+            ids: vec![],
+            symbols: vec![],
+        };
+        d.handle_reply(
+            Reply::PartialLoaded(key(BlockKind::Data, 1), Some(partial)),
+            Instant::now(),
+        );
+        assert_eq!(actions(&mut d), ["restore 1"]);
+        // A block saved while the link was up is counted and its symbols kept; a stalled block
+        // of an object that is finished is not.
+        let (block, _) = ready(BlockKind::Data, 2);
+        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        let partial = PartialBlock {
+            key: block.key,
+            geometry: block.geometry,
+            ids: vec![0],
+            symbols: vec![0; 64],
+        };
+        link(
+            &mut d,
+            LinkEvent::BlockStalled {
+                partial,
+                permit: Some(permit),
+                running: true,
+            },
+            false,
+        );
+        let got = actions(&mut d);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[1], "save-partial");
+        assert_eq!(d.stats().blocks_stalled, 1);
+    }
+}

@@ -1,0 +1,151 @@
+//! Why an object was not delivered. The `Display` texts are stable: operators and tests grep
+//! for them (README.md lists them).
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// Why an object was not delivered. The `Display` texts are stable: operators and tests
+/// grep for them (see README.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// No `--identity` key opens the manifest.
+    ManifestUndecryptable {
+        /// The `--identity` file.
+        identity: PathBuf,
+        /// age's reason.
+        error: String,
+    },
+    /// The manifest signature is by a key not given with `--trust`.
+    UntrustedSigner(String),
+    /// The signature does not verify, or is malformed.
+    BadSignature(String),
+    /// The manifest does not decode or breaks a limit.
+    ManifestMalformed(String),
+    /// The manifest names another session or object than the block that carried it.
+    ManifestMismatch,
+    /// The path is hostile, reserved or clashes with what is in `--out`.
+    PathRefused {
+        /// The path as the manifest gives it.
+        path: String,
+        /// Why.
+        error: String,
+    },
+    /// A decoded segment does not have the SHA-256 the signed manifest gives.
+    SegmentMismatch(u32),
+    /// A decoded segment the manifest does not list, or of another length.
+    SegmentUnexpected(u32),
+    /// A stored segment changed on disk after it was decoded and checked.
+    StoredSegmentDamaged(u32),
+    /// A segment does not decrypt.
+    SegmentUndecryptable(u32, String),
+    /// The decrypted content is not as long as the manifest says.
+    SizeMismatch {
+        /// Manifest size.
+        expected: u64,
+        /// Bytes decrypted.
+        got: u64,
+    },
+    /// The decrypted content's SHA-256 differs from the manifest's.
+    ContentMismatch,
+    /// A block could not be decoded.
+    Decode(String),
+    /// The file system refused (disk full, permissions, ...).
+    Io(String),
+    /// The run ended with segments missing.
+    Incomplete {
+        /// Segments not received.
+        missing: usize,
+        /// Segments the manifest lists.
+        total: usize,
+    },
+    /// The run ended without the manifest.
+    NoManifest,
+    /// The sender announced the object (heartbeat) but none of its frames arrived.
+    LostWhole,
+}
+
+impl Failure {
+    /// Whether the stored blocks are kept for a later pass or run (the object is merely
+    /// incomplete) rather than discarded (it was refused, or the disk failed: its blocks
+    /// would only hold space other objects need; a later sender run brings them again).
+    pub fn keeps_state(&self) -> bool {
+        matches!(self, Failure::Incomplete { .. } | Failure::NoManifest)
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::ManifestUndecryptable { identity, error } => write!(
+                f,
+                "cannot decrypt manifest with --identity {}: {error}",
+                identity.display()
+            ),
+            Failure::UntrustedSigner(id) => write!(f, "manifest signed by untrusted key {id}"),
+            Failure::BadSignature(e) => write!(f, "manifest signature rejected: {e}"),
+            Failure::ManifestMalformed(e) => write!(f, "manifest malformed: {e}"),
+            Failure::ManifestMismatch => {
+                f.write_str("manifest names another session or object than its block")
+            }
+            Failure::PathRefused { path, error } => write!(f, "refused path {path:?}: {error}"),
+            Failure::SegmentMismatch(i) => write!(f, "segment {i} SHA-256 mismatch"),
+            Failure::SegmentUnexpected(i) => {
+                write!(
+                    f,
+                    "segment {i} is not in the manifest or has another length"
+                )
+            }
+            Failure::StoredSegmentDamaged(i) => {
+                write!(f, "stored segment {i} damaged in the state directory")
+            }
+            Failure::SegmentUndecryptable(i, e) => write!(f, "segment {i} does not decrypt: {e}"),
+            Failure::SizeMismatch { expected, got } => write!(
+                f,
+                "size mismatch: manifest says {expected} bytes, content has {got}"
+            ),
+            Failure::ContentMismatch => f.write_str("content SHA-256 mismatch"),
+            Failure::Decode(e) => write!(f, "FEC decoding failed: {e}"),
+            Failure::Io(e) => f.write_str(e),
+            Failure::Incomplete { missing, total } => {
+                write!(f, "incomplete: {missing} of {total} segments missing")
+            }
+            Failure::NoManifest => f.write_str("manifest never arrived"),
+            Failure::LostWhole => f.write_str(
+                "lost whole: the sender announced it but none of its frames arrived \
+                 (or the sender could not read it)",
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_texts_are_the_documented_phrases() {
+        assert_eq!(
+            Failure::SegmentMismatch(3).to_string(),
+            "segment 3 SHA-256 mismatch"
+        );
+        assert_eq!(
+            Failure::Incomplete {
+                missing: 3,
+                total: 12
+            }
+            .to_string(),
+            "incomplete: 3 of 12 segments missing"
+        );
+        assert_eq!(Failure::NoManifest.to_string(), "manifest never arrived");
+        assert!(Failure::ManifestUndecryptable {
+            identity: "k/receiver.key".into(),
+            error: "no match".into()
+        }
+        .to_string()
+        .starts_with("cannot decrypt manifest with --identity k/receiver.key"));
+        assert_eq!(
+            Failure::UntrustedSigner("ABCD".into()).to_string(),
+            "manifest signed by untrusted key ABCD"
+        );
+    }
+}

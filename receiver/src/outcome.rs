@@ -1,0 +1,142 @@
+//! What happened to each object, emitted by the delivery core at one place
+//! ([`Action::Emit`](crate::delivery::Action)) to every subscriber: the log line here, the
+//! report's list of failures, and later the audit log and metrics. The log phrases are stable:
+//! operators and tests grep for them (README.md lists them).
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use sluice_common::outcome::Subscriber;
+use sluice_protocol::manifest::Manifest;
+
+use crate::failure::Failure;
+use crate::state::ObjectKey;
+use crate::summary::FailedObject;
+
+/// The fate of one object (or, for objects lost whole, of several).
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Published under `--out`, durable.
+    Delivered {
+        obj: ObjectKey,
+        manifest: Arc<Manifest>,
+        /// From its first block in this run to its commit.
+        duration: Duration,
+    },
+    /// Already in `--out` (an earlier pass or run delivered it): not written again. The
+    /// manifest is known when the content was recognised, not when a done marker answered.
+    AlreadyDelivered {
+        obj: ObjectKey,
+        manifest: Option<Arc<Manifest>>,
+    },
+    /// Refused, failed, or left incomplete.
+    Failed {
+        obj: ObjectKey,
+        path: Option<String>,
+        failure: Failure,
+    },
+    /// Announced by a sender, never seen: `count` objects, the first of them listed.
+    LostWhole { first: Vec<ObjectKey>, count: u64 },
+}
+
+/// The receiver's log line for every outcome.
+#[derive(Debug, Default)]
+pub(crate) struct LogLine;
+
+impl Subscriber<Outcome> for LogLine {
+    fn on_outcome(&mut self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Delivered {
+                obj,
+                manifest: m,
+                duration,
+            } => tracing::info!(
+                object = %obj,
+                path = %m.path,
+                kind = ?m.kind,
+                sha256 = %hex::encode(m.sha256),
+                size = m.size,
+                duration_ms = duration.as_millis() as u64,
+                "delivered {}",
+                m.path
+            ),
+            Outcome::AlreadyDelivered {
+                obj,
+                manifest: Some(m),
+            } => tracing::info!(
+                object = %obj,
+                path = %m.path,
+                sha256 = %hex::encode(m.sha256),
+                size = m.size,
+                "already delivered {}",
+                m.path
+            ),
+            Outcome::AlreadyDelivered {
+                obj,
+                manifest: None,
+            } => {
+                tracing::info!(object = %obj, "already delivered {obj} (by an earlier pass or run)")
+            }
+            Outcome::Failed {
+                obj,
+                path: Some(p),
+                failure,
+            } => tracing::warn!(object = %obj, path = %p, "object failed: {failure}"),
+            Outcome::Failed {
+                obj,
+                path: None,
+                failure,
+            } => tracing::warn!(object = %obj, "object failed: {failure}"),
+            Outcome::LostWhole { first, count } => {
+                for obj in first {
+                    tracing::warn!(object = %obj, "object failed: {}", Failure::LostWhole);
+                }
+                let more = count.saturating_sub(first.len() as u64);
+                if more > 0 {
+                    tracing::warn!("{more} more object(s) lost whole");
+                }
+            }
+        }
+    }
+}
+
+/// Failures kept in full for the report (all are counted and logged).
+const MAX_REPORTED_FAILURES: usize = 1000;
+
+/// Collects the failures the final report lists.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct FailureList {
+    list: Arc<Mutex<Vec<FailedObject>>>,
+}
+
+impl FailureList {
+    /// The failures collected so far.
+    pub fn take(&self) -> Vec<FailedObject> {
+        std::mem::take(&mut *self.list.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn add(&self, obj: &ObjectKey, path: Option<String>, failure: &Failure) {
+        let mut list = self.list.lock().unwrap_or_else(PoisonError::into_inner);
+        if list.len() < MAX_REPORTED_FAILURES {
+            list.push(FailedObject {
+                object: obj.to_string(),
+                path,
+                reason: failure.to_string(),
+            });
+        }
+    }
+}
+
+impl Subscriber<Outcome> for FailureList {
+    fn on_outcome(&mut self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Failed { obj, path, failure } => self.add(obj, path.clone(), failure),
+            Outcome::LostWhole { first, .. } => {
+                for obj in first {
+                    self.add(obj, None, &Failure::LostWhole);
+                }
+            }
+            Outcome::Delivered { .. } | Outcome::AlreadyDelivered { .. } => {}
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! The decoder pool: pure workers. Each job is a block (or a block's saved symbols) and the
+//! answer is one [`Reply`] to the delivery core; a worker decides nothing about objects.
+//!
+//! ```text
+//!  delivery ──DecodeJob──▶ decoder 1..n ──Reply──▶ delivery
+//!                          data block:     FEC-decode, SHA-256, store seg-<i>
+//!                          manifest block: FEC-decode, age-decrypt, verify signature against
+//!                                          --trust, check ids and path, look for the content
+//!                                          already in --out
+//!                          stalled block:  store partial-<i>;  restore: read it back
+//! ```
+//!
+//! Every block job carries a semaphore permit for the bytes it holds; dropping the job
+//! releases it, which is what bounds the memory between the link task and the disk.
+
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use sluice_common::envelope::{self, OpenError, Opened};
+use sluice_protocol::fec::ReedSolomon;
+use sluice_protocol::rx::{PartialBlock, ReadyBlock};
+use sluice_protocol::wire::{BlockKey, BlockKind};
+
+use crate::context::{self, Context};
+use crate::delivery::{BlockResult, DecodeJob, Input, Reply};
+use crate::failure::Failure;
+use crate::publish;
+use crate::state::ObjectKey;
+
+/// Starts `n` decoder threads; each runs until `jobs` closes.
+pub(crate) fn spawn(
+    n: usize,
+    ctx: &Arc<Context>,
+    jobs: &flume::Receiver<DecodeJob>,
+    replies: &flume::Sender<Input>,
+) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    (0..n)
+        .map(|i| {
+            let (ctx, jobs, replies) = (ctx.clone(), jobs.clone(), replies.clone());
+            std::thread::Builder::new()
+                .name(format!("decode-{i}"))
+                .spawn(move || run(&ctx, &jobs, &replies))
+        })
+        .collect()
+}
+
+fn run(ctx: &Context, jobs: &flume::Receiver<DecodeJob>, replies: &flume::Sender<Input>) {
+    context::lower_priority(context::WORKER_NICE);
+    let mut codec = ReedSolomon::new();
+    for job in jobs.iter() {
+        let reply = match job {
+            DecodeJob::Decode {
+                block,
+                permit: _permit,
+                drop_partial,
+            } => decode(ctx, &mut codec, block, drop_partial),
+            DecodeJob::SavePartial {
+                partial,
+                permit: _permit,
+            } => save_partial(ctx, &partial),
+            DecodeJob::LoadPartial(key) => load_partial(ctx, key),
+        };
+        if replies.send(Input::Reply(reply)).is_err() {
+            return;
+        }
+    }
+}
+
+fn save_partial(ctx: &Context, partial: &PartialBlock) -> Reply {
+    let saved = match ctx.state.store_partial(partial) {
+        Ok(()) => true,
+        Err(e) => {
+            let obj = ObjectKey::of(&partial.key);
+            tracing::warn!(object = %obj, "cannot save the symbols of a stalled block: {e}");
+            false
+        }
+    };
+    Reply::PartialSaved {
+        key: partial.key,
+        saved,
+    }
+}
+
+fn load_partial(ctx: &Context, key: BlockKey) -> Reply {
+    // File I/O: this is why restoring is a job, not the link task's work.
+    let partial = match ctx.state.load_partial(&key) {
+        Ok(partial) => Some(partial),
+        Err(e) => {
+            tracing::debug!(block = ?key, "saved symbols unusable: {e}");
+            None
+        }
+    };
+    Reply::PartialLoaded(key, partial)
+}
+
+fn decode(ctx: &Context, codec: &mut ReedSolomon, block: ReadyBlock, drop_partial: bool) -> Reply {
+    let key = block.key;
+    let data = match block.decode(codec) {
+        Ok(data) => data,
+        Err(e) => {
+            // Any k distinct symbols decode an MDS code; this means a codec limit was hit.
+            return Reply::Block {
+                key,
+                recovered: None,
+                result: BlockResult::Failed(Failure::Decode(format!("{key:?}: {e:?}"))),
+            };
+        }
+    };
+    let recovered = Some(block.used_repair());
+    drop(block);
+    let result = match key.kind {
+        BlockKind::Data => store_segment(ctx, key, &data),
+        BlockKind::Manifest => open_manifest(ctx, key, &data),
+    };
+    if drop_partial && !matches!(result, BlockResult::Failed(_)) {
+        ctx.state.remove_partial(&key);
+    }
+    Reply::Block {
+        key,
+        recovered,
+        result,
+    }
+}
+
+fn store_segment(ctx: &Context, key: BlockKey, data: &[u8]) -> BlockResult {
+    let obj = ObjectKey::of(&key);
+    let sha256: [u8; 32] = Sha256::digest(data).into();
+    match ctx.state.store_segment(obj, key.index, &sha256, data) {
+        Ok(()) => BlockResult::Stored {
+            sha256,
+            len: data.len() as u64,
+        },
+        Err(e) => BlockResult::Failed(Failure::Io(format!(
+            "cannot store segment {} in {}: {e}",
+            key.index,
+            ctx.state.root().display()
+        ))),
+    }
+}
+
+fn open_manifest(ctx: &Context, key: BlockKey, data: &[u8]) -> BlockResult {
+    let opened = match envelope::open_manifest(data, &ctx.identities, &ctx.trusted) {
+        Ok(opened) => opened,
+        Err(e) => return BlockResult::Failed(open_failure(ctx, e)),
+    };
+    if let Err(failure) = check_opened(ctx, &opened) {
+        return BlockResult::Failed(failure);
+    }
+    if opened.manifest.session != key.session || opened.manifest.object != key.object {
+        return BlockResult::Failed(Failure::ManifestMismatch);
+    }
+    let existing = publish::already_delivered(ctx, &opened.manifest);
+    BlockResult::Manifest {
+        opened: Box::new(opened),
+        existing,
+    }
+}
+
+/// The path rules a verified manifest must also meet.
+pub(crate) fn check_opened(ctx: &Context, opened: &Opened) -> Result<(), Failure> {
+    publish::check_path(ctx, &opened.manifest.path)
+}
+
+/// The documented failure for a manifest that does not open.
+pub(crate) fn open_failure(ctx: &Context, error: OpenError) -> Failure {
+    match error {
+        OpenError::Undecryptable(error) => Failure::ManifestUndecryptable {
+            identity: ctx.identity_path.clone(),
+            error,
+        },
+        OpenError::Untrusted(id) => Failure::UntrustedSigner(id.to_string()),
+        OpenError::BadSignature(e) => Failure::BadSignature(e.to_string()),
+        OpenError::Malformed(e) => Failure::ManifestMalformed(e),
+        _ => Failure::ManifestMalformed(error.to_string()),
+    }
+}

@@ -1,0 +1,91 @@
+//! The sender's counters: one struct, shared by reference. The send loop writes what went out
+//! on the link; the outcome counter writes what happened to objects. The summary reads it, and
+//! so can anything that wants live figures, without a lock.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sluice_protocol::tx::TxStats;
+
+use crate::outcome::Outcome;
+
+/// Live counters of one sender run.
+#[derive(Debug, Default)]
+pub struct Counters {
+    objects_queued: AtomicU64,
+    objects_sent: AtomicU64,
+    objects_failed: AtomicU64,
+    objects_refused: AtomicU64,
+    objects_skipped: AtomicU64,
+    bytes: AtomicU64,
+    frames: AtomicU64,
+    frame_bytes: AtomicU64,
+    symbols: AtomicU64,
+    heartbeats: AtomicU64,
+    blocks: AtomicU64,
+}
+
+/// The counters at one moment.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    pub objects_queued: u64,
+    pub objects_sent: u64,
+    pub objects_failed: u64,
+    pub objects_refused: u64,
+    pub objects_skipped: u64,
+    /// Plaintext bytes of the objects queued, counted once (not per pass).
+    pub bytes: u64,
+    pub tx: TxStats,
+}
+
+fn add(a: &AtomicU64, n: u64) {
+    a.fetch_add(n, Ordering::Relaxed);
+}
+
+fn get(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+impl Counters {
+    /// Counts one outcome.
+    pub(crate) fn record_outcome(&self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Skipped { .. } => add(&self.objects_skipped, 1),
+            Outcome::Refused { .. } => add(&self.objects_refused, 1),
+            Outcome::Queued { size, .. } => {
+                add(&self.objects_queued, 1);
+                add(&self.bytes, *size);
+            }
+            Outcome::Sent { .. } => add(&self.objects_sent, 1),
+            Outcome::Failed { .. } => add(&self.objects_failed, 1),
+        }
+    }
+
+    /// What the scheduler says went out.
+    pub(crate) fn record_tx(&self, stats: &TxStats) {
+        let set = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+        set(&self.frames, stats.frames);
+        set(&self.frame_bytes, stats.bytes);
+        set(&self.symbols, stats.symbols);
+        set(&self.heartbeats, stats.heartbeats);
+        set(&self.blocks, stats.blocks);
+    }
+
+    /// Everything, now.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            objects_queued: get(&self.objects_queued),
+            objects_sent: get(&self.objects_sent),
+            objects_failed: get(&self.objects_failed),
+            objects_refused: get(&self.objects_refused),
+            objects_skipped: get(&self.objects_skipped),
+            bytes: get(&self.bytes),
+            tx: TxStats {
+                frames: get(&self.frames),
+                bytes: get(&self.frame_bytes),
+                symbols: get(&self.symbols),
+                heartbeats: get(&self.heartbeats),
+                blocks: get(&self.blocks),
+            },
+        }
+    }
+}

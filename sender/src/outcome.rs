@@ -1,0 +1,73 @@
+//! What happened to each object the sender was given, emitted at one place (the send loop) to
+//! every subscriber: the log line, the counters the summary reads, and later the audit log
+//! and metrics.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use sluice_common::outcome::Subscriber;
+
+use crate::counters::Counters;
+
+/// The fate of one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Left out on purpose (a symlink, device, FIFO or socket): a warning, not a failure.
+    Skipped { path: PathBuf, reason: String },
+    /// Refused up front (a name the receiver would refuse): an error the operator must see.
+    Refused { path: PathBuf, reason: String },
+    /// Every block of its first pass, manifest last, went to the link queue.
+    Queued {
+        path: String,
+        size: u64,
+        sha256: [u8; 32],
+        segments: usize,
+    },
+    /// Every block of every pass has left on the link.
+    Sent { path: String, size: u64 },
+    /// It could not be read or encoded; none of its later blocks will go out.
+    Failed { path: String, reason: String },
+}
+
+/// The sender's log line for every outcome.
+#[derive(Debug, Default)]
+pub(crate) struct LogLine;
+
+impl Subscriber<Outcome> for LogLine {
+    fn on_outcome(&mut self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Skipped { path, reason } => {
+                tracing::warn!(path = %path.display(), "{reason}")
+            }
+            Outcome::Refused { path, reason } => {
+                tracing::error!(path = %path.display(), "{reason}")
+            }
+            Outcome::Queued {
+                path,
+                size,
+                sha256,
+                segments,
+            } => tracing::info!(
+                path = %path,
+                size,
+                sha256 = %hex::encode(sha256),
+                segments,
+                "object queued"
+            ),
+            Outcome::Sent { path, size } => tracing::debug!(path = %path, size, "object sent"),
+            Outcome::Failed { path, reason } => {
+                tracing::error!(path = %path, reason = %reason, "object not sent: {reason}")
+            }
+        }
+    }
+}
+
+/// Counts outcomes into the sender's counters.
+#[derive(Debug)]
+pub(crate) struct Count(pub Arc<Counters>);
+
+impl Subscriber<Outcome> for Count {
+    fn on_outcome(&mut self, outcome: &Outcome) {
+        self.0.record_outcome(outcome);
+    }
+}

@@ -1,0 +1,265 @@
+//! The paced send loop: blocks from the encoder into the scheduler, frames out on the link at
+//! the scheduler's pace, heartbeats while idle, and a short tail of heartbeats at the end so the
+//! receiver sees the sender finish rather than vanish. It is also the one place where the
+//! sender's outcomes are emitted: it alone sees both what the encoder made of an object and
+//! when its last frame left.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use sluice_common::link::FrameTx;
+use sluice_common::outcome::Outcomes;
+use sluice_protocol::tx::{OutgoingBlock, Scheduler, Transmit, TxConfig};
+use sluice_protocol::wire::{BlockKind, LinkKey, ObjectId, SessionId};
+
+use crate::counters::Counters;
+use crate::encode::Produced;
+use crate::outcome::Outcome;
+
+/// Send-loop settings.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    /// Link bytes per second (0: unpaced).
+    pub rate: u64,
+    /// Largest frame plus the link's per-frame overhead.
+    pub wire_frame: u64,
+    /// Bytes the link adds per frame.
+    pub frame_overhead: u32,
+    pub interleave: usize,
+    pub session: SessionId,
+    pub link_key: LinkKey,
+    pub passes: u16,
+    pub heartbeat_interval: Duration,
+    /// Heartbeats keep going this long after the last symbol.
+    pub linger: Duration,
+    /// Show a progress bar over this many plaintext bytes.
+    pub progress_total: Option<u64>,
+}
+
+/// An object whose blocks are still going out, until every pass has left.
+#[derive(Debug, Default)]
+struct InFlight {
+    /// Blocks pushed to the scheduler and not yet sent.
+    pending: usize,
+    /// The manifest block of the last pass (the object's last block) was pushed.
+    last_pushed: bool,
+    /// Path and size, once the encoder said it queued the object.
+    queued: Option<(String, u64)>,
+}
+
+fn progress_bar(total: Option<u64>) -> ProgressBar {
+    match total {
+        None => ProgressBar::hidden(),
+        Some(total) => {
+            let bar = ProgressBar::new(total);
+            if let Ok(style) = ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+            ) {
+                bar.set_style(style);
+            }
+            bar
+        }
+    }
+}
+
+/// The loop's state.
+pub(crate) struct SendLoop {
+    settings: Settings,
+    scheduler: Scheduler,
+    outcomes: Outcomes<Outcome>,
+    counters: std::sync::Arc<Counters>,
+    in_flight: HashMap<ObjectId, InFlight>,
+    bar: ProgressBar,
+    start: Instant,
+}
+
+impl SendLoop {
+    pub fn new(
+        settings: Settings,
+        outcomes: Outcomes<Outcome>,
+        counters: std::sync::Arc<Counters>,
+    ) -> Self {
+        let start = Instant::now();
+        // The timer wakes us about once a millisecond: the bucket must hold a couple of
+        // milliseconds of line rate or sleeping would cap the rate below --rate.
+        let burst = (2 * settings.wire_frame).max(settings.rate / 500);
+        let config = TxConfig {
+            rate: settings.rate,
+            burst,
+            frame_overhead: settings.frame_overhead,
+            interleave: settings.interleave,
+            heartbeat_interval: settings.heartbeat_interval,
+        };
+        let scheduler = Scheduler::new(
+            config,
+            settings.session,
+            settings.link_key.clone(),
+            sluice_common::instant_since(start),
+        );
+        let bar = progress_bar(settings.progress_total);
+        SendLoop {
+            settings,
+            scheduler,
+            outcomes,
+            counters,
+            in_flight: HashMap::new(),
+            bar,
+            start,
+        }
+    }
+
+    /// The one place outcomes leave the sender.
+    pub fn emit(&mut self, outcome: Outcome) {
+        self.outcomes.emit(outcome);
+    }
+
+    /// Runs until the encoder is done, every frame is out and the linger time has passed;
+    /// returns the time until the last symbol.
+    pub async fn run(
+        &mut self,
+        link: &mut dyn FrameTx,
+        blocks: flume::Receiver<Produced>,
+    ) -> std::io::Result<Duration> {
+        let tokio_start = tokio::time::Instant::from_std(self.start);
+        let mut pending: Option<OutgoingBlock> = None;
+        let mut encoder_done = false;
+        let mut finish_at: Option<sluice_protocol::time::Instant> = None;
+        let mut drained_after: Option<Duration> = None;
+        loop {
+            // Feed the scheduler as far as it has room.
+            loop {
+                if let Some(block) = pending.take() {
+                    if let Err(block) = self.scheduler.push_block(block) {
+                        pending = Some(block);
+                        break;
+                    }
+                }
+                if encoder_done {
+                    break;
+                }
+                match blocks.try_recv() {
+                    Ok(item) => pending = self.absorb(item),
+                    Err(flume::TryRecvError::Empty) => break,
+                    Err(flume::TryRecvError::Disconnected) => encoder_done = true,
+                }
+            }
+
+            let now = sluice_common::instant_since(self.start);
+            let wait_until = match self
+                .scheduler
+                .poll_transmit(now, link.frame_buf())
+                .map_err(|e| std::io::Error::other(format!("frame encoding: {e:?}")))?
+            {
+                Transmit::Frame(len) => {
+                    link.commit(len).await?;
+                    self.take_sent();
+                    continue;
+                }
+                Transmit::WaitUntil(at) => at,
+            };
+            link.flush().await?;
+            self.counters.record_tx(&self.scheduler.stats());
+            let idle = encoder_done && pending.is_none() && self.scheduler.is_drained();
+            let deadline = if idle {
+                drained_after.get_or_insert_with(|| self.start.elapsed());
+                let end = *finish_at.get_or_insert(now + self.settings.linger);
+                if now >= end {
+                    break;
+                }
+                wait_until.min(end)
+            } else {
+                wait_until
+            };
+            let sleep =
+                tokio::time::sleep_until(tokio_start + Duration::from_micros(deadline.as_micros()));
+            if pending.is_none() && !encoder_done {
+                tokio::select! {
+                    item = blocks.recv_async() => match item {
+                        Ok(item) => pending = self.absorb(item),
+                        Err(_) => encoder_done = true,
+                    },
+                    () = sleep => {}
+                }
+            } else {
+                sleep.await;
+            }
+        }
+        link.flush().await?;
+        self.take_sent();
+        self.counters.record_tx(&self.scheduler.stats());
+        self.bar.finish_and_clear();
+        Ok(drained_after.unwrap_or_else(|| self.start.elapsed()))
+    }
+
+    /// Takes what the encoder produced; returns the block to push, if it was one.
+    fn absorb(&mut self, item: Produced) -> Option<OutgoingBlock> {
+        match item {
+            Produced::Block {
+                block,
+                plain_bytes,
+                pass,
+            } => {
+                self.bar.inc(plain_bytes);
+                let key = block.key();
+                let track = self.in_flight.entry(key.object).or_default();
+                track.pending += 1;
+                if key.kind == BlockKind::Manifest && pass + 1 >= self.settings.passes {
+                    track.last_pushed = true;
+                }
+                return Some(block);
+            }
+            Produced::ObjectQueued {
+                object,
+                path,
+                size,
+                sha256,
+                segments,
+            } => {
+                self.bar.set_message(path.clone());
+                self.in_flight.entry(object).or_default().queued = Some((path.clone(), size));
+                self.emit(Outcome::Queued {
+                    path,
+                    size,
+                    sha256,
+                    segments,
+                });
+                self.check_sent(object);
+            }
+            Produced::ObjectFailed {
+                object,
+                path,
+                reason,
+            } => {
+                self.in_flight.remove(&object);
+                self.emit(Outcome::Failed { path, reason });
+            }
+            Produced::PassQueued(pass) => tracing::debug!(pass, "pass queued"),
+        }
+        None
+    }
+
+    /// Counts blocks the scheduler finished against their objects.
+    fn take_sent(&mut self) {
+        while let Some(key) = self.scheduler.poll_sent() {
+            if let Some(track) = self.in_flight.get_mut(&key.object) {
+                track.pending = track.pending.saturating_sub(1);
+                self.check_sent(key.object);
+            }
+        }
+    }
+
+    /// An object whose every block of every pass left, and that the encoder queued, is sent.
+    fn check_sent(&mut self, object: ObjectId) {
+        let done = self
+            .in_flight
+            .get(&object)
+            .is_some_and(|t| t.pending == 0 && t.last_pushed && t.queued.is_some());
+        if !done {
+            return;
+        }
+        if let Some((path, size)) = self.in_flight.remove(&object).and_then(|t| t.queued) {
+            self.emit(Outcome::Sent { path, size });
+        }
+    }
+}

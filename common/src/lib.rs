@@ -5,11 +5,13 @@
 //! - [`exit`]: the exit statuses; [`logging`]: log output;
 //! - [`envelope`]: age encryption and the signed manifest envelope;
 //! - [`outcome`]: outcomes as events, emitted at one place to a list of subscribers;
-//! - [`keys`]: key files; [`paths`]: object path safety; [`units`]: sizes and rates.
+//! - [`keys`]: key files; [`paths`]: object path safety; [`beneath`]: file operations
+//!   beneath a directory fd, never by path; [`units`]: sizes and rates.
 //!
 //! The wire format and the state machines live in `sluice-protocol`; this crate is the I/O
 //! and operator-facing edge around them.
 
+pub mod beneath;
 pub mod config;
 pub mod envelope;
 pub mod exit;

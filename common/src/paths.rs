@@ -2,8 +2,10 @@
 //!
 //! An object path comes from a signed manifest, but a trusted sender can still be mistaken or
 //! compromised, so the receiver treats it as hostile: it must be relative, made of ordinary
-//! components, free of control characters, and must not reach outside `--out` through `..` or
-//! an existing symlink. The sender applies the same rule so it never sends what would be refused.
+//! components, free of control characters and of characters that make a name look like
+//! another (bidirectional overrides, zero-width and separator characters), and must not reach
+//! outside `--out` through `..` or an existing symlink. The sender applies the same rule so it
+//! never sends what would be refused. Names shown in logs go through [`escaped`].
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -31,6 +33,13 @@ pub enum PathError {
     ComponentTooLong(usize),
     #[error("path contains a NUL or control character")]
     ControlCharacter,
+    #[error(
+        "path contains U+{0:04X}, an invisible, bidirectional-override or separator character \
+         that makes a name look like another"
+    )]
+    Deceptive(u32),
+    #[error("{0:?} differs from an existing entry {1:?} only by Unicode normalization")]
+    NormalizationTwin(String, String),
     #[error("path contains a backslash (ambiguous between systems)")]
     Backslash,
     #[error("path is inside the reserved state directory {RESERVED_STATE_DIR}")]
@@ -56,6 +65,9 @@ pub fn validate_object_path(path: &str) -> Result<(), PathError> {
     if path.chars().any(char::is_control) {
         return Err(PathError::ControlCharacter);
     }
+    if let Some(c) = path.chars().find(|c| is_deceptive(*c)) {
+        return Err(PathError::Deceptive(u32::from(c)));
+    }
     if path.contains('\\') {
         return Err(PathError::Backslash);
     }
@@ -69,11 +81,54 @@ pub fn validate_object_path(path: &str) -> Result<(), PathError> {
         if component.len() > MAX_COMPONENT_BYTES {
             return Err(PathError::ComponentTooLong(component.len()));
         }
-        if i == 0 && component == RESERVED_STATE_DIR {
+        // Case-insensitively: --out may be on a file system that folds case.
+        if i == 0 && component.eq_ignore_ascii_case(RESERVED_STATE_DIR) {
             return Err(PathError::Reserved);
         }
     }
     Ok(())
+}
+
+/// Characters that make a name display as something it is not: bidirectional controls and
+/// overrides (`U+202E` turns `exe.txt` around), zero-width and other invisible characters,
+/// line and paragraph separators, and every space but the ASCII one.
+pub fn is_deceptive(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00A0}' | '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}'
+            | '\u{1680}' | '\u{17B4}' | '\u{17B5}' | '\u{180B}'..='\u{180E}'
+            | '\u{2000}'..='\u{200F}' | '\u{2028}'..='\u{202F}' | '\u{205F}'..='\u{206F}'
+            | '\u{3000}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}'
+            | '\u{FFF9}'..='\u{FFFB}' | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E0FFF}'
+    )
+}
+
+/// `name` for a log line or a message: control and deceptive characters (which a refused
+/// name may hold) are shown as `\u{…}` escapes, never written raw to a terminal or a log.
+pub fn escaped(name: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        if c.is_control() || is_deceptive(c) || c == '\\' {
+            let _ = write!(out, "\\u{{{:04x}}}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The other spellings of `name` under Unicode normalization (its NFC and NFD forms, where
+/// they differ from it): an existing entry under one of them is a twin that looks the same.
+pub fn normalization_twins(name: &str) -> Vec<String> {
+    use unicode_normalization::UnicodeNormalization;
+    let mut twins: Vec<String> = Vec::new();
+    for form in [name.nfc().collect::<String>(), name.nfd().collect::<String>()] {
+        if form != name && !twins.contains(&form) {
+            twins.push(form);
+        }
+    }
+    twins
 }
 
 /// What is about to be placed at a resolved path.
@@ -177,12 +232,29 @@ mod tests {
             (&long_component, "longer than 255"),
             (&long_path, "longer than 4096"),
             (".sluice-state/x", "reserved"),
+            (".SLUICE-STATE/x", "reserved"),
+            ("report\u{202E}txt.exe", "U+202E"),
+            ("zero\u{200B}width", "U+200B"),
+            ("line\u{2028}sep", "U+2028"),
+            ("no\u{00A0}break", "U+00A0"),
+            ("bom\u{FEFF}", "U+FEFF"),
             ("a\\..\\b", "backslash"),
         ];
         for (path, reason) in cases {
             let err = validate_object_path(path).unwrap_err().to_string();
             assert!(err.contains(reason), "{path:?}: {err}");
         }
+    }
+
+    #[test]
+    fn names_are_escaped_for_logs_and_twins_found() {
+        assert_eq!(escaped("a\u{202E}b\nc"), "a\\u{202e}b\\u{000a}c");
+        assert_eq!(escaped("plain/ünïcode name"), "plain/ünïcode name");
+        let nfd = "cafe\u{301}";
+        assert_eq!(normalization_twins(nfd), ["caf\u{e9}"]);
+        assert_eq!(normalization_twins("caf\u{e9}"), [nfd]);
+        assert!(normalization_twins("plain").is_empty());
+        assert!(validate_object_path(nfd).is_ok(), "either form alone is fine");
     }
 
     #[test]

@@ -237,6 +237,29 @@ fn geometry_too_many_repair_symbols() {
 }
 
 #[test]
+fn geometry_more_repair_than_max_of_k_and_64() {
+    // One source symbol with 32768 repair symbols would make the decoder allocate
+    // next_pow2(32768 + 1) × 8896 bytes ≈ 583 MB: refused (the repair-bomb bound).
+    let bomb = Geometry {
+        source_symbols: 1,
+        repair_symbols: 32768,
+        symbol_size: 8896,
+        block_len: 64,
+    };
+    assert_eq!(
+        geometry_error(bomb, 0),
+        ParseError::BadGeometry(GeometryError::RepairSymbols)
+    );
+    let at_cap = Geometry {
+        repair_symbols: Geometry::repair_cap(bomb.source_symbols),
+        ..bomb
+    };
+    assert_eq!(at_cap.repair_symbols, 64);
+    assert!(at_cap.validate().is_ok());
+    assert!(at_cap.decode_work_bytes() <= 128 * 8896);
+}
+
+#[test]
 fn geometry_symbol_size_zero_unaligned_or_too_big() {
     for size in [0u16, 100, 8960] {
         let g = Geometry {

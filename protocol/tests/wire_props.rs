@@ -24,7 +24,7 @@ prop_compose! {
         units in 1u16..=139,
         k in 1u32..=64,
         tail in 0u32..8896,
-        repair in 0u16..=100,
+        repair in 0u16..=64,
         symbol_seed in any::<u32>(),
     ) -> Header {
         let size = units * 64;

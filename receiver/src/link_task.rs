@@ -48,10 +48,19 @@ enum Waiting {
 }
 
 impl Waiting {
-    /// Bytes the job will hold: its symbols, plus the decoded block for a ready block.
+    /// Bytes the job will hold: its symbols; for a ready block also the decoded copy and,
+    /// when a repair symbol must be used, the decoder's work space (bounded by the geometry
+    /// rules to a small multiple of the block).
     fn charge(&self) -> u32 {
         let bytes = match self {
-            Waiting::Ready(b) => b.geometry.padded_len().saturating_mul(2),
+            Waiting::Ready(b) => {
+                let work = if b.used_repair() {
+                    b.geometry.decode_work_bytes()
+                } else {
+                    0
+                };
+                b.geometry.padded_len().saturating_mul(2).saturating_add(work)
+            }
             Waiting::Partial(p) => p.symbols.len() as u64,
         };
         u32::try_from(bytes).unwrap_or(u32::MAX)

@@ -44,6 +44,10 @@ pub(crate) fn spawn(
         .collect()
 }
 
+/// Decoder work space kept between blocks; a larger one (charged to the job's permits while
+/// it was used) is given back after its block.
+const KEEP_DECODER_WORK: u64 = 8 << 20;
+
 fn run(ctx: &Context, jobs: &flume::Receiver<DecodeJob>, replies: &flume::Sender<Input>) {
     context::lower_priority(context::WORKER_NICE);
     let mut codec = ReedSolomon::new();
@@ -53,7 +57,14 @@ fn run(ctx: &Context, jobs: &flume::Receiver<DecodeJob>, replies: &flume::Sender
                 block,
                 permit: _permit,
                 drop_partial,
-            } => decode(ctx, &mut codec, block, drop_partial),
+            } => {
+                let work = block.geometry.decode_work_bytes();
+                let reply = decode(ctx, &mut codec, block, drop_partial);
+                if work > KEEP_DECODER_WORK {
+                    codec = ReedSolomon::new();
+                }
+                reply
+            }
             DecodeJob::SavePartial {
                 partial,
                 permit: _permit,

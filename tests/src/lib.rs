@@ -10,7 +10,9 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 pub mod binaries;
+pub mod forge;
 pub mod harness;
+pub mod producer;
 pub mod qemu;
 pub mod relay;
 pub mod require;

@@ -91,3 +91,51 @@ fn tree_arrives_identical_over_a_paced_serial_line() {
         sent.elapsed
     );
 }
+
+/// Finding 9 of the red team: closing the pty (a USB-UART unplugged) made the receiver exit
+/// with status 1. Now it logs the loss, reopens the device once it is back, and a transfer
+/// after that arrives.
+#[test]
+#[ignore = "needs socat (./test.sh installs it and runs this)"]
+fn the_receiver_reopens_a_serial_line_that_went_away() {
+    let s = Setup::new();
+    let (tty_send, tty_recv) = (s.tmp.path().join("tty-send"), s.tmp.path().join("tty-recv"));
+    let mut socat = pty_pair(&tty_send, &tty_recv);
+    let root = s.src.join("after-replug");
+    tree::make_tree(
+        &root,
+        TreeSpec {
+            big_bytes: 0,
+            segment_edges: false,
+            small_scale: 1,
+            seed: 9,
+        },
+    )
+    .unwrap();
+    let mut cmd = binaries::receiver_cmd(&serial_link(&tty_recv), &s.keys, &s.out, &s.state);
+    cmd.args(["--exit-after-idle", "8", "--log-format", "json"]);
+    let mut recv = Proc::spawn("sluice-recv", cmd);
+    wait_open(&mut recv, &tty_recv, Duration::from_secs(20));
+
+    // Unplug: the pty pair goes away, and stays away for a while.
+    socat.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(recv.running(), "the receiver exited:\n{}", recv.log());
+    // Plug back in (the same device names), then send.
+    let _socat = pty_pair(&tty_send, &tty_recv);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !recv.log().contains("serial link reopened") {
+        assert!(Instant::now() < deadline, "never reopened:\n{}", recv.log());
+        assert!(recv.running(), "the receiver exited:\n{}", recv.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut cmd = binaries::sender_cmd(&serial_link(&tty_send), &s.keys);
+    cmd.args(["--log-format", "json"]).arg(&root);
+    let sent = Proc::spawn("sluice-send", cmd).finish(Duration::from_secs(60));
+    assert_exit(&sent, 0, "sluice-send");
+    let got = recv.finish(Duration::from_secs(40));
+    assert_exit(&got, 0, "sluice-recv");
+    assert!(got.log.contains("serial link lost"), "{}", got.log);
+    tree::compare(&root, &s.out.join("after-replug"), Check::ALL)
+        .unwrap_or_else(|d| panic!("trees differ:\n{d}\nreceiver log:\n{}", got.log));
+}

@@ -30,6 +30,7 @@ use sluice_protocol::counters::DropReason;
 use sluice_protocol::framing::encoded_len;
 use sluice_protocol::wire::MAX_FRAME_LEN;
 
+pub use serial::SerialRx;
 pub use stream::{StreamRx, StreamTx};
 pub use udp::{UdpRx, UdpTx};
 

@@ -34,6 +34,8 @@ pub const SYMBOL_ALIGN: u16 = 64;
 pub const MAX_SYMBOL_SIZE: u16 = 8896;
 /// Largest padded block (`k * symbol_size`) a receiver must be ready to buffer.
 pub const MAX_BLOCK_BYTES: u32 = 16 * 1024 * 1024;
+/// `R` may always reach this many repair symbols, even for a block of fewer source symbols.
+pub const MIN_REPAIR_CAP: u16 = 64;
 
 /// How one block was encoded; carried in every symbol frame of the block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -54,7 +56,7 @@ pub struct Geometry {
 pub enum GeometryError {
     /// `k` is 0 or above [`MAX_SOURCE_SYMBOLS`].
     SourceSymbols,
-    /// `R` is above [`MAX_REPAIR_SYMBOLS`].
+    /// `R` is above `max(k, MIN_REPAIR_CAP)` (or [`MAX_REPAIR_SYMBOLS`]).
     RepairSymbols,
     /// Symbol size is 0, unaligned or above [`MAX_SYMBOL_SIZE`].
     SymbolSize,
@@ -99,7 +101,7 @@ impl Geometry {
         if k == 0 || k > MAX_SOURCE_SYMBOLS {
             return Err(GeometryError::SourceSymbols);
         }
-        if self.repair_symbols > MAX_REPAIR_SYMBOLS {
+        if self.repair_symbols > Self::repair_cap(k) {
             return Err(GeometryError::RepairSymbols);
         }
         let size = self.symbol_size;
@@ -114,6 +116,29 @@ impl Geometry {
             return Err(GeometryError::BlockLen);
         }
         Ok(())
+    }
+
+    /// Most repair symbols a block of `k` source symbols may reserve: `max(k, 64)`. The
+    /// decoder's work space grows with `k + R`; bounding `R` by `k` bounds it by a small
+    /// multiple of the block itself (see [`decode_work_bytes`](Self::decode_work_bytes)), so
+    /// one authenticated frame cannot make a receiver allocate hundreds of megabytes.
+    pub fn repair_cap(source_symbols: u16) -> u16 {
+        source_symbols.clamp(MIN_REPAIR_CAP, MAX_REPAIR_SYMBOLS)
+    }
+
+    /// Bytes of work space the Reed–Solomon decoder needs for this block when a repair symbol
+    /// is used: `reed-solomon-simd` works on `next_pow2(next_pow2(a) + b)` shards for
+    /// `(a, b) = (R, k)` or `(k, R)`, whichever engine it picks; this is the larger. At most
+    /// 4 × [`MAX_BLOCK_BYTES`] for a valid geometry.
+    pub fn decode_work_bytes(&self) -> u64 {
+        let (k, r) = (
+            u64::from(self.source_symbols),
+            u64::from(self.repair_symbols.max(1)),
+        );
+        let shards = (r.next_power_of_two() + k)
+            .next_power_of_two()
+            .max((k.next_power_of_two() + r).next_power_of_two());
+        shards * u64::from(self.symbol_size)
     }
 
     /// `k + R`: the number of distinct symbol ids.
@@ -132,7 +157,12 @@ impl Geometry {
     }
 }
 
-/// Which repair symbols each pass sends, for a block of `k` source symbols.
+/// Which symbols each pass sends, for a block of `k` source symbols.
+///
+/// Pass 0 sends the `k` source symbols and `r` repair symbols. Later passes walk on through
+/// the ring of all `k + R` symbol ids, `k + r` at a time, so each sends the symbols sent least
+/// recently: fresh repair symbols while the reserved ones last, then the oldest again. `R` is
+/// what the passes would use, capped by [`Geometry::repair_cap`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RepairPlan {
     source: u16,
@@ -145,13 +175,15 @@ impl RepairPlan {
     /// source symbols per pass (rounded up, so any non-zero ratio gives at least one).
     pub fn new(source: u16, repair_permille: u32, passes: u16) -> Self {
         let source = source.clamp(1, MAX_SOURCE_SYMBOLS);
-        let r = (u64::from(source) * u64::from(repair_permille)).div_ceil(1000);
-        let r = r.min(u64::from(MAX_REPAIR_SYMBOLS));
+        let cap = u64::from(Geometry::repair_cap(source));
+        let r = (u64::from(source) * u64::from(repair_permille))
+            .div_ceil(1000)
+            .min(cap);
         let later = u64::from(passes.max(1) - 1) * (u64::from(source) + r);
-        let reserved = (r + later).min(u64::from(MAX_REPAIR_SYMBOLS));
+        let reserved = (r + later).min(cap);
         RepairPlan {
             source,
-            // Both fit in u16: clamped to MAX_REPAIR_SYMBOLS above.
+            // Both fit in u16: capped by repair_cap above.
             repair_per_pass: r as u16,
             reserved: reserved as u16,
         }
@@ -171,25 +203,19 @@ impl RepairPlan {
     pub fn symbols(&self, pass: u16) -> PassSymbols {
         let k = u32::from(self.source);
         let r = u32::from(self.repair_per_pass);
-        if pass == 0 {
-            return PassSymbols {
-                first_pass: true,
-                source: k,
-                reserved: u32::from(self.reserved),
-                next: 0,
-                end: k + r,
-                repair_offset: 0,
-            };
-        }
-        let offset = r + (u32::from(pass) - 1) * (k + r);
-        let count = if self.reserved == 0 { 0 } else { k + r };
+        let ring = k + u32::from(self.reserved);
+        // Without repair there is nothing fresh to send after pass 0.
+        let count = match pass {
+            0 => k + r,
+            _ if self.reserved == 0 => 0,
+            _ => (k + r).min(ring),
+        };
+        let start = (u64::from(pass) * u64::from(k + r) % u64::from(ring)) as u32;
         PassSymbols {
-            first_pass: false,
-            source: k,
-            reserved: u32::from(self.reserved),
+            ring,
+            start,
             next: 0,
             end: count,
-            repair_offset: offset,
         }
     }
 }
@@ -197,13 +223,12 @@ impl RepairPlan {
 /// Iterator over the symbol ids of one pass (see [`RepairPlan::symbols`]).
 #[derive(Clone, Debug)]
 pub struct PassSymbols {
-    first_pass: bool,
-    source: u32,
-    reserved: u32,
+    /// `k + R`.
+    ring: u32,
+    /// Where on the ring this pass starts.
+    start: u32,
     next: u32,
     end: u32,
-    /// First repair index a later pass uses.
-    repair_offset: u32,
 }
 
 impl Iterator for PassSymbols {
@@ -213,15 +238,8 @@ impl Iterator for PassSymbols {
         if self.next >= self.end {
             return None;
         }
-        let i = self.next;
+        let id = (self.start + self.next) % self.ring.max(1);
         self.next += 1;
-        let id = if self.first_pass {
-            i
-        } else {
-            // Later passes walk the reserved repair ids; they repeat only once all
-            // MAX_REPAIR_SYMBOLS are used up (documented in SPEC.md).
-            self.source + (self.repair_offset + i) % self.reserved.max(1)
-        };
         u16::try_from(id).ok()
     }
 

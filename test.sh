@@ -14,7 +14,7 @@ cd "$(dirname "$0")"
 tools=(
   socat:socat age:age minisign:minisign qemu-system-arm:qemu-system-arm
   iptables:iptables ip:iproute2 unshare:util-linux setpriv:util-linux
-  arm-none-eabi-size:binutils-arm-none-eabi
+  arm-none-eabi-size:binutils-arm-none-eabi /usr/bin/python3:python3
 )
 
 as_root() {

@@ -91,8 +91,7 @@ fn errno(e: Errno) -> io::Error {
 /// One path component: no `/`, not empty, not `.` or `..` (callers pass validated names; this
 /// is the last guard, so a name can never walk upwards or sideways).
 fn component(name: &str) -> io::Result<&str> {
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0')
-    {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{name:?} is not a single path component"),
@@ -217,11 +216,8 @@ impl Dir {
 
     /// Creates a new file `name` for writing (`O_EXCL`: never an existing file or a link).
     pub fn create_file(&self, name: &str, mode: u32) -> io::Result<File> {
-        let flags = OFlags::WRONLY
-            | OFlags::CREATE
-            | OFlags::EXCL
-            | OFlags::NOFOLLOW
-            | OFlags::CLOEXEC;
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let fd = rustix::fs::openat(&self.fd, component(name)?, flags, Mode::from_raw_mode(mode))
             .map_err(errno)?;
         Ok(File::from(fd))
@@ -230,8 +226,8 @@ impl Dir {
     /// Opens the file `name` for reading, never through a symlink.
     pub fn open_file(&self, name: &str) -> io::Result<File> {
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = rustix::fs::openat(&self.fd, component(name)?, flags, Mode::empty())
-            .map_err(errno)?;
+        let fd =
+            rustix::fs::openat(&self.fd, component(name)?, flags, Mode::empty()).map_err(errno)?;
         Ok(File::from(fd))
     }
 
@@ -417,5 +413,85 @@ mod tests {
         assert_eq!(stat_fd(&file).unwrap().inode, entry.inode);
         assert_eq!(dir.stat("missing").unwrap(), None);
         assert_eq!(dir.names().unwrap(), ["f"]);
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One step of a hostile sequence: a path to create as the receiver would (walk with
+    /// create, then a new file), or, between steps, a local user planting a symlink to the
+    /// outside (or a file) at a path below the root.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Publish(Vec<u8>),
+        PlantLink(Vec<u8>),
+        PlantFile(Vec<u8>),
+        SwapDirForLink(Vec<u8>),
+    }
+
+    fn names(parts: &[u8]) -> Vec<String> {
+        // A small alphabet so plants and publishes meet on the same names.
+        parts.iter().map(|b| format!("n{}", b % 4)).collect()
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        let parts = proptest::collection::vec(any::<u8>(), 1..4);
+        prop_oneof![
+            3 => parts.clone().prop_map(Step::Publish),
+            1 => parts.clone().prop_map(Step::PlantLink),
+            1 => parts.clone().prop_map(Step::PlantFile),
+            1 => parts.prop_map(Step::SwapDirForLink),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        /// Whatever a local user plants between them, no sequence of publications creates
+        /// anything outside the root.
+        #[test]
+        fn no_sequence_of_walks_creates_anything_outside_the_root(
+            steps in proptest::collection::vec(step(), 1..24),
+        ) {
+            let root = tempfile::tempdir().unwrap();
+            let outside = tempfile::tempdir().unwrap();
+            let dir = Dir::open(root.path()).unwrap();
+            // The local user's plants, made below the root without following a link (they could
+            // write outside themselves; what is checked is what the walks do).
+            let plant = |parts: &[u8], what: &dyn Fn(&Dir, &str)| {
+                let names = names(parts);
+                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                let (last, parents) = refs.split_last().unwrap();
+                if let Ok((parent, _)) = dir.walk(parents, None, Path::new("plant")) {
+                    what(&parent, last);
+                }
+            };
+            for (i, step) in steps.iter().enumerate() {
+                match step {
+                    Step::Publish(parts) => {
+                        let names = names(parts);
+                        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                        let (last, parents) = refs.split_last().unwrap();
+                        if let Ok((parent, _)) = dir.walk(parents, Some(0o755), Path::new("p")) {
+                            let _ = parent.create_file(&format!("{last}-{i}"), 0o644);
+                        }
+                    }
+                    Step::PlantLink(parts) => plant(parts, &|parent, name| {
+                        let _ = rustix::fs::symlinkat(outside.path(), parent, name);
+                    }),
+                    Step::PlantFile(parts) => plant(parts, &|parent, name| {
+                        let _ = parent.create_file(name, 0o644);
+                    }),
+                    Step::SwapDirForLink(parts) => plant(parts, &|parent, name| {
+                        if parent.rename(name, &dir, &format!("moved-{i}")).is_ok() {
+                            let _ = rustix::fs::symlinkat(outside.path(), parent, name);
+                        }
+                    }),
+                }
+                prop_assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+            }
+        }
     }
 }

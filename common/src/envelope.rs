@@ -163,6 +163,7 @@ mod tests {
             version: MANIFEST_VERSION,
             session: SessionId(1),
             object: ObjectId(2),
+            sequence: 1,
             path: "a/b".into(),
             kind: EntryKind::File,
             size: 0,

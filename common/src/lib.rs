@@ -5,6 +5,7 @@
 //! - [`exit`]: the exit statuses; [`logging`]: log output;
 //! - [`envelope`]: age encryption and the signed manifest envelope;
 //! - [`outcome`]: outcomes as events, emitted at one place to a list of subscribers;
+//! - [`sequence`]: the sender's freshness numbers for manifests;
 //! - [`keys`]: key files; [`paths`]: object path safety; [`beneath`]: file operations
 //!   beneath a directory fd, never by path; [`units`]: sizes and rates.
 //!
@@ -20,6 +21,7 @@ pub mod link;
 pub mod logging;
 pub mod outcome;
 pub mod paths;
+pub mod sequence;
 pub mod units;
 
 /// Microseconds since `start` as a protocol [`Instant`](sluice_protocol::time::Instant): the

@@ -123,7 +123,10 @@ pub fn escaped(name: &str) -> String {
 pub fn normalization_twins(name: &str) -> Vec<String> {
     use unicode_normalization::UnicodeNormalization;
     let mut twins: Vec<String> = Vec::new();
-    for form in [name.nfc().collect::<String>(), name.nfd().collect::<String>()] {
+    for form in [
+        name.nfc().collect::<String>(),
+        name.nfd().collect::<String>(),
+    ] {
         if form != name && !twins.contains(&form) {
             twins.push(form);
         }
@@ -254,7 +257,10 @@ mod tests {
         assert_eq!(normalization_twins(nfd), ["caf\u{e9}"]);
         assert_eq!(normalization_twins("caf\u{e9}"), [nfd]);
         assert!(normalization_twins("plain").is_empty());
-        assert!(validate_object_path(nfd).is_ok(), "either form alone is fine");
+        assert!(
+            validate_object_path(nfd).is_ok(),
+            "either form alone is fine"
+        );
     }
 
     #[test]

@@ -20,8 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::wire::{ObjectId, SessionId};
 
-/// Manifest format version inside the signed bytes.
-pub const MANIFEST_VERSION: u8 = 1;
+/// Manifest format version inside the signed bytes (2: adds `sequence`, the freshness that
+/// lets a receiver refuse a replayed older version of a path).
+pub const MANIFEST_VERSION: u8 = 2;
 /// Longest relative path, in bytes.
 pub const MAX_PATH_LEN: usize = 4096;
 /// Most segments one object may have (1 TiB at the default 1 MiB segment size).
@@ -58,6 +59,11 @@ pub struct Manifest {
     pub session: SessionId,
     /// Object number; must equal the object of the block that carried it.
     pub object: ObjectId,
+    /// Freshness: a number that only grows for each signing key, across sender restarts
+    /// (the sender's clock in microseconds, never below the last one it issued). A receiver
+    /// keeps the highest it delivered per key and path, and refuses anything older: a
+    /// recorded transfer replayed later cannot roll a file back.
+    pub sequence: u64,
     /// Relative path with `/` separators, as the sender saw it.
     pub path: String,
     /// File or directory.
@@ -226,6 +232,7 @@ mod tests {
             version: MANIFEST_VERSION,
             session: SessionId(7),
             object: ObjectId(3),
+            sequence: 1_700_000_000_000_001,
             path: "data/ünï code/file 1.bin".into(),
             kind: EntryKind::File,
             size,
@@ -309,7 +316,7 @@ mod tests {
         m.path = "a".repeat(MAX_PATH_LEN + 1);
         assert_eq!(m.validate(), Err(ManifestError::PathTooLong));
         let mut bytes = sample(10, 1 << 20).to_bytes().unwrap();
-        bytes[0] = 2;
+        bytes[0] = 1;
         assert_eq!(Manifest::from_bytes(&bytes), Err(ManifestError::Version));
         let mut bytes = sample(10, 1 << 20).to_bytes().unwrap();
         bytes.push(0);

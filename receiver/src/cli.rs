@@ -20,6 +20,10 @@ pub const DEFAULT_MAX_MEMORY: u64 = 32 << 20;
 pub const MIN_MAX_MEMORY: u64 = 4 << 20;
 /// Largest `--max-memory`.
 pub const MAX_MAX_MEMORY: u64 = 64 << 30;
+/// Default `--max-objects`.
+pub const DEFAULT_MAX_OBJECTS: usize = 10_000;
+/// Default `--mode-mask`: never setuid, setgid, sticky, group- or other-writable.
+pub const DEFAULT_MODE_MASK: u32 = 0o755;
 /// Longest `--exit-after-idle`: a week, far beyond any sensible idle window.
 const MAX_IDLE_SECS: f64 = 7.0 * 24.0 * 3600.0;
 
@@ -56,6 +60,18 @@ pub struct Args {
     /// Bound on the bytes of blocks being assembled (e.g. 32MiB, 256MB). Default 32MiB.
     #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
     pub max_memory: Option<String>,
+    /// Bound on what the state directory holds for incomplete objects (e.g. 20GiB); beyond it
+    /// the oldest is evicted. Default: half the free space of its file system at start.
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+    pub max_state: Option<String>,
+    /// Most objects in flight (collected but not finished); beyond it the oldest is evicted.
+    /// Default 10000.
+    #[arg(long, value_name = "N")]
+    pub max_objects: Option<String>,
+    /// Permission bits published files and directories may have, in octal (further masked
+    /// by the umask). Default 755: never setuid, setgid, sticky or group/other-writable.
+    #[arg(long, value_name = "OCTAL")]
+    pub mode_mask: Option<String>,
 }
 
 /// `sluice-recv keygen DIR`.
@@ -88,6 +104,12 @@ pub struct Options {
     pub exit_after_idle: Option<Duration>,
     /// Assembler buffer bound in bytes.
     pub max_memory: u64,
+    /// State directory bound in bytes (`None`: half the free space at start).
+    pub max_state: Option<u64>,
+    /// Most objects in flight.
+    pub max_objects: usize,
+    /// Permission bits published entries may have.
+    pub mode_mask: u32,
     /// Logging.
     pub log: LogOptions,
 }
@@ -110,6 +132,9 @@ impl Options {
             state: None,
             exit_after_idle: None,
             max_memory: DEFAULT_MAX_MEMORY,
+            max_state: None,
+            max_objects: DEFAULT_MAX_OBJECTS,
+            mode_mask: DEFAULT_MODE_MASK,
             log: LogOptions::default(),
         }
     }
@@ -157,12 +182,39 @@ pub fn resolve(args: Args) -> Result<Options, UsageError> {
                 .filter(|n| (MIN_MAX_MEMORY..=MAX_MAX_MEMORY).contains(n))
         })?,
     };
+    let max_state = layers
+        .value("max-state", args.max_state)?
+        .map(|v| {
+            v.parse("a size of at least 64MiB (e.g. 20GiB)", |t| {
+                units::parse_bytes(t).ok().filter(|n| *n >= 64 << 20)
+            })
+        })
+        .transpose()?;
+    let max_objects = match layers.value("max-objects", args.max_objects)? {
+        None => DEFAULT_MAX_OBJECTS,
+        Some(v) => v.parse("a number of objects from 1 to 10000000", |t| {
+            t.parse::<usize>()
+                .ok()
+                .filter(|n| (1..=10_000_000).contains(n))
+        })?,
+    };
+    let mode_mask = match layers.value("mode-mask", args.mode_mask)? {
+        None => DEFAULT_MODE_MASK,
+        Some(v) => v.parse("octal permission bits, at most 7777 (e.g. 755)", |t| {
+            u32::from_str_radix(t.trim_start_matches("0o"), 8)
+                .ok()
+                .filter(|m| *m <= 0o7777)
+        })?,
+    };
     Ok(Options {
         link,
         identity,
         trust,
         link_key,
         out,
+        max_state,
+        max_objects,
+        mode_mask,
         state: layers.path("state", args.state)?,
         exit_after_idle,
         max_memory,

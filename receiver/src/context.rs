@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use sluice_common::beneath::Dir;
 use sluice_common::keys::TrustedKeys;
 use tokio::sync::Semaphore;
 
@@ -11,12 +12,17 @@ use crate::state::{ObjectKey, StateDir};
 
 /// Read-only configuration of one run.
 pub(crate) struct Context {
-    /// `--out`, canonical.
-    pub out: PathBuf,
+    /// `--out`, opened once: every path below it is walked from this fd.
+    pub out: Dir,
+    /// `--out` as given, for messages only.
+    pub out_path: PathBuf,
     /// The state directory.
     pub state: StateDir,
-    /// Where published files are staged: on the same file system as `out`.
-    pub staging: PathBuf,
+    /// Where published files are staged (the state's `tmp/`, or a private directory under
+    /// `--out` when the state lives on another file system): renamed from here.
+    pub staging: Dir,
+    /// Permission bits a published file or directory may have: `--mode-mask` less the umask.
+    pub mode_mask: u32,
     /// Keys from `--identity`.
     pub identities: Vec<age::x25519::Identity>,
     /// The `--identity` file, for messages.
@@ -35,7 +41,7 @@ pub(crate) struct Context {
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context")
-            .field("out", &self.out)
+            .field("out", &self.out_path)
             .field("state", &self.state)
             .field("identities", &self.identities.len())
             .field("trusted", &self.trusted)
@@ -51,9 +57,14 @@ impl Context {
         self.permits.available_permits() * 4 >= self.permits_total * 3
     }
 
-    /// Whether an earlier run delivered `obj` or left part of it in the state directory.
+    /// Whether an earlier run finished `obj` or left part of it in the state directory.
     pub fn knows(&self, obj: ObjectKey) -> bool {
-        self.state.is_done(obj) || self.state.object_dir(obj).exists()
+        self.state.knows(obj)
+    }
+
+    /// Whether `obj` was finished (delivered, or found already delivered) before.
+    pub fn finished_before(&self, obj: ObjectKey) -> bool {
+        self.state.records().is_done(obj).unwrap_or(false)
     }
 }
 

@@ -82,8 +82,13 @@ pub(crate) enum Reply {
         recovered: Option<bool>,
         result: BlockResult,
     },
-    /// The symbols of a stalled block were kept in the state directory (or could not be).
-    PartialSaved { key: BlockKey, saved: bool },
+    /// The symbols of a stalled block were kept in the state directory (`bytes` of them), or
+    /// could not be.
+    PartialSaved {
+        key: BlockKey,
+        saved: bool,
+        bytes: u64,
+    },
     /// Saved symbols were read back (or were unusable).
     PartialLoaded(BlockKey, Option<PartialBlock>),
     /// The manifest envelope was stored for a later run (or could not be).
@@ -139,10 +144,12 @@ pub(crate) enum PublishJob {
         upto: u32,
         manifest: Option<Arc<Manifest>>,
     },
-    /// Publish a complete object; with `check_existing`, first see whether it is already there.
+    /// Publish a complete object signed by `signer`; with `check_existing`, first see
+    /// whether it is already there.
     Publish {
         obj: ObjectKey,
         manifest: Arc<Manifest>,
+        signer: u64,
         check_existing: bool,
     },
     /// Drop what is kept for an object: its staging file, and its stored blocks unless a
@@ -226,6 +233,12 @@ struct Entry {
     /// When a block of it first arrived in this run (`None`: only known from the state dir).
     first_seen: Option<Instant>,
     manifest: Option<Arc<Manifest>>,
+    /// The key id that signed the manifest.
+    signer: u64,
+    /// Bytes it holds in the state directory.
+    bytes: u64,
+    /// When it entered the table, in arrival order (for evicting the oldest).
+    order: u64,
     /// Stored segments and the SHA-256 of their ciphertext.
     segments: BTreeMap<u32, [u8; 32]>,
     /// Blocks whose partial symbols are saved in the state dir.
@@ -238,6 +251,9 @@ impl Entry {
             status: Status::Open,
             first_seen,
             manifest: None,
+            signer: 0,
+            bytes: 0,
+            order: 0,
             segments: BTreeMap::new(),
             partials: BTreeSet::new(),
         }
@@ -277,15 +293,47 @@ impl Entry {
 #[derive(Debug)]
 pub(crate) struct Resumed {
     pub obj: ObjectKey,
-    pub manifest: Option<Manifest>,
+    /// The manifest and its signer's key id.
+    pub manifest: Option<(Manifest, u64)>,
     pub segments: Vec<(u32, [u8; 32])>,
     pub partials: BTreeSet<(BlockKind, u32)>,
+    /// Bytes it holds in the state directory.
+    pub bytes: u64,
 }
+
+/// What the state directory may hold: objects in progress, and their bytes. Beyond either,
+/// the oldest incomplete objects are evicted (reported failed, their blocks removed).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub max_objects: usize,
+    pub max_state_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_objects: usize::MAX,
+            max_state_bytes: u64::MAX,
+        }
+    }
+}
+
+/// Finished objects remembered for the run (so their late blocks are released at once);
+/// beyond this the oldest are forgotten, and a late block of theirs is looked up again.
+const MAX_FINISHED_REMEMBERED: usize = 1 << 16;
 
 /// The object table and its rules. See the module docs.
 #[derive(Debug, Default)]
 pub(crate) struct Delivery {
     objects: HashMap<ObjectKey, Entry>,
+    limits: Limits,
+    /// Open objects by arrival order: the front is evicted first.
+    open_order: BTreeMap<u64, ObjectKey>,
+    next_order: u64,
+    /// Failed and done objects still in the table, oldest first.
+    finished_order: VecDeque<ObjectKey>,
+    /// Bytes the open objects hold in the state directory.
+    state_bytes: u64,
     census: Census,
     actions: VecDeque<Action>,
     /// Jobs sent that will reply, not yet answered.
@@ -299,18 +347,25 @@ pub(crate) struct Delivery {
 impl Delivery {
     /// A table holding what earlier runs left; objects among them that are complete are
     /// published (or recognised as already there) first.
-    pub fn resume(leftovers: Vec<Resumed>) -> Self {
-        let mut delivery = Delivery::default();
+    pub fn resume(leftovers: Vec<Resumed>, limits: Limits) -> Self {
+        let mut delivery = Delivery {
+            limits,
+            ..Delivery::default()
+        };
         let mut complete = Vec::new();
         for left in leftovers {
             let mut entry = Entry::new(None);
-            entry.manifest = left.manifest.map(Arc::new);
+            if let Some((manifest, signer)) = left.manifest {
+                entry.manifest = Some(Arc::new(manifest));
+                entry.signer = signer;
+            }
             entry.segments = left.segments.into_iter().collect();
             entry.partials = left.partials;
+            entry.bytes = left.bytes;
             if entry.is_complete() {
                 complete.push(left.obj);
             }
-            delivery.objects.insert(left.obj, entry);
+            delivery.insert(left.obj, entry);
         }
         complete.sort_unstable();
         for obj in complete {
@@ -318,7 +373,89 @@ impl Delivery {
             // done: the publisher checks for the content first.
             delivery.publish(obj, true);
         }
+        delivery.enforce_limits();
         delivery
+    }
+
+    /// Enters a new object; an open one counts against the limits.
+    fn insert(&mut self, obj: ObjectKey, mut entry: Entry) {
+        entry.order = self.next_order;
+        self.next_order += 1;
+        if entry.status == Status::Open {
+            self.open_order.insert(entry.order, obj);
+            self.state_bytes += entry.bytes;
+        } else {
+            self.remember_finished(obj);
+        }
+        self.objects.insert(obj, entry);
+    }
+
+    /// An object leaves the open set (publishing, done or failed): it no longer counts
+    /// against the limits (its stored bytes go with it, unless `keeps_bytes`).
+    fn close(&mut self, obj: ObjectKey, status: Status) {
+        let Some(entry) = self.objects.get_mut(&obj) else {
+            return;
+        };
+        if entry.status == Status::Open {
+            self.open_order.remove(&entry.order);
+            self.state_bytes = self.state_bytes.saturating_sub(entry.bytes);
+        }
+        entry.status = status;
+        if matches!(status, Status::Done | Status::Failed { .. }) {
+            self.remember_finished(obj);
+        }
+    }
+
+    fn remember_finished(&mut self, obj: ObjectKey) {
+        self.finished_order.push_back(obj);
+        while self.finished_order.len() > MAX_FINISHED_REMEMBERED {
+            if let Some(old) = self.finished_order.pop_front() {
+                if self
+                    .objects
+                    .get(&old)
+                    .is_some_and(|e| matches!(e.status, Status::Done | Status::Failed { .. }))
+                {
+                    self.objects.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Adds stored bytes to an open object, then keeps the state within its limits.
+    fn add_bytes(&mut self, obj: ObjectKey, bytes: u64) {
+        if let Some(entry) = self
+            .objects
+            .get_mut(&obj)
+            .filter(|e| e.status == Status::Open)
+        {
+            entry.bytes += bytes;
+            self.state_bytes += bytes;
+        }
+        self.enforce_limits();
+    }
+
+    /// Evicts the oldest open objects while there are too many, or they hold too much.
+    fn enforce_limits(&mut self) {
+        loop {
+            let reason = if self.open_order.len() > self.limits.max_objects {
+                format!(
+                    "more than {} objects in flight (--max-objects)",
+                    self.limits.max_objects
+                )
+            } else if self.state_bytes > self.limits.max_state_bytes {
+                format!(
+                    "the state directory would hold more than {} (--max-state)",
+                    sluice_common::units::Bytes(self.limits.max_state_bytes)
+                )
+            } else {
+                return;
+            };
+            let Some((_, oldest)) = self.open_order.pop_first() else {
+                return;
+            };
+            // `fail` closes it: its order entry is gone already, its bytes go now.
+            self.fail(oldest, Failure::Evicted(reason));
+        }
     }
 
     /// The next thing to do, if any.
@@ -413,7 +550,7 @@ impl Delivery {
             if delivered_before(obj) {
                 // Remembered for the run, so its other blocks need no lookup.
                 entry.status = Status::Done;
-                self.objects.insert(obj, entry);
+                self.insert(obj, entry);
                 self.push(Action::Link(LinkCommand::MarkDone(key)));
                 self.stats.objects_already_delivered += 1;
                 self.push(Action::Emit(Outcome::AlreadyDelivered {
@@ -421,7 +558,8 @@ impl Delivery {
                     manifest: None,
                 }));
             } else {
-                self.objects.insert(obj, entry);
+                self.insert(obj, entry);
+                self.enforce_limits();
             }
             return;
         };
@@ -501,9 +639,9 @@ impl Delivery {
                     BlockResult::Failed(failure) => self.fail(ObjectKey::of(&key), failure),
                 }
             }
-            Reply::PartialSaved { key, saved } => {
+            Reply::PartialSaved { key, saved, bytes } => {
                 self.answered(1);
-                self.on_partial_saved(key, saved);
+                self.on_partial_saved(key, saved, bytes);
             }
             Reply::PartialLoaded(key, partial) => {
                 self.answered(1);
@@ -557,7 +695,7 @@ impl Delivery {
         }
     }
 
-    fn on_partial_saved(&mut self, key: BlockKey, saved: bool) {
+    fn on_partial_saved(&mut self, key: BlockKey, saved: bool, bytes: u64) {
         let obj = ObjectKey::of(&key);
         if !saved {
             return;
@@ -566,6 +704,7 @@ impl Delivery {
             Some(entry) if entry.status == Status::Open => {
                 entry.partials.insert((key.kind, key.index));
                 self.stats.partials_saved += 1;
+                self.add_bytes(obj, bytes);
             }
             _ => self.clean_stray(obj),
         }
@@ -586,6 +725,11 @@ impl Delivery {
             None => Ok(false),
             Some(m) => check_segment(m, key.index, &sha256, len).map(|()| entry.is_complete()),
         };
+        self.add_bytes(obj, len + crate::state::SEGMENT_HEADER_LEN);
+        if !self.is_open(&obj) {
+            // Evicted to make room for what it just stored.
+            return;
+        }
         match verdict {
             Ok(true) => self.publish(obj, false),
             Ok(false) => self.stage_ahead(obj),
@@ -623,6 +767,7 @@ impl Delivery {
         }
         if let Some(entry) = self.objects.get_mut(&obj) {
             entry.partials.remove(&(BlockKind::Manifest, 0));
+            entry.signer = opened.signer.0;
             if existing {
                 entry.manifest = Some(Arc::new(opened.manifest));
                 return self.finish_already_delivered(obj);
@@ -639,11 +784,13 @@ impl Delivery {
             match checked.map(|()| entry.is_complete()) {
                 Ok(true) => self.publish(obj, false),
                 Ok(false) => {
+                    let bytes = opened.envelope.len() as u64;
                     self.push(Action::Publish(PublishJob::StoreManifest {
                         obj,
                         envelope: opened.envelope,
                     }));
                     self.stage_ahead(obj);
+                    self.add_bytes(obj, bytes);
                 }
                 Err(failure) => self.fail(obj, failure),
             }
@@ -657,10 +804,12 @@ impl Delivery {
         let Some(manifest) = entry.manifest.clone() else {
             return;
         };
-        entry.status = Status::Publishing;
+        let signer = entry.signer;
+        self.close(obj, Status::Publishing);
         self.push(Action::Publish(PublishJob::Publish {
             obj,
             manifest,
+            signer,
             check_existing,
         }));
     }
@@ -689,10 +838,10 @@ impl Delivery {
     /// The content is already in `--out`: the object is done without writing. It stays in
     /// the table (its blocks released at once) until its done marker is written.
     fn finish_already_delivered(&mut self, obj: ObjectKey) {
+        self.close(obj, Status::Done);
         let Some(entry) = self.objects.get_mut(&obj) else {
             return;
         };
-        entry.status = Status::Done;
         let manifest = entry.manifest.take();
         entry.segments.clear();
         entry.partials.clear();
@@ -710,8 +859,11 @@ impl Delivery {
             return;
         }
         let kept = failure.keeps_state();
-        entry.status = Status::Failed { kept };
         let path = entry.path();
+        self.close(obj, Status::Failed { kept });
+        let Some(entry) = self.objects.get_mut(&obj) else {
+            return;
+        };
         entry.manifest = None;
         entry.segments.clear();
         entry.partials.clear();
@@ -842,6 +994,7 @@ mod tests {
                 version: MANIFEST_VERSION,
                 session: OBJ.session,
                 object: OBJ.object,
+                sequence: 1,
                 path: "dir/file".into(),
                 kind: EntryKind::File,
                 size: 10 * segments.len() as u64,
@@ -1044,12 +1197,16 @@ mod tests {
 
     #[test]
     fn saved_symbols_are_restored_when_their_block_starts_again_and_only_if_wanted() {
-        let mut d = Delivery::resume(vec![Resumed {
-            obj: OBJ,
-            manifest: None,
-            segments: vec![(0, [1; 32])],
-            partials: [(BlockKind::Data, 1)].into_iter().collect(),
-        }]);
+        let mut d = Delivery::resume(
+            vec![Resumed {
+                obj: OBJ,
+                manifest: None,
+                segments: vec![(0, [1; 32])],
+                partials: [(BlockKind::Data, 1)].into_iter().collect(),
+                bytes: 148,
+            }],
+            Limits::default(),
+        );
         assert!(actions(&mut d).is_empty());
         link(
             &mut d,
@@ -1098,5 +1255,60 @@ mod tests {
         assert_eq!(got.len(), 2);
         assert_eq!(got[1], "save-partial");
         assert_eq!(d.stats().blocks_stalled, 1);
+    }
+
+    #[test]
+    fn the_oldest_incomplete_objects_are_evicted_beyond_the_state_limits() {
+        let mut d = Delivery::resume(
+            Vec::new(),
+            Limits {
+                max_objects: 2,
+                max_state_bytes: 1000,
+            },
+        );
+        let start = |d: &mut Delivery, object: u64| {
+            let key = BlockKey {
+                object: ObjectId(object),
+                ..key(BlockKind::Data, 0)
+            };
+            link(d, LinkEvent::BlockStarted(key), false);
+        };
+        start(&mut d, 1);
+        start(&mut d, 2);
+        assert!(actions(&mut d).is_empty());
+        // A third object in flight: the oldest goes, its blocks removed.
+        start(&mut d, 3);
+        assert_eq!(
+            actions(&mut d),
+            [
+                "discard true",
+                "failed: evicted: more than 2 objects in flight (--max-objects)"
+            ]
+        );
+        // Bytes: object 2 stores 900, object 3 then 200: over 1000, so object 2 goes.
+        let store = |d: &mut Delivery, object: u64, len: u64| {
+            let reply = Reply::Block {
+                key: BlockKey {
+                    object: ObjectId(object),
+                    ..key(BlockKind::Data, 0)
+                },
+                recovered: Some(false),
+                result: BlockResult::Stored {
+                    sha256: [0; 32],
+                    len: len - crate::state::SEGMENT_HEADER_LEN,
+                },
+            };
+            d.handle_reply(reply, Instant::now());
+        };
+        store(&mut d, 2, 900);
+        assert_eq!(actions(&mut d), ["stage-ahead 1"]);
+        store(&mut d, 3, 200);
+        let got = actions(&mut d);
+        assert!(
+            got.iter()
+                .any(|a| a.starts_with("failed: evicted: the state directory would hold")),
+            "{got:?}"
+        );
+        assert_eq!(d.stats().objects_failed, 2);
     }
 }

@@ -70,12 +70,11 @@ impl Dispatch {
             let now = Instant::now();
             match input {
                 Input::Link(event) => {
-                    let state = &self.ctx.state;
                     let ctx = &self.ctx;
                     self.core.handle_link(
                         event,
                         now,
-                        |obj| state.is_done(obj),
+                        |obj| ctx.finished_before(obj),
                         |obj| ctx.knows(obj),
                     );
                 }

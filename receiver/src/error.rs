@@ -46,6 +46,21 @@ pub(crate) fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -
     move |source| Error::Io { what, source }
 }
 
+/// The exit status a state-directory problem implies: a directory others can reach, or of an
+/// unknown format, is configuration (2); the rest is runtime (1).
+pub(crate) fn state_error(e: crate::state::StateError) -> Error {
+    use crate::state::StateError;
+    match e {
+        StateError::NotPrivate { .. } | StateError::Version { .. } => {
+            Error::Usage(UsageError(e.to_string()))
+        }
+        other => Error::Io {
+            what: "the state directory".into(),
+            source: std::io::Error::other(other.to_string()),
+        },
+    }
+}
+
 /// Wraps a key error with the option that named the file.
 pub(crate) fn key_error(option: &'static str) -> impl FnOnce(KeyError) -> Error {
     move |source| Error::Key { option, source }

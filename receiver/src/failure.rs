@@ -62,6 +62,11 @@ pub enum Failure {
     NoManifest,
     /// The sender announced the object (heartbeat) but none of its frames arrived.
     LostWhole,
+    /// The manifest's sequence is below what this receiver delivered at the path for the
+    /// same signer: a replay that would roll the file back.
+    Stale,
+    /// Set aside to keep the state directory within its bounds.
+    Evicted(String),
 }
 
 impl Failure {
@@ -87,7 +92,11 @@ impl fmt::Display for Failure {
             Failure::ManifestMismatch => {
                 f.write_str("manifest names another session or object than its block")
             }
-            Failure::PathRefused { path, error } => write!(f, "refused path {path:?}: {error}"),
+            Failure::PathRefused { path, error } => write!(
+                f,
+                "refused path \"{}\": {error}",
+                sluice_common::paths::escaped(path)
+            ),
             Failure::SegmentMismatch(i) => write!(f, "segment {i} SHA-256 mismatch"),
             Failure::SegmentUnexpected(i) => {
                 write!(
@@ -110,6 +119,8 @@ impl fmt::Display for Failure {
                 write!(f, "incomplete: {missing} of {total} segments missing")
             }
             Failure::NoManifest => f.write_str("manifest never arrived"),
+            Failure::Stale => f.write_str("stale: older than the delivered version"),
+            Failure::Evicted(why) => write!(f, "evicted: {why}"),
             Failure::LostWhole => f.write_str(
                 "lost whole: the sender announced it but none of its frames arrived \
                  (or the sender could not read it)",

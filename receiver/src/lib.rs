@@ -46,6 +46,7 @@ mod link_task;
 pub mod outcome;
 mod publish;
 mod publisher;
+mod records;
 pub mod state;
 pub mod summary;
 mod workers;
@@ -53,17 +54,18 @@ mod workers;
 use std::ffi::OsString;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use sluice_common::beneath::Dir;
 use sluice_common::config::{self, Parsed};
 use sluice_common::exit::ExitStatus;
 use sluice_common::keys::{self, TrustedKeys};
 use sluice_common::link::FrameRx;
 use sluice_common::logging::{self, LogFormat};
 use sluice_common::outcome::Outcomes;
+use sluice_common::units::Bytes;
 use sluice_protocol::rx::{Assembler, RxConfig};
 use sluice_protocol::wire::LinkKey;
 use tokio::sync::Semaphore;
@@ -74,7 +76,7 @@ pub use summary::{Report, Stop};
 
 use crate::context::Context;
 use crate::counters::Counters;
-use crate::delivery::{Delivery, Resumed};
+use crate::delivery::{Delivery, Limits, Resumed};
 use crate::error::{io_error, key_error};
 use crate::outcome::{FailureList, LogLine};
 use crate::state::StateDir;
@@ -92,6 +94,7 @@ pub struct Receiver {
     link: Box<dyn FrameRx>,
     link_key: LinkKey,
     leftovers: Vec<Resumed>,
+    limits: Limits,
 }
 
 impl Receiver {
@@ -106,23 +109,23 @@ impl Receiver {
             "cannot create --out {}",
             options.out.display()
         )))?;
-        let out = std::fs::canonicalize(&options.out).map_err(io_error(format!(
+        let out = Dir::open(&options.out).map_err(io_error(format!(
             "cannot open --out {}",
             options.out.display()
         )))?;
         let state_path = options.state_dir();
-        let state = StateDir::open(&state_path).map_err(io_error(format!(
-            "cannot open the state directory {}",
-            state_path.display()
-        )))?;
-        let state_root = std::fs::canonicalize(state.root())
-            .map_err(io_error(format!("cannot open {}", state_path.display())))?;
-        let reserved = state_root
-            .strip_prefix(&out)
-            .ok()
-            .and_then(Path::to_str)
-            .map(str::to_string);
-        let staging = staging_dir(&out, &state)?;
+        let state = StateDir::open(&state_path).map_err(error::state_error)?;
+        let reserved = reserved_name(&options.out, &state_path);
+        let staging = staging_dir(&out, &options.out, &state)?;
+        let mode_mask = options.mode_mask & !process_umask();
+        let max_state_bytes = match options.max_state {
+            Some(bytes) => bytes,
+            None => default_max_state(&state),
+        };
+        let limits = Limits {
+            max_objects: options.max_objects,
+            max_state_bytes,
+        };
 
         let max_memory = usize::try_from(options.max_memory).unwrap_or(usize::MAX);
         // In flight between the link task and the disk: as much again as the assembler, and
@@ -134,14 +137,22 @@ impl Receiver {
             permits: Arc::new(Semaphore::new(in_flight)),
             permits_total: in_flight,
             out,
+            out_path: options.out.clone(),
             state,
             staging,
+            mode_mask,
             identities,
             identity_path: options.identity.clone(),
             trusted,
             reserved,
         });
         let leftovers = load_leftovers(&ctx)?;
+        tracing::debug!(
+            max_objects = limits.max_objects,
+            max_state = %Bytes(limits.max_state_bytes),
+            mode_mask = format_args!("{:o}", ctx.mode_mask),
+            "limits"
+        );
         let link = options
             .link
             .open_rx()
@@ -153,6 +164,7 @@ impl Receiver {
             link,
             link_key,
             leftovers,
+            limits,
         })
     }
 
@@ -171,6 +183,7 @@ impl Receiver {
             mut link,
             link_key,
             leftovers,
+            limits,
         } = self;
         let config = RxConfig {
             max_buffered_bytes: usize::try_from(options.max_memory).unwrap_or(usize::MAX),
@@ -195,10 +208,10 @@ impl Receiver {
         );
         let failures = FailureList::default();
         let mut outcomes = Outcomes::default();
-        outcomes.subscribe(LogLine);
+        outcomes.subscribe(LogLine::default());
         outcomes.subscribe(failures.clone());
         let dispatch = dispatch::Dispatch {
-            core: Delivery::resume(leftovers),
+            core: Delivery::resume(leftovers, limits),
             ctx: ctx.clone(),
             decode: decode_tx,
             publish: publish_tx,
@@ -213,8 +226,8 @@ impl Receiver {
 
         tracing::info!(
             link = %options.link,
-            out = %ctx.out.display(),
-            state = %ctx.state.root().display(),
+            out = %ctx.out_path.display(),
+            state = %ctx.state.path().display(),
             "receiving"
         );
         let mut link_task = link_task::LinkTask::new(
@@ -256,38 +269,75 @@ impl Receiver {
     }
 }
 
-/// Where staging files go: the state's `tmp/` when it shares a file system with `out`
-/// (rename is atomic only within one), else `<out>/.sluice-state/staging` (a reserved name
-/// no object can take).
-fn staging_dir(out: &Path, state: &StateDir) -> Result<PathBuf, Error> {
-    let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev());
-    let state_tmp = state.tmp_path("probe");
-    let state_tmp = state_tmp.parent().unwrap_or(state.root()).to_path_buf();
-    if dev(out).ok() == dev(&state_tmp).ok() {
-        return Ok(state_tmp);
+/// The state directory's path relative to `--out` when it lies inside it (no object may land
+/// there); worked out once at start from the operator's paths.
+fn reserved_name(out: &Path, state: &Path) -> Option<String> {
+    let out = std::fs::canonicalize(out).ok()?;
+    let state = std::fs::canonicalize(state).ok()?;
+    state
+        .strip_prefix(&out)
+        .ok()
+        .and_then(Path::to_str)
+        .filter(|rel| !rel.is_empty())
+        .map(str::to_string)
+}
+
+/// Where staging files go: the state's `tmp/` when it shares a file system with `--out`
+/// (rename is atomic only within one), else a private `.sluice-state/staging` under `--out`
+/// (a reserved name no object can take).
+fn staging_dir(out: &Dir, out_path: &Path, state: &StateDir) -> Result<Dir, Error> {
+    let device = |dir: &Dir| dir.stat_self().map(|e| e.device).ok();
+    if device(out) == device(state.tmp()) {
+        return state
+            .tmp()
+            .try_clone()
+            .map_err(io_error("cannot open the staging directory"));
     }
-    let staging = out
+    let shown = out_path
         .join(sluice_common::paths::RESERVED_STATE_DIR)
         .join("staging");
     tracing::warn!(
-        state = %state.root().display(),
-        staging = %staging.display(),
+        state = %state.path().display(),
+        staging = %shown.display(),
         "the state directory is on another file system than --out; staging files in --out"
     );
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .create(&staging)
-        .map_err(io_error(format!("cannot create {}", staging.display())))?;
+    let (staging, _) = out
+        .walk(
+            &[sluice_common::paths::RESERVED_STATE_DIR, "staging"],
+            Some(0o700),
+            out_path,
+        )
+        .map_err(|e| Error::Io {
+            what: format!("cannot create {}", shown.display()),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    let entry = staging
+        .stat_self()
+        .map_err(io_error(format!("cannot open {}", shown.display())))?;
+    state::check_private(&shown, &entry).map_err(error::state_error)?;
     Ok(staging)
+}
+
+/// The process umask (read by setting it, then setting it back).
+fn process_umask() -> u32 {
+    let mask = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    rustix::process::umask(mask);
+    mask.as_raw_mode()
+}
+
+/// `--max-state` when not given: half the free space of the state's file system at start,
+/// and at least 1 GiB.
+fn default_max_state(state: &StateDir) -> u64 {
+    rustix::fs::fstatvfs(state.root())
+        .map(|v| v.f_bavail.saturating_mul(v.f_frsize) / 2)
+        .unwrap_or(u64::MAX)
+        .max(1 << 30)
 }
 
 /// What earlier runs left in the state directory; a stored manifest is verified again (the
 /// `--trust` keys may have changed) and dropped with its object if it no longer verifies.
 fn load_leftovers(ctx: &Context) -> Result<Vec<Resumed>, Error> {
-    let leftovers = ctx.state.scan().map_err(io_error(format!(
-        "cannot read the state directory {}",
-        ctx.state.root().display()
-    )))?;
+    let leftovers = ctx.state.scan().map_err(error::state_error)?;
     if !leftovers.is_empty() {
         tracing::info!(
             objects = leftovers.len(),
@@ -297,14 +347,16 @@ fn load_leftovers(ctx: &Context) -> Result<Vec<Resumed>, Error> {
     let mut resumed = Vec::with_capacity(leftovers.len());
     for (obj, left) in leftovers {
         let manifest = match left.manifest.as_deref().map(|envelope| {
-            let (manifest, _signer) =
+            let (manifest, signer) =
                 sluice_common::envelope::verify_envelope(envelope, &ctx.trusted)
                     .map_err(|e| workers::open_failure(ctx, e))?;
             publish::check_path(ctx, &manifest.path)?;
-            Ok::<_, failure::Failure>(manifest)
+            Ok::<_, failure::Failure>((manifest, signer.0))
         }) {
             None => None,
-            Some(Ok(m)) if m.session == obj.session && m.object == obj.object => Some(m),
+            Some(Ok((m, signer))) if m.session == obj.session && m.object == obj.object => {
+                Some((m, signer))
+            }
             Some(Ok(_)) | Some(Err(_)) => {
                 tracing::warn!(object = %obj, "discarding a stored manifest that no longer verifies");
                 let _ = ctx.state.remove_object(obj);
@@ -314,8 +366,9 @@ fn load_leftovers(ctx: &Context) -> Result<Vec<Resumed>, Error> {
         resumed.push(Resumed {
             obj,
             manifest,
-            segments: left.segments,
+            segments: left.segments.iter().map(|(i, sha, _)| (*i, *sha)).collect(),
             partials: left.partials,
+            bytes: left.bytes,
         });
     }
     Ok(resumed)

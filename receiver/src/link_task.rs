@@ -59,7 +59,10 @@ impl Waiting {
                 } else {
                     0
                 };
-                b.geometry.padded_len().saturating_mul(2).saturating_add(work)
+                b.geometry
+                    .padded_len()
+                    .saturating_mul(2)
+                    .saturating_add(work)
             }
             Waiting::Partial(p) => p.symbols.len() as u64,
         };

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use sluice_common::outcome::Subscriber;
+use sluice_common::paths;
 use sluice_protocol::manifest::Manifest;
 
 use crate::failure::Failure;
@@ -39,12 +40,70 @@ pub enum Outcome {
     LostWhole { first: Vec<ObjectKey>, count: u64 },
 }
 
+/// Failure lines per [`FAILURE_WINDOW`]; beyond that they are counted, and the count is
+/// logged when the window ends (a key holder sending objects that never finish, or a burst
+/// of evictions, would otherwise flood the log). Every failure is still in the report.
+const FAILURE_LINES: u32 = 50;
+const FAILURE_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The receiver's log line for every outcome.
-#[derive(Debug, Default)]
-pub(crate) struct LogLine;
+#[derive(Debug)]
+pub(crate) struct LogLine {
+    window_start: std::time::Instant,
+    failures_logged: u32,
+    failures_held: u64,
+}
+
+impl Default for LogLine {
+    fn default() -> Self {
+        LogLine {
+            window_start: std::time::Instant::now(),
+            failures_logged: 0,
+            failures_held: 0,
+        }
+    }
+}
+
+impl LogLine {
+    /// Whether one more failure line may go out now.
+    fn failure_allowed(&mut self) -> bool {
+        if self.window_start.elapsed() >= FAILURE_WINDOW {
+            self.flush();
+            self.window_start = std::time::Instant::now();
+            self.failures_logged = 0;
+        }
+        if self.failures_logged < FAILURE_LINES {
+            self.failures_logged += 1;
+            true
+        } else {
+            self.failures_held += 1;
+            false
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.failures_held > 0 {
+            tracing::warn!(
+                count = self.failures_held,
+                "{} more objects failed (not listed here; the summary has them)",
+                self.failures_held
+            );
+            self.failures_held = 0;
+        }
+    }
+}
+
+impl Drop for LogLine {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
 
 impl Subscriber<Outcome> for LogLine {
     fn on_outcome(&mut self, outcome: &Outcome) {
+        if matches!(outcome, Outcome::Failed { .. }) && !self.failure_allowed() {
+            return;
+        }
         match outcome {
             Outcome::Delivered {
                 obj,
@@ -52,24 +111,24 @@ impl Subscriber<Outcome> for LogLine {
                 duration,
             } => tracing::info!(
                 object = %obj,
-                path = %m.path,
+                path = %paths::escaped(&m.path),
                 kind = ?m.kind,
                 sha256 = %hex::encode(m.sha256),
                 size = m.size,
                 duration_ms = duration.as_millis() as u64,
                 "delivered {}",
-                m.path
+                paths::escaped(&m.path)
             ),
             Outcome::AlreadyDelivered {
                 obj,
                 manifest: Some(m),
             } => tracing::info!(
                 object = %obj,
-                path = %m.path,
+                path = %paths::escaped(&m.path),
                 sha256 = %hex::encode(m.sha256),
                 size = m.size,
                 "already delivered {}",
-                m.path
+                paths::escaped(&m.path)
             ),
             Outcome::AlreadyDelivered {
                 obj,
@@ -81,7 +140,9 @@ impl Subscriber<Outcome> for LogLine {
                 obj,
                 path: Some(p),
                 failure,
-            } => tracing::warn!(object = %obj, path = %p, "object failed: {failure}"),
+            } => {
+                tracing::warn!(object = %obj, path = %paths::escaped(p), "object failed: {failure}")
+            }
             Outcome::Failed {
                 obj,
                 path: None,

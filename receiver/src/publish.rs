@@ -1,42 +1,42 @@
 //! Publishing: turns a complete, verified object into a file or directory under `--out`,
-//! atomically, and recognises content that is already there.
+//! atomically, through directory fds only.
 //!
 //! ```text
-//!  seg-0 ─┐                                      staging file (state dir, 0600)
+//!  seg-0 ─┐                                      staging file (state tmp/, 0600, by fd)
 //!  seg-1 ─┼─► age decrypt ─► SHA-256(plaintext) + byte count ─► write
 //!  seg-n ─┘   (ciphertext SHA-256 checked against the signed manifest when decoded)
-//!        then: mode, mtime, fsync ─► resolve target (no symlink, no clash) ─► rename ─► fsync dir
+//!        then: fchmod, futimens, fsync ─► walk --out one component at a time (openat,
+//!        O_NOFOLLOW; mkdirat for what is missing) ─► refuse a symlink, a directory or a
+//!        Unicode twin at the name ─► renameat(staging, parent fd, name) ─► fsync the parent
 //! ```
 //!
-//! One segment is in flight at a time and read through fixed buffers, so memory does not
-//! depend on the file's size. Directories are created (mode and mtime applied), and because
-//! adding an entry changes a directory's mtime, the recorded mtime of every delivered ancestor
-//! is applied again after each publish and once more at shutdown ("directories after their
-//! contents"). Setuid and setgid bits are never applied: a gateway must not mint privileged
-//! executables from across the diode.
+//! `--out` is opened once; nothing below it is ever resolved by path, so a local user who can
+//! write somewhere under `--out` cannot redirect a write, a rename or a chmod through a
+//! symlink or a swapped directory: the walk refuses links, and metadata is only ever changed
+//! through the fd of what was opened. Permission bits are the sender's masked by
+//! `--mode-mask` (default 0755: never setuid, setgid, sticky, group- or other-writable) and by
+//! the receiver's umask; a directory that existed before keeps its mode unless this receiver
+//! delivered it. One segment is in flight at a time, so memory does not depend on file size.
 
 use std::collections::HashMap;
-use std::fs::{self, File, FileTimes, OpenOptions, Permissions};
+use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
-use sluice_common::paths::{self, PathError, Target};
+use sluice_common::beneath::{self, Dir, Kind, WalkError};
+use sluice_common::paths::{self, PathError};
 use sluice_protocol::manifest::{EntryKind, Manifest};
 
 use crate::context::Context;
 use crate::failure::Failure;
-use crate::state::{ObjectKey, Record};
+use crate::records::Delivery;
+use crate::state::ObjectKey;
 
-/// Permission bits applied: everything but setuid and setgid.
-const MODE_MASK: u32 = 0o1777;
-/// Files smaller than this get no delivery record: hashing them again to recognise a re-send
-/// costs less than writing a record for every one.
-const RECORD_MIN_SIZE: u64 = 1 << 20;
 /// Read and write buffer sizes while publishing.
 pub(crate) const IO_BUFFER: usize = 256 * 1024;
+/// Mode of directories created on the way to an object (before the umask).
+const PARENT_MODE: u32 = 0o755;
 
 /// Mode and mtime of a delivered directory, applied again after its contents change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,36 +49,39 @@ pub struct DirMeta {
 /// Delivered directories by object path (`None`: looked up, not a delivered directory).
 pub type DirCache = HashMap<String, Option<DirMeta>>;
 
+fn refused(path: &str, error: impl std::fmt::Display) -> Failure {
+    Failure::PathRefused {
+        path: path.to_string(),
+        error: error.to_string(),
+    }
+}
+
 /// Checks a manifest path: valid, and not inside the state directory.
 pub(crate) fn check_path(ctx: &Context, path: &str) -> Result<(), Failure> {
-    let refused = |error: String| Failure::PathRefused {
-        path: path.to_string(),
-        error,
-    };
-    paths::validate_object_path(path).map_err(|e| refused(e.to_string()))?;
+    paths::validate_object_path(path).map_err(|e| refused(path, e))?;
     if let Some(reserved) = &ctx.reserved {
-        let inside = path == reserved
-            || path
-                .strip_prefix(reserved.as_str())
-                .is_some_and(|rest| rest.starts_with('/'));
+        let head = path.get(..reserved.len());
+        let inside = head.is_some_and(|h| h.eq_ignore_ascii_case(reserved))
+            && path[reserved.len()..]
+                .chars()
+                .next()
+                .is_none_or(|c| c == '/');
         if inside {
-            return Err(refused(format!(
-                "path is inside the state directory {reserved}"
-            )));
+            return Err(refused(
+                path,
+                format!("path is inside the state directory {reserved}"),
+            ));
         }
     }
     Ok(())
 }
 
-fn path_failure(path: &str, error: PathError) -> Failure {
+fn walk_failure(path: &str, error: WalkError) -> Failure {
     match error {
-        PathError::Io { path: at, source } => {
+        WalkError::Io { path: at, source } => {
             Failure::Io(format!("cannot prepare {}: {source}", at.display()))
         }
-        other => Failure::PathRefused {
-            path: path.to_string(),
-            error: other.to_string(),
-        },
+        other => refused(path, other),
     }
 }
 
@@ -86,53 +89,125 @@ fn io_failure(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> Failure
     move |e| Failure::Io(format!("{what}: {e}"))
 }
 
-/// The `SystemTime` of a manifest mtime, if representable.
-fn system_time(secs: i64, nanos: u32) -> Option<SystemTime> {
-    let nanos = Duration::from_nanos(u64::from(nanos.min(999_999_999)));
-    let base = if secs >= 0 {
-        UNIX_EPOCH.checked_add(Duration::from_secs(secs.unsigned_abs()))?
-    } else {
-        UNIX_EPOCH.checked_sub(Duration::from_secs(secs.unsigned_abs()))?
-    };
-    base.checked_add(nanos)
+/// The parent directory of an object (created as needed when `create`), its last name, and
+/// the paths of the directories this walk created.
+fn parent_of<'p>(
+    ctx: &Context,
+    path: &'p str,
+    create: bool,
+) -> Result<(Dir, &'p str, Vec<String>), Failure> {
+    let components: Vec<&str> = path.split('/').collect();
+    let (name, parents) = components
+        .split_last()
+        .ok_or_else(|| refused(path, PathError::Empty))?;
+    let (dir, created) = ctx
+        .out
+        .walk(parents, create.then_some(PARENT_MODE), Path::new(path))
+        .map_err(|e| walk_failure(path, e))?;
+    let created = (parents.len() - created..parents.len())
+        .map(|end| parents[..=end].join("/"))
+        .collect();
+    Ok((dir, name, created))
 }
 
-/// Applies mode and mtime through an open handle (never through a path that could be a link).
-fn apply_meta(file: &File, mode: u32, secs: i64, nanos: u32) -> io::Result<()> {
-    file.set_permissions(Permissions::from_mode(mode & MODE_MASK))?;
-    if let Some(time) = system_time(secs, nanos) {
-        file.set_times(FileTimes::new().set_modified(time))?;
+/// Records for directories created on the way to an object: this receiver's, with the mode
+/// and mtime they were created with, so their own object later applies its metadata (also
+/// within the batch not yet committed: they are marked in `dirs` at once).
+fn created_records(
+    ctx: &Context,
+    created: Vec<String>,
+    dirs: &mut DirCache,
+) -> Vec<(String, Delivery)> {
+    created
+        .into_iter()
+        .filter_map(|path| {
+            let components: Vec<&str> = path.split('/').collect();
+            let (dir, _) = ctx.out.walk(&components, None, Path::new(&path)).ok()?;
+            let entry = dir.stat_self().ok()?;
+            let record = Delivery {
+                signer: 0,
+                sequence: 0,
+                directory: true,
+                sha256: [0; 32],
+                size: 0,
+                mode: entry.mode,
+                mtime_secs: entry.mtime_secs,
+                mtime_nanos: entry.mtime_nanos,
+                inode: entry.inode,
+                device: entry.device,
+            };
+            dirs.insert(
+                path.clone(),
+                Some(DirMeta {
+                    mode: entry.mode,
+                    mtime_secs: entry.mtime_secs,
+                    mtime_nanos: entry.mtime_nanos,
+                }),
+            );
+            Some((path, record))
+        })
+        .collect()
+}
+
+/// What sits at `name` in `parent` must not block a new entry there: no symlink (never
+/// replaced or followed), no entry of the other kind, and — for a new name — no entry that
+/// differs only by Unicode normalization (it would look the same).
+fn check_target(parent: &Dir, name: &str, path: &str, directory: bool) -> Result<bool, Failure> {
+    let existing = parent
+        .stat(name)
+        .map_err(io_failure(format!("cannot look at {path}")))?;
+    match existing.map(|e| e.kind) {
+        Some(Kind::Symlink) => Err(refused(
+            path,
+            format!("{path} is a symlink; refusing to replace or follow it"),
+        )),
+        Some(Kind::Directory) if !directory => {
+            Err(refused(path, PathError::IsADirectory(path.into())))
+        }
+        Some(kind) if directory && kind != Kind::Directory => {
+            Err(refused(path, PathError::NotADirectory(path.into())))
+        }
+        Some(Kind::Other) => Err(refused(path, format!("{path} is a device, FIFO or socket"))),
+        Some(_) => Ok(true),
+        None => {
+            for twin in paths::normalization_twins(name) {
+                if parent.stat(&twin).ok().flatten().is_some() {
+                    return Err(refused(
+                        path,
+                        PathError::NormalizationTwin(name.to_string(), twin),
+                    ));
+                }
+            }
+            Ok(false)
+        }
     }
-    Ok(())
-}
-
-/// Makes a directory's entries durable.
-pub(crate) fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// Runs `f` with `dir` writable by its owner, restoring its mode afterwards (a delivered
 /// read-only directory must still receive the rest of its contents when not running as root).
-fn with_writable_dir<T>(dir: &Path, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
-    let meta = fs::symlink_metadata(dir)?;
-    let mode = meta.mode() & 0o7777;
-    if mode & 0o300 == 0o300 {
+fn with_writable_dir<T>(dir: &Dir, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    let mode = dir.stat_self()?.mode;
+    if mode & 0o300 == 0o300 || rustix::process::geteuid().is_root() {
         return f();
     }
-    fs::set_permissions(dir, Permissions::from_mode(mode | 0o300))?;
+    dir.set_mode(mode | 0o300)?;
     let result = f();
-    fs::set_permissions(dir, Permissions::from_mode(mode))?;
+    dir.set_mode(mode)?;
     result
 }
 
-/// A published object: its bytes, and the directory whose entry changed (to be fsynced by
-/// the caller, which batches that for many small files).
+/// A published object: its bytes, the directory whose entry changed (to be fsynced by the
+/// caller, which batches that for many small files), and what to record.
 #[derive(Debug)]
 pub(crate) struct Published {
     /// Plaintext bytes written.
     pub bytes: u64,
     /// The parent directory the object was renamed or created in.
-    pub dir: PathBuf,
+    pub dir: Dir,
+    /// The record of this delivery.
+    pub delivery: Delivery,
+    /// Directories created on the way, to record as this receiver's.
+    pub created_dirs: Vec<(String, Delivery)>,
 }
 
 /// Publishes a complete object (everything but the final fsync of its directory).
@@ -140,101 +215,126 @@ pub(crate) fn publish(
     ctx: &Context,
     obj: ObjectKey,
     manifest: &Manifest,
+    signer: u64,
     dirs: &mut DirCache,
     staged: Option<Staged>,
     buf: &mut [u8],
 ) -> Result<Published, Failure> {
-    if let Err(failure) = check_path(ctx, &manifest.path) {
-        if let Some(staged) = staged {
-            staged.discard();
-        }
-        return Err(failure);
-    }
-    let published = match manifest.kind {
-        EntryKind::Directory => {
+    let checked = check_path(ctx, &manifest.path);
+    match (checked, manifest.kind) {
+        (Ok(()), EntryKind::File) => publish_file(ctx, obj, manifest, signer, dirs, staged, buf),
+        (checked, _) => {
             if let Some(staged) = staged {
-                staged.discard();
+                staged.discard(ctx);
             }
-            publish_dir(ctx, manifest, dirs)?
+            checked.and_then(|()| publish_dir(ctx, manifest, signer, dirs))
         }
-        EntryKind::File => publish_file(ctx, obj, manifest, staged, buf)?,
-    };
-    Ok(published)
-}
-
-fn parent_of(path: &Path) -> Result<&Path, Failure> {
-    path.parent()
-        .ok_or_else(|| Failure::Io(format!("{} has no parent", path.display())))
-}
-
-fn publish_dir(ctx: &Context, m: &Manifest, dirs: &mut DirCache) -> Result<Published, Failure> {
-    let target = paths::resolve_under(&ctx.out, &m.path, Target::Directory, true)
-        .map_err(|e| path_failure(&m.path, e))?;
-    let parent = parent_of(&target)?;
-    if !target.is_dir() {
-        with_writable_dir(parent, || fs::DirBuilder::new().mode(0o700).create(&target))
-            .or_else(|e| match e.kind() {
-                io::ErrorKind::AlreadyExists => Ok(()),
-                _ => Err(e),
-            })
-            .map_err(io_failure(format!("cannot create {}", target.display())))?;
-        // Whatever is there now must be the directory we made, not a link raced in.
-        paths::resolve_under(&ctx.out, &m.path, Target::Directory, false)
-            .map_err(|e| path_failure(&m.path, e))?;
     }
-    let dir =
-        File::open(&target).map_err(io_failure(format!("cannot open {}", target.display())))?;
-    apply_meta(&dir, m.mode, m.mtime_secs, m.mtime_nanos).map_err(io_failure(format!(
-        "cannot set mode/mtime of {}",
-        target.display()
-    )))?;
-    dir.sync_all()
-        .map_err(io_failure(format!("cannot fsync {}", target.display())))?;
+}
+
+fn delivery(
+    ctx: &Context,
+    m: &Manifest,
+    signer: u64,
+    entry: beneath::Entry,
+    dir: bool,
+) -> Delivery {
+    Delivery {
+        signer,
+        sequence: m.sequence,
+        directory: dir,
+        sha256: if dir { [0; 32] } else { m.sha256 },
+        size: m.size,
+        mode: m.mode & ctx.mode_mask,
+        mtime_secs: m.mtime_secs,
+        mtime_nanos: m.mtime_nanos,
+        inode: entry.inode,
+        device: entry.device,
+    }
+}
+
+fn publish_dir(
+    ctx: &Context,
+    m: &Manifest,
+    signer: u64,
+    dirs: &mut DirCache,
+) -> Result<Published, Failure> {
+    let (parent, name, created_parents) = parent_of(ctx, &m.path, true)?;
+    let existed = check_target(&parent, name, &m.path, true)?;
+    let created = with_writable_dir(&parent, || parent.create_dir(name, 0o700))
+        .map_err(io_failure(format!("cannot create {}", m.path)))?;
+    let dir = parent.open_dir(name).map_err(|e| {
+        walk_failure(
+            &m.path,
+            WalkError::Io {
+                path: m.path.clone().into(),
+                source: e,
+            },
+        )
+    })?;
+    // A directory someone else made keeps its mode and mtime; ours (now, on the way to an
+    // earlier object, or by an earlier delivery) gets the sender's, masked.
+    let ours = created
+        || !existed
+        || dirs.get(&m.path).is_some_and(Option::is_some)
+        || ctx
+            .state
+            .records()
+            .latest(&m.path)
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.directory);
     let meta = DirMeta {
-        mode: m.mode,
+        mode: m.mode & ctx.mode_mask,
         mtime_secs: m.mtime_secs,
         mtime_nanos: m.mtime_nanos,
     };
-    dirs.insert(m.path.clone(), Some(meta));
-    let inode = dir.metadata().map(|md| md.ino()).unwrap_or(0);
-    write_record(ctx, m, "directory", inode);
+    if ours {
+        apply_dir_meta(&dir, meta)
+            .map_err(io_failure(format!("cannot set mode/mtime of {}", m.path)))?;
+        dirs.insert(m.path.clone(), Some(meta));
+    }
+    dir.sync()
+        .map_err(io_failure(format!("cannot fsync {}", m.path)))?;
+    let entry = dir
+        .stat_self()
+        .map_err(io_failure(format!("cannot stat {}", m.path)))?;
     Ok(Published {
         bytes: 0,
-        dir: parent.to_path_buf(),
+        dir: parent,
+        delivery: delivery(ctx, m, signer, entry, true),
+        created_dirs: created_records(ctx, created_parents, dirs),
     })
 }
 
-fn write_record(ctx: &Context, m: &Manifest, kind: &str, inode: u64) {
-    let record = Record {
-        path: m.path.clone(),
-        kind: kind.to_string(),
-        sha256: hex::encode(m.sha256),
-        size: m.size,
-        mode: m.mode & MODE_MASK,
-        mtime_secs: m.mtime_secs,
-        mtime_nanos: m.mtime_nanos,
-        inode,
-    };
-    if let Err(e) = ctx.state.write_record(&record) {
-        // The object is delivered; only the shortcut for recognising it again is lost.
-        tracing::warn!(path = %m.path, "cannot record the delivery in the state directory: {e}");
-    }
+fn apply_dir_meta(dir: &Dir, meta: DirMeta) -> io::Result<()> {
+    dir.set_mode(meta.mode)?;
+    dir.set_mtime(meta.mtime_secs, meta.mtime_nanos)
 }
 
 fn publish_file(
     ctx: &Context,
     obj: ObjectKey,
     m: &Manifest,
+    signer: u64,
+    dirs: &mut DirCache,
     staged: Option<Staged>,
     buf: &mut [u8],
 ) -> Result<Published, Failure> {
-    // Resolve first (creating nothing): a refused path fails before any decryption work, and
-    // an object that fails later leaves no directories behind.
-    if let Err(e) = paths::resolve_under(&ctx.out, &m.path, Target::File, false) {
-        if let Some(staged) = staged {
-            staged.discard();
+    // Walk first (creating nothing): a refused path fails before any decryption work, and an
+    // object that fails later leaves no directories behind.
+    let checked = parent_of(ctx, &m.path, false)
+        .and_then(|(parent, name, _)| check_target(&parent, name, &m.path, false).map(|_| ()));
+    match checked {
+        Ok(()) => {}
+        // A missing parent is created below; anything else is a refusal.
+        Err(Failure::Io(_)) => {}
+        Err(failure) => {
+            if let Some(staged) = staged {
+                staged.discard(ctx);
+            }
+            return Err(failure);
         }
-        return Err(path_failure(&m.path, e));
     }
     let mut staged = match staged {
         Some(staged) => staged,
@@ -245,30 +345,28 @@ fn publish_file(
             let expected = (u64::from(info.ciphertext_len), info.ciphertext_sha256);
             staged.append(ctx, obj, Some(expected), Some(m.size), buf)?;
         }
-        staged.finish(m)
+        staged.finish(ctx, m)?;
+        // Resolve again right before the rename, by fds: nothing planted meanwhile is followed.
+        let (parent, name, created) = parent_of(ctx, &m.path, true)?;
+        check_target(&parent, name, &m.path, false)?;
+        with_writable_dir(&parent, || ctx.staging.rename(&staged.name, &parent, name))
+            .map_err(io_failure(format!("cannot rename into {}", m.path)))?;
+        let entry = beneath::stat_fd(staged.out.get_ref())
+            .map_err(io_failure(format!("cannot stat {}", m.path)))?;
+        Ok((parent, entry, created))
     })();
-    let path = staged.path.clone();
-    let result = result.and_then(|()| {
-        // Resolve again right before the rename: nothing planted meanwhile is followed.
-        let target = paths::resolve_under(&ctx.out, &m.path, Target::File, true)
-            .map_err(|e| path_failure(&m.path, e))?;
-        let parent = parent_of(&target)?;
-        with_writable_dir(parent, || fs::rename(&path, &target)).map_err(io_failure(format!(
-            "cannot rename into {}",
-            target.display()
-        )))?;
-        if m.size >= RECORD_MIN_SIZE {
-            let inode = fs::symlink_metadata(&target)
-                .map(|md| md.ino())
-                .unwrap_or(0);
-            write_record(ctx, m, "file", inode);
+    match result {
+        Ok((dir, entry, created)) => Ok(Published {
+            bytes: m.size,
+            dir,
+            delivery: delivery(ctx, m, signer, entry, false),
+            created_dirs: created_records(ctx, created, dirs),
+        }),
+        Err(failure) => {
+            staged.discard(ctx);
+            Err(failure)
         }
-        Ok(parent.to_path_buf())
-    });
-    if result.is_err() {
-        let _ = fs::remove_file(&path);
     }
-    result.map(|dir| Published { bytes: m.size, dir })
 }
 
 /// Plaintext handed to the kernel's writeback between two kicks, so the fsync before the
@@ -276,11 +374,12 @@ fn publish_file(
 const WRITEBACK_EVERY: u64 = 16 << 20;
 
 /// A file being staged: the plaintext of segments `0..next`, decrypted in order and hashed as
-/// it goes. The sink stages segments as soon as they are stored, before the manifest arrives
-/// (it comes last), so publishing a large file only has its tail left to do.
+/// it goes. The publisher stages segments as soon as they are stored, before the manifest
+/// arrives (it comes last), so publishing a large file only has its tail left to do.
 #[derive(Debug)]
 pub(crate) struct Staged {
-    path: PathBuf,
+    /// Its name in the staging directory.
+    name: String,
     out: BufWriter<File>,
     plain: Sha256,
     written: u64,
@@ -291,16 +390,15 @@ pub(crate) struct Staged {
 impl Staged {
     /// An empty staging file for `obj` (mode 0600, in the staging directory).
     pub fn create(ctx: &Context, obj: ObjectKey) -> Result<Self, Failure> {
-        let name = format!("stage-{:016x}-{}", obj.session.0, obj.object.0);
-        let path = ctx.staging.join(ctx.state.unique_name(&name));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io_failure(format!("cannot create {}", path.display())))?;
+        let name = ctx
+            .state
+            .unique_name(&format!("stage-{:016x}-{}", obj.session.0, obj.object.0));
+        let file = ctx
+            .staging
+            .create_file(&name, 0o600)
+            .map_err(io_failure(format!("cannot create the staging file {name}")))?;
         Ok(Staged {
-            path,
+            name,
             out: BufWriter::with_capacity(IO_BUFFER, file),
             plain: Sha256::new(),
             written: 0,
@@ -315,7 +413,7 @@ impl Staged {
     }
 
     fn write_error(&self, e: io::Error) -> Failure {
-        Failure::Io(format!("cannot write {}: {e}", self.path.display()))
+        Failure::Io(format!("cannot write the staging file {}: {e}", self.name))
     }
 
     /// Decrypts stored segment `next` and appends its plaintext. Its stored length and
@@ -396,8 +494,9 @@ impl Staged {
         Ok(())
     }
 
-    /// Checks size and SHA-256 against the manifest, applies mode and mtime, and fsyncs.
-    fn finish(&mut self, m: &Manifest) -> Result<(), Failure> {
+    /// Checks size and SHA-256 against the manifest, applies the masked mode and the mtime
+    /// through the file's fd, and fsyncs.
+    fn finish(&mut self, ctx: &Context, m: &Manifest) -> Result<(), Failure> {
         if self.written != m.size {
             return Err(Failure::SizeMismatch {
                 expected: m.size,
@@ -410,16 +509,15 @@ impl Staged {
         }
         self.out.flush().map_err(|e| self.write_error(e))?;
         let file = self.out.get_ref();
-        apply_meta(file, m.mode, m.mtime_secs, m.mtime_nanos).map_err(io_failure(format!(
-            "cannot set mode/mtime of {}",
-            self.path.display()
-        )))?;
+        beneath::set_mode(file, m.mode & ctx.mode_mask)
+            .and_then(|()| beneath::set_mtime(file, m.mtime_secs, m.mtime_nanos))
+            .map_err(io_failure(format!("cannot set mode/mtime of {}", m.path)))?;
         file.sync_all().map_err(|e| self.write_error(e))
     }
 
     /// Removes the staging file (the object failed or was already delivered).
-    pub fn discard(self) {
-        let _ = fs::remove_file(&self.path);
+    pub fn discard(self, ctx: &Context) {
+        let _ = ctx.staging.remove_file(&self.name);
     }
 }
 
@@ -447,12 +545,16 @@ pub(crate) fn reapply_ancestors(
     }
 }
 
-/// Applies the recorded mode and mtime of a delivered directory (cached lookups).
+/// Applies the recorded mode and mtime of a directory this receiver delivered (cached
+/// lookups; reached by a walk that never follows a link).
 pub(crate) fn reapply_dir(ctx: &Context, dir: &str, dirs: &mut DirCache) {
     let meta = *dirs.entry(dir.to_string()).or_insert_with(|| {
         ctx.state
-            .read_record(dir)
-            .filter(|r| r.kind == "directory")
+            .records()
+            .latest(dir)
+            .ok()
+            .flatten()
+            .filter(|r| r.directory)
             .map(|r| DirMeta {
                 mode: r.mode,
                 mtime_secs: r.mtime_secs,
@@ -462,13 +564,14 @@ pub(crate) fn reapply_dir(ctx: &Context, dir: &str, dirs: &mut DirCache) {
     let Some(meta) = meta else {
         return;
     };
-    let Ok(target) = paths::resolve_under(&ctx.out, dir, Target::Directory, false) else {
-        return;
-    };
-    let applied = File::open(&target)
-        .and_then(|f| apply_meta(&f, meta.mode, meta.mtime_secs, meta.mtime_nanos));
+    let components: Vec<&str> = dir.split('/').collect();
+    let applied = ctx
+        .out
+        .walk(&components, None, Path::new(dir))
+        .map_err(|e| io::Error::other(e.to_string()))
+        .and_then(|(d, _)| apply_dir_meta(&d, meta));
     if let Err(e) = applied {
-        tracing::debug!(dir, "cannot apply directory metadata: {e}");
+        tracing::debug!(dir = %paths::escaped(dir), "cannot apply directory metadata: {e}");
     }
 }
 
@@ -485,44 +588,39 @@ pub(crate) fn reapply_all(ctx: &Context, dirs: &mut DirCache) {
     }
 }
 
-/// Whether a file with the manifest's content already sits at its path: the delivery record
-/// matches the file (same inode, size and mtime), or hashing the file gives the SHA-256.
+/// Whether the manifest's content already sits at its path, by this receiver's own records:
+/// a record for the path with the same SHA-256 and size, and the file there still the one
+/// recorded (same inode, device, size and mtime). No file the link names is ever hashed.
 pub(crate) fn already_delivered(ctx: &Context, m: &Manifest) -> bool {
     if m.kind != EntryKind::File {
         return false;
     }
-    let Ok(target) = paths::resolve_under(&ctx.out, &m.path, Target::File, false) else {
+    let Ok(Some(record)) = ctx.state.records().latest(&m.path) else {
         return false;
     };
-    let Ok(meta) = fs::symlink_metadata(&target) else {
+    if record.directory || record.sha256 != m.sha256 || record.size != m.size {
+        return false;
+    }
+    let Ok((parent, name, _)) = parent_of(ctx, &m.path, false) else {
         return false;
     };
-    if !meta.is_file() || meta.len() != m.size {
-        return false;
-    }
-    let sha = hex::encode(m.sha256);
-    if let Some(r) = ctx.state.read_record(&m.path) {
-        let same_file = r.inode == meta.ino()
-            && r.size == meta.len()
-            && r.mtime_secs == meta.mtime()
-            && i64::from(r.mtime_nanos) == meta.mtime_nsec();
-        if same_file && r.sha256 == sha {
-            return true;
-        }
-    }
-    hash_file(&target).is_ok_and(|h| h == m.sha256)
+    parent.stat(name).ok().flatten().is_some_and(|e| {
+        e.kind == Kind::File
+            && e.inode == record.inode
+            && e.device == record.device
+            && e.size == record.size
+            && e.mtime_secs == record.mtime_secs
+            && e.mtime_nanos == record.mtime_nanos
+    })
 }
 
-fn hash_file(path: &PathBuf) -> io::Result<[u8; 32]> {
-    let mut file = File::open(path)?;
-    let mut sha = Sha256::new();
-    let mut buf = vec![0u8; IO_BUFFER];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            return Ok(sha.finalize().into());
-        }
-        sha.update(&buf[..n]);
+/// A manifest older than what this receiver delivered at its path for the same signer:
+/// a replay that would roll the file back.
+pub(crate) fn check_fresh(ctx: &Context, m: &Manifest, signer: u64) -> Result<(), Failure> {
+    match ctx.state.records().sequence(signer, &m.path) {
+        Ok(Some(delivered)) if m.sequence < delivered => Err(Failure::Stale),
+        Ok(_) => Ok(()),
+        Err(e) => Err(Failure::Io(e.to_string())),
     }
 }
 
@@ -531,24 +629,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn times_before_and_after_the_epoch() {
-        assert_eq!(system_time(1, 5), Some(UNIX_EPOCH + Duration::new(1, 5)));
-        assert_eq!(
-            system_time(-1, 500),
-            Some(UNIX_EPOCH - Duration::from_secs(1) + Duration::from_nanos(500))
-        );
-    }
-
-    #[test]
-    fn read_only_directories_still_take_new_entries() {
+    fn read_only_directories_still_take_new_entries_and_keep_their_mode() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let sub = dir.path().join("ro");
-        fs::create_dir(&sub).unwrap();
-        fs::set_permissions(&sub, Permissions::from_mode(0o555)).unwrap();
-        with_writable_dir(&sub, || fs::write(sub.join("f"), b"x")).unwrap();
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o555)).unwrap();
+        let ro = Dir::open(&sub).unwrap();
+        with_writable_dir(&ro, || ro.create_file("f", 0o600).map(drop)).unwrap();
         assert!(sub.join("f").exists());
-        let mode = fs::metadata(&sub).unwrap().mode() & 0o7777;
-        assert_eq!(mode, 0o555);
-        fs::set_permissions(&sub, Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(ro.stat_self().unwrap().mode, 0o555);
+        std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 }

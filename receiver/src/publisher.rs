@@ -11,18 +11,21 @@
 //!   Publish         decrypt the rest, verify, rename into --out (see `publish`)
 //!   Discard/Finish  drop staging and stored blocks; record an object done
 //!  when no job waits (or 64 are pending): fsync the directories published into, record the
-//!  objects done, reply Committed — one directory fsync serves many small files
+//!  deliveries and done markers in one records transaction, reply Committed — one
+//!  directory fsync and one records fsync serve many small files
 //! ```
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
 use std::sync::Arc;
 
+use sluice_common::beneath::Dir;
 use sluice_protocol::manifest::Manifest;
 
 use crate::context::{self, Context};
 use crate::delivery::{Input, PublishJob, Reply};
+use crate::failure::Failure;
 use crate::publish::{self, DirCache, Staged};
+use crate::records::Finished;
 use crate::state::ObjectKey;
 
 /// Objects staged ahead of their manifest at once (each holds a file and a write buffer).
@@ -39,9 +42,13 @@ struct Publisher {
     staging: HashMap<ObjectKey, Staged>,
     /// Decryption buffer, reused for every segment.
     buf: Vec<u8>,
-    /// Published objects not yet recorded done, and the directories to fsync first.
-    uncommitted: Vec<(ObjectKey, u64)>,
-    dirty_dirs: BTreeSet<PathBuf>,
+    /// Published objects not yet recorded, and the directories to fsync first (by device
+    /// and inode, so each is synced once).
+    uncommitted: Vec<(ObjectKey, u64, Finished)>,
+    dirty_dirs: HashMap<(u64, u64), Dir>,
+    /// Sequences published in the batch not yet committed, by (signer, path): a second
+    /// manifest for the same path in one batch is checked against these too.
+    pending_sequences: HashMap<(u64, String), u64>,
     /// Object paths published since the last commit: their ancestors' mtimes are applied
     /// again (once per directory) before the commit.
     touched: BTreeSet<String>,
@@ -64,7 +71,8 @@ pub(crate) fn spawn(
                 staging: HashMap::new(),
                 buf: vec![0; publish::IO_BUFFER],
                 uncommitted: Vec::new(),
-                dirty_dirs: BTreeSet::new(),
+                dirty_dirs: HashMap::new(),
+                pending_sequences: HashMap::new(),
                 touched: BTreeSet::new(),
             };
             publisher.run(&jobs);
@@ -92,8 +100,8 @@ impl Publisher {
             self.handle(job);
         }
         self.commit();
-        for (_, staged) in self.staging.drain() {
-            staged.discard();
+        for (_, staged) in std::mem::take(&mut self.staging) {
+            staged.discard(&self.ctx);
         }
         publish::reapply_all(&self.ctx, &mut self.dirs);
     }
@@ -107,9 +115,9 @@ impl Publisher {
         match job {
             PublishJob::StoreManifest { obj, envelope } => {
                 let result = self.ctx.state.store_manifest(obj, &envelope).map_err(|e| {
-                    crate::failure::Failure::Io(format!(
+                    Failure::Io(format!(
                         "cannot store the manifest in {}: {e}",
-                        self.ctx.state.root().display()
+                        self.ctx.state.path().display()
                     ))
                 });
                 self.reply(Reply::ManifestStored(obj, result));
@@ -122,8 +130,9 @@ impl Publisher {
             PublishJob::Publish {
                 obj,
                 manifest,
+                signer,
                 check_existing,
-            } => self.publish(obj, &manifest, check_existing),
+            } => self.publish(obj, &manifest, signer, check_existing),
             PublishJob::Discard { obj, remove_state } => {
                 self.discard_staging(obj);
                 if remove_state {
@@ -132,7 +141,14 @@ impl Publisher {
             }
             PublishJob::Finish(obj) => {
                 self.discard_staging(obj);
-                self.mark_done(obj);
+                let done = [Finished {
+                    obj,
+                    deliveries: Vec::new(),
+                }];
+                if let Err(e) = self.ctx.state.records().commit(&done) {
+                    tracing::warn!(object = %obj, "cannot record the object as done: {e}");
+                }
+                self.remove_state(obj);
                 self.reply(Reply::Finished(obj));
             }
         }
@@ -140,7 +156,7 @@ impl Publisher {
 
     fn discard_staging(&mut self, obj: ObjectKey) {
         if let Some(staged) = self.staging.remove(&obj) {
-            staged.discard();
+            staged.discard(&self.ctx);
         }
     }
 
@@ -148,14 +164,6 @@ impl Publisher {
         if let Err(e) = self.ctx.state.remove_object(obj) {
             tracing::warn!(object = %obj, "cannot clean up the state directory: {e}");
         }
-    }
-
-    /// Records a finished object done and drops what was kept for it.
-    fn mark_done(&self, obj: ObjectKey) {
-        if let Err(e) = self.ctx.state.mark_done(obj) {
-            tracing::warn!(object = %obj, "cannot record the object as done: {e}");
-        }
-        self.remove_state(obj);
     }
 
     /// Decrypts stored segments `next..upto` of `obj` into its staging file. A failure only
@@ -199,13 +207,29 @@ impl Publisher {
         }
     }
 
-    fn publish(&mut self, obj: ObjectKey, manifest: &Manifest, check_existing: bool) {
+    fn publish(&mut self, obj: ObjectKey, manifest: &Manifest, signer: u64, check_existing: bool) {
         let staged = self.staging.remove(&obj);
-        if check_existing && publish::already_delivered(&self.ctx, manifest) {
+        let discard = |staged: Option<Staged>, ctx: &Context| {
             if let Some(staged) = staged {
-                staged.discard();
+                staged.discard(ctx);
             }
+        };
+        if check_existing && publish::already_delivered(&self.ctx, manifest) {
+            discard(staged, &self.ctx);
             return self.reply(Reply::AlreadyThere(obj));
+        }
+        // The authoritative freshness check: records, and this batch not yet committed.
+        let pending = self
+            .pending_sequences
+            .get(&(signer, manifest.path.clone()))
+            .is_some_and(|seq| manifest.sequence < *seq);
+        let fresh = match publish::check_fresh(&self.ctx, manifest, signer) {
+            Ok(()) if pending => Err(Failure::Stale),
+            other => other,
+        };
+        if let Err(failure) = fresh {
+            discard(staged, &self.ctx);
+            return self.reply(Reply::PublishFailed(obj, failure));
         }
         tracing::debug!(
             object = %obj,
@@ -213,18 +237,30 @@ impl Publisher {
             segments = manifest.segments.len(),
             "publishing"
         );
-        match publish::publish(
+        let published = publish::publish(
             &self.ctx,
             obj,
             manifest,
+            signer,
             &mut self.dirs,
             staged,
             &mut self.buf,
-        ) {
+        );
+        match published {
             Ok(published) => {
-                self.dirty_dirs.insert(published.dir);
+                if let Ok(entry) = published.dir.stat_self() {
+                    self.dirty_dirs
+                        .entry((entry.device, entry.inode))
+                        .or_insert(published.dir);
+                }
                 self.touched.insert(manifest.path.clone());
-                self.uncommitted.push((obj, published.bytes));
+                let key = (signer, manifest.path.clone());
+                let highest = self.pending_sequences.entry(key).or_insert(0);
+                *highest = (*highest).max(manifest.sequence);
+                let mut deliveries = published.created_dirs;
+                deliveries.push((manifest.path.clone(), published.delivery));
+                let finished = Finished { obj, deliveries };
+                self.uncommitted.push((obj, published.bytes, finished));
                 if self.uncommitted.len() >= MAX_UNCOMMITTED {
                     self.commit();
                 }
@@ -233,22 +269,32 @@ impl Publisher {
         }
     }
 
-    /// Fsyncs the directories published into, then records those objects done and tells the
-    /// delivery core: a file counts as delivered only once its directory entry is durable.
+    /// Fsyncs the directories published into, then records the deliveries and done markers
+    /// in one durable transaction, and tells the delivery core: a file counts as delivered
+    /// only once its directory entry and its record are durable.
     fn commit(&mut self) {
         if self.uncommitted.is_empty() {
             return;
         }
         publish::reapply_ancestors(&self.ctx, std::mem::take(&mut self.touched), &mut self.dirs);
-        for dir in std::mem::take(&mut self.dirty_dirs) {
-            if let Err(e) = publish::fsync_dir(&dir) {
-                tracing::warn!(dir = %dir.display(), "cannot fsync a published-into directory: {e}");
+        for (_, dir) in std::mem::take(&mut self.dirty_dirs) {
+            if let Err(e) = dir.sync() {
+                tracing::warn!("cannot fsync a published-into directory: {e}");
             }
         }
-        let done = std::mem::take(&mut self.uncommitted);
-        for (obj, _) in &done {
-            self.discard_staging(*obj);
-            self.mark_done(*obj);
+        let batch = std::mem::take(&mut self.uncommitted);
+        self.pending_sequences.clear();
+        let finished: Vec<Finished> = batch.iter().map(|(_, _, f)| f.clone()).collect();
+        if let Err(e) = self.ctx.state.records().commit(&finished) {
+            // The files are in place and durable; only the records are missing, so a replay
+            // of them could be delivered again. Say so loudly.
+            tracing::error!("cannot record {} deliveries: {e}", finished.len());
+        }
+        let mut done = Vec::with_capacity(batch.len());
+        for (obj, bytes, _) in batch {
+            self.discard_staging(obj);
+            self.remove_state(obj);
+            done.push((obj, bytes));
         }
         self.reply(Reply::Committed(done));
     }

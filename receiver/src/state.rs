@@ -2,10 +2,12 @@
 //! receiver restarts, written so that a SIGKILL at any instant leaves it consistent.
 //!
 //! ```text
-//! <state>/                        default <out>/.sluice-state, mode 0700, same file system as --out
-//!   VERSION                       "sluice-state 1"
+//! <state>/                        default <out>/.sluice-state; mode 0700, owned by the receiver's
+//!                                 user (checked at start), same file system as --out
+//!   VERSION                       "sluice-state 2"
 //!   lock                          flock()ed while a receiver uses the directory
-//!   tmp/                          files being written; emptied at start
+//!   records.redb                  deliveries, sequences, done markers (see `records`)
+//!   tmp/                          files being written, staging files; emptied at start
 //!   objects/<session>-<object>/   one in-progress object (session: 16 hex digits, object: decimal)
 //!       manifest                  the verified, decrypted SignedManifest envelope (postcard)
 //!       seg-<i>                   decoded ciphertext of data block i, behind a 48-byte header:
@@ -13,34 +15,32 @@
 //!       partial-m, partial-<i>    symbols of a stalled manifest / data block, for a later pass:
 //!                                 "SLPART\0\x01", header length (u32 LE), postcard(key,
 //!                                 geometry, ids), then the symbols back to back
-//!   done/<session>/<object>       empty marker: the object was delivered (or already was)
-//!   delivered/<xx>/<sha256(path)>.json
-//!                                 the last delivery at that path: path, kind, SHA-256, size,
-//!                                 mode, mtime, inode (recognises re-sent content, restores
-//!                                 directory mtimes after their contents)
 //! ```
 //!
-//! Every file is written under `tmp/` and renamed into place, so a reader sees the old
-//! version or the new one, never a torn one. State files are not fsynced (a SIGKILL loses
-//! nothing the kernel already has); what a power cut might damage is caught by the hashes:
-//! the segment header's SHA-256 and the age authentication when publishing, the manifest
-//! signature when it is loaded again. Published files themselves are fsynced before and after
-//! their rename. In-progress objects and done markers untouched for [`PRUNE_AFTER`] are removed
-//! at start: sessions are random per sender start, so they will not be resumed.
+//! Everything is reached through directory fds opened once at start (`sluice_common::beneath`):
+//! no path is looked up twice, and a directory that is not private to the receiver's user is
+//! refused, since whoever can write in it could swap what the receiver verified. Every file
+//! is written under `tmp/` and renamed into place, so a reader sees the old version or the new
+//! one, never a torn one. Stored blocks are not fsynced (a SIGKILL loses nothing the kernel
+//! already has); what a power cut might damage is caught by the hashes: the segment header's
+//! SHA-256 and the age authentication when publishing, the manifest signature when loaded
+//! again. In-progress objects untouched for [`PRUNE_AFTER`] are removed at start: sessions are
+//! random per sender start, so they will not be resumed.
 
 use std::collections::BTreeSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use sluice_common::beneath::{self, Dir, Entry};
 use sluice_protocol::fec::Geometry;
 use sluice_protocol::rx::PartialBlock;
 use sluice_protocol::wire::{BlockKey, BlockKind, ObjectId, SessionId};
+
+use crate::records::{Records, RecordsError};
 
 /// Names one object of one sender run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -73,27 +73,72 @@ impl std::fmt::Display for ObjectKey {
 }
 
 /// State-directory format written in `VERSION`.
-const VERSION_TEXT: &str = "sluice-state 1\n";
+const VERSION_TEXT: &str = "sluice-state 2\n";
+/// The format before delivery records moved into `records.redb`: migrated at start.
+const VERSION_1_TEXT: &str = "sluice-state 1\n";
 const SEGMENT_MAGIC: [u8; 8] = *b"SLSEG\0\0\x01";
 /// Bytes before the ciphertext in a `seg-<i>` file.
 pub const SEGMENT_HEADER_LEN: u64 = 48;
 const PARTIAL_MAGIC: [u8; 8] = *b"SLPART\0\x01";
-/// In-progress objects and done markers older than this are removed at start.
+/// In-progress objects untouched for this long are removed at start.
 pub const PRUNE_AFTER: Duration = Duration::from_secs(14 * 24 * 3600);
 
-/// Paths and atomic writes inside the state directory.
-#[derive(Debug)]
-pub struct StateDir {
-    root: PathBuf,
-    tmp: PathBuf,
-    objects: PathBuf,
-    done: PathBuf,
-    delivered: PathBuf,
-    counter: AtomicU64,
-    /// This process's id, part of every temporary name.
-    pid: u32,
-    /// Held open with an exclusive `flock` for as long as this value lives.
-    _lock: File,
+/// Why the state directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    /// The file system refused.
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+    /// A directory someone else could write in (or read): the receiver would trust whatever
+    /// they put there.
+    #[error("{path} is {problem}; refusing to use it (run `{fix}`, or pick another --state)")]
+    NotPrivate {
+        path: PathBuf,
+        problem: String,
+        fix: String,
+    },
+    /// Another receiver holds the lock.
+    #[error("{0} is in use by another sluice-recv")]
+    InUse(PathBuf),
+    /// Not a state directory of a format this receiver knows.
+    #[error("{path}/VERSION holds {found:?}, not {VERSION_TEXT:?}: not a sluice state directory of this version")]
+    Version { path: PathBuf, found: String },
+    /// The delivery records.
+    #[error(transparent)]
+    Records(#[from] RecordsError),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> StateError {
+    let what = what.into();
+    move |source| StateError::Io { what, source }
+}
+
+/// Refuses a directory that is not private to the receiver's user.
+pub fn check_private(path: &Path, entry: &Entry) -> Result<(), StateError> {
+    let me = rustix::process::geteuid().as_raw();
+    let shown = path.display();
+    if entry.uid != me {
+        return Err(StateError::NotPrivate {
+            path: path.to_path_buf(),
+            problem: format!(
+                "owned by uid {}, not by this receiver's uid {me}",
+                entry.uid
+            ),
+            fix: format!("chown {me} {shown} && chmod 700 {shown}"),
+        });
+    }
+    if entry.mode & 0o077 != 0 {
+        return Err(StateError::NotPrivate {
+            path: path.to_path_buf(),
+            problem: format!(
+                "accessible by group or others (mode {:o})",
+                entry.mode & 0o7777
+            ),
+            fix: format!("chmod 700 {shown}"),
+        });
+    }
+    Ok(())
 }
 
 /// What a previous run left for one object.
@@ -101,83 +146,84 @@ pub struct StateDir {
 pub struct Leftover {
     /// The stored SignedManifest envelope, if the manifest was decoded.
     pub manifest: Option<Vec<u8>>,
-    /// Stored segments: index and ciphertext SHA-256 (from the header).
-    pub segments: Vec<(u32, [u8; 32])>,
-    /// Saved partial blocks.
+    /// Stored segments: index, ciphertext SHA-256 (from the header) and length.
+    pub segments: Vec<(u32, [u8; 32], u64)>,
+    /// Saved partial blocks and their symbol bytes.
     pub partials: BTreeSet<(BlockKind, u32)>,
+    /// Bytes the object holds in the state directory.
+    pub bytes: u64,
 }
 
-/// The last delivery at one path.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
-    /// Object path under `--out`.
-    pub path: String,
-    /// `"file"` or `"directory"`.
-    pub kind: String,
-    /// Plaintext SHA-256, hex (files).
-    pub sha256: String,
-    /// Plaintext bytes.
-    pub size: u64,
-    /// Permission bits applied.
-    pub mode: u32,
-    /// Modification time applied, seconds.
-    pub mtime_secs: i64,
-    /// Modification time applied, nanoseconds.
-    pub mtime_nanos: u32,
-    /// Inode of the published file (a replaced file has another one).
-    pub inode: u64,
-}
-
-fn create_private_dir(path: &Path) -> io::Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
+/// The state directory, opened once.
+#[derive(Debug)]
+pub struct StateDir {
+    /// For messages only: nothing is opened by this path after start.
+    path: PathBuf,
+    root: Dir,
+    tmp: Dir,
+    objects: Dir,
+    records: Records,
+    counter: AtomicU64,
+    /// This process's id, part of every temporary name.
+    pid: u32,
+    /// Held open with an exclusive `flock` for as long as this value lives.
+    _lock: File,
 }
 
 impl StateDir {
-    /// Opens (creating if needed) the state directory at `root` and empties `tmp/`.
-    pub fn open(root: &Path) -> io::Result<Self> {
-        create_private_dir(root)?;
-        let version = root.join("VERSION");
-        match fs::read_to_string(&version) {
-            Ok(text) if text == VERSION_TEXT => {}
-            Ok(text) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "{} holds {:?}, not {VERSION_TEXT:?}: not a sluice state directory of this version",
-                        version.display(),
-                        text.trim()
-                    ),
-                ))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => fs::write(&version, VERSION_TEXT)?,
-            Err(e) => return Err(e),
-        }
-        let lock = lock(root)?;
-        let state = StateDir {
-            _lock: lock,
-            tmp: root.join("tmp"),
-            objects: root.join("objects"),
-            done: root.join("done"),
-            delivered: root.join("delivered"),
-            root: root.to_path_buf(),
+    /// Opens (creating if needed) the state directory at `path`: checks that it and its
+    /// subdirectories are private to this user, takes its lock, empties `tmp/`, opens the
+    /// records.
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        let shown = path.display().to_string();
+        // Created private; an existing directory is checked below, never changed.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(io_err(format!("cannot create {shown}")))?;
+        let root = Dir::open(path).map_err(io_err(format!("cannot open {shown}")))?;
+        check_private(path, &root.stat_self().map_err(io_err(shown.clone()))?)?;
+        let lock = lock(&root, path)?;
+        check_version(&root, path)?;
+        root.remove_all("tmp")
+            .map_err(io_err(format!("cannot empty {shown}/tmp")))?;
+        let tmp = private_subdir(&root, path, "tmp")?;
+        let objects = private_subdir(&root, path, "objects")?;
+        let records_file = root
+            .open_rw("records.redb", 0o600)
+            .map_err(io_err(format!("cannot open {shown}/records.redb")))?;
+        let records = Records::open(records_file)?;
+        Ok(StateDir {
+            path: path.to_path_buf(),
+            root,
+            tmp,
+            objects,
+            records,
             counter: AtomicU64::new(0),
             pid: std::process::id(),
-        };
-        if state.tmp.exists() {
-            fs::remove_dir_all(&state.tmp)?;
-        }
-        for dir in [&state.tmp, &state.objects, &state.done, &state.delivered] {
-            create_private_dir(dir)?;
-        }
-        Ok(state)
+            _lock: lock,
+        })
+    }
+
+    /// The state directory's path, for messages.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The state directory itself.
-    pub fn root(&self) -> &Path {
+    pub fn root(&self) -> &Dir {
         &self.root
+    }
+
+    /// `tmp/`: staging files live here.
+    pub fn tmp(&self) -> &Dir {
+        &self.tmp
+    }
+
+    /// The delivery records.
+    pub fn records(&self) -> &Records {
+        &self.records
     }
 
     /// A name no other file of this process uses (`what-<pid>-<n>`).
@@ -186,54 +232,39 @@ impl StateDir {
         format!("{what}-{}-{n}", self.pid)
     }
 
-    /// A fresh, unused path under `tmp/`.
-    pub fn tmp_path(&self, what: &str) -> PathBuf {
-        self.tmp.join(self.unique_name(what))
-    }
-
-    /// Writes a file through `tmp/` and renames it to `dest`, creating `dest`'s directory
-    /// (0700) only if the rename finds it missing: the common case costs no `mkdir`.
-    pub fn write_atomic(
+    /// Writes a file in `tmp/` and renames it to `name` in `dest`.
+    fn write_atomic(
         &self,
-        dest: &Path,
+        dest: &Dir,
+        name: &str,
         write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
     ) -> io::Result<()> {
-        let tmp = self.tmp_path("w");
+        let tmp_name = self.unique_name("w");
         let result = (|| {
-            let file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
+            let file = self.tmp.create_file(&tmp_name, 0o600)?;
             let mut writer = io::BufWriter::with_capacity(64 * 1024, file);
             write(&mut writer)?;
             writer.flush()?;
             drop(writer);
-            match fs::rename(&tmp, dest) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    if let Some(parent) = dest.parent() {
-                        create_private_dir(parent)?;
-                    }
-                    fs::rename(&tmp, dest)
-                }
-                other => other,
-            }
+            self.tmp.rename(&tmp_name, dest, name)
         })();
         if result.is_err() {
-            let _ = fs::remove_file(&tmp);
+            let _ = self.tmp.remove_file(&tmp_name);
         }
         result
     }
 
-    /// The directory of an in-progress object.
-    pub fn object_dir(&self, obj: ObjectKey) -> PathBuf {
-        self.objects
-            .join(format!("{:016x}-{}", obj.session.0, obj.object.0))
+    fn object_name(obj: ObjectKey) -> String {
+        format!("{:016x}-{}", obj.session.0, obj.object.0)
     }
 
-    /// Where data block `index` of `obj` is stored.
-    pub fn segment_path(&self, obj: ObjectKey, index: u32) -> PathBuf {
-        self.object_dir(obj).join(format!("seg-{index}"))
+    /// The directory of an in-progress object, created if asked (0700).
+    fn object_dir(&self, obj: ObjectKey, create: bool) -> io::Result<Dir> {
+        let name = Self::object_name(obj);
+        if create {
+            self.objects.create_dir(&name, 0o700)?;
+        }
+        self.objects.open_dir(&name)
     }
 
     /// Stores a decoded data block with its ciphertext SHA-256.
@@ -244,7 +275,8 @@ impl StateDir {
         sha256: &[u8; 32],
         data: &[u8],
     ) -> io::Result<()> {
-        self.write_atomic(&self.segment_path(obj, index), |w| {
+        let dir = self.object_dir(obj, true)?;
+        self.write_atomic(&dir, &format!("seg-{index}"), |w| {
             w.write_all(&SEGMENT_MAGIC)?;
             w.write_all(&(data.len() as u64).to_le_bytes())?;
             w.write_all(sha256)?;
@@ -255,29 +287,27 @@ impl StateDir {
     /// Opens a stored segment: the file positioned at the ciphertext, its length and the
     /// SHA-256 recorded when it was decoded.
     pub fn open_segment(&self, obj: ObjectKey, index: u32) -> io::Result<(File, u64, [u8; 32])> {
-        let path = self.segment_path(obj, index);
-        let mut file = File::open(&path)?;
+        let mut file = self
+            .object_dir(obj, false)?
+            .open_file(&format!("seg-{index}"))?;
         let (len, sha) = read_segment_header(&mut file)?;
-        if file.metadata()?.len() != SEGMENT_HEADER_LEN + len {
-            return Err(damaged(&path));
+        if beneath::stat_fd(&file)?.size != SEGMENT_HEADER_LEN + len {
+            return Err(damaged(&format!("segment {index} of {obj}")));
         }
         Ok((file, len, sha))
     }
 
     /// Stores the verified manifest envelope of `obj`.
     pub fn store_manifest(&self, obj: ObjectKey, envelope: &[u8]) -> io::Result<()> {
-        self.write_atomic(&self.object_dir(obj).join("manifest"), |w| {
-            w.write_all(envelope)
-        })
+        let dir = self.object_dir(obj, true)?;
+        self.write_atomic(&dir, "manifest", |w| w.write_all(envelope))
     }
 
-    /// Where the saved symbols of a block live.
-    pub fn partial_path(&self, key: &BlockKey) -> PathBuf {
-        let name = match key.kind {
+    fn partial_name(key: &BlockKey) -> String {
+        match key.kind {
             BlockKind::Manifest => "partial-m".to_string(),
             BlockKind::Data => format!("partial-{}", key.index),
-        };
-        self.object_dir(ObjectKey::of(key)).join(name)
+        }
     }
 
     /// Saves the symbols of a stalled block.
@@ -286,7 +316,8 @@ impl StateDir {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let header_len = u32::try_from(header.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "partial header too long"))?;
-        self.write_atomic(&self.partial_path(&partial.key), |w| {
+        let dir = self.object_dir(ObjectKey::of(&partial.key), true)?;
+        self.write_atomic(&dir, &Self::partial_name(&partial.key), |w| {
             w.write_all(&PARTIAL_MAGIC)?;
             w.write_all(&header_len.to_le_bytes())?;
             w.write_all(&header)?;
@@ -296,197 +327,190 @@ impl StateDir {
 
     /// Loads the saved symbols of a block, checking they are self-consistent.
     pub fn load_partial(&self, key: &BlockKey) -> io::Result<PartialBlock> {
-        let path = self.partial_path(key);
-        let bytes = fs::read(&path)?;
+        let mut file = self
+            .object_dir(ObjectKey::of(key), false)?
+            .open_file(&Self::partial_name(key))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
         parse_partial(&bytes)
             .filter(|p| p.key == *key)
-            .ok_or_else(|| damaged(&path))
+            .ok_or_else(|| damaged("saved symbols"))
     }
 
     /// Removes the saved symbols of a block (it was decoded).
     pub fn remove_partial(&self, key: &BlockKey) {
-        let _ = fs::remove_file(self.partial_path(key));
-    }
-
-    /// Removes a file written for an object that was finished or refused meanwhile, and the
-    /// object's directory if that leaves it empty.
-    pub fn remove_stray(&self, obj: ObjectKey, path: &Path) {
-        let _ = fs::remove_file(path);
-        let _ = fs::remove_dir(self.object_dir(obj));
+        if let Ok(dir) = self.object_dir(ObjectKey::of(key), false) {
+            let _ = dir.remove_file(&Self::partial_name(key));
+        }
     }
 
     /// Removes everything kept for an in-progress object.
     pub fn remove_object(&self, obj: ObjectKey) -> io::Result<()> {
-        match fs::remove_dir_all(self.object_dir(obj)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        self.objects.remove_all(&Self::object_name(obj))
     }
 
-    fn done_path(&self, obj: ObjectKey) -> PathBuf {
-        self.done
-            .join(format!("{:016x}", obj.session.0))
-            .join(obj.object.0.to_string())
-    }
-
-    /// Records that `obj` was delivered. The marker is empty, so creating it is atomic by
-    /// itself: no temporary file is needed.
-    pub fn mark_done(&self, obj: ObjectKey) -> io::Result<()> {
-        let path = self.done_path(obj);
-        let create = || {
-            OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .open(&path)
-        };
-        match create() {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if let Some(parent) = path.parent() {
-                    create_private_dir(parent)?;
-                }
-                create().map(drop)
-            }
-            other => other.map(drop),
-        }
-    }
-
-    /// Whether `obj` was delivered by this or an earlier run.
-    pub fn is_done(&self, obj: ObjectKey) -> bool {
-        self.done_path(obj).exists()
-    }
-
-    /// Where the record of the last delivery at `path` lives.
-    fn record_path(&self, path: &str) -> PathBuf {
-        let digest = hex::encode(Sha256::digest(path.as_bytes()));
-        self.delivered
-            .join(&digest[..2])
-            .join(format!("{digest}.json"))
-    }
-
-    /// The record of the last delivery at `path`, if any (an unreadable one counts as none).
-    pub fn read_record(&self, path: &str) -> Option<Record> {
-        let bytes = fs::read(self.record_path(path)).ok()?;
-        serde_json::from_slice::<Record>(&bytes)
-            .ok()
-            .filter(|r| r.path == path)
-    }
-
-    /// Replaces the record of the last delivery at `record.path`.
-    pub fn write_record(&self, record: &Record) -> io::Result<()> {
-        let dest = self.record_path(&record.path);
-        let json = serde_json::to_vec(record).map_err(io::Error::other)?;
-        self.write_atomic(&dest, |w| w.write_all(&json))
+    /// Whether an earlier run finished `obj` or left part of it here.
+    pub fn knows(&self, obj: ObjectKey) -> bool {
+        self.records.is_done(obj).unwrap_or(false)
+            || matches!(self.objects.stat(&Self::object_name(obj)), Ok(Some(_)))
     }
 
     /// Reads what earlier runs left in `objects/`; removes objects already done, damaged
-    /// segment files, and objects untouched for [`PRUNE_AFTER`]. Also prunes old done markers.
-    pub fn scan(&self) -> io::Result<Vec<(ObjectKey, Leftover)>> {
+    /// segment files, and objects untouched for [`PRUNE_AFTER`].
+    pub fn scan(&self) -> Result<Vec<(ObjectKey, Leftover)>, StateError> {
         let now = SystemTime::now();
-        let stale = |meta: &fs::Metadata| {
-            meta.modified()
-                .ok()
-                .and_then(|m| now.duration_since(m).ok())
-                .is_some_and(|age| age > PRUNE_AFTER)
-        };
-        for entry in fs::read_dir(&self.done)? {
-            let entry = entry?;
-            if stale(&entry.metadata()?) {
-                tracing::info!(dir = %entry.path().display(), "pruning done markers of an old session");
-                fs::remove_dir_all(entry.path())?;
-            }
-        }
         let mut found = Vec::new();
-        for entry in fs::read_dir(&self.objects)? {
-            let entry = entry?;
-            let path = entry.path();
-            let Some(obj) = entry.file_name().to_str().and_then(parse_object_dir) else {
-                tracing::warn!(path = %path.display(), "ignoring an unknown entry in the state directory");
+        let names = self.objects.names().map_err(io_err(format!(
+            "cannot read {}/objects",
+            self.path.display()
+        )))?;
+        for name in names {
+            let Some(obj) = parse_object_dir(&name) else {
+                tracing::warn!(entry = %sluice_common::paths::escaped(&name), "ignoring an unknown entry in the state directory");
                 continue;
             };
-            if self.is_done(obj) {
-                fs::remove_dir_all(&path)?;
-                continue;
-            }
-            if stale(&entry.metadata()?) {
-                tracing::info!(object = %obj, "pruning an incomplete object of an old session");
-                fs::remove_dir_all(&path)?;
-                continue;
-            }
-            found.push((obj, self.scan_object(&path)?));
+            let remove = |why: &str| {
+                tracing::info!(object = %obj, "{why}");
+                self.objects.remove_all(&name)
+            };
+            let old = self.objects.stat(&name).ok().flatten().is_some_and(|e| {
+                beneath::system_time(e.mtime_secs, e.mtime_nanos)
+                    .and_then(|t| now.duration_since(t).ok())
+                    .is_some_and(|age| age > PRUNE_AFTER)
+            });
+            let result = if self.records.is_done(obj)? {
+                remove("removing the blocks of an object already finished")
+            } else if old {
+                remove("pruning an incomplete object of an old session")
+            } else {
+                match self.scan_object(&name) {
+                    Ok(left) => {
+                        found.push((obj, left));
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            };
+            result.map_err(io_err(format!("cannot read the stored object {obj}")))?;
         }
         found.sort_by_key(|(obj, _)| *obj);
         Ok(found)
     }
 
-    fn scan_object(&self, dir: &Path) -> io::Result<Leftover> {
+    fn scan_object(&self, name: &str) -> io::Result<Leftover> {
+        let dir = self.objects.open_dir(name)?;
         let mut left = Leftover::default();
-        for entry in fs::read_dir(dir)? {
-            let entry = entry?;
-            let path = entry.path();
-            let name = entry.file_name();
-            let name = name.to_str().unwrap_or("");
-            if name == "manifest" {
-                left.manifest = Some(fs::read(&path)?);
-            } else if name == "partial-m" {
+        for entry in dir.names()? {
+            let size = dir.stat(&entry)?.map_or(0, |e| e.size);
+            if entry == "manifest" {
+                let mut bytes = Vec::new();
+                dir.open_file(&entry)?.read_to_end(&mut bytes)?;
+                left.manifest = Some(bytes);
+            } else if entry == "partial-m" {
                 left.partials.insert((BlockKind::Manifest, 0));
-            } else if let Some(i) = name.strip_prefix("partial-").and_then(|n| n.parse().ok()) {
+            } else if let Some(i) = entry.strip_prefix("partial-").and_then(|n| n.parse().ok()) {
                 left.partials.insert((BlockKind::Data, i));
-            } else if let Some(i) = name.strip_prefix("seg-").and_then(|n| n.parse().ok()) {
-                let header = File::open(&path).and_then(|mut f| {
+            } else if let Some(i) = entry.strip_prefix("seg-").and_then(|n| n.parse().ok()) {
+                let header = dir.open_file(&entry).and_then(|mut f| {
                     let (len, sha) = read_segment_header(&mut f)?;
-                    let size = f.metadata()?.len();
-                    Ok((size == SEGMENT_HEADER_LEN + len).then_some(sha))
+                    Ok((size == SEGMENT_HEADER_LEN + len).then_some((sha, len)))
                 });
                 match header {
-                    Ok(Some(sha)) => left.segments.push((i, sha)),
+                    Ok(Some((sha, len))) => left.segments.push((i, sha, len)),
                     _ => {
-                        tracing::warn!(path = %path.display(), "removing a damaged stored segment");
-                        fs::remove_file(&path)?;
+                        tracing::warn!(segment = i, "removing a damaged stored segment");
+                        dir.remove_file(&entry)?;
+                        continue;
                     }
                 }
             }
+            left.bytes += size;
         }
-        left.segments.sort_unstable_by_key(|(i, _)| *i);
+        left.segments.sort_unstable_by_key(|(i, _, _)| *i);
         Ok(left)
     }
 }
 
+/// A subdirectory of the state directory, created private if missing, refused if not private.
+fn private_subdir(root: &Dir, path: &Path, name: &str) -> Result<Dir, StateError> {
+    let shown = path.join(name);
+    root.create_dir(name, 0o700)
+        .map_err(io_err(format!("cannot create {}", shown.display())))?;
+    let dir = root
+        .open_dir(name)
+        .map_err(io_err(format!("cannot open {}", shown.display())))?;
+    check_private(
+        &shown,
+        &dir.stat_self()
+            .map_err(io_err(shown.display().to_string()))?,
+    )?;
+    Ok(dir)
+}
+
+/// Checks (or writes) `VERSION`; a format-1 directory is migrated: its done markers and JSON
+/// delivery records are dropped (the records start afresh), its stored objects kept.
+fn check_version(root: &Dir, path: &Path) -> Result<(), StateError> {
+    let text = match root.open_file("VERSION") {
+        Ok(mut f) => {
+            let mut text = String::new();
+            f.read_to_string(&mut text)
+                .map_err(io_err(format!("cannot read {}/VERSION", path.display())))?;
+            Some(text)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io_err(format!("cannot open {}/VERSION", path.display()))(e)),
+    };
+    match text.as_deref() {
+        Some(VERSION_TEXT) => return Ok(()),
+        Some(VERSION_1_TEXT) => {
+            tracing::warn!(
+                state = %path.display(),
+                "migrating a format-1 state directory: stored objects are kept, earlier \
+                 delivery records and done markers are dropped"
+            );
+            for old in ["done", "delivered"] {
+                root.remove_all(old)
+                    .map_err(io_err(format!("cannot remove {}/{old}", path.display())))?;
+            }
+        }
+        Some(other) => {
+            return Err(StateError::Version {
+                path: path.to_path_buf(),
+                found: other.trim().to_string(),
+            })
+        }
+        None => {}
+    }
+    let tmp = format!("VERSION.{}", std::process::id());
+    let written = root.create_file(&tmp, 0o600).and_then(|mut f| {
+        f.write_all(VERSION_TEXT.as_bytes())?;
+        f.sync_all()?;
+        root.rename(&tmp, root, "VERSION")
+    });
+    written.map_err(io_err(format!("cannot write {}/VERSION", path.display())))
+}
+
 /// Takes the directory's lock, so two receivers never share (and corrupt) one state.
-fn lock(root: &Path) -> io::Result<File> {
-    let path = root.join("lock");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&path)?;
+fn lock(root: &Dir, path: &Path) -> Result<File, StateError> {
+    let file = root
+        .open_rw("lock", 0o600)
+        .map_err(io_err(format!("cannot open {}/lock", path.display())))?;
     match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(file),
-        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(io::Error::new(
-            io::ErrorKind::WouldBlock,
-            format!("{} is in use by another sluice-recv", root.display()),
-        )),
-        Err(e) => Err(e.into()),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(StateError::InUse(path.to_path_buf())),
+        Err(e) => Err(io_err(format!("cannot lock {}", path.display()))(e.into())),
     }
 }
 
-fn damaged(path: &Path) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("{} is damaged", path.display()),
-    )
+fn damaged(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("{what} is damaged"))
 }
 
 fn read_segment_header(file: &mut File) -> io::Result<(u64, [u8; 32])> {
     let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
     file.read_exact(&mut header)?;
     if header[..8] != SEGMENT_MAGIC {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "not a stored segment",
-        ));
+        return Err(damaged("a stored segment"));
     }
     let mut len = [0u8; 8];
     len.copy_from_slice(&header[8..16]);
@@ -525,14 +549,10 @@ fn parse_partial(bytes: &[u8]) -> Option<PartialBlock> {
     })
 }
 
-/// Inode of a file, for [`Record::inode`].
-pub fn inode(meta: &fs::Metadata) -> u64 {
-    meta.ino()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn obj(o: u64) -> ObjectKey {
         ObjectKey {
@@ -541,17 +561,22 @@ mod tests {
         }
     }
 
+    fn state_path(dir: &tempfile::TempDir) -> PathBuf {
+        dir.path().join("state")
+    }
+
     #[test]
     fn segments_and_partials_round_trip_and_scan() {
+        use sha2::{Digest, Sha256};
         let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::open(dir.path()).unwrap();
+        let state = StateDir::open(&state_path(&dir)).unwrap();
         let data = b"ciphertext bytes".to_vec();
         let sha: [u8; 32] = Sha256::digest(&data).into();
         state.store_segment(obj(1), 3, &sha, &data).unwrap();
         let (mut file, len, got) = state.open_segment(obj(1), 3).unwrap();
         let mut back = Vec::new();
         file.read_to_end(&mut back).unwrap();
-        assert_eq!((len, got, back), (data.len() as u64, sha, data));
+        assert_eq!((len, got, back), (data.len() as u64, sha, data.clone()));
 
         let geometry = Geometry::new(200, 64, 2).unwrap();
         let key = BlockKey {
@@ -572,52 +597,76 @@ mod tests {
         state.store_manifest(obj(1), b"envelope").unwrap();
 
         // A torn segment file is removed by the scan; the rest is found.
-        fs::write(state.segment_path(obj(1), 5), b"SLSEG\0\0\x01short").unwrap();
+        let seg5 = state_path(&dir).join("objects/0000000000000abc-1/seg-5");
+        std::fs::write(&seg5, b"SLSEG\0\0\x01short").unwrap();
         let found = state.scan().unwrap();
         assert_eq!(found.len(), 1);
         let (key1, left) = &found[0];
         assert_eq!(*key1, obj(1));
-        assert_eq!(left.segments, vec![(3, sha)]);
+        assert_eq!(left.segments, vec![(3, sha, data.len() as u64)]);
         assert_eq!(left.manifest.as_deref(), Some(&b"envelope"[..]));
         assert!(left.partials.contains(&(BlockKind::Data, 4)));
-        assert!(!state.segment_path(obj(1), 5).exists());
+        assert!(!seg5.exists());
+        assert!(state.knows(obj(1)) && !state.knows(obj(2)));
 
-        // Done objects are cleaned out of objects/ at the next scan.
-        state.mark_done(obj(1)).unwrap();
-        assert!(state.is_done(obj(1)));
+        // Finished objects are cleaned out of objects/ at the next scan.
+        state
+            .records()
+            .commit(&[crate::records::Finished {
+                obj: obj(1),
+                deliveries: Vec::new(),
+            }])
+            .unwrap();
         assert!(state.scan().unwrap().is_empty());
-        assert!(!state.object_dir(obj(1)).exists());
+        assert!(!state_path(&dir).join("objects/0000000000000abc-1").exists());
     }
 
     #[test]
-    fn records_round_trip_and_tmp_is_emptied() {
+    fn tmp_is_emptied_the_lock_held_and_versions_checked() {
         let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::open(dir.path()).unwrap();
-        let record = Record {
-            path: "a/b c.txt".into(),
-            kind: "file".into(),
-            sha256: "00".repeat(32),
-            size: 5,
-            mode: 0o644,
-            mtime_secs: 1,
-            mtime_nanos: 2,
-            inode: 3,
-        };
-        state.write_record(&record).unwrap();
-        assert_eq!(state.read_record("a/b c.txt"), Some(record));
-        assert_eq!(state.read_record("other"), None);
-        fs::write(state.tmp_path("junk"), b"x").unwrap();
+        let path = state_path(&dir);
+        let state = StateDir::open(&path).unwrap();
+        state.tmp().create_file("junk", 0o600).unwrap();
+        let err = StateDir::open(&path).unwrap_err();
+        assert!(matches!(err, StateError::InUse(_)), "{err}");
         drop(state);
-        let state = StateDir::open(dir.path()).unwrap();
-        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
-        let err = StateDir::open(dir.path()).unwrap_err();
+        let state = StateDir::open(&path).unwrap();
+        assert!(state.tmp().names().unwrap().is_empty());
+        drop(state);
+        std::fs::write(path.join("VERSION"), "something else").unwrap();
+        assert!(matches!(
+            StateDir::open(&path),
+            Err(StateError::Version { .. })
+        ));
+        // A format-1 directory is migrated, its stored objects kept.
+        std::fs::write(path.join("VERSION"), VERSION_1_TEXT).unwrap();
+        std::fs::create_dir_all(path.join("done/0000000000000abc")).unwrap();
+        std::fs::create_dir_all(path.join("objects/0000000000000abc-9")).unwrap();
+        let state = StateDir::open(&path).unwrap();
+        assert!(!path.join("done").exists());
+        assert_eq!(state.scan().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_state_directory_others_can_reach_is_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = state_path(&dir);
+        std::fs::create_dir(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let err = StateDir::open(&path).unwrap_err().to_string();
         assert!(
-            err.to_string().contains("in use by another sluice-recv"),
+            err.contains("accessible by group or others (mode 755)") && err.contains("chmod 700"),
             "{err}"
         );
-        fs::write(dir.path().join("VERSION"), "something else").unwrap();
-        drop(state);
-        assert!(StateDir::open(dir.path()).is_err());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::create_dir(path.join("objects")).unwrap();
+        std::fs::set_permissions(path.join("objects"), std::fs::Permissions::from_mode(0o777))
+            .unwrap();
+        let err = StateDir::open(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("objects") && err.contains("chmod 700"),
+            "{err}"
+        );
     }
 
     #[test]

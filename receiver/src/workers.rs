@@ -89,6 +89,7 @@ fn save_partial(ctx: &Context, partial: &PartialBlock) -> Reply {
     Reply::PartialSaved {
         key: partial.key,
         saved,
+        bytes: partial.symbols.len() as u64,
     }
 }
 
@@ -144,7 +145,7 @@ fn store_segment(ctx: &Context, key: BlockKey, data: &[u8]) -> BlockResult {
         Err(e) => BlockResult::Failed(Failure::Io(format!(
             "cannot store segment {} in {}: {e}",
             key.index,
-            ctx.state.root().display()
+            ctx.state.path().display()
         ))),
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use sha2::Digest as _;
 use sluice_protocol::wire::BlockKind;
-use support::{all, bytes, send, Item, Keys, Producer, Rig};
+use support::{all, bytes, generate_keys, send, Item, Producer, Rig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice-recv");
 const WAIT: Duration = Duration::from_secs(60);
@@ -347,7 +347,7 @@ fn failures_are_logged_with_their_phrase_and_exit_status_3() {
 #[test]
 fn frames_failing_the_link_mac_are_warned_about_and_counted() {
     let rig = Rig::new();
-    let other = Keys::generate(&rig.tmp.path().join("other"));
+    let other = generate_keys(&rig.tmp.path().join("other"));
     let mut producer = Producer::new(&rig.keys, 0xB4);
     producer.link_key = sluice_common::keys::load_link_key(&other.link_key).unwrap();
     let encoded = [producer.encode(0, &Item::file("x", bytes(20_000, 25), 0o644, (1, 0)))];

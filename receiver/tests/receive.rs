@@ -15,7 +15,7 @@ use sluice_common::keys::SigningKey;
 use sluice_protocol::counters::DropReason;
 use sluice_protocol::manifest::EntryKind;
 use sluice_protocol::wire::BlockKind;
-use support::{all, bytes, reasons, Item, Keys, Producer, Rig};
+use support::{all, bytes, generate_keys, reasons, Item, Producer, Rig};
 
 const IDLE: Duration = Duration::from_secs(1);
 
@@ -62,10 +62,22 @@ async fn a_tree_arrives_identical_with_modes_and_mtimes() {
     assert_eq!(report.drops.get(DropReason::BadMac), 0);
     // The producer's scheduler opens with a heartbeat counting itself.
     assert_eq!(report.sender_frames_sent, 1);
+    // Modes are the sender's, masked by --mode-mask (default 0755: never group- or
+    // other-writable) and the receiver's umask.
+    let umask = {
+        let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+        rustix::process::umask(old);
+        old.as_raw_mode()
+    };
     for item in &items {
         let path = rig.out.join(&item.path);
         let meta = std::fs::symlink_metadata(&path).unwrap();
-        assert_eq!(meta.mode() & 0o7777, item.mode, "{}", item.path);
+        assert_eq!(
+            meta.mode() & 0o7777,
+            item.mode & 0o755 & !umask,
+            "{}",
+            item.path
+        );
         assert_eq!(
             (meta.mtime(), meta.mtime_nsec()),
             (item.mtime.0, i64::from(item.mtime.1)),
@@ -117,7 +129,7 @@ async fn a_missing_segment_leaves_the_object_incomplete_and_unpublished() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manifests_for_another_identity_are_refused() {
     let rig = Rig::new();
-    let other = Keys::generate(&rig.tmp.path().join("other"));
+    let other = generate_keys(&rig.tmp.path().join("other"));
     let mut producer = Producer::new(&rig.keys, 0x3333);
     producer.recipients = sluice_common::keys::load_recipients(&other.receiver_pub).unwrap();
     let items = [Item::file("secret.txt", bytes(5000, 4), 0o600, (1, 0))];
@@ -143,7 +155,7 @@ async fn manifests_for_another_identity_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manifests_signed_by_an_untrusted_key_are_refused() {
     let rig = Rig::new();
-    let other = Keys::generate(&rig.tmp.path().join("other"));
+    let other = generate_keys(&rig.tmp.path().join("other"));
     let mut producer = Producer::new(&rig.keys, 0x4444);
     producer.signer = SigningKey::load(&other.sender_key).unwrap();
     let untrusted = producer.signer.id();
@@ -383,7 +395,7 @@ async fn a_delivered_object_is_not_written_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_under_another_link_key_are_counted_and_ignored() {
     let rig = Rig::new();
-    let other = Keys::generate(&rig.tmp.path().join("other"));
+    let other = generate_keys(&rig.tmp.path().join("other"));
     let mut producer = Producer::new(&rig.keys, 0xAAAA);
     producer.link_key = sluice_common::keys::load_link_key(&other.link_key).unwrap();
     let encoded = [producer.encode(0, &Item::file("x", bytes(10_000, 11), 0o644, (1, 0)))];

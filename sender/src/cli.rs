@@ -46,6 +46,10 @@ pub struct Args {
     /// Directory for the ciphertext later passes resend (default: a temporary directory).
     #[arg(long)]
     pub spool: Option<PathBuf>,
+    /// Where the sender keeps its manifest sequence number (freshness; one file per signing
+    /// key). Default: the --sign-key file's directory.
+    #[arg(long)]
+    pub state: Option<PathBuf>,
     /// Object name for data read from stdin (`-`).
     #[arg(long)]
     pub name: Option<String>,
@@ -88,6 +92,8 @@ pub struct Options {
     pub segment_size: u32,
     /// Where later passes' ciphertext is kept.
     pub spool: Option<PathBuf>,
+    /// Where the manifest sequence is kept (`None`: beside the signing key).
+    pub state: Option<PathBuf>,
     /// Object name for stdin.
     pub name: Option<String>,
     /// Blocks interleaved on the link.
@@ -96,6 +102,18 @@ pub struct Options {
     pub log: LogOptions,
     /// What to send.
     pub paths: Vec<PathBuf>,
+}
+
+impl Options {
+    /// The directory the manifest sequence lives in.
+    pub fn state_dir(&self) -> PathBuf {
+        self.state.clone().unwrap_or_else(|| {
+            self.sign_key
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf)
+        })
+    }
 }
 
 /// Smallest `--segment-size`.
@@ -189,6 +207,7 @@ pub fn resolve(args: Args) -> Result<Options, UsageError> {
         repair_permille,
         segment_size,
         spool: layers.path("spool", args.spool)?,
+        state: layers.path("state", args.state)?,
         name,
         interleave,
         log,

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use sluice_common::envelope;
 use sluice_common::keys::SigningKey;
+use sluice_common::sequence::Sequence;
 use sluice_protocol::fec::ReedSolomon;
 use sluice_protocol::manifest::{EntryKind, Manifest, SegmentInfo, MANIFEST_VERSION};
 use sluice_protocol::tx::{BlockPlan, OutgoingBlock};
@@ -178,6 +179,8 @@ pub enum EncodeError {
     Fec(String),
     #[error("an encoder thread panicked")]
     Panicked,
+    #[error("manifest sequence: {0}")]
+    Sequence(io::Error),
     #[error("cannot start an encoder thread: {0}")]
     Thread(io::Error),
 }
@@ -257,10 +260,12 @@ struct Sent {
     blocks: Vec<(BlockKind, u32)>,
 }
 
-/// Encodes every pass of `objects` (object ids are their indices) into `out`.
+/// Encodes every pass of `objects` (object ids are their indices) into `out`, numbering the
+/// manifests from `sequence`.
 pub fn run(
     config: &EncodeConfig,
     objects: &[SourceObject],
+    sequence: Sequence,
     out: flume::Sender<Produced>,
 ) -> Result<(), EncodeError> {
     let workers = config.worker_count().max(1);
@@ -288,6 +293,7 @@ pub fn run(
             .spawn_scoped(scope, move || {
                 let mut collector = Collector {
                     config,
+                    sequence,
                     codec: ReedSolomon::new(),
                     out,
                     pool: pool_tx,
@@ -535,6 +541,8 @@ impl Reader<'_> {
 /// Takes worker results in job order, builds manifests, and feeds the send loop.
 struct Collector<'a> {
     config: &'a EncodeConfig,
+    /// Freshness numbers, one per manifest.
+    sequence: Sequence,
     codec: ReedSolomon,
     out: flume::Sender<Produced>,
     pool: flume::Sender<Vec<u8>>,
@@ -649,10 +657,12 @@ impl Collector<'_> {
     /// Signs, encrypts and queues an object's manifest, after its segments.
     fn manifest(&mut self, end: ObjectEnd, segments: Vec<SegmentInfo>) -> Result<(), EncodeError> {
         let segment_count = segments.len();
+        let sequence = self.sequence.take().map_err(EncodeError::Sequence)?;
         let manifest = Manifest {
             version: MANIFEST_VERSION,
             session: self.config.session,
             object: end.object,
+            sequence,
             path: end.path.clone(),
             kind: end.kind,
             size: end.size,
@@ -798,9 +808,10 @@ mod tests {
             spool: Some(spool),
             workers,
         };
+        let sequence = Sequence::open(dir, config.signer.id());
         let (tx, rx) = flume::bounded(2);
         let objects = objects.to_vec();
-        let encoder = std::thread::spawn(move || run(&config, &objects, tx));
+        let encoder = std::thread::spawn(move || run(&config, &objects, sequence, tx));
         let mut events = Vec::new();
         while let Ok(produced) = rx.recv() {
             events.push(match produced {

@@ -46,6 +46,7 @@ use sluice_common::keys::{self, SigningKey};
 use sluice_common::link::FrameTx;
 use sluice_common::logging;
 use sluice_common::outcome::Outcomes;
+use sluice_common::sequence::Sequence;
 use sluice_common::units::Bytes;
 use sluice_protocol::wire::{self, LinkKey, SessionId};
 
@@ -185,10 +186,11 @@ impl Sender {
             });
         }
 
+        let sequence = Sequence::open(&options.state_dir(), config.signer.id());
         let (tx, rx) = flume::bounded(4);
         let encoder = std::thread::Builder::new()
             .name("sluice-encode".into())
-            .spawn(move || encode::run(&config, &objects, tx))
+            .spawn(move || encode::run(&config, &objects, sequence, tx))
             .map_err(Error::Thread)?;
         let shutdown = std::pin::pin!(shutdown);
         let sent = tokio::select! {

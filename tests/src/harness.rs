@@ -9,6 +9,7 @@
 //! ```
 
 use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -42,9 +43,14 @@ impl Setup {
             tmp.path().join("out"),
             tmp.path().join("state"),
         );
-        for d in [&src, &out, &state] {
+        for d in [&src, &out] {
             std::fs::create_dir_all(d).expect("creating dirs");
         }
+        // The receiver refuses a state directory others could reach.
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&state)
+            .expect("creating the state dir");
         Setup {
             tmp,
             keys,

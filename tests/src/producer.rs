@@ -10,7 +10,7 @@
 //! ```
 
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -24,28 +24,18 @@ use sluice_protocol::wire::{
     self, BlockKey, BlockKind, Header, LinkKey, ObjectId, SessionId, SymbolHeader,
 };
 
-/// Key files of one receiver/sender pair.
-#[derive(Debug, Clone)]
-pub struct Keys {
-    pub receiver_key: PathBuf,
-    pub receiver_pub: PathBuf,
-    pub sender_key: PathBuf,
-    pub sender_pub: PathBuf,
-    pub link_key: PathBuf,
-}
+pub use crate::binaries::Keys;
 
-impl Keys {
-    /// Generates both key sets under `dir`.
-    pub fn generate(dir: &Path) -> Keys {
-        keys::generate_receiver_keys(dir).unwrap();
-        keys::generate_sender_keys(dir).unwrap();
-        Keys {
-            receiver_key: dir.join(keys::RECEIVER_KEY),
-            receiver_pub: dir.join(keys::RECEIVER_PUB),
-            sender_key: dir.join(keys::SENDER_KEY),
-            sender_pub: dir.join(keys::SENDER_PUB),
-            link_key: dir.join(keys::LINK_KEY),
-        }
+/// Generates both key sets under `dir` with the library (no binary needed).
+pub fn generate_keys(dir: &Path) -> Keys {
+    keys::generate_receiver_keys(dir).unwrap();
+    keys::generate_sender_keys(dir).unwrap();
+    Keys {
+        receiver_key: dir.join(keys::RECEIVER_KEY),
+        receiver_pub: dir.join(keys::RECEIVER_PUB),
+        sender_key: dir.join(keys::SENDER_KEY),
+        sender_pub: dir.join(keys::SENDER_PUB),
+        link_key: dir.join(keys::LINK_KEY),
     }
 }
 
@@ -112,6 +102,8 @@ pub struct Producer {
     pub segment_size: usize,
     pub repair_permille: u32,
     pub passes: u16,
+    /// Freshness of the manifests: object `n` gets `sequence + n`.
+    pub sequence: u64,
 }
 
 impl Producer {
@@ -126,6 +118,9 @@ impl Producer {
             segment_size: 64 << 10,
             repair_permille: 100,
             passes: 2,
+            sequence: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_micros() as u64),
         }
     }
 
@@ -149,6 +144,7 @@ impl Producer {
             version: MANIFEST_VERSION,
             session: self.session,
             object: ObjectId(object),
+            sequence: self.sequence + object,
             path: item.path.clone(),
             kind: item.kind,
             size: item.content.len() as u64,
@@ -262,4 +258,3 @@ pub fn send(to: SocketAddr, frames: &[Vec<u8>]) {
         }
     }
 }
-

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sluice_common::link::LinkSpec;
 use sluice_receiver::{Options, Receiver, Report};
-pub use sluice_tests::producer::{all, bytes, send, Item, Keys, Producer};
+pub use sluice_tests::producer::{all, bytes, generate_keys, send, Item, Keys, Producer};
 
 /// Temp dirs and keys for one receiver.
 pub struct Rig {
@@ -26,7 +26,7 @@ impl Rig {
             .prefix("sluice-recv-test-")
             .tempdir()
             .unwrap();
-        let keys = Keys::generate(&tmp.path().join("keys"));
+        let keys = generate_keys(&tmp.path().join("keys"));
         let out = tmp.path().join("out");
         Rig {
             tmp,

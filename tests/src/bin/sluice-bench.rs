@@ -436,7 +436,8 @@ fn run_case(case: &Case, seed: u64) -> Result<Run> {
         tmp.path().join("out"),
         tmp.path().join("state"),
     );
-    for d in [&src, &out, &state] {
+    // The receiver creates its state directory private (it refuses one others can reach).
+    for d in [&src, &out] {
         std::fs::create_dir_all(d)?;
     }
     let (path, file_bytes, files) = make_files(case, &src, seed)?;

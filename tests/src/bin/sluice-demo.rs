@@ -109,7 +109,8 @@ fn run(args: &Args) -> Result<bool> {
 
     let keys = binaries::keygen(&dir.join("keys"));
     let (src, out, state) = (dir.join("src"), dir.join("out"), dir.join("state"));
-    for d in [&src, &out, &state] {
+    // The receiver creates its state directory private (it refuses one others can reach).
+    for d in [&src, &out] {
         std::fs::create_dir_all(d)?;
     }
     let dataset = src.join("dataset");

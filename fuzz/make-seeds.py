@@ -1,15 +1,15 @@
 #!/usr/bin/env python3
 """Writes fuzz seed corpora from the golden vectors printed in protocol/SPEC.md.
 
-parse_frame gets each frame as is; cobs_accumulator gets them COBS-encoded back to back with
-a delimiter after each, the way a serial line carries them.
+parse_frame gets each frame as is; cobs_accumulator and firmware_relay get them COBS-encoded
+back to back with a delimiter after each, the way a serial line carries them.
 """
 import pathlib
 import re
 
 root = pathlib.Path(__file__).resolve().parent
 spec = (root.parent / "protocol" / "SPEC.md").read_text()
-frames = [bytes.fromhex(h) for h in re.findall(r"^(534c01[0-9a-f]+)$", spec, re.M)]
+frames = [bytes.fromhex(h) for h in re.findall(r"^(534c02[0-9a-f]+)$", spec, re.M)]
 assert frames, "no golden vectors found in SPEC.md"
 
 
@@ -28,10 +28,11 @@ def cobs(data: bytes) -> bytes:
     return bytes(out)
 
 
-for name in ("parse_frame", "cobs_accumulator"):
+for name in ("parse_frame", "cobs_accumulator", "firmware_relay"):
     (root / "seeds" / name).mkdir(parents=True, exist_ok=True)
 for i, f in enumerate(frames):
     (root / "seeds" / "parse_frame" / f"golden-{i}").write_bytes(f)
 line = b"".join(cobs(f) + b"\x00" for f in frames)
-(root / "seeds" / "cobs_accumulator" / "golden-line").write_bytes(line)
+for name in ("cobs_accumulator", "firmware_relay"):
+    (root / "seeds" / name / "golden-line").write_bytes(line)
 print(f"{len(frames)} golden frames written")

@@ -30,6 +30,7 @@ fn symbol_frame(key: &LinkKey, seed: u8, symbol_size: u16) -> Vec<u8> {
         },
         geometry: Geometry::new(u32::from(symbol_size) * 4, symbol_size, 2).unwrap(),
         symbol: u16::from(seed % 6),
+        segment_size: sluice_protocol::wire::MIN_SEGMENT_SIZE,
     });
     let payload: Vec<u8> = (0..symbol_size).map(|i| (i as u8) ^ seed).collect();
     let mut out = vec![0u8; 4096];

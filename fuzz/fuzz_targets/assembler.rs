@@ -15,7 +15,7 @@ use sluice_protocol::rx::{Assembler, Event, RxConfig};
 use sluice_protocol::time::Instant;
 use sluice_protocol::wire::{
     write_frame, BlockKey, BlockKind, Header, Heartbeat, LinkKey, ObjectId, SessionId,
-    SymbolHeader, MAX_FRAME_LEN,
+    SymbolHeader, MAX_FRAME_LEN, MIN_SEGMENT_SIZE,
 };
 
 const SECRET: [u8; 32] = [0x5a; 32];
@@ -52,10 +52,16 @@ fn symbol_frame(
     symbol: u16,
     fill: u8,
 ) -> Option<Vec<u8>> {
+    // Varies with `fill`, so symbols of one block can disagree (`geometry_mismatch`).
+    let segment_size = match block.kind {
+        BlockKind::Data => MIN_SEGMENT_SIZE << (fill % 3),
+        BlockKind::Manifest => 0,
+    };
     let header = Header::Symbol(SymbolHeader {
         block,
         geometry,
         symbol,
+        segment_size,
     });
     let payload = vec![fill; usize::from(geometry.symbol_size)];
     let mut buf = vec![0u8; MAX_FRAME_LEN];

@@ -1,5 +1,6 @@
 //! Candidates for the per-frame MAC and CRC, on the frame sizes that matter (1500- and
-//! 9000-byte MTUs): which one wire v2 uses is decided here (protocol/BENCHMARKS.md).
+//! 9000-byte MTUs): wire v2's choice (`LinkKey`, POLYVAL-AES) was made here
+//! (protocol/BENCHMARKS.md, SPEC.md section 5).
 //!
 //! - HMAC-SHA-256 truncated to 16 bytes (wire v1; SHA-NI on this CPU);
 //! - keyed BLAKE3 (nonce-free);
@@ -36,7 +37,11 @@ fn polyval_aes(k1: &polyval::Polyval, k2: &aes::Aes256, frame: &[u8]) -> [u8; 16
 
 fn macs(c: &mut Criterion) {
     let secret = [7u8; 32];
-    let hmac = LinkKey::new(&secret);
+    let link_key = LinkKey::new(&secret);
+    let hmac = {
+        use hmac::digest::KeyInit as _;
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(&secret).unwrap()
+    };
     let blake = blake3::Hasher::new_keyed(&secret);
     let gcm = aes_gcm::Aes256Gcm::new(&secret.into());
     let pv = polyval::Polyval::new(&[9u8; 16].into());
@@ -45,8 +50,16 @@ fn macs(c: &mut Criterion) {
     for len in FRAME_SIZES {
         let frame: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
         group.throughput(Throughput::Bytes(len as u64));
+        group.bench_function(BenchmarkId::new("link_key_v2", len), |b| {
+            b.iter(|| link_key.tag(black_box(&frame)))
+        });
         group.bench_function(BenchmarkId::new("hmac_sha256", len), |b| {
-            b.iter(|| hmac.tag(black_box(&frame)))
+            use hmac::Mac;
+            b.iter(|| {
+                let mut mac = hmac.clone();
+                mac.update(black_box(&frame));
+                mac.finalize().into_bytes()
+            })
         });
         group.bench_function(BenchmarkId::new("blake3_keyed", len), |b| {
             b.iter(|| {

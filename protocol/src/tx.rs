@@ -69,19 +69,23 @@ pub enum TxError {
 pub struct OutgoingBlock {
     key: BlockKey,
     geometry: Geometry,
+    segment_size: u32,
     ids: Vec<u16>,
     symbols: Vec<u8>,
 }
 
 impl OutgoingBlock {
-    /// A block whose symbol `ids[i]` is `symbols[i * symbol_size ..][.. symbol_size]`.
+    /// A block whose symbol `ids[i]` is `symbols[i * symbol_size ..][.. symbol_size]`;
+    /// `segment_size` as [`SymbolHeader::segment_size`] (0 for a manifest block).
     pub fn new(
         key: BlockKey,
         geometry: Geometry,
+        segment_size: u32,
         ids: Vec<u16>,
         symbols: Vec<u8>,
     ) -> Result<Self, TxError> {
         geometry.validate().map_err(|_| TxError::Geometry)?;
+        wire::check_segment_size(key.kind, segment_size).map_err(|_| TxError::Geometry)?;
         if ids
             .iter()
             .any(|id| u32::from(*id) >= geometry.total_symbols())
@@ -94,6 +98,7 @@ impl OutgoingBlock {
         Ok(OutgoingBlock {
             key,
             geometry,
+            segment_size,
             ids,
             symbols,
         })
@@ -105,6 +110,7 @@ impl OutgoingBlock {
     /// `repair_permille` and `passes`.
     pub fn encode_pass(
         key: BlockKey,
+        segment_size: u32,
         data: &[u8],
         symbol_size: u16,
         plan: BlockPlan,
@@ -139,7 +145,7 @@ impl OutgoingBlock {
             };
             symbols.extend_from_slice(source);
         }
-        OutgoingBlock::new(key, geometry, ids, symbols)
+        OutgoingBlock::new(key, geometry, segment_size, ids, symbols)
     }
 
     /// The block this is.
@@ -396,6 +402,7 @@ impl Scheduler {
             block: block.key,
             geometry: block.geometry,
             symbol: block.ids[i],
+            segment_size: block.segment_size,
         });
         let len = wire::write_frame(&header, &block.symbols[i * size..][..size], &self.key, out)?;
         current.next += 1;
@@ -420,6 +427,7 @@ mod tests {
     use crate::wire::{parse_frame, ObjectId};
 
     const SECRET: [u8; 32] = [3; 32];
+    const SEGMENT: u32 = wire::MIN_SEGMENT_SIZE;
 
     fn block(index: u32, symbols: u16) -> OutgoingBlock {
         let geometry = Geometry::new(u32::from(symbols) * 64, 64, 0).unwrap();
@@ -433,6 +441,7 @@ mod tests {
         OutgoingBlock::new(
             key,
             geometry,
+            SEGMENT,
             ids,
             alloc::vec![index as u8; usize::from(symbols) * 64],
         )
@@ -507,8 +516,14 @@ mod tests {
             .collect();
         assert_eq!(finished, [0, 1, 2, 3]);
         // A block with nothing to send in this pass is finished at once.
-        let empty =
-            OutgoingBlock::new(block(7, 1).key(), block(7, 1).geometry, vec![], vec![]).unwrap();
+        let empty = OutgoingBlock::new(
+            block(7, 1).key(),
+            block(7, 1).geometry,
+            SEGMENT,
+            vec![],
+            vec![],
+        )
+        .unwrap();
         s.push_block(empty).unwrap();
         assert_eq!(s.poll_sent().map(|k| k.index), Some(7));
     }
@@ -585,11 +600,13 @@ mod tests {
         let geometry = Geometry::new(64, 64, 0).unwrap();
         let key = block(0, 1).key();
         assert_eq!(
-            OutgoingBlock::new(key, geometry, alloc::vec![1], alloc::vec![0; 64]).unwrap_err(),
+            OutgoingBlock::new(key, geometry, SEGMENT, alloc::vec![1], alloc::vec![0; 64])
+                .unwrap_err(),
             TxError::Geometry
         );
         assert_eq!(
-            OutgoingBlock::new(key, geometry, alloc::vec![0], alloc::vec![0; 63]).unwrap_err(),
+            OutgoingBlock::new(key, geometry, SEGMENT, alloc::vec![0], alloc::vec![0; 63])
+                .unwrap_err(),
             TxError::SymbolBytes
         );
         let mut s = Scheduler::new(

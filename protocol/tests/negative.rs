@@ -7,8 +7,8 @@
 use sluice_protocol::fec::{Geometry, GeometryError};
 use sluice_protocol::wire::{
     crc32c, parse_frame, parse_frame_unauthenticated, write_frame, BlockKey, BlockKind, Header,
-    Heartbeat, LinkKey, ObjectId, ParseError, SessionId, SymbolHeader, MAX_FRAME_LEN,
-    MAX_OBJECT_ID, MIN_FRAME_LEN,
+    Heartbeat, LinkKey, ObjectId, ParseError, SessionId, SymbolHeader, MAGIC, MAX_FRAME_LEN,
+    MAX_OBJECT_ID, MAX_SEGMENT_SIZE, MIN_FRAME_LEN, MIN_SEGMENT_SIZE, VERSION,
 };
 
 fn key() -> LinkKey {
@@ -17,7 +17,7 @@ fn key() -> LinkKey {
 
 /// Frame around raw header bytes, with a correct MAC and CRC.
 fn frame_from_raw(header: &[u8], payload: &[u8]) -> Vec<u8> {
-    let mut f = b"SL\x01".to_vec();
+    let mut f = [&MAGIC[..], &[VERSION]].concat();
     f.extend_from_slice(header);
     f.extend_from_slice(payload);
     let tag = key().tag(&f);
@@ -43,6 +43,7 @@ fn symbol(geometry: Geometry, symbol: u16) -> Header {
         },
         geometry,
         symbol,
+        segment_size: MIN_SEGMENT_SIZE,
     })
 }
 
@@ -105,10 +106,13 @@ fn bad_magic() {
 
 #[test]
 fn bad_version() {
-    let mut f = valid_frame();
-    f[2] = 2;
-    reseal(&mut f);
-    assert_eq!(parse_frame(&f, &key()), Err(ParseError::BadVersion));
+    // The previous version (v1) and the next one are both refused.
+    for version in [VERSION - 1, VERSION + 1] {
+        let mut f = valid_frame();
+        f[2] = version;
+        reseal(&mut f);
+        assert_eq!(parse_frame(&f, &key()), Err(ParseError::BadVersion));
+    }
 }
 
 #[test]
@@ -323,6 +327,28 @@ fn geometry_manifest_index_not_zero() {
         parse_frame(&frame_from_header(&header, 64), &key()),
         Err(ParseError::BadGeometry(GeometryError::ManifestIndex))
     );
+}
+
+#[test]
+fn geometry_segment_size_out_of_range_or_on_a_manifest() {
+    for (kind, size) in [
+        (BlockKind::Data, 0),
+        (BlockKind::Data, MIN_SEGMENT_SIZE - 1),
+        (BlockKind::Data, MAX_SEGMENT_SIZE + 1),
+        (BlockKind::Manifest, MIN_SEGMENT_SIZE),
+    ] {
+        let mut header = symbol(valid_geometry(), 0);
+        if let Header::Symbol(s) = &mut header {
+            s.block.kind = kind;
+            s.block.index = 0;
+            s.segment_size = size;
+        }
+        assert_eq!(
+            parse_frame(&frame_from_header(&header, 64), &key()),
+            Err(ParseError::BadGeometry(GeometryError::SegmentSize)),
+            "{kind:?} {size}"
+        );
+    }
 }
 
 #[test]

@@ -8,7 +8,8 @@ use sluice_protocol::fec::Geometry;
 use sluice_protocol::framing::{encode_frame, encoded_len, CobsAccumulator, Feed};
 use sluice_protocol::wire::{
     parse_frame, write_frame, BlockKey, BlockKind, Header, Heartbeat, LinkKey, ObjectId, SessionId,
-    SymbolHeader, MAX_BLOCK_INDEX, MAX_FRAME_LEN, MAX_OBJECT_ID,
+    SymbolHeader, MAX_BLOCK_INDEX, MAX_FRAME_LEN, MAX_OBJECT_ID, MAX_SEGMENT_SIZE,
+    MIN_SEGMENT_SIZE,
 };
 
 fn key() -> LinkKey {
@@ -26,6 +27,7 @@ prop_compose! {
         tail in 0u32..8896,
         repair in 0u16..=64,
         symbol_seed in any::<u32>(),
+        segment_seed in any::<u32>(),
     ) -> Header {
         let size = units * 64;
         let block_len = (k - 1) * u32::from(size) + tail % u32::from(size) + 1;
@@ -40,6 +42,11 @@ prop_compose! {
             },
             geometry,
             symbol,
+            segment_size: if manifest {
+                0
+            } else {
+                MIN_SEGMENT_SIZE + segment_seed % (MAX_SEGMENT_SIZE - MIN_SEGMENT_SIZE + 1)
+            },
         })
     }
 }

@@ -243,6 +243,9 @@ struct Entry {
     segments: BTreeMap<u32, [u8; 32]>,
     /// Blocks whose partial symbols are saved in the state dir.
     partials: BTreeSet<(BlockKind, u32)>,
+    /// The segment size the first data block of this run carried (all must agree, and agree
+    /// with the manifest's).
+    segment_size: Option<u32>,
 }
 
 impl Entry {
@@ -256,6 +259,32 @@ impl Entry {
             order: 0,
             segments: BTreeMap::new(),
             partials: BTreeSet::new(),
+            segment_size: None,
+        }
+    }
+
+    /// Whether the block is already stored (its later symbols are not needed).
+    fn holds(&self, key: BlockKey) -> bool {
+        match key.kind {
+            BlockKind::Data => self.segments.contains_key(&key.index),
+            BlockKind::Manifest => self.manifest.is_some(),
+        }
+    }
+
+    /// Checks a data block's segment size against the manifest's, or the first block's.
+    fn check_segment_size(&mut self, index: u32, size: u32) -> Result<(), Failure> {
+        let expected = match &self.manifest {
+            Some(m) => m.segment_size,
+            None => *self.segment_size.get_or_insert(size),
+        };
+        if size == expected {
+            Ok(())
+        } else {
+            Err(Failure::SegmentSize {
+                index,
+                expected,
+                got: size,
+            })
         }
     }
 
@@ -564,11 +593,7 @@ impl Delivery {
             return;
         };
         entry.first_seen.get_or_insert(now);
-        let stored = match key.kind {
-            BlockKind::Data => entry.segments.contains_key(&key.index),
-            BlockKind::Manifest => entry.manifest.is_some(),
-        };
-        if entry.status != Status::Open || stored {
+        if entry.status != Status::Open || entry.holds(key) {
             self.push(Action::Link(LinkCommand::MarkDone(key)));
         } else if entry.partials.contains(&(key.kind, key.index)) {
             self.push(Action::Decode(DecodeJob::LoadPartial(key)));
@@ -577,9 +602,23 @@ impl Delivery {
 
     fn on_block_ready(&mut self, block: ReadyBlock, permit: Permit) {
         let obj = ObjectKey::of(&block.key);
-        let Some(entry) = self.objects.get(&obj).filter(|e| e.status == Status::Open) else {
+        let Some(entry) = self
+            .objects
+            .get_mut(&obj)
+            .filter(|e| e.status == Status::Open)
+        else {
             return;
         };
+        // The link task may finish a block before the `MarkDone` for it arrives (a burst of
+        // a later pass); a block already stored is not decoded again.
+        if entry.holds(block.key) {
+            return;
+        }
+        if block.key.kind == BlockKind::Data {
+            if let Err(failure) = entry.check_segment_size(block.key.index, block.segment_size) {
+                return self.fail(obj, failure);
+            }
+        }
         let drop_partial = entry.partials.contains(&(block.key.kind, block.key.index));
         self.push(Action::Decode(DecodeJob::Decode {
             block,
@@ -773,6 +812,7 @@ impl Delivery {
                 return self.finish_already_delivered(obj);
             }
             let manifest = opened.manifest;
+            let first_block = entry.segment_size.filter(|s| *s != manifest.segment_size);
             let checked = entry.segments.iter().try_for_each(|(i, sha)| {
                 match manifest.segments.get(*i as usize) {
                     Some(info) if info.ciphertext_sha256 == *sha => Ok(()),
@@ -780,6 +820,14 @@ impl Delivery {
                     None => Err(Failure::SegmentUnexpected(*i)),
                 }
             });
+            let checked = match first_block {
+                Some(got) => Err(Failure::SegmentSize {
+                    index: entry.segments.keys().next().copied().unwrap_or(0),
+                    expected: manifest.segment_size,
+                    got,
+                }),
+                None => checked,
+            };
             entry.manifest = Some(Arc::new(manifest));
             match checked.map(|()| entry.is_complete()) {
                 Ok(true) => self.publish(obj, false),
@@ -938,6 +986,7 @@ mod tests {
     use sluice_protocol::wire::{LinkKey, ObjectId, SessionId};
     use tokio::sync::Semaphore;
 
+    const SEGMENT: u32 = sluice_protocol::wire::MIN_SEGMENT_SIZE;
     const OBJ: ObjectKey = ObjectKey {
         session: SessionId(5),
         object: ObjectId(1),
@@ -954,10 +1003,19 @@ mod tests {
 
     /// A ready block of `kind`/`index` (built the way the link task gets one).
     fn ready(kind: BlockKind, index: u32) -> (ReadyBlock, Permit) {
+        ready_with_segment(kind, index, SEGMENT)
+    }
+
+    fn ready_with_segment(kind: BlockKind, index: u32, segment: u32) -> (ReadyBlock, Permit) {
         let link = LinkKey::new(&[1; 32]);
         let plan = BlockPlan::for_block(kind, 100, 64, 0, 1);
+        let segment_size = match kind {
+            BlockKind::Data => segment,
+            BlockKind::Manifest => 0,
+        };
         let block = OutgoingBlock::encode_pass(
             key(kind, index),
+            segment_size,
             &[7; 100],
             64,
             plan,
@@ -997,11 +1055,11 @@ mod tests {
                 sequence: 1,
                 path: "dir/file".into(),
                 kind: EntryKind::File,
-                size: 10 * segments.len() as u64,
+                size: u64::from(SEGMENT) * segments.len() as u64,
                 mode: 0o644,
                 mtime_secs: 0,
                 mtime_nanos: 0,
-                segment_size: 10,
+                segment_size: SEGMENT,
                 sha256: [0; 32],
                 segments: segments
                     .iter()
@@ -1130,6 +1188,60 @@ mod tests {
         assert!(d.is_finished());
     }
 
+    /// The first symbol of a block arrives, then the block is ready with `segment` as its
+    /// wire segment size.
+    fn arrives(d: &mut Delivery, index: u32, segment: u32) {
+        link(
+            d,
+            LinkEvent::BlockStarted(key(BlockKind::Data, index)),
+            false,
+        );
+        let (block, permit) = ready_with_segment(BlockKind::Data, index, segment);
+        link(d, LinkEvent::BlockReady(block, permit), false);
+    }
+
+    #[test]
+    fn a_block_that_is_already_stored_is_not_decoded_again() {
+        let mut d = Delivery::default();
+        arrives(&mut d, 0, SEGMENT);
+        stored(&mut d, 0, [1; 32]);
+        let _ = actions(&mut d);
+        // Ready again before the link task took the `MarkDone` (a burst of a later pass).
+        let (block, permit) = ready(BlockKind::Data, 0);
+        link(&mut d, LinkEvent::BlockReady(block, permit), false);
+        assert_eq!(actions(&mut d), Vec::<String>::new());
+    }
+
+    #[test]
+    fn blocks_whose_segment_size_disagrees_fail_the_object() {
+        // Two data blocks that disagree: the second fails the object.
+        let mut d = Delivery::default();
+        arrives(&mut d, 0, SEGMENT);
+        arrives(&mut d, 1, SEGMENT * 2);
+        let got = actions(&mut d);
+        assert_eq!(
+            got[1..],
+            [
+                "discard true",
+                "failed: segment 1 carries segment size 131072, the object has 65536"
+            ],
+            "{got:?}"
+        );
+        // A block stored before the manifest, whose manifest states another size.
+        let mut d = Delivery::default();
+        arrives(&mut d, 0, SEGMENT * 2);
+        stored(&mut d, 0, [1; 32]);
+        let _ = actions(&mut d);
+        opened(&mut d, manifest(&[[1; 32]]));
+        assert_eq!(
+            actions(&mut d),
+            [
+                "discard true",
+                "failed: segment 0 carries segment size 131072, the object has 65536"
+            ]
+        );
+    }
+
     #[test]
     fn a_segment_that_is_not_the_signed_one_fails_the_object_and_its_strays_are_removed() {
         let mut d = Delivery::default();
@@ -1224,6 +1336,7 @@ mod tests {
         let partial = PartialBlock {
             key: block.key,
             geometry: block.geometry,
+            segment_size: block.segment_size,
             ids: vec![],
             symbols: vec![],
         };
@@ -1239,6 +1352,7 @@ mod tests {
         let partial = PartialBlock {
             key: block.key,
             geometry: block.geometry,
+            segment_size: block.segment_size,
             ids: vec![0],
             symbols: vec![0; 64],
         };

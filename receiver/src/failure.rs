@@ -34,6 +34,16 @@ pub enum Failure {
     SegmentMismatch(u32),
     /// A decoded segment the manifest does not list, or of another length.
     SegmentUnexpected(u32),
+    /// A data block's segment size (wire header) differs from the manifest's or from the
+    /// object's other blocks'.
+    SegmentSize {
+        /// The segment.
+        index: u32,
+        /// The manifest's (or the first block's) segment size.
+        expected: u32,
+        /// The block's.
+        got: u32,
+    },
     /// A stored segment changed on disk after it was decoded and checked.
     StoredSegmentDamaged(u32),
     /// A segment does not decrypt.
@@ -104,6 +114,14 @@ impl fmt::Display for Failure {
                     "segment {i} is not in the manifest or has another length"
                 )
             }
+            Failure::SegmentSize {
+                index,
+                expected,
+                got,
+            } => write!(
+                f,
+                "segment {index} carries segment size {got}, the object has {expected}"
+            ),
             Failure::StoredSegmentDamaged(i) => {
                 write!(f, "stored segment {i} damaged in the state directory")
             }

@@ -13,8 +13,8 @@
 //!       seg-<i>                   decoded ciphertext of data block i, behind a 48-byte header:
 //!                                 "SLSEG\0\0\x01", length (u64 LE), SHA-256 of the ciphertext
 //!       partial-m, partial-<i>    symbols of a stalled manifest / data block, for a later pass:
-//!                                 "SLPART\0\x01", header length (u32 LE), postcard(key,
-//!                                 geometry, ids), then the symbols back to back
+//!                                 "SLPART\0\x02", header length (u32 LE), postcard(key,
+//!                                 geometry, segment size, ids), then the symbols back to back
 //! ```
 //!
 //! Everything is reached through directory fds opened once at start (`sluice_common::beneath`):
@@ -38,7 +38,7 @@ use std::time::{Duration, SystemTime};
 use sluice_common::beneath::{self, Dir, Entry};
 use sluice_protocol::fec::Geometry;
 use sluice_protocol::rx::PartialBlock;
-use sluice_protocol::wire::{BlockKey, BlockKind, ObjectId, SessionId};
+use sluice_protocol::wire::{self, BlockKey, BlockKind, ObjectId, SessionId};
 
 use crate::records::{Records, RecordsError};
 
@@ -79,7 +79,8 @@ const VERSION_1_TEXT: &str = "sluice-state 1\n";
 const SEGMENT_MAGIC: [u8; 8] = *b"SLSEG\0\0\x01";
 /// Bytes before the ciphertext in a `seg-<i>` file.
 pub const SEGMENT_HEADER_LEN: u64 = 48;
-const PARTIAL_MAGIC: [u8; 8] = *b"SLPART\0\x01";
+/// Version 2: the header holds the wire-v2 segment size.
+const PARTIAL_MAGIC: [u8; 8] = *b"SLPART\0\x02";
 /// In-progress objects untouched for this long are removed at start.
 pub const PRUNE_AFTER: Duration = Duration::from_secs(14 * 24 * 3600);
 
@@ -312,8 +313,13 @@ impl StateDir {
 
     /// Saves the symbols of a stalled block.
     pub fn store_partial(&self, partial: &PartialBlock) -> io::Result<()> {
-        let header = postcard::to_allocvec(&(partial.key, partial.geometry, &partial.ids))
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let header = postcard::to_allocvec(&(
+            partial.key,
+            partial.geometry,
+            partial.segment_size,
+            &partial.ids,
+        ))
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let header_len = u32::try_from(header.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "partial header too long"))?;
         let dir = self.object_dir(ObjectKey::of(&partial.key), true)?;
@@ -536,14 +542,17 @@ fn parse_partial(bytes: &[u8]) -> Option<PartialBlock> {
     let len = usize::try_from(u32::from_le_bytes(*len)).ok()?;
     let header = rest.get(..len)?;
     let symbols = rest.get(len..)?;
-    let (key, geometry, ids): (BlockKey, Geometry, Vec<u16>) = postcard::from_bytes(header).ok()?;
+    let (key, geometry, segment_size, ids): (BlockKey, Geometry, u32, Vec<u16>) =
+        postcard::from_bytes(header).ok()?;
     geometry.validate().ok()?;
+    wire::check_segment_size(key.kind, segment_size).ok()?;
     if symbols.len() != ids.len() * usize::from(geometry.symbol_size) {
         return None;
     }
     Some(PartialBlock {
         key,
         geometry,
+        segment_size,
         ids,
         symbols: symbols.to_vec(),
     })
@@ -588,12 +597,16 @@ mod tests {
         let partial = PartialBlock {
             key,
             geometry,
+            segment_size: 1 << 20,
             ids: vec![0, 4],
             symbols: vec![7; 128],
         };
         state.store_partial(&partial).unwrap();
         let loaded = state.load_partial(&key).unwrap();
-        assert_eq!((loaded.ids, loaded.symbols), (partial.ids, partial.symbols));
+        assert_eq!(
+            (loaded.segment_size, loaded.ids, loaded.symbols),
+            (partial.segment_size, partial.ids, partial.symbols)
+        );
         state.store_manifest(obj(1), b"envelope").unwrap();
 
         // A torn segment file is removed by the scan; the rest is found.
@@ -671,7 +684,7 @@ mod tests {
 
     #[test]
     fn damaged_partials_are_refused() {
-        assert!(parse_partial(b"SLPART\0\x01\xff\xff\xff\xff").is_none());
+        assert!(parse_partial(b"SLPART\0\x02\xff\xff\xff\xff").is_none());
         assert!(parse_partial(b"garbage").is_none());
     }
 }

@@ -12,6 +12,7 @@ use clap::Parser;
 use sluice_common::config::{self, KeygenArgs, Layers, LogOptions, SharedArgs, UsageError};
 use sluice_common::link::LinkSpec;
 use sluice_common::units;
+use sluice_protocol::wire;
 
 /// `sluice-send`: the low-side daemon.
 #[derive(Debug, Parser)]
@@ -116,10 +117,9 @@ impl Options {
     }
 }
 
-/// Smallest `--segment-size`.
-pub const MIN_SEGMENT: u64 = 64 << 10;
-/// Largest `--segment-size`.
-pub const MAX_SEGMENT: u64 = 8 << 20;
+/// `--segment-size` bounds: the wire format's.
+const SEGMENT_SIZES: std::ops::RangeInclusive<u64> =
+    wire::MIN_SEGMENT_SIZE as u64..=wire::MAX_SEGMENT_SIZE as u64;
 
 /// Merges the config file under the command line and checks every value.
 pub fn resolve(args: Args) -> Result<Options, UsageError> {
@@ -161,7 +161,7 @@ pub fn resolve(args: Args) -> Result<Options, UsageError> {
         Some(v) => v.parse("a size from 64KiB to 8MiB, e.g. 1MiB", |t| {
             units::parse_bytes(t)
                 .ok()
-                .filter(|n| (MIN_SEGMENT..=MAX_SEGMENT).contains(n))
+                .filter(|n| SEGMENT_SIZES.contains(n))
                 .and_then(|n| u32::try_from(n).ok())
         })?,
     };

@@ -144,8 +144,15 @@ impl EncodeConfig {
         data: &[u8],
         pass: u16,
     ) -> Result<OutgoingBlock, EncodeError> {
+        // The wire carries the segment size on data blocks so a receiver can place a segment
+        // before the manifest arrives.
+        let segment_size = match key.kind {
+            BlockKind::Data => self.segment_size,
+            BlockKind::Manifest => 0,
+        };
         OutgoingBlock::encode_pass(
             key,
+            segment_size,
             data,
             self.symbol_size,
             self.plan(key.kind, data.len()),
@@ -765,6 +772,8 @@ mod tests {
     use super::*;
     use crate::objects::Source;
 
+    const SEGMENT: usize = sluice_protocol::wire::MIN_SEGMENT_SIZE as usize;
+
     /// A condensed trace of what the encoder produced, comparable across worker counts.
     #[derive(Debug, PartialEq, Eq)]
     enum Event {
@@ -797,7 +806,7 @@ mod tests {
         let config = EncodeConfig {
             session: SessionId(7),
             symbol_size: 256,
-            segment_size: 4096,
+            segment_size: SEGMENT as u32,
             repair_permille: 100,
             passes,
             recipients: sluice_common::keys::load_recipients(
@@ -839,7 +848,7 @@ mod tests {
         sluice_common::keys::generate_receiver_keys(dir.path()).unwrap();
         sluice_common::keys::generate_sender_keys(dir.path()).unwrap();
         let objects = vec![
-            file(dir.path(), "a", 4096 * 5 + 17, 1),
+            file(dir.path(), "a", SEGMENT * 5 + 17, 1),
             SourceObject {
                 path: "gone".into(),
                 source: Source::File(dir.path().join("does-not-exist")),
@@ -849,7 +858,7 @@ mod tests {
                 mtime_nanos: 0,
             },
             file(dir.path(), "empty", 0, 2),
-            file(dir.path(), "b", 4096 * 3, 3),
+            file(dir.path(), "b", SEGMENT * 3, 3),
         ];
         let one = trace(dir.path(), &objects, 1, 2);
         let four = trace(dir.path(), &objects, 4, 2);
@@ -890,7 +899,11 @@ mod tests {
             .collect();
         assert_eq!(
             queued,
-            [("a", 4096 * 5 + 17, 6), ("empty", 0, 0), ("b", 4096 * 3, 3)]
+            [
+                ("a", (SEGMENT * 5 + 17) as u64, 6),
+                ("empty", 0, 0),
+                ("b", (SEGMENT * 3) as u64, 3)
+            ]
         );
         let plain: u64 = four
             .iter()
@@ -899,7 +912,7 @@ mod tests {
                 _ => 0,
             })
             .sum();
-        assert_eq!(plain, 2 * (4096 * 5 + 17 + 4096 * 3));
+        assert_eq!(plain, 2 * (SEGMENT * 8 + 17) as u64);
         assert_eq!(
             four.iter()
                 .filter(|e| matches!(e, Event::Pass(_)))

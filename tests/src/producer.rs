@@ -196,6 +196,10 @@ impl Producer {
                 queue.push(
                     OutgoingBlock::encode_pass(
                         *key,
+                        match key.kind {
+                            BlockKind::Data => self.segment_size as u32,
+                            BlockKind::Manifest => 0,
+                        },
                         data,
                         self.symbol_size,
                         plan,

@@ -640,6 +640,7 @@ mod tests {
             },
             geometry: Geometry::new(64 * 4, 64, 2).unwrap(),
             symbol: 1,
+            segment_size: wire::MIN_SEGMENT_SIZE,
         });
         let payload = [0x5Au8; 64];
         let mut buf = vec![0u8; wire::MAX_FRAME_LEN];

@@ -171,6 +171,7 @@ pub fn run(point: &Point) -> Outcome {
             while next < point.blocks && sched.has_room() {
                 let block = OutgoingBlock::encode_pass(
                     keys[next],
+                    wire::MIN_SEGMENT_SIZE,
                     &data[next],
                     point.symbol_size,
                     plan,

@@ -83,6 +83,7 @@ fn inject(to: SocketAddr, link_secret: [u8; 32], stop: Arc<AtomicBool>) -> u64 {
             block: block(rng.gen_range(0..1000), BlockKind::Data),
             geometry,
             symbol: rng.gen_range(0..700),
+            segment_size: 1 << 20,
         });
         let payload = vec![0x66u8; 1408];
         let n_wrong = write_frame(&forged, &payload, &wrong, &mut frame).unwrap();
@@ -96,6 +97,7 @@ fn inject(to: SocketAddr, link_secret: [u8; 32], stop: Arc<AtomicBool>) -> u64 {
             block: block(rng.gen_range(0..1000), BlockKind::Manifest),
             geometry,
             symbol: rng.gen_range(0..700),
+            segment_size: 0,
         });
         let n = write_frame(&stale, &payload, &key, &mut frame).unwrap();
         let _ = socket.send_to(&frame[..n], to);

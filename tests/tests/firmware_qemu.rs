@@ -33,6 +33,7 @@ fn frame(key: &LinkKey, n: u32) -> Vec<u8> {
         },
         geometry: Geometry::new(256 * 3, 256, 2).unwrap(),
         symbol: (n % 5) as u16,
+        segment_size: sluice_protocol::wire::MIN_SEGMENT_SIZE,
     });
     let payload: Vec<u8> = (0..256u32).map(|i| (i ^ n) as u8).collect();
     let mut out = vec![0u8; 1024];

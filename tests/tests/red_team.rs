@@ -58,6 +58,7 @@ fn a_reed_solomon_geometry_bomb_is_refused_and_memory_stays_bounded() {
             geometry: bomb,
             // A repair symbol: with k = 1 it makes the block "ready" and forces a decode.
             symbol: 1,
+            segment_size: 1 << 20,
         });
         let frame = forge::frame(&header, &vec![0x5a; 8896], &key);
         socket.send_to(&frame, to).unwrap();

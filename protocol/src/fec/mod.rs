@@ -70,6 +70,9 @@ pub enum GeometryError {
     ManifestIndex,
     /// Object id above `wire::MAX_OBJECT_ID` or block index above `wire::MAX_BLOCK_INDEX`.
     IdOutOfRange,
+    /// A data block's segment size outside `wire::MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE`, or a
+    /// manifest block's other than 0.
+    SegmentSize,
 }
 
 impl Geometry {

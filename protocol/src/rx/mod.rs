@@ -91,6 +91,7 @@ pub enum Event {
 #[derive(Debug)]
 struct Assembly {
     geometry: Geometry,
+    segment_size: u32,
     /// One bit per symbol id: already held.
     seen: Vec<u64>,
     /// Ids of the held symbols, in arrival order.
@@ -101,11 +102,12 @@ struct Assembly {
 }
 
 impl Assembly {
-    fn new(geometry: Geometry, now: Instant) -> Self {
+    fn new(geometry: Geometry, segment_size: u32, now: Instant) -> Self {
         let k = usize::from(geometry.source_symbols);
         let words = (geometry.total_symbols() as usize).div_ceil(64);
         Assembly {
             geometry,
+            segment_size,
             seen: alloc::vec![0; words],
             ids: Vec::with_capacity(k),
             symbols: Vec::with_capacity(k * usize::from(geometry.symbol_size)),
@@ -139,8 +141,8 @@ impl Assembly {
         self.ids.len() >= usize::from(self.geometry.source_symbols)
     }
 
-    fn into_parts(self) -> (Geometry, Vec<u16>, Vec<u8>) {
-        (self.geometry, self.ids, self.symbols)
+    fn into_parts(self) -> (Geometry, u32, Vec<u16>, Vec<u8>) {
+        (self.geometry, self.segment_size, self.ids, self.symbols)
     }
 }
 
@@ -151,6 +153,8 @@ pub struct ReadyBlock {
     pub key: BlockKey,
     /// Its geometry.
     pub geometry: Geometry,
+    /// Its [`SymbolHeader::segment_size`].
+    pub segment_size: u32,
     ids: Vec<u16>,
     symbols: Vec<u8>,
 }
@@ -185,6 +189,8 @@ pub struct PartialBlock {
     pub key: BlockKey,
     /// Its geometry.
     pub geometry: Geometry,
+    /// Its [`SymbolHeader::segment_size`].
+    pub segment_size: u32,
     /// Held symbol ids.
     pub ids: Vec<u16>,
     /// Held symbols back to back, same order as `ids`.
@@ -297,14 +303,14 @@ impl Assembler {
             return self.drops.record(DropReason::BlockDone);
         }
         if !self.assembling.contains_key(&key) {
-            if let Err(reason) = self.admit(key, header.geometry, now) {
+            if let Err(reason) = self.admit(key, header.geometry, header.segment_size, now) {
                 return self.drops.record(reason);
             }
         }
         let Some(block) = self.assembling.get_mut(&key) else {
             return;
         };
-        if block.geometry != header.geometry {
+        if block.geometry != header.geometry || block.segment_size != header.segment_size {
             return self.drops.record(DropReason::GeometryMismatch);
         }
         if !block.insert(header.symbol, data) {
@@ -316,7 +322,13 @@ impl Assembler {
     }
 
     /// Creates the state for a new block if the bounds allow it.
-    fn admit(&mut self, key: BlockKey, geometry: Geometry, now: Instant) -> Result<(), DropReason> {
+    fn admit(
+        &mut self,
+        key: BlockKey,
+        geometry: Geometry,
+        segment_size: u32,
+        now: Instant,
+    ) -> Result<(), DropReason> {
         let charge = Assembly::charge(&geometry);
         if self.blocks_held() >= self.config.max_blocks
             || self.buffered + charge > self.config.max_buffered_bytes
@@ -329,7 +341,8 @@ impl Assembler {
             self.recent_sessions.truncate(RECENT_SESSIONS);
         }
         self.buffered += charge;
-        self.assembling.insert(key, Assembly::new(geometry, now));
+        self.assembling
+            .insert(key, Assembly::new(geometry, segment_size, now));
         self.events.push_back(Event::BlockStarted(key));
         Ok(())
     }
@@ -346,13 +359,14 @@ impl Assembler {
     }
 
     /// Gives symbols a driver saved earlier (from a [`PartialBlock`]) back to a block that is
-    /// assembling again. Symbols already held or with another geometry are ignored. Returns
+    /// assembling again. Symbols already held or with another geometry or segment size are
+    /// ignored. Returns
     /// how many were added.
     pub fn restore(&mut self, now: Instant, saved: &PartialBlock) -> usize {
         let Some(block) = self.assembling.get_mut(&saved.key) else {
             return 0;
         };
-        if block.geometry != saved.geometry {
+        if block.geometry != saved.geometry || block.segment_size != saved.segment_size {
             return 0;
         }
         let size = usize::from(saved.geometry.symbol_size);
@@ -373,10 +387,11 @@ impl Assembler {
         let block = self.ready.remove(key)?;
         self.buffered -= Assembly::charge(&block.geometry);
         self.remember_done(*key);
-        let (geometry, ids, symbols) = block.into_parts();
+        let (geometry, segment_size, ids, symbols) = block.into_parts();
         Some(ReadyBlock {
             key: *key,
             geometry,
+            segment_size,
             ids,
             symbols,
         })
@@ -448,10 +463,11 @@ impl Assembler {
         if let Some(block) = self.assembling.remove(&key) {
             self.buffered -= Assembly::charge(&block.geometry);
             self.stats.blocks_stalled += 1;
-            let (geometry, ids, symbols) = block.into_parts();
+            let (geometry, segment_size, ids, symbols) = block.into_parts();
             self.events.push_back(Event::BlockStalled(PartialBlock {
                 key,
                 geometry,
+                segment_size,
                 ids,
                 symbols,
             }));
@@ -507,6 +523,16 @@ mod tests {
         repair_permille: u32,
         pass: u16,
     ) -> (Geometry, Vec<Vec<u8>>) {
+        frames_with_segment(block, data, repair_permille, pass, wire::MIN_SEGMENT_SIZE)
+    }
+
+    fn frames_with_segment(
+        block: BlockKey,
+        data: &[u8],
+        repair_permille: u32,
+        pass: u16,
+        segment_size: u32,
+    ) -> (Geometry, Vec<Vec<u8>>) {
         let size = 64;
         let k = data.len().div_ceil(size) as u16;
         let plan = RepairPlan::new(k, repair_permille, 2);
@@ -532,6 +558,7 @@ mod tests {
                     block,
                     geometry,
                     symbol: id,
+                    segment_size,
                 });
                 let mut buf = vec![0u8; 512];
                 let n = wire::write_frame(&header, payload, &link, &mut buf).unwrap();
@@ -681,6 +708,26 @@ mod tests {
             assert!(a.blocks_held() <= 3);
         }
         assert_eq!(a.drops().get(DropReason::Capacity), 7);
+    }
+
+    #[test]
+    fn symbols_disagreeing_with_their_block_are_dropped() {
+        let data = [9u8; 640];
+        let segment = wire::MIN_SEGMENT_SIZE;
+        let (_, first) = frames_with_segment(key(0), &data, 0, 0, segment);
+        let (_, other_segment) = frames_with_segment(key(0), &data, 0, 0, segment * 2);
+        let (_, other_geometry) = frames_with_segment(key(0), &data[..600], 0, 0, segment);
+        let mut a = Assembler::new(RxConfig::default(), LinkKey::new(&SECRET));
+        a.handle_frame(Instant::ZERO, &first[0]);
+        a.handle_frame(Instant::ZERO, &other_segment[1]);
+        a.handle_frame(Instant::ZERO, &other_geometry[2]);
+        assert_eq!(a.drops().get(DropReason::GeometryMismatch), 2);
+        for f in &first[1..] {
+            a.handle_frame(Instant::ZERO, f);
+        }
+        let ready = a.take_ready(&key(0)).unwrap();
+        assert_eq!(ready.segment_size, segment);
+        assert_eq!(ready.decode(&mut ReedSolomon::default()).unwrap(), data);
     }
 
     #[test]

@@ -235,6 +235,7 @@ fn qemu_relay_rate(runs: usize) -> Result<()> {
             geometry: Geometry::new(u32::from(symbol) * 1000, symbol, 100)
                 .map_err(|e| anyhow::anyhow!("{e:?}"))?,
             symbol: (n % 1000) as u16,
+            segment_size: 1 << 20,
         });
         let mut frame = vec![0u8; 2048];
         let payload = vec![0x5a; usize::from(symbol)];

@@ -35,8 +35,23 @@ pub struct SharedArgs {
     /// TOML file with any of these options (same names); the command line wins.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Worker threads for the parallel work (the sender's encryption, the receiver's
+    /// decoding and decryption), 1 to 64. Default: one per core, 2 to 4.
+    #[arg(long, value_name = "N")]
+    pub workers: Option<String>,
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// Most `--workers`.
+pub const MAX_WORKERS: usize = 64;
+
+/// `--workers` when not given: one per core, at least 2 (the I/O stages need a core of their
+/// own less than the workers do) and at most 4 (beyond, the single-threaded stages limit).
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(2, 4)
 }
 
 /// `keygen DIR`, on both daemons.
@@ -272,6 +287,18 @@ impl<'a> Layers<'a> {
     }
 
     /// The logging options. A switch on the command line overrides the other one in the file.
+    /// `--workers`, or the default.
+    pub fn workers(&self, cli: Option<String>) -> Result<usize, UsageError> {
+        match self.value("workers", cli)? {
+            None => Ok(default_workers()),
+            Some(v) => v.parse("a thread count from 1 to 64", |t| {
+                t.parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_WORKERS).contains(n))
+            }),
+        }
+    }
+
     pub fn log(&self, cli: LogArgs) -> Result<LogOptions, UsageError> {
         let format = match self.value("log-format", cli.log_format)? {
             None => LogFormat::Human,

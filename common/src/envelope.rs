@@ -4,7 +4,8 @@
 //!
 //! ```text
 //!  data block     = age( segment plaintext )
-//!  manifest block = age( postcard(SignedManifest { manifest: postcard(Manifest), signature }) )
+//!  manifest block = age( postcard(SignedManifest { manifest: postcard(Manifest), signature,
+//!                                                  inline: a pack's content }) )
 //! ```
 //!
 //! The sender, the receiver and the tests' frame producer all seal and open through here, so
@@ -12,9 +13,7 @@
 
 use std::io::{BufRead, Read, Write};
 
-use sluice_protocol::manifest::{
-    Manifest, ManifestError, SignedManifest, MAX_ENCODED_LEN, MAX_SIGNATURE_LEN,
-};
+use sluice_protocol::manifest::{Manifest, ManifestError, SignedManifest, MAX_ENVELOPE_LEN};
 
 use crate::keys::{KeyError, KeyId, SignatureError, SigningKey, TrustedKeys};
 
@@ -56,10 +55,15 @@ pub enum OpenError {
 pub struct Opened {
     /// The manifest.
     pub manifest: Manifest,
-    /// The decrypted `SignedManifest` bytes.
+    /// The decrypted `SignedManifest` bytes; empty when the content is inline (the object is
+    /// complete with its manifest, so nothing is kept for a later run).
     pub envelope: Vec<u8>,
     /// The trusted key that signed it.
     pub signer: KeyId,
+    /// The content of an inline manifest (a pack), `manifest.content_len()` bytes; empty
+    /// otherwise. Not yet checked against the entries' SHA-256 (the receiver hashes it as it
+    /// writes it out).
+    pub inline: Vec<u8>,
 }
 
 /// An age file of `plaintext` for every recipient.
@@ -93,9 +97,37 @@ pub fn decrypt<'a, R: BufRead + 'a>(
     decryptor.decrypt(identities.iter().map(|i| i as &dyn age::Identity))
 }
 
-/// Signs `manifest` with `signer` and encrypts the envelope to `recipients`.
+/// The MAC of an age file's header: the 32 bytes encoded after `---` (age v1 format). The
+/// signed manifest binds each segment by it (SPEC.md section 8). `None` if `age_file` does not
+/// start with a well-formed age v1 header.
+pub fn header_mac(age_file: &[u8]) -> Option<[u8; 32]> {
+    use base64::Engine;
+    const VERSION_LINE: &[u8] = b"age-encryption.org/v1\n";
+    const MAC_LINE: &[u8] = b"\n--- ";
+    // 32 bytes in unpadded base64.
+    const MAC_B64_LEN: usize = 43;
+    if !age_file.starts_with(VERSION_LINE) {
+        return None;
+    }
+    // Stanza lines start with "-> " or are base64 bodies: the first "\n--- " is the MAC line.
+    // age headers are short; a header past 64 KiB is not one this sender made.
+    let head = &age_file[..age_file.len().min(64 << 10)];
+    let at = head.windows(MAC_LINE.len()).position(|w| w == MAC_LINE)? + MAC_LINE.len();
+    let encoded = head.get(at..at + MAC_B64_LEN)?;
+    if head.get(at + MAC_B64_LEN) != Some(&b'\n') {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(encoded)
+        .ok()?;
+    decoded.try_into().ok()
+}
+
+/// Signs `manifest` with `signer` and encrypts the envelope, with a pack's `inline` content,
+/// to `recipients`.
 pub fn seal_manifest(
     manifest: &Manifest,
+    inline: &[u8],
     signer: &SigningKey,
     recipients: &[age::x25519::Recipient],
 ) -> Result<Vec<u8>, SealError> {
@@ -104,6 +136,7 @@ pub fn seal_manifest(
     let envelope = SignedManifest {
         manifest,
         signature,
+        inline: inline.to_vec(),
     }
     .to_bytes()
     .map_err(SealError::Manifest)?;
@@ -119,25 +152,31 @@ pub fn open_manifest(
     let undecryptable = |e: &dyn std::fmt::Display| OpenError::Undecryptable(e.to_string());
     let reader = decrypt(ciphertext, identities).map_err(|e| undecryptable(&e))?;
     // Bounded: a signed envelope is never longer than this.
-    let limit = (MAX_ENCODED_LEN + MAX_SIGNATURE_LEN + 64) as u64;
+    let limit = MAX_ENVELOPE_LEN as u64 + 1;
     let mut envelope = Vec::new();
     reader
         .take(limit)
         .read_to_end(&mut envelope)
         .map_err(|e| undecryptable(&e))?;
-    let (manifest, signer) = verify_envelope(&envelope, trusted)?;
+    let (manifest, signer, inline) = verify_envelope(&envelope, trusted)?;
+    if manifest.is_inline() {
+        envelope = Vec::new();
+    }
     Ok(Opened {
         manifest,
         envelope,
         signer,
+        inline,
     })
 }
 
-/// Checks a decrypted envelope: a signature by a trusted key over a well-formed manifest.
+/// Checks a decrypted envelope: a signature by a trusted key over a well-formed manifest,
+/// and inline content exactly as long as the manifest's entries when it is inline (none
+/// otherwise). Returns the manifest, its signer and the inline content.
 pub fn verify_envelope(
     envelope: &[u8],
     trusted: &TrustedKeys,
-) -> Result<(Manifest, KeyId), OpenError> {
+) -> Result<(Manifest, KeyId, Vec<u8>), OpenError> {
     let signed =
         SignedManifest::from_bytes(envelope).map_err(|e| OpenError::Malformed(format!("{e:?}")))?;
     let signer = trusted
@@ -148,14 +187,25 @@ pub fn verify_envelope(
         })?;
     let manifest = Manifest::from_bytes(&signed.manifest)
         .map_err(|e| OpenError::Malformed(format!("{e:?}")))?;
-    Ok((manifest, signer))
+    let expected = if manifest.is_inline() {
+        manifest.content_len()
+    } else {
+        0
+    };
+    if signed.inline.len() as u64 != expected {
+        return Err(OpenError::Malformed(format!(
+            "{} bytes of inline content, the manifest lists {expected}",
+            signed.inline.len()
+        )));
+    }
+    Ok((manifest, signer, signed.inline))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::keys;
-    use sluice_protocol::manifest::{EntryKind, MANIFEST_VERSION};
+    use sluice_protocol::manifest::{Entry, EntryKind, MANIFEST_VERSION};
     use sluice_protocol::wire::{ObjectId, SessionId};
 
     fn manifest() -> Manifest {
@@ -164,14 +214,16 @@ mod tests {
             session: SessionId(1),
             object: ObjectId(2),
             sequence: 1,
-            path: "a/b".into(),
-            kind: EntryKind::File,
-            size: 0,
-            mode: 0o644,
-            mtime_secs: 0,
-            mtime_nanos: 0,
+            entries: vec![Entry {
+                path: "a/b".into(),
+                kind: EntryKind::File,
+                size: 3,
+                mode: 0o644,
+                mtime_secs: 0,
+                mtime_nanos: 0,
+                sha256: [0; 32],
+            }],
             segment_size: 0,
-            sha256: [0; 32],
             segments: Vec::new(),
         }
     }
@@ -186,14 +238,17 @@ mod tests {
         let signer = SigningKey::load(&dir.path().join(keys::SENDER_KEY)).unwrap();
         let trusted = TrustedKeys::load(&[dir.path().join(keys::SENDER_PUB)]).unwrap();
 
-        let sealed = seal_manifest(&manifest(), &signer, &recipients).unwrap();
+        let sealed = seal_manifest(&manifest(), b"abc", &signer, &recipients).unwrap();
         let opened = open_manifest(&sealed, &identities, &trusted).unwrap();
         assert_eq!(opened.manifest, manifest());
         assert_eq!(opened.signer, signer.id());
-        assert_eq!(
-            verify_envelope(&opened.envelope, &trusted).unwrap().0,
-            manifest()
-        );
+        assert_eq!(opened.inline, b"abc");
+        // Inline content of another length than the entries: refused.
+        let short = seal_manifest(&manifest(), b"ab", &signer, &recipients).unwrap();
+        assert!(matches!(
+            open_manifest(&short, &identities, &trusted),
+            Err(OpenError::Malformed(_))
+        ));
 
         let other = tempfile::tempdir().unwrap();
         keys::generate_receiver_keys(other.path()).unwrap();
@@ -215,5 +270,30 @@ mod tests {
             .read_to_end(&mut segment)
             .unwrap();
         assert_eq!(segment, b"segment");
+    }
+
+    #[test]
+    fn the_header_mac_is_the_one_age_wrote() {
+        // An age file made by the stock `age` tool's format: header, "--- " MAC line, payload.
+        let dir = tempfile::tempdir().unwrap();
+        keys::generate_receiver_keys(dir.path()).unwrap();
+        let recipients = keys::load_recipients(&dir.path().join(keys::RECEIVER_PUB)).unwrap();
+        let file = encrypt(b"segment", &recipients).unwrap();
+        let text = String::from_utf8_lossy(&file);
+        let line = text.lines().find(|l| l.starts_with("--- ")).unwrap();
+        let mac = header_mac(&file).unwrap();
+        use base64::Engine;
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(mac),
+            line[4..]
+        );
+        // Two encryptions of the same plaintext: fresh file keys, different MACs.
+        assert_ne!(
+            header_mac(&encrypt(b"segment", &recipients).unwrap()),
+            Some(mac)
+        );
+        assert_eq!(header_mac(b"not an age file"), None);
+        let cut = &file[..text.find("--- ").unwrap() + 20];
+        assert_eq!(header_mac(cut), None);
     }
 }

@@ -175,6 +175,9 @@ pub struct BlockPlan {
 
 /// Fewest repair symbols per pass any block gets (unless repair is off).
 pub const MIN_REPAIR_SYMBOLS: u64 = 4;
+/// Fewest repair symbols per pass a manifest block gets, repair off or not (100 % for a
+/// manifest of up to this many symbols).
+pub const MIN_MANIFEST_REPAIR_SYMBOLS: u64 = 16;
 
 impl BlockPlan {
     /// The repair rule for a block of `len` bytes cut into `symbol_size`-byte symbols, when
@@ -182,8 +185,10 @@ impl BlockPlan {
     ///
     /// - a percentage of a small block is a symbol or two, and a block of few symbols fails on
     ///   a single unlucky loss, so every block gets at least [`MIN_REPAIR_SYMBOLS`] per pass;
-    /// - manifests are small and losing one loses the whole object: at least 100 %;
-    /// - `repair_permille == 0` sends data blocks without repair (manifests keep 100 %).
+    /// - losing a manifest loses its whole object (a pack: many files), so a manifest gets at
+    ///   least [`MIN_MANIFEST_REPAIR_SYMBOLS`] per pass (100 % for a small one), and at least
+    ///   the data's ratio when it is large (a pack's content travels in it);
+    /// - `repair_permille == 0` sends data blocks without repair (manifests keep their floor).
     pub fn for_block(
         kind: BlockKind,
         len: usize,
@@ -194,7 +199,10 @@ impl BlockPlan {
         let k = len.div_ceil(usize::from(symbol_size.max(1))).max(1) as u64;
         let floor = u32::try_from((MIN_REPAIR_SYMBOLS * 1000).div_ceil(k)).unwrap_or(u32::MAX);
         let asked = match kind {
-            BlockKind::Manifest => repair_permille.max(1000),
+            BlockKind::Manifest => {
+                let floor = (MIN_MANIFEST_REPAIR_SYMBOLS * 1000).div_ceil(k).min(1000);
+                repair_permille.max(u32::try_from(floor).unwrap_or(1000))
+            }
             BlockKind::Data => repair_permille,
         };
         BlockPlan {
@@ -631,9 +639,14 @@ mod tests {
         // 2 symbols at 10 %: the floor of 4 repair symbols is 2000 ‰.
         let small = BlockPlan::for_block(BlockKind::Data, 100, 64, 100, 1);
         assert_eq!(small.repair_permille, 2000);
-        // Manifests: at least 100 %, even with repair off.
-        let manifest = BlockPlan::for_block(BlockKind::Manifest, 64 * 40, 64, 0, 1);
+        // Manifests: 16 repair symbols at least, 100 % for small ones, even with repair off.
+        let manifest = BlockPlan::for_block(BlockKind::Manifest, 64 * 10, 64, 0, 1);
         assert_eq!(manifest.repair_permille, 1000);
+        let manifest = BlockPlan::for_block(BlockKind::Manifest, 64 * 40, 64, 0, 1);
+        assert_eq!(manifest.repair_permille, 400);
+        // A pack's manifest (1 MiB of content): the data's ratio, above the floor.
+        let pack = BlockPlan::for_block(BlockKind::Manifest, 1 << 20, 1408, 100, 1);
+        assert_eq!(pack.repair_permille, 100);
         assert_eq!(
             BlockPlan::for_block(BlockKind::Data, 100, 64, 0, 1).repair_permille,
             0

@@ -110,6 +110,8 @@ pub struct Options {
     pub max_objects: usize,
     /// Permission bits published entries may have.
     pub mode_mask: u32,
+    /// Decoder threads.
+    pub workers: usize,
     /// Logging.
     pub log: LogOptions,
 }
@@ -135,6 +137,7 @@ impl Options {
             max_state: None,
             max_objects: DEFAULT_MAX_OBJECTS,
             mode_mask: DEFAULT_MODE_MASK,
+            workers: config::default_workers(),
             log: LogOptions::default(),
         }
     }
@@ -218,6 +221,7 @@ pub fn resolve(args: Args) -> Result<Options, UsageError> {
         state: layers.path("state", args.state)?,
         exit_after_idle,
         max_memory,
+        workers: layers.workers(args.shared.workers)?,
         log: layers.log(args.shared.log)?,
     })
 }

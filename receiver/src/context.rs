@@ -18,9 +18,6 @@ pub(crate) struct Context {
     pub out_path: PathBuf,
     /// The state directory.
     pub state: StateDir,
-    /// Where published files are staged (the state's `tmp/`, or a private directory under
-    /// `--out` when the state lives on another file system): renamed from here.
-    pub staging: Dir,
     /// Permission bits a published file or directory may have: `--mode-mask` less the umask.
     pub mode_mask: u32,
     /// Keys from `--identity`.

@@ -13,25 +13,27 @@
 //!                                                  └──▶ Action::Notice   (log lines)
 //! ```
 //!
-//! Lifecycle of an object: *open* while its blocks are collected (data blocks stored as
-//! ciphertext by the decoders, the manifest opened and verified), *publishing* once the manifest
-//! and every segment it lists are stored, then *done* (delivered, or already delivered) or
-//! *failed*. Done and failed objects stay in the table for the run, so their late blocks are
-//! released at once; delivered ones leave it once committed (their done marker answers then).
+//! Lifecycle of an object: *open* while its blocks are collected (data blocks decrypted into
+//! the object's content file by the decoders, the manifest opened and verified), *publishing*
+//! once the manifest and every segment it lists are stored (at once for a pack: its content
+//! comes in the manifest), then *done* (delivered, or already delivered) or *failed*. Done and
+//! failed objects stay in the table for the run, so their late blocks are released at once;
+//! delivered ones leave it once committed (their done marker answers then). A pack's entries
+//! each get their own outcome.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_common::envelope::Opened;
-use sluice_protocol::manifest::{EntryKind, Manifest};
+use sluice_protocol::manifest::Manifest;
 use sluice_protocol::rx::{Census, Missing, PartialBlock, ReadyBlock};
 use sluice_protocol::wire::{BlockKey, BlockKind, Heartbeat, RelayStatus};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::failure::Failure;
 use crate::outcome::Outcome;
-use crate::state::ObjectKey;
+use crate::state::{ObjectKey, StoredSegment};
 
 /// Bytes of memory a job holds, released when the job is dropped (see the link task).
 pub(crate) type Permit = OwnedSemaphorePermit;
@@ -93,8 +95,8 @@ pub(crate) enum Reply {
     PartialLoaded(BlockKey, Option<PartialBlock>),
     /// The manifest envelope was stored for a later run (or could not be).
     ManifestStored(ObjectKey, Result<(), Failure>),
-    /// Published objects whose directories are now durable, and their bytes.
-    Committed(Vec<(ObjectKey, u64)>),
+    /// Published objects whose directories are now durable.
+    Committed(Vec<Committed>),
     /// A publish found the object's content already in place.
     AlreadyThere(ObjectKey),
     /// An object already delivered is recorded done and its blocks are gone.
@@ -103,12 +105,30 @@ pub(crate) enum Reply {
     PublishFailed(ObjectKey, Failure),
 }
 
+/// A published object: what became of each of its entries, and the bytes written.
+#[derive(Debug)]
+pub(crate) struct Committed {
+    pub obj: ObjectKey,
+    pub bytes: u64,
+    pub entries: Vec<EntryOutcome>,
+}
+
+/// What became of one entry (by its index in the manifest) of a published object.
+#[derive(Debug)]
+pub(crate) enum EntryOutcome {
+    Delivered(usize),
+    /// Its content already sat at its path: not written again.
+    AlreadyThere(usize),
+    Failed(usize, Failure),
+}
+
 /// What became of a decoded block.
 #[derive(Debug)]
 pub(crate) enum BlockResult {
-    /// A data block stored as ciphertext in the state directory.
-    Stored { sha256: [u8; 32], len: u64 },
-    /// A manifest decrypted and verified; `existing` says its content already sits at its path.
+    /// A data block decrypted into the object's content file.
+    Stored(StoredSegment),
+    /// A manifest decrypted and verified; `existing` says a single file's content already
+    /// sits at its path (a pack's entries are looked at when it is published).
     Manifest { opened: Box<Opened>, existing: bool },
     /// The block could not be used.
     Failed(Failure),
@@ -137,20 +157,17 @@ pub(crate) enum DecodeJob {
 pub(crate) enum PublishJob {
     /// Keep the verified manifest envelope for a later run.
     StoreManifest { obj: ObjectKey, envelope: Vec<u8> },
-    /// Decrypt stored segments `..upto` into the staging file ahead of time, if the decoders
-    /// have time to spare (checked against `manifest` when it is known).
-    StageAhead {
-        obj: ObjectKey,
-        upto: u32,
-        manifest: Option<Arc<Manifest>>,
-    },
-    /// Publish a complete object signed by `signer`; with `check_existing`, first see
-    /// whether it is already there.
+    /// Hash the content file's first `upto` bytes (stored segments with no gap) ahead of
+    /// time, if the decoders have time to spare, so publishing only has the tail left.
+    HashAhead { obj: ObjectKey, upto: u64 },
+    /// Publish a complete object signed by `signer` (its content in the content file, or
+    /// `inline` for a pack); with `check_existing`, first see whether it is already there.
     Publish {
         obj: ObjectKey,
         manifest: Arc<Manifest>,
         signer: u64,
         check_existing: bool,
+        inline: Vec<u8>,
     },
     /// Drop what is kept for an object: its staging file, and its stored blocks unless a
     /// later run may still use them.
@@ -239,8 +256,11 @@ struct Entry {
     bytes: u64,
     /// When it entered the table, in arrival order (for evicting the oldest).
     order: u64,
-    /// Stored segments and the SHA-256 of their ciphertext.
-    segments: BTreeMap<u32, [u8; 32]>,
+    /// Segments in the content file.
+    segments: BTreeMap<u32, StoredSegment>,
+    /// Data blocks handed to a decoder and not answered yet (never decoded twice at once: a
+    /// segment's bytes must not change under the hash).
+    decoding: BTreeSet<u32>,
     /// Blocks whose partial symbols are saved in the state dir.
     partials: BTreeSet<(BlockKind, u32)>,
     /// The segment size the first data block of this run carried (all must agree, and agree
@@ -258,15 +278,18 @@ impl Entry {
             bytes: 0,
             order: 0,
             segments: BTreeMap::new(),
+            decoding: BTreeSet::new(),
             partials: BTreeSet::new(),
             segment_size: None,
         }
     }
 
-    /// Whether the block is already stored (its later symbols are not needed).
+    /// Whether the block is stored or being decoded (its later symbols are not needed).
     fn holds(&self, key: BlockKey) -> bool {
         match key.kind {
-            BlockKind::Data => self.segments.contains_key(&key.index),
+            BlockKind::Data => {
+                self.segments.contains_key(&key.index) || self.decoding.contains(&key.index)
+            }
             BlockKind::Manifest => self.manifest.is_some(),
         }
     }
@@ -304,17 +327,24 @@ impl Entry {
         self.missing().is_some_and(|(missing, _)| missing == 0)
     }
 
-    /// Stored segments `0..n` with no gap.
-    fn contiguous(&self) -> u32 {
-        let mut n = 0;
-        while self.segments.contains_key(&n) {
-            n += 1;
+    /// Plaintext bytes of the stored segments `0..n` with no gap.
+    fn contiguous_bytes(&self) -> u64 {
+        let mut bytes = 0;
+        for (n, (index, segment)) in self.segments.iter().enumerate() {
+            if *index as usize != n {
+                break;
+            }
+            bytes += u64::from(segment.plain_len);
         }
-        n
+        bytes
     }
 
-    fn path(&self) -> Option<String> {
-        self.manifest.as_ref().map(|m| m.path.clone())
+    /// The paths of its entries, once the manifest is known.
+    fn paths(&self) -> Vec<String> {
+        self.manifest
+            .iter()
+            .flat_map(|m| m.entries.iter().map(|e| e.path.clone()))
+            .collect()
     }
 }
 
@@ -324,7 +354,7 @@ pub(crate) struct Resumed {
     pub obj: ObjectKey,
     /// The manifest and its signer's key id.
     pub manifest: Option<(Manifest, u64)>,
-    pub segments: Vec<(u32, [u8; 32])>,
+    pub segments: Vec<StoredSegment>,
     pub partials: BTreeSet<(BlockKind, u32)>,
     /// Bytes it holds in the state directory.
     pub bytes: u64,
@@ -388,7 +418,8 @@ impl Delivery {
                 entry.manifest = Some(Arc::new(manifest));
                 entry.signer = signer;
             }
-            entry.segments = left.segments.into_iter().collect();
+            entry.segment_size = left.segments.first().map(|s| s.segment_size);
+            entry.segments = left.segments.into_iter().map(|s| (s.index, s)).collect();
             entry.partials = left.partials;
             entry.bytes = left.bytes;
             if entry.is_complete() {
@@ -400,7 +431,7 @@ impl Delivery {
         for obj in complete {
             // An earlier run may have stopped between the rename and recording the object
             // done: the publisher checks for the content first.
-            delivery.publish(obj, true);
+            delivery.publish(obj, true, Vec::new());
         }
         delivery.enforce_limits();
         delivery
@@ -620,6 +651,9 @@ impl Delivery {
             }
         }
         let drop_partial = entry.partials.contains(&(block.key.kind, block.key.index));
+        if block.key.kind == BlockKind::Data {
+            entry.decoding.insert(block.key.index);
+        }
         self.push(Action::Decode(DecodeJob::Decode {
             block,
             permit,
@@ -670,8 +704,13 @@ impl Delivery {
                     self.stats.blocks_decoded += 1;
                     self.stats.blocks_recovered += u64::from(recovered);
                 }
+                if key.kind == BlockKind::Data {
+                    if let Some(entry) = self.objects.get_mut(&ObjectKey::of(&key)) {
+                        entry.decoding.remove(&key.index);
+                    }
+                }
                 match result {
-                    BlockResult::Stored { sha256, len } => self.on_stored(key, sha256, len),
+                    BlockResult::Stored(segment) => self.on_stored(key, segment),
                     BlockResult::Manifest { opened, existing } => {
                         self.on_manifest(key, *opened, existing)
                     }
@@ -699,8 +738,8 @@ impl Delivery {
             }
             Reply::Committed(published) => {
                 self.answered(published.len());
-                for (obj, bytes) in published {
-                    self.on_committed(obj, bytes, now);
+                for committed in published {
+                    self.on_committed(committed, now);
                 }
             }
             Reply::AlreadyThere(obj) => {
@@ -749,7 +788,7 @@ impl Delivery {
         }
     }
 
-    fn on_stored(&mut self, key: BlockKey, sha256: [u8; 32], len: u64) {
+    fn on_stored(&mut self, key: BlockKey, segment: StoredSegment) {
         let obj = ObjectKey::of(&key);
         let Some(entry) = self
             .objects
@@ -758,44 +797,32 @@ impl Delivery {
         else {
             return self.clean_stray(obj);
         };
-        entry.segments.insert(key.index, sha256);
+        entry.segments.insert(key.index, segment);
         entry.partials.remove(&(BlockKind::Data, key.index));
         let verdict = match &entry.manifest {
             None => Ok(false),
-            Some(m) => check_segment(m, key.index, &sha256, len).map(|()| entry.is_complete()),
+            Some(m) => check_segment(m, &segment).map(|()| entry.is_complete()),
         };
-        self.add_bytes(obj, len + crate::state::SEGMENT_HEADER_LEN);
+        self.add_bytes(obj, u64::from(segment.plain_len));
         if !self.is_open(&obj) {
             // Evicted to make room for what it just stored.
             return;
         }
         match verdict {
-            Ok(true) => self.publish(obj, false),
-            Ok(false) => self.stage_ahead(obj),
+            Ok(true) => self.publish(obj, false, Vec::new()),
+            Ok(false) => self.hash_ahead(obj),
             Err(failure) => self.fail(obj, failure),
         }
     }
 
-    /// Lets the publisher decrypt stored segments ahead of the manifest (which comes last).
-    fn stage_ahead(&mut self, obj: ObjectKey) {
+    /// Lets the publisher hash the stored content ahead of the manifest (which comes last).
+    fn hash_ahead(&mut self, obj: ObjectKey) {
         let Some(entry) = self.objects.get(&obj) else {
             return;
         };
-        if entry
-            .manifest
-            .as_ref()
-            .is_some_and(|m| m.kind == EntryKind::Directory)
-        {
-            return;
-        }
-        let upto = entry.contiguous();
+        let upto = entry.contiguous_bytes();
         if upto > 0 {
-            let manifest = entry.manifest.clone();
-            self.push(Action::Publish(PublishJob::StageAhead {
-                obj,
-                upto,
-                manifest,
-            }));
+            self.push(Action::Publish(PublishJob::HashAhead { obj, upto }));
         }
     }
 
@@ -804,48 +831,55 @@ impl Delivery {
         if !self.is_open(&obj) {
             return;
         }
-        if let Some(entry) = self.objects.get_mut(&obj) {
-            entry.partials.remove(&(BlockKind::Manifest, 0));
-            entry.signer = opened.signer.0;
-            if existing {
-                entry.manifest = Some(Arc::new(opened.manifest));
-                return self.finish_already_delivered(obj);
-            }
-            let manifest = opened.manifest;
-            let first_block = entry.segment_size.filter(|s| *s != manifest.segment_size);
-            let checked = entry.segments.iter().try_for_each(|(i, sha)| {
-                match manifest.segments.get(*i as usize) {
-                    Some(info) if info.ciphertext_sha256 == *sha => Ok(()),
-                    Some(_) => Err(Failure::SegmentMismatch(*i)),
-                    None => Err(Failure::SegmentUnexpected(*i)),
-                }
-            });
-            let checked = match first_block {
-                Some(got) => Err(Failure::SegmentSize {
-                    index: entry.segments.keys().next().copied().unwrap_or(0),
-                    expected: manifest.segment_size,
-                    got,
-                }),
-                None => checked,
+        let Some(entry) = self.objects.get_mut(&obj) else {
+            return;
+        };
+        entry.partials.remove(&(BlockKind::Manifest, 0));
+        entry.signer = opened.signer.0;
+        let manifest = Arc::new(opened.manifest);
+        entry.manifest = Some(manifest.clone());
+        if existing {
+            return self.finish_already_delivered(obj);
+        }
+        if manifest.is_inline() {
+            // A pack (or a directory, or an empty file): everything came with the manifest.
+            let stray = entry.segments.keys().next().copied();
+            return match stray {
+                Some(index) => self.fail(obj, Failure::SegmentUnexpected(index)),
+                None => self.publish(obj, false, opened.inline),
             };
-            entry.manifest = Some(Arc::new(manifest));
-            match checked.map(|()| entry.is_complete()) {
-                Ok(true) => self.publish(obj, false),
-                Ok(false) => {
-                    let bytes = opened.envelope.len() as u64;
-                    self.push(Action::Publish(PublishJob::StoreManifest {
-                        obj,
-                        envelope: opened.envelope,
-                    }));
-                    self.stage_ahead(obj);
-                    self.add_bytes(obj, bytes);
-                }
-                Err(failure) => self.fail(obj, failure),
+        }
+        let size_differs = entry
+            .segment_size
+            .filter(|s| *s != manifest.segment_size)
+            .map(|got| Failure::SegmentSize {
+                index: entry.segments.keys().next().copied().unwrap_or(0),
+                expected: manifest.segment_size,
+                got,
+            });
+        let checked = match size_differs {
+            Some(failure) => Err(failure),
+            None => entry
+                .segments
+                .values()
+                .try_for_each(|segment| check_segment(&manifest, segment)),
+        };
+        match checked.map(|()| entry.is_complete()) {
+            Ok(true) => self.publish(obj, false, Vec::new()),
+            Ok(false) => {
+                let bytes = opened.envelope.len() as u64;
+                self.push(Action::Publish(PublishJob::StoreManifest {
+                    obj,
+                    envelope: opened.envelope,
+                }));
+                self.hash_ahead(obj);
+                self.add_bytes(obj, bytes);
             }
+            Err(failure) => self.fail(obj, failure),
         }
     }
 
-    fn publish(&mut self, obj: ObjectKey, check_existing: bool) {
+    fn publish(&mut self, obj: ObjectKey, check_existing: bool, inline: Vec<u8>) {
         let Some(entry) = self.objects.get_mut(&obj) else {
             return;
         };
@@ -859,28 +893,57 @@ impl Delivery {
             manifest,
             signer,
             check_existing,
+            inline,
         }));
     }
 
-    fn on_committed(&mut self, obj: ObjectKey, bytes: u64, now: Instant) {
-        // Delivered objects leave the table: their done marker answers for them from now on.
+    fn on_committed(&mut self, committed: Committed, now: Instant) {
+        let Committed {
+            obj,
+            bytes,
+            entries,
+        } = committed;
+        // Published objects leave the table: their done marker answers for them from now on.
         let Some(entry) = self.objects.remove(&obj) else {
             return;
         };
         let Some(manifest) = entry.manifest else {
             return;
         };
-        self.stats.objects_delivered += 1;
         self.stats.bytes_delivered += bytes;
-        self.stats.last_delivery = Some(now);
         let duration = entry
             .first_seen
             .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
-        self.push(Action::Emit(Outcome::Delivered {
-            obj,
-            manifest,
-            duration,
-        }));
+        for outcome in entries {
+            let outcome = match outcome {
+                EntryOutcome::Delivered(entry) => {
+                    self.stats.objects_delivered += 1;
+                    self.stats.last_delivery = Some(now);
+                    Outcome::Delivered {
+                        obj,
+                        manifest: manifest.clone(),
+                        entry,
+                        duration,
+                    }
+                }
+                EntryOutcome::AlreadyThere(entry) => {
+                    self.stats.objects_already_delivered += 1;
+                    Outcome::AlreadyDelivered {
+                        obj,
+                        manifest: Some((manifest.clone(), entry)),
+                    }
+                }
+                EntryOutcome::Failed(entry, failure) => {
+                    self.stats.objects_failed += 1;
+                    Outcome::Failed {
+                        obj,
+                        path: manifest.entries.get(entry).map(|e| e.path.clone()),
+                        failure,
+                    }
+                }
+            };
+            self.push(Action::Emit(outcome));
+        }
     }
 
     /// The content is already in `--out`: the object is done without writing. It stays in
@@ -895,7 +958,10 @@ impl Delivery {
         entry.partials.clear();
         self.stats.objects_already_delivered += 1;
         self.push(Action::Publish(PublishJob::Finish(obj)));
-        self.push(Action::Emit(Outcome::AlreadyDelivered { obj, manifest }));
+        self.push(Action::Emit(Outcome::AlreadyDelivered {
+            obj,
+            manifest: manifest.map(|m| (m, 0)),
+        }));
     }
 
     /// Reports an object failed (once), and drops its blocks unless a later run may use them.
@@ -907,7 +973,7 @@ impl Delivery {
             return;
         }
         let kept = failure.keeps_state();
-        let path = entry.path();
+        let paths = entry.paths();
         self.close(obj, Status::Failed { kept });
         let Some(entry) = self.objects.get_mut(&obj) else {
             return;
@@ -915,12 +981,24 @@ impl Delivery {
         entry.manifest = None;
         entry.segments.clear();
         entry.partials.clear();
-        self.stats.objects_failed += 1;
         self.push(Action::Publish(PublishJob::Discard {
             obj,
             remove_state: !kept,
         }));
-        self.push(Action::Emit(Outcome::Failed { obj, path, failure }));
+        // One outcome per entry the object was known to carry (one, unknown, if none).
+        let paths: Vec<Option<String>> = if paths.is_empty() {
+            vec![None]
+        } else {
+            paths.into_iter().map(Some).collect()
+        };
+        for path in paths {
+            self.stats.objects_failed += 1;
+            self.push(Action::Emit(Outcome::Failed {
+                obj,
+                path,
+                failure: failure.clone(),
+            }));
+        }
     }
 
     // ----- the end of the run -----
@@ -963,16 +1041,31 @@ impl Delivery {
     }
 }
 
-/// Checks a stored segment against the manifest entry for it.
-fn check_segment(m: &Manifest, index: u32, sha256: &[u8; 32], len: u64) -> Result<(), Failure> {
-    match m.segments.get(index as usize) {
-        None => Err(Failure::SegmentUnexpected(index)),
-        Some(info) if u64::from(info.ciphertext_len) != len => {
-            Err(Failure::SegmentUnexpected(index))
-        }
-        Some(info) if info.ciphertext_sha256 != *sha256 => Err(Failure::SegmentMismatch(index)),
-        Some(_) => Ok(()),
+/// Checks a stored segment against the signed manifest: listed, placed with the manifest's
+/// segment size, as long as its place says, and decrypted from the age file the manifest
+/// binds (same header MAC and length).
+fn check_segment(m: &Manifest, segment: &StoredSegment) -> Result<(), Failure> {
+    let index = segment.index;
+    let (Some(info), Some(plain_len)) = (
+        m.segments.get(index as usize),
+        m.segment_plain_len(index as usize),
+    ) else {
+        return Err(Failure::SegmentUnexpected(index));
+    };
+    if segment.segment_size != m.segment_size {
+        return Err(Failure::SegmentSize {
+            index,
+            expected: m.segment_size,
+            got: segment.segment_size,
+        });
     }
+    if info.header_mac != segment.header_mac {
+        return Err(Failure::SegmentMismatch(index));
+    }
+    if u64::from(segment.plain_len) != plain_len || info.ciphertext_len != segment.ciphertext_len {
+        return Err(Failure::SegmentUnexpected(index));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -980,7 +1073,7 @@ mod tests {
     use super::*;
     use sluice_common::keys::KeyId;
     use sluice_protocol::fec::ReedSolomon;
-    use sluice_protocol::manifest::{SegmentInfo, MANIFEST_VERSION};
+    use sluice_protocol::manifest::{Entry, EntryKind, SegmentInfo, MANIFEST_VERSION};
     use sluice_protocol::rx::{Assembler, Event, RxConfig};
     use sluice_protocol::tx::{BlockPlan, OutgoingBlock, Scheduler, Transmit, TxConfig};
     use sluice_protocol::wire::{LinkKey, ObjectId, SessionId};
@@ -1046,44 +1139,69 @@ mod tests {
         panic!("block never ready");
     }
 
-    fn manifest(segments: &[[u8; 32]]) -> Opened {
+    fn entry(path: &str, kind: EntryKind, size: u64) -> Entry {
+        Entry {
+            path: path.into(),
+            kind,
+            size,
+            mode: 0o644,
+            mtime_secs: 0,
+            mtime_nanos: 0,
+            sha256: [0; 32],
+        }
+    }
+
+    /// A file in full segments whose age files have the header MACs `macs`.
+    fn manifest(macs: &[[u8; 32]]) -> Opened {
+        let size = u64::from(SEGMENT) * macs.len() as u64;
         Opened {
             manifest: Manifest {
                 version: MANIFEST_VERSION,
                 session: OBJ.session,
                 object: OBJ.object,
                 sequence: 1,
-                path: "dir/file".into(),
-                kind: EntryKind::File,
-                size: u64::from(SEGMENT) * segments.len() as u64,
-                mode: 0o644,
-                mtime_secs: 0,
-                mtime_nanos: 0,
+                entries: vec![entry("dir/file", EntryKind::File, size)],
                 segment_size: SEGMENT,
-                sha256: [0; 32],
-                segments: segments
+                segments: macs
                     .iter()
-                    .map(|sha| SegmentInfo {
+                    .map(|mac| SegmentInfo {
                         ciphertext_len: 100,
-                        ciphertext_sha256: *sha,
+                        header_mac: *mac,
                     })
                     .collect(),
             },
             envelope: b"envelope".to_vec(),
             signer: KeyId(1),
+            inline: Vec::new(),
         }
     }
 
-    fn stored(d: &mut Delivery, index: u32, sha: [u8; 32]) {
+    /// A full segment, decrypted from an age file whose header MAC is `mac`.
+    fn segment(index: u32, mac: [u8; 32]) -> StoredSegment {
+        StoredSegment {
+            index,
+            segment_size: SEGMENT,
+            plain_len: SEGMENT,
+            ciphertext_len: 100,
+            header_mac: mac,
+        }
+    }
+
+    fn stored(d: &mut Delivery, index: u32, mac: [u8; 32]) {
         let reply = Reply::Block {
             key: key(BlockKind::Data, index),
             recovered: Some(false),
-            result: BlockResult::Stored {
-                sha256: sha,
-                len: 100,
-            },
+            result: BlockResult::Stored(segment(index, mac)),
         };
         d.handle_reply(reply, Instant::now());
+    }
+
+    fn committed(obj: ObjectKey, bytes: u64, entries: Vec<EntryOutcome>) -> Reply {
+        Reply::Committed(vec![Committed {
+            obj,
+            bytes,
+            entries,
+        }])
     }
 
     fn opened(d: &mut Delivery, opened: Opened) {
@@ -1116,17 +1234,21 @@ mod tests {
                 Action::Decode(DecodeJob::SavePartial { .. }) => "save-partial".into(),
                 Action::Decode(DecodeJob::LoadPartial(k)) => format!("load-partial {}", k.index),
                 Action::Publish(PublishJob::StoreManifest { .. }) => "store-manifest".into(),
-                Action::Publish(PublishJob::StageAhead { upto, .. }) => {
-                    format!("stage-ahead {upto}")
+                Action::Publish(PublishJob::HashAhead { upto, .. }) => {
+                    format!("hash-ahead {upto}")
                 }
-                Action::Publish(PublishJob::Publish { check_existing, .. }) => {
-                    format!("publish {check_existing}")
+                Action::Publish(PublishJob::Publish {
+                    check_existing,
+                    inline,
+                    ..
+                }) => {
+                    format!("publish {check_existing} {}", inline.len())
                 }
                 Action::Publish(PublishJob::Discard { remove_state, .. }) => {
                     format!("discard {remove_state}")
                 }
                 Action::Publish(PublishJob::Finish(_)) => "finish".into(),
-                Action::Emit(Outcome::Delivered { .. }) => "delivered".into(),
+                Action::Emit(Outcome::Delivered { entry, .. }) => format!("delivered {entry}"),
                 Action::Emit(Outcome::AlreadyDelivered { manifest, .. }) => {
                     format!("already-delivered {}", manifest.is_some())
                 }
@@ -1150,12 +1272,12 @@ mod tests {
         link(&mut d, LinkEvent::BlockReady(block, permit), false);
         assert_eq!(actions(&mut d), ["decode 0"]);
         stored(&mut d, 0, [1; 32]);
-        assert_eq!(actions(&mut d), ["stage-ahead 1"]);
+        assert_eq!(actions(&mut d), ["hash-ahead 65536"]);
         opened(&mut d, manifest(&[[1; 32], [2; 32]]));
-        assert_eq!(actions(&mut d), ["store-manifest", "stage-ahead 1"]);
+        assert_eq!(actions(&mut d), ["store-manifest", "hash-ahead 65536"]);
         d.handle_reply(Reply::ManifestStored(OBJ, Ok(())), Instant::now());
         stored(&mut d, 1, [2; 32]);
-        assert_eq!(actions(&mut d), ["publish false"]);
+        assert_eq!(actions(&mut d), ["publish false 0"]);
         // Blocks of an object being published are not needed any more.
         link(
             &mut d,
@@ -1163,8 +1285,11 @@ mod tests {
             false,
         );
         assert_eq!(actions(&mut d), ["mark-done Data1"]);
-        d.handle_reply(Reply::Committed(vec![(OBJ, 20)]), Instant::now());
-        assert_eq!(actions(&mut d), ["delivered"]);
+        d.handle_reply(
+            committed(OBJ, 20, vec![EntryOutcome::Delivered(0)]),
+            Instant::now(),
+        );
+        assert_eq!(actions(&mut d), ["delivered 0"]);
         let stats = d.stats();
         assert_eq!((stats.objects_delivered, stats.bytes_delivered), (1, 20));
         assert_eq!((stats.blocks_decoded, stats.blocks_recovered), (3, 1));
@@ -1251,11 +1376,14 @@ mod tests {
             false,
         );
         stored(&mut d, 0, [9; 32]);
-        assert_eq!(actions(&mut d), ["stage-ahead 1"]);
+        assert_eq!(actions(&mut d), ["hash-ahead 65536"]);
         opened(&mut d, manifest(&[[1; 32]]));
         assert_eq!(
             actions(&mut d),
-            ["discard true", "failed: segment 0 SHA-256 mismatch"]
+            [
+                "discard true",
+                "failed: segment 0 does not match the signed manifest"
+            ]
         );
         assert_eq!(d.stats().objects_failed, 1);
         // A block decoded meanwhile lands in the state directory: it is removed again, and the
@@ -1313,7 +1441,7 @@ mod tests {
             vec![Resumed {
                 obj: OBJ,
                 manifest: None,
-                segments: vec![(0, [1; 32])],
+                segments: vec![segment(0, [1; 32])],
                 partials: [(BlockKind::Data, 1)].into_iter().collect(),
                 bytes: 148,
             }],
@@ -1407,15 +1535,15 @@ mod tests {
                     ..key(BlockKind::Data, 0)
                 },
                 recovered: Some(false),
-                result: BlockResult::Stored {
-                    sha256: [0; 32],
-                    len: len - crate::state::SEGMENT_HEADER_LEN,
-                },
+                result: BlockResult::Stored(StoredSegment {
+                    plain_len: len as u32,
+                    ..segment(0, [0; 32])
+                }),
             };
             d.handle_reply(reply, Instant::now());
         };
         store(&mut d, 2, 900);
-        assert_eq!(actions(&mut d), ["stage-ahead 1"]);
+        assert_eq!(actions(&mut d), ["hash-ahead 900"]);
         store(&mut d, 3, 200);
         let got = actions(&mut d);
         assert!(

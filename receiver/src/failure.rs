@@ -30,7 +30,8 @@ pub enum Failure {
         /// Why.
         error: String,
     },
-    /// A decoded segment does not have the SHA-256 the signed manifest gives.
+    /// A decoded segment is not the one the signed manifest binds (another age file: its
+    /// header MAC differs).
     SegmentMismatch(u32),
     /// A decoded segment the manifest does not list, or of another length.
     SegmentUnexpected(u32),
@@ -44,8 +45,6 @@ pub enum Failure {
         /// The block's.
         got: u32,
     },
-    /// A stored segment changed on disk after it was decoded and checked.
-    StoredSegmentDamaged(u32),
     /// A segment does not decrypt.
     SegmentUndecryptable(u32, String),
     /// The decrypted content is not as long as the manifest says.
@@ -107,7 +106,9 @@ impl fmt::Display for Failure {
                 "refused path \"{}\": {error}",
                 sluice_common::paths::escaped(path)
             ),
-            Failure::SegmentMismatch(i) => write!(f, "segment {i} SHA-256 mismatch"),
+            Failure::SegmentMismatch(i) => {
+                write!(f, "segment {i} does not match the signed manifest")
+            }
             Failure::SegmentUnexpected(i) => {
                 write!(
                     f,
@@ -122,9 +123,6 @@ impl fmt::Display for Failure {
                 f,
                 "segment {index} carries segment size {got}, the object has {expected}"
             ),
-            Failure::StoredSegmentDamaged(i) => {
-                write!(f, "stored segment {i} damaged in the state directory")
-            }
             Failure::SegmentUndecryptable(i, e) => write!(f, "segment {i} does not decrypt: {e}"),
             Failure::SizeMismatch { expected, got } => write!(
                 f,
@@ -155,7 +153,7 @@ mod tests {
     fn failure_texts_are_the_documented_phrases() {
         assert_eq!(
             Failure::SegmentMismatch(3).to_string(),
-            "segment 3 SHA-256 mismatch"
+            "segment 3 does not match the signed manifest"
         );
         assert_eq!(
             Failure::Incomplete {

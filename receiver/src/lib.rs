@@ -114,9 +114,8 @@ impl Receiver {
             options.out.display()
         )))?;
         let state_path = options.state_dir();
-        let state = StateDir::open(&state_path).map_err(error::state_error)?;
+        let state = StateDir::open(&state_path, &out, &options.out).map_err(error::state_error)?;
         let reserved = reserved_name(&options.out, &state_path);
-        let staging = staging_dir(&out, &options.out, &state)?;
         let mode_mask = options.mode_mask & !process_umask();
         let max_state_bytes = match options.max_state {
             Some(bytes) => bytes,
@@ -139,7 +138,6 @@ impl Receiver {
             out,
             out_path: options.out.clone(),
             state,
-            staging,
             mode_mask,
             identities,
             identity_path: options.identity.clone(),
@@ -195,11 +193,7 @@ impl Receiver {
         let (publish_tx, publish_rx) = flume::unbounded();
         let (command_tx, command_rx) = flume::unbounded();
 
-        let workers = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-            .clamp(2, 4);
-        let mut threads = workers::spawn(workers, &ctx, &decode_rx, &input_tx)
+        let mut threads = workers::spawn(options.workers, &ctx, &decode_rx, &input_tx)
             .map_err(io_error("cannot start decoder threads"))?;
         drop(decode_rx);
         threads.push(
@@ -282,42 +276,6 @@ fn reserved_name(out: &Path, state: &Path) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Where staging files go: the state's `tmp/` when it shares a file system with `--out`
-/// (rename is atomic only within one), else a private `.sluice-state/staging` under `--out`
-/// (a reserved name no object can take).
-fn staging_dir(out: &Dir, out_path: &Path, state: &StateDir) -> Result<Dir, Error> {
-    let device = |dir: &Dir| dir.stat_self().map(|e| e.device).ok();
-    if device(out) == device(state.tmp()) {
-        return state
-            .tmp()
-            .try_clone()
-            .map_err(io_error("cannot open the staging directory"));
-    }
-    let shown = out_path
-        .join(sluice_common::paths::RESERVED_STATE_DIR)
-        .join("staging");
-    tracing::warn!(
-        state = %state.path().display(),
-        staging = %shown.display(),
-        "the state directory is on another file system than --out; staging files in --out"
-    );
-    let (staging, _) = out
-        .walk(
-            &[sluice_common::paths::RESERVED_STATE_DIR, "staging"],
-            Some(0o700),
-            out_path,
-        )
-        .map_err(|e| Error::Io {
-            what: format!("cannot create {}", shown.display()),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-    let entry = staging
-        .stat_self()
-        .map_err(io_error(format!("cannot open {}", shown.display())))?;
-    state::check_private(&shown, &entry).map_err(error::state_error)?;
-    Ok(staging)
-}
-
 /// The process umask (read by setting it, then setting it back).
 fn process_umask() -> u32 {
     let mask = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
@@ -347,10 +305,14 @@ fn load_leftovers(ctx: &Context) -> Result<Vec<Resumed>, Error> {
     let mut resumed = Vec::with_capacity(leftovers.len());
     for (obj, left) in leftovers {
         let manifest = match left.manifest.as_deref().map(|envelope| {
-            let (manifest, signer) =
+            let (manifest, signer, _) =
                 sluice_common::envelope::verify_envelope(envelope, &ctx.trusted)
                     .map_err(|e| workers::open_failure(ctx, e))?;
-            publish::check_path(ctx, &manifest.path)?;
+            // Only a segmented file's manifest is ever stored.
+            match manifest.entries.as_slice() {
+                [entry] if !manifest.is_inline() => publish::check_path(ctx, &entry.path)?,
+                _ => return Err(failure::Failure::ManifestMismatch),
+            }
             Ok::<_, failure::Failure>((manifest, signer.0))
         }) {
             None => None,
@@ -366,7 +328,7 @@ fn load_leftovers(ctx: &Context) -> Result<Vec<Resumed>, Error> {
         resumed.push(Resumed {
             obj,
             manifest,
-            segments: left.segments.iter().map(|(i, sha, _)| (*i, *sha)).collect(),
+            segments: left.segments,
             partials: left.partials,
             bytes: left.bytes,
         });

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sluice_common::outcome::Subscriber;
 use sluice_common::paths;
-use sluice_protocol::manifest::Manifest;
+use sluice_protocol::manifest::{Entry, Manifest};
 
 use crate::failure::Failure;
 use crate::state::ObjectKey;
@@ -17,18 +17,21 @@ use crate::summary::FailedObject;
 /// The fate of one object (or, for objects lost whole, of several).
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    /// Published under `--out`, durable.
+    /// Entry `entry` of the object's manifest (the only one, or one of a pack's) is
+    /// published under `--out`, durable.
     Delivered {
         obj: ObjectKey,
         manifest: Arc<Manifest>,
-        /// From its first block in this run to its commit.
+        entry: usize,
+        /// From its object's first block in this run to its commit.
         duration: Duration,
     },
     /// Already in `--out` (an earlier pass or run delivered it): not written again. The
-    /// manifest is known when the content was recognised, not when a done marker answered.
+    /// manifest and entry are known when the content was recognised, not when a done marker
+    /// answered for the whole object.
     AlreadyDelivered {
         obj: ObjectKey,
-        manifest: Option<Arc<Manifest>>,
+        manifest: Option<(Arc<Manifest>, usize)>,
     },
     /// Refused, failed, or left incomplete.
     Failed {
@@ -107,29 +110,41 @@ impl Subscriber<Outcome> for LogLine {
         match outcome {
             Outcome::Delivered {
                 obj,
-                manifest: m,
+                manifest,
+                entry,
                 duration,
-            } => tracing::info!(
-                object = %obj,
-                path = %paths::escaped(&m.path),
-                kind = ?m.kind,
-                sha256 = %hex::encode(m.sha256),
-                size = m.size,
-                duration_ms = duration.as_millis() as u64,
-                "delivered {}",
-                paths::escaped(&m.path)
-            ),
+            } => {
+                let Some(e) = manifest.entries.get(*entry) else {
+                    return;
+                };
+                tracing::info!(
+                    object = %obj,
+                    path = %paths::escaped(&e.path),
+                    kind = ?e.kind,
+                    sha256 = %sha256_of(e),
+                    size = e.size,
+                    packed = manifest.entries.len() > 1,
+                    duration_ms = duration.as_millis() as u64,
+                    "delivered {}",
+                    paths::escaped(&e.path)
+                )
+            }
             Outcome::AlreadyDelivered {
                 obj,
-                manifest: Some(m),
-            } => tracing::info!(
-                object = %obj,
-                path = %paths::escaped(&m.path),
-                sha256 = %hex::encode(m.sha256),
-                size = m.size,
-                "already delivered {}",
-                paths::escaped(&m.path)
-            ),
+                manifest: Some((manifest, entry)),
+            } => {
+                let Some(e) = manifest.entries.get(*entry) else {
+                    return;
+                };
+                tracing::info!(
+                    object = %obj,
+                    path = %paths::escaped(&e.path),
+                    sha256 = %sha256_of(e),
+                    size = e.size,
+                    "already delivered {}",
+                    paths::escaped(&e.path)
+                )
+            }
             Outcome::AlreadyDelivered {
                 obj,
                 manifest: None,
@@ -158,6 +173,14 @@ impl Subscriber<Outcome> for LogLine {
                 }
             }
         }
+    }
+}
+
+/// An entry's SHA-256 for the log (empty for a directory).
+fn sha256_of(entry: &Entry) -> String {
+    match entry.kind {
+        sluice_protocol::manifest::EntryKind::File => hex::encode(entry.sha256),
+        sluice_protocol::manifest::EntryKind::Directory => String::new(),
     }
 }
 

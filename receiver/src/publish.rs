@@ -1,13 +1,15 @@
-//! Publishing: turns a complete, verified object into a file or directory under `--out`,
+//! Publishing: turns a complete, verified object into files and directories under `--out`,
 //! atomically, through directory fds only.
 //!
 //! ```text
-//!  seg-0 ─┐                                      staging file (state tmp/, 0600, by fd)
-//!  seg-1 ─┼─► age decrypt ─► SHA-256(plaintext) + byte count ─► write
-//!  seg-n ─┘   (ciphertext SHA-256 checked against the signed manifest when decoded)
-//!        then: fchmod, futimens, fsync ─► walk --out one component at a time (openat,
-//!        O_NOFOLLOW; mkdirat for what is missing) ─► refuse a symlink, a directory or a
-//!        Unicode twin at the name ─► renameat(staging, parent fd, name) ─► fsync the parent
+//!  segmented file: content file (staging, 0600; each segment decrypted to its offset by the
+//!                  decoders) ─► SHA-256 in order (ahead of time while waiting) ─► size and
+//!                  hash against the manifest ─► fchmod, futimens, fsync
+//!  pack entry:     inline content ─► SHA-256 ─► new staging file, fchmod, futimens (no fsync:
+//!                  one syncfs covers the pack's files)
+//!  then, per entry: walk --out one component at a time (openat, O_NOFOLLOW; mkdirat for what
+//!  is missing) ─► refuse a symlink, a directory or a Unicode twin at the name ─►
+//!  renameat(staging, parent fd, name); the publisher fsyncs the parents for many entries
 //! ```
 //!
 //! `--out` is opened once; nothing below it is ever resolved by path, so a local user who can
@@ -16,22 +18,23 @@
 //! through the fd of what was opened. Permission bits are the sender's masked by
 //! `--mode-mask` (default 0755: never setuid, setgid, sticky, group- or other-writable) and by
 //! the receiver's umask; a directory that existed before keeps its mode unless this receiver
-//! delivered it. One segment is in flight at a time, so memory does not depend on file size.
+//! delivered it. Content is read through one buffer, so memory does not depend on file size.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
 use sluice_common::beneath::{self, Dir, Kind, WalkError};
 use sluice_common::paths::{self, PathError};
-use sluice_protocol::manifest::{EntryKind, Manifest};
+use sluice_protocol::manifest::{Entry, EntryKind};
 
 use crate::context::Context;
 use crate::failure::Failure;
 use crate::records::Delivery;
-use crate::state::ObjectKey;
+use crate::state::{ObjectKey, StateDir};
 
 /// Read and write buffer sizes while publishing.
 pub(crate) const IO_BUFFER: usize = 256 * 1024;
@@ -196,13 +199,13 @@ fn with_writable_dir<T>(dir: &Dir, f: impl FnOnce() -> io::Result<T>) -> io::Res
     result
 }
 
-/// A published object: its bytes, the directory whose entry changed (to be fsynced by the
+/// A published entry: its bytes, the directory whose entry changed (to be fsynced by the
 /// caller, which batches that for many small files), and what to record.
 #[derive(Debug)]
 pub(crate) struct Published {
     /// Plaintext bytes written.
     pub bytes: u64,
-    /// The parent directory the object was renamed or created in.
+    /// The parent directory the entry was renamed or created in.
     pub dir: Dir,
     /// The record of this delivery.
     pub delivery: Delivery,
@@ -210,99 +213,81 @@ pub(crate) struct Published {
     pub created_dirs: Vec<(String, Delivery)>,
 }
 
-/// Publishes a complete object (everything but the final fsync of its directory).
-pub(crate) fn publish(
-    ctx: &Context,
-    obj: ObjectKey,
-    manifest: &Manifest,
-    signer: u64,
-    dirs: &mut DirCache,
-    staged: Option<Staged>,
-    buf: &mut [u8],
-) -> Result<Published, Failure> {
-    let checked = check_path(ctx, &manifest.path);
-    match (checked, manifest.kind) {
-        (Ok(()), EntryKind::File) => publish_file(ctx, obj, manifest, signer, dirs, staged, buf),
-        (checked, _) => {
-            if let Some(staged) = staged {
-                staged.discard(ctx);
-            }
-            checked.and_then(|()| publish_dir(ctx, manifest, signer, dirs))
-        }
-    }
+/// Who made an entry and when: what its delivery record keeps besides the entry itself.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Signed {
+    pub signer: u64,
+    pub sequence: u64,
 }
 
-fn delivery(
-    ctx: &Context,
-    m: &Manifest,
-    signer: u64,
-    entry: beneath::Entry,
-    dir: bool,
-) -> Delivery {
+fn delivery(ctx: &Context, e: &Entry, signed: Signed, entry: beneath::Entry) -> Delivery {
+    let dir = e.kind == EntryKind::Directory;
     Delivery {
-        signer,
-        sequence: m.sequence,
+        signer: signed.signer,
+        sequence: signed.sequence,
         directory: dir,
-        sha256: if dir { [0; 32] } else { m.sha256 },
-        size: m.size,
-        mode: m.mode & ctx.mode_mask,
-        mtime_secs: m.mtime_secs,
-        mtime_nanos: m.mtime_nanos,
+        sha256: if dir { [0; 32] } else { e.sha256 },
+        size: e.size,
+        mode: e.mode & ctx.mode_mask,
+        mtime_secs: e.mtime_secs,
+        mtime_nanos: e.mtime_nanos,
         inode: entry.inode,
         device: entry.device,
     }
 }
 
-fn publish_dir(
+/// Publishes a directory entry (fsynced itself; its parent is left to the caller).
+pub(crate) fn publish_dir(
     ctx: &Context,
-    m: &Manifest,
-    signer: u64,
+    e: &Entry,
+    signed: Signed,
     dirs: &mut DirCache,
 ) -> Result<Published, Failure> {
-    let (parent, name, created_parents) = parent_of(ctx, &m.path, true)?;
-    let existed = check_target(&parent, name, &m.path, true)?;
+    check_path(ctx, &e.path)?;
+    let (parent, name, created_parents) = parent_of(ctx, &e.path, true)?;
+    let existed = check_target(&parent, name, &e.path, true)?;
     let created = with_writable_dir(&parent, || parent.create_dir(name, 0o700))
-        .map_err(io_failure(format!("cannot create {}", m.path)))?;
-    let dir = parent.open_dir(name).map_err(|e| {
+        .map_err(io_failure(format!("cannot create {}", e.path)))?;
+    let dir = parent.open_dir(name).map_err(|err| {
         walk_failure(
-            &m.path,
+            &e.path,
             WalkError::Io {
-                path: m.path.clone().into(),
-                source: e,
+                path: e.path.clone().into(),
+                source: err,
             },
         )
     })?;
     // A directory someone else made keeps its mode and mtime; ours (now, on the way to an
-    // earlier object, or by an earlier delivery) gets the sender's, masked.
+    // earlier entry, or by an earlier delivery) gets the sender's, masked.
     let ours = created
         || !existed
-        || dirs.get(&m.path).is_some_and(Option::is_some)
+        || dirs.get(&e.path).is_some_and(Option::is_some)
         || ctx
             .state
             .records()
-            .latest(&m.path)
+            .latest(&e.path)
             .ok()
             .flatten()
             .is_some_and(|r| r.directory);
     let meta = DirMeta {
-        mode: m.mode & ctx.mode_mask,
-        mtime_secs: m.mtime_secs,
-        mtime_nanos: m.mtime_nanos,
+        mode: e.mode & ctx.mode_mask,
+        mtime_secs: e.mtime_secs,
+        mtime_nanos: e.mtime_nanos,
     };
     if ours {
         apply_dir_meta(&dir, meta)
-            .map_err(io_failure(format!("cannot set mode/mtime of {}", m.path)))?;
-        dirs.insert(m.path.clone(), Some(meta));
+            .map_err(io_failure(format!("cannot set mode/mtime of {}", e.path)))?;
+        dirs.insert(e.path.clone(), Some(meta));
     }
     dir.sync()
-        .map_err(io_failure(format!("cannot fsync {}", m.path)))?;
+        .map_err(io_failure(format!("cannot fsync {}", e.path)))?;
     let entry = dir
         .stat_self()
-        .map_err(io_failure(format!("cannot stat {}", m.path)))?;
+        .map_err(io_failure(format!("cannot stat {}", e.path)))?;
     Ok(Published {
         bytes: 0,
         dir: parent,
-        delivery: delivery(ctx, m, signer, entry, true),
+        delivery: delivery(ctx, e, signed, entry),
         created_dirs: created_records(ctx, created_parents, dirs),
     })
 }
@@ -312,212 +297,197 @@ fn apply_dir_meta(dir: &Dir, meta: DirMeta) -> io::Result<()> {
     dir.set_mtime(meta.mtime_secs, meta.mtime_nanos)
 }
 
-fn publish_file(
-    ctx: &Context,
-    obj: ObjectKey,
-    m: &Manifest,
-    signer: u64,
-    dirs: &mut DirCache,
-    staged: Option<Staged>,
-    buf: &mut [u8],
-) -> Result<Published, Failure> {
-    // Walk first (creating nothing): a refused path fails before any decryption work, and an
-    // object that fails later leaves no directories behind.
-    let checked = parent_of(ctx, &m.path, false)
-        .and_then(|(parent, name, _)| check_target(&parent, name, &m.path, false).map(|_| ()));
+/// Refuses early what could never be published at `e.path` (a refused path, a symlink or a
+/// directory in the way), before any content is hashed or written. A missing parent is fine:
+/// it is created when the entry is placed.
+pub(crate) fn precheck(ctx: &Context, e: &Entry) -> Result<(), Failure> {
+    check_path(ctx, &e.path)?;
+    let checked = parent_of(ctx, &e.path, false)
+        .and_then(|(parent, name, _)| check_target(&parent, name, &e.path, false).map(|_| ()));
     match checked {
-        Ok(()) => {}
-        // A missing parent is created below; anything else is a refusal.
-        Err(Failure::Io(_)) => {}
-        Err(failure) => {
-            if let Some(staged) = staged {
-                staged.discard(ctx);
-            }
-            return Err(failure);
-        }
+        Ok(()) | Err(Failure::Io(_)) => Ok(()),
+        Err(failure) => Err(failure),
     }
-    let mut staged = match staged {
-        Some(staged) => staged,
-        None => Staged::create(ctx, obj)?,
-    };
-    let result = (|| {
-        while let Some(info) = m.segments.get(staged.next as usize) {
-            let expected = (u64::from(info.ciphertext_len), info.ciphertext_sha256);
-            staged.append(ctx, obj, Some(expected), Some(m.size), buf)?;
+}
+
+/// A file ready in the staging directory, its content verified and its metadata applied.
+#[derive(Debug)]
+pub(crate) struct StagedFile {
+    name: String,
+    file: File,
+}
+
+impl StagedFile {
+    /// Removes it (its entry failed).
+    pub fn discard(self, ctx: &Context) {
+        let _ = ctx.state.staging().remove_file(&self.name);
+    }
+}
+
+/// Sets the masked mode and the mtime of a staged file, through its fd.
+fn apply_file_meta(ctx: &Context, file: &File, e: &Entry) -> Result<(), Failure> {
+    beneath::set_mode(file, e.mode & ctx.mode_mask)
+        .and_then(|()| beneath::set_mtime(file, e.mtime_secs, e.mtime_nanos))
+        .map_err(io_failure(format!("cannot set mode/mtime of {}", e.path)))
+}
+
+/// Writes a pack entry's content (checked against its SHA-256) to a new staging file with
+/// its metadata. Not fsynced: the publisher syncs the file system once for all of a pack's
+/// files before any of them is placed.
+pub(crate) fn stage_inline(
+    ctx: &Context,
+    e: &Entry,
+    content: &[u8],
+) -> Result<StagedFile, Failure> {
+    let sha: [u8; 32] = Sha256::digest(content).into();
+    if sha != e.sha256 || content.len() as u64 != e.size {
+        return Err(Failure::ContentMismatch);
+    }
+    let name = ctx.state.unique_name("pack");
+    let written = ctx
+        .state
+        .staging()
+        .create_file(&name, 0o600)
+        .and_then(|mut file| file.write_all(content).map(|()| file));
+    let file = match written {
+        Ok(file) => file,
+        Err(err) => {
+            let _ = ctx.state.staging().remove_file(&name);
+            return Err(Failure::Io(format!(
+                "cannot write the staging file {name}: {err}"
+            )));
         }
-        staged.finish(ctx, m)?;
-        // Resolve again right before the rename, by fds: nothing planted meanwhile is followed.
-        let (parent, name, created) = parent_of(ctx, &m.path, true)?;
-        check_target(&parent, name, &m.path, false)?;
-        with_writable_dir(&parent, || ctx.staging.rename(&staged.name, &parent, name))
-            .map_err(io_failure(format!("cannot rename into {}", m.path)))?;
-        let entry = beneath::stat_fd(staged.out.get_ref())
-            .map_err(io_failure(format!("cannot stat {}", m.path)))?;
-        Ok((parent, entry, created))
+    };
+    let staged = StagedFile { name, file };
+    if let Err(failure) = apply_file_meta(ctx, &staged.file, e) {
+        staged.discard(ctx);
+        return Err(failure);
+    }
+    Ok(staged)
+}
+
+/// Renames a staged file into place at `e.path`, resolving its parent again right before
+/// (by fds: nothing planted meanwhile is followed).
+pub(crate) fn place(
+    ctx: &Context,
+    staged: StagedFile,
+    e: &Entry,
+    signed: Signed,
+    dirs: &mut DirCache,
+) -> Result<Published, Failure> {
+    let placed = (|| {
+        let (parent, name, created) = parent_of(ctx, &e.path, true)?;
+        check_target(&parent, name, &e.path, false)?;
+        with_writable_dir(&parent, || {
+            ctx.state.staging().rename(&staged.name, &parent, name)
+        })
+        .map_err(io_failure(format!("cannot rename into {}", e.path)))?;
+        Ok((parent, created))
     })();
-    match result {
-        Ok((dir, entry, created)) => Ok(Published {
-            bytes: m.size,
-            dir,
-            delivery: delivery(ctx, m, signer, entry, false),
-            created_dirs: created_records(ctx, created, dirs),
-        }),
+    let (parent, created) = match placed {
+        Ok(placed) => placed,
         Err(failure) => {
             staged.discard(ctx);
-            Err(failure)
+            return Err(failure);
         }
-    }
+    };
+    let entry =
+        beneath::stat_fd(&staged.file).map_err(io_failure(format!("cannot stat {}", e.path)))?;
+    Ok(Published {
+        bytes: e.size,
+        dir: parent,
+        delivery: delivery(ctx, e, signed, entry),
+        created_dirs: created_records(ctx, created, dirs),
+    })
 }
 
-/// Plaintext handed to the kernel's writeback between two kicks, so the fsync before the
-/// rename only waits for the tail of the file.
-const WRITEBACK_EVERY: u64 = 16 << 20;
+/// Plaintext hashed between two checks of whether the decoders need the CPU back.
+pub(crate) const HASH_STEP: u64 = 8 << 20;
 
-/// A file being staged: the plaintext of segments `0..next`, decrypted in order and hashed as
-/// it goes. The publisher stages segments as soon as they are stored, before the manifest
-/// arrives (it comes last), so publishing a large file only has its tail left to do.
+/// An object's content file, hashed in order from its start. The publisher hashes the
+/// stored prefix while the rest arrives, so publishing a large file only has its tail left.
 #[derive(Debug)]
-pub(crate) struct Staged {
-    /// Its name in the staging directory.
-    name: String,
-    out: BufWriter<File>,
-    plain: Sha256,
-    written: u64,
-    next: u32,
-    flushed_at: u64,
+pub(crate) struct Content {
+    obj: ObjectKey,
+    file: File,
+    sha: Sha256,
+    hashed: u64,
 }
 
-impl Staged {
-    /// An empty staging file for `obj` (mode 0600, in the staging directory).
-    pub fn create(ctx: &Context, obj: ObjectKey) -> Result<Self, Failure> {
-        let name = ctx
-            .state
-            .unique_name(&format!("stage-{:016x}-{}", obj.session.0, obj.object.0));
+impl Content {
+    /// Opens `obj`'s content file.
+    pub fn open(ctx: &Context, obj: ObjectKey) -> Result<Self, Failure> {
         let file = ctx
-            .staging
-            .create_file(&name, 0o600)
-            .map_err(io_failure(format!("cannot create the staging file {name}")))?;
-        Ok(Staged {
-            name,
-            out: BufWriter::with_capacity(IO_BUFFER, file),
-            plain: Sha256::new(),
-            written: 0,
-            next: 0,
-            flushed_at: 0,
+            .state
+            .open_content(obj)
+            .map_err(io_failure(format!("cannot open the content file of {obj}")))?;
+        Ok(Content {
+            obj,
+            file,
+            sha: Sha256::new(),
+            hashed: 0,
         })
     }
 
-    /// The next segment to append.
-    pub fn next(&self) -> u32 {
-        self.next
+    /// Bytes hashed so far.
+    pub fn hashed(&self) -> u64 {
+        self.hashed
     }
 
-    fn write_error(&self, e: io::Error) -> Failure {
-        Failure::Io(format!("cannot write the staging file {}: {e}", self.name))
-    }
-
-    /// Decrypts stored segment `next` and appends its plaintext. Its stored length and
-    /// SHA-256 (recorded when it was decoded) must equal `expected` (from the manifest) when
-    /// given; `limit` caps the plaintext at the manifest's size.
-    ///
-    /// The stored ciphertext is not hashed again: it was hashed when decoded, and age's
-    /// authenticated encryption refuses any byte that changed on disk since.
-    pub fn append(
-        &mut self,
-        ctx: &Context,
-        obj: ObjectKey,
-        expected: Option<(u64, [u8; 32])>,
-        limit: Option<u64>,
-        buf: &mut [u8],
-    ) -> Result<(), Failure> {
-        let index = self.next;
-        let (file, len, stored_sha) = ctx
-            .state
-            .open_segment(obj, index)
-            .map_err(|_| Failure::StoredSegmentDamaged(index))?;
-        if expected.is_some_and(|e| e != (len, stored_sha)) {
-            return Err(Failure::SegmentMismatch(index));
-        }
-        let mut reader = BufReader::with_capacity(IO_BUFFER, file.take(len));
-        let undecryptable =
-            |e: &dyn std::fmt::Display| Failure::SegmentUndecryptable(index, e.to_string());
-        let mut stream = sluice_common::envelope::decrypt(&mut reader, &ctx.identities)
-            .map_err(|e| undecryptable(&e))?;
-        loop {
-            let n = stream.read(buf).map_err(|e| undecryptable(&e))?;
+    /// Hashes on up to byte `upto`.
+    pub fn hash_upto(&mut self, upto: u64, buf: &mut [u8]) -> Result<(), Failure> {
+        while self.hashed < upto {
+            let want = usize::try_from(upto - self.hashed)
+                .unwrap_or(usize::MAX)
+                .min(buf.len());
+            let n = self
+                .file
+                .read_at(&mut buf[..want], self.hashed)
+                .map_err(io_failure(format!(
+                    "cannot read the content file of {}",
+                    self.obj
+                )))?;
             if n == 0 {
-                break;
+                // Shorter than its records say: a crash lost the end.
+                return Err(Failure::ContentMismatch);
             }
-            self.plain.update(&buf[..n]);
-            self.written += n as u64;
-            if let Some(limit) = limit.filter(|l| self.written > *l) {
-                return Err(Failure::SizeMismatch {
-                    expected: limit,
-                    got: self.written,
-                });
-            }
-            self.out
-                .write_all(&buf[..n])
-                .map_err(|e| self.write_error(e))?;
-        }
-        drop(stream);
-        // age stops at its final chunk; anything stored after it is not ours.
-        if reader
-            .read(&mut buf[..1])
-            .map_err(|_| Failure::StoredSegmentDamaged(index))?
-            != 0
-        {
-            return Err(Failure::StoredSegmentDamaged(index));
-        }
-        self.next += 1;
-        if self.written - self.flushed_at >= WRITEBACK_EVERY {
-            self.start_writeback().map_err(|e| self.write_error(e))?;
+            self.sha.update(&buf[..n]);
+            self.hashed += n as u64;
         }
         Ok(())
     }
 
-    /// Starts writing what was staged since the last call to disk, without waiting for it and
-    /// without forcing a journal commit (which would stall every other file operation of the
-    /// receiver): `POSIX_FADV_DONTNEED` queues the dirty pages for writeback, and lets the kernel
-    /// drop them once written, since they are not read again. The fsync before the rename then
-    /// only waits for the tail.
-    fn start_writeback(&mut self) -> io::Result<()> {
-        self.out.flush()?;
-        let len = std::num::NonZeroU64::new(self.written - self.flushed_at);
-        rustix::fs::fadvise(
-            self.out.get_ref(),
-            self.flushed_at,
-            len,
-            rustix::fs::Advice::DontNeed,
-        )?;
-        self.flushed_at = self.written;
-        Ok(())
-    }
-
-    /// Checks size and SHA-256 against the manifest, applies the masked mode and the mtime
-    /// through the file's fd, and fsyncs.
-    fn finish(&mut self, ctx: &Context, m: &Manifest) -> Result<(), Failure> {
-        if self.written != m.size {
+    /// Trims the file to the entry's size, finishes the hash and checks it, applies the
+    /// metadata and fsyncs: the file is ready to be placed.
+    pub fn finish(
+        mut self,
+        ctx: &Context,
+        e: &Entry,
+        buf: &mut [u8],
+    ) -> Result<StagedFile, Failure> {
+        let size = self.file.metadata().map(|m| m.len()).unwrap_or(0);
+        if size < e.size {
             return Err(Failure::SizeMismatch {
-                expected: m.size,
-                got: self.written,
+                expected: e.size,
+                got: size,
             });
         }
-        let sha: [u8; 32] = std::mem::take(&mut self.plain).finalize().into();
-        if sha != m.sha256 {
+        let obj = self.obj;
+        let write_error = move |err: io::Error| {
+            Failure::Io(format!("cannot write the content file of {obj}: {err}"))
+        };
+        self.file.set_len(e.size).map_err(write_error)?;
+        self.hash_upto(e.size, buf)?;
+        let sha: [u8; 32] = self.sha.finalize().into();
+        if sha != e.sha256 {
             return Err(Failure::ContentMismatch);
         }
-        self.out.flush().map_err(|e| self.write_error(e))?;
-        let file = self.out.get_ref();
-        beneath::set_mode(file, m.mode & ctx.mode_mask)
-            .and_then(|()| beneath::set_mtime(file, m.mtime_secs, m.mtime_nanos))
-            .map_err(io_failure(format!("cannot set mode/mtime of {}", m.path)))?;
-        file.sync_all().map_err(|e| self.write_error(e))
-    }
-
-    /// Removes the staging file (the object failed or was already delivered).
-    pub fn discard(self, ctx: &Context) {
-        let _ = ctx.staging.remove_file(&self.name);
+        apply_file_meta(ctx, &self.file, e)?;
+        self.file.sync_all().map_err(write_error)?;
+        Ok(StagedFile {
+            name: StateDir::content_name(self.obj),
+            file: self.file,
+        })
     }
 }
 
@@ -588,37 +558,37 @@ pub(crate) fn reapply_all(ctx: &Context, dirs: &mut DirCache) {
     }
 }
 
-/// Whether the manifest's content already sits at its path, by this receiver's own records:
-/// a record for the path with the same SHA-256 and size, and the file there still the one
+/// Whether an entry's content already sits at its path, by this receiver's own records: a
+/// record for the path with the same SHA-256 and size, and the file there still the one
 /// recorded (same inode, device, size and mtime). No file the link names is ever hashed.
-pub(crate) fn already_delivered(ctx: &Context, m: &Manifest) -> bool {
-    if m.kind != EntryKind::File {
+pub(crate) fn already_delivered(ctx: &Context, e: &Entry) -> bool {
+    if e.kind != EntryKind::File {
         return false;
     }
-    let Ok(Some(record)) = ctx.state.records().latest(&m.path) else {
+    let Ok(Some(record)) = ctx.state.records().latest(&e.path) else {
         return false;
     };
-    if record.directory || record.sha256 != m.sha256 || record.size != m.size {
+    if record.directory || record.sha256 != e.sha256 || record.size != e.size {
         return false;
     }
-    let Ok((parent, name, _)) = parent_of(ctx, &m.path, false) else {
+    let Ok((parent, name, _)) = parent_of(ctx, &e.path, false) else {
         return false;
     };
-    parent.stat(name).ok().flatten().is_some_and(|e| {
-        e.kind == Kind::File
-            && e.inode == record.inode
-            && e.device == record.device
-            && e.size == record.size
-            && e.mtime_secs == record.mtime_secs
-            && e.mtime_nanos == record.mtime_nanos
+    parent.stat(name).ok().flatten().is_some_and(|found| {
+        found.kind == Kind::File
+            && found.inode == record.inode
+            && found.device == record.device
+            && found.size == record.size
+            && found.mtime_secs == record.mtime_secs
+            && found.mtime_nanos == record.mtime_nanos
     })
 }
 
-/// A manifest older than what this receiver delivered at its path for the same signer:
-/// a replay that would roll the file back.
-pub(crate) fn check_fresh(ctx: &Context, m: &Manifest, signer: u64) -> Result<(), Failure> {
-    match ctx.state.records().sequence(signer, &m.path) {
-        Ok(Some(delivered)) if m.sequence < delivered => Err(Failure::Stale),
+/// An entry older than what this receiver delivered at its path for the same signer: a
+/// replay that would roll the file back.
+pub(crate) fn check_fresh(ctx: &Context, path: &str, signed: Signed) -> Result<(), Failure> {
+    match ctx.state.records().sequence(signed.signer, path) {
+        Ok(Some(delivered)) if signed.sequence < delivered => Err(Failure::Stale),
         Ok(_) => Ok(()),
         Err(e) => Err(Failure::Io(e.to_string())),
     }

@@ -1,17 +1,19 @@
 //! The publisher thread: the file-system side of finishing objects, one job at a time in the
-//! order the delivery core sent them. It owns the I/O resources of finishing — staging files,
-//! the cache of delivered directories, the batch of publications waiting for their directory
-//! fsync — and decides nothing about objects: it does what it is told and replies.
+//! order the delivery core sent them. It owns the I/O resources of finishing — content files
+//! being hashed, the cache of delivered directories, the batch of publications waiting for
+//! their directory fsync — and decides nothing about objects: it does what it is told and
+//! replies.
 //!
 //! ```text
 //!  delivery ──PublishJob──▶ publisher ──Reply──▶ delivery
 //!   StoreManifest   keep the verified envelope for a later run
-//!   StageAhead      decrypt stored segments into the staging file early (when the decoders
-//!                   have time to spare), so a large file has only its tail left at the end
-//!   Publish         decrypt the rest, verify, rename into --out (see `publish`)
-//!   Discard/Finish  drop staging and stored blocks; record an object done
-//!  when no job waits (or 64 are pending): fsync the directories published into, record the
-//!  deliveries and done markers in one records transaction, reply Committed — one
+//!   HashAhead       hash the stored prefix of a content file early (when the decoders have
+//!                   time to spare), so a large file has only its tail left at the end
+//!   Publish         a segmented file: finish the hash, verify, rename into --out; a pack:
+//!                   stage every file, one syncfs, rename each into --out (see `publish`)
+//!   Discard/Finish  drop the content file and stored records; record an object done
+//!  when no job waits (or 64 objects are pending): fsync the directories published into,
+//!  record the deliveries and done markers in one records transaction, reply Committed — one
 //!  directory fsync and one records fsync serve many small files
 //! ```
 
@@ -19,37 +21,45 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use sluice_common::beneath::Dir;
-use sluice_protocol::manifest::Manifest;
+use sluice_protocol::manifest::{EntryKind, Manifest};
 
 use crate::context::{self, Context};
-use crate::delivery::{Input, PublishJob, Reply};
+use crate::delivery::{Committed, EntryOutcome, Input, PublishJob, Reply};
 use crate::failure::Failure;
-use crate::publish::{self, DirCache, Staged};
+use crate::publish::{self, Content, DirCache, Published, Signed, StagedFile};
 use crate::records::Finished;
 use crate::state::ObjectKey;
 
-/// Objects staged ahead of their manifest at once (each holds a file and a write buffer).
-const MAX_EARLY_STAGING: usize = 8;
+/// Content files hashed ahead of their manifest at once.
+const MAX_EARLY_HASHING: usize = 8;
 /// Published objects whose directories are fsynced together at most (when no job is
 /// waiting, they are committed at once).
 const MAX_UNCOMMITTED: usize = 64;
+
+/// A published object waiting for its commit.
+struct Uncommitted {
+    obj: ObjectKey,
+    bytes: u64,
+    finished: Finished,
+    entries: Vec<EntryOutcome>,
+}
 
 struct Publisher {
     ctx: Arc<Context>,
     replies: flume::Sender<Input>,
     dirs: DirCache,
-    /// Objects whose stored segments are being decrypted ahead of the manifest.
-    staging: HashMap<ObjectKey, Staged>,
-    /// Decryption buffer, reused for every segment.
+    /// Content files being hashed ahead of the manifest.
+    hashing: HashMap<ObjectKey, Content>,
+    /// Read buffer, reused for every hash.
     buf: Vec<u8>,
     /// Published objects not yet recorded, and the directories to fsync first (by device
     /// and inode, so each is synced once).
-    uncommitted: Vec<(ObjectKey, u64, Finished)>,
+    uncommitted: Vec<Uncommitted>,
     dirty_dirs: HashMap<(u64, u64), Dir>,
     /// Sequences published in the batch not yet committed, by (signer, path): a second
     /// manifest for the same path in one batch is checked against these too.
     pending_sequences: HashMap<(u64, String), u64>,
-    /// Object paths published since the last commit: their ancestors' mtimes are applied
+    /// Entry paths published since the last commit: their ancestors' mtimes are applied
     /// again (once per directory) before the commit.
     touched: BTreeSet<String>,
 }
@@ -68,7 +78,7 @@ pub(crate) fn spawn(
                 ctx,
                 replies,
                 dirs: DirCache::new(),
-                staging: HashMap::new(),
+                hashing: HashMap::new(),
                 buf: vec![0; publish::IO_BUFFER],
                 uncommitted: Vec::new(),
                 dirty_dirs: HashMap::new(),
@@ -100,9 +110,7 @@ impl Publisher {
             self.handle(job);
         }
         self.commit();
-        for (_, staged) in std::mem::take(&mut self.staging) {
-            staged.discard(&self.ctx);
-        }
+        self.hashing.clear();
         publish::reapply_all(&self.ctx, &mut self.dirs);
     }
 
@@ -122,25 +130,32 @@ impl Publisher {
                 });
                 self.reply(Reply::ManifestStored(obj, result));
             }
-            PublishJob::StageAhead {
-                obj,
-                upto,
-                manifest,
-            } => self.stage_ahead(obj, upto, manifest.as_deref()),
+            PublishJob::HashAhead { obj, upto } => self.hash_ahead(obj, upto),
             PublishJob::Publish {
                 obj,
                 manifest,
                 signer,
                 check_existing,
-            } => self.publish(obj, &manifest, signer, check_existing),
+                inline,
+            } => {
+                let signed = Signed {
+                    signer,
+                    sequence: manifest.sequence,
+                };
+                if manifest.is_inline() {
+                    self.publish_inline(obj, &manifest, signed, &inline);
+                } else {
+                    self.publish_segmented(obj, &manifest, signed, check_existing);
+                }
+            }
             PublishJob::Discard { obj, remove_state } => {
-                self.discard_staging(obj);
+                self.hashing.remove(&obj);
                 if remove_state {
                     self.remove_state(obj);
                 }
             }
             PublishJob::Finish(obj) => {
-                self.discard_staging(obj);
+                self.hashing.remove(&obj);
                 let done = [Finished {
                     obj,
                     deliveries: Vec::new(),
@@ -154,123 +169,224 @@ impl Publisher {
         }
     }
 
-    fn discard_staging(&mut self, obj: ObjectKey) {
-        if let Some(staged) = self.staging.remove(&obj) {
-            staged.discard(&self.ctx);
-        }
-    }
-
     fn remove_state(&self, obj: ObjectKey) {
         if let Err(e) = self.ctx.state.remove_object(obj) {
             tracing::warn!(object = %obj, "cannot clean up the state directory: {e}");
         }
     }
 
-    /// Decrypts stored segments `next..upto` of `obj` into its staging file. A failure only
-    /// drops the head start: publishing redoes the work and reports what goes wrong.
-    fn stage_ahead(&mut self, obj: ObjectKey, upto: u32, manifest: Option<&Manifest>) {
-        while self.ctx.decoders_idle() {
-            let next = self.staging.get(&obj).map_or(0, Staged::next);
-            if next >= upto {
+    /// Hashes `obj`'s content file on to `upto` while the decoders have time to spare. A
+    /// failure only drops the head start: publishing hashes again and reports what is wrong.
+    fn hash_ahead(&mut self, obj: ObjectKey, upto: u64) {
+        if !self.hashing.contains_key(&obj) {
+            if self.hashing.len() >= MAX_EARLY_HASHING {
                 return;
             }
-            let (expected, limit) = match manifest {
-                None => (None, None),
-                Some(m) => match m.segments.get(next as usize) {
-                    Some(info) => (
-                        Some((u64::from(info.ciphertext_len), info.ciphertext_sha256)),
-                        Some(m.size),
-                    ),
-                    None => return,
-                },
-            };
-            if !self.staging.contains_key(&obj) {
-                if self.staging.len() >= MAX_EARLY_STAGING {
+            match Content::open(&self.ctx, obj) {
+                Ok(content) => self.hashing.insert(obj, content),
+                Err(failure) => {
+                    tracing::debug!(object = %obj, "cannot hash early: {failure}");
                     return;
                 }
-                match Staged::create(&self.ctx, obj) {
-                    Ok(staged) => self.staging.insert(obj, staged),
-                    Err(failure) => {
-                        tracing::debug!(object = %obj, "cannot stage early: {failure}");
-                        return;
-                    }
-                };
-            }
-            let Some(staged) = self.staging.get_mut(&obj) else {
+            };
+        }
+        while self.ctx.decoders_idle() {
+            let Some(content) = self.hashing.get_mut(&obj) else {
                 return;
             };
-            if let Err(failure) = staged.append(&self.ctx, obj, expected, limit, &mut self.buf) {
-                tracing::debug!(object = %obj, "early staging stopped: {failure}");
-                self.discard_staging(obj);
+            if content.hashed() >= upto {
+                return;
+            }
+            let step = upto.min(content.hashed() + publish::HASH_STEP);
+            if let Err(failure) = content.hash_upto(step, &mut self.buf) {
+                tracing::debug!(object = %obj, "early hashing stopped: {failure}");
+                self.hashing.remove(&obj);
                 return;
             }
         }
     }
 
-    fn publish(&mut self, obj: ObjectKey, manifest: &Manifest, signer: u64, check_existing: bool) {
-        let staged = self.staging.remove(&obj);
-        let discard = |staged: Option<Staged>, ctx: &Context| {
-            if let Some(staged) = staged {
-                staged.discard(ctx);
-            }
-        };
-        if check_existing && publish::already_delivered(&self.ctx, manifest) {
-            discard(staged, &self.ctx);
-            return self.reply(Reply::AlreadyThere(obj));
-        }
-        // The authoritative freshness check: records, and this batch not yet committed.
+    /// The authoritative freshness check of an entry: the records, and this batch not yet
+    /// committed.
+    fn check_fresh(&self, path: &str, signed: Signed) -> Result<(), Failure> {
         let pending = self
             .pending_sequences
-            .get(&(signer, manifest.path.clone()))
-            .is_some_and(|seq| manifest.sequence < *seq);
-        let fresh = match publish::check_fresh(&self.ctx, manifest, signer) {
+            .get(&(signed.signer, path.to_string()))
+            .is_some_and(|seq| signed.sequence < *seq);
+        match publish::check_fresh(&self.ctx, path, signed) {
             Ok(()) if pending => Err(Failure::Stale),
             other => other,
+        }
+    }
+
+    /// Notes a published entry for the commit: its parent to fsync, its path to re-apply
+    /// ancestors' metadata, its sequence.
+    fn published(
+        &mut self,
+        path: &str,
+        signed: Signed,
+        published: Published,
+        finished: &mut Finished,
+    ) -> u64 {
+        if let Ok(entry) = published.dir.stat_self() {
+            self.dirty_dirs
+                .entry((entry.device, entry.inode))
+                .or_insert(published.dir);
+        }
+        self.touched.insert(path.to_string());
+        let highest = self
+            .pending_sequences
+            .entry((signed.signer, path.to_string()))
+            .or_insert(0);
+        *highest = (*highest).max(signed.sequence);
+        finished.deliveries.extend(published.created_dirs);
+        finished
+            .deliveries
+            .push((path.to_string(), published.delivery));
+        published.bytes
+    }
+
+    fn publish_segmented(
+        &mut self,
+        obj: ObjectKey,
+        manifest: &Manifest,
+        signed: Signed,
+        check_existing: bool,
+    ) {
+        let content = self.hashing.remove(&obj);
+        let Some(e) = manifest.entries.first() else {
+            return self.reply(Reply::PublishFailed(obj, Failure::ContentMismatch));
         };
-        if let Err(failure) = fresh {
-            discard(staged, &self.ctx);
+        if check_existing && publish::already_delivered(&self.ctx, e) {
+            return self.reply(Reply::AlreadyThere(obj));
+        }
+        if let Err(failure) = self.check_fresh(&e.path, signed) {
             return self.reply(Reply::PublishFailed(obj, failure));
         }
         tracing::debug!(
             object = %obj,
-            staged_ahead = staged.as_ref().map_or(0, Staged::next),
-            segments = manifest.segments.len(),
+            hashed_ahead = content.as_ref().map_or(0, Content::hashed),
+            size = e.size,
             "publishing"
         );
-        let published = publish::publish(
-            &self.ctx,
-            obj,
-            manifest,
-            signer,
-            &mut self.dirs,
-            staged,
-            &mut self.buf,
-        );
-        match published {
+        let staged = publish::precheck(&self.ctx, e)
+            .and_then(|()| match content {
+                Some(content) => Ok(content),
+                None => Content::open(&self.ctx, obj),
+            })
+            .and_then(|content| content.finish(&self.ctx, e, &mut self.buf))
+            .and_then(|staged| publish::place(&self.ctx, staged, e, signed, &mut self.dirs));
+        match staged {
             Ok(published) => {
-                if let Ok(entry) = published.dir.stat_self() {
-                    self.dirty_dirs
-                        .entry((entry.device, entry.inode))
-                        .or_insert(published.dir);
-                }
-                self.touched.insert(manifest.path.clone());
-                let key = (signer, manifest.path.clone());
-                let highest = self.pending_sequences.entry(key).or_insert(0);
-                *highest = (*highest).max(manifest.sequence);
-                let mut deliveries = published.created_dirs;
-                deliveries.push((manifest.path.clone(), published.delivery));
-                let finished = Finished { obj, deliveries };
-                self.uncommitted.push((obj, published.bytes, finished));
-                if self.uncommitted.len() >= MAX_UNCOMMITTED {
-                    self.commit();
-                }
+                let mut finished = Finished {
+                    obj,
+                    deliveries: Vec::new(),
+                };
+                let bytes = self.published(&e.path, signed, published, &mut finished);
+                self.queue(Uncommitted {
+                    obj,
+                    bytes,
+                    finished,
+                    entries: vec![EntryOutcome::Delivered(0)],
+                });
             }
             Err(failure) => self.reply(Reply::PublishFailed(obj, failure)),
         }
     }
 
+    /// Publishes a pack (or a directory, or an empty file): every entry on its own — one
+    /// refused or stale entry does not hold back the others. Files are staged first, made
+    /// durable by one `syncfs`, then placed.
+    fn publish_inline(
+        &mut self,
+        obj: ObjectKey,
+        manifest: &Manifest,
+        signed: Signed,
+        inline: &[u8],
+    ) {
+        let mut outcomes = Vec::with_capacity(manifest.entries.len());
+        let mut finished = Finished {
+            obj,
+            deliveries: Vec::new(),
+        };
+        let mut bytes = 0;
+        let mut staged: Vec<(usize, StagedFile)> = Vec::new();
+        let mut offset = 0usize;
+        for (i, e) in manifest.entries.iter().enumerate() {
+            let len = usize::try_from(e.size).unwrap_or(usize::MAX);
+            let content = inline
+                .get(offset..offset.saturating_add(len))
+                .unwrap_or(&[]);
+            offset = offset.saturating_add(len);
+            if e.kind == EntryKind::File && publish::already_delivered(&self.ctx, e) {
+                outcomes.push(EntryOutcome::AlreadyThere(i));
+                continue;
+            }
+            let result = self
+                .check_fresh(&e.path, signed)
+                .and_then(|()| match e.kind {
+                    EntryKind::Directory => {
+                        publish::publish_dir(&self.ctx, e, signed, &mut self.dirs).map(Some)
+                    }
+                    EntryKind::File => {
+                        publish::precheck(&self.ctx, e)?;
+                        let file = publish::stage_inline(&self.ctx, e, content)?;
+                        staged.push((i, file));
+                        Ok(None)
+                    }
+                });
+            match result {
+                Ok(Some(published)) => {
+                    bytes += self.published(&e.path, signed, published, &mut finished);
+                    outcomes.push(EntryOutcome::Delivered(i));
+                }
+                Ok(None) => {}
+                Err(failure) => outcomes.push(EntryOutcome::Failed(i, failure)),
+            }
+        }
+        if !staged.is_empty() {
+            if let Err(err) = self.ctx.state.staging().sync_file_system() {
+                let failure = Failure::Io(format!("cannot sync the staged files: {err}"));
+                for (i, file) in staged.drain(..) {
+                    file.discard(&self.ctx);
+                    outcomes.push(EntryOutcome::Failed(i, failure.clone()));
+                }
+            }
+        }
+        for (i, file) in staged {
+            let Some(e) = manifest.entries.get(i) else {
+                continue;
+            };
+            match publish::place(&self.ctx, file, e, signed, &mut self.dirs) {
+                Ok(published) => {
+                    bytes += self.published(&e.path, signed, published, &mut finished);
+                    outcomes.push(EntryOutcome::Delivered(i));
+                }
+                Err(failure) => outcomes.push(EntryOutcome::Failed(i, failure)),
+            }
+        }
+        outcomes.sort_by_key(|o| match o {
+            EntryOutcome::Delivered(i)
+            | EntryOutcome::AlreadyThere(i)
+            | EntryOutcome::Failed(i, _) => *i,
+        });
+        self.queue(Uncommitted {
+            obj,
+            bytes,
+            finished,
+            entries: outcomes,
+        });
+    }
+
+    fn queue(&mut self, published: Uncommitted) {
+        self.uncommitted.push(published);
+        if self.uncommitted.len() >= MAX_UNCOMMITTED {
+            self.commit();
+        }
+    }
+
     /// Fsyncs the directories published into, then records the deliveries and done markers
-    /// in one durable transaction, and tells the delivery core: a file counts as delivered
+    /// in one durable transaction, and tells the delivery core: an entry counts as delivered
     /// only once its directory entry and its record are durable.
     fn commit(&mut self) {
         if self.uncommitted.is_empty() {
@@ -284,17 +400,21 @@ impl Publisher {
         }
         let batch = std::mem::take(&mut self.uncommitted);
         self.pending_sequences.clear();
-        let finished: Vec<Finished> = batch.iter().map(|(_, _, f)| f.clone()).collect();
+        let finished: Vec<Finished> = batch.iter().map(|u| u.finished.clone()).collect();
         if let Err(e) = self.ctx.state.records().commit(&finished) {
             // The files are in place and durable; only the records are missing, so a replay
             // of them could be delivered again. Say so loudly.
             tracing::error!("cannot record {} deliveries: {e}", finished.len());
         }
         let mut done = Vec::with_capacity(batch.len());
-        for (obj, bytes, _) in batch {
-            self.discard_staging(obj);
-            self.remove_state(obj);
-            done.push((obj, bytes));
+        for published in batch {
+            self.hashing.remove(&published.obj);
+            self.remove_state(published.obj);
+            done.push(Committed {
+                obj: published.obj,
+                bytes: published.bytes,
+                entries: published.entries,
+            });
         }
         self.reply(Reply::Committed(done));
     }

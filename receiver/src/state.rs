@@ -3,15 +3,20 @@
 //!
 //! ```text
 //! <state>/                        default <out>/.sluice-state; mode 0700, owned by the receiver's
-//!                                 user (checked at start), same file system as --out
-//!   VERSION                       "sluice-state 2"
+//!                                 user (checked at start)
+//!   VERSION                       "sluice-state 3"
 //!   lock                          flock()ed while a receiver uses the directory
 //!   records.redb                  deliveries, sequences, done markers (see `records`)
-//!   tmp/                          files being written, staging files; emptied at start
+//!   tmp/                          files being written; emptied at start
+//!   staging/                      content files: the plaintext of in-progress objects, each
+//!                                 segment decrypted straight to its offset, renamed into
+//!                                 --out when complete (when the state directory is on another
+//!                                 file system than --out: <out>/.sluice-state/staging instead)
 //!   objects/<session>-<object>/   one in-progress object (session: 16 hex digits, object: decimal)
 //!       manifest                  the verified, decrypted SignedManifest envelope (postcard)
-//!       seg-<i>                   decoded ciphertext of data block i, behind a 48-byte header:
-//!                                 "SLSEG\0\0\x01", length (u64 LE), SHA-256 of the ciphertext
+//!       segments                  one 56-byte record per segment in the content file, appended:
+//!                                 "SLSR", index, segment size, plaintext length, ciphertext
+//!                                 length (u32 LE each), age header MAC (32), CRC-32C of the rest
 //!       partial-m, partial-<i>    symbols of a stalled manifest / data block, for a later pass:
 //!                                 "SLPART\0\x02", header length (u32 LE), postcard(key,
 //!                                 geometry, segment size, ids), then the symbols back to back
@@ -19,13 +24,16 @@
 //!
 //! Everything is reached through directory fds opened once at start (`sluice_common::beneath`):
 //! no path is looked up twice, and a directory that is not private to the receiver's user is
-//! refused, since whoever can write in it could swap what the receiver verified. Every file
-//! is written under `tmp/` and renamed into place, so a reader sees the old version or the new
-//! one, never a torn one. Stored blocks are not fsynced (a SIGKILL loses nothing the kernel
-//! already has); what a power cut might damage is caught by the hashes: the segment header's
-//! SHA-256 and the age authentication when publishing, the manifest signature when loaded
-//! again. In-progress objects untouched for [`PRUNE_AFTER`] are removed at start: sessions are
-//! random per sender start, so they will not be resumed.
+//! refused, since whoever can write in it could swap what the receiver verified. Each byte of
+//! content is written once: a decoded segment is decrypted into the content file at its
+//! offset, then its record is appended. Neither is fsynced (a SIGKILL loses nothing the kernel
+//! already has); what a power cut might damage is caught before anything is published: the
+//! whole content's SHA-256 against the signed manifest (the object then fails and a later
+//! sender run brings it again), the record's CRC, the manifest's signature when loaded again.
+//! Other files are written under `tmp/` and renamed into place, so a reader sees the old
+//! version or the new one, never a torn one. In-progress objects untouched for
+//! [`PRUNE_AFTER`] are removed at start: sessions are random per sender start, so they will
+//! not be resumed.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -73,12 +81,14 @@ impl std::fmt::Display for ObjectKey {
 }
 
 /// State-directory format written in `VERSION`.
-const VERSION_TEXT: &str = "sluice-state 2\n";
+const VERSION_TEXT: &str = "sluice-state 3\n";
 /// The format before delivery records moved into `records.redb`: migrated at start.
 const VERSION_1_TEXT: &str = "sluice-state 1\n";
-const SEGMENT_MAGIC: [u8; 8] = *b"SLSEG\0\0\x01";
-/// Bytes before the ciphertext in a `seg-<i>` file.
-pub const SEGMENT_HEADER_LEN: u64 = 48;
+/// The format that kept each segment's ciphertext (`seg-<i>` files): migrated at start.
+const VERSION_2_TEXT: &str = "sluice-state 2\n";
+const RECORD_MAGIC: [u8; 4] = *b"SLSR";
+/// Bytes of one record in an object's `segments` log.
+const RECORD_LEN: usize = 56;
 /// Version 2: the header holds the wire-v2 segment size.
 const PARTIAL_MAGIC: [u8; 8] = *b"SLPART\0\x02";
 /// In-progress objects untouched for this long are removed at start.
@@ -142,13 +152,72 @@ pub fn check_private(path: &Path, entry: &Entry) -> Result<(), StateError> {
     Ok(())
 }
 
+/// A segment decrypted into its object's content file: where, how long, and what binds it
+/// to the signed manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredSegment {
+    /// Segment number: its plaintext starts at `index × segment_size`.
+    pub index: u32,
+    /// The segment size its data block carried.
+    pub segment_size: u32,
+    /// Plaintext bytes.
+    pub plain_len: u32,
+    /// Length of the age file it was decrypted from.
+    pub ciphertext_len: u32,
+    /// That age file's header MAC.
+    pub header_mac: [u8; 32],
+}
+
+impl StoredSegment {
+    /// Where its plaintext starts in the content file.
+    pub fn offset(&self) -> u64 {
+        u64::from(self.index) * u64::from(self.segment_size)
+    }
+
+    fn to_record(self) -> [u8; RECORD_LEN] {
+        let mut record = [0u8; RECORD_LEN];
+        record[..4].copy_from_slice(&RECORD_MAGIC);
+        record[4..8].copy_from_slice(&self.index.to_le_bytes());
+        record[8..12].copy_from_slice(&self.segment_size.to_le_bytes());
+        record[12..16].copy_from_slice(&self.plain_len.to_le_bytes());
+        record[16..20].copy_from_slice(&self.ciphertext_len.to_le_bytes());
+        record[20..52].copy_from_slice(&self.header_mac);
+        let crc = sluice_protocol::wire::crc32c(&record[..52]);
+        record[52..].copy_from_slice(&crc.to_le_bytes());
+        record
+    }
+
+    fn from_record(record: &[u8]) -> Option<Self> {
+        let record: &[u8; RECORD_LEN] = record.try_into().ok()?;
+        let u32_at = |at: usize| {
+            let mut bytes = [0u8; 4];
+            bytes.copy_from_slice(&record[at..at + 4]);
+            u32::from_le_bytes(bytes)
+        };
+        if record[..4] != RECORD_MAGIC || sluice_protocol::wire::crc32c(&record[..52]) != u32_at(52)
+        {
+            return None;
+        }
+        let mut header_mac = [0u8; 32];
+        header_mac.copy_from_slice(&record[20..52]);
+        let segment = StoredSegment {
+            index: u32_at(4),
+            segment_size: u32_at(8),
+            plain_len: u32_at(12),
+            ciphertext_len: u32_at(16),
+            header_mac,
+        };
+        (segment.plain_len <= segment.segment_size).then_some(segment)
+    }
+}
+
 /// What a previous run left for one object.
 #[derive(Debug, Default)]
 pub struct Leftover {
     /// The stored SignedManifest envelope, if the manifest was decoded.
     pub manifest: Option<Vec<u8>>,
-    /// Stored segments: index, ciphertext SHA-256 (from the header) and length.
-    pub segments: Vec<(u32, [u8; 32], u64)>,
+    /// Segments in the content file (the last record of an index wins).
+    pub segments: Vec<StoredSegment>,
     /// Saved partial blocks and their symbol bytes.
     pub partials: BTreeSet<(BlockKind, u32)>,
     /// Bytes the object holds in the state directory.
@@ -163,6 +232,8 @@ pub struct StateDir {
     root: Dir,
     tmp: Dir,
     objects: Dir,
+    /// Content files, renamed from here into `--out`: on its file system.
+    staging: Dir,
     records: Records,
     counter: AtomicU64,
     /// This process's id, part of every temporary name.
@@ -174,8 +245,8 @@ pub struct StateDir {
 impl StateDir {
     /// Opens (creating if needed) the state directory at `path`: checks that it and its
     /// subdirectories are private to this user, takes its lock, empties `tmp/`, opens the
-    /// records.
-    pub fn open(path: &Path) -> Result<Self, StateError> {
+    /// records, and picks the staging directory on `out`'s file system.
+    pub fn open(path: &Path, out: &Dir, out_path: &Path) -> Result<Self, StateError> {
         let shown = path.display().to_string();
         // Created private; an existing directory is checked below, never changed.
         std::fs::DirBuilder::new()
@@ -191,6 +262,7 @@ impl StateDir {
             .map_err(io_err(format!("cannot empty {shown}/tmp")))?;
         let tmp = private_subdir(&root, path, "tmp")?;
         let objects = private_subdir(&root, path, "objects")?;
+        let staging = staging_dir(&root, path, out, out_path)?;
         let records_file = root
             .open_rw("records.redb", 0o600)
             .map_err(io_err(format!("cannot open {shown}/records.redb")))?;
@@ -200,6 +272,7 @@ impl StateDir {
             root,
             tmp,
             objects,
+            staging,
             records,
             counter: AtomicU64::new(0),
             pid: std::process::id(),
@@ -217,9 +290,10 @@ impl StateDir {
         &self.root
     }
 
-    /// `tmp/`: staging files live here.
-    pub fn tmp(&self) -> &Dir {
-        &self.tmp
+    /// Where content files and a pack's files are staged before they are renamed into
+    /// `--out`.
+    pub fn staging(&self) -> &Dir {
+        &self.staging
     }
 
     /// The delivery records.
@@ -268,34 +342,31 @@ impl StateDir {
         self.objects.open_dir(&name)
     }
 
-    /// Stores a decoded data block with its ciphertext SHA-256.
+    /// The content file's name in the staging directory.
+    pub fn content_name(obj: ObjectKey) -> String {
+        Self::object_name(obj)
+    }
+
+    /// Writes a decrypted segment into `obj`'s content file at its offset, then appends its
+    /// record: a record always describes bytes already handed to the kernel.
     pub fn store_segment(
         &self,
         obj: ObjectKey,
-        index: u32,
-        sha256: &[u8; 32],
-        data: &[u8],
+        segment: &StoredSegment,
+        plaintext: &[u8],
     ) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
         let dir = self.object_dir(obj, true)?;
-        self.write_atomic(&dir, &format!("seg-{index}"), |w| {
-            w.write_all(&SEGMENT_MAGIC)?;
-            w.write_all(&(data.len() as u64).to_le_bytes())?;
-            w.write_all(sha256)?;
-            w.write_all(data)
-        })
+        self.staging
+            .open_rw(&Self::content_name(obj), 0o600)?
+            .write_all_at(plaintext, segment.offset())?;
+        dir.open_append("segments", 0o600)?
+            .write_all(&segment.to_record())
     }
 
-    /// Opens a stored segment: the file positioned at the ciphertext, its length and the
-    /// SHA-256 recorded when it was decoded.
-    pub fn open_segment(&self, obj: ObjectKey, index: u32) -> io::Result<(File, u64, [u8; 32])> {
-        let mut file = self
-            .object_dir(obj, false)?
-            .open_file(&format!("seg-{index}"))?;
-        let (len, sha) = read_segment_header(&mut file)?;
-        if beneath::stat_fd(&file)?.size != SEGMENT_HEADER_LEN + len {
-            return Err(damaged(&format!("segment {index} of {obj}")));
-        }
-        Ok((file, len, sha))
+    /// Opens `obj`'s content file for reading and writing.
+    pub fn open_content(&self, obj: ObjectKey) -> io::Result<File> {
+        self.staging.open_rw(&Self::content_name(obj), 0o600)
     }
 
     /// Stores the verified manifest envelope of `obj`.
@@ -350,8 +421,9 @@ impl StateDir {
         }
     }
 
-    /// Removes everything kept for an in-progress object.
+    /// Removes everything kept for an in-progress object: its records and its content file.
     pub fn remove_object(&self, obj: ObjectKey) -> io::Result<()> {
+        self.staging.remove_file(&Self::content_name(obj))?;
         self.objects.remove_all(&Self::object_name(obj))
     }
 
@@ -400,7 +472,26 @@ impl StateDir {
             result.map_err(io_err(format!("cannot read the stored object {obj}")))?;
         }
         found.sort_by_key(|(obj, _)| *obj);
+        self.sweep_staging(&found).map_err(io_err(format!(
+            "cannot clean the staging directory of {}",
+            self.path.display()
+        )))?;
         Ok(found)
+    }
+
+    /// Removes from the staging directory everything but the content files of `kept`
+    /// objects: files of objects finished or pruned, and a pack's files a crash left.
+    fn sweep_staging(&self, kept: &[(ObjectKey, Leftover)]) -> io::Result<()> {
+        let keep: BTreeSet<String> = kept
+            .iter()
+            .map(|(obj, _)| Self::content_name(*obj))
+            .collect();
+        for name in self.staging.names()? {
+            if !keep.contains(&name) {
+                self.staging.remove_all(&name)?;
+            }
+        }
+        Ok(())
     }
 
     fn scan_object(&self, name: &str) -> io::Result<Leftover> {
@@ -412,29 +503,73 @@ impl StateDir {
                 let mut bytes = Vec::new();
                 dir.open_file(&entry)?.read_to_end(&mut bytes)?;
                 left.manifest = Some(bytes);
+            } else if entry == "segments" {
+                let mut bytes = Vec::new();
+                dir.open_file(&entry)?.read_to_end(&mut bytes)?;
+                let mut by_index = std::collections::BTreeMap::new();
+                // A record torn by a crash fails its CRC (or is short): it and what follows
+                // are dropped, so those segments are simply received again.
+                for record in bytes.chunks(RECORD_LEN) {
+                    match StoredSegment::from_record(record) {
+                        Some(segment) => by_index.insert(segment.index, segment),
+                        None => {
+                            tracing::warn!(object = name, "dropping damaged segment records");
+                            break;
+                        }
+                    };
+                }
+                left.segments = by_index.into_values().collect();
             } else if entry == "partial-m" {
                 left.partials.insert((BlockKind::Manifest, 0));
             } else if let Some(i) = entry.strip_prefix("partial-").and_then(|n| n.parse().ok()) {
                 left.partials.insert((BlockKind::Data, i));
-            } else if let Some(i) = entry.strip_prefix("seg-").and_then(|n| n.parse().ok()) {
-                let header = dir.open_file(&entry).and_then(|mut f| {
-                    let (len, sha) = read_segment_header(&mut f)?;
-                    Ok((size == SEGMENT_HEADER_LEN + len).then_some((sha, len)))
-                });
-                match header {
-                    Ok(Some((sha, len))) => left.segments.push((i, sha, len)),
-                    _ => {
-                        tracing::warn!(segment = i, "removing a damaged stored segment");
-                        dir.remove_file(&entry)?;
-                        continue;
-                    }
-                }
             }
             left.bytes += size;
         }
-        left.segments.sort_unstable_by_key(|(i, _, _)| *i);
+        // The content file has the object directory's name.
+        if let Some(content) = self.staging.stat(name)? {
+            left.bytes += content.size;
+            // Records past the end of the content file describe bytes a crash lost.
+            left.segments
+                .retain(|s| s.offset() + u64::from(s.plain_len) <= content.size);
+        } else {
+            left.segments.clear();
+        }
         Ok(left)
     }
+}
+
+/// Where content files go: the state's `staging/` when it shares a file system with `out`
+/// (rename is atomic only within one), else a private `.sluice-state/staging` under `out` (a
+/// reserved name no object can take).
+fn staging_dir(root: &Dir, path: &Path, out: &Dir, out_path: &Path) -> Result<Dir, StateError> {
+    let device = |dir: &Dir| dir.stat_self().map(|e| e.device).ok();
+    if device(out) == device(root) {
+        return private_subdir(root, path, "staging");
+    }
+    let shown = out_path
+        .join(sluice_common::paths::RESERVED_STATE_DIR)
+        .join("staging");
+    tracing::warn!(
+        state = %path.display(),
+        staging = %shown.display(),
+        "the state directory is on another file system than --out; staging files in --out"
+    );
+    let (staging, _) = out
+        .walk(
+            &[sluice_common::paths::RESERVED_STATE_DIR, "staging"],
+            Some(0o700),
+            out_path,
+        )
+        .map_err(|e| StateError::Io {
+            what: format!("cannot create {}", shown.display()),
+            source: io::Error::other(e.to_string()),
+        })?;
+    let entry = staging
+        .stat_self()
+        .map_err(io_err(format!("cannot open {}", shown.display())))?;
+    check_private(&shown, &entry)?;
+    Ok(staging)
 }
 
 /// A subdirectory of the state directory, created private if missing, refused if not private.
@@ -453,8 +588,8 @@ fn private_subdir(root: &Dir, path: &Path, name: &str) -> Result<Dir, StateError
     Ok(dir)
 }
 
-/// Checks (or writes) `VERSION`; a format-1 directory is migrated: its done markers and JSON
-/// delivery records are dropped (the records start afresh), its stored objects kept.
+/// Checks (or writes) `VERSION`; a format-1 or -2 directory is migrated: its in-progress
+/// objects are dropped (and format 1's done markers and JSON delivery records).
 fn check_version(root: &Dir, path: &Path) -> Result<(), StateError> {
     let text = match root.open_file("VERSION") {
         Ok(mut f) => {
@@ -468,13 +603,20 @@ fn check_version(root: &Dir, path: &Path) -> Result<(), StateError> {
     };
     match text.as_deref() {
         Some(VERSION_TEXT) => return Ok(()),
-        Some(VERSION_1_TEXT) => {
+        Some(old @ (VERSION_1_TEXT | VERSION_2_TEXT)) => {
+            // Their in-progress objects hold ciphertext of an older manifest version, from
+            // sender sessions that are over: a later sender run brings them again.
             tracing::warn!(
                 state = %path.display(),
-                "migrating a format-1 state directory: stored objects are kept, earlier \
-                 delivery records and done markers are dropped"
+                "migrating a format-{} state directory: in-progress objects are dropped",
+                if old == VERSION_1_TEXT { 1 } else { 2 }
             );
-            for old in ["done", "delivered"] {
+            let mut dropped = vec!["objects"];
+            if old == VERSION_1_TEXT {
+                // Format 1 kept done markers and JSON records; `records.redb` starts afresh.
+                dropped.extend(["done", "delivered"]);
+            }
+            for old in dropped {
                 root.remove_all(old)
                     .map_err(io_err(format!("cannot remove {}/{old}", path.display())))?;
             }
@@ -510,19 +652,6 @@ fn lock(root: &Dir, path: &Path) -> Result<File, StateError> {
 
 fn damaged(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("{what} is damaged"))
-}
-
-fn read_segment_header(file: &mut File) -> io::Result<(u64, [u8; 32])> {
-    let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
-    file.read_exact(&mut header)?;
-    if header[..8] != SEGMENT_MAGIC {
-        return Err(damaged("a stored segment"));
-    }
-    let mut len = [0u8; 8];
-    len.copy_from_slice(&header[8..16]);
-    let mut sha = [0u8; 32];
-    sha.copy_from_slice(&header[16..48]);
-    Ok((u64::from_le_bytes(len), sha))
 }
 
 fn parse_object_dir(name: &str) -> Option<ObjectKey> {
@@ -574,18 +703,42 @@ mod tests {
         dir.path().join("state")
     }
 
+    /// Opens the state directory at `path`, with `--out` beside it.
+    fn open(path: &Path) -> Result<StateDir, StateError> {
+        let out_path = path.with_file_name("out");
+        std::fs::create_dir_all(&out_path).unwrap();
+        StateDir::open(path, &Dir::open(&out_path).unwrap(), &out_path)
+    }
+
+    fn segment(index: u32, plain_len: u32) -> StoredSegment {
+        StoredSegment {
+            index,
+            segment_size: 16,
+            plain_len,
+            ciphertext_len: 300,
+            header_mac: [index as u8; 32],
+        }
+    }
+
     #[test]
-    fn segments_and_partials_round_trip_and_scan() {
-        use sha2::{Digest, Sha256};
+    fn segments_land_at_their_offset_and_partials_round_trip_and_scan() {
+        use std::os::unix::fs::FileExt;
         let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::open(&state_path(&dir)).unwrap();
-        let data = b"ciphertext bytes".to_vec();
-        let sha: [u8; 32] = Sha256::digest(&data).into();
-        state.store_segment(obj(1), 3, &sha, &data).unwrap();
-        let (mut file, len, got) = state.open_segment(obj(1), 3).unwrap();
-        let mut back = Vec::new();
-        file.read_to_end(&mut back).unwrap();
-        assert_eq!((len, got, back), (data.len() as u64, sha, data.clone()));
+        let state = open(&state_path(&dir)).unwrap();
+        // Segment 1 before segment 0: each at its own offset, 16 bytes per segment.
+        state
+            .store_segment(obj(1), &segment(1, 5), b"world")
+            .unwrap();
+        state
+            .store_segment(obj(1), &segment(0, 16), b"hello, segments!")
+            .unwrap();
+        let mut back = vec![0; 21];
+        state
+            .open_content(obj(1))
+            .unwrap()
+            .read_exact_at(&mut back, 0)
+            .unwrap();
+        assert_eq!(back, b"hello, segments!world");
 
         let geometry = Geometry::new(200, 64, 2).unwrap();
         let key = BlockKey {
@@ -609,17 +762,26 @@ mod tests {
         );
         state.store_manifest(obj(1), b"envelope").unwrap();
 
-        // A torn segment file is removed by the scan; the rest is found.
-        let seg5 = state_path(&dir).join("objects/0000000000000abc-1/seg-5");
-        std::fs::write(&seg5, b"SLSEG\0\0\x01short").unwrap();
+        // A record torn by a crash is dropped; a record past the end of the content file
+        // (its bytes lost) too; the rest is found. Stray staging files are removed.
+        let records = state_path(&dir).join("objects/0000000000000abc-1/segments");
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&records)
+            .unwrap();
+        log.write_all(&segment(7, 16).to_record()).unwrap();
+        log.write_all(&segment(5, 16).to_record()[..20]).unwrap();
+        drop(log);
+        let stray = state_path(&dir).join("staging/pack-1-1");
+        std::fs::write(&stray, b"left by a crash").unwrap();
         let found = state.scan().unwrap();
         assert_eq!(found.len(), 1);
         let (key1, left) = &found[0];
         assert_eq!(*key1, obj(1));
-        assert_eq!(left.segments, vec![(3, sha, data.len() as u64)]);
+        assert_eq!(left.segments, vec![segment(0, 16), segment(1, 5)]);
         assert_eq!(left.manifest.as_deref(), Some(&b"envelope"[..]));
         assert!(left.partials.contains(&(BlockKind::Data, 4)));
-        assert!(!seg5.exists());
+        assert!(!stray.exists());
         assert!(state.knows(obj(1)) && !state.knows(obj(2)));
 
         // Finished objects are cleaned out of objects/ at the next scan.
@@ -632,32 +794,55 @@ mod tests {
             .unwrap();
         assert!(state.scan().unwrap().is_empty());
         assert!(!state_path(&dir).join("objects/0000000000000abc-1").exists());
+        assert!(!state_path(&dir).join("staging/0000000000000abc-1").exists());
+    }
+
+    #[test]
+    fn records_refuse_damage() {
+        let record = segment(3, 9).to_record();
+        assert_eq!(StoredSegment::from_record(&record), Some(segment(3, 9)));
+        let mut flipped = record;
+        flipped[30] ^= 1;
+        assert_eq!(StoredSegment::from_record(&flipped), None);
+        assert_eq!(StoredSegment::from_record(&record[..55]), None);
+        // A plaintext longer than its segment size is not a record this receiver writes.
+        assert_eq!(
+            StoredSegment::from_record(&segment(3, 17).to_record()),
+            None
+        );
     }
 
     #[test]
     fn tmp_is_emptied_the_lock_held_and_versions_checked() {
         let dir = tempfile::tempdir().unwrap();
         let path = state_path(&dir);
-        let state = StateDir::open(&path).unwrap();
-        state.tmp().create_file("junk", 0o600).unwrap();
-        let err = StateDir::open(&path).unwrap_err();
+        let state = open(&path).unwrap();
+        std::fs::write(path.join("tmp/junk"), b"").unwrap();
+        let err = open(&path).unwrap_err();
         assert!(matches!(err, StateError::InUse(_)), "{err}");
         drop(state);
-        let state = StateDir::open(&path).unwrap();
-        assert!(state.tmp().names().unwrap().is_empty());
+        let state = open(&path).unwrap();
+        assert!(!path.join("tmp/junk").exists());
         drop(state);
         std::fs::write(path.join("VERSION"), "something else").unwrap();
-        assert!(matches!(
-            StateDir::open(&path),
-            Err(StateError::Version { .. })
-        ));
-        // A format-1 directory is migrated, its stored objects kept.
-        std::fs::write(path.join("VERSION"), VERSION_1_TEXT).unwrap();
-        std::fs::create_dir_all(path.join("done/0000000000000abc")).unwrap();
-        std::fs::create_dir_all(path.join("objects/0000000000000abc-9")).unwrap();
-        let state = StateDir::open(&path).unwrap();
-        assert!(!path.join("done").exists());
-        assert_eq!(state.scan().unwrap().len(), 1);
+        assert!(matches!(open(&path), Err(StateError::Version { .. })));
+        // Format-1 and -2 directories are migrated: their in-progress objects (ciphertext of
+        // an older manifest version) are dropped, format 1's done markers too.
+        for old in [VERSION_1_TEXT, VERSION_2_TEXT] {
+            std::fs::write(path.join("VERSION"), old).unwrap();
+            std::fs::create_dir_all(path.join("done/0000000000000abc")).unwrap();
+            std::fs::create_dir_all(path.join("objects/0000000000000abc-9")).unwrap();
+            std::fs::write(path.join("objects/0000000000000abc-9/seg-0"), b"old").unwrap();
+            let state = open(&path).unwrap();
+            assert_eq!(path.join("done").exists(), old == VERSION_2_TEXT);
+            assert!(state.scan().unwrap().is_empty());
+            assert_eq!(
+                std::fs::read_to_string(path.join("VERSION")).unwrap(),
+                VERSION_TEXT
+            );
+            drop(state);
+            let _ = std::fs::remove_dir_all(path.join("done"));
+        }
     }
 
     #[test]
@@ -666,7 +851,7 @@ mod tests {
         let path = state_path(&dir);
         std::fs::create_dir(&path).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let err = StateDir::open(&path).unwrap_err().to_string();
+        let err = open(&path).unwrap_err().to_string();
         assert!(
             err.contains("accessible by group or others (mode 755)") && err.contains("chmod 700"),
             "{err}"
@@ -675,7 +860,7 @@ mod tests {
         std::fs::create_dir(path.join("objects")).unwrap();
         std::fs::set_permissions(path.join("objects"), std::fs::Permissions::from_mode(0o777))
             .unwrap();
-        let err = StateDir::open(&path).unwrap_err().to_string();
+        let err = open(&path).unwrap_err().to_string();
         assert!(
             err.contains("objects") && err.contains("chmod 700"),
             "{err}"

@@ -3,10 +3,11 @@
 //!
 //! ```text
 //!  delivery ──DecodeJob──▶ decoder 1..n ──Reply──▶ delivery
-//!                          data block:     FEC-decode, SHA-256, store seg-<i>
+//!                          data block:     FEC-decode, age-decrypt straight into the content
+//!                                          file at the segment's offset, record its header MAC
 //!                          manifest block: FEC-decode, age-decrypt, verify signature against
-//!                                          --trust, check ids and path, look for the content
-//!                                          already in --out
+//!                                          --trust, check ids and paths, look for a single
+//!                                          file's content already in --out
 //!                          stalled block:  store partial-<i>;  restore: read it back
 //! ```
 //!
@@ -15,7 +16,8 @@
 
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
+use std::io::Read;
+
 use sluice_common::envelope::{self, OpenError, Opened};
 use sluice_protocol::fec::ReedSolomon;
 use sluice_protocol::rx::{PartialBlock, ReadyBlock};
@@ -25,7 +27,7 @@ use crate::context::{self, Context};
 use crate::delivery::{BlockResult, DecodeJob, Input, Reply};
 use crate::failure::Failure;
 use crate::publish;
-use crate::state::ObjectKey;
+use crate::state::{ObjectKey, StoredSegment};
 
 /// Starts `n` decoder threads; each runs until `jobs` closes.
 pub(crate) fn spawn(
@@ -51,6 +53,8 @@ const KEEP_DECODER_WORK: u64 = 8 << 20;
 fn run(ctx: &Context, jobs: &flume::Receiver<DecodeJob>, replies: &flume::Sender<Input>) {
     context::lower_priority(context::WORKER_NICE);
     let mut codec = ReedSolomon::new();
+    // Decrypted segments, reused: at most one segment (8 MiB) per decoder.
+    let mut plaintext = Vec::new();
     for job in jobs.iter() {
         let reply = match job {
             DecodeJob::Decode {
@@ -59,7 +63,7 @@ fn run(ctx: &Context, jobs: &flume::Receiver<DecodeJob>, replies: &flume::Sender
                 drop_partial,
             } => {
                 let work = block.geometry.decode_work_bytes();
-                let reply = decode(ctx, &mut codec, block, drop_partial);
+                let reply = decode(ctx, &mut codec, &mut plaintext, block, drop_partial);
                 if work > KEEP_DECODER_WORK {
                     codec = ReedSolomon::new();
                 }
@@ -105,8 +109,15 @@ fn load_partial(ctx: &Context, key: BlockKey) -> Reply {
     Reply::PartialLoaded(key, partial)
 }
 
-fn decode(ctx: &Context, codec: &mut ReedSolomon, block: ReadyBlock, drop_partial: bool) -> Reply {
+fn decode(
+    ctx: &Context,
+    codec: &mut ReedSolomon,
+    plaintext: &mut Vec<u8>,
+    block: ReadyBlock,
+    drop_partial: bool,
+) -> Reply {
     let key = block.key;
+    let segment_size = block.segment_size;
     let data = match block.decode(codec) {
         Ok(data) => data,
         Err(e) => {
@@ -121,7 +132,7 @@ fn decode(ctx: &Context, codec: &mut ReedSolomon, block: ReadyBlock, drop_partia
     let recovered = Some(block.used_repair());
     drop(block);
     let result = match key.kind {
-        BlockKind::Data => store_segment(ctx, key, &data),
+        BlockKind::Data => store_segment(ctx, key, segment_size, &data, plaintext),
         BlockKind::Manifest => open_manifest(ctx, key, &data),
     };
     if drop_partial && !matches!(result, BlockResult::Failed(_)) {
@@ -134,17 +145,65 @@ fn decode(ctx: &Context, codec: &mut ReedSolomon, block: ReadyBlock, drop_partia
     }
 }
 
-fn store_segment(ctx: &Context, key: BlockKey, data: &[u8]) -> BlockResult {
-    let obj = ObjectKey::of(&key);
-    let sha256: [u8; 32] = Sha256::digest(data).into();
-    match ctx.state.store_segment(obj, key.index, &sha256, data) {
-        Ok(()) => BlockResult::Stored {
-            sha256,
-            len: data.len() as u64,
-        },
+/// Decrypts a decoded data block (an age file) straight into its object's content file at
+/// the segment's offset, and records what binds it to the manifest: each plaintext byte is
+/// written once. Checked against the signed manifest when that is known (the delivery core).
+fn store_segment(
+    ctx: &Context,
+    key: BlockKey,
+    segment_size: u32,
+    ciphertext: &[u8],
+    plaintext: &mut Vec<u8>,
+) -> BlockResult {
+    let index = key.index;
+    let undecryptable = |e: &dyn std::fmt::Display| {
+        BlockResult::Failed(Failure::SegmentUndecryptable(index, first_line(e)))
+    };
+    let Some(header_mac) = envelope::header_mac(ciphertext) else {
+        return undecryptable(&"not an age file");
+    };
+    let Ok(ciphertext_len) = u32::try_from(ciphertext.len()) else {
+        return BlockResult::Failed(Failure::SegmentUnexpected(index));
+    };
+    plaintext.clear();
+    let read = envelope::decrypt(ciphertext, &ctx.identities).and_then(|reader| {
+        // One byte more than a segment holds tells a too-long one apart.
+        reader
+            .take(u64::from(segment_size) + 1)
+            .read_to_end(plaintext)
+            .map_err(age::DecryptError::from)
+    });
+    match read {
+        Ok(_) => {}
+        // Encrypted to someone else: say which key was tried.
+        Err(age::DecryptError::NoMatchingKeys) => {
+            return undecryptable(&format!(
+                "no key in --identity {} opens it",
+                ctx.identity_path.display()
+            ))
+        }
+        Err(e) => return undecryptable(&e),
+    }
+    let Ok(plain_len) = u32::try_from(plaintext.len()) else {
+        return BlockResult::Failed(Failure::SegmentUnexpected(index));
+    };
+    if plain_len > segment_size {
+        return BlockResult::Failed(Failure::SegmentUnexpected(index));
+    }
+    let segment = StoredSegment {
+        index,
+        segment_size,
+        plain_len,
+        ciphertext_len,
+        header_mac,
+    };
+    match ctx
+        .state
+        .store_segment(ObjectKey::of(&key), &segment, plaintext)
+    {
+        Ok(()) => BlockResult::Stored(segment),
         Err(e) => BlockResult::Failed(Failure::Io(format!(
-            "cannot store segment {} in {}: {e}",
-            key.index,
+            "cannot store segment {index} in {}: {e}",
             ctx.state.path().display()
         ))),
     }
@@ -161,16 +220,34 @@ fn open_manifest(ctx: &Context, key: BlockKey, data: &[u8]) -> BlockResult {
     if opened.manifest.session != key.session || opened.manifest.object != key.object {
         return BlockResult::Failed(Failure::ManifestMismatch);
     }
-    let existing = publish::already_delivered(ctx, &opened.manifest);
+    // A single file already in place is recognised now; a pack's entries when published.
+    let existing = match opened.manifest.entries.as_slice() {
+        [entry] if !opened.manifest.is_inline() => publish::already_delivered(ctx, entry),
+        _ => false,
+    };
     BlockResult::Manifest {
         opened: Box::new(opened),
         existing,
     }
 }
 
-/// The path rules a verified manifest must also meet.
+/// The path rules a verified manifest must also meet: a single entry's path must be
+/// acceptable (a pack's entries are refused one by one when it is published).
 pub(crate) fn check_opened(ctx: &Context, opened: &Opened) -> Result<(), Failure> {
-    publish::check_path(ctx, &opened.manifest.path)
+    match opened.manifest.entries.as_slice() {
+        [entry] => publish::check_path(ctx, &entry.path),
+        _ => Ok(()),
+    }
+}
+
+/// The first line of an error's text (age's can go on with advice for interactive users).
+fn first_line(e: &dyn std::fmt::Display) -> String {
+    let text = e.to_string();
+    text.lines()
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches('.')
+        .to_string()
 }
 
 /// The documented failure for a manifest that does not open.
@@ -178,7 +255,7 @@ pub(crate) fn open_failure(ctx: &Context, error: OpenError) -> Failure {
     match error {
         OpenError::Undecryptable(error) => Failure::ManifestUndecryptable {
             identity: ctx.identity_path.clone(),
-            error,
+            error: first_line(&error),
         },
         OpenError::Untrusted(id) => Failure::UntrustedSigner(id.to_string()),
         OpenError::BadSignature(e) => Failure::BadSignature(e.to_string()),

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
+use sluice_common::envelope;
 use sluice_common::keys::SigningKey;
 use sluice_protocol::counters::DropReason;
 use sluice_protocol::manifest::EntryKind;
@@ -94,6 +95,82 @@ async fn a_tree_arrives_identical_with_modes_and_mtimes() {
     assert_eq!(report.blocks_decoded, 7 + items.len() as u64);
 }
 
+/// A pack (many small entries, their content inline in one manifest block) publishes each
+/// entry on its own: a refused or damaged entry fails alone, the others land with their modes
+/// and mtimes, and a pack sent again is recognised entry by entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pack_publishes_each_entry_on_its_own() {
+    let rig = Rig::new();
+    std::fs::create_dir_all(rig.out.join("blocked")).unwrap();
+    let producer = Producer::new(&rig.keys, 0x1212);
+    let items = vec![
+        Item::dir("p", 0o750, (1_600_000_000, 1)),
+        Item::file("p/a", bytes(100, 1), 0o640, (1_600_000_100, 2)),
+        Item::file("p/empty", Vec::new(), 0o600, (1_600_000_200, 3)),
+        Item::file("blocked", b"not a dir".to_vec(), 0o644, (1, 0)),
+        Item::file("../escape", b"out".to_vec(), 0o644, (1, 0)),
+        Item::file("p/b", bytes(4096, 2), 0o644, (1_600_000_300, 4)),
+    ];
+    let pack = producer.encode_pack(0, &items);
+    // A second pack whose signed entry hash does not match the content it carries.
+    let damaged_items = [
+        Item::file("q/ok", bytes(10, 3), 0o644, (1, 0)),
+        Item::file("q/bad", bytes(10, 4), 0o644, (1, 0)),
+    ];
+    let mut damaged = producer.encode_pack(1, &damaged_items);
+    let mut inline: Vec<u8> = damaged_items
+        .iter()
+        .flat_map(|i| i.content.clone())
+        .collect();
+    inline[15] ^= 1;
+    damaged.blocks[0].1 = producer.seal_inline(&damaged.manifest, &inline, &producer.signer);
+    let running = rig.start(rig.options(IDLE)).await;
+    running
+        .send(producer.frames(&[pack, damaged], 0, all))
+        .await;
+    let report = running.finish().await;
+    let mut got = reasons(&report);
+    got.sort();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(got[0].starts_with("content SHA-256 mismatch"), "{got:?}");
+    assert!(got[1].starts_with("refused path \"../escape\""), "{got:?}");
+    assert!(
+        got[2].starts_with("refused path \"blocked\"") && got[2].contains("directory"),
+        "{got:?}"
+    );
+    assert_eq!(report.objects_delivered, 5);
+    assert_eq!(report.objects_failed, 3);
+    assert_eq!(report.blocks_decoded, 2, "two packs, one block each");
+    assert_eq!(
+        rig.published(),
+        ["blocked", "p", "p/a", "p/b", "p/empty", "q", "q/ok"]
+    );
+    for item in [&items[1], &items[2], &items[5]] {
+        let path = rig.out.join(&item.path);
+        assert_eq!(std::fs::read(&path).unwrap(), item.content);
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.mode() & 0o777, item.mode & 0o755);
+        assert_eq!(meta.mtime(), item.mtime.0);
+    }
+    // The directory's mtime is its own, though files landed in it after.
+    let meta = std::fs::metadata(rig.out.join("p")).unwrap();
+    assert_eq!(meta.mtime(), 1_600_000_000);
+
+    // The same pack again (a later sender run): its files are recognised, not rewritten.
+    let again = Producer::new(&rig.keys, 0x1213).encode_pack(0, &items[..3]);
+    let running = rig.start(rig.options(IDLE)).await;
+    running
+        .send(Producer::new(&rig.keys, 0x1213).frames(&[again], 0, all))
+        .await;
+    let report = running.finish().await;
+    assert_eq!(reasons(&report), Vec::<String>::new());
+    assert_eq!(report.objects_already_delivered, 2, "p/a and p/empty");
+    assert_eq!(
+        report.objects_delivered, 1,
+        "the directory is applied again"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_segment_leaves_the_object_incomplete_and_unpublished() {
     let rig = Rig::new();
@@ -118,12 +195,28 @@ async fn a_missing_segment_leaves_the_object_incomplete_and_unpublished() {
         .unwrap()
         .unwrap()
         .path();
-    let mut kept: Vec<String> = std::fs::read_dir(object_dir)
+    let mut kept: Vec<String> = std::fs::read_dir(&object_dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
         .collect();
     kept.sort();
-    assert_eq!(kept, ["manifest", "seg-0", "seg-2", "seg-3"]);
+    assert_eq!(kept, ["manifest", "segments"]);
+    // Three 56-byte records, and the content file holds their plaintext at its offsets.
+    assert_eq!(
+        std::fs::metadata(object_dir.join("segments"))
+            .unwrap()
+            .len(),
+        3 * 56
+    );
+    let content = std::fs::read(
+        rig.out
+            .join(".sluice-state/staging")
+            .join(object_dir.file_name().unwrap()),
+    )
+    .unwrap();
+    let segment = 64 << 10;
+    assert_eq!(&content[..segment], &item.content[..segment]);
+    assert_eq!(&content[2 * segment..], &item.content[2 * segment..]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,11 +229,12 @@ async fn manifests_for_another_identity_are_refused() {
     let report = transfer(&rig, &producer, &items).await;
     let reasons = reasons(&report);
     assert_eq!(reasons.len(), 1, "{reasons:?}");
+    // Its data segment comes first, and is refused first.
     let expected = format!(
-        "cannot decrypt manifest with --identity {}",
+        "segment 0 does not decrypt: no key in --identity {} opens it",
         rig.keys.receiver_key.display()
     );
-    assert!(reasons[0].starts_with(&expected), "{reasons:?}");
+    assert_eq!(reasons[0], expected);
     assert_eq!(report.exit_code(), 3);
     assert_eq!(rig.published(), Vec::<String>::new());
     assert_eq!(
@@ -169,17 +263,31 @@ async fn manifests_signed_by_an_untrusted_key_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tampered_segment_is_refused_by_its_hash() {
+async fn a_tampered_or_substituted_segment_is_refused() {
     let rig = Rig::new();
     let producer = Producer::new(&rig.keys, 0x5555);
     let item = Item::file("t.bin", bytes(150_000, 6), 0o644, (1, 0));
-    let mut encoded = producer.encode(0, &item);
-    // A forger holding the link key changes segment 1 after the manifest was signed.
-    encoded.blocks[1].1[500] ^= 0x01;
+    // A forger holding the link key changes a byte of segment 1 after the manifest was
+    // signed: age's authentication refuses it.
+    let mut tampered = producer.encode(0, &item);
+    tampered.blocks[1].1[500] ^= 0x01;
+    // Or replaces segment 1 with another valid age file (anyone can encrypt to the
+    // receiver's public key): the signed manifest binds another header MAC.
+    let mut substituted = producer.encode(1, &item);
+    substituted.blocks[1].1 =
+        envelope::encrypt(&item.content[64 << 10..128 << 10], &producer.recipients).unwrap();
     let running = rig.start(rig.options(IDLE)).await;
-    running.send(producer.frames(&[encoded], 0, all)).await;
+    running
+        .send(producer.frames(&[tampered, substituted], 0, all))
+        .await;
     let report = running.finish().await;
-    assert_eq!(reasons(&report), ["segment 1 SHA-256 mismatch"]);
+    let reasons = reasons(&report);
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons[0].starts_with("segment 1 does not decrypt"),
+        "{reasons:?}"
+    );
+    assert_eq!(reasons[1], "segment 1 does not match the signed manifest");
     assert_eq!(report.exit_code(), 3);
     assert_eq!(rig.published(), Vec::<String>::new());
 }

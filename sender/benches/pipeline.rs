@@ -60,6 +60,7 @@ fn encode_only(dir: &Path, file: &Path, bytes: u64, symbol_size: u16, workers: u
         session: SessionId(1),
         symbol_size,
         segment_size: 1 << 20,
+        pack_under: 0,
         repair_permille: 100,
         passes: 1,
         recipients: keys::load_recipients(&dir.join(keys::RECEIVER_PUB)).unwrap(),

@@ -44,6 +44,11 @@ pub struct Args {
     /// Plaintext bytes per encrypted segment, 64KiB..8MiB. Default 1MiB.
     #[arg(long)]
     pub segment_size: Option<String>,
+    /// Files smaller than this, and directories, travel in packs: many to one object whose
+    /// manifest carries their content (one key exchange and signature for hundreds of small
+    /// files). 0 sends each as its own object. At most --segment-size. Default 256KiB.
+    #[arg(long)]
+    pub pack_under: Option<String>,
     /// Directory for the ciphertext later passes resend (default: a temporary directory).
     #[arg(long)]
     pub spool: Option<PathBuf>,
@@ -89,8 +94,12 @@ pub struct Options {
     pub passes: u16,
     /// Repair symbols per thousand source symbols, per pass.
     pub repair_permille: u32,
-    /// Plaintext bytes per segment.
+    /// Plaintext bytes per segment (and most content bytes per pack).
     pub segment_size: u32,
+    /// Files under this size are packed.
+    pub pack_under: u64,
+    /// Encryption threads.
+    pub workers: usize,
     /// Where later passes' ciphertext is kept.
     pub spool: Option<PathBuf>,
     /// Where the manifest sequence is kept (`None`: beside the signing key).
@@ -165,6 +174,14 @@ pub fn resolve(args: Args) -> Result<Options, UsageError> {
                 .and_then(|n| u32::try_from(n).ok())
         })?,
     };
+    let pack_under = match layers.value("pack-under", args.pack_under)? {
+        None => (256 << 10).min(u64::from(segment_size)),
+        Some(v) => v.parse("a size from 0 to --segment-size, e.g. 64KiB", |t| {
+            units::parse_bytes(t)
+                .ok()
+                .filter(|n| *n <= u64::from(segment_size))
+        })?,
+    };
     let interleave = match layers.value("interleave", args.interleave)? {
         None => 8,
         Some(v) => v.parse("a block count from 1 to 256", |t| {
@@ -206,6 +223,8 @@ pub fn resolve(args: Args) -> Result<Options, UsageError> {
         passes,
         repair_permille,
         segment_size,
+        pack_under,
+        workers: layers.workers(args.shared.workers)?,
         spool: layers.path("spool", args.spool)?,
         state: layers.path("state", args.state)?,
         name,

@@ -1,5 +1,7 @@
 //! Objects in, FEC-encoded blocks out: read → hash → age-encrypt each segment → FEC, then the
-//! signed and encrypted manifest block, for every pass.
+//! signed and encrypted manifest block, for every pass. Small files and directories are
+//! gathered into packs: one object whose manifest block carries their content inline (one
+//! X25519, one signature and one FEC block for hundreds of small files).
 //!
 //! ```text
 //!             jobs, round robin            results, same order
@@ -28,7 +30,9 @@ use sluice_common::envelope;
 use sluice_common::keys::SigningKey;
 use sluice_common::sequence::Sequence;
 use sluice_protocol::fec::ReedSolomon;
-use sluice_protocol::manifest::{EntryKind, Manifest, SegmentInfo, MANIFEST_VERSION};
+use sluice_protocol::manifest::{
+    Entry, EntryKind, Manifest, SegmentInfo, MANIFEST_VERSION, MAX_ENTRIES,
+};
 use sluice_protocol::tx::{BlockPlan, OutgoingBlock};
 use sluice_protocol::wire::{BlockKey, BlockKind, ObjectId, SessionId};
 
@@ -51,11 +55,12 @@ pub enum Produced {
     /// Every block of an object went to the send loop in pass 0.
     ObjectQueued {
         object: ObjectId,
-        path: String,
-        size: u64,
-        sha256: [u8; 32],
+        /// Its entries: one, or a pack's.
+        entries: Vec<QueuedEntry>,
         segments: usize,
     },
+    /// A member of a pack could not be read; the rest of the pack goes on.
+    EntryFailed { path: String, reason: String },
     /// An object could not be read or encoded; none of its later blocks will come.
     ObjectFailed {
         object: ObjectId,
@@ -66,11 +71,22 @@ pub enum Produced {
     PassQueued(u16),
 }
 
+/// One file or directory of a queued object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedEntry {
+    pub path: String,
+    pub size: u64,
+    pub sha256: [u8; 32],
+}
+
 /// Fixed settings of one run's encoder.
 pub struct EncodeConfig {
     pub session: SessionId,
     pub symbol_size: u16,
     pub segment_size: u32,
+    /// Files smaller than this (and directories) go into packs of at most `segment_size`
+    /// content bytes; 0 sends every entry as its own object.
+    pub pack_under: u64,
     pub repair_permille: u32,
     pub passes: u16,
     pub recipients: Vec<age::x25519::Recipient>,
@@ -196,13 +212,71 @@ pub enum EncodeError {
 #[derive(Debug)]
 struct ObjectEnd {
     object: ObjectId,
-    path: String,
-    kind: EntryKind,
-    size: u64,
-    mode: u32,
-    mtime_secs: i64,
-    mtime_nanos: u32,
-    sha256: [u8; 32],
+    entry: Entry,
+}
+
+/// A pack the reader filled: its entries in content order, and their content.
+#[derive(Debug)]
+struct PackEnd {
+    object: ObjectId,
+    entries: Vec<Entry>,
+    inline: Vec<u8>,
+}
+
+/// How the reader sends what it was given: each large file on its own, small files and
+/// directories in packs (a pack of one is an object whose content is inline).
+#[derive(Debug)]
+enum Planned<'a> {
+    Single(&'a SourceObject),
+    Pack(Vec<&'a SourceObject>),
+}
+
+/// Groups consecutive small entries (files under `pack_under` bytes, directories) into packs
+/// of at most `pack_limit` content bytes and [`MAX_ENTRIES`] entries, keeping the order.
+fn plan(objects: &[SourceObject], pack_under: u64, pack_limit: u64) -> Vec<Planned<'_>> {
+    let mut planned = Vec::new();
+    let mut pack: Vec<&SourceObject> = Vec::new();
+    let mut bytes = 0;
+    for object in objects {
+        let small = match object.source {
+            Source::Directory => pack_under > 0,
+            Source::File(_) => object.size.is_some_and(|size| size < pack_under),
+            Source::Stdin => false,
+        };
+        if !small {
+            if !pack.is_empty() {
+                planned.push(Planned::Pack(std::mem::take(&mut pack)));
+            }
+            planned.push(Planned::Single(object));
+            continue;
+        }
+        let size = object.size.unwrap_or(0);
+        if !pack.is_empty() && (bytes + size > pack_limit || pack.len() >= MAX_ENTRIES) {
+            planned.push(Planned::Pack(std::mem::take(&mut pack)));
+        }
+        if pack.is_empty() {
+            bytes = 0;
+        }
+        pack.push(object);
+        bytes += size;
+    }
+    if !pack.is_empty() {
+        planned.push(Planned::Pack(pack));
+    }
+    planned
+}
+
+/// An entry for `object` with what was read of it.
+fn entry_of(object: &SourceObject, size: u64, sha256: [u8; 32]) -> Entry {
+    Entry {
+        path: object.path.clone(),
+        kind: object.kind(),
+        size,
+        mode: object.mode,
+        mtime_secs: object.mtime_secs,
+        mtime_nanos: object.mtime_nanos,
+        sha256,
+    }
 }
 
 /// Work for one worker, in reader order.
@@ -226,6 +300,10 @@ enum Job {
 enum Mark {
     /// Every segment of an object was read: the collector builds its manifest.
     ObjectEnd(ObjectEnd),
+    /// A pack was read: the collector builds its manifest with the content inline.
+    PackEnd(PackEnd),
+    /// A member of a pack could not be read (the pack goes on without it).
+    EntryFailed { path: String, reason: String },
     /// An object could not be read; it is dropped from later passes.
     ObjectFailed {
         object: ObjectId,
@@ -264,6 +342,8 @@ struct Sent {
     object: ObjectId,
     /// Plaintext bytes, to count each resent segment's share of the file.
     size: u64,
+    /// Content bytes its manifest block carries (a pack's).
+    inline: u64,
     blocks: Vec<(BlockKind, u32)>,
 }
 
@@ -358,11 +438,16 @@ fn worker(
                 match envelope::encrypt(&plaintext, &config.recipients) {
                     Ok(ciphertext) => {
                         config.spool(key, &ciphertext)?;
+                        // The segment is bound to the signed manifest by its age header's MAC
+                        // (SPEC.md section 8): no second hash over the ciphertext.
+                        let header_mac = envelope::header_mac(&ciphertext).ok_or_else(|| {
+                            EncodeError::Fec(format!("{key:?}: age wrote no header MAC"))
+                        })?;
                         let info = SegmentInfo {
                             ciphertext_len: u32::try_from(ciphertext.len()).map_err(|_| {
                                 EncodeError::Fec(format!("{key:?}: segment too large"))
                             })?,
-                            ciphertext_sha256: Sha256::digest(&ciphertext).into(),
+                            header_mac,
                         };
                         let block = config.fec(&mut codec, key, &ciphertext, 0)?;
                         Done::Segment {
@@ -415,8 +500,16 @@ impl Reader<'_> {
         objects: &[SourceObject],
         sent_rx: flume::Receiver<Vec<Sent>>,
     ) -> Result<(), EncodeError> {
-        for (i, object) in objects.iter().enumerate() {
-            self.first_pass(ObjectId(i as u64), object)?;
+        let limit = u64::from(self.config.segment_size);
+        for (i, planned) in plan(objects, self.config.pack_under, limit)
+            .into_iter()
+            .enumerate()
+        {
+            let id = ObjectId(i as u64);
+            match planned {
+                Planned::Single(object) => self.first_pass(id, object)?,
+                Planned::Pack(members) => self.pack(id, &members)?,
+            }
         }
         self.submit(Job::Mark(Mark::PassEnd(0)))?;
         if self.config.passes <= 1 {
@@ -490,16 +583,52 @@ impl Reader<'_> {
                 }
             }
         }
-        let kind = object.kind();
+        let sha256 = match object.kind() {
+            EntryKind::File => plain_hash.finalize().into(),
+            EntryKind::Directory => [0; 32],
+        };
         self.submit(Job::Mark(Mark::ObjectEnd(ObjectEnd {
             object: id,
-            path: object.path.clone(),
-            kind,
-            size,
-            mode: object.mode,
-            mtime_secs: object.mtime_secs,
-            mtime_nanos: object.mtime_nanos,
-            sha256: plain_hash.finalize().into(),
+            entry: entry_of(object, size, sha256),
+        })))
+    }
+
+    /// A pack: its members read whole into one buffer, each hashed once.
+    fn pack(&mut self, id: ObjectId, members: &[&SourceObject]) -> Result<(), EncodeError> {
+        let mut entries = Vec::with_capacity(members.len());
+        let mut inline = Vec::new();
+        for member in members {
+            let start = inline.len();
+            let read = match &member.source {
+                Source::Directory => Ok(()),
+                Source::File(path) => read_member(path, member.size.unwrap_or(0), &mut inline),
+                Source::Stdin => Err("standard input is never packed".to_string()),
+            };
+            match read {
+                Ok(()) => {
+                    let content = &inline[start..];
+                    let sha256 = match member.kind() {
+                        EntryKind::File => Sha256::digest(content).into(),
+                        EntryKind::Directory => [0; 32],
+                    };
+                    entries.push(entry_of(member, content.len() as u64, sha256));
+                }
+                Err(reason) => {
+                    inline.truncate(start);
+                    self.submit(Job::Mark(Mark::EntryFailed {
+                        path: member.path.clone(),
+                        reason,
+                    }))?;
+                }
+            }
+        }
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.submit(Job::Mark(Mark::PackEnd(PackEnd {
+            object: id,
+            entries,
+            inline,
         })))
     }
 
@@ -526,7 +655,7 @@ impl Reader<'_> {
             })?;
             // Progress counts file bytes, not ciphertext: every segment but the last is full.
             let plain_bytes = match kind {
-                BlockKind::Manifest => 0,
+                BlockKind::Manifest => sent.inline,
                 BlockKind::Data => {
                     let segment = u64::from(self.config.segment_size);
                     sent.size
@@ -623,12 +752,18 @@ impl Collector<'_> {
                     Some((object, reason)) if object == end.object => {
                         self.emit(Produced::ObjectFailed {
                             object,
-                            path: end.path,
+                            path: end.entry.path,
                             reason,
                         })
                     }
-                    _ => self.manifest(end, segments),
+                    _ => self.manifest(end.object, vec![end.entry], segments, &[]),
                 }
+            }
+            Done::Mark(Mark::PackEnd(pack)) => {
+                self.manifest(pack.object, pack.entries, Vec::new(), &pack.inline)
+            }
+            Done::Mark(Mark::EntryFailed { path, reason }) => {
+                self.emit(Produced::EntryFailed { path, reason })
             }
             Done::Mark(Mark::ObjectFailed {
                 object,
@@ -661,47 +796,66 @@ impl Collector<'_> {
         self.failed.as_ref().map(|(object, _)| *object)
     }
 
-    /// Signs, encrypts and queues an object's manifest, after its segments.
-    fn manifest(&mut self, end: ObjectEnd, segments: Vec<SegmentInfo>) -> Result<(), EncodeError> {
+    /// Signs, encrypts and queues an object's manifest, after its segments (or with its
+    /// content inline, for a pack).
+    fn manifest(
+        &mut self,
+        object: ObjectId,
+        entries: Vec<Entry>,
+        segments: Vec<SegmentInfo>,
+        inline: &[u8],
+    ) -> Result<(), EncodeError> {
         let segment_count = segments.len();
+        let size: u64 = entries.iter().map(|e| e.size).sum();
+        let queued: Vec<QueuedEntry> = entries
+            .iter()
+            .map(|e| QueuedEntry {
+                path: e.path.clone(),
+                size: e.size,
+                sha256: e.sha256,
+            })
+            .collect();
+        let failed = |reason: String| Produced::ObjectFailed {
+            object,
+            path: queued
+                .iter()
+                .map(|q| q.path.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            reason,
+        };
         let sequence = self.sequence.take().map_err(EncodeError::Sequence)?;
         let manifest = Manifest {
             version: MANIFEST_VERSION,
             session: self.config.session,
-            object: end.object,
+            object,
             sequence,
-            path: end.path.clone(),
-            kind: end.kind,
-            size: end.size,
-            mode: end.mode,
-            mtime_secs: end.mtime_secs,
-            mtime_nanos: end.mtime_nanos,
-            segment_size: if end.kind == EntryKind::Directory || end.size == 0 {
+            entries,
+            // Inline content (a pack, a directory, an empty file) has no segments.
+            segment_size: if segments.is_empty() {
                 0
             } else {
                 self.config.segment_size
             },
-            sha256: end.sha256,
             segments,
         };
-        let sealed =
-            envelope::seal_manifest(&manifest, &self.config.signer, &self.config.recipients);
+        let sealed = envelope::seal_manifest(
+            &manifest,
+            inline,
+            &self.config.signer,
+            &self.config.recipients,
+        );
         let ciphertext = match sealed {
             Ok(c) => c,
-            Err(e) => {
-                return self.emit(Produced::ObjectFailed {
-                    object: end.object,
-                    path: end.path,
-                    reason: e.to_string(),
-                })
-            }
+            Err(e) => return self.emit(failed(e.to_string())),
         };
-        let key = self.config.block_key(end.object, BlockKind::Manifest, 0);
+        let key = self.config.block_key(object, BlockKind::Manifest, 0);
         self.config.spool(key, &ciphertext)?;
         let block = self.config.fec(&mut self.codec, key, &ciphertext, 0)?;
         self.emit(Produced::Block {
             block,
-            plain_bytes: 0,
+            // A pack's content travels in its manifest block.
+            plain_bytes: inline.len() as u64,
             pass: 0,
         })?;
         if self.config.passes > 1 {
@@ -710,19 +864,34 @@ impl Collector<'_> {
                 .chain(std::iter::once((BlockKind::Manifest, 0)))
                 .collect();
             self.sent.push(Sent {
-                object: end.object,
-                size: end.size,
+                object,
+                size,
+                inline: inline.len() as u64,
                 blocks,
             });
         }
         self.emit(Produced::ObjectQueued {
-            object: end.object,
-            path: end.path,
-            size: end.size,
-            sha256: end.sha256,
+            object,
+            entries: queued,
             segments: segment_count,
         })
     }
+}
+
+/// Appends the content of the pack member at `path` to `inline`: at most the `planned` bytes
+/// it had when listed (a file that grew since is refused: its end would not fit the pack).
+fn read_member(path: &Path, planned: u64, inline: &mut Vec<u8>) -> Result<(), String> {
+    let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let start = inline.len();
+    file.take(planned + 1)
+        .read_to_end(inline)
+        .map_err(|e| format!("read error: {e}"))?;
+    if (inline.len() - start) as u64 > planned {
+        return Err(format!(
+            "grew while being sent (listed at {planned} bytes); send it again"
+        ));
+    }
+    Ok(())
 }
 
 /// Reads until `buf` is full or the input ends; returns the bytes read.
@@ -800,13 +969,35 @@ mod tests {
         }
     }
 
+    /// The queued entries: path, size and data segments.
+    fn queued(events: &[Event]) -> Vec<(&str, u64, usize)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Queued(path, size, _, segments) => Some((path.as_str(), *size, *segments)),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn trace(dir: &Path, objects: &[SourceObject], workers: usize, passes: u16) -> Vec<Event> {
-        let spool = dir.join(format!("spool-{workers}"));
+        trace_packing(dir, objects, workers, passes, 0)
+    }
+
+    fn trace_packing(
+        dir: &Path,
+        objects: &[SourceObject],
+        workers: usize,
+        passes: u16,
+        pack_under: u64,
+    ) -> Vec<Event> {
+        let spool = dir.join(format!("spool-{workers}-{pack_under}"));
         std::fs::create_dir_all(&spool).unwrap();
         let config = EncodeConfig {
             session: SessionId(7),
             symbol_size: 256,
             segment_size: SEGMENT as u32,
+            pack_under,
             repair_permille: 100,
             passes,
             recipients: sluice_common::keys::load_recipients(
@@ -823,20 +1014,22 @@ mod tests {
         let encoder = std::thread::spawn(move || run(&config, &objects, sequence, tx));
         let mut events = Vec::new();
         while let Ok(produced) = rx.recv() {
-            events.push(match produced {
+            match produced {
                 Produced::Block {
                     block, plain_bytes, ..
-                } => Event::Block(block.key(), plain_bytes),
+                } => events.push(Event::Block(block.key(), plain_bytes)),
                 Produced::ObjectQueued {
-                    path,
-                    size,
-                    sha256,
-                    segments,
-                    ..
-                } => Event::Queued(path, size, sha256, segments),
-                Produced::ObjectFailed { path, .. } => Event::Failed(path),
-                Produced::PassQueued(pass) => Event::Pass(pass),
-            });
+                    entries, segments, ..
+                } => events.extend(
+                    entries
+                        .into_iter()
+                        .map(|e| Event::Queued(e.path, e.size, e.sha256, segments)),
+                ),
+                Produced::ObjectFailed { path, .. } | Produced::EntryFailed { path, .. } => {
+                    events.push(Event::Failed(path))
+                }
+                Produced::PassQueued(pass) => events.push(Event::Pass(pass)),
+            }
         }
         encoder.join().unwrap().unwrap();
         events
@@ -890,13 +1083,7 @@ mod tests {
         expected.extend(&b);
         assert_eq!(keys, expected);
         assert!(four.contains(&Event::Failed("gone".into())));
-        let queued: Vec<_> = four
-            .iter()
-            .filter_map(|e| match e {
-                Event::Queued(path, size, _, segments) => Some((path.as_str(), *size, *segments)),
-                _ => None,
-            })
-            .collect();
+        let queued = queued(&four);
         assert_eq!(
             queued,
             [
@@ -919,5 +1106,77 @@ mod tests {
                 .collect::<Vec<_>>(),
             [&Event::Pass(0), &Event::Pass(1)]
         );
+    }
+
+    #[test]
+    fn small_files_and_directories_travel_in_packs() {
+        let dir = tempfile::tempdir().unwrap();
+        sluice_common::keys::generate_receiver_keys(dir.path()).unwrap();
+        sluice_common::keys::generate_sender_keys(dir.path()).unwrap();
+        let directory = SourceObject {
+            path: "d".into(),
+            source: Source::Directory,
+            size: None,
+            mode: 0o755,
+            mtime_secs: 0,
+            mtime_nanos: 0,
+        };
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        let mut grew = file(dir.path(), "d/grew", 10, 9);
+        grew.size = Some(4);
+        let objects = vec![
+            directory,
+            file(dir.path(), "d/a", 10, 1),
+            grew,
+            file(dir.path(), "d/empty", 0, 2),
+            file(dir.path(), "big", SEGMENT * 2, 3),
+            file(dir.path(), "e", 100, 4),
+            file(dir.path(), "f", SEGMENT / 2, 5),
+        ];
+        // Files under 1 KiB are packed; a pack holds at most one segment's worth.
+        let events = trace_packing(dir.path(), &objects, 2, 1, 1024);
+        let keys: Vec<(u64, BlockKind, u32)> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Block(key, _) => Some((key.object.0, key.kind, key.index)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                (0, BlockKind::Manifest, 0),
+                (1, BlockKind::Data, 0),
+                (1, BlockKind::Data, 1),
+                (1, BlockKind::Manifest, 0),
+                (2, BlockKind::Manifest, 0),
+                (3, BlockKind::Data, 0),
+                (3, BlockKind::Manifest, 0),
+            ]
+        );
+        // The pack's manifest block counts its content (10 bytes of d/a).
+        assert!(events.contains(&Event::Block(
+            BlockKey {
+                session: SessionId(7),
+                object: ObjectId(0),
+                kind: BlockKind::Manifest,
+                index: 0
+            },
+            10
+        )));
+        let queued = queued(&events);
+        assert_eq!(
+            queued,
+            [
+                ("d", 0, 0),
+                ("d/a", 10, 0),
+                ("d/empty", 0, 0),
+                ("big", (SEGMENT * 2) as u64, 2),
+                ("e", 100, 0),
+                ("f", (SEGMENT / 2) as u64, 1),
+            ]
+        );
+        // A member that grew since it was listed fails alone.
+        assert!(events.contains(&Event::Failed("d/grew".into())));
     }
 }

@@ -133,12 +133,13 @@ impl Sender {
             session,
             symbol_size,
             segment_size: options.segment_size,
+            pack_under: options.pack_under,
             repair_permille: options.repair_permille,
             passes: options.passes,
             recipients,
             signer,
             spool: spool.as_ref().map(|s| s.path().to_path_buf()),
-            workers: 0,
+            workers: options.workers,
         };
         let file_bytes: u64 = objects.iter().filter_map(|o| o.size).sum();
         tracing::info!(

@@ -21,7 +21,10 @@ pub enum Outcome {
         path: String,
         size: u64,
         sha256: [u8; 32],
+        /// Data segments of its object (0 when its content travels inline).
         segments: usize,
+        /// It travels in a pack with other small entries.
+        packed: bool,
     },
     /// Every block of every pass has left on the link.
     Sent { path: String, size: u64 },
@@ -47,11 +50,13 @@ impl Subscriber<Outcome> for LogLine {
                 size,
                 sha256,
                 segments,
+                packed,
             } => tracing::info!(
                 path = %path,
                 size,
                 sha256 = %hex::encode(sha256),
                 segments,
+                packed,
                 "object queued"
             ),
             Outcome::Sent { path, size } => tracing::debug!(path = %path, size, "object sent"),

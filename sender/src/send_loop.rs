@@ -44,8 +44,8 @@ struct InFlight {
     pending: usize,
     /// The manifest block of the last pass (the object's last block) was pushed.
     last_pushed: bool,
-    /// Path and size, once the encoder said it queued the object.
-    queued: Option<(String, u64)>,
+    /// Paths and sizes of its entries, once the encoder said it queued the object.
+    queued: Option<Vec<(String, u64)>>,
 }
 
 fn progress_bar(total: Option<u64>) -> ProgressBar {
@@ -211,21 +211,27 @@ impl SendLoop {
             }
             Produced::ObjectQueued {
                 object,
-                path,
-                size,
-                sha256,
+                entries,
                 segments,
             } => {
-                self.bar.set_message(path.clone());
-                self.in_flight.entry(object).or_default().queued = Some((path.clone(), size));
-                self.emit(Outcome::Queued {
-                    path,
-                    size,
-                    sha256,
-                    segments,
-                });
+                if let Some(last) = entries.last() {
+                    self.bar.set_message(last.path.clone());
+                }
+                self.in_flight.entry(object).or_default().queued =
+                    Some(entries.iter().map(|e| (e.path.clone(), e.size)).collect());
+                let packed = entries.len() > 1;
+                for entry in entries {
+                    self.emit(Outcome::Queued {
+                        path: entry.path,
+                        size: entry.size,
+                        sha256: entry.sha256,
+                        segments,
+                        packed,
+                    });
+                }
                 self.check_sent(object);
             }
+            Produced::EntryFailed { path, reason } => self.emit(Outcome::Failed { path, reason }),
             Produced::ObjectFailed {
                 object,
                 path,
@@ -258,7 +264,8 @@ impl SendLoop {
         if !done {
             return;
         }
-        if let Some((path, size)) = self.in_flight.remove(&object).and_then(|t| t.queued) {
+        let entries = self.in_flight.remove(&object).and_then(|t| t.queued);
+        for (path, size) in entries.into_iter().flatten() {
             self.emit(Outcome::Sent { path, size });
         }
     }

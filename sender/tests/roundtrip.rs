@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use sluice_common::keys;
+use sluice_common::{envelope, keys};
 use sluice_protocol::fec::ReedSolomon;
 use sluice_protocol::manifest::{EntryKind, Manifest, SignedManifest};
 use sluice_protocol::rx::{Assembler, Event, RxConfig};
@@ -123,11 +123,15 @@ fn a_file_round_trips_through_the_protocol_and_keys() {
         (manifest.session, manifest.object),
         (mkey.session, mkey.object)
     );
-    assert_eq!(manifest.path, "data.bin");
-    assert_eq!(manifest.kind, EntryKind::File);
-    assert_eq!(manifest.size, content.len() as u64);
+    let [entry] = manifest.entries.as_slice() else {
+        panic!("one entry: {manifest:?}");
+    };
+    assert_eq!(entry.path, "data.bin");
+    assert_eq!(entry.kind, EntryKind::File);
+    assert_eq!(entry.size, content.len() as u64);
     assert_eq!(manifest.segments.len(), 5);
-    assert_eq!(manifest.sha256, <[u8; 32]>::from(Sha256::digest(&content)));
+    assert_eq!(entry.sha256, <[u8; 32]>::from(Sha256::digest(&content)));
+    assert!(envelope.inline.is_empty());
 
     let mut rebuilt = Vec::new();
     for (i, seg) in manifest.segments.iter().enumerate() {
@@ -137,25 +141,34 @@ fn a_file_round_trips_through_the_protocol_and_keys() {
             ..*mkey
         };
         let ciphertext = &blocks[&key];
-        assert_eq!(
-            <[u8; 32]>::from(Sha256::digest(ciphertext)),
-            seg.ciphertext_sha256
-        );
+        // Each segment is bound to the signed manifest by its age header's MAC.
+        assert_eq!(envelope::header_mac(ciphertext), Some(seg.header_mac));
+        assert_eq!(ciphertext.len(), seg.ciphertext_len as usize);
         rebuilt.extend(decrypt(identity, ciphertext));
     }
     assert_eq!(rebuilt, content);
 }
 
-#[test]
-fn trees_send_directories_first_and_a_second_pass_sends_fresh_repair() {
+/// Keys and a tree `tree/{empty dir/, one (1 byte), zero (empty)}` in a temporary directory.
+fn small_tree() -> (tempfile::TempDir, std::path::PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     keys_in(tmp.path());
     let root = tmp.path().join("tree");
     std::fs::create_dir_all(root.join("empty dir")).unwrap();
     std::fs::write(root.join("one"), b"1").unwrap();
     std::fs::write(root.join("zero"), b"").unwrap();
+    (tmp, root)
+}
 
-    let (capture, out) = send(tmp.path(), &["--passes", "2", "--repair", "10%"], &[&root]);
+#[test]
+fn trees_send_directories_first_and_a_second_pass_sends_fresh_repair() {
+    let (tmp, root) = small_tree();
+
+    let (capture, out) = send(
+        tmp.path(),
+        &["--passes", "2", "--repair", "10%", "--pack-under", "0"],
+        &[&root],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -193,7 +206,10 @@ fn trees_send_directories_first_and_a_second_pass_sends_fresh_repair() {
         if k.kind == BlockKind::Manifest {
             let envelope = SignedManifest::from_bytes(&decrypt(identity, data)).unwrap();
             let m = Manifest::from_bytes(&envelope.manifest).unwrap();
-            paths.push((k.object.0, m.path, m.kind));
+            let [entry] = m.entries.as_slice() else {
+                panic!("unpacked objects have one entry: {m:?}");
+            };
+            paths.push((k.object.0, entry.path.clone(), entry.kind));
         }
     }
     paths.sort_by_key(|(object, _, _)| *object);
@@ -207,6 +223,39 @@ fn trees_send_directories_first_and_a_second_pass_sends_fresh_repair() {
             ("tree/zero", EntryKind::File),
         ]
     );
+}
+
+#[test]
+fn small_files_and_directories_go_in_one_pack_by_default() {
+    let (tmp, root) = small_tree();
+    let (capture, out) = send(tmp.path(), &[], &[&root]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let blocks = assemble(tmp.path(), &capture.frames);
+    assert_eq!(blocks.len(), 1, "one manifest block carries the whole tree");
+    let identity = &keys::load_identities(&tmp.path().join("receiver.key")).unwrap()[0];
+    let (_, data) = blocks.iter().next().unwrap();
+    let envelope = SignedManifest::from_bytes(&decrypt(identity, data)).unwrap();
+    let m = Manifest::from_bytes(&envelope.manifest).unwrap();
+    let entries: Vec<(&str, EntryKind, u64)> = m
+        .entries
+        .iter()
+        .map(|e| (e.path.as_str(), e.kind, e.size))
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            ("tree", EntryKind::Directory, 0),
+            ("tree/empty dir", EntryKind::Directory, 0),
+            ("tree/one", EntryKind::File, 1),
+            ("tree/zero", EntryKind::File, 0),
+        ]
+    );
+    assert_eq!(envelope.inline, b"1");
+    assert!(m.segments.is_empty());
 }
 
 #[test]

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use sluice_common::envelope;
 use sluice_common::keys::{self, SigningKey};
 use sluice_protocol::fec::ReedSolomon;
-use sluice_protocol::manifest::{EntryKind, Manifest, SegmentInfo, MANIFEST_VERSION};
+use sluice_protocol::manifest::{Entry, EntryKind, Manifest, SegmentInfo, MANIFEST_VERSION};
 use sluice_protocol::time::Instant;
 use sluice_protocol::tx::{BlockPlan, OutgoingBlock, Scheduler, Transmit, TxConfig};
 use sluice_protocol::wire::{
@@ -67,6 +67,24 @@ impl Item {
             content: Vec::new(),
             mode,
             mtime,
+        }
+    }
+}
+
+impl Item {
+    /// Its manifest entry.
+    pub fn entry(&self) -> Entry {
+        Entry {
+            path: self.path.clone(),
+            kind: self.kind,
+            size: self.content.len() as u64,
+            mode: self.mode,
+            mtime_secs: self.mtime.0,
+            mtime_nanos: self.mtime.1,
+            sha256: match self.kind {
+                EntryKind::File => Sha256::digest(&self.content).into(),
+                EntryKind::Directory => [0; 32],
+            },
         }
     }
 }
@@ -128,7 +146,8 @@ impl Producer {
         envelope::encrypt(plain, &self.recipients).unwrap()
     }
 
-    /// Encodes `item` as object `object`.
+    /// Encodes `item` as object `object`: its content in data segments (none for a
+    /// directory or an empty file, whose manifest is inline), manifest last.
     pub fn encode(&self, object: u64, item: &Item) -> Encoded {
         let mut blocks = Vec::new();
         let mut segments = Vec::new();
@@ -136,7 +155,7 @@ impl Producer {
             let ciphertext = self.encrypt(chunk);
             segments.push(SegmentInfo {
                 ciphertext_len: ciphertext.len() as u32,
-                ciphertext_sha256: Sha256::digest(&ciphertext).into(),
+                header_mac: envelope::header_mac(&ciphertext).unwrap(),
             });
             blocks.push((self.key(object, BlockKind::Data, i as u32), ciphertext));
         }
@@ -145,14 +164,12 @@ impl Producer {
             session: self.session,
             object: ObjectId(object),
             sequence: self.sequence + object,
-            path: item.path.clone(),
-            kind: item.kind,
-            size: item.content.len() as u64,
-            mode: item.mode,
-            mtime_secs: item.mtime.0,
-            mtime_nanos: item.mtime.1,
-            segment_size: self.segment_size as u32,
-            sha256: Sha256::digest(&item.content).into(),
+            entries: vec![item.entry()],
+            segment_size: if segments.is_empty() {
+                0
+            } else {
+                self.segment_size as u32
+            },
             segments,
         };
         let manifest_block = self.seal(&manifest, &self.signer);
@@ -160,9 +177,33 @@ impl Producer {
         Encoded { manifest, blocks }
     }
 
+    /// Encodes `items` as one pack, object `object`: a manifest block carrying their content.
+    pub fn encode_pack(&self, object: u64, items: &[Item]) -> Encoded {
+        let manifest = Manifest {
+            version: MANIFEST_VERSION,
+            session: self.session,
+            object: ObjectId(object),
+            sequence: self.sequence + object,
+            entries: items.iter().map(Item::entry).collect(),
+            segment_size: 0,
+            segments: Vec::new(),
+        };
+        let inline: Vec<u8> = items.iter().flat_map(|i| i.content.clone()).collect();
+        let block = self.seal_inline(&manifest, &inline, &self.signer);
+        Encoded {
+            manifest,
+            blocks: vec![(self.key(object, BlockKind::Manifest, 0), block)],
+        }
+    }
+
     /// The manifest block data, signed by `signer` (the envelope `sluice-send` makes).
     pub fn seal(&self, manifest: &Manifest, signer: &SigningKey) -> Vec<u8> {
-        envelope::seal_manifest(manifest, signer, &self.recipients).unwrap()
+        self.seal_inline(manifest, &[], signer)
+    }
+
+    /// The manifest block data with `inline` content, signed by `signer`.
+    pub fn seal_inline(&self, manifest: &Manifest, inline: &[u8], signer: &SigningKey) -> Vec<u8> {
+        envelope::seal_manifest(manifest, inline, signer, &self.recipients).unwrap()
     }
 
     pub fn key(&self, object: u64, kind: BlockKind, index: u32) -> BlockKey {

@@ -74,7 +74,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
-use sluice_protocol::manifest::{EntryKind, Manifest, SegmentInfo, MANIFEST_VERSION};
+use sluice_protocol::manifest::{Entry, EntryKind, Manifest, SegmentInfo, MANIFEST_VERSION};
 use sluice_tests::binaries::{self, wait_bound, Proc};
 use sluice_tests::producer::{self, all, bytes, Encoded, Item, Producer};
 use sluice_tests::require;
@@ -273,18 +273,20 @@ fn already_delivered_is_decided_from_records_never_by_hashing_a_named_file() {
             session: b.session,
             object: sluice_protocol::wire::ObjectId(i),
             sequence: b.sequence + i,
-            path: "big.bin".into(),
-            kind: EntryKind::File,
-            size,
-            mode: 0o644,
-            mtime_secs: 1,
-            mtime_nanos: 0,
+            entries: vec![Entry {
+                path: "big.bin".into(),
+                kind: EntryKind::File,
+                size,
+                mode: 0o644,
+                mtime_secs: 1,
+                mtime_nanos: 0,
+                sha256: [i as u8; 32],
+            }],
             segment_size: segment,
-            sha256: [i as u8; 32],
             segments: vec![
                 SegmentInfo {
                     ciphertext_len: segment + 400,
-                    ciphertext_sha256: [0; 32],
+                    header_mac: [0; 32],
                 };
                 (size / u64::from(segment)) as usize
             ],

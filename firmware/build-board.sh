@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/board"
 rustup target add thumbv7m-none-eabi >/dev/null 2>&1 || true
-cargo build --release --locked
+# Its own target directory, whatever CARGO_TARGET_DIR says: the QEMU tests look for the image here.
+cargo build --release --locked --target-dir target
 image=target/thumbv7m-none-eabi/release/sluice-relay-board
 if command -v arm-none-eabi-size >/dev/null 2>&1; then
   arm-none-eabi-size "$image"

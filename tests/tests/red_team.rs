@@ -439,10 +439,19 @@ fn a_local_user_racing_symlinks_never_redirects_a_write_or_a_chmod() {
         .enumerate()
         .map(|(i, it)| b.encode(i as u64, it))
         .collect();
-    for pass in 0..2 {
-        producer::send(to, &b.frames(&encoded, pass, all));
-        std::thread::sleep(Duration::from_millis(500));
+    // Start once the racer is swapping, and spread the objects over a second of its race:
+    // a receiver that delivers all 62 in a few milliseconds could otherwise finish first.
+    let started = std::time::Instant::now();
+    while !shared.join("sub.real").exists() && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
     }
+    for one in encoded.chunks(1) {
+        producer::send(to, &b.frames(one, 0, all));
+        std::thread::sleep(Duration::from_millis(15));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    producer::send(to, &b.frames(&encoded, 1, all));
+    std::thread::sleep(Duration::from_millis(500));
     let got = recv.finish(Duration::from_secs(60));
     let raced = racer.finish(Duration::from_secs(30));
     let swaps: u64 = raced

@@ -12,6 +12,11 @@
 //! per second through the emulated firmware protocol break). Without `--case` the
 //! UDP, small-file and serial cases run; `memory-4g` only when asked for.
 //!
+//! `compare-1500` and `compare-9000` run Sluice (at `--rate`, repair 5 %) and the peer, lidi
+//! (`lidi.rs`; skipped with a message when `SLUICE_BENCH_LIDI` is not set), on the same 1 GiB
+//! file, alternating, and print each pair's goodput ratio. `--scaling` runs `udp-1500` at
+//! `--rate` with 1 and 2 worker threads and prints the scaling table (`scaling.rs`).
+//!
 //! How each figure is taken:
 //! - goodput: file bytes / (last object delivered − sender start), from the receiver's
 //!   JSON log timestamps; every delivered file is then checked against its source SHA-256.
@@ -20,7 +25,13 @@
 //! - wire efficiency: file bytes / link bytes the sender reports (frames plus IP/UDP or COBS
 //!   overhead); frames per file byte from the same summary.
 //! - FEC blocks: blocks the receiver decoded with repair symbols.
+//! - stages: CPU s/GB by thread name (`usage.rs`).
 
+mod lidi;
+mod scaling;
+mod usage;
+
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -53,6 +64,12 @@ struct Args {
     /// Sender `--rate` for the UDP cases (default 0: unpaced, as far as the sender can go).
     #[arg(long, default_value = "0")]
     rate: String,
+    /// `--workers` for both daemons (default: theirs).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Print the scaling table instead (udp-1500 with 1 and 2 workers).
+    #[arg(long)]
+    scaling: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -95,6 +112,9 @@ struct Run {
     frame_efficiency: f64,
     fec_blocks: u64,
     intact: bool,
+    /// CPU s/GB by stage (thread name).
+    send_stages: BTreeMap<String, f64>,
+    recv_stages: BTreeMap<String, f64>,
 }
 
 fn cases(size: u64) -> Vec<Case> {
@@ -136,6 +156,14 @@ fn cases(size: u64) -> Vec<Case> {
         serial("serial-921600", 921_600),
         serial("serial-3000000", 3_000_000),
         Case {
+            sender_args: vec!["--rate".into(), "0".into(), "--repair".into(), "5%".into()],
+            ..udp("compare-1500", 1500, 0.0)
+        },
+        Case {
+            sender_args: vec!["--rate".into(), "0".into(), "--repair".into(), "5%".into()],
+            ..udp("compare-9000", 9000, 0.0)
+        },
+        Case {
             files: Files::One(4 << 30),
             ..udp("memory-4g", 1500, 0.0)
         },
@@ -163,8 +191,13 @@ fn run(args: &Args) -> Result<()> {
             }
         }
     }
+    if args.scaling {
+        return scaling_table(args, &all);
+    }
     let selected: Vec<Case> = if args.cases.is_empty() {
-        all.into_iter().filter(|c| c.name != "memory-4g").collect()
+        all.into_iter()
+            .filter(|c| c.name != "memory-4g" && !c.name.starts_with("compare"))
+            .collect()
     } else {
         let mut chosen = Vec::new();
         for name in args.cases.iter().filter(|c| *c != "qemu-relay") {
@@ -188,18 +221,129 @@ fn run(args: &Args) -> Result<()> {
         .collect();
     let mut table = Vec::new();
     for case in &selected {
+        if case.name.starts_with("compare") {
+            compare(case, args)?;
+            continue;
+        }
         let mut runs = Vec::new();
         for i in 0..args.runs.max(1) {
-            let r = run_case(case, i as u64 + 1)
+            let r = run_case(case, i as u64 + 1, args.workers)
                 .with_context(|| format!("case {} run {}", case.name, i + 1))?;
             println!("{}", json_line(case, i + 1, &r));
             runs.push(r);
         }
         table.push((case.name, median(&runs)));
     }
-    if !args.json {
+    if !args.json && !table.is_empty() {
         print_table(&table);
     }
+    Ok(())
+}
+
+/// Sluice and lidi on the same file, alternating run by run.
+fn compare(case: &Case, args: &Args) -> Result<()> {
+    let Some(lidi) = lidi::Lidi::from_env()? else {
+        println!(
+            "{}: skipped, no peer to compare with: build lidi from its source \
+             (github.com/ANSSI-FR/lidi) outside this repository and set {}=<its target/release>",
+            case.name,
+            lidi::ENV
+        );
+        return Ok(());
+    };
+    let LinkKind::Udp { mtu } = case.link else {
+        bail!("{}: the comparison runs over UDP", case.name);
+    };
+    let mut pairs = Vec::new();
+    for i in 0..args.runs.max(1) {
+        let seed = i as u64 + 1;
+        let ours = run_case(case, seed, args.workers)
+            .with_context(|| format!("case {} run {}", case.name, i + 1))?;
+        println!("{}", json_line(case, i + 1, &ours));
+        let tmp = tempfile::Builder::new()
+            .prefix("sluice-bench-lidi-")
+            .tempdir()?;
+        let (file, _, _) = make_files(case, tmp.path(), seed)?;
+        let peer = lidi.run(&file, mtu, 5, &tmp.path().join("out.bin"))?;
+        println!(
+            "{}",
+            serde_json::json!({
+                "case": case.name, "run": i + 1, "peer": "lidi",
+                "goodput_mb_s": peer.goodput_mb_s, "seconds": peer.seconds,
+                "send_cpu_s_per_gb": peer.send_cpu_s_per_gb,
+                "recv_cpu_s_per_gb": peer.recv_cpu_s_per_gb,
+                "send_peak_rss_mib": peer.send_peak_rss_mib,
+                "recv_peak_rss_mib": peer.recv_peak_rss_mib,
+                "intact": peer.intact,
+            })
+        );
+        pairs.push((ours, peer));
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| {} pair | Sluice MB/s | lidi MB/s | ratio | Sluice send / recv CPU s/GB | lidi send / recv CPU s/GB | Sluice RSS MiB | lidi RSS MiB | intact |",
+        case.name
+    );
+    let _ = writeln!(out, "|---:|---:|---:|---:|---|---|---|---|---|");
+    let mut ratios = Vec::new();
+    for (i, (ours, peer)) in pairs.iter().enumerate() {
+        let ratio = ours.goodput_mb_s / peer.goodput_mb_s.max(1e-9);
+        ratios.push(ratio);
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} | {:.1} | {ratio:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.0} / {:.0} | {:.0} / {:.0} | {} / {} |",
+            i + 1,
+            ours.goodput_mb_s,
+            peer.goodput_mb_s,
+            ours.send_cpu_s_per_gb,
+            ours.recv_cpu_s_per_gb,
+            peer.send_cpu_s_per_gb,
+            peer.recv_cpu_s_per_gb,
+            ours.send_peak_rss_mib,
+            ours.recv_peak_rss_mib,
+            peer.send_peak_rss_mib,
+            peer.recv_peak_rss_mib,
+            if ours.intact { "yes" } else { "NO" },
+            if peer.intact { "yes" } else { "NO" },
+        );
+    }
+    ratios.sort_by(f64::total_cmp);
+    let _ = writeln!(
+        out,
+        "
+median goodput ratio Sluice / lidi: {:.2} (Sluice at --rate {}, repair 5 %, encrypted and authenticated; lidi unpaced, repair 5 %, batch {}, 2 threads a side, neither)",
+        ratios[ratios.len() / 2],
+        args.rate,
+        lidi::BATCH
+    );
+    if !args.json {
+        println!(
+            "
+{out}"
+        );
+    }
+    Ok(())
+}
+
+/// `--scaling`: udp-1500 at `--rate` with 1 and 2 workers a side.
+fn scaling_table(args: &Args, all: &[Case]) -> Result<()> {
+    let case = all
+        .iter()
+        .find(|c| c.name == "udp-1500")
+        .context("no udp-1500 case")?;
+    let mut rows = Vec::new();
+    for workers in [1, 2] {
+        let mut runs = Vec::new();
+        for i in 0..args.runs.max(1) {
+            let r = run_case(case, i as u64 + 1, Some(workers))
+                .with_context(|| format!("scaling, {workers} workers, run {}", i + 1))?;
+            println!("{}", json_line(case, i + 1, &r));
+            runs.push(r);
+        }
+        rows.push((workers, median(&runs)));
+    }
+    scaling::print(&rows);
     Ok(())
 }
 
@@ -311,6 +455,8 @@ fn json_line(case: &Case, run: usize, r: &Run) -> String {
         "frame_efficiency": r.frame_efficiency,
         "fec_blocks": r.fec_blocks,
         "intact": r.intact,
+        "send_stages": r.send_stages,
+        "recv_stages": r.recv_stages,
     })
     .to_string()
 }
@@ -344,68 +490,6 @@ fn print_table(rows: &[(&str, Run)]) {
     println!("\n(median of runs by goodput; RSS is the worst run)\n{out}");
 }
 
-/// CPU and memory high-water marks of a running process, read from /proc.
-#[derive(Debug, Default, Clone, Copy)]
-struct Usage {
-    cpu_ticks: u64,
-    peak_rss_kib: u64,
-}
-
-fn sample(pid: u32) -> Option<Usage> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let after = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let hwm = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(Usage {
-        cpu_ticks: utime + stime,
-        peak_rss_kib: hwm,
-    })
-}
-
-fn clock_ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// Runs both processes to completion while sampling their usage.
-fn watch(procs: &mut [&mut Proc], timeout: Duration) -> Result<Vec<Usage>> {
-    let mut usage = vec![Usage::default(); procs.len()];
-    let deadline = Instant::now() + timeout;
-    loop {
-        let mut any_running = false;
-        for (p, u) in procs.iter_mut().zip(usage.iter_mut()) {
-            if p.running() {
-                any_running = true;
-                if let Some(s) = sample(p.id()) {
-                    *u = s;
-                }
-            }
-        }
-        if !any_running {
-            return Ok(usage);
-        }
-        if Instant::now() > deadline {
-            bail!("daemons still running after {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn make_files(case: &Case, src: &Path, seed: u64) -> Result<(PathBuf, u64, usize)> {
     match case.files {
         Files::One(len) => {
@@ -429,7 +513,7 @@ fn make_files(case: &Case, src: &Path, seed: u64) -> Result<(PathBuf, u64, usize
     }
 }
 
-fn run_case(case: &Case, seed: u64) -> Result<Run> {
+fn run_case(case: &Case, seed: u64, workers: Option<usize>) -> Result<Run> {
     let tmp = tempfile::Builder::new().prefix("sluice-bench-").tempdir()?;
     let keys: Keys = binaries::keygen(&tmp.path().join("keys"));
     let (src, out, state) = (
@@ -480,6 +564,9 @@ fn run_case(case: &Case, seed: u64) -> Result<Run> {
 
     let mut recv_cmd = binaries::receiver_cmd(&recv_link, &keys, &out, &state);
     recv_cmd.args(["--exit-after-idle", "3", "--log-format", "json"]);
+    if let Some(n) = workers {
+        recv_cmd.args(["--workers", &n.to_string()]);
+    }
     let mut recv = Proc::spawn("sluice-recv", recv_cmd);
     if let LinkKind::Udp { .. } = case.link {
         let port = recv_link
@@ -518,9 +605,12 @@ fn run_case(case: &Case, seed: u64) -> Result<Run> {
         .args(["--log-format", "json"])
         .args(&case.sender_args)
         .arg(&path);
+    if let Some(n) = workers {
+        send_cmd.args(["--workers", &n.to_string()]);
+    }
     let started = SystemTime::now();
     let mut send = Proc::spawn("sluice-send", send_cmd);
-    let usage = watch(&mut [&mut send, &mut recv], Duration::from_secs(3600))?;
+    let usage = usage::watch(&mut [&mut send, &mut recv], Duration::from_secs(3600))?;
     let sent = send.finish(Duration::from_secs(1));
     let got = recv.finish(Duration::from_secs(1));
     if let Some(r) = relay {
@@ -566,7 +656,7 @@ fn run_case(case: &Case, seed: u64) -> Result<Run> {
         );
     }
     let gb = file_bytes as f64 / 1e9;
-    let ticks = clock_ticks_per_second();
+    let ticks = usage::clock_ticks_per_second();
     let send_summary = binaries::json_summary(&sent.log, "frames_sent");
     let recv_summary = binaries::json_summary(&got.log, "blocks_recovered");
     let get = |v: &Option<serde_json::Value>, key: &str| {
@@ -591,6 +681,8 @@ fn run_case(case: &Case, seed: u64) -> Result<Run> {
         frame_efficiency: file_bytes as f64 / get(&send_summary, "frame_bytes").max(1) as f64,
         fec_blocks: get(&recv_summary, "blocks_recovered"),
         intact,
+        send_stages: usage::stages_per_gb(&usage[0], file_bytes),
+        recv_stages: usage::stages_per_gb(&usage[1], file_bytes),
     })
 }
 
@@ -645,11 +737,5 @@ mod tests {
         assert_eq!(secs.as_secs(), 1_795_405_212);
         assert_eq!(secs.subsec_millis(), 500);
         assert!(parse_rfc3339("yesterday").is_none());
-    }
-
-    #[test]
-    fn proc_sampling_reads_this_process() {
-        let u = sample(std::process::id()).unwrap();
-        assert!(u.peak_rss_kib > 0);
     }
 }

@@ -1,0 +1,139 @@
+//! CPU time and peak memory of running daemons, read from `/proc`, with the CPU time split by
+//! thread name: each stage of a daemon runs on threads it names (`decode-0`, `sluice-enc-1`,
+//! `publish`, …), so the split shows which stage costs what and which one limits the rest.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use sluice_tests::binaries::Proc;
+
+/// CPU ticks (utime + stime) and the memory high-water mark of a process, and its CPU ticks by
+/// stage (thread name without a trailing `-<n>`).
+#[derive(Debug, Default, Clone)]
+pub struct Usage {
+    pub cpu_ticks: u64,
+    pub peak_rss_kib: u64,
+    pub stages: BTreeMap<String, u64>,
+}
+
+/// utime + stime of a `/proc/.../stat` line, and the command name.
+fn ticks_of(stat: &str) -> Option<(String, u64)> {
+    // The command name is in parentheses and may hold spaces; fields follow the last ')'.
+    let (head, after) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1.to_string();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((comm, utime + stime))
+}
+
+/// The stage a thread belongs to: its name without a trailing worker number.
+fn stage_of(comm: &str) -> String {
+    match comm.rsplit_once('-') {
+        Some((stage, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+            stage.to_string()
+        }
+        _ => comm.to_string(),
+    }
+}
+
+/// One reading of `pid`.
+pub fn sample(pid: u32) -> Option<Usage> {
+    let (_, cpu_ticks) = ticks_of(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let peak_rss_kib = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    let mut stages = BTreeMap::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                continue;
+            };
+            if let Some((comm, ticks)) = ticks_of(&stat) {
+                *stages.entry(stage_of(&comm)).or_insert(0) += ticks;
+            }
+        }
+    }
+    Some(Usage {
+        cpu_ticks,
+        peak_rss_kib,
+        stages,
+    })
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`).
+pub fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Runs the processes to completion while sampling their usage every 20 ms (the last sample
+/// of each is within 20 ms of its exit).
+pub fn watch(procs: &mut [&mut Proc], timeout: Duration) -> Result<Vec<Usage>> {
+    let mut usage = vec![Usage::default(); procs.len()];
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut any_running = false;
+        for (p, u) in procs.iter_mut().zip(usage.iter_mut()) {
+            if p.running() {
+                any_running = true;
+                if let Some(s) = sample(p.id()) {
+                    *u = s;
+                }
+            }
+        }
+        if !any_running {
+            return Ok(usage);
+        }
+        if Instant::now() > deadline {
+            bail!("processes still running after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// CPU seconds per GB of `bytes`, by stage.
+pub fn stages_per_gb(usage: &Usage, bytes: u64) -> BTreeMap<String, f64> {
+    let per_gb = clock_ticks_per_second() * bytes as f64 / 1e9;
+    usage
+        .stages
+        .iter()
+        .map(|(stage, ticks)| (stage.clone(), *ticks as f64 / per_gb))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_sampled_by_thread() {
+        let u = sample(std::process::id()).unwrap();
+        assert!(u.peak_rss_kib > 0);
+        assert!(!u.stages.is_empty());
+    }
+
+    #[test]
+    fn stages_drop_worker_numbers() {
+        assert_eq!(stage_of("decode-12"), "decode");
+        assert_eq!(stage_of("sluice-enc-0"), "sluice-enc");
+        assert_eq!(stage_of("tokio-rt-worker"), "tokio-rt-worker");
+        assert_eq!(stage_of("publish"), "publish");
+        assert_eq!(
+            ticks_of("12 (decode 0) R 1 2 3 4 5 6 7 8 9 10 20 30 0 0"),
+            Some(("decode 0".into(), 50))
+        );
+    }
+}

@@ -357,6 +357,26 @@ where
     }
 }
 
+/// Parses `keygen DIR` (program name first) for the command `name`, described by `about`.
+pub fn parse_keygen(
+    args: impl IntoIterator<Item = OsString>,
+    name: &'static str,
+    about: &'static str,
+) -> Parsed<KeygenArgs> {
+    use clap::{Args as _, FromArgMatches as _};
+    // After `augment_args`, which would otherwise describe the command by `KeygenArgs`' doc.
+    let command = KeygenArgs::augment_args(clap::Command::new(name))
+        .bin_name(name)
+        .about(about);
+    match command
+        .try_get_matches_from(args)
+        .and_then(|m| KeygenArgs::from_arg_matches(&m))
+    {
+        Ok(parsed) => Parsed::Run(parsed),
+        Err(e) => Parsed::Exit(report_clap_error(&e)),
+    }
+}
+
 /// Prints a clap error: `--help`/`--version` whole (success), anything else as its first line.
 pub fn report_clap_error(e: &clap::Error) -> ExitStatus {
     use clap::error::ErrorKind;

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use sluice_common::config::{self, KeygenArgs, Layers, LogOptions, SharedArgs, UsageError};
+use sluice_common::config::{self, Layers, LogOptions, SharedArgs, UsageError};
 use sluice_common::link::LinkSpec;
 use sluice_common::units;
 
@@ -72,17 +72,6 @@ pub struct Args {
     /// by the umask). Default 755: never setuid, setgid, sticky or group/other-writable.
     #[arg(long, value_name = "OCTAL")]
     pub mode_mask: Option<String>,
-}
-
-/// `sluice-recv keygen DIR`.
-#[derive(Debug, Parser)]
-#[command(
-    name = "sluice-recv keygen",
-    about = "Create DIR/receiver.key (age identity) and DIR/receiver.pub (its recipient)"
-)]
-pub struct Keygen {
-    #[command(flatten)]
-    pub args: KeygenArgs,
 }
 
 /// Checked options for one run.

@@ -357,7 +357,11 @@ pub async fn shutdown_signal() {
 
 /// `sluice-recv keygen DIR`.
 fn keygen(args: Vec<OsString>) -> ExitStatus {
-    let parsed = match config::parse(args, |k: cli::Keygen| Ok(k.args)) {
+    let parsed = match config::parse_keygen(
+        args,
+        "sluice-recv keygen",
+        "Create DIR/receiver.key (age identity) and DIR/receiver.pub (its recipient)",
+    ) {
         Parsed::Run(parsed) => parsed,
         Parsed::Exit(status) => return status,
     };

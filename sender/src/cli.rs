@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use sluice_common::config::{self, KeygenArgs, Layers, LogOptions, SharedArgs, UsageError};
+use sluice_common::config::{self, Layers, LogOptions, SharedArgs, UsageError};
 use sluice_common::link::LinkSpec;
 use sluice_common::units;
 use sluice_protocol::wire;
@@ -64,17 +64,6 @@ pub struct Args {
     pub interleave: Option<String>,
     /// Files and directories to send, or `-` for stdin.
     pub paths: Vec<PathBuf>,
-}
-
-/// `sluice-send keygen DIR`.
-#[derive(Debug, Parser)]
-#[command(
-    name = "sluice-send keygen",
-    about = "Create sender.key, sender.pub and link.key in DIR"
-)]
-pub struct Keygen {
-    #[command(flatten)]
-    pub args: KeygenArgs,
 }
 
 /// Checked options for one run.

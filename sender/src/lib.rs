@@ -271,7 +271,11 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
 
 /// `sluice-send keygen DIR`.
 fn keygen(args: Vec<OsString>) -> ExitStatus {
-    let args = match config::parse(args, |k: cli::Keygen| Ok(k.args)) {
+    let args = match config::parse_keygen(
+        args,
+        "sluice-send keygen",
+        "Create sender.key, sender.pub and link.key in DIR",
+    ) {
         Parsed::Run(args) => args,
         Parsed::Exit(status) => return status,
     };

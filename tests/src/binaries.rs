@@ -227,7 +227,19 @@ impl Finished {
 impl Proc {
     /// Spawns `cmd` with piped output.
     pub fn spawn(name: &str, mut cmd: Command) -> Proc {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdout(Stdio::piped());
+        Self::spawn_logging_stderr(name, cmd)
+    }
+
+    /// Spawns `cmd` with its standard output going to `out` (a program that writes its data
+    /// there); only standard error is collected as its log.
+    pub fn spawn_to_file(name: &str, mut cmd: Command, out: std::fs::File) -> Proc {
+        cmd.stdout(out);
+        Self::spawn_logging_stderr(name, cmd)
+    }
+
+    fn spawn_logging_stderr(name: &str, mut cmd: Command) -> Proc {
+        cmd.stderr(Stdio::piped());
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }

@@ -20,6 +20,46 @@ pub const ENV: &str = "SLUICE_BENCH_LIDI";
 pub const BATCH: &str = "512";
 const THREADS: &str = "2";
 
+/// Socket buffer limit lidi's documentation asks for (its receiver warns below ≈97 MB and
+/// loses blocks when unpaced); Sluice's receiver asks for 64 MiB.
+const DEEP_BUFFERS: u64 = 128 << 20;
+
+/// Raises `net.core.{r,w}mem_max` to [`DEEP_BUFFERS`] for the comparison and puts the old
+/// values back when dropped. Needs root; without it the limits stay and a line says so.
+pub struct DeepBuffers {
+    restore: Vec<(&'static str, String)>,
+}
+
+impl DeepBuffers {
+    pub fn raise() -> DeepBuffers {
+        let mut restore = Vec::new();
+        for knob in ["/proc/sys/net/core/rmem_max", "/proc/sys/net/core/wmem_max"] {
+            let Ok(old) = std::fs::read_to_string(knob) else {
+                continue;
+            };
+            if old.trim().parse::<u64>().is_ok_and(|v| v >= DEEP_BUFFERS) {
+                continue;
+            }
+            match std::fs::write(knob, DEEP_BUFFERS.to_string()) {
+                Ok(()) => restore.push((knob, old)),
+                Err(e) => println!(
+                    "note: {knob} stays at {} ({e}): lidi may lose blocks unpaced",
+                    old.trim()
+                ),
+            }
+        }
+        DeepBuffers { restore }
+    }
+}
+
+impl Drop for DeepBuffers {
+    fn drop(&mut self) {
+        for (knob, old) in &self.restore {
+            let _ = std::fs::write(knob, old.trim());
+        }
+    }
+}
+
 /// A lidi build.
 #[derive(Debug)]
 pub struct Lidi {
@@ -75,9 +115,12 @@ impl Lidi {
                 "--repair",
                 &repair,
             ])
-            .args(["--log-level", "Warn"])
-            .stdout(Stdio::from(std::fs::File::create(out)?));
-        let mut recv = Proc::spawn("diode-oneshot-receive", recv_cmd);
+            .args(["--log-level", "Warn"]);
+        let mut recv = Proc::spawn_to_file(
+            "diode-oneshot-receive",
+            recv_cmd,
+            std::fs::File::create(out)?,
+        );
         binaries::wait_bound(
             &mut recv,
             ([127, 0, 0, 1], port).into(),
@@ -98,17 +141,34 @@ impl Lidi {
             .stdin(Stdio::from(std::fs::File::open(file)?));
         let started = Instant::now();
         let mut send = Proc::spawn("diode-oneshot-send", send_cmd);
-        let watched = usage::watch(&mut [&mut send, &mut recv], Duration::from_secs(3600));
+        // lidi's receiver exits at the end of the stream; its sender does not exit on its own
+        // (2.1.1), so the run ends with the receiver and the sender is stopped then. A receiver
+        // that lost data and never exits is stopped after 10 minutes: not intact.
+        let watched = usage::watch(
+            &mut [&mut send, &mut recv],
+            Some(1),
+            Duration::from_secs(600),
+        );
         let seconds = started.elapsed().as_secs_f64();
-        let usage = watched.context("lidi did not finish")?;
+        let usage = match watched {
+            Ok(usage) => usage,
+            Err(e) => {
+                eprintln!("lidi: {e:#}; stopping it");
+                vec![usage::Usage::default(); 2]
+            }
+        };
+        send.kill();
+        recv.kill();
         let sent = send.finish(Duration::from_secs(1));
         let got = recv.finish(Duration::from_secs(1));
         let intact = got.code() == 0 && files_equal(file, out)?;
         if !intact {
             eprintln!(
-                "lidi: the output differs (receiver exit {}, sender exit {})",
+                "lidi: the output differs (receiver exit {}, sender exit {})\n{}{}",
                 got.code(),
-                sent.code()
+                sent.code(),
+                recv.log(),
+                send.log()
             );
         }
         let gb = bytes as f64 / 1e9;

@@ -254,6 +254,8 @@ fn compare(case: &Case, args: &Args) -> Result<()> {
     let LinkKind::Udp { mtu } = case.link else {
         bail!("{}: the comparison runs over UDP", case.name);
     };
+    // Both sides get the socket buffers lidi's documentation asks for.
+    let _buffers = lidi::DeepBuffers::raise();
     let mut pairs = Vec::new();
     for i in 0..args.runs.max(1) {
         let seed = i as u64 + 1;
@@ -288,11 +290,22 @@ fn compare(case: &Case, args: &Args) -> Result<()> {
     let _ = writeln!(out, "|---:|---:|---:|---:|---|---|---|---|---|");
     let mut ratios = Vec::new();
     for (i, (ours, peer)) in pairs.iter().enumerate() {
-        let ratio = ours.goodput_mb_s / peer.goodput_mb_s.max(1e-9);
-        ratios.push(ratio);
+        // A pair counts only when the peer delivered its file intact; a Sluice failure
+        // counts as a ratio of 0.
+        let ratio = if !peer.intact {
+            "–".to_string()
+        } else {
+            let r = if ours.intact {
+                ours.goodput_mb_s / peer.goodput_mb_s.max(1e-9)
+            } else {
+                0.0
+            };
+            ratios.push(r);
+            format!("{r:.2}")
+        };
         let _ = writeln!(
             out,
-            "| {} | {:.1} | {:.1} | {ratio:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.0} / {:.0} | {:.0} / {:.0} | {} / {} |",
+            "| {} | {:.1} | {:.1} | {ratio} | {:.2} / {:.2} | {:.2} / {:.2} | {:.0} / {:.0} | {:.0} / {:.0} | {} / {} |",
             i + 1,
             ours.goodput_mb_s,
             peer.goodput_mb_s,
@@ -309,11 +322,16 @@ fn compare(case: &Case, args: &Args) -> Result<()> {
         );
     }
     ratios.sort_by(f64::total_cmp);
+    let median = match ratios.len() {
+        0 => "– (no pair where the peer's file arrived intact)".to_string(),
+        n if n % 2 == 1 => format!("{:.2}", ratios[n / 2]),
+        n => format!("{:.2}", (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0),
+    };
     let _ = writeln!(
         out,
         "
-median goodput ratio Sluice / lidi: {:.2} (Sluice at --rate {}, repair 5 %, encrypted and authenticated; lidi unpaced, repair 5 %, batch {}, 2 threads a side, neither)",
-        ratios[ratios.len() / 2],
+median goodput ratio Sluice / lidi over {} pairs: {median} (Sluice at --rate {}, repair 5 %, encrypted and authenticated; lidi unpaced, repair 5 %, batch {}, 2 threads a side, neither)",
+        ratios.len(),
         args.rate,
         lidi::BATCH
     );
@@ -610,7 +628,7 @@ fn run_case(case: &Case, seed: u64, workers: Option<usize>) -> Result<Run> {
     }
     let started = SystemTime::now();
     let mut send = Proc::spawn("sluice-send", send_cmd);
-    let usage = usage::watch(&mut [&mut send, &mut recv], Duration::from_secs(3600))?;
+    let usage = usage::watch(&mut [&mut send, &mut recv], None, Duration::from_secs(3600))?;
     let sent = send.finish(Duration::from_secs(1));
     let got = recv.finish(Duration::from_secs(1));
     if let Some(r) = relay {

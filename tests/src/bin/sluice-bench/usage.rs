@@ -80,21 +80,34 @@ pub fn clock_ticks_per_second() -> f64 {
 }
 
 /// Runs the processes to completion while sampling their usage every 20 ms (the last sample
-/// of each is within 20 ms of its exit).
-pub fn watch(procs: &mut [&mut Proc], timeout: Duration) -> Result<Vec<Usage>> {
+/// of each is within 20 ms of its exit). With `until = Some(i)` it returns as soon as
+/// `procs[i]` has exited, for a peer whose other side never exits on its own.
+pub fn watch(
+    procs: &mut [&mut Proc],
+    until: Option<usize>,
+    timeout: Duration,
+) -> Result<Vec<Usage>> {
     let mut usage = vec![Usage::default(); procs.len()];
     let deadline = Instant::now() + timeout;
     loop {
-        let mut any_running = false;
-        for (p, u) in procs.iter_mut().zip(usage.iter_mut()) {
+        let mut running = vec![false; procs.len()];
+        for ((p, u), r) in procs
+            .iter_mut()
+            .zip(usage.iter_mut())
+            .zip(running.iter_mut())
+        {
             if p.running() {
-                any_running = true;
+                *r = true;
                 if let Some(s) = sample(p.id()) {
                     *u = s;
                 }
             }
         }
-        if !any_running {
+        let done = match until {
+            Some(i) => !running[i],
+            None => !running.contains(&true),
+        };
+        if done {
             return Ok(usage);
         }
         if Instant::now() > deadline {

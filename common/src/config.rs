@@ -9,6 +9,7 @@
 //! if it came from one, and the accepted form — and exit status 2.
 
 use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use crate::exit::ExitStatus;
@@ -39,6 +40,10 @@ pub struct SharedArgs {
     /// decoding and decryption), 1 to 64. Default: one per core, 2 to 4.
     #[arg(long, value_name = "N")]
     pub workers: Option<String>,
+    /// Serve the counters in Prometheus text at http://ADDR/metrics (e.g. 127.0.0.1:9630).
+    /// Default: off.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -286,7 +291,13 @@ impl<'a> Layers<'a> {
         self.required_path("link-key", cli, "the shared link.key file")
     }
 
-    /// The logging options. A switch on the command line overrides the other one in the file.
+    /// `--metrics`, if given: the address to serve `/metrics` on.
+    pub fn metrics(&self, cli: Option<String>) -> Result<Option<SocketAddr>, UsageError> {
+        self.value("metrics", cli)?
+            .map(|v| v.parse("HOST:PORT, e.g. 127.0.0.1:9630", |t| t.parse().ok()))
+            .transpose()
+    }
+
     /// `--workers`, or the default.
     pub fn workers(&self, cli: Option<String>) -> Result<usize, UsageError> {
         match self.value("workers", cli)? {
@@ -299,6 +310,7 @@ impl<'a> Layers<'a> {
         }
     }
 
+    /// The logging options. A switch on the command line overrides the other one in the file.
     pub fn log(&self, cli: LogArgs) -> Result<LogOptions, UsageError> {
         let format = match self.value("log-format", cli.log_format)? {
             None => LogFormat::Human,

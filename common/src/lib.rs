@@ -19,6 +19,7 @@ pub mod exit;
 pub mod keys;
 pub mod link;
 pub mod logging;
+pub mod metrics;
 pub mod outcome;
 pub mod paths;
 pub mod sequence;

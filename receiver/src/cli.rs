@@ -101,6 +101,8 @@ pub struct Options {
     pub mode_mask: u32,
     /// Decoder threads.
     pub workers: usize,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
     /// Logging.
     pub log: LogOptions,
 }
@@ -127,6 +129,7 @@ impl Options {
             max_objects: DEFAULT_MAX_OBJECTS,
             mode_mask: DEFAULT_MODE_MASK,
             workers: config::default_workers(),
+            metrics: None,
             log: LogOptions::default(),
         }
     }
@@ -211,6 +214,7 @@ pub fn resolve(args: Args) -> Result<Options, UsageError> {
         exit_after_idle,
         max_memory,
         workers: layers.workers(args.shared.workers)?,
+        metrics: layers.metrics(args.shared.metrics)?,
         log: layers.log(args.shared.log)?,
     })
 }

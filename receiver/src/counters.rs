@@ -6,6 +6,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use sluice_common::metrics::Metric;
 use sluice_protocol::counters::{DropCounters, DropReason};
 use sluice_protocol::rx::RxStats;
 
@@ -181,6 +182,66 @@ impl Counters {
             sender_frames_sent: get(&self.sender_frames_sent),
             last_delivery: Self::since_start(get(&self.last_delivery_us)),
         }
+    }
+}
+
+impl Counters {
+    /// The figures `/metrics` serves, from the same snapshot the summary reads.
+    pub fn metrics(&self) -> Vec<Metric> {
+        let s = self.snapshot();
+        let since_last_frame = s.last_frame.map_or(f64::NAN, |last| {
+            self.base.elapsed().saturating_sub(last).as_secs_f64()
+        });
+        vec![
+            Metric::counter_by(
+                "sluice_objects",
+                "Objects (pack entries counted one by one) by outcome.",
+                "outcome",
+                [
+                    ("delivered", s.objects_delivered),
+                    ("already_delivered", s.objects_already_delivered),
+                    ("failed", s.objects_failed),
+                ],
+            ),
+            Metric::counter_by(
+                "sluice_bytes",
+                "File bytes delivered.",
+                "kind",
+                [("file", s.bytes_delivered)],
+            ),
+            Metric::counter_by(
+                "sluice_frames",
+                "Frames read from the link, and those that passed every check.",
+                "result",
+                [("received", s.frames_received), ("valid", s.frames_valid)],
+            ),
+            Metric::counter_by(
+                "sluice_frames_dropped",
+                "Frames dropped, by reason.",
+                "reason",
+                DropReason::ALL.map(|r| (r.name(), s.drops.get(r))),
+            ),
+            Metric::counter(
+                "sluice_fec_recovered_blocks",
+                "Blocks rebuilt with repair symbols.",
+                s.blocks_recovered,
+            ),
+            Metric::counter(
+                "sluice_blocks_stalled",
+                "Blocks given up with too few symbols.",
+                s.blocks_stalled,
+            ),
+            Metric::gauge(
+                "sluice_link_up",
+                "1 while valid frames arrive, else 0.",
+                f64::from(u8::from(s.link_up)),
+            ),
+            Metric::gauge(
+                "sluice_seconds_since_last_frame",
+                "Seconds since the last valid frame (NaN before the first).",
+                since_last_frame,
+            ),
+        ]
     }
 }
 

@@ -95,6 +95,8 @@ pub struct Receiver {
     link_key: LinkKey,
     leftovers: Vec<Resumed>,
     limits: Limits,
+    /// Bound at start (so a busy port is a start-up error), served while running.
+    metrics: Option<tokio::net::TcpListener>,
 }
 
 impl Receiver {
@@ -156,6 +158,14 @@ impl Receiver {
             .open_rx()
             .await
             .map_err(io_error(format!("cannot open --link {}", options.link)))?;
+        let metrics = match options.metrics {
+            None => None,
+            Some(addr) => Some(
+                sluice_common::metrics::bind(addr)
+                    .await
+                    .map_err(io_error(format!("cannot listen on --metrics {addr}")))?,
+            ),
+        };
         Ok(Receiver {
             options,
             ctx,
@@ -163,6 +173,7 @@ impl Receiver {
             link_key,
             leftovers,
             limits,
+            metrics,
         })
     }
 
@@ -182,12 +193,18 @@ impl Receiver {
             link_key,
             leftovers,
             limits,
+            metrics,
         } = self;
         let config = RxConfig {
             max_buffered_bytes: usize::try_from(options.max_memory).unwrap_or(usize::MAX),
             ..RxConfig::default()
         };
         let counters = Arc::new(Counters::new());
+        // Served until dropped at the end of the run.
+        let _metrics = metrics.map(|listener| {
+            let counters = counters.clone();
+            sluice_common::metrics::spawn(listener, Arc::new(move || counters.metrics()))
+        });
         let (input_tx, input_rx) = flume::bounded(INPUT_QUEUE);
         let (decode_tx, decode_rx) = flume::unbounded();
         let (publish_tx, publish_rx) = flume::unbounded();

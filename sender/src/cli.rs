@@ -89,6 +89,8 @@ pub struct Options {
     pub pack_under: u64,
     /// Encryption threads.
     pub workers: usize,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
     /// Where later passes' ciphertext is kept.
     pub spool: Option<PathBuf>,
     /// Where the manifest sequence is kept (`None`: beside the signing key).
@@ -214,6 +216,7 @@ pub fn resolve(args: Args) -> Result<Options, UsageError> {
         segment_size,
         pack_under,
         workers: layers.workers(args.shared.workers)?,
+        metrics: layers.metrics(args.shared.metrics)?,
         spool: layers.path("spool", args.spool)?,
         state: layers.path("state", args.state)?,
         name,

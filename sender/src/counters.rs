@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use sluice_common::metrics::Metric;
 use sluice_protocol::tx::TxStats;
 
 use crate::outcome::Outcome;
@@ -68,6 +69,38 @@ impl Counters {
         set(&self.symbols, stats.symbols);
         set(&self.heartbeats, stats.heartbeats);
         set(&self.blocks, stats.blocks);
+    }
+
+    /// The figures `/metrics` serves, from the same snapshot the summary reads.
+    pub fn metrics(&self) -> Vec<Metric> {
+        let s = self.snapshot();
+        vec![
+            Metric::counter_by(
+                "sluice_objects",
+                "Objects (files, directories, packs) by outcome.",
+                "outcome",
+                [
+                    ("queued", s.objects_queued),
+                    ("sent", s.objects_sent),
+                    ("failed", s.objects_failed),
+                    ("refused", s.objects_refused),
+                    ("skipped", s.objects_skipped),
+                ],
+            ),
+            Metric::counter_by(
+                "sluice_bytes",
+                "File bytes queued (once, not per pass), and frame bytes sent on the link.",
+                "kind",
+                [("file", s.bytes), ("link", s.tx.bytes)],
+            ),
+            Metric::counter("sluice_frames", "Frames sent on the link.", s.tx.frames),
+            Metric::counter(
+                "sluice_heartbeats",
+                "Heartbeat frames sent.",
+                s.tx.heartbeats,
+            ),
+            Metric::counter("sluice_blocks", "FEC blocks scheduled.", s.tx.blocks),
+        ]
     }
 
     /// Everything, now.

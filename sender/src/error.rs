@@ -38,6 +38,12 @@ pub enum Error {
     /// A thread could not be started.
     #[error("cannot start the encoder thread: {0}")]
     Thread(std::io::Error),
+    /// `--metrics` could not be served.
+    #[error("cannot listen on --metrics {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     /// The encode pipeline stopped.
     #[error(transparent)]
     Encode(#[from] EncodeError),

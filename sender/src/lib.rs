@@ -67,6 +67,8 @@ pub struct Sender {
     link: Box<dyn FrameTx>,
     objects: Vec<SourceObject>,
     skipped: Vec<Skipped>,
+    /// Bound at start (so a busy port is a start-up error), served while running.
+    metrics: Option<tokio::net::TcpListener>,
 }
 
 impl std::fmt::Debug for Sender {
@@ -98,6 +100,14 @@ impl Sender {
             link: options.link.to_string(),
             source,
         })?;
+        let metrics = match options.metrics {
+            None => None,
+            Some(addr) => Some(
+                sluice_common::metrics::bind(addr)
+                    .await
+                    .map_err(|source| Error::Metrics { addr, source })?,
+            ),
+        };
         Ok(Sender {
             options,
             recipients,
@@ -106,6 +116,7 @@ impl Sender {
             link,
             objects,
             skipped,
+            metrics,
         })
     }
 
@@ -120,6 +131,7 @@ impl Sender {
             mut link,
             objects,
             skipped,
+            metrics,
         } = self;
         let spool = match options.passes {
             1 => None,
@@ -158,6 +170,11 @@ impl Sender {
         let mut outcomes = Outcomes::default();
         outcomes.subscribe(outcome::LogLine);
         outcomes.subscribe(outcome::Count(counters.clone()));
+        // Served until dropped at the end of the run.
+        let _metrics = metrics.map(|listener| {
+            let counters = counters.clone();
+            sluice_common::metrics::spawn(listener, Arc::new(move || counters.metrics()))
+        });
         let overhead = options.link.frame_overhead();
         let progress = std::io::stderr().is_terminal() && !options.log.quiet;
         let settings = send_loop::Settings {

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod paths;
 pub mod sequence;
+pub mod service;
 pub mod units;
 
 /// Microseconds since `start` as a protocol [`Instant`](sluice_protocol::time::Instant): the

@@ -250,8 +250,13 @@ impl Receiver {
             options.exit_after_idle,
             counters.clone(),
         );
+        // Under systemd (Type=notify): up, and watched while the link task's runtime lives.
+        sluice_common::service::ready("receiving");
+        let watchdog = sluice_common::service::spawn_watchdog();
         let shutdown = std::pin::pin!(shutdown);
         let stop = link_task.run(link.as_mut(), shutdown).await;
+        sluice_common::service::stopping();
+        drop(watchdog);
         match &stop {
             Stop::Idle => tracing::info!("no frames for --exit-after-idle; finishing"),
             Stop::Shutdown => tracing::info!("shutting down"),

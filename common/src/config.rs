@@ -40,7 +40,8 @@ pub struct SharedArgs {
     /// decoding and decryption), 1 to 64. Default: one per core, 2 to 4.
     #[arg(long, value_name = "N")]
     pub workers: Option<String>,
-    /// Serve the counters in Prometheus text at http://ADDR/metrics (e.g. 127.0.0.1:9630).
+    /// Serve the counters in Prometheus text at http://ADDR/metrics (IP:PORT, e.g.
+    /// 127.0.0.1:9630).
     /// Default: off.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
@@ -294,7 +295,7 @@ impl<'a> Layers<'a> {
     /// `--metrics`, if given: the address to serve `/metrics` on.
     pub fn metrics(&self, cli: Option<String>) -> Result<Option<SocketAddr>, UsageError> {
         self.value("metrics", cli)?
-            .map(|v| v.parse("HOST:PORT, e.g. 127.0.0.1:9630", |t| t.parse().ok()))
+            .map(|v| v.parse("IP:PORT, e.g. 127.0.0.1:9630", |t| t.parse().ok()))
             .transpose()
     }
 

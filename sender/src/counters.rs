@@ -38,6 +38,13 @@ pub struct Snapshot {
     pub tx: TxStats,
 }
 
+impl Snapshot {
+    /// Bytes on the link: frame bytes plus `frame_overhead` per frame.
+    pub fn link_bytes(&self, frame_overhead: u32) -> u64 {
+        self.tx.bytes + self.tx.frames * u64::from(frame_overhead)
+    }
+}
+
 fn add(a: &AtomicU64, n: u64) {
     a.fetch_add(n, Ordering::Relaxed);
 }
@@ -71,8 +78,9 @@ impl Counters {
         set(&self.blocks, stats.blocks);
     }
 
-    /// The figures `/metrics` serves, from the same snapshot the summary reads.
-    pub fn metrics(&self) -> Vec<Metric> {
+    /// The figures `/metrics` serves, from the same snapshot the summary reads;
+    /// `frame_overhead` is the link's bytes per frame beyond it (IP/UDP headers, COBS).
+    pub fn metrics(&self, frame_overhead: u32) -> Vec<Metric> {
         let s = self.snapshot();
         vec![
             Metric::counter_by(
@@ -89,9 +97,10 @@ impl Counters {
             ),
             Metric::counter_by(
                 "sluice_bytes",
-                "File bytes queued (once, not per pass), and frame bytes sent on the link.",
+                "File bytes queued (once, not per pass), and bytes sent on the link (frames \
+                 with the link's per-frame overhead, as the summary's link_bytes).",
                 "kind",
-                [("file", s.bytes), ("link", s.tx.bytes)],
+                [("file", s.bytes), ("link", s.link_bytes(frame_overhead))],
             ),
             Metric::counter("sluice_frames", "Frames sent on the link.", s.tx.frames),
             Metric::counter(
@@ -120,5 +129,37 @@ impl Counters {
                 blocks: get(&self.blocks),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::summary::Summary;
+    use sluice_common::metrics::Values;
+    use std::time::Duration;
+
+    /// `/metrics` and the JSON summary give the same link bytes (overhead included).
+    #[test]
+    fn metrics_link_bytes_are_the_summarys() {
+        let counters = Counters::default();
+        counters.record_tx(&TxStats {
+            frames: 10,
+            bytes: 14_000,
+            symbols: 9,
+            heartbeats: 1,
+            blocks: 1,
+        });
+        let summary = Summary::new(&counters.snapshot(), 1, 28, Duration::ZERO);
+        let bytes = counters
+            .metrics(28)
+            .into_iter()
+            .find(|m| m.name == "sluice_bytes")
+            .expect("sluice_bytes");
+        let Values::CountBy(_, values) = bytes.values else {
+            panic!("sluice_bytes has a kind label");
+        };
+        assert!(values.contains(&("link", summary.link_bytes)), "{values:?}");
+        assert_eq!(summary.link_bytes, 14_280);
     }
 }

@@ -170,12 +170,12 @@ impl Sender {
         let mut outcomes = Outcomes::default();
         outcomes.subscribe(outcome::LogLine);
         outcomes.subscribe(outcome::Count(counters.clone()));
+        let overhead = options.link.frame_overhead();
         // Served until dropped at the end of the run.
         let _metrics = metrics.map(|listener| {
             let counters = counters.clone();
-            sluice_common::metrics::spawn(listener, Arc::new(move || counters.metrics()))
+            sluice_common::metrics::spawn(listener, Arc::new(move || counters.metrics(overhead)))
         });
-        let overhead = options.link.frame_overhead();
         let progress = std::io::stderr().is_terminal() && !options.log.quiet;
         let settings = send_loop::Settings {
             rate: options.rate,

@@ -41,7 +41,7 @@ impl Summary {
             bytes: c.bytes,
             frames_sent: c.tx.frames,
             frame_bytes: c.tx.bytes,
-            link_bytes: c.tx.bytes + c.tx.frames * u64::from(frame_overhead),
+            link_bytes: c.link_bytes(frame_overhead),
             symbols: c.tx.symbols,
             heartbeats: c.tx.heartbeats,
             blocks: c.tx.blocks,

@@ -65,11 +65,19 @@ async fn a_tree_arrives_identical_with_modes_and_mtimes() {
     assert_eq!(report.sender_frames_sent, 1);
     // Modes are the sender's, masked by --mode-mask (default 0755: never group- or
     // other-writable) and the receiver's umask.
-    let umask = {
-        let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
-        rustix::process::umask(old);
-        old.as_raw_mode()
-    };
+    // Read from /proc, never set-and-restore: receivers of other tests in this process read
+    // theirs at the same time.
+    let umask = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s
+                .lines()
+                .find_map(|l| l.strip_prefix("Umask:"))?
+                .trim()
+                .to_string();
+            u32::from_str_radix(&line, 8).ok()
+        })
+        .expect("Umask: in /proc/self/status");
     for item in &items {
         let path = rig.out.join(&item.path);
         let meta = std::fs::symlink_metadata(&path).unwrap();

@@ -73,10 +73,17 @@ pub enum WalkError {
     /// A component that must be a directory is something else.
     #[error("{0} exists and is not a directory")]
     NotADirectory(PathBuf),
+    /// A component was not a directory when opened and is one when looked at: swapped in
+    /// between (by a local user racing the walk).
+    #[error("{0} changed while it was being opened; refusing it")]
+    Changed(PathBuf),
     /// The file system refused.
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
 }
+
+/// Called by [`Dir::walk_creating`] with the components of each directory it is about to make.
+pub type BeforeCreate<'a> = &'a mut dyn FnMut(&[&str]) -> io::Result<()>;
 
 /// A directory opened once; everything else is reached from it.
 #[derive(Debug)]
@@ -151,10 +158,36 @@ impl Dir {
         create: Option<u32>,
         shown: &Path,
     ) -> Result<(Dir, usize), WalkError> {
+        match create {
+            Some(mode) => self.walk_creating(components, mode, shown, &mut |_| Ok(())),
+            None => self.walk_inner(components, None, shown),
+        }
+    }
+
+    /// [`walk`](Self::walk) creating missing directories with `mode`, calling `before_create`
+    /// with the components of each one just before it is made: a caller that must know after
+    /// a crash which directories it made records that there first. An error from it stops
+    /// the walk before that directory exists.
+    pub fn walk_creating(
+        &self,
+        components: &[&str],
+        mode: u32,
+        shown: &Path,
+        before_create: BeforeCreate<'_>,
+    ) -> Result<(Dir, usize), WalkError> {
+        self.walk_inner(components, Some((mode, before_create)), shown)
+    }
+
+    fn walk_inner(
+        &self,
+        components: &[&str],
+        mut create: Option<(u32, BeforeCreate<'_>)>,
+        shown: &Path,
+    ) -> Result<(Dir, usize), WalkError> {
         let mut current: Option<Dir> = None;
         let mut created = 0;
         let mut at = PathBuf::new();
-        for name in components {
+        for (depth, name) in components.iter().enumerate() {
             at.push(name);
             let parent = current.as_ref().unwrap_or(self);
             let io = |source: io::Error| WalkError::Io {
@@ -164,10 +197,11 @@ impl Dir {
             let next = match parent.open_dir(name) {
                 Ok(dir) => dir,
                 Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => {
-                    let Some(mode) = create else {
+                    let Some((mode, before_create)) = create.as_mut() else {
                         return Err(io(e));
                     };
-                    if parent.create_dir(name, mode).map_err(io)? {
+                    before_create(&components[..=depth]).map_err(io)?;
+                    if parent.create_dir(name, *mode).map_err(io)? {
                         created += 1;
                     }
                     parent
@@ -193,6 +227,13 @@ impl Dir {
         match parent.stat(name) {
             Ok(Some(entry)) if entry.kind == Kind::Symlink => WalkError::Symlink(at),
             Ok(Some(entry)) if entry.kind != Kind::Directory => WalkError::NotADirectory(at),
+            Ok(Some(_))
+                if [Errno::NOTDIR, Errno::LOOP]
+                    .map(|n| Some(n.raw_os_error()))
+                    .contains(&e.raw_os_error()) =>
+            {
+                WalkError::Changed(at)
+            }
             _ => WalkError::Io {
                 path: at,
                 source: e,
@@ -386,10 +427,25 @@ mod tests {
         assert!(matches!(err, WalkError::NotADirectory(_)), "{err}");
         assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
 
-        let (deep, created) = dir.walk(&["a", "b", "c"], Some(0o700), shown).unwrap();
+        let mut announced = Vec::new();
+        let (deep, created) = dir
+            .walk_creating(&["a", "b", "c"], 0o700, shown, &mut |made| {
+                announced.push(made.join("/"));
+                Ok(())
+            })
+            .unwrap();
         assert_eq!(created, 3);
+        assert_eq!(announced, ["a", "a/b", "a/b/c"]);
         let (_, created) = dir.walk(&["a", "b"], Some(0o700), shown).unwrap();
         assert_eq!(created, 0);
+        // A refusal before a directory is made leaves it unmade.
+        let err = dir
+            .walk_creating(&["a", "new"], 0o700, shown, &mut |_| {
+                Err(io::Error::other("no"))
+            })
+            .unwrap_err();
+        assert!(matches!(err, WalkError::Io { .. }), "{err}");
+        assert!(!root.path().join("a/new").exists());
         let mut f = deep.create_file("f", 0o600).unwrap();
         f.write_all(b"data").unwrap();
         assert!(deep.create_file("f", 0o600).is_err(), "O_EXCL");

@@ -49,7 +49,7 @@ pub struct DirMeta {
     mtime_nanos: u32,
 }
 
-/// Delivered directories by object path (`None`: looked up, not a delivered directory).
+/// Directories this receiver made and delivered, by object path (`None`: looked up, not one).
 pub type DirCache = HashMap<String, Option<DirMeta>>;
 
 fn refused(path: &str, error: impl std::fmt::Display) -> Failure {
@@ -79,6 +79,20 @@ pub(crate) fn check_path(ctx: &Context, path: &str) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Whether this receiver made the directory `path` (by its records).
+fn made_by_us(ctx: &Context, path: &str) -> bool {
+    ctx.state.records().made_dir(path).unwrap_or(false)
+}
+
+/// Records durably that this receiver is about to create the directory `path`, so that after
+/// a crash before its delivery is committed it is still known as ours.
+fn making_dir(ctx: &Context, path: &str) -> io::Result<()> {
+    ctx.state
+        .records()
+        .making_dir(path)
+        .map_err(io::Error::other)
+}
+
 fn walk_failure(path: &str, error: WalkError) -> Failure {
     match error {
         WalkError::Io { path: at, source } => {
@@ -103,10 +117,17 @@ fn parent_of<'p>(
     let (name, parents) = components
         .split_last()
         .ok_or_else(|| refused(path, PathError::Empty))?;
-    let (dir, created) = ctx
-        .out
-        .walk(parents, create.then_some(PARENT_MODE), Path::new(path))
-        .map_err(|e| walk_failure(path, e))?;
+    // Errors name the directory walked, relative to --out.
+    let shown = Path::new("");
+    let walked = if create {
+        ctx.out
+            .walk_creating(parents, PARENT_MODE, shown, &mut |made| {
+                making_dir(ctx, &made.join("/"))
+            })
+    } else {
+        ctx.out.walk(parents, None, shown)
+    };
+    let (dir, created) = walked.map_err(|e| walk_failure(path, e))?;
     let created = (parents.len() - created..parents.len())
         .map(|end| parents[..=end].join("/"))
         .collect();
@@ -125,7 +146,7 @@ fn created_records(
         .into_iter()
         .filter_map(|path| {
             let components: Vec<&str> = path.split('/').collect();
-            let (dir, _) = ctx.out.walk(&components, None, Path::new(&path)).ok()?;
+            let (dir, _) = ctx.out.walk(&components, None, Path::new("")).ok()?;
             let entry = dir.stat_self().ok()?;
             let record = Delivery {
                 signer: 0,
@@ -246,6 +267,9 @@ pub(crate) fn publish_dir(
     check_path(ctx, &e.path)?;
     let (parent, name, created_parents) = parent_of(ctx, &e.path, true)?;
     let existed = check_target(&parent, name, &e.path, true)?;
+    if !existed {
+        making_dir(ctx, &e.path).map_err(io_failure(format!("cannot create {}", e.path)))?;
+    }
     let created = with_writable_dir(&parent, || parent.create_dir(name, 0o700))
         .map_err(io_failure(format!("cannot create {}", e.path)))?;
     let dir = parent.open_dir(name).map_err(|err| {
@@ -257,18 +281,10 @@ pub(crate) fn publish_dir(
             },
         )
     })?;
-    // A directory someone else made keeps its mode and mtime; ours (now, on the way to an
-    // earlier entry, or by an earlier delivery) gets the sender's, masked.
-    let ours = created
-        || !existed
-        || dirs.get(&e.path).is_some_and(Option::is_some)
-        || ctx
-            .state
-            .records()
-            .latest(&e.path)
-            .ok()
-            .flatten()
-            .is_some_and(|r| r.directory);
+    // A directory someone else made keeps its mode and mtime; ours (made now, on the way to
+    // an earlier entry, or by an earlier run, even one that stopped before recording its
+    // delivery) gets the sender's, masked.
+    let ours = created || !existed || made_by_us(ctx, &e.path);
     let meta = DirMeta {
         mode: e.mode & ctx.mode_mask,
         mtime_secs: e.mtime_secs,
@@ -277,17 +293,24 @@ pub(crate) fn publish_dir(
     if ours {
         apply_dir_meta(&dir, meta)
             .map_err(io_failure(format!("cannot set mode/mtime of {}", e.path)))?;
-        dirs.insert(e.path.clone(), Some(meta));
     }
+    dirs.insert(e.path.clone(), ours.then_some(meta));
     dir.sync()
         .map_err(io_failure(format!("cannot fsync {}", e.path)))?;
     let entry = dir
         .stat_self()
         .map_err(io_failure(format!("cannot stat {}", e.path)))?;
+    let mut record = delivery(ctx, e, signed, entry);
+    if !ours {
+        // What is there, not what the sender asked for.
+        record.mode = entry.mode;
+        record.mtime_secs = entry.mtime_secs;
+        record.mtime_nanos = entry.mtime_nanos;
+    }
     Ok(Published {
         bytes: 0,
         dir: parent,
-        delivery: delivery(ctx, e, signed, entry),
+        delivery: record,
         created_dirs: created_records(ctx, created_parents, dirs),
     })
 }
@@ -515,8 +538,8 @@ pub(crate) fn reapply_ancestors(
     }
 }
 
-/// Applies the recorded mode and mtime of a directory this receiver delivered (cached
-/// lookups; reached by a walk that never follows a link).
+/// Applies the recorded mode and mtime of a directory this receiver made and delivered
+/// (cached lookups; reached by a walk that never follows a link).
 pub(crate) fn reapply_dir(ctx: &Context, dir: &str, dirs: &mut DirCache) {
     let meta = *dirs.entry(dir.to_string()).or_insert_with(|| {
         ctx.state
@@ -524,7 +547,7 @@ pub(crate) fn reapply_dir(ctx: &Context, dir: &str, dirs: &mut DirCache) {
             .latest(dir)
             .ok()
             .flatten()
-            .filter(|r| r.directory)
+            .filter(|r| r.directory && made_by_us(ctx, dir))
             .map(|r| DirMeta {
                 mode: r.mode,
                 mtime_secs: r.mtime_secs,
@@ -537,7 +560,7 @@ pub(crate) fn reapply_dir(ctx: &Context, dir: &str, dirs: &mut DirCache) {
     let components: Vec<&str> = dir.split('/').collect();
     let applied = ctx
         .out
-        .walk(&components, None, Path::new(dir))
+        .walk(&components, None, Path::new(""))
         .map_err(|e| io::Error::other(e.to_string()))
         .and_then(|(d, _)| apply_dir_meta(&d, meta));
     if let Err(e) = applied {
@@ -597,10 +620,111 @@ pub(crate) fn check_fresh(ctx: &Context, path: &str, signed: Signed) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_protocol::wire::{ObjectId, SessionId};
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn context(root: &Path) -> Context {
+        let out_path = root.join("out");
+        std::fs::create_dir_all(&out_path).unwrap();
+        let out = Dir::open(&out_path).unwrap();
+        let state = StateDir::open(&root.join("state"), &out, &out_path).unwrap();
+        Context {
+            out,
+            out_path,
+            state,
+            mode_mask: 0o7777,
+            identities: Vec::new(),
+            identity_path: Default::default(),
+            trusted: Default::default(),
+            reserved: None,
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
+            permits_total: 1,
+        }
+    }
+
+    fn directory(path: &str, mode: u32, mtime_secs: i64) -> Entry {
+        Entry {
+            path: path.into(),
+            kind: EntryKind::Directory,
+            size: 0,
+            mode,
+            mtime_secs,
+            mtime_nanos: 7,
+            sha256: [0; 32],
+        }
+    }
+
+    const SIGNED: Signed = Signed {
+        signer: 1,
+        sequence: 1,
+    };
+
+    #[test]
+    fn directories_made_by_a_run_that_stopped_before_its_commit_are_still_ours() {
+        let root = tempfile::tempdir().unwrap();
+        let out = root.path().join("out");
+        {
+            // Ancestors made on the way to a file; the run stops before recording them.
+            let ctx = context(root.path());
+            parent_of(&ctx, "data/a/file", true).unwrap();
+        }
+        std::fs::create_dir_all(out.join("theirs")).unwrap();
+        std::fs::set_permissions(out.join("theirs"), PermissionsExt::from_mode(0o711)).unwrap();
+
+        let ctx = context(root.path());
+        let mut dirs = DirCache::new();
+        let deliveries = ["data/a", "theirs"]
+            .map(|path| {
+                let published = publish_dir(
+                    &ctx,
+                    &directory(path, 0o750, 1_600_000_000),
+                    SIGNED,
+                    &mut dirs,
+                )
+                .unwrap();
+                (path.to_string(), published.delivery)
+            })
+            .to_vec();
+        let check = |what: &str| {
+            let ours = std::fs::metadata(out.join("data/a")).unwrap();
+            assert_eq!(ours.mode() & 0o7777, 0o750, "{what}");
+            assert_eq!(
+                (ours.mtime(), ours.mtime_nsec()),
+                (1_600_000_000, 7),
+                "{what}"
+            );
+            let theirs = std::fs::metadata(out.join("theirs")).unwrap();
+            assert_eq!(
+                theirs.mode() & 0o7777,
+                0o711,
+                "{what}: someone else's keeps its mode"
+            );
+            assert_ne!(theirs.mtime(), 1_600_000_000, "{what}: and its mtime");
+        };
+        check("published");
+
+        // Later entries land in both; only ours gets its metadata back, also in a later run.
+        ctx.state
+            .records()
+            .commit(&[crate::records::Finished {
+                obj: ObjectKey::new(SessionId(1), ObjectId(1)),
+                deliveries,
+            }])
+            .unwrap();
+        drop(ctx);
+        let ctx = context(root.path());
+        std::fs::write(out.join("data/a/later"), b"x").unwrap();
+        std::fs::write(out.join("theirs/later"), b"x").unwrap();
+        let theirs_before = std::fs::metadata(out.join("theirs")).unwrap().mtime_nsec();
+        let touched = ["data/a/later", "theirs/later"].map(String::from);
+        reapply_ancestors(&ctx, touched, &mut DirCache::new());
+        check("re-applied");
+        let theirs_after = std::fs::metadata(out.join("theirs")).unwrap().mtime_nsec();
+        assert_eq!(theirs_before, theirs_after, "someone else's is not touched");
+    }
 
     #[test]
     fn read_only_directories_still_take_new_entries_and_keep_their_mode() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let sub = dir.path().join("ro");
         std::fs::create_dir(&sub).unwrap();

@@ -9,6 +9,11 @@
 //!   done       (session, object)    → when the object was finished (delivered, or found
 //!                                     already delivered); lets late blocks of a finished
 //!                                     object be released cheaply; pruned after 14 days
+//!   made       path                 → a directory this receiver was about to create, recorded
+//!                                     durably before the `mkdir`: after a crash before the
+//!                                     delivery's commit, the directory is still known as ours
+//!                                     (its object's mode and mtime apply; a directory someone
+//!                                     else made keeps its own)
 //! ```
 //!
 //! "Already delivered" is decided from these records alone — a record for the path with the
@@ -26,6 +31,7 @@ use crate::state::ObjectKey;
 const LATEST: TableDefinition<&str, &[u8]> = TableDefinition::new("latest");
 const SEQUENCES: TableDefinition<(u64, &str), u64> = TableDefinition::new("sequences");
 const DONE: TableDefinition<(u64, u64), u64> = TableDefinition::new("done");
+const MADE: TableDefinition<&str, ()> = TableDefinition::new("made");
 
 /// Done markers older than this are pruned at start: sessions are random per sender start,
 /// and the sequence records keep replays out after that.
@@ -103,6 +109,7 @@ impl Records {
         {
             txn.open_table(LATEST).map_err(err)?;
             txn.open_table(SEQUENCES).map_err(err)?;
+            txn.open_table(MADE).map_err(err)?;
             let mut done = txn.open_table(DONE).map_err(err)?;
             let cutoff = now_secs().saturating_sub(DONE_RETENTION.as_secs());
             let pruned = done.extract_if(|_, at| at < cutoff).map_err(err)?.count();
@@ -142,6 +149,23 @@ impl Records {
             .get((signer, path))
             .map_err(err)?
             .map(|v| v.value()))
+    }
+
+    /// Records durably that this receiver is about to create the directory `path`.
+    pub fn making_dir(&self, path: &str) -> Result<(), RecordsError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        txn.open_table(MADE)
+            .map_err(err)?
+            .insert(path, ())
+            .map_err(err)?;
+        txn.commit().map_err(err)
+    }
+
+    /// Whether this receiver created (or was about to create) the directory `path`.
+    pub fn made_dir(&self, path: &str) -> Result<bool, RecordsError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let made = txn.open_table(MADE).map_err(err)?;
+        Ok(made.get(path).map_err(err)?.is_some())
     }
 
     /// Records finished objects in one durable transaction (the group commit).
@@ -216,6 +240,7 @@ mod tests {
                 deliveries: vec![("a/b".into(), delivery(50))],
             }])
             .unwrap();
+        records.making_dir("a").unwrap();
         // An older sequence recorded later does not lower the highest one.
         records
             .commit(&[Finished {
@@ -230,5 +255,7 @@ mod tests {
         assert_eq!(records.sequence(7, "a/b").unwrap(), Some(50));
         assert_eq!(records.sequence(8, "a/b").unwrap(), None);
         assert_eq!(records.latest("other").unwrap(), None);
+        assert!(records.made_dir("a").unwrap());
+        assert!(!records.made_dir("a/b").unwrap());
     }
 }

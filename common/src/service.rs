@@ -48,6 +48,25 @@ fn notify(states: &[NotifyState]) {
     }
 }
 
+/// Resolves on SIGINT or SIGTERM (how systemd and a terminal stop a daemon).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,6 +32,7 @@ pub struct Counters {
     objects_delivered: AtomicU64,
     objects_already_delivered: AtomicU64,
     objects_failed: AtomicU64,
+    objects_lost_whole: AtomicU64,
     bytes_delivered: AtomicU64,
     sender_frames_sent: AtomicU64,
     last_delivery_us: AtomicU64,
@@ -55,6 +56,8 @@ pub struct Snapshot {
     pub objects_delivered: u64,
     pub objects_already_delivered: u64,
     pub objects_failed: u64,
+    /// Of `objects_failed`: announced, and not one frame of them arrived.
+    pub objects_lost_whole: u64,
     pub bytes_delivered: u64,
     pub sender_frames_sent: u64,
     /// When the last object was delivered, after the start of the run.
@@ -89,6 +92,7 @@ impl Counters {
             objects_delivered: AtomicU64::new(0),
             objects_already_delivered: AtomicU64::new(0),
             objects_failed: AtomicU64::new(0),
+            objects_lost_whole: AtomicU64::new(0),
             bytes_delivered: AtomicU64::new(0),
             sender_frames_sent: AtomicU64::new(0),
             last_delivery_us: AtomicU64::new(0),
@@ -149,6 +153,7 @@ impl Counters {
             stats.objects_already_delivered,
         );
         set(&self.objects_failed, stats.objects_failed);
+        set(&self.objects_lost_whole, stats.objects_lost_whole);
         set(&self.bytes_delivered, stats.bytes_delivered);
         set(&self.sender_frames_sent, stats.sender_frames.values().sum());
         if let Some(at) = stats.last_delivery {
@@ -178,6 +183,7 @@ impl Counters {
             objects_delivered: get(&self.objects_delivered),
             objects_already_delivered: get(&self.objects_already_delivered),
             objects_failed: get(&self.objects_failed),
+            objects_lost_whole: get(&self.objects_lost_whole),
             bytes_delivered: get(&self.bytes_delivered),
             sender_frames_sent: get(&self.sender_frames_sent),
             last_delivery: Self::since_start(get(&self.last_delivery_us)),
@@ -195,12 +201,18 @@ impl Counters {
         vec![
             Metric::counter_by(
                 "sluice_objects",
-                "Objects (pack entries counted one by one) by outcome.",
+                "Objects (pack entries counted one by one) by outcome; lost_whole: announced by \
+                 the sender, and not one frame arrived (the summary counts them in \
+                 objects_failed too).",
                 "outcome",
                 [
                     ("delivered", s.objects_delivered),
                     ("already_delivered", s.objects_already_delivered),
-                    ("failed", s.objects_failed),
+                    (
+                        "failed",
+                        s.objects_failed.saturating_sub(s.objects_lost_whole),
+                    ),
+                    ("lost_whole", s.objects_lost_whole),
                 ],
             ),
             Metric::counter_by(

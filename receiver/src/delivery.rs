@@ -223,6 +223,8 @@ pub(crate) struct DeliveryStats {
     pub objects_delivered: u64,
     pub objects_already_delivered: u64,
     pub objects_failed: u64,
+    /// Of `objects_failed`: announced, and not one frame of them arrived.
+    pub objects_lost_whole: u64,
     pub bytes_delivered: u64,
     /// When the last object was delivered.
     pub last_delivery: Option<Instant>,
@@ -1028,6 +1030,7 @@ impl Delivery {
             .missing(|s, o| known(ObjectKey::new(s, o)), MISSING_CHECKS);
         if lost.count > 0 {
             self.stats.objects_failed += lost.count;
+            self.stats.objects_lost_whole += lost.count;
             let first = lost
                 .first
                 .iter()

@@ -372,25 +372,6 @@ fn load_leftovers(ctx: &Context) -> Result<Vec<Resumed>, Error> {
     Ok(resumed)
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 /// `sluice-recv keygen DIR`.
 fn keygen(args: Vec<OsString>) -> ExitStatus {
     let parsed = match config::parse_keygen(
@@ -441,7 +422,9 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
     let format = options.log.format;
     let result = runtime.block_on(async move {
         let receiver = Receiver::bind(options).await?;
-        receiver.run(shutdown_signal()).await
+        receiver
+            .run(sluice_common::service::shutdown_signal())
+            .await
     });
     match result {
         Ok(report) => {

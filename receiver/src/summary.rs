@@ -46,6 +46,8 @@ pub struct Report {
     pub objects_already_delivered: u64,
     /// Objects refused, failed or left incomplete.
     pub objects_failed: u64,
+    /// Of `objects_failed`: announced by the sender, and not one frame of them arrived.
+    pub objects_lost_whole: u64,
     /// The failures, with their reasons (the first 1000).
     pub failures: Vec<FailedObject>,
     /// Plaintext bytes published.
@@ -96,6 +98,7 @@ impl Report {
             objects_delivered: c.objects_delivered,
             objects_already_delivered: c.objects_already_delivered,
             objects_failed: c.objects_failed,
+            objects_lost_whole: c.objects_lost_whole,
             failures,
             bytes_delivered: c.bytes_delivered,
             frames_received: c.frames_received,
@@ -207,6 +210,7 @@ impl Report {
                 "objects_delivered": self.objects_delivered,
                 "objects_already_delivered": self.objects_already_delivered,
                 "objects_failed": self.objects_failed,
+                "objects_lost_whole": self.objects_lost_whole,
                 "bytes_delivered": self.bytes_delivered,
                 "frames_received": self.frames_received,
                 "frames_valid": self.frames_valid,

@@ -67,13 +67,14 @@ fn encode_only(dir: &Path, file: &Path, bytes: u64, symbol_size: u16, workers: u
         signer: keys::SigningKey::load(&dir.join(keys::SENDER_KEY)).unwrap(),
         spool: None,
         workers,
+        first_object: 0,
     };
     let (objects, _) = objects::enumerate(&[file.to_path_buf()], None);
     let (tx, rx) = flume::bounded(4);
     let cpu_before = cpu_seconds("self").unwrap_or(0.0);
     let start = Instant::now();
-    let sequence = sluice_common::sequence::Sequence::open(dir, config.signer.id());
-    let encoder = std::thread::spawn(move || encode::run(&config, &objects, sequence, tx));
+    let mut sequence = sluice_common::sequence::Sequence::open(dir, config.signer.id());
+    let encoder = std::thread::spawn(move || encode::run(&config, &objects, &mut sequence, tx));
     let mut symbols = 0usize;
     while let Ok(item) = rx.recv() {
         if let Produced::Block { block, .. } = item {

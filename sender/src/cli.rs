@@ -121,10 +121,113 @@ impl Options {
 const SEGMENT_SIZES: std::ops::RangeInclusive<u64> =
     wire::MIN_SEGMENT_SIZE as u64..=wire::MAX_SEGMENT_SIZE as u64;
 
+/// `sluice-send watch`: the outbox daemon.
+#[derive(Debug, Parser)]
+#[command(
+    name = "sluice-send watch",
+    version,
+    about = "Send every item (top-level file or directory) put into --outbox, once, in \
+             arrival order; runs until stopped. Writers rename finished items into the outbox, \
+             or write them elsewhere or as NAME.partial first: names starting with `.` or \
+             ending in `.partial` are never sent."
+)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub send: Args,
+    /// The directory to watch.
+    #[arg(long)]
+    pub outbox: Option<PathBuf>,
+    /// Where sent items are moved (on the outbox's file system). Default: OUTBOX/.sent
+    #[arg(long)]
+    pub sent: Option<PathBuf>,
+    /// Delete items once sent instead of moving them to --sent.
+    #[arg(long)]
+    pub delete_after_send: bool,
+    /// Remove items from --sent this long after they were sent (e.g. 7d). Default: keep.
+    #[arg(long)]
+    pub keep_sent: Option<String>,
+    /// An item written in place is sent once it has not changed for this long. Default 2s.
+    #[arg(long)]
+    pub settle: Option<String>,
+}
+
+/// What becomes of a sent item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterSend {
+    /// Renamed into this directory as `<time sent>-<name>`.
+    Move(PathBuf),
+    Delete,
+}
+
+/// Checked options of the watch daemon.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    /// How to send (paths unused).
+    pub send: Options,
+    pub outbox: PathBuf,
+    /// Where the journal (and the manifest sequence) live.
+    pub state: PathBuf,
+    pub after: AfterSend,
+    pub keep_sent: Option<std::time::Duration>,
+    pub settle: std::time::Duration,
+}
+
+fn duration(text: &str) -> Option<std::time::Duration> {
+    humantime::parse_duration(text.trim()).ok()
+}
+
+/// Merges the config file under the command line and checks every value of `watch`.
+pub fn resolve_watch(args: WatchArgs) -> Result<WatchOptions, UsageError> {
+    let file = config::load_file::<WatchArgs>(args.send.shared.config.as_deref())?;
+    let layers = Layers::new(file.as_ref());
+    if !args.send.paths.is_empty() {
+        return Err(UsageError(
+            "watch takes no paths: it sends what appears in --outbox".into(),
+        ));
+    }
+    let outbox = layers.required_path("outbox", args.outbox, "the directory to watch")?;
+    let delete = layers.flag("delete-after-send", args.delete_after_send)?;
+    let sent = layers.path("sent", args.sent)?;
+    let after = match (delete, sent) {
+        (true, Some(_)) => {
+            return Err(UsageError(
+                "--sent and --delete-after-send exclude each other".into(),
+            ))
+        }
+        (true, None) => AfterSend::Delete,
+        (false, Some(dir)) => AfterSend::Move(dir),
+        (false, None) => AfterSend::Move(outbox.join(".sent")),
+    };
+    let keep_sent = match layers.value("keep-sent", args.keep_sent)? {
+        None => None,
+        Some(v) => Some(v.parse("a duration, e.g. 7d or 12h", duration)?),
+    };
+    let settle = match layers.value("settle", args.settle)? {
+        None => std::time::Duration::from_secs(2),
+        Some(v) => v.parse("a duration, e.g. 2s or 500ms", duration)?,
+    };
+    let send = resolve_in(layers, args.send, false)?;
+    let state = send.state.clone().ok_or_else(|| {
+        UsageError("--state is required: the directory of the outbox journal".into())
+    })?;
+    Ok(WatchOptions {
+        send,
+        outbox,
+        state,
+        after,
+        keep_sent,
+        settle,
+    })
+}
+
 /// Merges the config file under the command line and checks every value.
 pub fn resolve(args: Args) -> Result<Options, UsageError> {
     let file = config::load_file::<Args>(args.shared.config.as_deref())?;
-    let layers = Layers::new(file.as_ref());
+    resolve_in(Layers::new(file.as_ref()), args, true)
+}
+
+/// Checks every sending option; `paths_required` for a one-shot run.
+fn resolve_in(layers: Layers<'_>, args: Args, paths_required: bool) -> Result<Options, UsageError> {
     let link = layers.link(
         args.shared.link,
         "udp://HOST:PORT or serial:///dev/ttyX?baud=N",
@@ -180,7 +283,7 @@ pub fn resolve(args: Args) -> Result<Options, UsageError> {
         })?,
     };
     let log = layers.log(args.shared.log)?;
-    if args.paths.is_empty() {
+    if paths_required && args.paths.is_empty() {
         return Err(UsageError(
             "nothing to send: give files, directories, or - for stdin".into(),
         ));

@@ -23,6 +23,9 @@ pub struct Counters {
     symbols: AtomicU64,
     heartbeats: AtomicU64,
     blocks: AtomicU64,
+    /// Gauges of the watch daemon: items in the outbox not yet sent, and their bytes.
+    outbox_items: AtomicU64,
+    outbox_bytes: AtomicU64,
 }
 
 /// The counters at one moment.
@@ -78,6 +81,12 @@ impl Counters {
         set(&self.blocks, stats.blocks);
     }
 
+    /// The watch daemon's outbox, now.
+    pub(crate) fn set_outbox(&self, items: u64, bytes: u64) {
+        self.outbox_items.store(items, Ordering::Relaxed);
+        self.outbox_bytes.store(bytes, Ordering::Relaxed);
+    }
+
     /// The figures `/metrics` serves, from the same snapshot the summary reads;
     /// `frame_overhead` is the link's bytes per frame beyond it (IP/UDP headers, COBS).
     pub fn metrics(&self, frame_overhead: u32) -> Vec<Metric> {
@@ -109,6 +118,16 @@ impl Counters {
                 s.tx.heartbeats,
             ),
             Metric::counter("sluice_blocks", "FEC blocks scheduled.", s.tx.blocks),
+            Metric::gauge(
+                "sluice_outbox_items",
+                "Items in the watched outbox not yet sent (sluice-send watch; 0 otherwise).",
+                get(&self.outbox_items) as f64,
+            ),
+            Metric::gauge(
+                "sluice_outbox_bytes",
+                "File bytes of the items in the watched outbox not yet sent.",
+                get(&self.outbox_bytes) as f64,
+            ),
         ]
     }
 

@@ -69,6 +69,21 @@ pub enum Produced {
     },
     /// A pass finished queueing.
     PassQueued(u16),
+    /// Not from the encoder: a daemon's mark after an item's objects. The send loop reports
+    /// it as [`Passed`] once every object it received before the mark has left on the link
+    /// (all passes) or failed.
+    Barrier(u64),
+    /// Not from the encoder: a daemon's entry left out (a symlink) or refused (a name the
+    /// receiver would refuse), for the send loop to report like the one-shot's.
+    NotSent(crate::objects::Skipped),
+}
+
+/// A [`Produced::Barrier`] the send loop got past.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Passed {
+    pub token: u64,
+    /// Objects or pack entries that failed between the previous barrier and this one.
+    pub failed: u64,
 }
 
 /// One file or directory of a queued object.
@@ -95,6 +110,9 @@ pub struct EncodeConfig {
     pub spool: Option<PathBuf>,
     /// Encryption workers; 0 picks one per core (at most [`MAX_WORKERS`]).
     pub workers: usize,
+    /// Id of the first object (a daemon numbers each item's objects after the last one's:
+    /// ids stay unique within the session).
+    pub first_object: u64,
 }
 
 impl std::fmt::Debug for EncodeConfig {
@@ -352,7 +370,7 @@ struct Sent {
 pub fn run(
     config: &EncodeConfig,
     objects: &[SourceObject],
-    sequence: Sequence,
+    sequence: &mut Sequence,
     out: flume::Sender<Produced>,
 ) -> Result<(), EncodeError> {
     let workers = config.worker_count().max(1);
@@ -505,7 +523,7 @@ impl Reader<'_> {
             .into_iter()
             .enumerate()
         {
-            let id = ObjectId(i as u64);
+            let id = ObjectId(self.config.first_object + i as u64);
             match planned {
                 Planned::Single(object) => self.first_pass(id, object)?,
                 Planned::Pack(members) => self.pack(id, &members)?,
@@ -678,7 +696,7 @@ impl Reader<'_> {
 struct Collector<'a> {
     config: &'a EncodeConfig,
     /// Freshness numbers, one per manifest.
-    sequence: Sequence,
+    sequence: &'a mut Sequence,
     codec: ReedSolomon,
     out: flume::Sender<Produced>,
     pool: flume::Sender<Vec<u8>>,
@@ -1007,11 +1025,12 @@ mod tests {
             signer: SigningKey::load(&dir.join(sluice_common::keys::SENDER_KEY)).unwrap(),
             spool: Some(spool),
             workers,
+            first_object: 0,
         };
-        let sequence = Sequence::open(dir, config.signer.id());
+        let mut sequence = Sequence::open(dir, config.signer.id());
         let (tx, rx) = flume::bounded(2);
         let objects = objects.to_vec();
-        let encoder = std::thread::spawn(move || run(&config, &objects, sequence, tx));
+        let encoder = std::thread::spawn(move || run(&config, &objects, &mut sequence, tx));
         let mut events = Vec::new();
         while let Ok(produced) = rx.recv() {
             match produced {
@@ -1029,6 +1048,7 @@ mod tests {
                     events.push(Event::Failed(path))
                 }
                 Produced::PassQueued(pass) => events.push(Event::Pass(pass)),
+                Produced::Barrier(_) | Produced::NotSent(_) => unreachable!("not from the encoder"),
             }
         }
         encoder.join().unwrap().unwrap();

@@ -44,6 +44,9 @@ pub enum Error {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    /// The watch daemon's outbox, sent directory or journal.
+    #[error("{0}")]
+    Watch(String),
     /// The encode pipeline stopped.
     #[error(transparent)]
     Encode(#[from] EncodeError),

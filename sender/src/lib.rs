@@ -32,6 +32,7 @@ pub mod objects;
 pub mod outcome;
 mod send_loop;
 pub mod summary;
+pub mod watch;
 
 use std::ffi::OsString;
 use std::future::Future;
@@ -58,17 +59,131 @@ use crate::counters::Counters;
 use crate::objects::{Skipped, SourceObject};
 use crate::outcome::Outcome;
 
-/// A sender with its keys loaded, its objects found and its link open.
-pub struct Sender {
-    options: Options,
+/// What the one-shot sender and the watch daemon open at start: keys, the link, and the
+/// `/metrics` port (bound at start, so a busy port is a start-up error).
+struct Ends {
     recipients: Vec<age::x25519::Recipient>,
     signer: SigningKey,
     link_key: LinkKey,
     link: Box<dyn FrameTx>,
+    metrics: Option<tokio::net::TcpListener>,
+}
+
+impl Ends {
+    async fn open(options: &Options) -> Result<Ends, Error> {
+        let mut recipients = Vec::new();
+        for path in &options.recipients {
+            recipients.append(&mut keys::load_recipients(path).map_err(error::key("recipient"))?);
+        }
+        let signer = SigningKey::load(&options.sign_key).map_err(error::key("sign-key"))?;
+        let link_key = keys::load_link_key(&options.link_key).map_err(error::key("link-key"))?;
+        let link = options.link.open_tx().await.map_err(|source| Error::Link {
+            link: options.link.to_string(),
+            source,
+        })?;
+        let metrics = match options.metrics {
+            None => None,
+            Some(addr) => Some(
+                sluice_common::metrics::bind(addr)
+                    .await
+                    .map_err(|source| Error::Metrics { addr, source })?,
+            ),
+        };
+        Ok(Ends {
+            recipients,
+            signer,
+            link_key,
+            link,
+            metrics,
+        })
+    }
+}
+
+/// A running session: one random session id, the encoder's settings, the send loop (the one
+/// place outcomes are emitted) and the counters `/metrics` serves.
+struct Session {
+    config: encode::EncodeConfig,
+    send_loop: send_loop::SendLoop,
+    counters: Arc<Counters>,
+    overhead: u32,
+    /// Served until dropped.
+    _metrics: Option<sluice_common::metrics::Endpoint>,
+}
+
+impl Session {
+    /// Starts a session with `progress_total` plaintext bytes on a progress bar, if any.
+    fn start(
+        options: &Options,
+        recipients: Vec<age::x25519::Recipient>,
+        signer: SigningKey,
+        link_key: LinkKey,
+        metrics: Option<tokio::net::TcpListener>,
+        progress_total: Option<u64>,
+    ) -> Result<Session, Error> {
+        let mut session_bytes = [0u8; 8];
+        getrandom::getrandom(&mut session_bytes).map_err(|e| Error::Random(e.to_string()))?;
+        let session = SessionId(u64::from_le_bytes(session_bytes));
+        let symbol_size = wire::max_symbol_size(options.link.max_frame_len());
+        let config = encode::EncodeConfig {
+            session,
+            symbol_size,
+            segment_size: options.segment_size,
+            pack_under: options.pack_under,
+            repair_permille: options.repair_permille,
+            passes: options.passes,
+            recipients,
+            signer,
+            spool: None,
+            workers: options.workers,
+            first_object: 0,
+        };
+        let counters = Arc::new(Counters::default());
+        let mut outcomes = Outcomes::default();
+        outcomes.subscribe(outcome::LogLine);
+        outcomes.subscribe(outcome::Count(counters.clone()));
+        let overhead = options.link.frame_overhead();
+        let metrics = metrics.map(|listener| {
+            let counters = counters.clone();
+            sluice_common::metrics::spawn(listener, Arc::new(move || counters.metrics(overhead)))
+        });
+        let settings = send_loop::Settings {
+            rate: options.rate,
+            wire_frame: (options.link.max_frame_len() + overhead as usize) as u64,
+            frame_overhead: overhead,
+            interleave: options.interleave,
+            session,
+            link_key,
+            passes: options.passes,
+            heartbeat_interval: Duration::from_secs(1),
+            linger: Duration::from_secs(1),
+            progress_total,
+        };
+        let send_loop = send_loop::SendLoop::new(settings, outcomes, counters.clone());
+        Ok(Session {
+            config,
+            send_loop,
+            counters,
+            overhead,
+            _metrics: metrics,
+        })
+    }
+
+    /// "rate" for log lines.
+    fn rate_text(options: &Options) -> String {
+        if options.rate == 0 {
+            "unpaced".to_string()
+        } else {
+            format!("{}/s", Bytes(options.rate))
+        }
+    }
+}
+
+/// A sender with its keys loaded, its objects found and its link open.
+pub struct Sender {
+    options: Options,
+    ends: Ends,
     objects: Vec<SourceObject>,
     skipped: Vec<Skipped>,
-    /// Bound at start (so a busy port is a start-up error), served while running.
-    metrics: Option<tokio::net::TcpListener>,
 }
 
 impl std::fmt::Debug for Sender {
@@ -83,12 +198,6 @@ impl std::fmt::Debug for Sender {
 impl Sender {
     /// Loads keys, expands the paths into objects, and opens the link.
     pub async fn bind(options: Options) -> Result<Self, Error> {
-        let mut recipients = Vec::new();
-        for path in &options.recipients {
-            recipients.append(&mut keys::load_recipients(path).map_err(error::key("recipient"))?);
-        }
-        let signer = SigningKey::load(&options.sign_key).map_err(error::key("sign-key"))?;
-        let link_key = keys::load_link_key(&options.link_key).map_err(error::key("link-key"))?;
         let (objects, skipped) = objects::enumerate(&options.paths, options.name.as_deref());
         if objects.is_empty() {
             for s in &skipped {
@@ -96,27 +205,12 @@ impl Sender {
             }
             return Err(Error::NothingToSend);
         }
-        let link = options.link.open_tx().await.map_err(|source| Error::Link {
-            link: options.link.to_string(),
-            source,
-        })?;
-        let metrics = match options.metrics {
-            None => None,
-            Some(addr) => Some(
-                sluice_common::metrics::bind(addr)
-                    .await
-                    .map_err(|source| Error::Metrics { addr, source })?,
-            ),
-        };
+        let ends = Ends::open(&options).await?;
         Ok(Sender {
             options,
-            recipients,
-            signer,
-            link_key,
-            link,
+            ends,
             objects,
             skipped,
-            metrics,
         })
     }
 
@@ -125,90 +219,59 @@ impl Sender {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<Summary, Error> {
         let Sender {
             options,
+            ends,
+            objects,
+            skipped,
+        } = self;
+        let Ends {
             recipients,
             signer,
             link_key,
             mut link,
-            objects,
-            skipped,
             metrics,
-        } = self;
+        } = ends;
+        let file_bytes: u64 = objects.iter().filter_map(|o| o.size).sum();
+        let progress = std::io::stderr().is_terminal() && !options.log.quiet;
+        let progress_total = progress.then_some(file_bytes * u64::from(options.passes));
+        let Session {
+            mut config,
+            mut send_loop,
+            counters,
+            overhead,
+            _metrics,
+        } = Session::start(
+            &options,
+            recipients,
+            signer,
+            link_key,
+            metrics,
+            progress_total,
+        )?;
         let spool = match options.passes {
             1 => None,
             _ => Some(encode::Spool::create(options.spool.as_deref()).map_err(Error::Spool)?),
         };
-        let mut session_bytes = [0u8; 8];
-        getrandom::getrandom(&mut session_bytes).map_err(|e| Error::Random(e.to_string()))?;
-        let session = SessionId(u64::from_le_bytes(session_bytes));
-        let symbol_size = wire::max_symbol_size(options.link.max_frame_len());
-        let config = encode::EncodeConfig {
-            session,
-            symbol_size,
-            segment_size: options.segment_size,
-            pack_under: options.pack_under,
-            repair_permille: options.repair_permille,
-            passes: options.passes,
-            recipients,
-            signer,
-            spool: spool.as_ref().map(|s| s.path().to_path_buf()),
-            workers: options.workers,
-        };
-        let file_bytes: u64 = objects.iter().filter_map(|o| o.size).sum();
+        config.spool = spool.as_ref().map(|s| s.path().to_path_buf());
         tracing::info!(
             link = %options.link,
-            session = format_args!("{:016x}", session.0),
+            session = format_args!("{:016x}", config.session.0),
             objects = objects.len(),
             bytes = file_bytes,
-            rate = %if options.rate == 0 { "unpaced".to_string() } else { format!("{}/s", Bytes(options.rate)) },
+            rate = %Session::rate_text(&options),
             passes = options.passes,
             repair = format_args!("{}%", f64::from(options.repair_permille) / 10.0),
-            symbol_size,
+            symbol_size = config.symbol_size,
             "sending"
         );
-
-        let counters = Arc::new(Counters::default());
-        let mut outcomes = Outcomes::default();
-        outcomes.subscribe(outcome::LogLine);
-        outcomes.subscribe(outcome::Count(counters.clone()));
-        let overhead = options.link.frame_overhead();
-        // Served until dropped at the end of the run.
-        let _metrics = metrics.map(|listener| {
-            let counters = counters.clone();
-            sluice_common::metrics::spawn(listener, Arc::new(move || counters.metrics(overhead)))
-        });
-        let progress = std::io::stderr().is_terminal() && !options.log.quiet;
-        let settings = send_loop::Settings {
-            rate: options.rate,
-            wire_frame: (options.link.max_frame_len() + overhead as usize) as u64,
-            frame_overhead: overhead,
-            interleave: options.interleave,
-            session,
-            link_key,
-            passes: options.passes,
-            heartbeat_interval: Duration::from_secs(1),
-            linger: Duration::from_secs(1),
-            progress_total: progress.then_some(file_bytes * u64::from(options.passes)),
-        };
-        let mut send_loop = send_loop::SendLoop::new(settings, outcomes, counters.clone());
         for s in skipped {
-            send_loop.emit(if s.refused {
-                Outcome::Refused {
-                    path: s.path,
-                    reason: s.reason,
-                }
-            } else {
-                Outcome::Skipped {
-                    path: s.path,
-                    reason: s.reason,
-                }
-            });
+            send_loop.emit(Outcome::not_sent(s));
         }
 
-        let sequence = Sequence::open(&options.state_dir(), config.signer.id());
+        let mut sequence = Sequence::open(&options.state_dir(), config.signer.id());
         let (tx, rx) = flume::bounded(4);
         let encoder = std::thread::Builder::new()
             .name("sluice-encode".into())
-            .spawn(move || encode::run(&config, &objects, sequence, tx))
+            .spawn(move || encode::run(&config, &objects, &mut sequence, tx))
             .map_err(Error::Thread)?;
         let shutdown = std::pin::pin!(shutdown);
         let sent = tokio::select! {
@@ -253,21 +316,16 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
     if args.get(1).is_some_and(|a| a == "keygen") {
         return keygen(args[1..].to_vec()).into();
     }
+    if args.get(1).is_some_and(|a| a == "watch") {
+        return watch_main(args[1..].to_vec());
+    }
     let options = match config::parse(args, cli::resolve) {
         Parsed::Run(options) => options,
         Parsed::Exit(status) => return status.into(),
     };
     logging::init(options.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitStatus::Failure.into();
-        }
+    let Some(runtime) = runtime() else {
+        return ExitStatus::Failure.into();
     };
     let format = options.log.format;
     let result = runtime.block_on(async move {
@@ -279,6 +337,39 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
             summary.print(format);
             exit_status(&summary).into()
         }
+        Err(e) => {
+            logging::error(format, &e);
+            e.exit_status().into()
+        }
+    }
+}
+
+/// The runtime of the send loop (one thread: the encoder has its own).
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| eprintln!("error: cannot start the runtime: {e}"))
+        .ok()
+}
+
+/// `sluice-send watch …`: runs until SIGTERM or SIGINT, then exits 0.
+fn watch_main(args: Vec<OsString>) -> ExitCode {
+    let options = match config::parse(args, cli::resolve_watch) {
+        Parsed::Run(options) => options,
+        Parsed::Exit(status) => return status.into(),
+    };
+    logging::init(options.send.log);
+    let format = options.send.log.format;
+    let Some(runtime) = runtime() else {
+        return ExitStatus::Failure.into();
+    };
+    match runtime.block_on(watch::run(
+        options,
+        sluice_common::service::shutdown_signal(),
+    )) {
+        Ok(()) => ExitStatus::Success.into(),
         Err(e) => {
             logging::error(format, &e);
             e.exit_status().into()

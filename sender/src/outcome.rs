@@ -32,6 +32,22 @@ pub enum Outcome {
     Failed { path: String, reason: String },
 }
 
+impl Outcome {
+    /// The outcome of an entry left out or refused when the paths were expanded.
+    pub fn not_sent(skipped: crate::objects::Skipped) -> Outcome {
+        let crate::objects::Skipped {
+            path,
+            reason,
+            refused,
+        } = skipped;
+        if refused {
+            Outcome::Refused { path, reason }
+        } else {
+            Outcome::Skipped { path, reason }
+        }
+    }
+}
+
 /// The sender's log line for every outcome.
 #[derive(Debug, Default)]
 pub(crate) struct LogLine;

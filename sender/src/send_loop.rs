@@ -4,7 +4,7 @@
 //! sender's outcomes are emitted: it alone sees both what the encoder made of an object and
 //! when its last frame left.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -14,7 +14,7 @@ use sluice_protocol::tx::{OutgoingBlock, Scheduler, Transmit, TxConfig};
 use sluice_protocol::wire::{BlockKind, LinkKey, ObjectId, SessionId};
 
 use crate::counters::Counters;
-use crate::encode::Produced;
+use crate::encode::{Passed, Produced};
 use crate::outcome::Outcome;
 
 /// Send-loop settings.
@@ -63,6 +63,14 @@ fn progress_bar(total: Option<u64>) -> ProgressBar {
     }
 }
 
+/// A barrier waiting for the objects received before it.
+#[derive(Debug)]
+struct Barrier {
+    token: u64,
+    waiting: HashSet<ObjectId>,
+    failed: u64,
+}
+
 /// The loop's state.
 pub(crate) struct SendLoop {
     settings: Settings,
@@ -70,6 +78,12 @@ pub(crate) struct SendLoop {
     outcomes: Outcomes<Outcome>,
     counters: std::sync::Arc<Counters>,
     in_flight: HashMap<ObjectId, InFlight>,
+    /// Barriers not yet passed, oldest first.
+    barriers: VecDeque<Barrier>,
+    /// Failures since the last barrier.
+    failed_since_barrier: u64,
+    /// Where passed barriers are reported.
+    passed: Option<flume::Sender<Passed>>,
     bar: ProgressBar,
     start: Instant,
 }
@@ -104,9 +118,17 @@ impl SendLoop {
             outcomes,
             counters,
             in_flight: HashMap::new(),
+            barriers: VecDeque::new(),
+            failed_since_barrier: 0,
+            passed: None,
             bar,
             start,
         }
+    }
+
+    /// Reports passed [`Produced::Barrier`]s to `passed`.
+    pub fn report_barriers(&mut self, passed: flume::Sender<Passed>) {
+        self.passed = Some(passed);
     }
 
     /// The one place outcomes leave the sender.
@@ -231,18 +253,61 @@ impl SendLoop {
                 }
                 self.check_sent(object);
             }
-            Produced::EntryFailed { path, reason } => self.emit(Outcome::Failed { path, reason }),
+            Produced::EntryFailed { path, reason } => {
+                self.failed_since_barrier += 1;
+                self.emit(Outcome::Failed { path, reason });
+            }
             Produced::ObjectFailed {
                 object,
                 path,
                 reason,
             } => {
+                self.failed_since_barrier += 1;
                 self.in_flight.remove(&object);
+                self.left(object);
                 self.emit(Outcome::Failed { path, reason });
             }
             Produced::PassQueued(pass) => tracing::debug!(pass, "pass queued"),
+            Produced::NotSent(skipped) => {
+                if skipped.refused {
+                    self.failed_since_barrier += 1;
+                }
+                self.emit(Outcome::not_sent(skipped));
+            }
+            Produced::Barrier(token) => {
+                self.barriers.push_back(Barrier {
+                    token,
+                    waiting: self.in_flight.keys().copied().collect(),
+                    failed: std::mem::take(&mut self.failed_since_barrier),
+                });
+                self.release_barriers();
+            }
         }
         None
+    }
+
+    /// `object` is no longer in flight: barriers stop waiting for it.
+    fn left(&mut self, object: ObjectId) {
+        for barrier in &mut self.barriers {
+            barrier.waiting.remove(&object);
+        }
+        self.release_barriers();
+    }
+
+    /// Reports the barriers, oldest first, that wait for nothing any more.
+    fn release_barriers(&mut self) {
+        while self.barriers.front().is_some_and(|b| b.waiting.is_empty()) {
+            let Some(barrier) = self.barriers.pop_front() else {
+                break;
+            };
+            if let Some(passed) = &self.passed {
+                // A daemon that stopped listening is shutting down.
+                let _ = passed.send(Passed {
+                    token: barrier.token,
+                    failed: barrier.failed,
+                });
+            }
+        }
     }
 
     /// Counts blocks the scheduler finished against their objects.
@@ -268,5 +333,6 @@ impl SendLoop {
         for (path, size) in entries.into_iter().flatten() {
             self.emit(Outcome::Sent { path, size });
         }
+        self.left(object);
     }
 }

@@ -182,7 +182,17 @@ pub fn receiver_cmd(link: &str, keys: &Keys, out: &Path, state: &Path) -> Comman
 
 /// `sluice-send` with link, recipient, signing key and link key set; add options and paths.
 pub fn sender_cmd(link: &str, keys: &Keys) -> Command {
+    sending(Command::new(&binaries().send), link, keys)
+}
+
+/// `sluice-send watch` with link, recipient, signing key and link key set; add the rest.
+pub fn watch_cmd(link: &str, keys: &Keys) -> Command {
     let mut cmd = Command::new(&binaries().send);
+    cmd.arg("watch");
+    sending(cmd, link, keys)
+}
+
+fn sending(mut cmd: Command, link: &str, keys: &Keys) -> Command {
     cmd.arg("--link")
         .arg(link)
         .arg("--recipient")

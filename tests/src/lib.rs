@@ -1,7 +1,7 @@
 //! Cross-crate test support: a seeded lossy UDP relay ([`relay`]), helpers that build, run and
 //! check the real `sluice-send` / `sluice-recv` binaries ([`binaries`], [`harness`]), and
 //! seeded test trees with a byte-exact comparison ([`tree`]), and what a test needs from the
-//! machine ([`require`]: tools, root, the firmware image).
+//! machine ([`require`]: tools, root, the firmware image), and `/metrics` pages ([`scrape`]).
 //!
 //! The end-to-end tests in `tests/` and the `sluice-demo` binary are built on these.
 
@@ -16,6 +16,7 @@ pub mod producer;
 pub mod qemu;
 pub mod relay;
 pub mod require;
+pub mod scrape;
 pub mod sweep;
 pub mod tree;
 

@@ -221,6 +221,7 @@ fn an_object_lost_whole_is_reported() {
     assert_logged(&got.log, "object failed: lost whole");
     let summary = Summary::find(&got.log, "objects_failed").expect("a JSON summary");
     assert_eq!(summary.get("objects_failed"), 1, "{}", got.log);
+    assert_eq!(summary.get("objects_lost_whole"), 1, "{}", got.log);
     assert_eq!(summary.get("objects_delivered"), 2, "{}", got.log);
     assert!(!s.out.join("two notes.txt").exists());
     for f in [&files[0], &files[2]] {

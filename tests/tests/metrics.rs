@@ -5,37 +5,14 @@
 // Test helpers panic on failure by design, like the tests that call them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use sluice_tests::binaries::{free_udp_port, Proc};
 use sluice_tests::harness::{assert_exit, Setup, Summary};
 use sluice_tests::relay::{Faults, Relay};
+use sluice_tests::scrape::{free_tcp_addr, scrape, value};
 use sluice_tests::tree::{self, Check, TreeSpec};
-
-fn free_tcp_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
-/// The body of `GET /metrics`, or `None` while nothing answers.
-fn scrape(addr: SocketAddr) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: sluice\r\n\r\n")
-        .ok()?;
-    let mut page = String::new();
-    s.read_to_string(&mut page).ok()?;
-    assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
-    Some(page.split_once("\r\n\r\n")?.1.to_string())
-}
-
-/// The value of the sample `series` (name with its labels, as on the page).
-fn value(page: &str, series: &str) -> Option<f64> {
-    page.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
 
 fn scrape_until(addr: SocketAddr, proc: &mut Proc, ok: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -124,6 +101,10 @@ fn metrics_match_the_summaries_through_a_damaging_relay() {
             "objects_delivered",
         ),
         ("sluice_objects_total{outcome=\"failed\"}", "objects_failed"),
+        (
+            "sluice_objects_total{outcome=\"lost_whole\"}",
+            "objects_lost_whole",
+        ),
         ("sluice_bytes_total{kind=\"file\"}", "bytes_delivered"),
         (
             "sluice_frames_total{result=\"received\"}",

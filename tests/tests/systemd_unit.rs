@@ -1,6 +1,7 @@
-//! The shipped systemd unit: `systemd-analyze verify` accepts it (pointed at the built
-//! binary), its hardening rates ≤ 2.0 ("OK") in `systemd-analyze security`, and the example
-//! configuration it names holds only options the receiver knows.
+//! The shipped systemd units (`sluice-recv.service`, `sluice-send-watch.service`):
+//! `systemd-analyze verify` accepts each (pointed at the built binary), its hardening rates
+//! ≤ 2.0 ("OK") in `systemd-analyze security`, and the example configuration each names holds
+//! only options its daemon knows.
 
 // Test helpers panic on failure by design, like the tests that call them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -16,30 +17,26 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The unit with its `ExecStart` pointed at the binary this test run built, in a temp dir.
-fn unit_for_test(dir: &Path) -> PathBuf {
-    let text =
-        std::fs::read_to_string(repo().join("packaging/systemd/sluice-recv.service")).unwrap();
-    let recv = binaries::binaries().recv.display().to_string();
-    assert!(text.contains("ExecStart=/usr/bin/sluice-recv "), "{text}");
-    let path = dir.join("sluice-recv.service");
+/// The unit `name` with its `ExecStart` binary (`/usr/bin/<binary>`) pointed at `built`, in
+/// a temp dir.
+fn unit_for_test(dir: &Path, name: &str, binary: &str, built: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(repo().join("packaging/systemd").join(name)).unwrap();
+    let shipped = format!("ExecStart=/usr/bin/{binary} ");
+    assert!(text.contains(&shipped), "{text}");
+    let path = dir.join(name);
     std::fs::write(
         &path,
-        text.replace(
-            "ExecStart=/usr/bin/sluice-recv ",
-            &format!("ExecStart={recv} "),
-        ),
+        text.replace(&shipped, &format!("ExecStart={} ", built.display())),
     )
     .unwrap();
     path
 }
 
-#[test]
-#[ignore = "needs systemd-analyze (./test.sh installs it and runs this)"]
-fn the_receiver_unit_verifies_and_rates_ok() {
+/// `systemd-analyze verify` accepts the unit and `security` rates it ≤ 2.0.
+fn verifies_and_rates_ok(name: &str, binary: &str, built: &Path) {
     require::tool("systemd-analyze", "systemd");
     let dir = tempfile::tempdir().unwrap();
-    let unit = unit_for_test(dir.path());
+    let unit = unit_for_test(dir.path(), name, binary, built);
     let verify = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&unit)
@@ -47,7 +44,7 @@ fn the_receiver_unit_verifies_and_rates_ok() {
         .unwrap();
     assert!(
         verify.status.success() && verify.stderr.is_empty(),
-        "systemd-analyze verify: {}",
+        "systemd-analyze verify {name}: {}",
         String::from_utf8_lossy(&verify.stderr)
     );
     let security = Command::new("systemd-analyze")
@@ -58,24 +55,51 @@ fn the_receiver_unit_verifies_and_rates_ok() {
     let text = String::from_utf8_lossy(&security.stdout);
     let score: f64 = text
         .lines()
-        .find_map(|l| l.split_once("Overall exposure level for sluice-recv.service: "))
+        .find_map(|l| l.split_once(&format!("Overall exposure level for {name}: ")))
         .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
-    assert!(score <= 2.0, "exposure {score} > 2.0:\n{text}");
+    assert!(score <= 2.0, "{name}: exposure {score} > 2.0:\n{text}");
 }
 
 #[test]
-fn the_example_configuration_names_only_known_options() {
-    let mut cmd = Command::new(&binaries::binaries().recv);
-    cmd.arg("--config")
-        .arg(repo().join("packaging/config/recv.toml"));
-    let got = Proc::spawn("sluice-recv", cmd).finish(Duration::from_secs(20));
-    // Its keys are not on this machine: the run stops at the first file it needs, after every
-    // option name and value was accepted.
+#[ignore = "needs systemd-analyze (./test.sh installs it and runs this)"]
+fn the_receiver_unit_verifies_and_rates_ok() {
+    verifies_and_rates_ok(
+        "sluice-recv.service",
+        "sluice-recv",
+        &binaries::binaries().recv,
+    );
+}
+
+#[test]
+#[ignore = "needs systemd-analyze (./test.sh installs it and runs this)"]
+fn the_watch_unit_verifies_and_rates_ok() {
+    verifies_and_rates_ok(
+        "sluice-send-watch.service",
+        "sluice-send",
+        &binaries::binaries().send,
+    );
+}
+
+/// The example configuration for `args` runs up to the first key file it needs (not on this
+/// machine), after every option name and value was accepted.
+fn names_only_known_options(binary: &Path, args: &[&str], config: &str) {
+    let mut cmd = Command::new(binary);
+    cmd.args(args)
+        .arg("--config")
+        .arg(repo().join("packaging/config").join(config));
+    let got = Proc::spawn(config, cmd).finish(Duration::from_secs(20));
     assert_eq!(got.code(), 2, "{}", got.log);
     assert!(
         got.log.contains("/etc/sluice/") && !got.log.contains("unknown"),
         "{}",
         got.log
     );
+}
+
+#[test]
+fn the_example_configurations_name_only_known_options() {
+    let built = binaries::binaries();
+    names_only_known_options(&built.recv, &[], "recv.toml");
+    names_only_known_options(&built.send, &["watch"], "send-watch.toml");
 }

@@ -1,0 +1,268 @@
+//! The outbox: which top-level entries are items, what state each is in on disk (its
+//! fingerprint), and when one is settled enough to send.
+//!
+//! Writers either rename a finished item into the outbox (ready at once) or write it in place
+//! (ready once its fingerprint has not changed for `--settle`). Names starting with `.` or
+//! ending in `.partial` are never items: that is where writers put work in progress, and
+//! where the daemon keeps `.sent/`.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+/// Whether a top-level name is never an item.
+pub fn ignored(name: &str) -> bool {
+    name.starts_with('.') || name.ends_with(".partial")
+}
+
+/// What an item looks like on disk: every entry's name, kind, size, mtime and inode. Equal
+/// fingerprints mean nothing visible changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint(pub String);
+
+/// An item as seen by one look.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Look {
+    pub fingerprint: Fingerprint,
+    /// Bytes of file content.
+    pub bytes: u64,
+}
+
+/// Looks at the item at `path` (never following a symlink).
+pub fn look(path: &Path) -> io::Result<Look> {
+    let mut hash = Sha256::new();
+    let mut bytes = 0u64;
+    for entry in walkdir::WalkDir::new(path).sort_by_file_name() {
+        let entry = entry.map_err(io::Error::other)?;
+        let meta = entry.metadata().map_err(io::Error::other)?;
+        let relative = entry.path().strip_prefix(path).unwrap_or(entry.path());
+        hash.update(relative.as_os_str().as_encoded_bytes());
+        hash.update([0]);
+        let kind: u8 = if meta.is_dir() {
+            1
+        } else if meta.is_file() {
+            2
+        } else {
+            3
+        };
+        hash.update([kind]);
+        for n in [meta.size(), meta.ino(), meta.dev(), meta.mode().into()] {
+            hash.update(n.to_le_bytes());
+        }
+        hash.update(meta.mtime().to_le_bytes());
+        hash.update(meta.mtime_nsec().to_le_bytes());
+        if meta.is_file() {
+            bytes += meta.size();
+        }
+    }
+    Ok(Look {
+        fingerprint: Fingerprint(hex::encode(&hash.finalize()[..16])),
+        bytes,
+    })
+}
+
+/// The names of the candidate items in `outbox` (not ignored; not UTF-8 ones, which the
+/// receiver would refuse, are reported in `strange`).
+pub fn scan(outbox: &Path) -> io::Result<(Vec<String>, Vec<std::ffi::OsString>)> {
+    let mut names = Vec::new();
+    let mut strange = Vec::new();
+    for entry in std::fs::read_dir(outbox)? {
+        let name = entry?.file_name();
+        match name.to_str() {
+            Some(text) if ignored(text) => {}
+            Some(text) => names.push(text.to_string()),
+            None => strange.push(name),
+        }
+    }
+    Ok((names, strange))
+}
+
+/// One item waiting to settle.
+#[derive(Debug, Clone)]
+struct Waiting {
+    look: Option<Look>,
+    /// When its fingerprint was last seen to change (or it appeared).
+    stable_since: Instant,
+    /// Renamed into the outbox: ready without waiting.
+    renamed: bool,
+    /// Order of first sight: items go out in arrival order.
+    arrival: u64,
+}
+
+/// Items not yet taken, and when each is ready (sans I/O: looks and times are given).
+#[derive(Debug)]
+pub struct Settling {
+    settle: Duration,
+    items: BTreeMap<String, Waiting>,
+    arrivals: u64,
+}
+
+impl Settling {
+    pub fn new(settle: Duration) -> Self {
+        Settling {
+            settle,
+            items: BTreeMap::new(),
+            arrivals: 0,
+        }
+    }
+
+    fn entry(&mut self, name: &str, now: Instant) -> &mut Waiting {
+        let arrivals = &mut self.arrivals;
+        self.items.entry(name.to_string()).or_insert_with(|| {
+            *arrivals += 1;
+            Waiting {
+                look: None,
+                stable_since: now,
+                renamed: false,
+                arrival: *arrivals,
+            }
+        })
+    }
+
+    /// A look at `name`: a changed fingerprint starts its settle time again (and a renamed
+    /// item written to afterwards must settle like any other).
+    pub fn observe(&mut self, name: &str, look: Look, now: Instant) {
+        let item = self.entry(name, now);
+        if item.look.as_ref() != Some(&look) {
+            if item.look.is_some() {
+                item.renamed = false;
+            }
+            item.look = Some(look);
+            item.stable_since = now;
+        }
+    }
+
+    /// `name` was renamed into the outbox: complete, ready once looked at.
+    pub fn renamed_in(&mut self, name: &str, now: Instant) {
+        let item = self.entry(name, now);
+        item.renamed = true;
+        item.look = None;
+    }
+
+    /// Forgets items not in `present` (gone from the outbox).
+    pub fn keep_only(&mut self, present: &std::collections::BTreeSet<String>) {
+        self.items.retain(|name, _| present.contains(name));
+    }
+
+    /// Forgets `name` (taken for sending, or gone).
+    pub fn forget(&mut self, name: &str) {
+        self.items.remove(name);
+    }
+
+    /// The next ready item (oldest arrival first) and its look.
+    pub fn next_ready(&self, now: Instant) -> Option<(String, Look)> {
+        self.items
+            .iter()
+            .filter_map(|(name, w)| {
+                let look = w.look.as_ref()?;
+                let ready = w.renamed || now.duration_since(w.stable_since) >= self.settle;
+                ready.then_some((w.arrival, name, look))
+            })
+            .min_by_key(|(arrival, _, _)| *arrival)
+            .map(|(_, name, look)| (name.clone(), look.clone()))
+    }
+
+    /// When the next unsettled item would settle, if nothing changes.
+    pub fn next_settle(&self) -> Option<Instant> {
+        self.items
+            .values()
+            .filter(|w| !w.renamed)
+            .map(|w| w.stable_since + self.settle)
+            .min()
+    }
+
+    /// Items and bytes waiting.
+    pub fn totals(&self) -> (u64, u64) {
+        let bytes = self
+            .items
+            .values()
+            .filter_map(|w| w.look.as_ref())
+            .map(|l| l.bytes)
+            .sum();
+        (self.items.len() as u64, bytes)
+    }
+
+    /// Whether `name` is waiting.
+    pub fn contains(&self, name: &str) -> bool {
+        self.items.contains_key(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn look(fp: &str) -> Look {
+        Look {
+            fingerprint: Fingerprint(fp.into()),
+            bytes: 10,
+        }
+    }
+
+    #[test]
+    fn items_settle_in_arrival_order_and_a_change_restarts_the_wait() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(2);
+        let mut settling = Settling::new(s);
+        settling.observe("b", look("1"), t0);
+        settling.observe("a", look("1"), t0 + Duration::from_millis(10));
+        assert_eq!(settling.next_ready(t0 + Duration::from_secs(1)), None);
+        assert_eq!(settling.next_settle(), Some(t0 + s));
+        // "b" keeps being written: "a" settles first although "b" arrived first.
+        settling.observe("b", look("2"), t0 + Duration::from_secs(1));
+        let ready = settling.next_ready(t0 + Duration::from_millis(2010));
+        assert_eq!(ready.map(|r| r.0).as_deref(), Some("a"));
+        settling.forget("a");
+        assert_eq!(settling.next_ready(t0 + Duration::from_millis(2500)), None);
+        let ready = settling.next_ready(t0 + Duration::from_secs(3));
+        assert_eq!(ready, Some(("b".to_string(), look("2"))));
+        assert_eq!(settling.totals(), (1, 10));
+    }
+
+    #[test]
+    fn a_renamed_item_is_ready_once_looked_at_unless_written_to_afterwards() {
+        let t0 = Instant::now();
+        let mut settling = Settling::new(Duration::from_secs(2));
+        settling.observe("slow", look("1"), t0);
+        settling.renamed_in("moved", t0);
+        assert_eq!(settling.next_ready(t0), None, "not looked at yet");
+        settling.observe("moved", look("1"), t0);
+        assert_eq!(
+            settling.next_ready(t0).map(|r| r.0).as_deref(),
+            Some("moved")
+        );
+        settling.observe("moved", look("2"), t0 + Duration::from_millis(5));
+        assert_eq!(settling.next_ready(t0 + Duration::from_millis(5)), None);
+        let gone = std::collections::BTreeSet::from(["moved".to_string()]);
+        settling.keep_only(&gone);
+        assert!(!settling.contains("slow"));
+    }
+
+    #[test]
+    fn work_in_progress_names_are_not_items_and_looks_see_changes() {
+        for name in [".hidden", ".sent", "x.partial"] {
+            assert!(ignored(name), "{name}");
+        }
+        assert!(!ignored("report.pdf"));
+        let dir = tempfile::tempdir().unwrap();
+        let item = dir.path().join("tree");
+        std::fs::create_dir_all(item.join("sub")).unwrap();
+        std::fs::write(item.join("sub/f"), b"abc").unwrap();
+        let first = look_at(&item);
+        assert_eq!(first.bytes, 3);
+        assert_eq!(look_at(&item), first);
+        std::fs::write(item.join("sub/f"), b"abcd").unwrap();
+        assert_ne!(look_at(&item), first);
+        std::fs::write(dir.path().join("x.partial"), b"").unwrap();
+        let (names, _) = scan(dir.path()).unwrap();
+        assert_eq!(names, ["tree"]);
+    }
+
+    fn look_at(path: &Path) -> Look {
+        super::look(path).unwrap()
+    }
+}

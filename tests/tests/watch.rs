@@ -1,0 +1,310 @@
+//! `sluice-send watch`, the outbox daemon, with the real binaries over loopback UDP: items
+//! dropped into the outbox arrive intact and are moved to `.sent/`; work in progress is left
+//! alone; an item written slowly in place waits for `--settle`; a `kill -9` and restart sends
+//! again only what was not finished; `/metrics` shows the outbox.
+
+// Test helpers panic on failure by design, like the tests that call them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sluice_tests::binaries::{self, free_udp_port, Proc};
+use sluice_tests::harness::Setup;
+use sluice_tests::scrape::{free_tcp_addr, scrape, value};
+use sluice_tests::tree::{self, Check};
+
+/// A watch daemon on `outbox` sending to 127.0.0.1:`port`.
+fn watch(s: &Setup, outbox: &Path, port: u16, extra: &[&str]) -> Proc {
+    let mut cmd = binaries::watch_cmd(&format!("udp://127.0.0.1:{port}"), &s.keys);
+    cmd.arg("--outbox")
+        .arg(outbox)
+        .arg("--state")
+        .arg(s.tmp.path().join("send-state"))
+        .args(["--log-format", "json"])
+        .args(extra);
+    Proc::spawn("sluice-send watch", cmd)
+}
+
+fn outbox(s: &Setup) -> PathBuf {
+    let dir = s.tmp.path().join("outbox");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes `len` random bytes at `staging/name`, then renames it into `outbox`; returns their
+/// SHA-256.
+fn drop_file(outbox: &Path, name: &str, len: u64, seed: u64) -> [u8; 32] {
+    let staging = outbox.parent().unwrap().join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let sum = tree::write_random_file(&staging.join(name), len, seed).unwrap();
+    std::fs::rename(staging.join(name), outbox.join(name)).unwrap();
+    sum
+}
+
+fn wait_until(what: &str, procs: &mut [&mut Proc], timeout: Duration, ok: impl Fn() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        for p in procs.iter_mut() {
+            assert!(p.running(), "{what}: a daemon stopped:\n{}", p.log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {timeout:?}; logs:\n{}",
+            procs
+                .iter()
+                .map(|p| p.log())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Names in `dir` (none if it is missing), sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Sent items by their original name (the part after `<time>-`).
+fn sent_items(outbox: &Path) -> Vec<String> {
+    let mut items: Vec<String> = names(&outbox.join(".sent"))
+        .into_iter()
+        .map(|n| n.get(21..).unwrap_or_default().to_string())
+        .collect();
+    items.sort();
+    items
+}
+
+/// Lines of the receiver's JSON log whose message is `<verb> <path>`.
+fn count_lines(log: &str, verb: &str, path: &str) -> usize {
+    let wanted = format!("{verb} {path}");
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"].as_str() == Some(wanted.as_str()))
+        .count()
+}
+
+fn sigterm(proc: &Proc) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &proc.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn items_dropped_into_the_outbox_arrive_intact_and_work_in_progress_is_left_alone() {
+    let s = Setup::new();
+    let outbox = outbox(&s);
+    let port = free_udp_port();
+    let mut recv = s.receiver(port, 5, &[]);
+    let metrics = free_tcp_addr();
+    let mut daemon = watch(
+        &s,
+        &outbox,
+        port,
+        &["--rate", "20MB", "--metrics", &metrics.to_string()],
+    );
+    wait_until(
+        "metrics served",
+        &mut [&mut daemon],
+        Duration::from_secs(20),
+        || scrape(metrics).is_some(),
+    );
+
+    // A file and a tree renamed in; work in progress under both conventions.
+    let file_sum = drop_file(&outbox, "weights.bin", 3 << 20, 1);
+    std::fs::write(outbox.join("upload.partial"), b"half").unwrap();
+    std::fs::write(outbox.join(".hidden"), b"not mine").unwrap();
+    let tree_src = s.tmp.path().join("dataset");
+    tree::make_tree(
+        &tree_src,
+        tree::TreeSpec {
+            small_scale: 1,
+            big_bytes: 0,
+            segment_edges: false,
+            seed: 7,
+        },
+    )
+    .unwrap();
+    std::fs::rename(&tree_src, outbox.join("dataset")).unwrap();
+
+    wait_until(
+        "both items sent",
+        &mut [&mut daemon, &mut recv],
+        Duration::from_secs(60),
+        || sent_items(&outbox) == ["dataset", "weights.bin"],
+    );
+    let sent_tree = names(&outbox.join(".sent"))
+        .into_iter()
+        .find(|n| n.ends_with("-dataset"))
+        .map(|n| outbox.join(".sent").join(n))
+        .unwrap();
+    wait_until(
+        "both items delivered",
+        &mut [&mut daemon, &mut recv],
+        Duration::from_secs(30),
+        || {
+            s.out.join("weights.bin").exists()
+                && tree::compare(&sent_tree, &s.out.join("dataset"), Check::CONTENT).is_ok()
+        },
+    );
+    assert_eq!(
+        tree::sha256_file(&s.out.join("weights.bin")).unwrap(),
+        file_sum
+    );
+    tree::compare(&sent_tree, &s.out.join("dataset"), Check::ALL).unwrap();
+    // Work in progress stays where it is and never crosses.
+    assert_eq!(names(&outbox), [".hidden", ".sent", "upload.partial"]);
+    assert!(!s.out.join("upload.partial").exists() && !s.out.join(".hidden").exists());
+    let page = scrape(metrics).unwrap();
+    assert_eq!(value(&page, "sluice_outbox_items"), Some(0.0), "{page}");
+    assert!(
+        value(&page, "sluice_objects_total{outcome=\"sent\"}").unwrap_or(0.0) >= 2.0,
+        "{page}"
+    );
+
+    sigterm(&daemon);
+    let stopped = daemon.finish(Duration::from_secs(20));
+    assert_eq!(stopped.code(), 0, "{}", stopped.log);
+    let got = recv.finish(Duration::from_secs(30));
+    assert_eq!(count_lines(&got.log, "delivered", "weights.bin"), 1);
+}
+
+#[test]
+fn an_item_written_slowly_in_place_waits_until_it_settles() {
+    let s = Setup::new();
+    let outbox = outbox(&s);
+    let port = free_udp_port();
+    let mut recv = s.receiver(port, 5, &[]);
+    let mut daemon = watch(&s, &outbox, port, &["--settle", "2s"]);
+    // Give the daemon time to start watching.
+    std::thread::sleep(Duration::from_millis(500));
+
+    // 12 chunks, one every 300 ms: it keeps changing for 3.3 s, longer than --settle.
+    let path = outbox.join("slow.log");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let mut written = Vec::new();
+    for i in 0..12u8 {
+        let chunk = vec![i; 10_000];
+        file.write_all(&chunk).unwrap();
+        file.flush().unwrap();
+        written.extend_from_slice(&chunk);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !s.out.join("slow.log").exists() && sent_items(&outbox).is_empty(),
+            "sent after chunk {i}, before it settled:\n{}",
+            daemon.log()
+        );
+    }
+    drop(file);
+    wait_until(
+        "the settled item delivered",
+        &mut [&mut daemon, &mut recv],
+        Duration::from_secs(30),
+        || s.out.join("slow.log").exists(),
+    );
+    assert_eq!(std::fs::read(s.out.join("slow.log")).unwrap(), written);
+    assert_eq!(sent_items(&outbox), ["slow.log"]);
+    sigterm(&daemon);
+    daemon.finish(Duration::from_secs(20));
+    let got = recv.finish(Duration::from_secs(30));
+    assert_eq!(
+        count_lines(&got.log, "delivered", "slow.log"),
+        1,
+        "{}",
+        got.log
+    );
+}
+
+#[test]
+fn a_killed_daemon_sends_again_only_what_it_had_not_finished() {
+    let s = Setup::new();
+    let outbox = outbox(&s);
+    let port = free_udp_port();
+    let mut recv = s.receiver(port, 5, &[]);
+    // 4 items of 3 MB at 4 MB/s: about 0.8 s each.
+    let names_sent: Vec<String> = (0..4).map(|i| format!("item-{i}.bin")).collect();
+    let mut sums = Vec::new();
+    for (i, name) in names_sent.iter().enumerate() {
+        drop_file(&outbox, name, 3_000_000, 100 + i as u64);
+        sums.push(tree::sha256_file(&outbox.join(name)).unwrap());
+    }
+    let mut first = watch(&s, &outbox, port, &["--rate", "4MB"]);
+    wait_until(
+        "one item finished",
+        &mut [&mut first, &mut recv],
+        Duration::from_secs(60),
+        || !sent_items(&outbox).is_empty(),
+    );
+    first.kill();
+    let finished_before = sent_items(&outbox);
+    assert!(
+        finished_before.len() < names_sent.len(),
+        "everything was sent before the kill"
+    );
+
+    let mut second = watch(&s, &outbox, port, &["--rate", "4MB"]);
+    wait_until(
+        "every item sent",
+        &mut [&mut second, &mut recv],
+        Duration::from_secs(60),
+        || sent_items(&outbox) == names_sent,
+    );
+    wait_until(
+        "every item delivered",
+        &mut [&mut second, &mut recv],
+        Duration::from_secs(30),
+        || names_sent.iter().all(|n| s.out.join(n).exists()),
+    );
+    sigterm(&second);
+    let second = second.finish(Duration::from_secs(20));
+    // The next item had been started when the first finished: the kill cut it off.
+    assert!(
+        second
+            .log
+            .contains("interrupted by a restart; sending it again"),
+        "{}",
+        second.log
+    );
+    let got = recv.finish(Duration::from_secs(30));
+    for (name, sum) in names_sent.iter().zip(&sums) {
+        assert_eq!(
+            &tree::sha256_file(&s.out.join(name)).unwrap(),
+            sum,
+            "{name}"
+        );
+        // Nothing lost: each item in .sent, unchanged.
+        let sent = names(&outbox.join(".sent"))
+            .into_iter()
+            .find(|n| n.ends_with(name.as_str()))
+            .unwrap();
+        assert_eq!(
+            &tree::sha256_file(&outbox.join(".sent").join(sent)).unwrap(),
+            sum
+        );
+    }
+    for name in &finished_before {
+        assert_eq!(
+            count_lines(&got.log, "delivered", name),
+            1,
+            "{name} delivered again:\n{}",
+            got.log
+        );
+        assert_eq!(
+            count_lines(&got.log, "already delivered", name),
+            0,
+            "{name} finished before the kill was sent again:\n{}",
+            got.log
+        );
+    }
+}

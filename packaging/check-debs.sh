@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Builds the two .deb packages with cargo-deb, installs them on this machine with dpkg -i, and
+# checks what an operator would: the binaries run, systemd accepts the installed units, the
+# sluice user and the directories exist with the right owners and modes. Then removes them
+# (purge) and the user, leaving the machine as it was. Needs root. .ci/run calls it.
+#
+#   packaging/check-debs.sh            # build, install, check, remove
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+[ "$(id -u)" = 0 ] || { echo "check-debs.sh: needs root (dpkg -i)" >&2; exit 1; }
+command -v cargo-deb >/dev/null 2>&1 || cargo install cargo-deb --locked --version 3.8.0
+# systemd-analyze for the unit checks, adduser for the postinst (and the cleanup).
+need=()
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v adduser >/dev/null 2>&1 || need+=(adduser)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+had_user=no
+getent passwd sluice >/dev/null && had_user=yes
+
+debs=()
+for package in sluice-sender sluice-receiver; do
+  # Stripped binaries; their debug symbols go to a separate -dbgsym .ddeb, as Debian does.
+  deb=$(cargo deb -p "$package" --locked --dbgsym 2>/dev/null | tail -n 1)
+  [ -f "$deb" ] || { echo "check-debs.sh: cargo deb -p $package made no package" >&2; exit 1; }
+  debs+=("$deb")
+done
+
+cleanup() {
+  dpkg --purge sluice-send sluice-recv >/dev/null 2>&1 || true
+  if [ "$had_user" = no ] && getent passwd sluice >/dev/null; then
+    deluser --system sluice >/dev/null 2>&1 || true
+    delgroup --system sluice >/dev/null 2>&1 || true
+  fi
+  rmdir /srv/sluice/outbox /srv/sluice/in /srv/sluice 2>/dev/null || true
+}
+trap cleanup EXIT
+
+DEBIAN_FRONTEND=noninteractive dpkg -i "${debs[@]}" >/dev/null
+
+fail() { echo "check-debs.sh: $*" >&2; exit 1; }
+/usr/bin/sluice-send --version | grep -q '^sluice-send ' || fail "sluice-send --version"
+/usr/bin/sluice-recv --version | grep -q '^sluice-recv ' || fail "sluice-recv --version"
+for unit in sluice-send-watch.service sluice-recv.service; do
+  out=$(systemd-analyze verify "/lib/systemd/system/$unit" 2>&1) || fail "verify $unit: $out"
+  [ -z "$out" ] || fail "verify $unit: $out"
+  systemd-analyze security --offline=true "/lib/systemd/system/$unit" | tail -n 1
+done
+getent passwd sluice >/dev/null || fail "no sluice user"
+check_mode() { # path owner:group mode
+  got=$(stat -c '%U:%G %a' "$1")
+  [ "$got" = "$2 $3" ] || fail "$1 is $got, expected $2 $3"
+}
+check_mode /etc/sluice root:sluice 750
+check_mode /etc/sluice/send-watch.toml root:sluice 640
+check_mode /etc/sluice/recv.toml root:sluice 640
+check_mode /srv/sluice/outbox sluice:sluice 2770
+check_mode /srv/sluice/in sluice:sluice 755
+# The installed example configurations hold only options the daemons know: they stop at the
+# first key file (not placed yet), exit status 2.
+for cmd in "sluice-recv --config /etc/sluice/recv.toml" \
+           "sluice-send watch --config /etc/sluice/send-watch.toml"; do
+  set +e; out=$(runuser -u sluice -- /usr/bin/$cmd 2>&1); status=$?; set -e
+  [ "$status" = 2 ] && grep -q '/etc/sluice/' <<<"$out" || fail "$cmd: exit $status: $out"
+done
+for deb in "${debs[@]}"; do
+  for file in "$deb" "$(dirname "$deb")/$(basename "$deb" | sed 's/_/-dbgsym_/; s/\.deb$/.ddeb/')"; do
+    if [ -f "$file" ]; then printf '%s: %s bytes\n' "$(basename "$file")" "$(stat -c %s "$file")"; fi
+  done
+done
+echo "check-debs.sh: both packages install and check out"

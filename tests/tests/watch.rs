@@ -173,6 +173,15 @@ fn items_dropped_into_the_outbox_arrive_intact_and_work_in_progress_is_left_alon
         "{page}"
     );
 
+    // Idle now: heartbeats keep the link up for a receiver that would stop after 5 s
+    // without frames.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(
+        recv.running(),
+        "the receiver saw no heartbeats:\n{}",
+        recv.log()
+    );
+
     sigterm(&daemon);
     let stopped = daemon.finish(Duration::from_secs(20));
     assert_eq!(stopped.code(), 0, "{}", stopped.log);

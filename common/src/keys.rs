@@ -54,7 +54,8 @@ pub enum KeyError {
 pub struct KeyId(pub u64);
 
 impl KeyId {
-    fn from_keynum(keynum: &[u8]) -> Self {
+    /// The id of a minisign key (or of the key that made a signature) from its key number.
+    pub fn from_keynum(keynum: &[u8]) -> Self {
         let mut bytes = [0u8; 8];
         for (dst, src) in bytes.iter_mut().zip(keynum) {
             *dst = *src;
@@ -119,7 +120,8 @@ fn read_secret(path: &Path) -> Result<String, KeyError> {
     std::fs::read_to_string(path).map_err(io_err(path))
 }
 
-fn read_public(path: &Path) -> Result<String, KeyError> {
+/// Reads a public key file (anyone may read it).
+pub fn read_public(path: &Path) -> Result<String, KeyError> {
     std::fs::read_to_string(path).map_err(io_err(path))
 }
 
@@ -227,9 +229,7 @@ impl SigningKey {
         let text = read_secret(path)?;
         let expected =
             "a minisign secret key without a password (sluice-send keygen, minisign -G -W)";
-        let secret = minisign::SecretKeyBox::from_string(&text)
-            .and_then(|b| b.into_unencrypted_secret_key())
-            .map_err(|_| format_err(path, expected))?;
+        let secret = unencrypted_secret_key(&text).ok_or_else(|| format_err(path, expected))?;
         let id = KeyId::from_keynum(secret.keynum());
         Ok(SigningKey { secret, id })
     }
@@ -250,6 +250,29 @@ impl SigningKey {
         .map(|sig| sig.into_string())
         .map_err(|e| KeyError::Generate(e.to_string()))
     }
+}
+
+/// The minisign secret key in `text` if it has no password. minisign's own `-W` keys carry
+/// an all-zero checksum (the `minisign` crate calls them corrupted), so the key is checked
+/// the way that matters instead: a probe signature verifies under its public half.
+pub fn unencrypted_secret_key(text: &str) -> Option<minisign::SecretKey> {
+    use base64::Engine;
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("untrusted comment:"))?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(line)
+        .ok()?;
+    // Bytes 2..4: the KDF algorithm, zero for a key without a password.
+    if bytes.get(2..4)? != [0, 0] {
+        return None;
+    }
+    let secret = minisign::SecretKey::from_bytes(&bytes).ok()?;
+    let public = minisign::PublicKey::from_secret_key(&secret).ok()?;
+    let probe = minisign::sign(None, &secret, Cursor::new(b"probe"), None, None).ok()?;
+    minisign::verify(&public, &probe, Cursor::new(b"probe"), true, false, false).ok()?;
+    Some(secret)
 }
 
 /// Why a signature is not accepted.
@@ -285,23 +308,27 @@ impl TrustedKeys {
         let mut keys = Vec::new();
         for path in paths {
             let text = read_public(path)?;
-            let before = keys.len();
-            for line in text.lines().map(str::trim) {
-                if line.is_empty()
-                    || line.starts_with('#')
-                    || line.starts_with("untrusted comment:")
-                {
-                    continue;
-                }
-                let key = minisign::PublicKey::from_base64(line)
-                    .map_err(|_| format_err(path, "a minisign public key file"))?;
-                keys.push((KeyId::from_keynum(key.keynum()), key));
-            }
-            if keys.len() == before {
-                return Err(format_err(path, "a minisign public key file"));
-            }
+            let found = parse_public_keys(&text)
+                .ok_or_else(|| format_err(path, "a minisign public key file"))?;
+            keys.extend(found);
         }
         Ok(TrustedKeys { keys })
+    }
+
+    /// Keys given directly (each key once: a key listed twice is one key).
+    pub fn from_keys(keys: impl IntoIterator<Item = minisign::PublicKey>) -> Self {
+        let mut unique: Vec<(KeyId, minisign::PublicKey)> = Vec::new();
+        for key in keys {
+            if !unique.iter().any(|(_, k)| k.to_base64() == key.to_base64()) {
+                unique.push((KeyId::from_keynum(key.keynum()), key));
+            }
+        }
+        TrustedKeys { keys: unique }
+    }
+
+    /// The keys.
+    pub fn keys(&self) -> impl Iterator<Item = &minisign::PublicKey> + '_ {
+        self.keys.iter().map(|(_, key)| key)
     }
 
     pub fn ids(&self) -> impl Iterator<Item = KeyId> + '_ {
@@ -323,6 +350,20 @@ impl TrustedKeys {
             .map(|()| id)
             .map_err(|_| SignatureError::Invalid(id))
     }
+}
+
+/// The keys in the text of a minisign public key file (one base64 line each; `untrusted
+/// comment:` and `#` lines ignored); `None` if a line is not a key or there is none.
+pub fn parse_public_keys(text: &str) -> Option<Vec<(KeyId, minisign::PublicKey)>> {
+    let mut keys = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with("untrusted comment:") {
+            continue;
+        }
+        let key = minisign::PublicKey::from_base64(line).ok()?;
+        keys.push((KeyId::from_keynum(key.keynum()), key));
+    }
+    (!keys.is_empty()).then_some(keys)
 }
 
 // ----- link key -----

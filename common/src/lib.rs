@@ -12,6 +12,7 @@
 //! The wire format and the state machines live in `sluice-protocol`; this crate is the I/O
 //! and operator-facing edge around them.
 
+pub mod approval;
 pub mod beneath;
 pub mod config;
 pub mod envelope;

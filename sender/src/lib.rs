@@ -24,6 +24,7 @@
 //! The mirror of `sluice_receiver::Receiver`: [`Sender::bind`] loads keys, opens the link and
 //! finds the objects; [`Sender::run`] sends them and returns the [`Summary`].
 
+pub mod approve;
 pub mod cli;
 pub mod counters;
 pub mod encode;

@@ -15,13 +15,15 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Paths of the two daemons.
+/// Paths of the two daemons and the approval tool.
 #[derive(Debug)]
 pub struct Binaries {
     /// `sluice-send`.
     pub send: PathBuf,
     /// `sluice-recv`.
     pub recv: PathBuf,
+    /// `sluice-approve`.
+    pub approve: PathBuf,
 }
 
 /// The daemons of the current profile, built on first use.
@@ -35,6 +37,7 @@ pub fn binaries() -> &'static Binaries {
         let bins = Binaries {
             send: dir.join("sluice-send"),
             recv: dir.join("sluice-recv"),
+            approve: dir.join("sluice-approve"),
         };
         assert!(
             bins.send.exists(),

@@ -1,0 +1,481 @@
+//! Export approvals: an M-of-N quorum of minisign signatures over a request.
+//!
+//! A **request** (`req.toml`) is a human-readable statement of what may leave: every file's
+//! relative path, size and SHA-256, the purpose, the requester, when it was made, when it
+//! expires, and a random nonce (two requests for the same files are different statements).
+//! Approvers read it and sign its exact bytes with stock `minisign` (or `sluice-approve sign`,
+//! same format). A **policy** (`approvals.toml`) says how many distinct approvers must sign:
+//!
+//! ```toml
+//! threshold = 2
+//! approvers = ["/etc/sluice/approvers/alice.pub", "RWQ…(a minisign public key line)"]
+//! ```
+//!
+//! Signatures are counted by **distinct key**: a key listed twice, or one key's signature
+//! given twice, counts once (TUF's known threshold bug), and two different keys that share a
+//! key id make the policy ambiguous, so it is refused.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::keys::{self, KeyId, TrustedKeys};
+use crate::paths;
+
+/// The request format this code writes and reads.
+pub const REQUEST_VERSION: u32 = 1;
+
+/// Why a request, policy or approval is not acceptable. The `Display` texts are stable
+/// phrases operators and tests match on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApprovalError {
+    #[error("request {path}: {reason}")]
+    Request { path: String, reason: String },
+    #[error("approval policy {path}: {reason}")]
+    Policy { path: String, reason: String },
+    #[error("not approved: {valid} of {threshold} approvals{}", problems_suffix(.problems))]
+    Quorum {
+        valid: usize,
+        threshold: usize,
+        problems: Vec<String>,
+    },
+    #[error("approval expired at {0}")]
+    Expired(String),
+    #[error("not in the approved request: {0}")]
+    NotInRequest(String),
+    #[error("approved file missing: {0}")]
+    Missing(String),
+    #[error("changed since approval: {0}")]
+    Changed(String),
+}
+
+fn problems_suffix(problems: &[String]) -> String {
+    if problems.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", problems.join("; "))
+    }
+}
+
+/// One approved file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestFile {
+    /// Relative path, as the receiver will publish it.
+    pub path: String,
+    pub size: u64,
+    /// Lowercase hex.
+    pub sha256: String,
+}
+
+/// What approvers sign.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    pub version: u32,
+    pub purpose: String,
+    pub requester: String,
+    /// RFC 3339, UTC.
+    pub created: String,
+    /// RFC 3339, UTC.
+    pub expires: String,
+    /// 32 random bytes, hex.
+    pub nonce: String,
+    #[serde(rename = "file")]
+    pub files: Vec<RequestFile>,
+}
+
+fn rfc3339(at: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+impl Request {
+    /// A new request for `files`, valid for `valid_for` from now.
+    pub fn new(
+        purpose: &str,
+        requester: &str,
+        valid_for: Duration,
+        mut files: Vec<RequestFile>,
+    ) -> Result<Request, ApprovalError> {
+        let mut nonce = [0u8; 32];
+        getrandom::getrandom(&mut nonce).map_err(|e| ApprovalError::Request {
+            path: "(new)".into(),
+            reason: format!("no OS randomness for the nonce: {e}"),
+        })?;
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        let now = SystemTime::now();
+        let request = Request {
+            version: REQUEST_VERSION,
+            purpose: purpose.to_string(),
+            requester: requester.to_string(),
+            created: rfc3339(now),
+            expires: rfc3339(now + valid_for),
+            nonce: hex::encode(nonce),
+            files,
+        };
+        request.check("(new)")?;
+        Ok(request)
+    }
+
+    /// The file approvers sign: a comment saying so, then the TOML.
+    pub fn to_text(&self) -> Result<String, ApprovalError> {
+        let body = toml::to_string(self).map_err(|e| ApprovalError::Request {
+            path: "(new)".into(),
+            reason: e.to_string(),
+        })?;
+        Ok(format!(
+            "# Sluice export request. Approvers: read it, then sign this exact file:\n\
+             #   minisign -S -s YOUR.key -m THIS_FILE -x THIS_FILE.YOURNAME.minisig\n{body}"
+        ))
+    }
+
+    /// Parses and checks a request's text (`shown` names it in errors).
+    pub fn parse(text: &str, shown: &str) -> Result<Request, ApprovalError> {
+        let request: Request = toml::from_str(text).map_err(|e| ApprovalError::Request {
+            path: shown.into(),
+            reason: e.message().to_string(),
+        })?;
+        request.check(shown)?;
+        Ok(request)
+    }
+
+    fn check(&self, shown: &str) -> Result<(), ApprovalError> {
+        let bad = |reason: String| ApprovalError::Request {
+            path: shown.into(),
+            reason,
+        };
+        if self.version != REQUEST_VERSION {
+            return Err(bad(format!(
+                "version {} (this Sluice reads {REQUEST_VERSION})",
+                self.version
+            )));
+        }
+        for (what, value) in [("created", &self.created), ("expires", &self.expires)] {
+            humantime::parse_rfc3339(value)
+                .map_err(|_| bad(format!("{what} is not an RFC 3339 time: {value:?}")))?;
+        }
+        if self.files.is_empty() {
+            return Err(bad("it names no file".into()));
+        }
+        let mut seen = BTreeSet::new();
+        for file in &self.files {
+            paths::validate_object_path(&file.path)
+                .map_err(|e| bad(format!("path {:?}: {e}", file.path)))?;
+            if !seen.insert(file.path.as_str()) {
+                return Err(bad(format!("path {:?} is listed twice", file.path)));
+            }
+            let digest_ok = file.sha256.len() == 64
+                && file
+                    .sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            if !digest_ok {
+                return Err(bad(format!(
+                    "sha256 of {:?} is not 64 lowercase hex digits",
+                    file.path
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a request whose expiry has passed at `now`.
+    pub fn check_not_expired(&self, now: SystemTime) -> Result<(), ApprovalError> {
+        match humantime::parse_rfc3339(&self.expires) {
+            Ok(expires) if now < expires => Ok(()),
+            _ => Err(ApprovalError::Expired(self.expires.clone())),
+        }
+    }
+
+    /// Checks that `files` (path → size and SHA-256 hex) are exactly the approved ones.
+    pub fn check_files(
+        &self,
+        files: &BTreeMap<String, (u64, String)>,
+    ) -> Result<(), ApprovalError> {
+        let approved: BTreeMap<&str, &RequestFile> =
+            self.files.iter().map(|f| (f.path.as_str(), f)).collect();
+        for (path, (size, sha256)) in files {
+            let Some(want) = approved.get(path.as_str()) else {
+                return Err(ApprovalError::NotInRequest(path.clone()));
+            };
+            if want.size != *size || want.sha256 != *sha256 {
+                return Err(ApprovalError::Changed(path.clone()));
+            }
+        }
+        match approved.keys().find(|p| !files.contains_key(**p)) {
+            Some(missing) => Err(ApprovalError::Missing((*missing).to_string())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Who may approve, and how many must.
+#[derive(Debug)]
+pub struct Policy {
+    pub threshold: usize,
+    approvers: TrustedKeys,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    threshold: usize,
+    approvers: Vec<String>,
+}
+
+impl Policy {
+    /// Loads `approvals.toml`; approver entries are minisign public key lines, or public key
+    /// files (relative to the policy's directory).
+    pub fn load(path: &Path) -> Result<Policy, ApprovalError> {
+        let shown = path.display().to_string();
+        let bad = |reason: String| ApprovalError::Policy {
+            path: shown.clone(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let file: PolicyFile = toml::from_str(&text).map_err(|e| bad(e.message().to_string()))?;
+        let base = path.parent().map_or_else(PathBuf::new, Path::to_path_buf);
+        let mut keys = Vec::new();
+        for entry in &file.approvers {
+            match minisign::PublicKey::from_base64(entry.trim()) {
+                Ok(key) => keys.push(key),
+                Err(_) => {
+                    let key_path = base.join(entry);
+                    let text = keys::read_public(&key_path).map_err(|e| bad(e.to_string()))?;
+                    let found = keys::parse_public_keys(&text).ok_or_else(|| {
+                        bad(format!(
+                            "approver {entry:?} is neither a minisign public key nor a file of them"
+                        ))
+                    })?;
+                    keys.extend(found.into_iter().map(|(_, key)| key));
+                }
+            }
+        }
+        Policy::new(file.threshold, keys).map_err(bad)
+    }
+
+    /// A policy of `threshold` among `keys` (each key counted once).
+    pub fn new(
+        threshold: usize,
+        keys: impl IntoIterator<Item = minisign::PublicKey>,
+    ) -> Result<Policy, String> {
+        let approvers = TrustedKeys::from_keys(keys);
+        let ids: Vec<KeyId> = approvers.ids().collect();
+        let distinct: BTreeSet<u64> = ids.iter().map(|id| id.0).collect();
+        if distinct.len() != ids.len() {
+            return Err(
+                "two different approver keys share a key id; refusing an ambiguous policy".into(),
+            );
+        }
+        if threshold == 0 {
+            return Err("threshold must be at least 1".into());
+        }
+        if threshold > ids.len() {
+            return Err(format!(
+                "threshold {threshold} but only {} distinct approver keys",
+                ids.len()
+            ));
+        }
+        Ok(Policy {
+            threshold,
+            approvers,
+        })
+    }
+
+    /// The approvers whose signatures over `request` (its exact bytes) are valid, counted by
+    /// distinct key; `Err` unless at least the threshold signed.
+    pub fn check_quorum(
+        &self,
+        request: &[u8],
+        signatures: &[Vec<u8>],
+    ) -> Result<Vec<KeyId>, ApprovalError> {
+        let mut valid = BTreeSet::new();
+        let mut problems = Vec::new();
+        for signature in signatures {
+            match self.approvers.verify(request, signature) {
+                Ok(id) => {
+                    valid.insert(id.0);
+                }
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        if valid.len() >= self.threshold {
+            Ok(valid.into_iter().map(KeyId).collect())
+        } else {
+            Err(ApprovalError::Quorum {
+                valid: valid.len(),
+                threshold: self.threshold,
+                problems,
+            })
+        }
+    }
+}
+
+/// Signs a request's exact bytes with the minisign secret key `key_text` (its password is
+/// asked for on the terminal if it has one, as `minisign -S` does); returns the signer's key
+/// id and the `.minisig` text, in the format `minisign -V` reads.
+pub fn sign(key_text: &str, request: &[u8]) -> Result<(KeyId, String), String> {
+    // A key without a password as is; otherwise its password is asked for.
+    let secret = match keys::unencrypted_secret_key(key_text) {
+        Some(secret) => secret,
+        None => minisign::SecretKeyBox::from_string(key_text)
+            .and_then(|b| b.into_secret_key(None))
+            .map_err(|e| format!("not a usable minisign secret key: {e}"))?,
+    };
+    let signature = minisign::sign(
+        None,
+        &secret,
+        std::io::Cursor::new(request),
+        Some("sluice export approval"),
+        None,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok((KeyId::from_keynum(secret.keynum()), signature.into_string()))
+}
+
+/// The signature files beside a request: `<request file name>*.minisig` in its directory.
+pub fn signatures_beside(request: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let Some(name) = request.file_name().and_then(|n| n.to_str()) else {
+        return Ok(Vec::new());
+    };
+    let dir = match request.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(name) && n.ends_with(".minisig"))
+        })
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, byte: u8) -> RequestFile {
+        RequestFile {
+            path: path.into(),
+            size: 10,
+            sha256: hex::encode([byte; 32]),
+        }
+    }
+
+    fn keypair() -> minisign::KeyPair {
+        minisign::KeyPair::generate_unencrypted_keypair().unwrap()
+    }
+
+    fn sign(pair: &minisign::KeyPair, data: &[u8]) -> Vec<u8> {
+        minisign::sign(None, &pair.sk, std::io::Cursor::new(data), None, None)
+            .unwrap()
+            .into_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn a_request_round_trips_through_its_text_and_checks_its_files() {
+        let request = Request::new(
+            "Q3 eval report",
+            "alice@lab",
+            Duration::from_secs(3600),
+            vec![file("report/b.pdf", 2), file("report/a.json", 1)],
+        )
+        .unwrap();
+        let text = request.to_text().unwrap();
+        let parsed = Request::parse(&text, "req.toml").unwrap();
+        assert_eq!(parsed, request);
+        assert_eq!(parsed.files[0].path, "report/a.json", "sorted");
+        parsed.check_not_expired(SystemTime::now()).unwrap();
+        assert!(matches!(
+            parsed.check_not_expired(SystemTime::now() + Duration::from_secs(7200)),
+            Err(ApprovalError::Expired(_))
+        ));
+
+        let mut sent: BTreeMap<String, (u64, String)> = parsed
+            .files
+            .iter()
+            .map(|f| (f.path.clone(), (f.size, f.sha256.clone())))
+            .collect();
+        parsed.check_files(&sent).unwrap();
+        sent.insert("report/extra".into(), (1, hex::encode([9; 32])));
+        assert_eq!(
+            parsed.check_files(&sent).unwrap_err().to_string(),
+            "not in the approved request: report/extra"
+        );
+        sent.remove("report/extra");
+        sent.insert("report/a.json".into(), (10, hex::encode([7; 32])));
+        assert_eq!(
+            parsed.check_files(&sent).unwrap_err().to_string(),
+            "changed since approval: report/a.json"
+        );
+        sent.remove("report/a.json");
+        assert_eq!(
+            parsed.check_files(&sent).unwrap_err().to_string(),
+            "approved file missing: report/a.json"
+        );
+    }
+
+    #[test]
+    fn hostile_or_ambiguous_requests_are_refused() {
+        let base = Request::new("p", "r", Duration::from_secs(60), vec![file("a", 1)]).unwrap();
+        for (edit, phrase) in [
+            (r#"path = "a""#, r#"path = "../a""#),
+            (r#"version = 1"#, r#"version = 9"#),
+            (r#"[[file]]"#, "extra = 1\n[[file]]"),
+        ] {
+            let text = base.to_text().unwrap().replace(edit, phrase);
+            assert!(Request::parse(&text, "r").is_err(), "{phrase}");
+        }
+        let twice = Request {
+            files: vec![file("a", 1), file("a", 2)],
+            ..base
+        };
+        assert!(Request::parse(&twice.to_text().unwrap(), "r")
+            .unwrap_err()
+            .to_string()
+            .contains("listed twice"));
+    }
+
+    #[test]
+    fn the_quorum_counts_distinct_keys_only() {
+        let (alice, bob, carol, mallory) = (keypair(), keypair(), keypair(), keypair());
+        // Bob listed twice is one approver.
+        let policy = Policy::new(2, [&alice, &bob, &bob, &carol].map(|p| p.pk.clone())).unwrap();
+        assert!(Policy::new(4, [&alice, &bob, &bob, &carol].map(|p| p.pk.clone())).is_err());
+        let request = b"the request bytes";
+        // One key's signature twice counts once.
+        let twice = [sign(&alice, request), sign(&alice, request)];
+        assert_eq!(
+            policy
+                .check_quorum(request, &twice)
+                .unwrap_err()
+                .to_string(),
+            "not approved: 1 of 2 approvals"
+        );
+        // An outsider's signature does not count; a signature over other bytes neither.
+        let mixed = [
+            sign(&alice, request),
+            sign(&mallory, request),
+            sign(&bob, b"another request"),
+        ];
+        let refused = policy
+            .check_quorum(request, &mixed)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.starts_with("not approved: 1 of 2 approvals ("),
+            "{refused}"
+        );
+        let two = [sign(&alice, request), sign(&carol, request)];
+        let approved = policy.check_quorum(request, &two).unwrap();
+        assert_eq!(approved.len(), 2);
+    }
+}

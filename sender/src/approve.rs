@@ -1,0 +1,273 @@
+//! `sluice-approve`: make an export request, sign it, and check a quorum of approvals
+//! (`sluice_common::approval` holds the rules; this is the command line around them).
+//!
+//! ```text
+//! sluice-approve request PATH... --purpose "Q3 eval report" [--expires 7d] --out req.toml
+//! minisign -S -s alice.key -m req.toml -x req.toml.alice.minisig   # each approver, stock minisign
+//! sluice-approve sign req.toml --key bob.key                        # or this, same format
+//! sluice-approve check req.toml --policy approvals.toml [PATH...]   # who approved, quorum met?
+//! ```
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use clap::{Parser, Subcommand};
+use sha2::{Digest, Sha256};
+use sluice_common::approval::{self, ApprovalError, Policy, Request, RequestFile};
+use sluice_common::exit::ExitStatus;
+
+use crate::objects::{self, Source};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sluice-approve",
+    version,
+    about = "Export approvals: a request approvers sign with minisign, and an M-of-N check."
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a request naming every file under PATH... (path, size, SHA-256).
+    Request {
+        /// Files and directory trees, named as sluice-send would name them.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Why these files should leave.
+        #[arg(long)]
+        purpose: String,
+        /// Who asks (default: $USER@hostname).
+        #[arg(long)]
+        requester: Option<String>,
+        /// How long approvals of it stay valid (e.g. 7d, 12h).
+        #[arg(long, default_value = "7d")]
+        expires: String,
+        /// Where to write it.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a request with a minisign secret key (as `minisign -S` would).
+    Sign {
+        request: PathBuf,
+        /// minisign secret key (a password is asked for if it has one).
+        #[arg(long)]
+        key: PathBuf,
+        /// Signature file (default: REQUEST.<KEY ID>.minisig).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Say who approved a request and whether the policy's quorum is met; with PATH..., also
+    /// that they are exactly the approved files, unchanged.
+    Check {
+        request: PathBuf,
+        /// approvals.toml: threshold and approvers.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Signature files (default: REQUEST*.minisig beside the request). Repeatable.
+        #[arg(long = "approval-sig")]
+        signatures: Vec<PathBuf>,
+        paths: Vec<PathBuf>,
+    },
+}
+
+/// Runs `sluice-approve` with `args` (program name first).
+pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
+    let args = match Args::try_parse_from(args) {
+        Ok(args) => args,
+        Err(e) => return sluice_common::config::report_clap_error(&e).into(),
+    };
+    let result = match args.command {
+        Command::Request {
+            paths,
+            purpose,
+            requester,
+            expires,
+            out,
+        } => request(&paths, &purpose, requester, &expires, &out),
+        Command::Sign { request, key, out } => sign(&request, &key, out),
+        Command::Check {
+            request,
+            policy,
+            signatures,
+            paths,
+        } => check(&request, &policy, signatures, &paths),
+    };
+    match result {
+        Ok(()) => ExitStatus::Success.into(),
+        Err((status, message)) => {
+            eprintln!("error: {message}");
+            status.into()
+        }
+    }
+}
+
+type Failed = (ExitStatus, String);
+
+fn usage(message: impl std::fmt::Display) -> Failed {
+    (ExitStatus::Usage, message.to_string())
+}
+
+fn refused(e: ApprovalError) -> Failed {
+    (ExitStatus::Failure, e.to_string())
+}
+
+/// Every file under `paths`, as the sender names it: path → (size, SHA-256 hex).
+pub fn digests(paths: &[PathBuf]) -> Result<BTreeMap<String, (u64, String)>, String> {
+    let (found, skipped) = objects::enumerate(paths, None);
+    if let Some(s) = skipped.first() {
+        return Err(format!("{}: {}", s.path.display(), s.reason));
+    }
+    let mut files = BTreeMap::new();
+    for object in found {
+        let Source::File(path) = &object.source else {
+            continue;
+        };
+        let (size, sha256) =
+            hash_file(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        files.insert(object.path, (size, sha256));
+    }
+    if files.is_empty() {
+        return Err("no file to approve".into());
+    }
+    Ok(files)
+}
+
+fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((size, hex::encode(hash.finalize())))
+}
+
+fn request(
+    paths: &[PathBuf],
+    purpose: &str,
+    requester: Option<String>,
+    expires: &str,
+    out: &Path,
+) -> Result<(), Failed> {
+    let valid_for = humantime::parse_duration(expires).map_err(|_| {
+        usage(format!(
+            "--expires {expires:?}: expected a duration, e.g. 7d"
+        ))
+    })?;
+    let files = digests(paths).map_err(|e| (ExitStatus::Failure, e))?;
+    let requester = requester.unwrap_or_else(|| {
+        let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+        let host = rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned();
+        format!("{user}@{host}")
+    });
+    let files = files
+        .into_iter()
+        .map(|(path, (size, sha256))| RequestFile { path, size, sha256 })
+        .collect();
+    let request = Request::new(purpose, &requester, valid_for, files).map_err(refused)?;
+    let text = request.to_text().map_err(refused)?;
+    write_new(out, text.as_bytes())?;
+    println!(
+        "wrote {} ({} files, expires {}); approvers sign it with minisign -S",
+        out.display(),
+        request.files.len(),
+        request.expires
+    );
+    Ok(())
+}
+
+/// Writes `bytes` to a new file (never over an existing one).
+fn write_new(path: &Path, bytes: &[u8]) -> Result<(), Failed> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .map_err(|e| {
+            (
+                ExitStatus::Failure,
+                format!("cannot write {}: {e}", path.display()),
+            )
+        })
+}
+
+fn sign(request: &Path, key: &Path, out: Option<PathBuf>) -> Result<(), Failed> {
+    let bytes = std::fs::read(request)
+        .map_err(|e| usage(format!("cannot read {}: {e}", request.display())))?;
+    // Only a valid request gets a signature: an approver never signs garbage by mistake.
+    let text = std::str::from_utf8(&bytes).map_err(|_| usage("the request is not UTF-8"))?;
+    Request::parse(text, &request.display().to_string()).map_err(refused)?;
+    let key_text =
+        std::fs::read_to_string(key).map_err(|e| usage(format!("--key {}: {e}", key.display())))?;
+    let (id, signature) = approval::sign(&key_text, &bytes)
+        .map_err(|e| usage(format!("--key {}: {e}", key.display())))?;
+    let out = out.unwrap_or_else(|| {
+        let mut name = request.as_os_str().to_owned();
+        name.push(format!(".{id}.minisig"));
+        PathBuf::from(name)
+    });
+    write_new(&out, signature.as_bytes())?;
+    println!("wrote {} (key {id})", out.display());
+    Ok(())
+}
+
+fn check(
+    request_path: &Path,
+    policy: &Path,
+    signatures: Vec<PathBuf>,
+    paths: &[PathBuf],
+) -> Result<(), Failed> {
+    let bytes = std::fs::read(request_path)
+        .map_err(|e| usage(format!("cannot read {}: {e}", request_path.display())))?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| usage("the request is not UTF-8"))?;
+    let request = Request::parse(text, &request_path.display().to_string()).map_err(refused)?;
+    let policy = Policy::load(policy).map_err(|e| usage(e.to_string()))?;
+    let signature_files = if signatures.is_empty() {
+        approval::signatures_beside(request_path).map_err(|e| usage(e.to_string()))?
+    } else {
+        signatures
+    };
+    let mut signatures = Vec::new();
+    for path in &signature_files {
+        signatures.push(
+            std::fs::read(path)
+                .map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?,
+        );
+    }
+    let approvers = policy.check_quorum(&bytes, &signatures).map_err(refused)?;
+    request
+        .check_not_expired(SystemTime::now())
+        .map_err(refused)?;
+    if !paths.is_empty() {
+        let files = digests(paths).map_err(|e| (ExitStatus::Failure, e))?;
+        request.check_files(&files).map_err(refused)?;
+    }
+    let ids: Vec<String> = approvers.iter().map(ToString::to_string).collect();
+    println!(
+        "approved: {} of {} approvals (keys {}); {} files, purpose {:?}, expires {}",
+        approvers.len(),
+        policy.threshold,
+        ids.join(", "),
+        request.files.len(),
+        request.purpose,
+        request.expires
+    );
+    Ok(())
+}

@@ -1,0 +1,212 @@
+//! `sluice-approve` with Debian's `minisign`: approvers who never installed Sluice sign a
+//! request with stock `minisign`, and the quorum is counted by distinct key. A request with
+//! too few approvals, one key's signature twice, an expired request, and files changed or
+//! added after approval are each refused with their stable phrase.
+
+// Test helpers panic on failure by design, like the tests that call them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use sluice_tests::binaries::binaries;
+use sluice_tests::require;
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap()
+}
+
+fn approve(args: &[&str], dir: &Path) -> Output {
+    run(Command::new(&binaries().approve)
+        .current_dir(dir)
+        .args(args))
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A minisign key pair without a password, made by Debian's minisign.
+fn minisign_keypair(dir: &Path, name: &str) {
+    let out = run(Command::new("minisign")
+        .current_dir(dir)
+        .args(["-G", "-W", "-p"])
+        .arg(format!("{name}.pub"))
+        .arg("-s")
+        .arg(format!("{name}.key")));
+    assert!(out.status.success(), "minisign -G: {}", text(&out));
+}
+
+fn minisign_sign(dir: &Path, key: &str, request: &str, sig: &str) {
+    let out = run(Command::new("minisign")
+        .current_dir(dir)
+        .args(["-S", "-s", key, "-m", request, "-x", sig]));
+    assert!(out.status.success(), "minisign -S: {}", text(&out));
+}
+
+/// The base64 key line of a minisign public key file.
+fn key_line(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(format!("{name}.pub")))
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+#[ignore = "needs minisign (./test.sh installs it and runs this)"]
+fn a_quorum_of_distinct_approvers_made_with_stock_minisign_is_required() {
+    require::tool("minisign", "minisign");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for name in ["alice", "bob", "carol"] {
+        minisign_keypair(dir, name);
+    }
+    std::fs::create_dir_all(dir.join("report")).unwrap();
+    std::fs::write(dir.join("report/eval.json"), b"{\"accuracy\": 0.91}").unwrap();
+    std::fs::write(dir.join("report/summary.txt"), b"all good").unwrap();
+    // 2 of 3; Bob by his key line, the others by file; Alice listed twice is still one.
+    std::fs::write(
+        dir.join("approvals.toml"),
+        format!(
+            "threshold = 2\napprovers = [\"alice.pub\", \"{}\", \"carol.pub\", \"alice.pub\"]\n",
+            key_line(dir, "bob")
+        ),
+    )
+    .unwrap();
+
+    let made = approve(
+        &[
+            "request",
+            "report",
+            "--purpose",
+            "Q3 eval report",
+            "--out",
+            "req.toml",
+        ],
+        dir,
+    );
+    assert!(made.status.success(), "{}", text(&made));
+    let request = std::fs::read_to_string(dir.join("req.toml")).unwrap();
+    for needle in [
+        "report/eval.json",
+        "report/summary.txt",
+        "Q3 eval report",
+        "nonce",
+    ] {
+        assert!(request.contains(needle), "{needle} missing:\n{request}");
+    }
+    let check = |extra: &[&str]| {
+        let mut args = vec!["check", "req.toml", "--policy", "approvals.toml"];
+        args.extend_from_slice(extra);
+        approve(&args, dir)
+    };
+
+    // No signature, then Alice alone, then Alice's signature twice: never a quorum.
+    let none = check(&[]);
+    assert_eq!(none.status.code(), Some(1), "{}", text(&none));
+    assert!(
+        text(&none).contains("not approved: 0 of 2 approvals"),
+        "{}",
+        text(&none)
+    );
+    minisign_sign(dir, "alice.key", "req.toml", "req.toml.alice.minisig");
+    std::fs::copy(
+        dir.join("req.toml.alice.minisig"),
+        dir.join("req.toml.alice-again.minisig"),
+    )
+    .unwrap();
+    let one = check(&[]);
+    assert_eq!(one.status.code(), Some(1), "{}", text(&one));
+    assert!(
+        text(&one).contains("not approved: 1 of 2 approvals"),
+        "{}",
+        text(&one)
+    );
+
+    // Bob signs with sluice-approve (same format); Debian's minisign accepts it.
+    let signed = approve(&["sign", "req.toml", "--key", "bob.key"], dir);
+    assert!(signed.status.success(), "{}", text(&signed));
+    let bob_sig = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .find(|n| n.starts_with("req.toml.") && n.ends_with(".minisig") && !n.contains("alice"))
+        .unwrap();
+    let verified = run(Command::new("minisign")
+        .current_dir(dir)
+        .args(["-V", "-p", "bob.pub", "-m", "req.toml", "-x", &bob_sig]));
+    assert!(
+        verified.status.success(),
+        "minisign -V: {}",
+        text(&verified)
+    );
+
+    let two = check(&["report"]);
+    assert!(two.status.success(), "{}", text(&two));
+    assert!(
+        text(&two).contains("approved: 2 of 2 approvals"),
+        "{}",
+        text(&two)
+    );
+
+    // A file changed after approval, or one added, is refused.
+    std::fs::write(dir.join("report/summary.txt"), b"all good, and the weights").unwrap();
+    let changed = check(&["report"]);
+    assert_eq!(changed.status.code(), Some(1));
+    assert!(
+        text(&changed).contains("changed since approval: report/summary.txt"),
+        "{}",
+        text(&changed)
+    );
+    std::fs::write(dir.join("report/summary.txt"), b"all good").unwrap();
+    std::fs::write(dir.join("report/weights.bin"), b"\x00\x01").unwrap();
+    let added = check(&["report"]);
+    assert!(
+        text(&added).contains("not in the approved request: report/weights.bin"),
+        "{}",
+        text(&added)
+    );
+}
+
+#[test]
+#[ignore = "needs minisign (./test.sh installs it and runs this)"]
+fn an_expired_request_is_refused_whatever_its_approvals() {
+    require::tool("minisign", "minisign");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    minisign_keypair(dir, "alice");
+    std::fs::write(dir.join("notes.txt"), b"eval notes").unwrap();
+    std::fs::write(
+        dir.join("approvals.toml"),
+        "threshold = 1\napprovers = [\"alice.pub\"]\n",
+    )
+    .unwrap();
+    let made = approve(
+        &[
+            "request",
+            "notes.txt",
+            "--purpose",
+            "notes",
+            "--expires",
+            "1s",
+            "--out",
+            "req.toml",
+        ],
+        dir,
+    );
+    assert!(made.status.success(), "{}", text(&made));
+    minisign_sign(dir, "alice.key", "req.toml", "req.toml.alice.minisig");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let expired = approve(&["check", "req.toml", "--policy", "approvals.toml"], dir);
+    assert_eq!(expired.status.code(), Some(1), "{}", text(&expired));
+    assert!(
+        text(&expired).contains("approval expired at"),
+        "{}",
+        text(&expired)
+    );
+}

@@ -118,6 +118,59 @@ fn refused(e: ApprovalError) -> Failed {
     (ExitStatus::Failure, e.to_string())
 }
 
+/// Checks, before anything is sent, that `paths` are exactly the files of the approved request
+/// and that a quorum of the policy's approvers signed it; returns the approvers' key ids.
+pub fn preflight(
+    options: &crate::cli::ApprovalOptions,
+    paths: &[PathBuf],
+) -> Result<Vec<sluice_common::keys::KeyId>, String> {
+    evaluate(options, Some(paths)).map(|approved| approved.approvers)
+}
+
+/// A request that passed its checks.
+struct Approved {
+    request: Request,
+    threshold: usize,
+    approvers: Vec<sluice_common::keys::KeyId>,
+}
+
+/// The quorum over the request, its expiry, and (given `paths`) its files.
+fn evaluate(
+    options: &crate::cli::ApprovalOptions,
+    paths: Option<&[PathBuf]>,
+) -> Result<Approved, String> {
+    let shown = options.request.display().to_string();
+    let bytes = std::fs::read(&options.request).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| format!("{shown} is not UTF-8"))?;
+    let request = Request::parse(text, &shown).map_err(|e| e.to_string())?;
+    let policy = Policy::load(&options.policy).map_err(|e| e.to_string())?;
+    let signature_files = if options.signatures.is_empty() {
+        approval::signatures_beside(&options.request).map_err(|e| e.to_string())?
+    } else {
+        options.signatures.clone()
+    };
+    let mut signatures = Vec::new();
+    for path in &signature_files {
+        signatures
+            .push(std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?);
+    }
+    let approvers = policy
+        .check_quorum(&bytes, &signatures)
+        .map_err(|e| e.to_string())?;
+    request
+        .check_not_expired(SystemTime::now())
+        .map_err(|e| e.to_string())?;
+    if let Some(paths) = paths {
+        let files = digests(paths)?;
+        request.check_files(&files).map_err(|e| e.to_string())?;
+    }
+    Ok(Approved {
+        request,
+        threshold: policy.threshold,
+        approvers,
+    })
+}
+
 /// Every file under `paths`, as the sender names it: path → (size, SHA-256 hex).
 pub fn digests(paths: &[PathBuf]) -> Result<BTreeMap<String, (u64, String)>, String> {
     let (found, skipped) = objects::enumerate(paths, None);
@@ -229,45 +282,27 @@ fn sign(request: &Path, key: &Path, out: Option<PathBuf>) -> Result<(), Failed> 
 }
 
 fn check(
-    request_path: &Path,
+    request: &Path,
     policy: &Path,
     signatures: Vec<PathBuf>,
     paths: &[PathBuf],
 ) -> Result<(), Failed> {
-    let bytes = std::fs::read(request_path)
-        .map_err(|e| usage(format!("cannot read {}: {e}", request_path.display())))?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| usage("the request is not UTF-8"))?;
-    let request = Request::parse(text, &request_path.display().to_string()).map_err(refused)?;
-    let policy = Policy::load(policy).map_err(|e| usage(e.to_string()))?;
-    let signature_files = if signatures.is_empty() {
-        approval::signatures_beside(request_path).map_err(|e| usage(e.to_string()))?
-    } else {
-        signatures
+    let options = crate::cli::ApprovalOptions {
+        policy: policy.to_path_buf(),
+        request: request.to_path_buf(),
+        signatures,
     };
-    let mut signatures = Vec::new();
-    for path in &signature_files {
-        signatures.push(
-            std::fs::read(path)
-                .map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?,
-        );
-    }
-    let approvers = policy.check_quorum(&bytes, &signatures).map_err(refused)?;
-    request
-        .check_not_expired(SystemTime::now())
-        .map_err(refused)?;
-    if !paths.is_empty() {
-        let files = digests(paths).map_err(|e| (ExitStatus::Failure, e))?;
-        request.check_files(&files).map_err(refused)?;
-    }
-    let ids: Vec<String> = approvers.iter().map(ToString::to_string).collect();
+    let approved = evaluate(&options, (!paths.is_empty()).then_some(paths))
+        .map_err(|e| (ExitStatus::Failure, e))?;
+    let ids: Vec<String> = approved.approvers.iter().map(ToString::to_string).collect();
     println!(
         "approved: {} of {} approvals (keys {}); {} files, purpose {:?}, expires {}",
-        approvers.len(),
-        policy.threshold,
+        approved.approvers.len(),
+        approved.threshold,
         ids.join(", "),
-        request.files.len(),
-        request.purpose,
-        request.expires
+        approved.request.files.len(),
+        approved.request.purpose,
+        approved.request.expires
     );
     Ok(())
 }

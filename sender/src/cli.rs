@@ -62,6 +62,15 @@ pub struct Args {
     /// Blocks whose symbols are interleaved on the link (spreads loss bursts). Default 8.
     #[arg(long)]
     pub interleave: Option<String>,
+    /// An export request (sluice-approve request) that must approve exactly PATH...
+    #[arg(long)]
+    pub approval: Option<PathBuf>,
+    /// approvals.toml: with it, nothing is sent without a quorum over --approval.
+    #[arg(long)]
+    pub approval_policy: Option<PathBuf>,
+    /// Approval signature files (default: REQUEST*.minisig beside the request). Repeatable.
+    #[arg(long)]
+    pub approval_sig: Vec<PathBuf>,
     /// Files and directories to send, or `-` for stdin.
     pub paths: Vec<PathBuf>,
 }
@@ -99,6 +108,8 @@ pub struct Options {
     pub name: Option<String>,
     /// Blocks interleaved on the link.
     pub interleave: usize,
+    /// The export approval PATH... must carry, if a policy is configured.
+    pub approval: Option<ApprovalOptions>,
     /// Logging.
     pub log: LogOptions,
     /// What to send.
@@ -159,6 +170,15 @@ pub enum AfterSend {
     Delete,
 }
 
+/// An approval policy and the request and signatures that must satisfy it.
+#[derive(Debug, Clone)]
+pub struct ApprovalOptions {
+    pub policy: PathBuf,
+    pub request: PathBuf,
+    /// Empty: the signatures beside the request.
+    pub signatures: Vec<PathBuf>,
+}
+
 /// Checked options of the watch daemon.
 #[derive(Debug, Clone)]
 pub struct WatchOptions {
@@ -170,6 +190,31 @@ pub struct WatchOptions {
     pub after: AfterSend,
     pub keep_sent: Option<std::time::Duration>,
     pub settle: std::time::Duration,
+}
+
+fn resolve_approval(
+    layers: &Layers<'_>,
+    request: Option<PathBuf>,
+    policy: Option<PathBuf>,
+    signatures: Vec<PathBuf>,
+) -> Result<Option<ApprovalOptions>, UsageError> {
+    let request = layers.path("approval", request)?;
+    let policy = layers.path("approval-policy", policy)?;
+    let signatures = layers.paths("approval-sig", signatures)?;
+    match (policy, request) {
+        (None, None) if signatures.is_empty() => Ok(None),
+        (None, _) => Err(UsageError(
+            "--approval and --approval-sig need --approval-policy (approvals.toml)".into(),
+        )),
+        (Some(_), None) => Err(UsageError(
+            "not approved: --approval-policy is set, so an --approval request is required".into(),
+        )),
+        (Some(policy), Some(request)) => Ok(Some(ApprovalOptions {
+            policy,
+            request,
+            signatures,
+        })),
+    }
 }
 
 fn duration(text: &str) -> Option<std::time::Duration> {
@@ -207,6 +252,11 @@ pub fn resolve_watch(args: WatchArgs) -> Result<WatchOptions, UsageError> {
         Some(v) => v.parse("a duration, e.g. 2s or 500ms", duration)?,
     };
     let send = resolve_in(layers, args.send, false)?;
+    if send.approval.is_some() {
+        return Err(UsageError(
+            "watch does not check export approvals yet: send approved exports one-shot".into(),
+        ));
+    }
     let state = send.state.clone().ok_or_else(|| {
         UsageError("--state is required: the directory of the outbox journal".into())
     })?;
@@ -308,7 +358,14 @@ fn resolve_in(layers: Layers<'_>, args: Args, paths_required: bool) -> Result<Op
             Some(v.text)
         }
     };
+    let approval = resolve_approval(
+        &layers,
+        args.approval,
+        args.approval_policy,
+        args.approval_sig,
+    )?;
     Ok(Options {
+        approval,
         link,
         recipients,
         sign_key,
@@ -376,6 +433,8 @@ mod tests {
             (&["--log-format", "xml", "f"][..], "--log-format"),
             (&["-"][..], "--name"),
             (&["--name", "../x", "-"][..], "--name"),
+            (&["--approval", "r.toml", "f"][..], "--approval-policy"),
+            (&["--approval-policy", "a.toml", "f"][..], "--approval request"),
         ] {
             let err = resolve_args(extra).unwrap_err().to_string();
             assert!(err.contains(option), "{extra:?}: {err}");

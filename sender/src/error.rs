@@ -44,6 +44,9 @@ pub enum Error {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    /// An export approval policy is configured and PATH... are not approved by it.
+    #[error("{0}")]
+    NotApproved(String),
     /// The watch daemon's outbox, sent directory or journal.
     #[error("{0}")]
     Watch(String),

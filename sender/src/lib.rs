@@ -199,6 +199,16 @@ impl std::fmt::Debug for Sender {
 impl Sender {
     /// Loads keys, expands the paths into objects, and opens the link.
     pub async fn bind(options: Options) -> Result<Self, Error> {
+        if let Some(approval) = &options.approval {
+            let approvers =
+                approve::preflight(approval, &options.paths).map_err(Error::NotApproved)?;
+            let ids: Vec<String> = approvers.iter().map(ToString::to_string).collect();
+            tracing::info!(
+                request = %approval.request.display(),
+                approvers = %ids.join(","),
+                "export approved"
+            );
+        }
         let (objects, skipped) = objects::enumerate(&options.paths, options.name.as_deref());
         if objects.is_empty() {
             for s in &skipped {

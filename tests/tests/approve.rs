@@ -210,3 +210,84 @@ fn an_expired_request_is_refused_whatever_its_approvals() {
         text(&expired)
     );
 }
+
+#[test]
+#[ignore = "needs minisign (./test.sh installs it and runs this)"]
+fn sluice_send_sends_nothing_without_a_quorum_and_the_approved_files_with_one() {
+    use sluice_tests::binaries::free_udp_port;
+    use sluice_tests::harness::{assert_exit, Setup};
+    require::tool("minisign", "minisign");
+    let s = Setup::new();
+    let dir = s.tmp.path();
+    for name in ["alice", "bob"] {
+        minisign_keypair(dir, name);
+    }
+    let report = s.src.join("report");
+    std::fs::create_dir_all(&report).unwrap();
+    std::fs::write(report.join("eval.json"), b"{\"accuracy\": 0.91}").unwrap();
+    std::fs::write(
+        dir.join("approvals.toml"),
+        "threshold = 2\napprovers = [\"alice.pub\", \"bob.pub\"]\n",
+    )
+    .unwrap();
+    let report_arg = report.to_str().unwrap();
+    let made = approve(
+        &[
+            "request",
+            report_arg,
+            "--purpose",
+            "eval",
+            "--out",
+            "req.toml",
+        ],
+        dir,
+    );
+    assert!(made.status.success(), "{}", text(&made));
+    minisign_sign(dir, "alice.key", "req.toml", "req.toml.alice.minisig");
+
+    let port = free_udp_port();
+    let to: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    // Something listens where frames would go: with one approval of two, nothing arrives.
+    let sink = std::net::UdpSocket::bind(to).unwrap();
+    sink.set_nonblocking(true).unwrap();
+    let approval = [
+        "--approval",
+        "req.toml",
+        "--approval-policy",
+        "approvals.toml",
+    ];
+    let mut refused_cmd = sluice_tests::binaries::sender_cmd(&format!("udp://{to}"), &s.keys);
+    refused_cmd.current_dir(dir).args(approval).arg(&report);
+    let refused = run(&mut refused_cmd);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("not approved: 1 of 2 approvals"),
+        "{}",
+        text(&refused)
+    );
+    let mut buf = [0u8; 2048];
+    assert!(
+        sink.recv(&mut buf).is_err(),
+        "a frame left without approval"
+    );
+    drop(sink);
+
+    // Bob approves too: the files cross and arrive.
+    minisign_sign(dir, "bob.key", "req.toml", "req.toml.bob.minisig");
+    let mut recv = s.receiver(port, 3, &[]);
+    let mut sent_cmd = sluice_tests::binaries::sender_cmd(&format!("udp://{to}"), &s.keys);
+    sent_cmd
+        .current_dir(dir)
+        .args(approval)
+        .args(["--rate", "10MB"])
+        .arg(&report);
+    let sent = run(&mut sent_cmd);
+    assert!(sent.status.success(), "{}", text(&sent));
+    assert!(text(&sent).contains("export approved"), "{}", text(&sent));
+    let got = recv.finish(std::time::Duration::from_secs(60));
+    assert_exit(&got, 0, "sluice-recv");
+    assert_eq!(
+        std::fs::read(s.out.join("report/eval.json")).unwrap(),
+        b"{\"accuracy\": 0.91}"
+    );
+}

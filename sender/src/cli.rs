@@ -434,7 +434,10 @@ mod tests {
             (&["-"][..], "--name"),
             (&["--name", "../x", "-"][..], "--name"),
             (&["--approval", "r.toml", "f"][..], "--approval-policy"),
-            (&["--approval-policy", "a.toml", "f"][..], "--approval request"),
+            (
+                &["--approval-policy", "a.toml", "f"][..],
+                "--approval request",
+            ),
         ] {
             let err = resolve_args(extra).unwrap_err().to_string();
             assert!(err.contains(option), "{extra:?}: {err}");

@@ -335,8 +335,8 @@ impl Coordinator {
             // Wake for the next settle (looking again first), or the safety-net rescan.
             let deadline = self
                 .settling
-                .next_settle()
-                .map_or(rescan_at, |at| at.max(now).min(rescan_at))
+                .next_settle(now)
+                .map_or(rescan_at, |at| at.min(rescan_at))
                 .min(prune_at);
             let wake = flume::Selector::new()
                 .recv(&channels.fs, |e| e.map_or(Wake::Stop, Wake::Fs))

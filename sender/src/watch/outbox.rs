@@ -166,12 +166,14 @@ impl Settling {
             .map(|(_, name, look)| (name.clone(), look.clone()))
     }
 
-    /// When the next unsettled item would settle, if nothing changes.
-    pub fn next_settle(&self) -> Option<Instant> {
+    /// When the next item still settling at `now` would settle, if nothing changes (items
+    /// already ready wait for the encoder, not for a time).
+    pub fn next_settle(&self, now: Instant) -> Option<Instant> {
         self.items
             .values()
             .filter(|w| !w.renamed)
             .map(|w| w.stable_since + self.settle)
+            .filter(|at| *at > now)
             .min()
     }
 
@@ -211,7 +213,12 @@ mod tests {
         settling.observe("b", look("1"), t0);
         settling.observe("a", look("1"), t0 + Duration::from_millis(10));
         assert_eq!(settling.next_ready(t0 + Duration::from_secs(1)), None);
-        assert_eq!(settling.next_settle(), Some(t0 + s));
+        assert_eq!(settling.next_settle(t0), Some(t0 + s));
+        // Once settled, an item waiting for the encoder sets no wake-up time.
+        assert_eq!(
+            settling.next_settle(t0 + s + Duration::from_millis(20)),
+            None
+        );
         // "b" keeps being written: "a" settles first although "b" arrived first.
         settling.observe("b", look("2"), t0 + Duration::from_secs(1));
         let ready = settling.next_ready(t0 + Duration::from_millis(2010));

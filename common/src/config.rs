@@ -45,6 +45,10 @@ pub struct SharedArgs {
     /// Default: off.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
+    /// Append a hash-chained audit record for every event to FILE (sluice-audit verify checks
+    /// it). Default: audit.log in the state directory.
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
     #[command(flatten)]
     pub log: LogArgs,
 }

@@ -13,6 +13,7 @@
 //! and operator-facing edge around them.
 
 pub mod approval;
+pub mod audit;
 pub mod beneath;
 pub mod config;
 pub mod envelope;

@@ -103,6 +103,8 @@ pub struct Options {
     pub workers: usize,
     /// Where `/metrics` is served, if anywhere.
     pub metrics: Option<std::net::SocketAddr>,
+    /// `--audit-log`, if given (default: audit.log in the state directory).
+    pub audit_log: Option<PathBuf>,
     /// Logging.
     pub log: LogOptions,
 }
@@ -130,6 +132,7 @@ impl Options {
             mode_mask: DEFAULT_MODE_MASK,
             workers: config::default_workers(),
             metrics: None,
+            audit_log: None,
             log: LogOptions::default(),
         }
     }
@@ -139,6 +142,13 @@ impl Options {
         self.state
             .clone()
             .unwrap_or_else(|| self.out.join(sluice_common::paths::RESERVED_STATE_DIR))
+    }
+
+    /// The audit log: `--audit-log`, or `audit.log` in the state directory.
+    pub fn audit_log_path(&self) -> PathBuf {
+        self.audit_log
+            .clone()
+            .unwrap_or_else(|| self.state_dir().join("audit.log"))
     }
 }
 
@@ -215,6 +225,7 @@ pub fn resolve(args: Args) -> Result<Options, UsageError> {
         max_memory,
         workers: layers.workers(args.shared.workers)?,
         metrics: layers.metrics(args.shared.metrics)?,
+        audit_log: layers.path("audit-log", args.shared.audit_log)?,
         log: layers.log(args.shared.log)?,
     })
 }

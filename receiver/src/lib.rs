@@ -58,6 +58,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use sluice_common::audit::{AuditLog, Event};
 use sluice_common::beneath::Dir;
 use sluice_common::config::{self, Parsed};
 use sluice_common::exit::ExitStatus;
@@ -78,7 +79,7 @@ use crate::context::Context;
 use crate::counters::Counters;
 use crate::delivery::{Delivery, Limits, Resumed};
 use crate::error::{io_error, key_error};
-use crate::outcome::{FailureList, LogLine};
+use crate::outcome::{AuditTrail, FailureList, LogLine};
 use crate::state::StateDir;
 
 /// Messages from the link task and the workers waiting for the delivery thread: if it falls
@@ -97,6 +98,8 @@ pub struct Receiver {
     limits: Limits,
     /// Bound at start (so a busy port is a start-up error), served while running.
     metrics: Option<tokio::net::TcpListener>,
+    /// The audit log, open from start to finish.
+    audit: Arc<AuditLog>,
 }
 
 impl Receiver {
@@ -166,6 +169,26 @@ impl Receiver {
                     .map_err(io_error(format!("cannot listen on --metrics {addr}")))?,
             ),
         };
+        let audit_path = options.audit_log_path();
+        let audit = Arc::new(AuditLog::open(&audit_path).map_err(io_error(format!(
+            "cannot open --audit-log {}",
+            audit_path.display()
+        )))?);
+        let trusted: Vec<String> = ctx.trusted.ids().map(|id| id.to_string()).collect();
+        let recipients: Vec<String> = ctx
+            .identities
+            .iter()
+            .map(|i| i.to_public().to_string())
+            .collect();
+        audit.record(
+            Event::new("start")
+                .with("program", "sluice-recv")
+                .with("version", env!("CARGO_PKG_VERSION"))
+                .with("link", options.link.to_string())
+                .with("out", options.out.display().to_string())
+                .with("trusted_signers", trusted)
+                .with("recipients", recipients),
+        );
         Ok(Receiver {
             options,
             ctx,
@@ -174,6 +197,7 @@ impl Receiver {
             leftovers,
             limits,
             metrics,
+            audit,
         })
     }
 
@@ -194,6 +218,7 @@ impl Receiver {
             leftovers,
             limits,
             metrics,
+            audit,
         } = self;
         let config = RxConfig {
             max_buffered_bytes: usize::try_from(options.max_memory).unwrap_or(usize::MAX),
@@ -221,6 +246,7 @@ impl Receiver {
         let mut outcomes = Outcomes::default();
         outcomes.subscribe(LogLine::default());
         outcomes.subscribe(failures.clone());
+        outcomes.subscribe(AuditTrail(audit.clone()));
         let dispatch = dispatch::Dispatch {
             core: Delivery::resume(leftovers, limits),
             ctx: ctx.clone(),
@@ -275,13 +301,21 @@ impl Receiver {
             what: "waiting for the workers".into(),
             source: std::io::Error::other(e.to_string()),
         })?;
-        Ok(Report::new(
+        let report = Report::new(
             stop,
             options.exit_after_idle.is_some(),
             counters.snapshot(),
             failures.take(),
             started.elapsed(),
-        ))
+        );
+        audit.record(
+            Event::new("stop")
+                .with("delivered", report.objects_delivered)
+                .with("already_delivered", report.objects_already_delivered)
+                .with("failed", report.objects_failed)
+                .with("bytes_delivered", report.bytes_delivered),
+        );
+        Ok(report)
     }
 }
 

@@ -6,6 +6,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use sluice_common::audit::{AuditLog, Event};
 use sluice_common::outcome::Subscriber;
 use sluice_common::paths;
 use sluice_protocol::manifest::{Entry, Manifest};
@@ -41,6 +42,54 @@ pub enum Outcome {
     },
     /// Announced by a sender, never seen: `count` objects, the first of them listed.
     LostWhole { first: Vec<ObjectKey>, count: u64 },
+}
+
+/// Every outcome as a record of the audit log (paths as JSON strings: no escaping needed).
+pub(crate) struct AuditTrail(pub Arc<AuditLog>);
+
+impl Subscriber<Outcome> for AuditTrail {
+    fn on_outcome(&mut self, outcome: &Outcome) {
+        let entry = |event: &'static str, obj: &ObjectKey, e: &Entry| {
+            Event::new(event)
+                .with("object", obj.to_string())
+                .with("path", e.path.clone())
+                .with("size", e.size)
+                .with("sha256", sha256_of(e))
+        };
+        let event = match outcome {
+            Outcome::Delivered {
+                obj,
+                manifest,
+                entry: index,
+                ..
+            } => match manifest.entries.get(*index) {
+                Some(e) => entry("delivered", obj, e),
+                None => return,
+            },
+            Outcome::AlreadyDelivered {
+                obj,
+                manifest: Some((manifest, index)),
+            } => match manifest.entries.get(*index) {
+                Some(e) => entry("already_delivered", obj, e),
+                None => return,
+            },
+            Outcome::AlreadyDelivered {
+                obj,
+                manifest: None,
+            } => Event::new("already_delivered").with("object", obj.to_string()),
+            Outcome::Failed { obj, path, failure } => Event::new("failed")
+                .with("object", obj.to_string())
+                .with("path", path.clone())
+                .with("reason", failure.to_string()),
+            Outcome::LostWhole { first, count } => {
+                Event::new("lost_whole").with("count", *count).with(
+                    "first",
+                    first.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                )
+            }
+        };
+        self.0.record(event);
+    }
 }
 
 /// Failure lines per [`FAILURE_WINDOW`]; beyond that they are counted, and the count is

@@ -100,6 +100,8 @@ pub struct Options {
     pub workers: usize,
     /// Where `/metrics` is served, if anywhere.
     pub metrics: Option<std::net::SocketAddr>,
+    /// `--audit-log`, if given (default: audit.log in the state directory).
+    pub audit_log: Option<PathBuf>,
     /// Where later passes' ciphertext is kept.
     pub spool: Option<PathBuf>,
     /// Where the manifest sequence is kept (`None`: beside the signing key).
@@ -117,6 +119,13 @@ pub struct Options {
 }
 
 impl Options {
+    /// The audit log: `--audit-log`, or `audit.log` in the state directory.
+    pub fn audit_log_path(&self) -> PathBuf {
+        self.audit_log
+            .clone()
+            .unwrap_or_else(|| self.state_dir().join("audit.log"))
+    }
+
     /// The directory the manifest sequence lives in.
     pub fn state_dir(&self) -> PathBuf {
         self.state.clone().unwrap_or_else(|| {
@@ -377,6 +386,7 @@ fn resolve_in(layers: Layers<'_>, args: Args, paths_required: bool) -> Result<Op
         pack_under,
         workers: layers.workers(args.shared.workers)?,
         metrics: layers.metrics(args.shared.metrics)?,
+        audit_log: layers.path("audit-log", args.shared.audit_log)?,
         spool: layers.path("spool", args.spool)?,
         state: layers.path("state", args.state)?,
         name,

@@ -44,6 +44,12 @@ pub enum Error {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    /// The audit log cannot be opened.
+    #[error("cannot open --audit-log {path}: {source}")]
+    Audit {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     /// An export approval policy is configured and PATH... are not approved by it.
     #[error("{0}")]
     NotApproved(String),

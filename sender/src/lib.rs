@@ -42,6 +42,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sluice_common::audit::{AuditLog, Event};
 use sluice_common::config::{self, Parsed};
 use sluice_common::exit::ExitStatus;
 use sluice_common::keys::{self, SigningKey};
@@ -107,6 +108,8 @@ struct Session {
     send_loop: send_loop::SendLoop,
     counters: Arc<Counters>,
     overhead: u32,
+    /// The audit log (the outcomes' subscriber holds it too).
+    audit: Arc<AuditLog>,
     /// Served until dropped.
     _metrics: Option<sluice_common::metrics::Endpoint>,
 }
@@ -125,6 +128,26 @@ impl Session {
         getrandom::getrandom(&mut session_bytes).map_err(|e| Error::Random(e.to_string()))?;
         let session = SessionId(u64::from_le_bytes(session_bytes));
         let symbol_size = wire::max_symbol_size(options.link.max_frame_len());
+        let audit_path = options.audit_log_path();
+        let audit = Arc::new(AuditLog::open(&audit_path).map_err(|source| Error::Audit {
+            path: audit_path.clone(),
+            source,
+        })?);
+        audit.record(
+            Event::new("start")
+                .with("program", "sluice-send")
+                .with("version", env!("CARGO_PKG_VERSION"))
+                .with("link", options.link.to_string())
+                .with("session", format!("{:016x}", session.0))
+                .with("signer", signer.id().to_string())
+                .with(
+                    "recipients",
+                    recipients
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>(),
+                ),
+        );
         let config = encode::EncodeConfig {
             session,
             symbol_size,
@@ -142,6 +165,7 @@ impl Session {
         let mut outcomes = Outcomes::default();
         outcomes.subscribe(outcome::LogLine);
         outcomes.subscribe(outcome::Count(counters.clone()));
+        outcomes.subscribe(outcome::AuditTrail(audit.clone()));
         let overhead = options.link.frame_overhead();
         let metrics = metrics.map(|listener| {
             let counters = counters.clone();
@@ -165,6 +189,7 @@ impl Session {
             send_loop,
             counters,
             overhead,
+            audit,
             _metrics: metrics,
         })
     }
@@ -249,6 +274,7 @@ impl Sender {
             mut send_loop,
             counters,
             overhead,
+            audit,
             _metrics,
         } = Session::start(
             &options,
@@ -296,12 +322,14 @@ impl Sender {
             source,
         })?;
         encoded?;
-        Ok(Summary::new(
-            &counters.snapshot(),
-            options.passes,
-            overhead,
-            elapsed,
-        ))
+        let summary = Summary::new(&counters.snapshot(), options.passes, overhead, elapsed);
+        audit.record(
+            Event::new("stop")
+                .with("sent", summary.objects_sent)
+                .with("failed", summary.objects_failed)
+                .with("refused", summary.objects_refused),
+        );
+        Ok(summary)
     }
 }
 

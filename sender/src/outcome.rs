@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use sluice_common::audit::{AuditLog, Event};
 use sluice_common::outcome::Subscriber;
 
 use crate::counters::Counters;
@@ -80,6 +81,35 @@ impl Subscriber<Outcome> for LogLine {
                 tracing::error!(path = %path, reason = %reason, "object not sent: {reason}")
             }
         }
+    }
+}
+
+/// Every outcome as a record of the audit log.
+pub(crate) struct AuditTrail(pub Arc<AuditLog>);
+
+impl Subscriber<Outcome> for AuditTrail {
+    fn on_outcome(&mut self, outcome: &Outcome) {
+        let event = match outcome {
+            Outcome::Skipped { path, reason } => Event::new("skipped")
+                .with("path", path.display().to_string())
+                .with("reason", reason.clone()),
+            Outcome::Refused { path, reason } => Event::new("refused")
+                .with("path", path.display().to_string())
+                .with("reason", reason.clone()),
+            Outcome::Queued {
+                path, size, sha256, ..
+            } => Event::new("queued")
+                .with("path", path.clone())
+                .with("size", *size)
+                .with("sha256", hex::encode(sha256)),
+            Outcome::Sent { path, size } => Event::new("sent")
+                .with("path", path.clone())
+                .with("size", *size),
+            Outcome::Failed { path, reason } => Event::new("failed")
+                .with("path", path.clone())
+                .with("reason", reason.clone()),
+        };
+        self.0.record(event);
     }
 }
 

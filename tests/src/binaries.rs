@@ -24,6 +24,8 @@ pub struct Binaries {
     pub recv: PathBuf,
     /// `sluice-approve`.
     pub approve: PathBuf,
+    /// `sluice-audit`.
+    pub audit: PathBuf,
 }
 
 /// The daemons of the current profile, built on first use.
@@ -38,6 +40,7 @@ pub fn binaries() -> &'static Binaries {
             send: dir.join("sluice-send"),
             recv: dir.join("sluice-recv"),
             approve: dir.join("sluice-approve"),
+            audit: dir.join("sluice-audit"),
         };
         assert!(
             bins.send.exists(),
@@ -72,8 +75,15 @@ fn build(dir: &Path) {
         .parent()
         .expect("tests/ has a parent");
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(workspace)
-        .args(["build", "-p", "sluice-sender", "-p", "sluice-receiver"]);
+    cmd.current_dir(workspace).args([
+        "build",
+        "-p",
+        "sluice-sender",
+        "-p",
+        "sluice-receiver",
+        "-p",
+        "sluice-common",
+    ]);
     if dir.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
     }

@@ -68,6 +68,7 @@ pub async fn run(
         mut send_loop,
         counters,
         overhead: _,
+        audit,
         _metrics,
     } = Session::start(&options.send, recipients, signer, link_key, metrics, None)?;
     let sequence = Sequence::open(&options.state, config.signer.id());
@@ -158,6 +159,12 @@ pub async fn run(
     .await
     .map_err(|e| Error::Watch(format!("the coordinator stopped: {e}")))?
     .unwrap_or_else(|_| Err(Error::Watch("the coordinator panicked".into())));
+    let snapshot = counters.snapshot();
+    audit.record(
+        sluice_common::audit::Event::new("stop")
+            .with("sent", snapshot.objects_sent)
+            .with("failed", snapshot.objects_failed),
+    );
     if let Some(Err(source)) = sent {
         return Err(Error::Link {
             link: options.send.link.to_string(),

@@ -1,0 +1,170 @@
+//! `sluice-audit`: checks and reads the daemons' tamper-evident audit logs
+//! (`sluice_common::audit`).
+//!
+//! ```text
+//! sluice-audit verify audit.log.1 audit.log [--heads HEADS]   # rotated files oldest first
+//! sluice-audit show audit.log [--path P] [--sha256 H] [--since 2026-12-01T00:00:00Z] [--until …]
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+use sluice_common::audit::{self, Head};
+use sluice_common::exit::ExitStatus;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sluice-audit",
+    version,
+    about = "Verify and read Sluice's hash-chained audit logs."
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Exit 0 if the chain is intact; otherwise name the first bad record and exit 1.
+    Verify {
+        /// Log files, oldest first (rotated files continue one chain).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Heads recorded elsewhere ("SEQ HASH" per line, e.g. a copy of <log>.head taken
+        /// earlier): each must be in the log, which catches a truncated tail.
+        #[arg(long)]
+        heads: Option<PathBuf>,
+    },
+    /// Print records readably, filtered.
+    Show {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Only records about this path.
+        #[arg(long)]
+        path: Option<String>,
+        /// Only records with this SHA-256.
+        #[arg(long)]
+        sha256: Option<String>,
+        /// Only records at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only records before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+    },
+}
+
+fn read_all(files: &[PathBuf]) -> Result<String, String> {
+    let mut text = String::new();
+    for file in files {
+        text.push_str(
+            &std::fs::read_to_string(file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?,
+        );
+    }
+    Ok(text)
+}
+
+fn parse_heads(path: &PathBuf) -> Result<Vec<Head>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let (seq, hash) = l
+                .trim()
+                .split_once(' ')
+                .ok_or_else(|| format!("{}: expected SEQ HASH lines", path.display()))?;
+            Ok(Head {
+                seq: seq
+                    .parse()
+                    .map_err(|_| format!("{}: bad sequence number {seq:?}", path.display()))?,
+                hash: hash.to_string(),
+            })
+        })
+        .collect()
+}
+
+fn time_arg(text: &Option<String>, name: &str) -> Result<Option<std::time::SystemTime>, String> {
+    text.as_deref()
+        .map(|t| {
+            humantime::parse_rfc3339_weak(t)
+                .map_err(|_| format!("--{name} {t:?}: expected an RFC 3339 time"))
+        })
+        .transpose()
+}
+
+fn run(command: Command) -> Result<(), (ExitStatus, String)> {
+    let usage = |e: String| (ExitStatus::Usage, e);
+    match command {
+        Command::Verify { files, heads } => {
+            let text = read_all(&files).map_err(usage)?;
+            let heads = match &heads {
+                Some(path) => parse_heads(path).map_err(usage)?,
+                None => Vec::new(),
+            };
+            let head = audit::verify(&text, &heads)
+                .map_err(|broken| (ExitStatus::Failure, format!("tampered: {broken}")))?;
+            println!("intact: head seq {} hash {}", head.seq, head.hash);
+            Ok(())
+        }
+        Command::Show {
+            files,
+            path,
+            sha256,
+            since,
+            until,
+        } => {
+            let text = read_all(&files).map_err(usage)?;
+            let since = time_arg(&since, "since").map_err(usage)?;
+            let until = time_arg(&until, "until").map_err(usage)?;
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                let Ok(Value::Object(record)) = serde_json::from_str::<Value>(line) else {
+                    println!("(not a record) {line}");
+                    continue;
+                };
+                let field = |key: &str| record.get(key).and_then(Value::as_str);
+                let at = field("time").and_then(|t| humantime::parse_rfc3339_weak(t).ok());
+                let keep = path.as_deref().is_none_or(|p| field("path") == Some(p))
+                    && sha256.as_deref().is_none_or(|h| field("sha256") == Some(h))
+                    && since.is_none_or(|s| at.is_some_and(|a| a >= s))
+                    && until.is_none_or(|u| at.is_some_and(|a| a < u));
+                if !keep {
+                    continue;
+                }
+                let rest: Vec<String> = record
+                    .iter()
+                    .filter(|(k, _)| !["seq", "time", "prev", "event"].contains(&k.as_str()))
+                    .map(|(k, v)| match v {
+                        Value::String(s) => format!("{k}={s}"),
+                        other => format!("{k}={other}"),
+                    })
+                    .collect();
+                println!(
+                    "{} #{} {} {}",
+                    field("time").unwrap_or("?"),
+                    record.get("seq").and_then(Value::as_u64).unwrap_or(0),
+                    field("event").unwrap_or("?"),
+                    rest.join(" ")
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => return sluice_common::config::report_clap_error(&e).into(),
+    };
+    match run(args.command) {
+        Ok(()) => ExitStatus::Success.into(),
+        Err((status, message)) => {
+            eprintln!("error: {message}");
+            status.into()
+        }
+    }
+}

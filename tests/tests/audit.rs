@@ -1,0 +1,133 @@
+//! The audit logs the real daemons write: every delivered file is a record with its path and
+//! SHA-256 on the receiver, every queued and sent one on the sender; `sluice-audit verify`
+//! accepts them as written and names the first bad record after each kind of tampering
+//! (edit, deletion, reordering; a truncated tail against a head kept elsewhere).
+
+// Test helpers panic on failure by design, like the tests that call them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::Value;
+use sluice_tests::binaries::{binaries, free_udp_port};
+use sluice_tests::harness::{assert_exit, Setup};
+use sluice_tests::tree;
+
+fn audit(args: &[&str], file: &Path) -> Output {
+    Command::new(&binaries().audit)
+        .args(args)
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn records(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn events<'a>(records: &'a [Value], event: &str) -> Vec<&'a Value> {
+    records.iter().filter(|r| r["event"] == event).collect()
+}
+
+#[test]
+fn both_daemons_keep_a_verifiable_audit_log_and_tampering_is_named() {
+    let s = Setup::new();
+    let root = s.src.join("data");
+    std::fs::create_dir_all(&root).unwrap();
+    for i in 0..3u64 {
+        tree::write_random_file(&root.join(format!("f{i}.bin")), 50_000 + i, i).unwrap();
+    }
+    let port = free_udp_port();
+    let to: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut recv = s.receiver(port, 3, &[]);
+    let sent = s.send(to, &["--rate", "10MB"], &[&root], Duration::from_secs(60));
+    assert_exit(&sent, 0, "sluice-send");
+    assert_exit(&recv.finish(Duration::from_secs(60)), 0, "sluice-recv");
+
+    let recv_log = s.state.join("audit.log");
+    let send_log = s.keys.sender_key.parent().unwrap().join("audit.log");
+    for log in [&recv_log, &send_log] {
+        let ok = audit(&["verify"], log);
+        assert!(ok.status.success(), "{}: {}", log.display(), text(&ok));
+        assert!(text(&ok).starts_with("intact: head seq "), "{}", text(&ok));
+    }
+    let received = records(&recv_log);
+    assert_eq!(received.first().unwrap()["event"], "start");
+    assert_eq!(received.last().unwrap()["event"], "stop");
+    let delivered = events(&received, "delivered");
+    let sent_records = records(&send_log);
+    for i in 0..3u64 {
+        let path = format!("data/f{i}.bin");
+        let sha = hex_of(&tree::sha256_file(&root.join(format!("f{i}.bin"))).unwrap());
+        assert!(
+            delivered
+                .iter()
+                .any(|r| r["path"] == path && r["sha256"] == sha),
+            "no delivered record for {path}: {received:?}"
+        );
+        for event in ["queued", "sent"] {
+            assert!(
+                events(&sent_records, event)
+                    .iter()
+                    .any(|r| r["path"] == path),
+                "no {event} record for {path}"
+            );
+        }
+    }
+    let shown = audit(&["show", "--path", "data/f1.bin"], &recv_log);
+    assert!(text(&shown).contains("delivered") && !text(&shown).contains("f2.bin"));
+
+    // Tampering, each on a copy of the receiver's log.
+    let original = std::fs::read_to_string(&recv_log).unwrap();
+    let lines: Vec<&str> = original.lines().collect();
+    let copy = s.tmp.path().join("tampered.log");
+    let check = |content: String, phrase: &str| {
+        std::fs::write(&copy, content).unwrap();
+        let out = audit(&["verify"], &copy);
+        assert_eq!(out.status.code(), Some(1), "{phrase}: {}", text(&out));
+        assert!(text(&out).contains(phrase), "{phrase}: {}", text(&out));
+    };
+    let join = |lines: &[&str]| lines.join("\n") + "\n";
+    check(
+        original.replacen("data/f1.bin", "data/fX.bin", 1),
+        "the previous record does not hash",
+    );
+    let mut deleted = lines.clone();
+    deleted.remove(1);
+    check(join(&deleted), "expected seq 2");
+    let mut reordered = lines.clone();
+    reordered.swap(1, 2);
+    check(join(&reordered), "expected seq 2");
+    // A truncated tail verifies alone; a head kept elsewhere catches it.
+    let heads = s.tmp.path().join("heads");
+    std::fs::copy(s.state.join("audit.log.head"), &heads).unwrap();
+    std::fs::write(&copy, join(&lines[..lines.len() - 1])).unwrap();
+    assert!(audit(&["verify"], &copy).status.success());
+    let out = Command::new(&binaries().audit)
+        .args(["verify", "--heads"])
+        .arg(&heads)
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("is not in this log"), "{}", text(&out));
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

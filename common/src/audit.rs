@@ -23,6 +23,10 @@ use std::time::SystemTime;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+/// Records waiting for the writer at most: beyond, `record` waits (a slow disk slows the
+/// daemon rather than growing its memory or dropping a record).
+const QUEUE: usize = 8192;
+
 /// The `prev` of the first record of a chain.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -156,7 +160,7 @@ impl AuditLog {
             .append(true)
             .mode(0o600)
             .open(path)?;
-        let (tx, rx) = flume::unbounded::<(SystemTime, Event)>();
+        let (tx, rx) = flume::bounded::<(SystemTime, Event)>(QUEUE);
         let head_file = head_path(path);
         let shown = path.display().to_string();
         let writer = std::thread::Builder::new()
@@ -168,7 +172,8 @@ impl AuditLog {
         })
     }
 
-    /// Records `event` now (written and fsynced by the writer thread shortly).
+    /// Records `event` now (written and fsynced by the writer thread shortly; waits while
+    /// [`QUEUE`] records are already waiting).
     pub fn record(&self, event: Event) {
         if let Some(tx) = &self.tx {
             let _ = tx.send((SystemTime::now(), event));

@@ -191,6 +191,19 @@ fn prepare_dirs(options: &WatchOptions) -> Result<PathBuf, Error> {
         AfterSend::Move(dir) => dir.clone(),
         AfterSend::Delete => return Ok(PathBuf::new()),
     };
+    // A --sent directory that is itself an item of the outbox would be sent again and again.
+    let visible_in_outbox = sent.parent() == Some(options.outbox.as_path())
+        && sent
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_none_or(|n| !outbox::ignored(n));
+    if visible_in_outbox {
+        return Err(Error::Watch(format!(
+            "--sent {} would be an item of --outbox: name it with a leading `.` (the default is \
+             OUTBOX/.sent) or put it beside the outbox",
+            sent.display()
+        )));
+    }
     std::fs::create_dir_all(&sent)
         .and_then(|()| std::fs::metadata(&sent))
         .map_err(|e| Error::Watch(format!("--sent {}: {e}", sent.display())))
@@ -626,6 +639,39 @@ fn remove(path: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn options(outbox: &Path, sent: &Path) -> WatchOptions {
+        use clap::Parser;
+        let argv = [
+            "sluice-send watch",
+            "--link",
+            "udp://127.0.0.1:9",
+            "--recipient",
+            "r.pub",
+            "--sign-key",
+            "s.key",
+            "--link-key",
+            "l.key",
+            "--state",
+            "state",
+            "--outbox",
+            outbox.to_str().unwrap(),
+            "--sent",
+            sent.to_str().unwrap(),
+        ];
+        crate::cli::resolve_watch(crate::cli::WatchArgs::try_parse_from(argv).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_sent_directory_that_would_be_an_item_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = dir.path().join("outbox");
+        std::fs::create_dir_all(&outbox).unwrap();
+        let err = prepare_dirs(&options(&outbox, &outbox.join("sent"))).unwrap_err();
+        assert!(err.to_string().contains("would be an item"), "{err}");
+        assert!(prepare_dirs(&options(&outbox, &outbox.join(".done"))).is_ok());
+        assert!(prepare_dirs(&options(&outbox, &dir.path().join("sent"))).is_ok());
+    }
 
     #[test]
     fn sent_names_carry_their_time() {

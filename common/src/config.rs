@@ -56,6 +56,44 @@ pub struct SharedArgs {
 /// Most `--workers`.
 pub const MAX_WORKERS: usize = 64;
 
+/// The checked options both daemons share ([`SharedArgs`] resolved by [`Layers::common`]).
+#[derive(Debug, Clone)]
+pub struct Common {
+    /// The link: where the sender sends, where the receiver listens.
+    pub link: LinkSpec,
+    /// The link key file.
+    pub link_key: PathBuf,
+    /// Worker threads.
+    pub workers: usize,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics: Option<SocketAddr>,
+    /// `--audit-log`, if given (see [`Common::audit_log_in`]).
+    pub audit_log: Option<PathBuf>,
+    /// Logging.
+    pub log: LogOptions,
+}
+
+impl Common {
+    /// The options of `link` and `link_key`, everything else by default (tests, embedding).
+    pub fn new(link: LinkSpec, link_key: PathBuf) -> Self {
+        Common {
+            link,
+            link_key,
+            workers: default_workers(),
+            metrics: None,
+            audit_log: None,
+            log: LogOptions::default(),
+        }
+    }
+
+    /// The audit log: `--audit-log`, or `audit.log` in the daemon's state directory.
+    pub fn audit_log_in(&self, state_dir: &Path) -> PathBuf {
+        self.audit_log
+            .clone()
+            .unwrap_or_else(|| state_dir.join("audit.log"))
+    }
+}
+
 /// `--workers` when not given: one per core, at least 2 (the I/O stages need a core of their
 /// own less than the workers do) and at most 4 (beyond, the single-threaded stages limit).
 pub fn default_workers() -> usize {
@@ -95,11 +133,17 @@ pub struct ConfigFile {
 impl ConfigFile {
     /// Reads `path`; every key must be a long option of `command` (other than `config`).
     pub fn load(path: &Path, command: &clap::Command) -> Result<Self, UsageError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| UsageError(format!("--config {}: {e}", path.display())))?;
+        Self::parse(path, &text, command)
+    }
+
+    /// Parses `text`, the contents of `path`; every key must be a long option of `command`.
+    pub fn parse(path: &Path, text: &str, command: &clap::Command) -> Result<Self, UsageError> {
         let fail = |why: String| UsageError(format!("--config {}: {why}", path.display()));
-        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
         // toml's messages span several lines with a source excerpt; keep the gist.
         let table: toml::Table =
-            toml::from_str(&text).map_err(|e| fail(e.message().trim().replace('\n', " ")))?;
+            toml::from_str(text).map_err(|e| fail(e.message().trim().replace('\n', " ")))?;
         let known: Vec<&str> = command
             .get_arguments()
             .filter_map(clap::Arg::get_long)
@@ -283,28 +327,44 @@ impl<'a> Layers<'a> {
         }
     }
 
-    /// `--link`, required; `form` says what it looks like.
-    pub fn link(&self, cli: Option<String>, form: &str) -> Result<LinkSpec, UsageError> {
-        self.required("link", cli, form)?
+    /// A repeatable path option that must be given at least once.
+    pub fn required_paths(
+        &self,
+        option: &'static str,
+        cli: Vec<PathBuf>,
+        form: &str,
+    ) -> Result<Vec<PathBuf>, UsageError> {
+        let paths = self.paths(option, cli)?;
+        if paths.is_empty() {
+            return Err(UsageError(format!(
+                "--{option} is required ({form}; repeatable)"
+            )));
+        }
+        Ok(paths)
+    }
+
+    /// The options both daemons share; `link_form` says what `--link` looks like.
+    pub fn common(&self, args: SharedArgs, link_form: &str) -> Result<Common, UsageError> {
+        let link = self
+            .required("link", args.link, link_form)?
             .text
             .parse()
-            .map_err(|e| UsageError(format!("{e}")))
-    }
-
-    /// `--link-key`, required.
-    pub fn link_key(&self, cli: Option<PathBuf>) -> Result<PathBuf, UsageError> {
-        self.required_path("link-key", cli, "the shared link.key file")
-    }
-
-    /// `--metrics`, if given: the address to serve `/metrics` on.
-    pub fn metrics(&self, cli: Option<String>) -> Result<Option<SocketAddr>, UsageError> {
-        self.value("metrics", cli)?
-            .map(|v| v.parse("IP:PORT, e.g. 127.0.0.1:9630", |t| t.parse().ok()))
-            .transpose()
+            .map_err(|e| UsageError(format!("{e}")))?;
+        Ok(Common {
+            link,
+            link_key: self.required_path("link-key", args.link_key, "the shared link.key file")?,
+            workers: self.workers(args.workers)?,
+            metrics: self
+                .value("metrics", args.metrics)?
+                .map(|v| v.parse("IP:PORT, e.g. 127.0.0.1:9630", |t| t.parse().ok()))
+                .transpose()?,
+            audit_log: self.path("audit-log", args.audit_log)?,
+            log: self.log(args.log)?,
+        })
     }
 
     /// `--workers`, or the default.
-    pub fn workers(&self, cli: Option<String>) -> Result<usize, UsageError> {
+    fn workers(&self, cli: Option<String>) -> Result<usize, UsageError> {
         match self.value("workers", cli)? {
             None => Ok(default_workers()),
             Some(v) => v.parse("a thread count from 1 to 64", |t| {
@@ -316,7 +376,7 @@ impl<'a> Layers<'a> {
     }
 
     /// The logging options. A switch on the command line overrides the other one in the file.
-    pub fn log(&self, cli: LogArgs) -> Result<LogOptions, UsageError> {
+    fn log(&self, cli: LogArgs) -> Result<LogOptions, UsageError> {
         let format = match self.value("log-format", cli.log_format)? {
             None => LogFormat::Human,
             Some(v) => v.parse("human or json", |t| t.parse().ok())?,

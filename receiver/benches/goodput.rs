@@ -70,7 +70,7 @@ fn main() {
         .unwrap();
     let report = runtime.block_on(async {
         let mut options = rig.options(Duration::from_secs(2));
-        options.link = format!("udp://127.0.0.1:0?mtu={mtu}").parse().unwrap();
+        options.shared.link = format!("udp://127.0.0.1:0?mtu={mtu}").parse().unwrap();
         options.max_memory = max_memory << 20;
         let running = rig.start(options).await;
         let to = running.addr;

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use sluice_common::config::{self, Layers, LogOptions, SharedArgs, UsageError};
+use sluice_common::config::{Common, Layers, SharedArgs, UsageError};
 use sluice_common::link::LinkSpec;
 use sluice_common::units;
 
@@ -77,14 +77,12 @@ pub struct Args {
 /// Checked options for one run.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Where frames come from.
-    pub link: LinkSpec,
+    /// The link frames come from, its key, workers, metrics, audit log, logging.
+    pub shared: Common,
     /// age identity file.
     pub identity: PathBuf,
     /// Trusted minisign public key files.
     pub trust: Vec<PathBuf>,
-    /// Link key file.
-    pub link_key: PathBuf,
     /// Output directory.
     pub out: PathBuf,
     /// State directory (`None`: `<out>/.sluice-state`).
@@ -99,14 +97,6 @@ pub struct Options {
     pub max_objects: usize,
     /// Permission bits published entries may have.
     pub mode_mask: u32,
-    /// Decoder threads.
-    pub workers: usize,
-    /// Where `/metrics` is served, if anywhere.
-    pub metrics: Option<std::net::SocketAddr>,
-    /// `--audit-log`, if given (default: audit.log in the state directory).
-    pub audit_log: Option<PathBuf>,
-    /// Logging.
-    pub log: LogOptions,
 }
 
 impl Options {
@@ -119,10 +109,9 @@ impl Options {
         out: PathBuf,
     ) -> Self {
         Options {
-            link,
+            shared: Common::new(link, link_key),
             identity,
             trust,
-            link_key,
             out,
             state: None,
             exit_after_idle: None,
@@ -130,10 +119,6 @@ impl Options {
             max_state: None,
             max_objects: DEFAULT_MAX_OBJECTS,
             mode_mask: DEFAULT_MODE_MASK,
-            workers: config::default_workers(),
-            metrics: None,
-            audit_log: None,
-            log: LogOptions::default(),
         }
     }
 
@@ -146,29 +131,29 @@ impl Options {
 
     /// The audit log: `--audit-log`, or `audit.log` in the state directory.
     pub fn audit_log_path(&self) -> PathBuf {
-        self.audit_log
-            .clone()
-            .unwrap_or_else(|| self.state_dir().join("audit.log"))
+        self.shared.audit_log_in(&self.state_dir())
     }
 }
 
 /// Merges the config file under the command line and checks every value.
 pub fn resolve(args: Args) -> Result<Options, UsageError> {
-    let file = config::load_file::<Args>(args.shared.config.as_deref())?;
-    let layers = Layers::new(file.as_ref());
-    let link = layers.link(args.shared.link, LINK_FORM)?;
+    let file = sluice_common::config::load_file::<Args>(args.shared.config.as_deref())?;
+    resolve_in(Layers::new(file.as_ref()), args)
+}
+
+/// Checks every option, the command line's over the config file's.
+fn resolve_in(layers: Layers<'_>, args: Args) -> Result<Options, UsageError> {
+    let shared = layers.common(args.shared, LINK_FORM)?;
     let identity = layers.required_path(
         "identity",
         args.identity,
         "the receiver's age identity file, receiver.key",
     )?;
-    let trust = layers.paths("trust", args.trust)?;
-    if trust.is_empty() {
-        return Err(UsageError(
-            "--trust is required (the sender's minisign public key, sender.pub; repeatable)".into(),
-        ));
-    }
-    let link_key = layers.link_key(args.shared.link_key)?;
+    let trust = layers.required_paths(
+        "trust",
+        args.trust,
+        "the sender's minisign public key, sender.pub",
+    )?;
     let out = layers.required_path("out", args.out, "the directory objects are published into")?;
     let exit_after_idle = layers
         .value("exit-after-idle", args.exit_after_idle)?
@@ -212,10 +197,9 @@ pub fn resolve(args: Args) -> Result<Options, UsageError> {
         })?,
     };
     Ok(Options {
-        link,
+        shared,
         identity,
         trust,
-        link_key,
         out,
         max_state,
         max_objects,
@@ -223,10 +207,6 @@ pub fn resolve(args: Args) -> Result<Options, UsageError> {
         state: layers.path("state", args.state)?,
         exit_after_idle,
         max_memory,
-        workers: layers.workers(args.shared.workers)?,
-        metrics: layers.metrics(args.shared.metrics)?,
-        audit_log: layers.path("audit-log", args.shared.audit_log)?,
-        log: layers.log(args.shared.log)?,
     })
 }
 
@@ -238,6 +218,7 @@ fn parse_idle(text: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_common::config::ConfigFile;
     use sluice_common::logging::LogFormat;
     use std::path::Path;
 
@@ -260,8 +241,8 @@ mod tests {
         assert_eq!(o.max_memory, DEFAULT_MAX_MEMORY);
         assert_eq!(o.exit_after_idle, None);
         assert_eq!(o.state_dir(), Path::new("inbox/.sluice-state"));
-        assert_eq!(o.log.format, LogFormat::Human);
-        assert_eq!(o.link.max_frame_len(), 1472);
+        assert_eq!(o.shared.log.format, LogFormat::Human);
+        assert_eq!(o.shared.link.max_frame_len(), 1472);
     }
 
     #[test]
@@ -283,7 +264,7 @@ mod tests {
         assert_eq!(o.max_memory, 64 << 20);
         assert_eq!(o.state_dir(), Path::new("st"));
         assert_eq!(o.trust.len(), 2);
-        assert_eq!(o.log.format, LogFormat::Json);
+        assert_eq!(o.shared.log.format, LogFormat::Json);
     }
 
     #[test]
@@ -327,6 +308,8 @@ mod tests {
             "sluice-recv",
             "--link",
             "udp://0.0.0.0:1",
+            "--link-key",
+            "l",
             "--identity",
             "k",
         ];
@@ -336,55 +319,39 @@ mod tests {
         assert!(err.contains("--trust is required"), "{err}");
     }
 
+    /// The options of `argv` over a config file holding `toml`.
+    fn resolve_over_file(toml: &str, argv: &[&str]) -> Result<Options, UsageError> {
+        use clap::CommandFactory;
+        let file = ConfigFile::parse(Path::new("recv.toml"), toml, &Args::command())?;
+        let argv = ["sluice-recv", "--config", "recv.toml"].iter().chain(argv);
+        resolve_in(
+            Layers::new(Some(&file)),
+            Args::try_parse_from(argv).unwrap(),
+        )
+    }
+
     #[test]
     fn config_file_fills_in_and_command_line_wins() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("recv.toml");
-        std::fs::write(
-            &cfg,
-            "link = \"udp://0.0.0.0:9000?mtu=9000\"\nidentity = \"r.key\"\n\
-             trust = [\"a.pub\", \"b.pub\"]\nlink-key = \"l.key\"\nout = \"inbox\"\n\
-             exit-after-idle = 30\nmax-memory = \"128MiB\"\n",
-        )
-        .unwrap();
-        let argv = [
-            "sluice-recv",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--max-memory",
-            "8MiB",
-        ];
-        let o = resolve(Args::try_parse_from(argv).unwrap()).unwrap();
+        let toml = "link = \"udp://0.0.0.0:9000?mtu=9000\"\nidentity = \"r.key\"\n\
+                    trust = [\"a.pub\", \"b.pub\"]\nlink-key = \"l.key\"\nout = \"inbox\"\n\
+                    exit-after-idle = 30\nmax-memory = \"128MiB\"\n";
+        let o = resolve_over_file(toml, &["--max-memory", "8MiB"]).unwrap();
         assert_eq!(o.max_memory, 8 << 20);
         assert_eq!(o.exit_after_idle, Some(Duration::from_secs(30)));
         assert_eq!(o.trust.len(), 2);
-        assert_eq!(o.link.max_frame_len(), 8972);
+        assert_eq!(o.shared.link.max_frame_len(), 8972);
 
-        std::fs::write(&cfg, "link = \"udp://0.0.0.0:9\"\nmax-memory = 12\n").unwrap();
-        let argv = [
-            "sluice-recv",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--identity",
-            "k",
-            "--trust",
-            "t",
-            "--link-key",
-            "l",
-            "--out",
-            "o",
-        ];
-        let err = resolve(Args::try_parse_from(argv).unwrap())
+        let required = "--identity k --trust t --link-key l --out o";
+        let argv: Vec<&str> = required.split(' ').collect();
+        let err = resolve_over_file("link = \"udp://0.0.0.0:9\"\nmax-memory = 12\n", &argv)
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("--max-memory \"12\" (in ") && err.contains("4MiB"),
+            err.contains("--max-memory \"12\" (in recv.toml)") && err.contains("4MiB"),
             "{err}"
         );
 
-        std::fs::write(&cfg, "speed = 3\n").unwrap();
-        let argv = ["sluice-recv", "--config", cfg.to_str().unwrap()];
-        let err = resolve(Args::try_parse_from(argv).unwrap())
+        let err = resolve_over_file("speed = 3\n", &[])
             .unwrap_err()
             .to_string();
         assert!(err.contains("--config") && err.contains("speed"), "{err}");

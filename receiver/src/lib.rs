@@ -108,7 +108,8 @@ impl Receiver {
     pub async fn bind(options: Options) -> Result<Self, Error> {
         let identities = keys::load_identities(&options.identity).map_err(key_error("identity"))?;
         let trusted = TrustedKeys::load(&options.trust).map_err(key_error("trust"))?;
-        let link_key = keys::load_link_key(&options.link_key).map_err(key_error("link-key"))?;
+        let link_key =
+            keys::load_link_key(&options.shared.link_key).map_err(key_error("link-key"))?;
 
         std::fs::create_dir_all(&options.out).map_err(io_error(format!(
             "cannot create --out {}",
@@ -157,11 +158,15 @@ impl Receiver {
             "limits"
         );
         let link = options
+            .shared
             .link
             .open_rx()
             .await
-            .map_err(io_error(format!("cannot open --link {}", options.link)))?;
-        let metrics = match options.metrics {
+            .map_err(io_error(format!(
+                "cannot open --link {}",
+                options.shared.link
+            )))?;
+        let metrics = match options.shared.metrics {
             None => None,
             Some(addr) => Some(
                 sluice_common::metrics::bind(addr)
@@ -184,7 +189,7 @@ impl Receiver {
             Event::new("start")
                 .with("program", "sluice-recv")
                 .with("version", env!("CARGO_PKG_VERSION"))
-                .with("link", options.link.to_string())
+                .with("link", options.shared.link.to_string())
                 .with("out", options.out.display().to_string())
                 .with("trusted_signers", trusted)
                 .with("recipients", recipients),
@@ -235,7 +240,7 @@ impl Receiver {
         let (publish_tx, publish_rx) = flume::unbounded();
         let (command_tx, command_rx) = flume::unbounded();
 
-        let mut threads = workers::spawn(options.workers, &ctx, &decode_rx, &input_tx)
+        let mut threads = workers::spawn(options.shared.workers, &ctx, &decode_rx, &input_tx)
             .map_err(io_error("cannot start decoder threads"))?;
         drop(decode_rx);
         threads.push(
@@ -262,7 +267,7 @@ impl Receiver {
         );
 
         tracing::info!(
-            link = %options.link,
+            link = %options.shared.link,
             out = %ctx.out_path.display(),
             state = %ctx.state.path().display(),
             "receiving"
@@ -442,7 +447,7 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
         Parsed::Run(options) => options,
         Parsed::Exit(status) => return status.into(),
     };
-    logging::init(options.log);
+    logging::init(options.shared.log);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -453,7 +458,7 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
             return ExitStatus::Failure.into();
         }
     };
-    let format = options.log.format;
+    let format = options.shared.log.format;
     let result = runtime.block_on(async move {
         let receiver = Receiver::bind(options).await?;
         receiver

@@ -9,8 +9,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use sluice_common::config::{self, Layers, LogOptions, SharedArgs, UsageError};
-use sluice_common::link::LinkSpec;
+use sluice_common::config::{self, Common, Layers, SharedArgs, UsageError};
 use sluice_common::units;
 use sluice_protocol::wire;
 
@@ -78,14 +77,12 @@ pub struct Args {
 /// Checked options for one run.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Where frames go.
-    pub link: LinkSpec,
+    /// The link frames go to, its key, workers, metrics, audit log, logging.
+    pub shared: Common,
     /// age recipient files.
     pub recipients: Vec<PathBuf>,
     /// minisign secret key file.
     pub sign_key: PathBuf,
-    /// Link key file.
-    pub link_key: PathBuf,
     /// Link bytes per second; 0 = unpaced.
     pub rate: u64,
     /// Passes over the data.
@@ -96,12 +93,6 @@ pub struct Options {
     pub segment_size: u32,
     /// Files under this size are packed.
     pub pack_under: u64,
-    /// Encryption threads.
-    pub workers: usize,
-    /// Where `/metrics` is served, if anywhere.
-    pub metrics: Option<std::net::SocketAddr>,
-    /// `--audit-log`, if given (default: audit.log in the state directory).
-    pub audit_log: Option<PathBuf>,
     /// Where later passes' ciphertext is kept.
     pub spool: Option<PathBuf>,
     /// Where the manifest sequence is kept (`None`: beside the signing key).
@@ -112,8 +103,6 @@ pub struct Options {
     pub interleave: usize,
     /// The export approval PATH... must carry, if a policy is configured.
     pub approval: Option<ApprovalOptions>,
-    /// Logging.
-    pub log: LogOptions,
     /// What to send.
     pub paths: Vec<PathBuf>,
 }
@@ -121,9 +110,7 @@ pub struct Options {
 impl Options {
     /// The audit log: `--audit-log`, or `audit.log` in the state directory.
     pub fn audit_log_path(&self) -> PathBuf {
-        self.audit_log
-            .clone()
-            .unwrap_or_else(|| self.state_dir().join("audit.log"))
+        self.shared.audit_log_in(&self.state_dir())
     }
 
     /// The directory the manifest sequence lives in.
@@ -287,20 +274,12 @@ pub fn resolve(args: Args) -> Result<Options, UsageError> {
 
 /// Checks every sending option; `paths_required` for a one-shot run.
 fn resolve_in(layers: Layers<'_>, args: Args, paths_required: bool) -> Result<Options, UsageError> {
-    let link = layers.link(
-        args.shared.link,
-        "udp://HOST:PORT or serial:///dev/ttyX?baud=N",
-    )?;
-    let recipients = layers.paths("recipient", args.recipient)?;
-    if recipients.is_empty() {
-        return Err(UsageError(
-            "--recipient is required (the receiver's receiver.pub)".into(),
-        ));
-    }
+    let shared = layers.common(args.shared, "udp://HOST:PORT or serial:///dev/ttyX?baud=N")?;
+    let recipients =
+        layers.required_paths("recipient", args.recipient, "the receiver's receiver.pub")?;
     let sign_key = layers.required_path("sign-key", args.sign_key, "a sender.key file")?;
-    let link_key = layers.link_key(args.shared.link_key)?;
     let rate = match layers.value("rate", args.rate)? {
-        None => link.default_rate(),
+        None => shared.link.default_rate(),
         Some(v) => v.parse(
             "bytes per second with a unit, e.g. 500KB, 100MB, 1.5GB, or 0 for unpaced",
             |t| units::parse_bytes(t).ok(),
@@ -341,7 +320,6 @@ fn resolve_in(layers: Layers<'_>, args: Args, paths_required: bool) -> Result<Op
             t.parse::<usize>().ok().filter(|n| (1..=256).contains(n))
         })?,
     };
-    let log = layers.log(args.shared.log)?;
     if paths_required && args.paths.is_empty() {
         return Err(UsageError(
             "nothing to send: give files, directories, or - for stdin".into(),
@@ -375,23 +353,18 @@ fn resolve_in(layers: Layers<'_>, args: Args, paths_required: bool) -> Result<Op
     )?;
     Ok(Options {
         approval,
-        link,
+        shared,
         recipients,
         sign_key,
-        link_key,
         rate,
         passes,
         repair_permille,
         segment_size,
         pack_under,
-        workers: layers.workers(args.shared.workers)?,
-        metrics: layers.metrics(args.shared.metrics)?,
-        audit_log: layers.path("audit-log", args.shared.audit_log)?,
         spool: layers.path("spool", args.spool)?,
         state: layers.path("state", args.state)?,
         name,
         interleave,
-        log,
         paths: args.paths,
     })
 }
@@ -460,31 +433,18 @@ mod tests {
 
     #[test]
     fn config_file_fills_in_and_command_line_wins() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("send.toml");
-        std::fs::write(
-            &cfg,
-            "link = \"udp://10.0.0.2:9000?mtu=9000\"\nrecipient = [\"a.pub\", \"b.pub\"]\n\
-             sign-key = \"s.key\"\nlink-key = \"l.key\"\nrate = \"50MB\"\npasses = 2\n",
-        )
-        .unwrap();
-        let argv = [
-            "sluice-send",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--rate",
-            "1MB",
-            "f",
-        ];
-        let o = resolve(Args::try_parse_from(argv).unwrap()).unwrap();
-        assert_eq!(o.rate, 1_000_000);
-        assert_eq!(o.passes, 2);
+        use clap::CommandFactory;
+        let path = std::path::Path::new("send.toml");
+        let toml = "link = \"udp://10.0.0.2:9000?mtu=9000\"\nrecipient = [\"a.pub\", \"b.pub\"]\n\
+                    sign-key = \"s.key\"\nlink-key = \"l.key\"\nrate = \"50MB\"\npasses = 2\n";
+        let file = config::ConfigFile::parse(path, toml, &Args::command()).unwrap();
+        let args = Args::try_parse_from(["sluice-send", "--rate", "1MB", "f"]).unwrap();
+        let o = resolve_in(Layers::new(Some(&file)), args, true).unwrap();
+        assert_eq!((o.rate, o.passes), (1_000_000, 2));
         assert_eq!(o.recipients.len(), 2);
-        assert_eq!(o.link.max_frame_len(), 8972);
+        assert_eq!(o.shared.link.max_frame_len(), 8972);
 
-        std::fs::write(&cfg, "rate = \"50MB\"\nspeed = 3\n").unwrap();
-        let argv = ["sluice-send", "--config", cfg.to_str().unwrap(), "f"];
-        let err = resolve(Args::try_parse_from(argv).unwrap())
+        let err = config::ConfigFile::parse(path, "rate = \"50MB\"\nspeed = 3\n", &Args::command())
             .unwrap_err()
             .to_string();
         assert!(err.contains("--config") && err.contains("speed"), "{err}");

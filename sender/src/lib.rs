@@ -78,12 +78,18 @@ impl Ends {
             recipients.append(&mut keys::load_recipients(path).map_err(error::key("recipient"))?);
         }
         let signer = SigningKey::load(&options.sign_key).map_err(error::key("sign-key"))?;
-        let link_key = keys::load_link_key(&options.link_key).map_err(error::key("link-key"))?;
-        let link = options.link.open_tx().await.map_err(|source| Error::Link {
-            link: options.link.to_string(),
-            source,
-        })?;
-        let metrics = match options.metrics {
+        let link_key =
+            keys::load_link_key(&options.shared.link_key).map_err(error::key("link-key"))?;
+        let link = options
+            .shared
+            .link
+            .open_tx()
+            .await
+            .map_err(|source| Error::Link {
+                link: options.shared.link.to_string(),
+                source,
+            })?;
+        let metrics = match options.shared.metrics {
             None => None,
             Some(addr) => Some(
                 sluice_common::metrics::bind(addr)
@@ -127,7 +133,7 @@ impl Session {
         let mut session_bytes = [0u8; 8];
         getrandom::getrandom(&mut session_bytes).map_err(|e| Error::Random(e.to_string()))?;
         let session = SessionId(u64::from_le_bytes(session_bytes));
-        let symbol_size = wire::max_symbol_size(options.link.max_frame_len());
+        let symbol_size = wire::max_symbol_size(options.shared.link.max_frame_len());
         let audit_path = options.audit_log_path();
         let audit = Arc::new(AuditLog::open(&audit_path).map_err(|source| Error::Audit {
             path: audit_path.clone(),
@@ -137,7 +143,7 @@ impl Session {
             Event::new("start")
                 .with("program", "sluice-send")
                 .with("version", env!("CARGO_PKG_VERSION"))
-                .with("link", options.link.to_string())
+                .with("link", options.shared.link.to_string())
                 .with("session", format!("{:016x}", session.0))
                 .with("signer", signer.id().to_string())
                 .with(
@@ -158,7 +164,7 @@ impl Session {
             recipients,
             signer,
             spool: None,
-            workers: options.workers,
+            workers: options.shared.workers,
             first_object: 0,
         };
         let counters = Arc::new(Counters::default());
@@ -166,14 +172,14 @@ impl Session {
         outcomes.subscribe(outcome::LogLine);
         outcomes.subscribe(outcome::Count(counters.clone()));
         outcomes.subscribe(outcome::AuditTrail(audit.clone()));
-        let overhead = options.link.frame_overhead();
+        let overhead = options.shared.link.frame_overhead();
         let metrics = metrics.map(|listener| {
             let counters = counters.clone();
             sluice_common::metrics::spawn(listener, Arc::new(move || counters.metrics(overhead)))
         });
         let settings = send_loop::Settings {
             rate: options.rate,
-            wire_frame: (options.link.max_frame_len() + overhead as usize) as u64,
+            wire_frame: (options.shared.link.max_frame_len() + overhead as usize) as u64,
             frame_overhead: overhead,
             interleave: options.interleave,
             session,
@@ -215,7 +221,7 @@ pub struct Sender {
 impl std::fmt::Debug for Sender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sender")
-            .field("link", &self.options.link)
+            .field("link", &self.options.shared.link)
             .field("objects", &self.objects.len())
             .finish_non_exhaustive()
     }
@@ -267,7 +273,7 @@ impl Sender {
             metrics,
         } = ends;
         let file_bytes: u64 = objects.iter().filter_map(|o| o.size).sum();
-        let progress = std::io::stderr().is_terminal() && !options.log.quiet;
+        let progress = std::io::stderr().is_terminal() && !options.shared.log.quiet;
         let progress_total = progress.then_some(file_bytes * u64::from(options.passes));
         let Session {
             mut config,
@@ -290,7 +296,7 @@ impl Sender {
         };
         config.spool = spool.as_ref().map(|s| s.path().to_path_buf());
         tracing::info!(
-            link = %options.link,
+            link = %options.shared.link,
             session = format_args!("{:016x}", config.session.0),
             objects = objects.len(),
             bytes = file_bytes,
@@ -318,7 +324,7 @@ impl Sender {
         let encoded = encoder.join().unwrap_or(Err(encode::EncodeError::Panicked));
         drop(spool);
         let elapsed = sent.map_err(|source| Error::Link {
-            link: options.link.to_string(),
+            link: options.shared.link.to_string(),
             source,
         })?;
         encoded?;
@@ -362,11 +368,11 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
         Parsed::Run(options) => options,
         Parsed::Exit(status) => return status.into(),
     };
-    logging::init(options.log);
+    logging::init(options.shared.log);
     let Some(runtime) = runtime() else {
         return ExitStatus::Failure.into();
     };
-    let format = options.log.format;
+    let format = options.shared.log.format;
     let result = runtime.block_on(async move {
         let sender = Sender::bind(options).await?;
         sender.run(std::future::pending()).await
@@ -399,8 +405,8 @@ fn watch_main(args: Vec<OsString>) -> ExitCode {
         Parsed::Run(options) => options,
         Parsed::Exit(status) => return status.into(),
     };
-    logging::init(options.send.log);
-    let format = options.send.log.format;
+    logging::init(options.send.shared.log);
+    let format = options.send.shared.log.format;
     let Some(runtime) = runtime() else {
         return ExitStatus::Failure.into();
     };

@@ -74,7 +74,7 @@ pub async fn run(
     let sequence = Sequence::open(&options.state, config.signer.id());
     tracing::info!(
         outbox = %options.outbox.display(),
-        link = %options.send.link,
+        link = %options.send.shared.link,
         session = format_args!("{:016x}", config.session.0),
         rate = %Session::rate_text(&options.send),
         passes = options.send.passes,
@@ -167,7 +167,7 @@ pub async fn run(
     );
     if let Some(Err(source)) = sent {
         return Err(Error::Link {
-            link: options.send.link.to_string(),
+            link: options.send.shared.link.to_string(),
             source,
         });
     }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the two .deb packages with cargo-deb, installs them on this machine with dpkg -i, and
-# checks what an operator would: the binaries run, systemd accepts the installed units, the
+# Builds the three .deb packages with cargo-deb (sluice-send, sluice-recv, and sluice-audit,
+# which both depend on), installs them on this machine with dpkg -i, and checks what an
+# operator would: the binaries run, systemd accepts the installed units, the
 # sluice user and the directories exist with the right owners and modes. Then removes them
 # (purge) and the user, leaving the machine as it was. Needs root. .ci/run calls it.
 #
@@ -23,7 +24,7 @@ had_user=no
 getent passwd sluice >/dev/null && had_user=yes
 
 debs=()
-for package in sluice-sender sluice-receiver; do
+for package in sluice-sender sluice-receiver sluice-common; do
   # Stripped binaries; their debug symbols go to a separate -dbgsym .ddeb, as Debian does.
   deb=$(cargo deb -p "$package" --locked --dbgsym 2>/dev/null | tail -n 1)
   [ -f "$deb" ] || { echo "check-debs.sh: cargo deb -p $package made no package" >&2; exit 1; }
@@ -31,7 +32,7 @@ for package in sluice-sender sluice-receiver; do
 done
 
 cleanup() {
-  dpkg --purge sluice-send sluice-recv >/dev/null 2>&1 || true
+  dpkg --purge sluice-send sluice-recv sluice-audit >/dev/null 2>&1 || true
   if [ "$had_user" = no ] && getent passwd sluice >/dev/null; then
     deluser --system sluice >/dev/null 2>&1 || true
     delgroup --system sluice >/dev/null 2>&1 || true
@@ -46,6 +47,7 @@ fail() { echo "check-debs.sh: $*" >&2; exit 1; }
 /usr/bin/sluice-send --version | grep -q '^sluice-send ' || fail "sluice-send --version"
 /usr/bin/sluice-recv --version | grep -q '^sluice-recv ' || fail "sluice-recv --version"
 /usr/bin/sluice-approve --version | grep -q '^sluice-approve ' || fail "sluice-approve --version"
+/usr/bin/sluice-audit --version | grep -q '^sluice-audit ' || fail "sluice-audit --version"
 for unit in sluice-send-watch.service sluice-recv.service; do
   out=$(systemd-analyze verify "/lib/systemd/system/$unit" 2>&1) || fail "verify $unit: $out"
   [ -z "$out" ] || fail "verify $unit: $out"
@@ -73,4 +75,4 @@ for deb in "${debs[@]}"; do
     if [ -f "$file" ]; then printf '%s: %s bytes\n' "$(basename "$file")" "$(stat -c %s "$file")"; fi
   done
 done
-echo "check-debs.sh: both packages install and check out"
+echo "check-debs.sh: the three packages install and check out"

@@ -21,6 +21,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use sluice_protocol::manifest::{Approval, Entry, EntryKind};
+
 use crate::keys::{self, KeyId, TrustedKeys};
 use crate::paths;
 
@@ -284,6 +286,11 @@ impl Policy {
         })
     }
 
+    /// The approvers' key ids.
+    pub fn approver_ids(&self) -> impl Iterator<Item = KeyId> + '_ {
+        self.approvers.ids()
+    }
+
     /// The approvers whose signatures over `request` (its exact bytes) are valid, counted by
     /// distinct key; `Err` unless at least the threshold signed.
     pub fn check_quorum(
@@ -333,6 +340,63 @@ pub fn sign(key_text: &str, request: &[u8]) -> Result<(KeyId, String), String> {
     )
     .map_err(|e| e.to_string())?;
     Ok((KeyId::from_keynum(secret.keynum()), signature.into_string()))
+}
+
+/// What a receiver checks before publishing the entries of an object that came with
+/// `carried` (the approval in its manifest, if any), against its own `policy`: a quorum of
+/// distinct approvers over the request's exact bytes, the request not expired at `now`, and
+/// every file entry listed in the request with the same size and SHA-256 (a directory entry:
+/// some approved file lies below it). Returns the approvers. A manifest's entries may be a
+/// part of the request (the sender cuts an export into objects).
+pub fn check_carried(
+    policy: &Policy,
+    carried: Option<&Approval>,
+    entries: &[Entry],
+    now: SystemTime,
+) -> Result<Vec<KeyId>, ApprovalError> {
+    let Some(approval) = carried else {
+        return Err(ApprovalError::Quorum {
+            valid: 0,
+            threshold: policy.threshold,
+            problems: vec!["no approval came with it".into()],
+        });
+    };
+    let approvers = policy.check_quorum(&approval.request, &approval.signatures)?;
+    let shown = "(the approval that came with it)";
+    let text = std::str::from_utf8(&approval.request).map_err(|_| ApprovalError::Request {
+        path: shown.into(),
+        reason: "not UTF-8".into(),
+    })?;
+    let request = Request::parse(text, shown)?;
+    request.check_not_expired(now)?;
+    let approved: BTreeMap<&str, &RequestFile> =
+        request.files.iter().map(|f| (f.path.as_str(), f)).collect();
+    for entry in entries {
+        match entry.kind {
+            EntryKind::File => match approved.get(entry.path.as_str()) {
+                None => return Err(ApprovalError::NotInRequest(entry.path.clone())),
+                Some(f) if f.size != entry.size || f.sha256 != hex::encode(entry.sha256) => {
+                    return Err(ApprovalError::Changed(entry.path.clone()))
+                }
+                Some(_) => {}
+            },
+            EntryKind::Directory => {
+                let below = format!("{}/", entry.path);
+                if !approved.keys().any(|p| p.starts_with(&below)) {
+                    return Err(ApprovalError::NotInRequest(entry.path.clone()));
+                }
+            }
+        }
+    }
+    Ok(approvers)
+}
+
+/// The approvers whose signatures in `carried` verify under `policy` (no other check): what
+/// an audit record names for an entry [`check_carried`] let through.
+pub fn approvers_of(policy: &Policy, carried: &Approval) -> Vec<KeyId> {
+    policy
+        .check_quorum(&carried.request, &carried.signatures)
+        .unwrap_or_default()
 }
 
 /// The signature files beside a request: `<request file name>*.minisig` in its directory.
@@ -477,5 +541,77 @@ mod tests {
         let two = [sign(&alice, request), sign(&carol, request)];
         let approved = policy.check_quorum(request, &two).unwrap();
         assert_eq!(approved.len(), 2);
+    }
+
+    #[test]
+    fn a_receiver_checks_what_came_with_the_manifest_itself() {
+        let (alice, bob) = (keypair(), keypair());
+        let policy = Policy::new(2, [alice.pk.clone(), bob.pk.clone()]).unwrap();
+        let request = Request::new(
+            "release",
+            "carol",
+            Duration::from_secs(3600),
+            vec![file("out/model.bin", 1), file("out/card.md", 2)],
+        )
+        .unwrap();
+        let bytes = request.to_text().unwrap().into_bytes();
+        let carried = Approval {
+            signatures: vec![sign(&alice, &bytes), sign(&bob, &bytes)],
+            request: bytes.clone(),
+        };
+        let entry = |path: &str, kind: EntryKind, size: u64, byte: u8| Entry {
+            path: path.into(),
+            kind,
+            size,
+            mode: 0o644,
+            mtime_secs: 0,
+            mtime_nanos: 0,
+            sha256: [byte; 32],
+        };
+        let now = SystemTime::now();
+        let check = |carried: Option<&Approval>, entries: &[Entry], now| {
+            check_carried(&policy, carried, entries, now).map_err(|e| e.to_string())
+        };
+        let part = [
+            entry("out", EntryKind::Directory, 0, 0),
+            entry("out/model.bin", EntryKind::File, 10, 1),
+        ];
+        assert_eq!(check(Some(&carried), &part, now).unwrap().len(), 2);
+        assert_eq!(
+            approvers_of(&policy, &carried),
+            check(Some(&carried), &part, now).unwrap()
+        );
+        for (entries, phrase) in [
+            (
+                vec![entry("out/other.bin", EntryKind::File, 10, 1)],
+                "not in the approved request: out/other.bin",
+            ),
+            (
+                vec![entry("out/model.bin", EntryKind::File, 10, 9)],
+                "changed since approval: out/model.bin",
+            ),
+            (
+                vec![entry("elsewhere", EntryKind::Directory, 0, 0)],
+                "not in the approved request: elsewhere",
+            ),
+        ] {
+            assert_eq!(check(Some(&carried), &entries, now).unwrap_err(), phrase);
+        }
+        assert_eq!(
+            check(None, &part, now).unwrap_err(),
+            "not approved: 0 of 2 approvals (no approval came with it)"
+        );
+        let later = now + Duration::from_secs(7200);
+        assert!(check(Some(&carried), &part, later)
+            .unwrap_err()
+            .starts_with("approval expired at "));
+        let one = Approval {
+            signatures: vec![sign(&alice, &bytes), sign(&alice, &bytes)],
+            request: bytes,
+        };
+        assert_eq!(
+            check(Some(&one), &part, now).unwrap_err(),
+            "not approved: 1 of 2 approvals"
+        );
     }
 }

@@ -14,11 +14,13 @@
 //! at the old file's last. A truncated tail cannot be seen from the file alone; it is caught by
 //! checking the file against heads recorded elsewhere (`verify` with `heads`).
 
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -38,6 +40,11 @@ pub struct Head {
 }
 
 impl Head {
+    /// The line hash as bytes (what crosses the link in an `AuditHead` frame).
+    pub fn hash_bytes(&self) -> Option<[u8; 32]> {
+        hex::decode(&self.hash).ok()?.try_into().ok()
+    }
+
     fn genesis() -> Head {
         Head {
             seq: 0,
@@ -65,8 +72,12 @@ impl Event {
         }
     }
 
-    /// Adds a field.
+    /// Adds a field (not one of the record's own: `seq`, `time`, `prev`, `event`).
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Event {
+        debug_assert!(
+            !["seq", "time", "prev", "event"].contains(&key),
+            "audit field {key:?} would be dropped: the record has its own"
+        );
         self.fields.insert(key.to_string(), value.into());
         self
     }
@@ -96,6 +107,8 @@ fn record_line(head: &Head, at: SystemTime, event: &Event) -> Result<String, ser
 pub struct AuditLog {
     tx: Option<flume::Sender<(SystemTime, Event)>>,
     writer: Option<std::thread::JoinHandle<()>>,
+    /// The head of what is written and fsynced.
+    durable: Arc<Mutex<Head>>,
 }
 
 fn head_path(log: &Path) -> PathBuf {
@@ -151,7 +164,59 @@ fn current_head(log: &Path) -> io::Result<Head> {
     }
 }
 
+/// Removes the rotated audit logs beside `log` (`<name>.<suffix>` regular files, as logrotate
+/// or an operator names them; never the log itself or its `.head`) last written more than
+/// `keep` before `now`. Returns the names removed, for the log to record.
+pub fn prune_rotated(log: &Path, keep: Duration, now: SystemTime) -> io::Result<Vec<String>> {
+    let Some(name) = log.file_name().and_then(|n| n.to_str()) else {
+        return Ok(Vec::new());
+    };
+    let prefix = format!("{name}.");
+    let head = format!("{name}.head");
+    let dir = match log.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let Some(file) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if !file.starts_with(&prefix) || file == head {
+            continue;
+        }
+        // lstat: a symlink is never followed, nor removed.
+        let meta = entry.metadata()?;
+        let old = meta
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .is_some_and(|age| age > keep);
+        if meta.is_file() && old {
+            std::fs::remove_file(entry.path())?;
+            removed.push(file);
+        }
+    }
+    removed.sort();
+    Ok(removed)
+}
+
 impl AuditLog {
+    /// Opens the log at `path` as [`open`](Self::open) does, first removing the rotated logs
+    /// beside it older than `retention` (if given); what it removed is its first record.
+    pub fn open_with_retention(path: &Path, retention: Option<Duration>) -> io::Result<AuditLog> {
+        let removed = match retention {
+            Some(keep) => prune_rotated(path, keep, SystemTime::now())?,
+            None => Vec::new(),
+        };
+        let log = AuditLog::open(path)?;
+        if !removed.is_empty() {
+            log.record(Event::new("audit_pruned").with("files", removed));
+        }
+        Ok(log)
+    }
+
     /// Opens (creating, mode 0600) the log at `path`, continuing its chain.
     pub fn open(path: &Path) -> io::Result<AuditLog> {
         let head = current_head(path)?;
@@ -163,13 +228,25 @@ impl AuditLog {
         let (tx, rx) = flume::bounded::<(SystemTime, Event)>(QUEUE);
         let head_file = head_path(path);
         let shown = path.display().to_string();
+        let durable = Arc::new(Mutex::new(head.clone()));
+        let shared = durable.clone();
         let writer = std::thread::Builder::new()
             .name("sluice-audit".into())
-            .spawn(move || write_loop(file, head, &head_file, &rx, &shown))?;
+            .spawn(move || write_loop(file, head, &head_file, &rx, &shown, &shared))?;
         Ok(AuditLog {
             tx: Some(tx),
             writer: Some(writer),
+            durable,
         })
+    }
+
+    /// The head of the records written and fsynced so far (what the sender announces across
+    /// the link: the receiver records only heads that are on disk here).
+    pub fn durable_head(&self) -> Head {
+        self.durable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Records `event` now (written and fsynced by the writer thread shortly; waits while
@@ -197,6 +274,7 @@ fn write_loop(
     head_file: &Path,
     rx: &flume::Receiver<(SystemTime, Event)>,
     shown: &str,
+    durable: &Mutex<Head>,
 ) {
     while let Ok(first) = rx.recv() {
         let mut batch = String::new();
@@ -217,8 +295,13 @@ fn write_loop(
             .write_all(batch.as_bytes())
             .and_then(|()| file.sync_data())
             .and_then(|()| write_head(head_file, &head));
-        if let Err(e) = written {
-            tracing::error!(log = shown, "cannot write the audit log: {e}");
+        match written {
+            Ok(()) => {
+                *durable
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = head.clone();
+            }
+            Err(e) => tracing::error!(log = shown, "cannot write the audit log: {e}"),
         }
     }
 }
@@ -236,6 +319,44 @@ fn write_head(path: &Path, head: &Head) -> io::Result<()> {
     writeln!(file, "{} {}", head.seq, head.hash)?;
     file.sync_data()?;
     std::fs::rename(&temporary, path)
+}
+
+/// The sender heads a receiver recorded (`sender_audit_head` records of its audit log,
+/// `receiver_log`), split into those of the sessions a sender's log (`sender_log`) started
+/// (its `start` records) and the sessions it does not mention (another sender's, or a run
+/// that was removed from the sender's log together with its start record).
+pub fn heads_recorded_for(receiver_log: &str, sender_log: &str) -> (Vec<Head>, BTreeSet<String>) {
+    let records = |text: &'_ str| {
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .collect::<Vec<_>>()
+    };
+    let field = |r: &Value, k: &str| r.get(k).and_then(Value::as_str).map(str::to_owned);
+    let sessions: BTreeSet<String> = records(sender_log)
+        .iter()
+        .filter(|r| r.get("event").and_then(Value::as_str) == Some("start"))
+        .filter_map(|r| field(r, "session"))
+        .collect();
+    let mut heads = Vec::new();
+    let mut unknown = BTreeSet::new();
+    for r in records(receiver_log) {
+        if r.get("event").and_then(Value::as_str) != Some("sender_audit_head") {
+            continue;
+        }
+        let (Some(session), Some(seq), Some(hash)) = (
+            field(&r, "session"),
+            r.get("head_seq").and_then(Value::as_u64),
+            field(&r, "head_hash"),
+        ) else {
+            continue;
+        };
+        if sessions.contains(&session) {
+            heads.push(Head { seq, hash });
+        } else {
+            unknown.insert(session);
+        }
+    }
+    (heads, unknown)
 }
 
 /// Why a log does not verify: the first bad record, by line number (1-based).
@@ -390,5 +511,35 @@ mod tests {
             verify(&truncated, &[head]),
             Err(Broken::MissingHead { seq: 5 })
         );
+    }
+
+    #[test]
+    fn rotated_logs_older_than_the_retention_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("audit.log");
+        write_log(&log, 2);
+        for name in ["audit.log.1", "audit.log.2.gz", "other.log.1"] {
+            std::fs::write(dir.path().join(name), b"old").unwrap();
+        }
+        std::os::unix::fs::symlink(&log, dir.path().join("audit.log.link")).unwrap();
+        let day = Duration::from_secs(86_400);
+        let now = SystemTime::now();
+        assert!(
+            prune_rotated(&log, day, now).unwrap().is_empty(),
+            "all fresh"
+        );
+        let removed = prune_rotated(&log, day, now + 2 * day).unwrap();
+        assert_eq!(removed, ["audit.log.1", "audit.log.2.gz"]);
+        for kept in [
+            "audit.log",
+            "audit.log.head",
+            "other.log.1",
+            "audit.log.link",
+        ] {
+            assert!(
+                dir.path().join(kept).symlink_metadata().is_ok(),
+                "{kept} removed"
+            );
+        }
     }
 }

@@ -49,6 +49,10 @@ pub struct SharedArgs {
     /// it). Default: audit.log in the state directory.
     #[arg(long, value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
+    /// Remove rotated audit logs (FILE.1, FILE.2.gz, …) last written longer ago than this
+    /// (e.g. 400d), at start. Default: keep them.
+    #[arg(long, value_name = "DURATION")]
+    pub audit_retention: Option<String>,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -69,6 +73,8 @@ pub struct Common {
     pub metrics: Option<SocketAddr>,
     /// `--audit-log`, if given (see [`Common::audit_log_in`]).
     pub audit_log: Option<PathBuf>,
+    /// `--audit-retention`: rotated audit logs older than this are removed at start.
+    pub audit_retention: Option<std::time::Duration>,
     /// Logging.
     pub log: LogOptions,
 }
@@ -82,6 +88,7 @@ impl Common {
             workers: default_workers(),
             metrics: None,
             audit_log: None,
+            audit_retention: None,
             log: LogOptions::default(),
         }
     }
@@ -359,6 +366,14 @@ impl<'a> Layers<'a> {
                 .map(|v| v.parse("IP:PORT, e.g. 127.0.0.1:9630", |t| t.parse().ok()))
                 .transpose()?,
             audit_log: self.path("audit-log", args.audit_log)?,
+            audit_retention: self
+                .value("audit-retention", args.audit_retention)?
+                .map(|v| {
+                    v.parse("a duration, e.g. 400d or 13months", |t| {
+                        humantime::parse_duration(t.trim()).ok()
+                    })
+                })
+                .transpose()?,
             log: self.log(args.log)?,
         })
     }

@@ -225,6 +225,7 @@ mod tests {
             }],
             segment_size: 0,
             segments: Vec::new(),
+            approval: None,
         }
     }
 

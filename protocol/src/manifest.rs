@@ -28,8 +28,9 @@ use serde::{Deserialize, Serialize};
 use crate::wire::{ObjectId, SessionId, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE};
 
 /// Manifest format version inside the signed bytes (3: segments bound by their age header
-/// MAC instead of a ciphertext hash; entries, and packs of small files with inline content).
-pub const MANIFEST_VERSION: u8 = 3;
+/// MAC instead of a ciphertext hash; entries, and packs of small files with inline content;
+/// 4: an export approval may travel with the object).
+pub const MANIFEST_VERSION: u8 = 4;
 /// Longest relative path, in bytes.
 pub const MAX_PATH_LEN: usize = 4096;
 /// Most segments one object may have (1 TiB at the default 1 MiB segment size).
@@ -40,11 +41,21 @@ pub const MAX_ENTRIES: usize = 4096;
 pub const MAX_INLINE_LEN: usize = MAX_SEGMENT_SIZE as usize;
 /// Most bytes the paths of one manifest may take together.
 pub const MAX_PATHS_LEN: usize = 1 << 20;
-/// Longest encoded manifest accepted: the fixed fields, the segments, the paths and the other
-/// fields of every entry.
-pub const MAX_ENCODED_LEN: usize = 64 + MAX_SEGMENTS * 40 + MAX_PATHS_LEN + MAX_ENTRIES * 96;
-/// Longest signature accepted inside the envelope.
+/// Longest signature accepted inside the envelope, and longest approval signature.
 pub const MAX_SIGNATURE_LEN: usize = 1024;
+/// Longest export request carried in an [`Approval`] (about 6 000 files' lines).
+pub const MAX_REQUEST_LEN: usize = 1 << 20;
+/// Most approval signatures carried in an [`Approval`].
+pub const MAX_APPROVAL_SIGNATURES: usize = 32;
+/// Longest encoded manifest accepted: the fixed fields, the segments, the paths and the other
+/// fields of every entry, and an approval.
+pub const MAX_ENCODED_LEN: usize = 64
+    + MAX_SEGMENTS * 40
+    + MAX_PATHS_LEN
+    + MAX_ENTRIES * 96
+    + MAX_REQUEST_LEN
+    + MAX_APPROVAL_SIGNATURES * (MAX_SIGNATURE_LEN + 4)
+    + 16;
 /// Longest encoded envelope accepted.
 pub const MAX_ENVELOPE_LEN: usize = MAX_ENCODED_LEN + MAX_SIGNATURE_LEN + MAX_INLINE_LEN + 32;
 
@@ -109,6 +120,22 @@ pub struct Manifest {
     pub segment_size: u32,
     /// The encrypted segments, in order (none when the content is inline).
     pub segments: Vec<SegmentInfo>,
+    /// The export approval the sender checked before sending, if it was given one: a
+    /// receiver with an approval policy checks it again itself (the sender's signature over
+    /// this manifest binds the approval to exactly these entries).
+    pub approval: Option<Approval>,
+}
+
+/// An export request and the approvers' signatures over it, as the sender was given them.
+/// The protocol does not interpret them; the daemons do (`sluice_common::approval`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    /// The request's exact bytes (the TOML text approvers signed), at most
+    /// [`MAX_REQUEST_LEN`].
+    pub request: Vec<u8>,
+    /// Minisign signature files over `request`, at most [`MAX_APPROVAL_SIGNATURES`] of at most
+    /// [`MAX_SIGNATURE_LEN`] bytes each.
+    pub signatures: Vec<Vec<u8>>,
 }
 
 /// A manifest plus the sender's signature over its exact bytes, and a pack's content.
@@ -142,6 +169,8 @@ pub enum ManifestError {
     Inconsistent,
     /// Mode has bits outside `0o7777`.
     Mode,
+    /// The approval's request or signatures break their limits.
+    Approval,
 }
 
 impl Manifest {
@@ -187,6 +216,17 @@ impl Manifest {
         }
         if self.entries.is_empty() {
             return Err(ManifestError::Inconsistent);
+        }
+        if let Some(approval) = &self.approval {
+            if approval.request.len() > MAX_REQUEST_LEN
+                || approval.signatures.len() > MAX_APPROVAL_SIGNATURES
+                || approval
+                    .signatures
+                    .iter()
+                    .any(|s| s.len() > MAX_SIGNATURE_LEN)
+            {
+                return Err(ManifestError::Approval);
+            }
         }
         let paths: usize = self.entries.iter().map(|e| e.path.len()).sum();
         if paths > MAX_PATHS_LEN {
@@ -318,6 +358,7 @@ mod tests {
                     header_mac: [i as u8; 32],
                 })
                 .collect(),
+            approval: None,
         }
     }
 
@@ -438,6 +479,36 @@ mod tests {
         // A segment size the wire cannot carry.
         let m = sample(3 << 10, 1 << 10);
         assert_eq!(m.validate(), Err(ManifestError::Inconsistent));
+    }
+
+    #[test]
+    fn an_approval_travels_and_its_limits_hold() {
+        let mut m = sample(10, 1 << 20);
+        m.approval = Some(Approval {
+            request: b"version = 1\n".to_vec(),
+            signatures: alloc::vec![b"untrusted comment: x\n".to_vec(); 2],
+        });
+        assert_eq!(Manifest::from_bytes(&m.to_bytes().unwrap()).unwrap(), m);
+        // A manifest of version 3 (no approval field) is refused by its version byte.
+        let mut old = sample(10, 1 << 20).to_bytes().unwrap();
+        old.pop();
+        old[0] = 3;
+        assert_eq!(Manifest::from_bytes(&old), Err(ManifestError::Version));
+        let mut big = m.clone();
+        if let Some(a) = big.approval.as_mut() {
+            a.request = alloc::vec![b'x'; MAX_REQUEST_LEN + 1];
+        }
+        assert_eq!(big.validate(), Err(ManifestError::Approval));
+        let mut many = m.clone();
+        if let Some(a) = many.approval.as_mut() {
+            a.signatures = alloc::vec![alloc::vec![0; 8]; MAX_APPROVAL_SIGNATURES + 1];
+        }
+        assert_eq!(many.validate(), Err(ManifestError::Approval));
+        let mut long = m;
+        if let Some(a) = long.approval.as_mut() {
+            a.signatures[1] = alloc::vec![0; MAX_SIGNATURE_LEN + 1];
+        }
+        assert_eq!(long.validate(), Err(ManifestError::Approval));
     }
 
     #[test]

@@ -22,7 +22,8 @@ use core::time::Duration;
 use crate::fec::{ErasureCodec, Geometry, RepairPlan};
 use crate::time::Instant;
 use crate::wire::{
-    self, BlockKey, BlockKind, EncodeError, Header, Heartbeat, LinkKey, SessionId, SymbolHeader,
+    self, AuditHead, BlockKey, BlockKind, EncodeError, Header, Heartbeat, LinkKey, SessionId,
+    SymbolHeader,
 };
 
 /// Pacing, interleaving and heartbeat settings.
@@ -241,6 +242,8 @@ pub struct TxStats {
     pub symbols: u64,
     /// Heartbeat frames.
     pub heartbeats: u64,
+    /// Audit-head frames.
+    pub audit_heads: u64,
     /// Blocks whose every symbol went out.
     pub blocks: u64,
 }
@@ -262,6 +265,10 @@ pub struct Scheduler {
     objects_started: u64,
     /// Blocks whose last symbol went out, not yet polled.
     sent: VecDeque<BlockKey>,
+    /// The sender's audit-log head (sequence number, record hash), sent after each heartbeat.
+    audit_head: Option<(u64, [u8; 32])>,
+    /// A heartbeat went out and the audit head is to follow it.
+    audit_head_due: bool,
     stats: TxStats,
 }
 
@@ -284,6 +291,8 @@ impl Scheduler {
             heartbeat_seq: 0,
             objects_started: 0,
             sent: VecDeque::new(),
+            audit_head: None,
+            audit_head_due: false,
             stats: TxStats::default(),
         }
     }
@@ -369,6 +378,8 @@ impl Scheduler {
         }
         let len = if now >= self.next_heartbeat {
             self.write_heartbeat(now, out)?
+        } else if let Some(len) = self.write_audit_head(out)? {
+            len
         } else if let Some(len) = self.write_next_symbol(out)? {
             len
         } else {
@@ -395,7 +406,29 @@ impl Scheduler {
         self.heartbeat_seq += 1;
         self.stats.heartbeats += 1;
         self.next_heartbeat = now + self.config.heartbeat_interval;
+        self.audit_head_due = self.audit_head.is_some();
         Ok(len)
+    }
+
+    /// Sets the sender's audit-log head: from now on it follows every heartbeat (repeated, so
+    /// a lost frame costs only an interval).
+    pub fn set_audit_head(&mut self, seq: u64, hash: [u8; 32]) {
+        self.audit_head = Some((seq, hash));
+    }
+
+    fn write_audit_head(&mut self, out: &mut [u8]) -> Result<Option<usize>, EncodeError> {
+        let Some((seq, hash)) = self.audit_head.filter(|_| self.audit_head_due) else {
+            return Ok(None);
+        };
+        let header = Header::AuditHead(AuditHead {
+            session: self.session,
+            seq,
+            hash,
+        });
+        let len = wire::write_frame(&header, &[], &self.key, out)?;
+        self.audit_head_due = false;
+        self.stats.audit_heads += 1;
+        Ok(Some(len))
     }
 
     /// Next symbol in round-robin order; `None` when no block is active.
@@ -601,6 +634,44 @@ mod tests {
             parse_frame(&buf[..n], &key).unwrap().header,
             Header::Heartbeat(h) if h.objects == 2
         ));
+    }
+
+    #[test]
+    fn the_audit_head_follows_every_heartbeat_once_set() {
+        let key = LinkKey::new(&SECRET);
+        let mut s = Scheduler::new(config(0), SessionId(9), key.clone(), Instant::ZERO);
+        let mut buf = [0u8; wire::MAX_FRAME_LEN];
+        let mut kinds = |s: &mut Scheduler, now| {
+            let mut kinds = Vec::new();
+            while let Transmit::Frame(n) = s.poll_transmit(now, &mut buf).unwrap() {
+                kinds.push(parse_frame(&buf[..n], &key).unwrap().header);
+            }
+            kinds
+        };
+        // None set: a heartbeat alone.
+        assert!(matches!(
+            kinds(&mut s, Instant::ZERO).as_slice(),
+            [Header::Heartbeat(_)]
+        ));
+        s.set_audit_head(41, [7; 32]);
+        let later = Instant::ZERO + Duration::from_secs(1);
+        let sent = kinds(&mut s, later);
+        assert!(
+            matches!(
+                sent.as_slice(),
+                [Header::Heartbeat(_), Header::AuditHead(h)]
+                    if h.seq == 41 && h.hash == [7; 32] && h.session == SessionId(9)
+            ),
+            "{sent:?}"
+        );
+        // Repeated after the next heartbeat (a lost frame costs one interval), with the
+        // newest head.
+        s.set_audit_head(42, [8; 32]);
+        let sent = kinds(&mut s, later + Duration::from_secs(1));
+        assert!(
+            matches!(sent.as_slice(), [Header::Heartbeat(_), Header::AuditHead(h)] if h.seq == 42)
+        );
+        assert_eq!(s.stats().audit_heads, 2);
     }
 
     #[test]

@@ -25,8 +25,8 @@ use crate::fec::{Geometry, GeometryError};
 /// First two bytes of every frame.
 pub const MAGIC: [u8; 2] = *b"SL";
 /// Wire format version carried in byte 2 (2: POLYVAL-AES link MAC, data blocks carry their
-/// segment size).
-pub const VERSION: u8 = 2;
+/// segment size; 3: the sender's audit-log head, frame kind 3).
+pub const VERSION: u8 = 3;
 /// Magic and version.
 pub const PREFIX_LEN: usize = 3;
 /// Length of the truncated link MAC.
@@ -254,7 +254,20 @@ pub struct RelayStatus {
     pub dropped_rate: u32,
 }
 
-/// Every frame kind of wire format v2. The postcard discriminant is the frame kind byte.
+/// The head of the sender's tamper-evident audit log: its last durable record. The receiver
+/// records the heads it sees in its own audit log, so a low-side log rewritten afterwards no
+/// longer contains them (`sluice-audit verify --against`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditHead {
+    /// Sender run.
+    pub session: SessionId,
+    /// Sequence number of the record.
+    pub seq: u64,
+    /// SHA-256 of the record's line.
+    pub hash: [u8; 32],
+}
+
+/// Every frame kind of wire format v3. The postcard discriminant is the frame kind byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Header {
     /// Kind 0: one FEC symbol of a block.
@@ -263,6 +276,8 @@ pub enum Header {
     Heartbeat(Heartbeat),
     /// Kind 2: protocol-break relay counters.
     RelayStatus(RelayStatus),
+    /// Kind 3: the sender's audit-log head.
+    AuditHead(AuditHead),
 }
 
 impl Header {
@@ -270,7 +285,7 @@ impl Header {
     pub fn payload_len(&self) -> usize {
         match self {
             Header::Symbol(s) => usize::from(s.geometry.symbol_size),
-            Header::Heartbeat(_) | Header::RelayStatus(_) => 0,
+            Header::Heartbeat(_) | Header::RelayStatus(_) | Header::AuditHead(_) => 0,
         }
     }
 
@@ -290,7 +305,7 @@ impl Header {
                 }
                 check_segment_size(s.block.kind, s.segment_size)
             }
-            Header::Heartbeat(_) | Header::RelayStatus(_) => Ok(()),
+            Header::Heartbeat(_) | Header::RelayStatus(_) | Header::AuditHead(_) => Ok(()),
         }
     }
 }

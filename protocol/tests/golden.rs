@@ -9,7 +9,7 @@
 
 use sluice_protocol::fec::Geometry;
 use sluice_protocol::wire::{
-    parse_frame, write_frame, BlockKey, BlockKind, Header, Heartbeat, LinkKey, ObjectId,
+    parse_frame, write_frame, AuditHead, BlockKey, BlockKind, Header, Heartbeat, LinkKey, ObjectId,
     RelayStatus, SessionId, SymbolHeader,
 };
 
@@ -33,9 +33,10 @@ fn data_block() -> BlockKey {
     }
 }
 
-/// The four vectors: (name, header, payload, expected hex). The hex was computed from the
-/// fields by an independent Python implementation (hand-written varints, RFC 8452 POLYVAL,
-/// `cryptography`'s AES-256, bitwise CRC-32C), not by this crate.
+/// The five vectors: (name, header, payload, expected hex). The hex was computed from the
+/// fields by an independent Python implementation (`protocol/tools/golden-vectors.py`:
+/// hand-written varints, RFC 8452 POLYVAL, `cryptography`'s AES-256, bitwise CRC-32C), not
+/// by this crate.
 fn vectors() -> Vec<(&'static str, Header, Vec<u8>, &'static str)> {
     vec![
         (
@@ -47,7 +48,7 @@ fn vectors() -> Vec<(&'static str, Header, Vec<u8>, &'static str)> {
                 segment_size: 1 << 20,
             }),
             (0..64u8).collect(),
-            "534c0200ef9bafcdf8acd191010500020201406401808040000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f57f83f8d9269d4339f8a6f4a61913377d97875b8",
+            "534c0300ef9bafcdf8acd191010500020201406401808040000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f382f8155ffde647353cabaff7c819a821b75f165",
         ),
         (
             "symbol, manifest block",
@@ -62,7 +63,7 @@ fn vectors() -> Vec<(&'static str, Header, Vec<u8>, &'static str)> {
                 segment_size: 0,
             }),
             vec![0xa5; 64],
-            "534c0200ef9bafcdf8acd19101050100010240400200a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5c87a6ad043cce7543d581b2121220600db7db7bf",
+            "534c0300ef9bafcdf8acd19101050100010240400200a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5fab3949684e71929ff67b5c7bbc8514a45b19846",
         ),
         (
             "heartbeat",
@@ -74,7 +75,7 @@ fn vectors() -> Vec<(&'static str, Header, Vec<u8>, &'static str)> {
                 objects: 42,
             }),
             vec![],
-            "534c0201ef9bafcdf8acd19101ac02c0843d80c2d72f2acaf0e603e7ef9eaaa23b8bc87be15c9fa36b354e",
+            "534c0301ef9bafcdf8acd19101ac02c0843d80c2d72f2a7dda92b55f6e84704e0d31fd2423a896388e747f",
         ),
         (
             "relay status",
@@ -88,7 +89,17 @@ fn vectors() -> Vec<(&'static str, Header, Vec<u8>, &'static str)> {
                 dropped_rate: 4,
             }),
             vec![],
-            "534c020207e80787ad4b01020304c9768abd80723732b2ae026e312ceda45bdd9391",
+            "534c030207e80787ad4b010203042598d94040a9d158c227b1a017a74abe0bb3c934",
+        ),
+        (
+            "audit head",
+            Header::AuditHead(AuditHead {
+                session: SESSION,
+                seq: 1234,
+                hash: core::array::from_fn(|i| 0xa0 + i as u8),
+            }),
+            vec![],
+            "534c0303ef9bafcdf8acd19101d209a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf4ac7aada593dd754908e728bc599c62429fdd3d5",
         ),
     ]
 }

@@ -72,6 +72,10 @@ pub struct Args {
     /// by the umask). Default 755: never setuid, setgid, sticky or group/other-writable.
     #[arg(long, value_name = "OCTAL")]
     pub mode_mask: Option<String>,
+    /// approvals.toml: publish only what a quorum of its approvers approved for export
+    /// (checked here, whatever the sender checked). Default: no approval needed.
+    #[arg(long, value_name = "FILE")]
+    pub approval_policy: Option<PathBuf>,
 }
 
 /// Checked options for one run.
@@ -97,6 +101,8 @@ pub struct Options {
     pub max_objects: usize,
     /// Permission bits published entries may have.
     pub mode_mask: u32,
+    /// The approval policy every object must satisfy, if any.
+    pub approval_policy: Option<PathBuf>,
 }
 
 impl Options {
@@ -119,6 +125,7 @@ impl Options {
             max_state: None,
             max_objects: DEFAULT_MAX_OBJECTS,
             mode_mask: DEFAULT_MODE_MASK,
+            approval_policy: None,
         }
     }
 
@@ -207,6 +214,7 @@ fn resolve_in(layers: Layers<'_>, args: Args) -> Result<Options, UsageError> {
         state: layers.path("state", args.state)?,
         exit_after_idle,
         max_memory,
+        approval_policy: layers.path("approval-policy", args.approval_policy)?,
     })
 }
 

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use sluice_common::approval::Policy;
 use sluice_common::beneath::Dir;
 use sluice_common::keys::TrustedKeys;
 use tokio::sync::Semaphore;
@@ -33,6 +34,8 @@ pub(crate) struct Context {
     pub permits: Arc<Semaphore>,
     /// All the permits there are.
     pub permits_total: usize,
+    /// `--approval-policy`: what every object must carry to be published.
+    pub approval: Option<Arc<Policy>>,
 }
 
 impl std::fmt::Debug for Context {

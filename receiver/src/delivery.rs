@@ -26,12 +26,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_common::envelope::Opened;
+use sluice_common::keys::KeyId;
 use sluice_protocol::manifest::Manifest;
 use sluice_protocol::rx::{Census, Missing, PartialBlock, ReadyBlock};
-use sluice_protocol::wire::{BlockKey, BlockKind, Heartbeat, RelayStatus};
+use sluice_protocol::wire::{AuditHead, BlockKey, BlockKind, Heartbeat, RelayStatus};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::failure::Failure;
+use crate::heads::SenderHeads;
 use crate::outcome::Outcome;
 use crate::state::{ObjectKey, StoredSegment};
 
@@ -67,6 +69,7 @@ pub(crate) enum LinkEvent {
     },
     Heartbeat(Heartbeat),
     RelayStatus(RelayStatus),
+    AuditHead(AuditHead),
     LinkUp,
     /// No valid frame for this long.
     LinkDown(Duration),
@@ -201,6 +204,8 @@ pub(crate) enum Notice {
     },
     Heartbeat(Heartbeat),
     RelayStatus(RelayStatus),
+    /// A sender's audit-log head not recorded before (for the audit log).
+    SenderAuditHead(AuditHead),
 }
 
 /// What the driver must do next.
@@ -402,6 +407,8 @@ pub(crate) struct Delivery {
     link_closed: bool,
     /// Objects lost whole at the last link-down report (reported again only on change).
     missing_reported: u64,
+    /// Senders' audit-log heads recorded so far.
+    heads: SenderHeads,
     stats: DeliveryStats,
 }
 
@@ -584,6 +591,11 @@ impl Delivery {
             LinkEvent::Heartbeat(beat) => self.on_heartbeat(beat),
             LinkEvent::RelayStatus(status) => {
                 self.push(Action::Notice(Notice::RelayStatus(status)))
+            }
+            LinkEvent::AuditHead(head) => {
+                if self.heads.observe(head, now) {
+                    self.push(Action::Notice(Notice::SenderAuditHead(head)));
+                }
             }
             LinkEvent::LinkUp => self.push(Action::Notice(Notice::LinkUp)),
             LinkEvent::LinkDown(after) => {
@@ -909,6 +921,7 @@ impl Delivery {
         let Some(entry) = self.objects.remove(&obj) else {
             return;
         };
+        let entry_signer = entry.signer;
         let Some(manifest) = entry.manifest else {
             return;
         };
@@ -925,6 +938,7 @@ impl Delivery {
                         obj,
                         manifest: manifest.clone(),
                         entry,
+                        signer: KeyId(entry_signer),
                         duration,
                     }
                 }
@@ -1172,6 +1186,7 @@ mod tests {
                         header_mac: *mac,
                     })
                     .collect(),
+                approval: None,
             },
             envelope: b"envelope".to_vec(),
             signer: KeyId(1),

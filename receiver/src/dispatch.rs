@@ -8,12 +8,14 @@
 //!                                               ├─▶ Decode    → decoder pool
 //!                                               ├─▶ Publish   → publisher
 //!                                               ├─▶ Emit      → Outcomes (log, report, …)
-//!                                               └─▶ Notice    → a log line
+//!                                               └─▶ Notice    → a log line (link up and
+//!                                                               down: an audit record too)
 //! ```
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sluice_common::audit::{AuditLog, Event};
 use sluice_common::outcome::Outcomes;
 use sluice_protocol::wire::BlockKind;
 
@@ -41,6 +43,7 @@ pub(crate) struct Dispatch {
     pub link: flume::Sender<LinkCommand>,
     pub outcomes: Outcomes<Outcome>,
     pub counters: Arc<Counters>,
+    pub audit: Arc<AuditLog>,
 }
 
 /// Starts the delivery thread; it ends when the link has closed and every job has answered.
@@ -108,10 +111,31 @@ impl Dispatch {
                     }
                 }
                 Action::Emit(outcome) => self.outcomes.emit(outcome),
-                Action::Notice(notice) => log_notice(notice, stalls),
+                Action::Notice(notice) => {
+                    audit_notice(&self.audit, &notice);
+                    log_notice(notice, stalls);
+                }
             }
         }
         self.counters.record_delivery(self.core.stats());
+    }
+}
+
+/// Link up and down are audit events (when frames stopped and started crossing).
+fn audit_notice(audit: &AuditLog, notice: &Notice) {
+    match notice {
+        Notice::LinkUp => audit.record(Event::new("link_up")),
+        Notice::SenderAuditHead(head) => audit.record(
+            Event::new("sender_audit_head")
+                .with("session", format!("{:016x}", head.session.0))
+                // The record's own `seq` is the receiver's chain: these are the sender's.
+                .with("head_seq", head.seq)
+                .with("head_hash", hex::encode(head.hash)),
+        ),
+        Notice::LinkDown { after, .. } => {
+            audit.record(Event::new("link_down").with("idle_secs", after.as_secs()));
+        }
+        _ => {}
     }
 }
 
@@ -167,6 +191,11 @@ fn log_notice(notice: Notice, stalls: &mut WarnLimit) {
             "heartbeat"
         ),
         Notice::RelayStatus(status) => tracing::info!(?status, "relay status"),
+        Notice::SenderAuditHead(head) => tracing::debug!(
+            session = format_args!("{:016x}", head.session.0),
+            seq = head.seq,
+            "sender audit head recorded"
+        ),
     }
 }
 

@@ -76,6 +76,9 @@ pub enum Failure {
     Stale,
     /// Set aside to keep the state directory within its bounds.
     Evicted(String),
+    /// `--approval-policy` is set and the object's approval does not pass it (the stable
+    /// phrases of `sluice_common::approval::ApprovalError`).
+    NotApproved(String),
 }
 
 impl Failure {
@@ -137,6 +140,7 @@ impl fmt::Display for Failure {
             Failure::NoManifest => f.write_str("manifest never arrived"),
             Failure::Stale => f.write_str("stale: older than the delivered version"),
             Failure::Evicted(why) => write!(f, "evicted: {why}"),
+            Failure::NotApproved(why) => f.write_str(why),
             Failure::LostWhole => f.write_str(
                 "lost whole: the sender announced it but none of its frames arrived \
                  (or the sender could not read it)",

@@ -42,6 +42,7 @@ mod delivery;
 mod dispatch;
 mod error;
 pub mod failure;
+mod heads;
 mod link_task;
 pub mod outcome;
 mod publish;
@@ -58,9 +59,10 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use sluice_common::approval::Policy;
 use sluice_common::audit::{AuditLog, Event};
 use sluice_common::beneath::Dir;
-use sluice_common::config::{self, Parsed};
+use sluice_common::config::{self, Parsed, UsageError};
 use sluice_common::exit::ExitStatus;
 use sluice_common::keys::{self, TrustedKeys};
 use sluice_common::link::FrameRx;
@@ -108,6 +110,12 @@ impl Receiver {
     pub async fn bind(options: Options) -> Result<Self, Error> {
         let identities = keys::load_identities(&options.identity).map_err(key_error("identity"))?;
         let trusted = TrustedKeys::load(&options.trust).map_err(key_error("trust"))?;
+        let approval = match &options.approval_policy {
+            None => None,
+            Some(path) => Some(Arc::new(Policy::load(path).map_err(|e| {
+                Error::Usage(UsageError(format!("--approval-policy: {e}")))
+            })?)),
+        };
         let link_key =
             keys::load_link_key(&options.shared.link_key).map_err(key_error("link-key"))?;
 
@@ -149,6 +157,7 @@ impl Receiver {
             identity_path: options.identity.clone(),
             trusted,
             reserved,
+            approval,
         });
         let leftovers = load_leftovers(&ctx)?;
         tracing::debug!(
@@ -175,10 +184,13 @@ impl Receiver {
             ),
         };
         let audit_path = options.audit_log_path();
-        let audit = Arc::new(AuditLog::open(&audit_path).map_err(io_error(format!(
-            "cannot open --audit-log {}",
-            audit_path.display()
-        )))?);
+        let retention = options.shared.audit_retention;
+        let audit = Arc::new(
+            AuditLog::open_with_retention(&audit_path, retention).map_err(io_error(format!(
+                "cannot open --audit-log {}",
+                audit_path.display()
+            )))?,
+        );
         let trusted: Vec<String> = ctx.trusted.ids().map(|id| id.to_string()).collect();
         let recipients: Vec<String> = ctx
             .identities
@@ -192,7 +204,16 @@ impl Receiver {
                 .with("link", options.shared.link.to_string())
                 .with("out", options.out.display().to_string())
                 .with("trusted_signers", trusted)
-                .with("recipients", recipients),
+                .with("recipients", recipients)
+                .with(
+                    "approval_policy",
+                    ctx.approval.as_ref().map(|p| {
+                        serde_json::json!({
+                            "threshold": p.threshold,
+                            "approvers": p.approver_ids().map(|id| id.to_string()).collect::<Vec<_>>(),
+                        })
+                    }),
+                ),
         );
         Ok(Receiver {
             options,
@@ -251,7 +272,7 @@ impl Receiver {
         let mut outcomes = Outcomes::default();
         outcomes.subscribe(LogLine::default());
         outcomes.subscribe(failures.clone());
-        outcomes.subscribe(AuditTrail(audit.clone()));
+        outcomes.subscribe(AuditTrail::new(audit.clone(), ctx.approval.clone()));
         let dispatch = dispatch::Dispatch {
             core: Delivery::resume(leftovers, limits),
             ctx: ctx.clone(),
@@ -260,6 +281,7 @@ impl Receiver {
             link: command_tx,
             outcomes,
             counters: counters.clone(),
+            audit: audit.clone(),
         };
         threads.push(
             dispatch::spawn(dispatch, input_rx)
@@ -388,6 +410,8 @@ fn load_leftovers(ctx: &Context) -> Result<Vec<Resumed>, Error> {
                 [entry] if !manifest.is_inline() => publish::check_path(ctx, &entry.path)?,
                 _ => return Err(failure::Failure::ManifestMismatch),
             }
+            // The policy may have changed since (or the approval expired meanwhile).
+            workers::check_approval(ctx, &manifest)?;
             Ok::<_, failure::Failure>((manifest, signer.0))
         }) {
             None => None,

@@ -251,6 +251,7 @@ impl LinkTask {
                 }
                 Event::Heartbeat(beat) => LinkEvent::Heartbeat(beat),
                 Event::RelayStatus(status) => LinkEvent::RelayStatus(status),
+                Event::AuditHead(head) => LinkEvent::AuditHead(head),
                 _ => continue,
             };
             self.send(event).await;

@@ -6,7 +6,9 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use sluice_common::approval::{self, Policy};
 use sluice_common::audit::{AuditLog, Event};
+use sluice_common::keys::KeyId;
 use sluice_common::outcome::Subscriber;
 use sluice_common::paths;
 use sluice_protocol::manifest::{Entry, Manifest};
@@ -24,6 +26,8 @@ pub enum Outcome {
         obj: ObjectKey,
         manifest: Arc<Manifest>,
         entry: usize,
+        /// The key that signed the manifest.
+        signer: KeyId,
         /// From its object's first block in this run to its commit.
         duration: Duration,
     },
@@ -45,7 +49,40 @@ pub enum Outcome {
 }
 
 /// Every outcome as a record of the audit log (paths as JSON strings: no escaping needed).
-pub(crate) struct AuditTrail(pub Arc<AuditLog>);
+pub(crate) struct AuditTrail {
+    log: Arc<AuditLog>,
+    /// `--approval-policy`: a delivered entry's record names the approvers it counted.
+    policy: Option<Arc<Policy>>,
+    /// The approvers of the last object recorded (a pack's entries share them).
+    last: Option<(ObjectKey, Vec<String>)>,
+}
+
+impl AuditTrail {
+    pub fn new(log: Arc<AuditLog>, policy: Option<Arc<Policy>>) -> Self {
+        AuditTrail {
+            log,
+            policy,
+            last: None,
+        }
+    }
+
+    /// The approvers of `manifest`'s approval under the policy (the delivery core let the
+    /// object through only if they make a quorum), once per object.
+    fn approvers(&mut self, obj: ObjectKey, manifest: &Manifest) -> Option<Vec<String>> {
+        let (policy, carried) = (self.policy.as_ref()?, manifest.approval.as_ref()?);
+        match &self.last {
+            Some((last, ids)) if *last == obj => Some(ids.clone()),
+            _ => {
+                let ids: Vec<String> = approval::approvers_of(policy, carried)
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                self.last = Some((obj, ids.clone()));
+                Some(ids)
+            }
+        }
+    }
+}
 
 impl Subscriber<Outcome> for AuditTrail {
     fn on_outcome(&mut self, outcome: &Outcome) {
@@ -61,9 +98,12 @@ impl Subscriber<Outcome> for AuditTrail {
                 obj,
                 manifest,
                 entry: index,
+                signer,
                 ..
             } => match manifest.entries.get(*index) {
-                Some(e) => entry("delivered", obj, e),
+                Some(e) => entry("delivered", obj, e)
+                    .with("signer", signer.to_string())
+                    .with("approvers", self.approvers(*obj, manifest)),
                 None => return,
             },
             Outcome::AlreadyDelivered {
@@ -88,7 +128,7 @@ impl Subscriber<Outcome> for AuditTrail {
                 )
             }
         };
-        self.0.record(event);
+        self.log.record(event);
     }
 }
 
@@ -162,6 +202,7 @@ impl Subscriber<Outcome> for LogLine {
                 manifest,
                 entry,
                 duration,
+                ..
             } => {
                 let Some(e) = manifest.entries.get(*entry) else {
                     return;

@@ -639,6 +639,7 @@ mod tests {
             reserved: None,
             permits: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
             permits_total: 1,
+            approval: None,
         }
     }
 

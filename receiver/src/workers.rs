@@ -18,8 +18,10 @@ use std::sync::Arc;
 
 use std::io::Read;
 
+use sluice_common::approval;
 use sluice_common::envelope::{self, OpenError, Opened};
 use sluice_protocol::fec::ReedSolomon;
+use sluice_protocol::manifest::Manifest;
 use sluice_protocol::rx::{PartialBlock, ReadyBlock};
 use sluice_protocol::wire::{BlockKey, BlockKind};
 
@@ -234,10 +236,27 @@ fn open_manifest(ctx: &Context, key: BlockKey, data: &[u8]) -> BlockResult {
 /// The path rules a verified manifest must also meet: a single entry's path must be
 /// acceptable (a pack's entries are refused one by one when it is published).
 pub(crate) fn check_opened(ctx: &Context, opened: &Opened) -> Result<(), Failure> {
+    check_approval(ctx, &opened.manifest)?;
     match opened.manifest.entries.as_slice() {
         [entry] => publish::check_path(ctx, &entry.path),
         _ => Ok(()),
     }
+}
+
+/// With `--approval-policy`, the approval that came with the manifest must pass this
+/// receiver's own check for every entry (before any content is published).
+pub(crate) fn check_approval(ctx: &Context, manifest: &Manifest) -> Result<(), Failure> {
+    let Some(policy) = &ctx.approval else {
+        return Ok(());
+    };
+    approval::check_carried(
+        policy,
+        manifest.approval.as_ref(),
+        &manifest.entries,
+        std::time::SystemTime::now(),
+    )
+    .map(drop)
+    .map_err(|e| Failure::NotApproved(e.to_string()))
 }
 
 /// The first line of an error's text (age's can go on with advice for interactive users).

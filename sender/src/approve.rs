@@ -19,6 +19,9 @@ use clap::{Parser, Subcommand};
 use sha2::{Digest, Sha256};
 use sluice_common::approval::{self, ApprovalError, Policy, Request, RequestFile};
 use sluice_common::exit::ExitStatus;
+use sluice_protocol::manifest::{
+    Approval, MAX_APPROVAL_SIGNATURES, MAX_REQUEST_LEN, MAX_SIGNATURE_LEN,
+};
 
 use crate::objects::{self, Source};
 
@@ -119,19 +122,24 @@ fn refused(e: ApprovalError) -> Failed {
 }
 
 /// Checks, before anything is sent, that `paths` are exactly the files of the approved request
-/// and that a quorum of the policy's approvers signed it; returns the approvers' key ids.
+/// and that a quorum of the policy's approvers signed it; returns what passed, to travel in
+/// every manifest.
 pub fn preflight(
     options: &crate::cli::ApprovalOptions,
     paths: &[PathBuf],
-) -> Result<Vec<sluice_common::keys::KeyId>, String> {
-    evaluate(options, Some(paths)).map(|approved| approved.approvers)
+) -> Result<Approved, String> {
+    evaluate(options, Some(paths))
 }
 
 /// A request that passed its checks.
-struct Approved {
-    request: Request,
-    threshold: usize,
-    approvers: Vec<sluice_common::keys::KeyId>,
+#[derive(Debug)]
+pub struct Approved {
+    pub request: Request,
+    pub threshold: usize,
+    /// The approvers whose signatures verified, by key id.
+    pub approvers: Vec<sluice_common::keys::KeyId>,
+    /// The request's exact bytes and the signatures given, as the manifests carry them.
+    pub carried: Approval,
 }
 
 /// The quorum over the request, its expiry, and (given `paths`) its files.
@@ -141,6 +149,11 @@ fn evaluate(
 ) -> Result<Approved, String> {
     let shown = options.request.display().to_string();
     let bytes = std::fs::read(&options.request).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if bytes.len() > MAX_REQUEST_LEN {
+        return Err(format!(
+            "{shown} is longer than the {MAX_REQUEST_LEN} bytes a request may have"
+        ));
+    }
     let text = std::str::from_utf8(&bytes).map_err(|_| format!("{shown} is not UTF-8"))?;
     let request = Request::parse(text, &shown).map_err(|e| e.to_string())?;
     let policy = Policy::load(&options.policy).map_err(|e| e.to_string())?;
@@ -153,6 +166,23 @@ fn evaluate(
     for path in &signature_files {
         signatures
             .push(std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?);
+    }
+    // They travel in every manifest: the limits are the manifest's.
+    if signatures.len() > MAX_APPROVAL_SIGNATURES {
+        return Err(format!(
+            "{} signature files; at most {MAX_APPROVAL_SIGNATURES} travel with an export",
+            signatures.len()
+        ));
+    }
+    if let Some((path, _)) = signature_files
+        .iter()
+        .zip(&signatures)
+        .find(|(_, s)| s.len() > MAX_SIGNATURE_LEN)
+    {
+        return Err(format!(
+            "{} is longer than a minisign signature ({MAX_SIGNATURE_LEN} bytes at most)",
+            path.display()
+        ));
     }
     let approvers = policy
         .check_quorum(&bytes, &signatures)
@@ -168,6 +198,10 @@ fn evaluate(
         request,
         threshold: policy.threshold,
         approvers,
+        carried: Approval {
+            request: bytes,
+            signatures,
+        },
     })
 }
 

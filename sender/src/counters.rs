@@ -146,6 +146,7 @@ impl Counters {
                 symbols: get(&self.symbols),
                 heartbeats: get(&self.heartbeats),
                 blocks: get(&self.blocks),
+                ..TxStats::default()
             },
         }
     }
@@ -168,6 +169,7 @@ mod tests {
             symbols: 9,
             heartbeats: 1,
             blocks: 1,
+            ..TxStats::default()
         });
         let summary = Summary::new(&counters.snapshot(), 1, 28, Duration::ZERO);
         let bytes = counters

@@ -31,7 +31,7 @@ use sluice_common::keys::SigningKey;
 use sluice_common::sequence::Sequence;
 use sluice_protocol::fec::ReedSolomon;
 use sluice_protocol::manifest::{
-    Entry, EntryKind, Manifest, SegmentInfo, MANIFEST_VERSION, MAX_ENTRIES,
+    Approval, Entry, EntryKind, Manifest, SegmentInfo, MANIFEST_VERSION, MAX_ENTRIES,
 };
 use sluice_protocol::tx::{BlockPlan, OutgoingBlock};
 use sluice_protocol::wire::{BlockKey, BlockKind, ObjectId, SessionId};
@@ -113,6 +113,8 @@ pub struct EncodeConfig {
     /// Id of the first object (a daemon numbers each item's objects after the last one's:
     /// ids stay unique within the session).
     pub first_object: u64,
+    /// The export approval every manifest carries, if one was checked before sending.
+    pub approval: Option<Approval>,
 }
 
 impl std::fmt::Debug for EncodeConfig {
@@ -856,6 +858,7 @@ impl Collector<'_> {
                 self.config.segment_size
             },
             segments,
+            approval: self.config.approval.clone(),
         };
         let sealed = envelope::seal_manifest(
             &manifest,
@@ -1026,6 +1029,7 @@ mod tests {
             spool: Some(spool),
             workers,
             first_object: 0,
+            approval: None,
         };
         let mut sequence = Sequence::open(dir, config.signer.id());
         let (tx, rx) = flume::bounded(2);

@@ -42,6 +42,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sha2::{Digest, Sha256};
 use sluice_common::audit::{AuditLog, Event};
 use sluice_common::config::{self, Parsed};
 use sluice_common::exit::ExitStatus;
@@ -135,10 +136,15 @@ impl Session {
         let session = SessionId(u64::from_le_bytes(session_bytes));
         let symbol_size = wire::max_symbol_size(options.shared.link.max_frame_len());
         let audit_path = options.audit_log_path();
-        let audit = Arc::new(AuditLog::open(&audit_path).map_err(|source| Error::Audit {
-            path: audit_path.clone(),
-            source,
-        })?);
+        let retention = options.shared.audit_retention;
+        let audit = Arc::new(
+            AuditLog::open_with_retention(&audit_path, retention).map_err(|source| {
+                Error::Audit {
+                    path: audit_path.clone(),
+                    source,
+                }
+            })?,
+        );
         audit.record(
             Event::new("start")
                 .with("program", "sluice-send")
@@ -166,6 +172,7 @@ impl Session {
             spool: None,
             workers: options.shared.workers,
             first_object: 0,
+            approval: None,
         };
         let counters = Arc::new(Counters::default());
         let mut outcomes = Outcomes::default();
@@ -188,6 +195,7 @@ impl Session {
             heartbeat_interval: Duration::from_secs(1),
             linger: Duration::from_secs(1),
             progress_total,
+            audit: Some(audit.clone()),
         };
         let send_loop = send_loop::SendLoop::new(settings, outcomes, counters.clone());
         Ok(Session {
@@ -216,6 +224,8 @@ pub struct Sender {
     ends: Ends,
     objects: Vec<SourceObject>,
     skipped: Vec<Skipped>,
+    /// The export approval checked at bind, if a policy asked for one.
+    approval: Option<approve::Approved>,
 }
 
 impl std::fmt::Debug for Sender {
@@ -230,16 +240,19 @@ impl std::fmt::Debug for Sender {
 impl Sender {
     /// Loads keys, expands the paths into objects, and opens the link.
     pub async fn bind(options: Options) -> Result<Self, Error> {
-        if let Some(approval) = &options.approval {
-            let approvers =
-                approve::preflight(approval, &options.paths).map_err(Error::NotApproved)?;
-            let ids: Vec<String> = approvers.iter().map(ToString::to_string).collect();
-            tracing::info!(
-                request = %approval.request.display(),
-                approvers = %ids.join(","),
-                "export approved"
-            );
-        }
+        let approval = match &options.approval {
+            None => None,
+            Some(given) => {
+                let approved =
+                    approve::preflight(given, &options.paths).map_err(Error::NotApproved)?;
+                tracing::info!(
+                    request = %given.request.display(),
+                    approvers = %key_ids(&approved.approvers).join(","),
+                    "export approved"
+                );
+                Some(approved)
+            }
+        };
         let (objects, skipped) = objects::enumerate(&options.paths, options.name.as_deref());
         if objects.is_empty() {
             for s in &skipped {
@@ -253,6 +266,7 @@ impl Sender {
             ends,
             objects,
             skipped,
+            approval,
         })
     }
 
@@ -264,6 +278,7 @@ impl Sender {
             ends,
             objects,
             skipped,
+            approval,
         } = self;
         let Ends {
             recipients,
@@ -295,6 +310,21 @@ impl Sender {
             _ => Some(encode::Spool::create(options.spool.as_deref()).map_err(Error::Spool)?),
         };
         config.spool = spool.as_ref().map(|s| s.path().to_path_buf());
+        if let Some(approved) = approval {
+            audit.record(
+                Event::new("approval_checked")
+                    .with(
+                        "request_sha256",
+                        hex::encode(Sha256::digest(&approved.carried.request)),
+                    )
+                    .with("purpose", approved.request.purpose.clone())
+                    .with("requester", approved.request.requester.clone())
+                    .with("expires", approved.request.expires.clone())
+                    .with("threshold", approved.threshold as u64)
+                    .with("approvers", key_ids(&approved.approvers)),
+            );
+            config.approval = Some(approved.carried);
+        }
         tracing::info!(
             link = %options.shared.link,
             session = format_args!("{:016x}", config.session.0),
@@ -449,4 +479,9 @@ fn keygen(args: Vec<OsString>) -> ExitStatus {
             ExitStatus::Failure
         }
     }
+}
+
+/// Key ids as the audit log and the log lines show them.
+fn key_ids(ids: &[sluice_common::keys::KeyId]) -> Vec<String> {
+    ids.iter().map(ToString::to_string).collect()
 }

@@ -35,6 +35,8 @@ pub(crate) struct Settings {
     pub linger: Duration,
     /// Show a progress bar over this many plaintext bytes.
     pub progress_total: Option<u64>,
+    /// The audit log whose durable head follows each heartbeat across the link.
+    pub audit: Option<std::sync::Arc<sluice_common::audit::AuditLog>>,
 }
 
 /// An object whose blocks are still going out, until every pass has left.
@@ -126,6 +128,19 @@ impl SendLoop {
         }
     }
 
+    /// Hands the audit log's durable head to the scheduler (it goes out after the next
+    /// heartbeat).
+    fn announce_audit_head(&mut self) {
+        let Some(audit) = &self.settings.audit else {
+            return;
+        };
+        let head = audit.durable_head();
+        // Seq 0 is the empty chain: nothing to vouch for yet.
+        if let Some(hash) = head.hash_bytes().filter(|_| head.seq > 0) {
+            self.scheduler.set_audit_head(head.seq, hash);
+        }
+    }
+
     /// Reports passed [`Produced::Barrier`]s to `passed`.
     pub fn report_barriers(&mut self, passed: flume::Sender<Passed>) {
         self.passed = Some(passed);
@@ -182,6 +197,7 @@ impl SendLoop {
             };
             link.flush().await?;
             self.counters.record_tx(&self.scheduler.stats());
+            self.announce_audit_head();
             let idle = encoder_done && pending.is_none() && self.scheduler.is_drained();
             let deadline = if idle {
                 drained_after.get_or_insert_with(|| self.start.elapsed());

@@ -17,7 +17,9 @@ use sha2::{Digest, Sha256};
 use sluice_common::envelope;
 use sluice_common::keys::{self, SigningKey};
 use sluice_protocol::fec::ReedSolomon;
-use sluice_protocol::manifest::{Entry, EntryKind, Manifest, SegmentInfo, MANIFEST_VERSION};
+use sluice_protocol::manifest::{
+    Approval, Entry, EntryKind, Manifest, SegmentInfo, MANIFEST_VERSION,
+};
 use sluice_protocol::time::Instant;
 use sluice_protocol::tx::{BlockPlan, OutgoingBlock, Scheduler, Transmit, TxConfig};
 use sluice_protocol::wire::{
@@ -122,6 +124,8 @@ pub struct Producer {
     pub passes: u16,
     /// Freshness of the manifests: object `n` gets `sequence + n`.
     pub sequence: u64,
+    /// The export approval every manifest carries (none by default).
+    pub approval: Option<Approval>,
 }
 
 impl Producer {
@@ -139,6 +143,7 @@ impl Producer {
             sequence: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_micros() as u64),
+            approval: None,
         }
     }
 
@@ -171,6 +176,7 @@ impl Producer {
                 self.segment_size as u32
             },
             segments,
+            approval: self.approval.clone(),
         };
         let manifest_block = self.seal(&manifest, &self.signer);
         blocks.push((self.key(object, BlockKind::Manifest, 0), manifest_block));
@@ -187,6 +193,7 @@ impl Producer {
             entries: items.iter().map(Item::entry).collect(),
             segment_size: 0,
             segments: Vec::new(),
+            approval: self.approval.clone(),
         };
         let inline: Vec<u8> = items.iter().flat_map(|i| i.content.clone()).collect();
         let block = self.seal_inline(&manifest, &inline, &self.signer);

@@ -211,6 +211,24 @@ fn an_expired_request_is_refused_whatever_its_approvals() {
     );
 }
 
+/// The key id of a minisign public key file (its comment ends with it, as Sluice prints ids).
+fn key_id(dir: &Path, name: &str) -> String {
+    let text = std::fs::read_to_string(dir.join(format!("{name}.pub"))).unwrap();
+    let id = text.lines().next().unwrap().rsplit(' ').next().unwrap();
+    assert_eq!(id.len(), 16, "{text}");
+    id.to_string()
+}
+
+/// The audit records of `log` whose event is `event`.
+fn audit_records(log: &Path, event: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["event"] == event)
+        .collect()
+}
+
 #[test]
 #[ignore = "needs minisign (./test.sh installs it and runs this)"]
 fn sluice_send_sends_nothing_without_a_quorum_and_the_approved_files_with_one() {
@@ -219,17 +237,16 @@ fn sluice_send_sends_nothing_without_a_quorum_and_the_approved_files_with_one() 
     require::tool("minisign", "minisign");
     let s = Setup::new();
     let dir = s.tmp.path();
-    for name in ["alice", "bob"] {
+    for name in ["alice", "bob", "carol"] {
         minisign_keypair(dir, name);
     }
     let report = s.src.join("report");
     std::fs::create_dir_all(&report).unwrap();
     std::fs::write(report.join("eval.json"), b"{\"accuracy\": 0.91}").unwrap();
-    std::fs::write(
-        dir.join("approvals.toml"),
-        "threshold = 2\napprovers = [\"alice.pub\", \"bob.pub\"]\n",
-    )
-    .unwrap();
+    // The low side's policy, and the high side's own copy of it.
+    let policy = "threshold = 2\napprovers = [\"alice.pub\", \"bob.pub\", \"carol.pub\"]\n";
+    std::fs::write(dir.join("approvals.toml"), policy).unwrap();
+    std::fs::write(dir.join("recv-approvals.toml"), policy).unwrap();
     let report_arg = report.to_str().unwrap();
     let made = approve(
         &[
@@ -272,9 +289,14 @@ fn sluice_send_sends_nothing_without_a_quorum_and_the_approved_files_with_one() 
     );
     drop(sink);
 
-    // Bob approves too: the files cross and arrive.
+    // Bob approves too (2 of 3): the files cross, the receiver checks the approval itself.
     minisign_sign(dir, "bob.key", "req.toml", "req.toml.bob.minisig");
-    let mut recv = s.receiver(port, 3, &[]);
+    let recv_policy = dir.join("recv-approvals.toml");
+    let mut recv = s.receiver(
+        port,
+        3,
+        &["--approval-policy", recv_policy.to_str().unwrap()],
+    );
     let mut sent_cmd = sluice_tests::binaries::sender_cmd(&format!("udp://{to}"), &s.keys);
     sent_cmd
         .current_dir(dir)
@@ -289,5 +311,144 @@ fn sluice_send_sends_nothing_without_a_quorum_and_the_approved_files_with_one() 
     assert_eq!(
         std::fs::read(s.out.join("report/eval.json")).unwrap(),
         b"{\"accuracy\": 0.91}"
+    );
+
+    // Both audit logs name the approvers: the sender's check, the receiver's delivery.
+    let mut approvers = vec![key_id(dir, "alice"), key_id(dir, "bob")];
+    approvers.sort();
+    let ids = |record: &serde_json::Value| {
+        let mut ids: Vec<String> = record["approvers"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no approvers in {record}"))
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let send_audit = s.keys.sender_key.parent().unwrap().join("audit.log");
+    let checked = audit_records(&send_audit, "approval_checked");
+    assert_eq!(checked.len(), 1, "{checked:?}");
+    assert_eq!(ids(&checked[0]), approvers);
+    let delivered = audit_records(&s.state.join("audit.log"), "delivered");
+    let file = delivered
+        .iter()
+        .find(|r| r["path"] == "report/eval.json")
+        .unwrap_or_else(|| panic!("{delivered:?}"));
+    assert_eq!(ids(file), approvers);
+    assert_eq!(file["signer"].as_str().map(str::len), Some(16), "{file}");
+}
+
+#[test]
+#[ignore = "needs minisign (./test.sh installs it and runs this)"]
+fn a_sender_that_skips_or_forges_approval_is_refused_by_the_receiver() {
+    use sluice_common::approval::Request;
+    use sluice_protocol::manifest::Approval;
+    use sluice_tests::binaries::free_udp_port;
+    use sluice_tests::harness::Setup;
+    use sluice_tests::producer::{self, Item, Producer};
+    require::tool("minisign", "minisign");
+    let s = Setup::new();
+    let dir = s.tmp.path();
+    for name in ["alice", "bob"] {
+        minisign_keypair(dir, name);
+    }
+    std::fs::write(
+        dir.join("recv-approvals.toml"),
+        "threshold = 2\napprovers = [\"alice.pub\", \"bob.pub\"]\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(s.src.join("out")).unwrap();
+    std::fs::write(s.src.join("out/model.bin"), b"approved weights").unwrap();
+    let made = approve(
+        &[
+            "request",
+            s.src.join("out").to_str().unwrap(),
+            "--purpose",
+            "release",
+            "--out",
+            "req.toml",
+        ],
+        dir,
+    );
+    assert!(made.status.success(), "{}", text(&made));
+    let request = std::fs::read(dir.join("req.toml")).unwrap();
+    Request::parse(std::str::from_utf8(&request).unwrap(), "req.toml").unwrap();
+    minisign_sign(dir, "alice.key", "req.toml", "req.toml.alice.minisig");
+    minisign_sign(dir, "bob.key", "req.toml", "req.toml.bob.minisig");
+    let sig = |name: &str| std::fs::read(dir.join(format!("req.toml.{name}.minisig"))).unwrap();
+
+    let port = free_udp_port();
+    let recv_policy = dir.join("recv-approvals.toml");
+    let mut recv = s.receiver(
+        port,
+        3,
+        &["--approval-policy", recv_policy.to_str().unwrap()],
+    );
+    let to: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    // A sender with the keys but no approval check (a mis-configured or patched sluice-send).
+    let mut skipped = sluice_tests::binaries::sender_cmd(&format!("udp://{to}"), &s.keys);
+    skipped.args(["--rate", "10MB"]).arg(s.src.join("out"));
+    let skipped = run(&mut skipped);
+    assert!(skipped.status.success(), "{}", text(&skipped));
+
+    // Attacker B's own frames: one approval of two; Alice's signature twice; the approved
+    // request over a file it does not list; the approved file with other content.
+    let mut b = Producer::new(&s.keys, 0xB0B);
+    let file = |path: &str, content: &[u8]| Item::file(path, content.to_vec(), 0o644, (1, 0));
+    let cases: [(Vec<Vec<u8>>, Item); 4] = [
+        (
+            vec![sig("alice")],
+            file("out/model.bin", b"approved weights"),
+        ),
+        (
+            vec![sig("alice"), sig("alice")],
+            file("out/model.bin", b"approved weights"),
+        ),
+        (
+            vec![sig("alice"), sig("bob")],
+            file("out/secret.bin", b"training data"),
+        ),
+        (
+            vec![sig("alice"), sig("bob")],
+            file("out/model.bin", b"other weights!!!"),
+        ),
+    ];
+    let mut encoded = Vec::new();
+    for (i, (signatures, item)) in cases.into_iter().enumerate() {
+        b.approval = Some(Approval {
+            request: request.clone(),
+            signatures,
+        });
+        encoded.push(b.encode(i as u64, &item));
+    }
+    producer::send(to, &b.frames(&encoded, 0, producer::all));
+    let got = recv.finish(std::time::Duration::from_secs(60));
+    assert_eq!(got.code(), 3, "{}", got.log);
+    for phrase in [
+        "not approved: 0 of 2 approvals (no approval came with it)",
+        "not approved: 1 of 2 approvals",
+        "not in the approved request: out/secret.bin",
+        "changed since approval: out/model.bin",
+    ] {
+        assert!(got.log.contains(phrase), "{phrase}:\n{}", got.log);
+    }
+    assert_eq!(
+        got.log
+            .matches("object failed: not approved: 1 of 2 approvals")
+            .count(),
+        2,
+        "one signature, and one key's signature twice:\n{}",
+        got.log
+    );
+    let published: Vec<_> = std::fs::read_dir(&s.out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != ".sluice-state")
+        .collect();
+    assert!(
+        published.is_empty(),
+        "published {published:?}:\n{}",
+        got.log
     );
 }

@@ -131,3 +131,107 @@ fn both_daemons_keep_a_verifiable_audit_log_and_tampering_is_named() {
 fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// The receiver records the heads the sender's heartbeats carry: a sender log cut short, or
+/// rewritten with a consistent new chain (which `verify` alone accepts), no longer holds them.
+#[test]
+fn a_sender_log_cut_short_or_rewritten_is_caught_against_the_receivers_log() {
+    use sha2::{Digest, Sha256};
+    let s = Setup::new();
+    let root = s.src.join("export");
+    std::fs::create_dir_all(&root).unwrap();
+    for i in 0..3u64 {
+        tree::write_random_file(&root.join(format!("r{i}.bin")), 1_000_000, i).unwrap();
+    }
+    let port = free_udp_port();
+    let to: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut recv = s.receiver(port, 3, &[]);
+    // About three seconds on the link: several heartbeats, each followed by the audit head.
+    let sent = s.send(to, &["--rate", "1MB"], &[&root], Duration::from_secs(60));
+    assert_exit(&sent, 0, "sluice-send");
+    assert_exit(&recv.finish(Duration::from_secs(60)), 0, "sluice-recv");
+
+    let recv_log = s.state.join("audit.log");
+    let send_log = s.keys.sender_key.parent().unwrap().join("audit.log");
+    let session = events(&records(&send_log), "start")[0]["session"].clone();
+    let received = records(&recv_log);
+    let heads: Vec<u64> = events(&received, "sender_audit_head")
+        .iter()
+        .filter(|r| r["session"] == session)
+        .map(|r| r["head_seq"].as_u64().unwrap())
+        .collect();
+    assert!(!heads.is_empty(), "no sender head recorded: {received:?}");
+    let against = |log: &Path| {
+        Command::new(&binaries().audit)
+            .arg("verify")
+            .arg(log)
+            .arg("--against")
+            .arg(&recv_log)
+            .output()
+            .unwrap()
+    };
+    let ok = against(&send_log);
+    assert!(
+        ok.status.success(),
+        "{}\nsender log:\n{}\nreceiver heads: {:?}",
+        text(&ok),
+        std::fs::read_to_string(&send_log).unwrap(),
+        events(&received, "sender_audit_head")
+    );
+    assert!(
+        text(&ok).contains("heads recorded by the receiver"),
+        "{}",
+        text(&ok)
+    );
+
+    let original = std::fs::read_to_string(&send_log).unwrap();
+    let lines: Vec<&str> = original.lines().collect();
+    let newest = *heads.iter().max().unwrap();
+    let copy = s.tmp.path().join("rewritten.log");
+    // Cut short before the newest head the receiver saw: alone it verifies, not against it.
+    let cut: Vec<&str> = lines[..(newest - 1) as usize].to_vec();
+    std::fs::write(&copy, cut.join("\n") + "\n").unwrap();
+    assert!(audit(&["verify"], &copy).status.success());
+    let out = against(&copy);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("is not in this log"), "{}", text(&out));
+
+    // Rewritten: the first record naming a file renamed (one the receiver's heads cover) and
+    // every later `prev` recomputed.
+    let target = records(&send_log)
+        .iter()
+        .find(|r| r["path"].is_string())
+        .map(|r| r["seq"].as_u64().unwrap())
+        .unwrap();
+    assert!(
+        target <= newest,
+        "record {target} after every head ({newest})"
+    );
+    let mut prev = audit_genesis(lines[0]);
+    let mut rewritten = String::new();
+    for line in &lines {
+        let mut record: Value = serde_json::from_str(line).unwrap();
+        if record["seq"] == target {
+            record["path"] = Value::from("export/innocent.txt");
+        }
+        record["prev"] = Value::from(prev.clone());
+        let line = serde_json::to_string(&record).unwrap();
+        prev = hex_of(&Sha256::digest(line.as_bytes()));
+        rewritten.push_str(&line);
+        rewritten.push('\n');
+    }
+    std::fs::write(&copy, &rewritten).unwrap();
+    assert!(
+        audit(&["verify"], &copy).status.success(),
+        "a consistent new chain"
+    );
+    let out = against(&copy);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("is not in this log"), "{}", text(&out));
+}
+
+/// The `prev` of a log's first record (the head a rotated-away file left, or the genesis).
+fn audit_genesis(first_line: &str) -> String {
+    let record: Value = serde_json::from_str(first_line).unwrap();
+    record["prev"].as_str().unwrap().to_string()
+}

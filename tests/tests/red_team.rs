@@ -290,6 +290,7 @@ fn already_delivered_is_decided_from_records_never_by_hashing_a_named_file() {
                 };
                 (size / u64::from(segment)) as usize
             ],
+            approval: None,
         };
         let sealed = b.seal(&manifest, &b.signer);
         let key = b.key(i, BlockKind::Manifest, 0);

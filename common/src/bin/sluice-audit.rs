@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! sluice-audit verify audit.log.1 audit.log [--heads HEADS]   # rotated files oldest first
+//! sluice-audit verify send-audit.log --against recv-audit.log  # heads the high side saw
 //! sluice-audit show audit.log [--path P] [--sha256 H] [--since 2026-12-01T00:00:00Z] [--until …]
 //! ```
 
@@ -36,6 +37,10 @@ enum Command {
         /// earlier): each must be in the log, which catches a truncated tail.
         #[arg(long)]
         heads: Option<PathBuf>,
+        /// The receiver's audit log: every head of this sender's runs it recorded (the
+        /// sender's heartbeats carry them across the link) must be in the log.
+        #[arg(long, value_name = "RECEIVER_LOG")]
+        against: Option<PathBuf>,
     },
     /// Print records readably, filtered.
     Show {
@@ -99,12 +104,33 @@ fn time_arg(text: &Option<String>, name: &str) -> Result<Option<std::time::Syste
 fn run(command: Command) -> Result<(), (ExitStatus, String)> {
     let usage = |e: String| (ExitStatus::Usage, e);
     match command {
-        Command::Verify { files, heads } => {
+        Command::Verify {
+            files,
+            heads,
+            against,
+        } => {
             let text = read_all(&files).map_err(usage)?;
-            let heads = match &heads {
+            let mut heads = match &heads {
                 Some(path) => parse_heads(path).map_err(usage)?,
                 None => Vec::new(),
             };
+            if let Some(receiver_log) = &against {
+                let receiver = read_all(std::slice::from_ref(receiver_log)).map_err(usage)?;
+                let (recorded, unknown) = audit::heads_recorded_for(&receiver, &text);
+                println!(
+                    "{} heads recorded by the receiver for the runs in this log",
+                    recorded.len()
+                );
+                if !unknown.is_empty() {
+                    let unknown: Vec<String> = unknown.into_iter().collect();
+                    println!(
+                        "note: the receiver also recorded heads of runs this log does not \
+                         mention (another sender's, or runs removed from this log): {}",
+                        unknown.join(", ")
+                    );
+                }
+                heads.extend(recorded);
+            }
             let head = audit::verify(&text, &heads)
                 .map_err(|broken| (ExitStatus::Failure, format!("tampered: {broken}")))?;
             println!("intact: head seq {} hash {}", head.seq, head.hash);

@@ -32,7 +32,7 @@ use crate::counters::{DropCounters, DropReason};
 use crate::fec::{CodecError, ErasureCodec, Geometry};
 use crate::time::Instant;
 use crate::wire::{
-    self, BlockKey, Header, Heartbeat, LinkKey, RelayStatus, SessionId, SymbolHeader,
+    self, AuditHead, BlockKey, Header, Heartbeat, LinkKey, RelayStatus, SessionId, SymbolHeader,
 };
 
 pub mod census;
@@ -85,6 +85,8 @@ pub enum Event {
     Heartbeat(Heartbeat),
     /// Counters from a protocol-break relay on the link.
     RelayStatus(RelayStatus),
+    /// The head of a sender's audit log.
+    AuditHead(AuditHead),
 }
 
 /// Symbols of one block, held until `k` distinct ones are there.
@@ -294,6 +296,7 @@ impl Assembler {
             Header::Symbol(symbol) => self.handle_symbol(now, &symbol, frame.payload),
             Header::Heartbeat(beat) => self.events.push_back(Event::Heartbeat(beat)),
             Header::RelayStatus(status) => self.events.push_back(Event::RelayStatus(status)),
+            Header::AuditHead(head) => self.events.push_back(Event::AuditHead(head)),
         }
     }
 

@@ -1,0 +1,49 @@
+//! Content inspection for the Sluice gate: what a file *is* (by its bytes, never its name),
+//! and whether a model file is what it claims to be.
+//!
+//! - [`sniff`]: the type of a file from its first bytes (pickle, PyTorch zip checkpoint, zip,
+//!   tar, NumPy, safetensors, anything else);
+//! - [`pickle`]: walks a pickle's opcodes without unpickling and refuses any import outside an
+//!   allow-list (a pickle is a program: loading it calls whatever it imports);
+//! - [`safetensors`]: checks a safetensors file's header against its data section.
+//!
+//! Every inspector reads through [`std::io::Read`], keeps a bounded amount of memory whatever
+//! the input, never panics, and answers with a [`Refusal`] whose text is a stable phrase for
+//! logs, the audit log and quarantine `.reason` files.
+
+pub mod pickle;
+pub mod safetensors;
+pub mod sniff;
+
+/// Why an inspector refused a file. The `Display` texts are stable phrases.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// A pickle imports a callable that is not on the allow-list.
+    #[error("pickle imports {0} (not on the allow-list)")]
+    PickleImport(String),
+    /// A pickle names its callable in a way the scanner cannot resolve to a plain name.
+    #[error("pickle imports a callable it does not name plainly ({0})")]
+    PickleOpaqueImport(&'static str),
+    /// Pickles are refused outright (`pickle = "refuse"`).
+    #[error("pickle refused by policy")]
+    PickleRefused,
+    /// The pickle stream does not parse.
+    #[error("pickle malformed at byte {at}: {why}")]
+    PickleMalformed { at: u64, why: &'static str },
+    /// The pickle needs more memory to scan than the bound allows.
+    #[error("pickle too complex to scan: {0}")]
+    PickleTooComplex(&'static str),
+    /// A safetensors file that breaks the format.
+    #[error("safetensors invalid: {0}")]
+    Safetensors(String),
+    /// Reading the file failed.
+    #[error("cannot read the file: {0}")]
+    Io(String),
+}
+
+impl From<std::io::Error> for Refusal {
+    fn from(e: std::io::Error) -> Self {
+        Refusal::Io(e.to_string())
+    }
+}

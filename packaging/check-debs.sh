@@ -37,7 +37,7 @@ cleanup() {
     deluser --system sluice >/dev/null 2>&1 || true
     delgroup --system sluice >/dev/null 2>&1 || true
   fi
-  rmdir /srv/sluice/outbox /srv/sluice/in /srv/sluice 2>/dev/null || true
+  rmdir /srv/sluice/outbox /srv/sluice/in /srv/sluice/quarantine /srv/sluice 2>/dev/null || true
 }
 trap cleanup EXIT
 
@@ -61,6 +61,8 @@ check_mode() { # path owner:group mode
 check_mode /etc/sluice root:sluice 750
 check_mode /etc/sluice/send-watch.toml root:sluice 640
 check_mode /etc/sluice/recv.toml root:sluice 640
+check_mode /etc/sluice/policy.toml root:sluice 640
+check_mode /srv/sluice/quarantine sluice:sluice 700
 check_mode /srv/sluice/outbox sluice:sluice 2770
 check_mode /srv/sluice/in sluice:sluice 755
 # The installed example configurations hold only options the daemons know: they stop at the

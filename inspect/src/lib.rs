@@ -5,13 +5,18 @@
 //!   tar, NumPy, safetensors, anything else);
 //! - [`pickle`]: walks a pickle's opcodes without unpickling and refuses any import outside an
 //!   allow-list (a pickle is a program: loading it calls whatever it imports);
-//! - [`safetensors`]: checks a safetensors file's header against its data section.
+//! - [`safetensors`]: checks a safetensors file's header against its data section;
+//! - [`numpy`]: a `.npy` header (an object array is a pickle);
+//! - [`policy`]: `policy.toml` and the order of the checks (names, size, type, inspector,
+//!   external scanner).
 //!
 //! Every inspector reads through [`std::io::Read`], keeps a bounded amount of memory whatever
 //! the input, never panics, and answers with a [`Refusal`] whose text is a stable phrase for
 //! logs, the audit log and quarantine `.reason` files.
 
+pub mod numpy;
 pub mod pickle;
+pub mod policy;
 pub mod safetensors;
 pub mod sniff;
 
@@ -37,6 +42,27 @@ pub enum Refusal {
     /// A safetensors file that breaks the format.
     #[error("safetensors invalid: {0}")]
     Safetensors(String),
+    /// A NumPy file whose header does not parse.
+    #[error("numpy header malformed: {0}")]
+    NumpyMalformed(&'static str),
+    /// A name rule of the policy refuses it.
+    #[error("denied by the name rule {0:?}")]
+    Denied(String),
+    /// The policy has an allow list and no pattern of it matches.
+    #[error("not on the allow list")]
+    NotAllowed,
+    /// Larger than the policy's `max_file_size`.
+    #[error("larger than max_file_size ({size} > {max} bytes)")]
+    TooLarge { size: u64, max: u64 },
+    /// A type the gate cannot look inside yet.
+    #[error("{0} are not inspected yet")]
+    Uninspectable(&'static str),
+    /// The external scanner found something (its first line of output).
+    #[error("the scanner flagged it: {0}")]
+    Infected(String),
+    /// The external scanner failed: the file is not known to be clean.
+    #[error("scanner error: {0}")]
+    ScannerFailed(String),
     /// Reading the file failed.
     #[error("cannot read the file: {0}")]
     Io(String),

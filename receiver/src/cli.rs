@@ -76,6 +76,10 @@ pub struct Args {
     /// (checked here, whatever the sender checked). Default: no approval needed.
     #[arg(long, value_name = "FILE")]
     pub approval_policy: Option<PathBuf>,
+    /// policy.toml: the content gate (name rules, size, pickle and safetensors inspection, an
+    /// external scanner); refused files go to its quarantine directory. Default: no gate.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
 }
 
 /// Checked options for one run.
@@ -103,6 +107,8 @@ pub struct Options {
     pub mode_mask: u32,
     /// The approval policy every object must satisfy, if any.
     pub approval_policy: Option<PathBuf>,
+    /// The content policy, if any.
+    pub policy: Option<PathBuf>,
 }
 
 impl Options {
@@ -126,6 +132,7 @@ impl Options {
             max_objects: DEFAULT_MAX_OBJECTS,
             mode_mask: DEFAULT_MODE_MASK,
             approval_policy: None,
+            policy: None,
         }
     }
 
@@ -215,6 +222,7 @@ fn resolve_in(layers: Layers<'_>, args: Args) -> Result<Options, UsageError> {
         exit_after_idle,
         max_memory,
         approval_policy: layers.path("approval-policy", args.approval_policy)?,
+        policy: layers.path("policy", args.policy)?,
     })
 }
 

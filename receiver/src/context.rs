@@ -36,6 +36,8 @@ pub(crate) struct Context {
     pub permits_total: usize,
     /// `--approval-policy`: what every object must carry to be published.
     pub approval: Option<Arc<Policy>>,
+    /// `--policy`: the content gate every file passes before it is placed.
+    pub gate: Option<crate::gate::Gate>,
 }
 
 impl std::fmt::Debug for Context {

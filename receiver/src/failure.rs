@@ -79,6 +79,12 @@ pub enum Failure {
     /// `--approval-policy` is set and the object's approval does not pass it (the stable
     /// phrases of `sluice_common::approval::ApprovalError`).
     NotApproved(String),
+    /// `--policy` refused the file (the rule, `sluice_inspect::Refusal`'s phrase); it went to
+    /// the quarantine directory (where), or could not (why).
+    Refused {
+        reason: String,
+        quarantined: Result<std::path::PathBuf, String>,
+    },
 }
 
 impl Failure {
@@ -141,6 +147,21 @@ impl fmt::Display for Failure {
             Failure::Stale => f.write_str("stale: older than the delivered version"),
             Failure::Evicted(why) => write!(f, "evicted: {why}"),
             Failure::NotApproved(why) => f.write_str(why),
+            Failure::Refused {
+                reason,
+                quarantined: Ok(at),
+            } => write!(
+                f,
+                "refused by policy: {reason} (quarantined: {})",
+                at.display()
+            ),
+            Failure::Refused {
+                reason,
+                quarantined: Err(why),
+            } => write!(
+                f,
+                "refused by policy: {reason} (not quarantined: {why}; removed)"
+            ),
             Failure::LostWhole => f.write_str(
                 "lost whole: the sender announced it but none of its frames arrived \
                  (or the sender could not read it)",

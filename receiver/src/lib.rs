@@ -42,6 +42,7 @@ mod delivery;
 mod dispatch;
 mod error;
 pub mod failure;
+mod gate;
 mod heads;
 mod link_task;
 pub mod outcome;
@@ -127,6 +128,13 @@ impl Receiver {
             "cannot open --out {}",
             options.out.display()
         )))?;
+        let gate = match &options.policy {
+            None => None,
+            Some(path) => Some(
+                gate::Gate::open(path, &options.out)
+                    .map_err(|e| Error::Usage(UsageError(format!("--policy: {e}"))))?,
+            ),
+        };
         let state_path = options.state_dir();
         let state = StateDir::open(&state_path, &out, &options.out).map_err(error::state_error)?;
         let reserved = reserved_name(&options.out, &state_path);
@@ -158,6 +166,7 @@ impl Receiver {
             trusted,
             reserved,
             approval,
+            gate,
         });
         let leftovers = load_leftovers(&ctx)?;
         tracing::debug!(

@@ -341,6 +341,16 @@ pub(crate) struct StagedFile {
 }
 
 impl StagedFile {
+    /// Its name in the staging directory.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The open file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Removes it (its entry failed).
     pub fn discard(self, ctx: &Context) {
         let _ = ctx.state.staging().remove_file(&self.name);
@@ -640,6 +650,7 @@ mod tests {
             permits: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
             permits_total: 1,
             approval: None,
+            gate: None,
         }
     }
 

@@ -26,6 +26,7 @@ use sluice_protocol::manifest::{EntryKind, Manifest};
 use crate::context::{self, Context};
 use crate::delivery::{Committed, EntryOutcome, Input, PublishJob, Reply};
 use crate::failure::Failure;
+use crate::gate;
 use crate::publish::{self, Content, DirCache, Published, Signed, StagedFile};
 use crate::records::Finished;
 use crate::state::ObjectKey;
@@ -275,6 +276,7 @@ impl Publisher {
                 None => Content::open(&self.ctx, obj),
             })
             .and_then(|content| content.finish(&self.ctx, e, &mut self.buf))
+            .and_then(|staged| gate::pass(&self.ctx, e, staged))
             .and_then(|staged| publish::place(&self.ctx, staged, e, signed, &mut self.dirs));
         match staged {
             Ok(published) => {
@@ -357,7 +359,9 @@ impl Publisher {
             let Some(e) = manifest.entries.get(i) else {
                 continue;
             };
-            match publish::place(&self.ctx, file, e, signed, &mut self.dirs) {
+            let placed = gate::pass(&self.ctx, e, file)
+                .and_then(|file| publish::place(&self.ctx, file, e, signed, &mut self.dirs));
+            match placed {
                 Ok(published) => {
                     bytes += self.published(&e.path, signed, published, &mut finished);
                     outcomes.push(EntryOutcome::Delivered(i));

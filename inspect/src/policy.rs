@@ -1,0 +1,464 @@
+//! The content policy (`policy.toml`): what may pass the gate, checked cheapest first —
+//! name rules, size, then the type by content and its inspector, then the external scanner.
+//!
+//! ```toml
+//! quarantine = "/srv/sluice/quarantine"   # refused files land here, with NAME.reason
+//! max_file_size = "200GiB"
+//! allow = ["*.safetensors", "*.parquet", "*.jsonl", "*.json", "*.txt"]   # empty = all
+//! deny  = ["*.exe", "*.so"]               # deny wins over allow
+//! [models]
+//! pickle = "scan"            # refuse | scan | allow
+//! pickle_allow = ["mylib.layers.Dense"]   # more callables a scanned pickle may import
+//! safetensors = "validate"   # validate | allow
+//! [scan]
+//! command = ["clamscan", "--no-summary", "-d", "/var/lib/sluice/sigs", "{path}"]
+//! timeout = "120s"
+//! ```
+//!
+//! Patterns match the file's relative path (`*` does not cross `/`; `**` does), and also its
+//! bare name, so `*.exe` refuses `a/b/c.exe`.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use globset::{GlobBuilder, GlobMatcher};
+use serde::Deserialize;
+
+use crate::pickle::{self, AllowList};
+use crate::sniff::{self, Kind};
+use crate::{safetensors, Refusal};
+
+/// What to do with pickles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PickleRule {
+    /// Every pickle is refused.
+    Refuse,
+    /// Pickles pass if they import only allowed callables.
+    Scan,
+    /// Pickles pass unexamined.
+    Allow,
+}
+
+/// What to do with safetensors files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SafetensorsRule {
+    /// Header checked against the data.
+    Validate,
+    /// Pass unexamined.
+    Allow,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelsFile {
+    pickle: Option<PickleRule>,
+    pickle_allow: Option<Vec<String>>,
+    safetensors: Option<SafetensorsRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScanFile {
+    command: Vec<String>,
+    timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    quarantine: PathBuf,
+    max_file_size: Option<String>,
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
+    models: Option<ModelsFile>,
+    scan: Option<ScanFile>,
+}
+
+/// An external scanner: `argv` with `{path}` replaced by the file's path; exit 0 = clean,
+/// 1 = infected, anything else (or the timeout) = scanner error.
+#[derive(Debug, Clone)]
+pub struct ScanCommand {
+    pub argv: Vec<String>,
+    pub timeout: Duration,
+}
+
+/// A loaded, checked policy.
+#[derive(Debug)]
+pub struct Policy {
+    /// Where refused files go (the receiver's).
+    pub quarantine: PathBuf,
+    max_file_size: Option<u64>,
+    allow: Option<Rules>,
+    deny: Rules,
+    pickle: PickleRule,
+    pickle_allow: AllowList,
+    safetensors: SafetensorsRule,
+    scan: Option<ScanCommand>,
+}
+
+/// Compiled name rules, each with the pattern it came from.
+#[derive(Debug)]
+struct Rules(Vec<(String, Vec<GlobMatcher>)>);
+
+impl Rules {
+    fn new(patterns: &[String], what: &str) -> Result<Rules, String> {
+        let glob = |p: &str| {
+            GlobBuilder::new(p)
+                .literal_separator(true)
+                .build()
+                .map(|g| g.compile_matcher())
+                .map_err(|e| format!("{what} pattern {p:?}: {e}"))
+        };
+        let mut rules = Vec::new();
+        for p in patterns {
+            let mut matchers = vec![glob(p)?];
+            // A pattern without `/` also matches the bare name anywhere below.
+            if !p.contains('/') {
+                matchers.push(glob(&format!("**/{p}"))?);
+            }
+            rules.push((p.clone(), matchers));
+        }
+        Ok(Rules(rules))
+    }
+
+    /// The first pattern that matches `path`.
+    fn first_match(&self, path: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(_, matchers)| matchers.iter().any(|m| m.is_match(path)))
+            .map(|(p, _)| p.as_str())
+    }
+}
+
+impl Policy {
+    /// Parses `text`, the contents of `path` (for messages).
+    pub fn parse(text: &str) -> Result<Policy, String> {
+        let file: PolicyFile = toml::from_str(text).map_err(|e| e.message().to_string())?;
+        let max_file_size = file
+            .max_file_size
+            .map(|s| {
+                sluice_common::units::parse_bytes(&s)
+                    .map_err(|_| format!("max_file_size {s:?}: expected a size, e.g. 200GiB"))
+            })
+            .transpose()?;
+        let allow = (!file.allow.is_empty())
+            .then(|| Rules::new(&file.allow, "allow"))
+            .transpose()?;
+        let deny = Rules::new(&file.deny, "deny")?;
+        let models = file.models.unwrap_or(ModelsFile {
+            pickle: None,
+            pickle_allow: None,
+            safetensors: None,
+        });
+        let scan = file
+            .scan
+            .map(|s| {
+                if s.command.is_empty() || !s.command.iter().any(|a| a.contains("{path}")) {
+                    return Err("[scan] command must name the file as {path}".to_string());
+                }
+                let timeout = match s.timeout {
+                    None => Duration::from_secs(120),
+                    Some(t) => humantime::parse_duration(&t)
+                        .map_err(|_| format!("[scan] timeout {t:?}: expected e.g. 120s"))?,
+                };
+                Ok(ScanCommand {
+                    argv: s.command,
+                    timeout,
+                })
+            })
+            .transpose()?;
+        let extra = models.pickle_allow.unwrap_or_default();
+        Ok(Policy {
+            quarantine: file.quarantine,
+            max_file_size,
+            allow,
+            deny,
+            pickle: models.pickle.unwrap_or(PickleRule::Scan),
+            pickle_allow: AllowList::with(extra.iter().map(String::as_str)),
+            safetensors: models.safetensors.unwrap_or(SafetensorsRule::Validate),
+            scan,
+        })
+    }
+
+    /// Loads `path`.
+    pub fn load(path: &Path) -> Result<Policy, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Policy::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The external scanner, if one is configured.
+    pub fn scan_command(&self) -> Option<&ScanCommand> {
+        self.scan.as_ref()
+    }
+
+    /// The name and size rules (cheap: no content read).
+    pub fn check_name_and_size(&self, path: &str, size: u64) -> Result<(), Refusal> {
+        if let Some(pattern) = self.deny.first_match(path) {
+            return Err(Refusal::Denied(pattern.to_string()));
+        }
+        if let Some(allow) = &self.allow {
+            if allow.first_match(path).is_none() {
+                return Err(Refusal::NotAllowed);
+            }
+        }
+        match self.max_file_size {
+            Some(max) if size > max => Err(Refusal::TooLarge { size, max }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The type by content and its inspector, on `file` (read from its start) of `size`
+    /// bytes named `path`.
+    pub fn inspect(
+        &self,
+        file: &mut (impl Read + Seek),
+        path: &str,
+        size: u64,
+    ) -> Result<Kind, Refusal> {
+        let mut head = vec![0u8; sniff::SNIFF_LEN.min(usize::try_from(size).unwrap_or(usize::MAX))];
+        file.seek(SeekFrom::Start(0))?;
+        file.read_exact(&mut head)?;
+        let kind = sniff::sniff(&head, size);
+        file.seek(SeekFrom::Start(0))?;
+        match kind {
+            Kind::Pickle => self.pickle_check(&mut *file)?,
+            Kind::Numpy => {
+                let header = crate::numpy::Header::read(&mut *file)?;
+                // An object array is a pickle after the header.
+                if header.holds_objects {
+                    file.seek(SeekFrom::Start(header.data_offset))?;
+                    self.pickle_check(&mut *file)?;
+                }
+            }
+            Kind::Zip | Kind::Tar => return Err(Refusal::Uninspectable("archives")),
+            Kind::Safetensors | Kind::Other => {}
+        }
+        let named_safetensors = path.ends_with(".safetensors");
+        if self.safetensors == SafetensorsRule::Validate
+            && (kind == Kind::Safetensors || named_safetensors)
+        {
+            if kind != Kind::Safetensors {
+                return Err(Refusal::Safetensors(format!(
+                    "named {path:?} but its content is {kind:?}"
+                )));
+            }
+            safetensors::validate(&mut *file, size)?;
+        }
+        Ok(kind)
+    }
+
+    fn pickle_check(&self, file: &mut impl Read) -> Result<(), Refusal> {
+        match self.pickle {
+            PickleRule::Allow => Ok(()),
+            PickleRule::Refuse => Err(Refusal::PickleRefused),
+            PickleRule::Scan => pickle::scan(file, &self.pickle_allow).map(drop),
+        }
+    }
+}
+
+/// Runs `command` on the file at `path`: exit 0 passes, 1 is a detection, anything else (a
+/// crash, an unknown status, the timeout) is a scanner error. Both refuse the file.
+pub fn run_scanner(command: &ScanCommand, path: &Path) -> Result<(), Refusal> {
+    let shown = path.to_string_lossy();
+    let argv: Vec<String> = command
+        .argv
+        .iter()
+        .map(|a| a.replace("{path}", &shown))
+        .collect();
+    let Some((program, args)) = argv.split_first() else {
+        return Err(Refusal::ScannerFailed("no command".into()));
+    };
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Refusal::ScannerFailed(format!("cannot run {program}: {e}")))?;
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() >= command.timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(Refusal::ScannerFailed(format!(
+                    "{program} did not finish within {}",
+                    humantime::format_duration(command.timeout)
+                )));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(Refusal::ScannerFailed(format!("{program}: {e}"))),
+        }
+    };
+    let mut output = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = (&mut out).take(4096).read_to_string(&mut output);
+    }
+    let first = output
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    match status.code() {
+        Some(0) => Ok(()),
+        Some(1) => Err(Refusal::Infected(first)),
+        other => Err(Refusal::ScannerFailed(format!(
+            "{program} exited {}{}",
+            other.map_or_else(|| "on a signal".to_string(), |c| c.to_string()),
+            if first.is_empty() {
+                String::new()
+            } else {
+                format!(": {first}")
+            }
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    const POLICY: &str = r#"
+quarantine = "/srv/q"
+max_file_size = "1MiB"
+allow = ["*.safetensors", "*.txt", "*.pkl", "data/**"]
+deny = ["*.exe", "secret/*"]
+[models]
+pickle = "scan"
+pickle_allow = ["mylib.Layer"]
+"#;
+
+    #[test]
+    fn name_and_size_rules_deny_first_then_allow_then_size() {
+        let p = Policy::parse(POLICY).unwrap();
+        assert!(p.check_name_and_size("model.safetensors", 10).is_ok());
+        assert!(p.check_name_and_size("a/b/notes.txt", 10).is_ok());
+        assert!(p.check_name_and_size("data/x/y.bin", 10).is_ok());
+        let refused = |path: &str, size| p.check_name_and_size(path, size).unwrap_err().to_string();
+        assert_eq!(refused("a/run.exe", 1), "denied by the name rule \"*.exe\"");
+        assert_eq!(
+            refused("secret/notes.txt", 1),
+            "denied by the name rule \"secret/*\""
+        );
+        assert_eq!(refused("model.bin", 1), "not on the allow list");
+        assert_eq!(
+            refused("big.txt", 2 << 20),
+            "larger than max_file_size (2097152 > 1048576 bytes)"
+        );
+    }
+
+    #[test]
+    fn types_come_from_content_and_the_models_rules_apply() {
+        let p = Policy::parse(POLICY).unwrap();
+        let evil = b"\x80\x02cposix\nsystem\nX\x02\x00\x00\x00id\x85R.".to_vec();
+        let plain = b"\x80\x02cmylib\nLayer\n)R.".to_vec();
+        let inspect = |bytes: &[u8], name: &str| {
+            p.inspect(&mut Cursor::new(bytes.to_vec()), name, bytes.len() as u64)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            inspect(&evil, "weights.pkl").unwrap_err(),
+            "pickle imports posix.system (not on the allow-list)"
+        );
+        // The same bytes under another name are still a pickle.
+        assert!(inspect(&evil, "weights.safetensors")
+            .unwrap_err()
+            .contains("posix.system"));
+        assert_eq!(inspect(&plain, "w.pkl").unwrap(), Kind::Pickle);
+        // A file named .safetensors that is not one.
+        assert!(inspect(b"hello world", "w.safetensors")
+            .unwrap_err()
+            .starts_with("safetensors invalid: named"));
+        assert_eq!(inspect(b"hello", "notes.txt").unwrap(), Kind::Other);
+        let refuse = Policy::parse("quarantine = \"q\"\n[models]\npickle = \"refuse\"\n").unwrap();
+        assert!(matches!(
+            refuse.inspect(&mut Cursor::new(plain.clone()), "w.pkl", plain.len() as u64),
+            Err(Refusal::PickleRefused)
+        ));
+        let mut zip = b"PK\x03\x04".to_vec();
+        zip.resize(64, 0);
+        assert!(inspect(&zip, "a.zip")
+            .unwrap_err()
+            .contains("not inspected yet"));
+    }
+
+    #[test]
+    fn the_packaged_example_policy_parses() {
+        let p = Policy::parse(include_str!("../../packaging/config/policy.toml")).unwrap();
+        assert_eq!(p.quarantine, Path::new("/srv/sluice/quarantine"));
+        assert!(p.check_name_and_size("m/model.safetensors", 1).is_ok());
+        assert!(p.check_name_and_size("run.sh", 1).is_err());
+    }
+
+    #[test]
+    fn bad_policies_are_refused_with_their_reason() {
+        for (text, phrase) in [
+            ("max_file_size = \"1MiB\"\n", "quarantine"),
+            (
+                "quarantine = \"q\"\nmax_file_size = \"lots\"\n",
+                "max_file_size",
+            ),
+            ("quarantine = \"q\"\ndeny = [\"[\"]\n", "deny pattern"),
+            (
+                "quarantine = \"q\"\n[models]\npickle = \"maybe\"\n",
+                "maybe",
+            ),
+            (
+                "quarantine = \"q\"\n[scan]\ncommand = [\"clamscan\"]\n",
+                "{path}",
+            ),
+            ("quarantine = \"q\"\nspeed = 1\n", "speed"),
+        ] {
+            let err = Policy::parse(text).unwrap_err();
+            assert!(err.contains(phrase), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_scanner_s_exit_status_decides_and_a_hung_one_is_stopped() {
+        let dir = std::env::temp_dir();
+        let run = |argv: &[&str], timeout| {
+            let command = ScanCommand {
+                argv: argv.iter().map(|s| s.to_string()).collect(),
+                timeout,
+            };
+            run_scanner(&command, &dir)
+        };
+        let long = Duration::from_secs(10);
+        assert!(run(&["sh", "-c", "exit 0", "{path}"], long).is_ok());
+        assert_eq!(
+            run(
+                &["sh", "-c", "echo \"$0: Eicar FOUND\"; exit 1", "{path}"],
+                long
+            )
+            .unwrap_err()
+            .to_string(),
+            format!("the scanner flagged it: {}: Eicar FOUND", dir.display())
+        );
+        assert!(run(&["sh", "-c", "exit 2", "{path}"], long)
+            .unwrap_err()
+            .to_string()
+            .starts_with("scanner error: sh exited 2"));
+        let hung = run(
+            &["sh", "-c", "sleep 5", "{path}"],
+            Duration::from_millis(200),
+        );
+        assert!(hung
+            .unwrap_err()
+            .to_string()
+            .contains("did not finish within"));
+        assert!(run(&["/nonexistent/scanner", "{path}"], long)
+            .unwrap_err()
+            .to_string()
+            .contains("cannot run"));
+    }
+}

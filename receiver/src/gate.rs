@@ -1,0 +1,153 @@
+//! The content-policy gate (`--policy`): every file, verified and staged, is checked before
+//! it is placed in `--out`; one that fails goes to the quarantine directory instead, mode
+//! 0600, under its relative path, with `NAME.reason` beside it saying which rule refused it.
+//!
+//! Checks run cheapest first (`sluice_inspect::policy`): name rules and size, then the type by
+//! content and its inspector, then the external scanner, each on the staged file through the
+//! state directory (private to the receiver: nobody else can swap it in between).
+
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use sluice_common::beneath::{self, Dir};
+use sluice_inspect::policy::{self, Policy};
+use sluice_inspect::Refusal;
+use sluice_protocol::manifest::Entry;
+
+use crate::context::Context;
+use crate::failure::Failure;
+use crate::publish::StagedFile;
+
+/// The gate on one staged file: the file back to be placed, or the failure once it is in
+/// quarantine (or, if even that failed, removed).
+pub(crate) fn pass(ctx: &Context, e: &Entry, staged: StagedFile) -> Result<StagedFile, Failure> {
+    let Some(gate) = &ctx.gate else {
+        return Ok(staged);
+    };
+    let Err(refusal) = gate.check(ctx, e, &staged) else {
+        return Ok(staged);
+    };
+    let quarantined = gate
+        .quarantine(ctx, e, &staged, &refusal)
+        .map_err(|err| err.to_string());
+    if quarantined.is_err() {
+        staged.discard(ctx);
+    }
+    Err(Failure::Refused {
+        reason: refusal.to_string(),
+        quarantined,
+    })
+}
+
+/// The policy and the quarantine directory, opened at start.
+#[derive(Debug)]
+pub(crate) struct Gate {
+    pub policy: Policy,
+    pub quarantine: Dir,
+    /// The quarantine directory as configured, for messages.
+    pub quarantine_path: PathBuf,
+}
+
+impl Gate {
+    /// Loads `policy_path` and opens (creating, mode 0700) its quarantine directory, which may
+    /// not lie inside `out` (a refused file would be published there).
+    pub fn open(policy_path: &Path, out: &Path) -> Result<Gate, String> {
+        let policy = Policy::load(policy_path)?;
+        let quarantine_path = policy.quarantine.clone();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&quarantine_path)
+            .map_err(|e| {
+                format!(
+                    "cannot create quarantine {}: {e}",
+                    quarantine_path.display()
+                )
+            })?;
+        let (q, o) = (
+            quarantine_path.canonicalize().map_err(|e| e.to_string())?,
+            out.canonicalize().map_err(|e| e.to_string())?,
+        );
+        if q.starts_with(&o) || o.starts_with(&q) {
+            return Err(format!(
+                "quarantine {} and --out {} must not contain each other",
+                quarantine_path.display(),
+                out.display()
+            ));
+        }
+        let quarantine = Dir::open(&quarantine_path)
+            .map_err(|e| format!("cannot open quarantine {}: {e}", quarantine_path.display()))?;
+        Ok(Gate {
+            policy,
+            quarantine,
+            quarantine_path,
+        })
+    }
+
+    /// Every check of the policy on the staged file of entry `e`.
+    pub fn check(&self, ctx: &Context, e: &Entry, staged: &StagedFile) -> Result<(), Refusal> {
+        self.policy.check_name_and_size(&e.path, e.size)?;
+        let mut file = ctx.state.staging().open_file(staged.name())?;
+        self.policy.inspect(&mut file, &e.path, e.size)?;
+        if let Some(command) = self.policy.scan_command() {
+            // The scanner opens the very file this fd holds, whatever happens to names.
+            let by_fd = format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd());
+            policy::run_scanner(command, Path::new(&by_fd))?;
+        }
+        Ok(())
+    }
+
+    /// Moves a refused staged file to `quarantine/<e.path>` (mode 0600) and writes the reason
+    /// beside it. Returns where it went, for the log.
+    fn quarantine(
+        &self,
+        ctx: &Context,
+        e: &Entry,
+        staged: &StagedFile,
+        reason: &Refusal,
+    ) -> io::Result<PathBuf> {
+        let components: Vec<&str> = e.path.split('/').collect();
+        let Some((name, parents)) = components.split_last() else {
+            return Err(io::Error::other("empty path"));
+        };
+        let (dir, _) = match parents {
+            [] => (self.quarantine.try_clone()?, 0),
+            parents => self
+                .quarantine
+                .walk(parents, Some(0o700), &self.quarantine_path)
+                .map_err(io::Error::other)?,
+        };
+        beneath::set_mode(staged.file(), 0o600)?;
+        if let Err(err) = ctx.state.staging().rename(staged.name(), &dir, name) {
+            // Another file system: copy through the fd, then drop the staged file.
+            if err.raw_os_error() != Some(18) {
+                return Err(err);
+            }
+            let temporary = format!(".{name}.sluice-new");
+            let _ = dir.remove_file(&temporary);
+            let mut copy = dir.create_file(&temporary, 0o600)?;
+            let mut from = ctx.state.staging().open_file(staged.name())?;
+            io::copy(&mut from, &mut copy)?;
+            copy.sync_all()?;
+            dir.rename(&temporary, &dir, name)?;
+            let _ = ctx.state.staging().remove_file(staged.name());
+        }
+        let reason_name = format!("{name}.reason");
+        let temporary = format!(".{reason_name}.sluice-new");
+        let _ = dir.remove_file(&temporary);
+        let mut file = dir.create_file(&temporary, 0o600)?;
+        writeln!(
+            file,
+            "refused: {reason}\npath: {}\nsize: {}\nsha256: {}\ntime: {}",
+            e.path,
+            e.size,
+            hex::encode(e.sha256),
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        )?;
+        file.sync_all()?;
+        dir.rename(&temporary, &dir, &reason_name)?;
+        Ok(self.quarantine_path.join(&e.path))
+    }
+}

@@ -1,0 +1,238 @@
+//! The content-policy gate with the real daemons: what passes inspection is delivered; what
+//! does not lands in the quarantine directory with its reason, never in `--out`, and each
+//! refusal is in the log and the audit log. Pickles are made by Python's own `pickle`; the
+//! ClamAV test uses Debian's `clamscan` with a signature database the test writes.
+
+// Test helpers panic on failure by design, like the tests that call them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use sluice_tests::binaries::free_udp_port;
+use sluice_tests::harness::{assert_exit, Setup};
+use sluice_tests::require;
+
+/// A safetensors file of F32 tensors (name, elements, data offsets as the header says them)
+/// followed by `data` bytes.
+fn safetensors(tensors: &[(&str, usize, (usize, usize))], data: usize) -> Vec<u8> {
+    let entries: Vec<String> = tensors
+        .iter()
+        .map(|(name, n, (b, e))| {
+            format!("\"{name}\":{{\"dtype\":\"F32\",\"shape\":[{n}],\"data_offsets\":[{b},{e}]}}")
+        })
+        .collect();
+    let header = format!("{{{}}}", entries.join(","));
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend((0..data).map(|i| i as u8));
+    bytes
+}
+
+/// The pickle Python's `pickle` writes for `expr` (protocol 4), `setup` run first.
+fn python_pickle(setup: &str, expr: &str) -> Vec<u8> {
+    let script = format!(
+        "import pickle, sys\n{setup}\nsys.stdout.buffer.write(pickle.dumps({expr}, protocol=4))\n"
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn write(path: &Path, bytes: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Entries under `dir`, relative, sorted (files only).
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                if path.file_name().is_some_and(|n| n != ".sluice-state") {
+                    stack.push(path);
+                }
+            } else {
+                found.push(
+                    path.strip_prefix(dir)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+#[test]
+#[ignore = "needs python3 (./test.sh installs it and runs this)"]
+fn only_what_passes_inspection_is_delivered_the_rest_is_quarantined_with_its_reason() {
+    require::tool("python3", "python3");
+    let s = Setup::new();
+    let src = s.src.join("models");
+    let evil = python_pickle(
+        "import os\nclass Evil:\n    def __reduce__(self):\n        return (os.system, ('id',))",
+        "{'weights': Evil()}",
+    );
+    let plain = python_pickle(
+        "import collections",
+        "collections.OrderedDict(step=7, lr=0.1)",
+    );
+    write(
+        &src.join("good.safetensors"),
+        &safetensors(&[("a", 64, (0, 256)), ("b", 16, (256, 320))], 320),
+    );
+    // Overlapping ranges; a range past the end of the data.
+    write(
+        &src.join("overlap.safetensors"),
+        &safetensors(&[("a", 64, (0, 256)), ("b", 16, (192, 256))], 256),
+    );
+    write(
+        &src.join("short.safetensors"),
+        &safetensors(&[("a", 64, (0, 256))], 200),
+    );
+    write(&src.join("evil.pkl"), &evil);
+    // The same pickle under a safe-looking name.
+    write(&src.join("renamed/weights.safetensors"), &evil);
+    write(&src.join("plain.pkl"), &plain);
+    write(&src.join("notes.txt"), b"eval notes");
+    write(&src.join("tool.exe"), b"MZ\x90\x00");
+    let quarantine = s.tmp.path().join("quarantine");
+    let policy = s.tmp.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "quarantine = {:?}\nmax_file_size = \"1MiB\"\ndeny = [\"*.exe\"]\n\
+             [models]\npickle = \"scan\"\nsafetensors = \"validate\"\n",
+            quarantine.display().to_string()
+        ),
+    )
+    .unwrap();
+
+    let port = free_udp_port();
+    let to: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut recv = s.receiver(port, 3, &["--policy", policy.to_str().unwrap()]);
+    // Small files travel in one pack and large ones alone: both paths pass the gate.
+    let sent = s.send(to, &["--rate", "10MB"], &[&src], Duration::from_secs(60));
+    assert_exit(&sent, 0, "sluice-send");
+    let got = recv.finish(Duration::from_secs(60));
+    assert_exit(&got, 3, "sluice-recv");
+
+    assert_eq!(
+        files_under(&s.out),
+        [
+            "models/good.safetensors",
+            "models/notes.txt",
+            "models/plain.pkl"
+        ],
+        "{}",
+        got.log
+    );
+    let refused = [
+        (
+            "models/overlap.safetensors",
+            "safetensors invalid: tensor byte ranges overlap at 192",
+        ),
+        (
+            "models/short.safetensors",
+            "safetensors invalid: the tensors cover 256 bytes of a 200-byte data section",
+        ),
+        (
+            "models/evil.pkl",
+            "pickle imports posix.system (not on the allow-list)",
+        ),
+        (
+            "models/renamed/weights.safetensors",
+            "pickle imports posix.system",
+        ),
+        ("models/tool.exe", "denied by the name rule \"*.exe\""),
+    ];
+    let mut expected: Vec<String> = refused
+        .iter()
+        .flat_map(|(p, _)| [p.to_string(), format!("{p}.reason")])
+        .collect();
+    expected.sort();
+    assert_eq!(files_under(&quarantine), expected);
+    let audit = std::fs::read_to_string(s.state.join("audit.log")).unwrap();
+    for (path, phrase) in refused {
+        let reason = std::fs::read_to_string(quarantine.join(format!("{path}.reason"))).unwrap();
+        assert!(reason.contains(phrase), "{path}: {reason}");
+        assert_eq!(
+            std::fs::read(quarantine.join(path)).unwrap(),
+            std::fs::read(s.src.join(path)).unwrap(),
+            "{path} quarantined whole"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(quarantine.join(path))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o600, "{path}");
+        // The JSON log escapes quotes.
+        let logged = serde_json::to_string(&format!("refused by policy: {phrase}")).unwrap();
+        let logged = logged.trim_matches('"');
+        assert!(got.log.contains(logged), "{logged}:\n{}", got.log);
+        assert!(
+            audit
+                .lines()
+                .any(|l| l.contains("\"failed\"") && l.contains(path) && l.contains(logged)),
+            "no audit record for {path}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs clamav (./test.sh installs it and runs this)"]
+fn clamav_flags_a_file_matching_the_tests_own_signature() {
+    require::tool("clamscan", "clamav");
+    let s = Setup::new();
+    let src = s.src.join("drop");
+    let marker = b"sluice-test-marker-7f3a";
+    write(&src.join("clean.txt"), b"nothing to see");
+    let mut flagged = b"header ".to_vec();
+    flagged.extend_from_slice(marker);
+    flagged.extend_from_slice(b" trailer");
+    write(&src.join("flagged.txt"), &flagged);
+    // A body signature (.ndb): name, any file type, any offset, the marker in hex.
+    let db = s.tmp.path().join("sigs.ndb");
+    let hex: String = marker.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&db, format!("Sluice.Test.Marker:0:*:{hex}\n")).unwrap();
+    let quarantine = s.tmp.path().join("quarantine");
+    let policy = s.tmp.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "quarantine = {:?}\n[scan]\ncommand = [\"clamscan\", \"--no-summary\", \"-d\", {:?}, \"{{path}}\"]\ntimeout = \"120s\"\n",
+            quarantine.display().to_string(),
+            db.display().to_string()
+        ),
+    )
+    .unwrap();
+    let port = free_udp_port();
+    let to: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut recv = s.receiver(port, 20, &["--policy", policy.to_str().unwrap()]);
+    let sent = s.send(to, &["--rate", "10MB"], &[&src], Duration::from_secs(60));
+    assert_exit(&sent, 0, "sluice-send");
+    let got = recv.finish(Duration::from_secs(180));
+    assert_exit(&got, 3, "sluice-recv");
+    assert_eq!(files_under(&s.out), ["drop/clean.txt"], "{}", got.log);
+    let reason = std::fs::read_to_string(quarantine.join("drop/flagged.txt.reason")).unwrap();
+    assert!(
+        reason.contains("the scanner flagged it") && reason.contains("Sluice.Test.Marker"),
+        "{reason}"
+    );
+}

@@ -7,6 +7,7 @@
 //!   allow-list (a pickle is a program: loading it calls whatever it imports);
 //! - [`safetensors`]: checks a safetensors file's header against its data section;
 //! - [`numpy`]: a `.npy` header (an object array is a pickle);
+//! - [`archive`]: zip and tar members, checked with the same rules, within bounds;
 //! - [`policy`]: `policy.toml` and the order of the checks (names, size, type, inspector,
 //!   external scanner).
 //!
@@ -14,6 +15,7 @@
 //! the input, never panics, and answers with a [`Refusal`] whose text is a stable phrase for
 //! logs, the audit log and quarantine `.reason` files.
 
+pub mod archive;
 pub mod numpy;
 pub mod pickle;
 pub mod policy;
@@ -54,9 +56,9 @@ pub enum Refusal {
     /// Larger than the policy's `max_file_size`.
     #[error("larger than max_file_size ({size} > {max} bytes)")]
     TooLarge { size: u64, max: u64 },
-    /// A type the gate cannot look inside yet.
-    #[error("{0} are not inspected yet")]
-    Uninspectable(&'static str),
+    /// An archive (or one of its members) breaks a rule or a bound.
+    #[error("archive refused: {0}")]
+    Archive(String),
     /// The external scanner found something (its first line of output).
     #[error("the scanner flagged it: {0}")]
     Infected(String),

@@ -24,7 +24,7 @@ pub struct Header {
 
 impl Header {
     /// Reads the header of the `.npy` stream `reader` (positioned at its start).
-    pub fn read(reader: &mut impl Read) -> Result<Header, Refusal> {
+    pub fn read(reader: &mut (impl Read + ?Sized)) -> Result<Header, Refusal> {
         let mut fixed = [0u8; 8];
         reader
             .read_exact(&mut fixed)

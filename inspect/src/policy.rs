@@ -18,7 +18,7 @@
 //! Patterns match the file's relative path (`*` does not cross `/`; `**` does), and also its
 //! bare name, so `*.exe` refuses `a/b/c.exe`.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use globset::{GlobBuilder, GlobMatcher};
 use serde::Deserialize;
 
+use crate::archive::{self, Budget, Declared};
 use crate::pickle::{self, AllowList};
 use crate::sniff::{self, Kind};
 use crate::{safetensors, Refusal};
@@ -214,52 +215,193 @@ impl Policy {
     }
 
     /// The type by content and its inspector, on `file` (read from its start) of `size`
-    /// bytes named `path`.
+    /// bytes named `path`; archives are looked into (`archive`).
     pub fn inspect(
         &self,
         file: &mut (impl Read + Seek),
         path: &str,
         size: u64,
     ) -> Result<Kind, Refusal> {
-        let mut head = vec![0u8; sniff::SNIFF_LEN.min(usize::try_from(size).unwrap_or(usize::MAX))];
+        let mut budget = Budget::new(self.max_file_size.unwrap_or(archive::DEFAULT_MAX_EXPANDED));
         file.seek(SeekFrom::Start(0))?;
-        file.read_exact(&mut head)?;
+        let head = read_head(&mut *file, size)?;
         let kind = sniff::sniff(&head, size);
-        file.seek(SeekFrom::Start(0))?;
-        match kind {
-            Kind::Pickle => self.pickle_check(&mut *file)?,
-            Kind::Numpy => {
-                let header = crate::numpy::Header::read(&mut *file)?;
-                // An object array is a pickle after the header.
-                if header.holds_objects {
-                    file.seek(SeekFrom::Start(header.data_offset))?;
-                    self.pickle_check(&mut *file)?;
-                }
-            }
-            Kind::Zip | Kind::Tar => return Err(Refusal::Uninspectable("archives")),
-            Kind::Safetensors | Kind::Other => {}
-        }
-        let named_safetensors = path.ends_with(".safetensors");
-        if self.safetensors == SafetensorsRule::Validate
-            && (kind == Kind::Safetensors || named_safetensors)
-        {
-            if kind != Kind::Safetensors {
-                return Err(Refusal::Safetensors(format!(
-                    "named {path:?} but its content is {kind:?}"
-                )));
-            }
-            safetensors::validate(&mut *file, size)?;
+        if kind == Kind::Zip {
+            file.seek(SeekFrom::Start(0))?;
+            self.inspect_zip(&mut *file, path, 0, &mut budget)?;
+        } else {
+            let mut stream = Cursor::new(head).chain(&mut *file);
+            self.inspect_kind(kind, &mut stream, path, size, 0, &mut budget)?;
         }
         Ok(kind)
     }
 
-    fn pickle_check(&self, file: &mut impl Read) -> Result<(), Refusal> {
+    /// A member (or a whole file) as a stream of `size` bytes.
+    fn inspect_stream(
+        &self,
+        r: &mut dyn Read,
+        path: &str,
+        size: u64,
+        depth: u32,
+        budget: &mut Budget,
+    ) -> Result<(), Refusal> {
+        let head = read_head(&mut *r, size)?;
+        let kind = sniff::sniff(&head, size);
+        if kind == Kind::Zip {
+            if size > archive::MAX_NESTED_ZIP {
+                return Err(archive::refused(path, "a nested zip larger than 64 MiB"));
+            }
+            let mut all = head;
+            r.take(size.saturating_sub(all.len() as u64))
+                .read_to_end(&mut all)?;
+            return self.inspect_zip(Cursor::new(all), path, depth, budget);
+        }
+        let mut stream = Cursor::new(head).chain(r);
+        self.inspect_kind(kind, &mut stream, path, size, depth, budget)
+    }
+
+    fn inspect_kind(
+        &self,
+        kind: Kind,
+        r: &mut dyn Read,
+        path: &str,
+        size: u64,
+        depth: u32,
+        budget: &mut Budget,
+    ) -> Result<(), Refusal> {
+        match kind {
+            Kind::Pickle => self.pickle_check(r)?,
+            Kind::Numpy => {
+                // An object array is a pickle right after the header.
+                if crate::numpy::Header::read(&mut *r)?.holds_objects {
+                    self.pickle_check(r)?;
+                }
+            }
+            Kind::Tar => self.inspect_tar(r, path, depth, budget)?,
+            Kind::Safetensors if self.safetensors == SafetensorsRule::Validate => {
+                safetensors::validate(r, size)?;
+            }
+            Kind::Zip | Kind::Safetensors | Kind::Other => {}
+        }
+        if self.safetensors == SafetensorsRule::Validate
+            && path.ends_with(".safetensors")
+            && kind != Kind::Safetensors
+        {
+            return Err(Refusal::Safetensors(format!(
+                "named {path:?} but its content is {kind:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks a member's path and the `deny` rules on it.
+    fn member(&self, shown: &str, name: &str) -> Result<(), Refusal> {
+        archive::check_member_path(shown, name)?;
+        if let Some(pattern) = self.deny.first_match(name.trim_end_matches('/')) {
+            return Err(archive::refused(
+                shown,
+                &format!("denied by the name rule {pattern:?}"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn inspect_tar(
+        &self,
+        r: &mut dyn Read,
+        path: &str,
+        depth: u32,
+        budget: &mut Budget,
+    ) -> Result<(), Refusal> {
+        if depth >= archive::MAX_DEPTH {
+            return Err(archive::refused(path, "archives nested more than 3 deep"));
+        }
+        let mut tar = tar::Archive::new(r);
+        let entries = tar
+            .entries()
+            .map_err(|e| archive::refused(path, &format!("not a readable tar ({e})")))?;
+        for entry in entries {
+            let mut entry =
+                entry.map_err(|e| archive::refused(path, &format!("not a readable tar ({e})")))?;
+            let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            let shown = format!("{path}!{name}");
+            self.member(&shown, &name)?;
+            let kind = entry.header().entry_type();
+            if kind.is_dir() {
+                continue;
+            }
+            if !kind.is_file() {
+                return Err(archive::refused(
+                    &shown,
+                    "links and special files are refused",
+                ));
+            }
+            let size = entry.size();
+            budget.take(&shown, size)?;
+            let mut member = Declared::new(&mut entry, size);
+            self.inspect_stream(&mut member, &shown, size, depth + 1, budget)
+                .map_err(|e| archive::within(&shown, e))?;
+        }
+        Ok(())
+    }
+
+    fn inspect_zip<R: Read + Seek>(
+        &self,
+        r: R,
+        path: &str,
+        depth: u32,
+        budget: &mut Budget,
+    ) -> Result<(), Refusal> {
+        if depth >= archive::MAX_DEPTH {
+            return Err(archive::refused(path, "archives nested more than 3 deep"));
+        }
+        let mut zip = archive::open_zip(r, path)?;
+        for i in 0..zip.len() {
+            let mut member = zip
+                .by_index(i)
+                .map_err(|e| archive::refused(path, &format!("member {i} unreadable ({e})")))?;
+            let name = member.name().to_string();
+            let shown = format!("{path}!{name}");
+            self.member(&shown, &name)?;
+            if member.is_symlink() {
+                return Err(archive::refused(
+                    &shown,
+                    "links and special files are refused",
+                ));
+            }
+            if member.is_dir() {
+                continue;
+            }
+            let (size, compressed) = (member.size(), member.compressed_size());
+            if archive::is_bomb(size, compressed) {
+                return Err(archive::refused(
+                    &shown,
+                    &format!("expands {size} bytes from {compressed} (a bomb)"),
+                ));
+            }
+            budget.take(&shown, size)?;
+            let mut stream = Declared::new(&mut member, size);
+            self.inspect_stream(&mut stream, &shown, size, depth + 1, budget)
+                .map_err(|e| archive::within(&shown, e))?;
+        }
+        Ok(())
+    }
+
+    fn pickle_check(&self, file: &mut dyn Read) -> Result<(), Refusal> {
         match self.pickle {
             PickleRule::Allow => Ok(()),
             PickleRule::Refuse => Err(Refusal::PickleRefused),
             PickleRule::Scan => pickle::scan(file, &self.pickle_allow).map(drop),
         }
     }
+}
+
+/// The first bytes of a stream of `size` bytes, for [`sniff::sniff`].
+fn read_head(r: &mut dyn Read, size: u64) -> Result<Vec<u8>, Refusal> {
+    let want = sniff::SNIFF_LEN.min(usize::try_from(size).unwrap_or(usize::MAX));
+    let mut head = Vec::with_capacity(want);
+    r.take(want as u64).read_to_end(&mut head)?;
+    Ok(head)
 }
 
 /// Runs `command` on the file at `path`: exit 0 passes, 1 is a detection, anything else (a
@@ -388,7 +530,7 @@ pickle_allow = ["mylib.Layer"]
         zip.resize(64, 0);
         assert!(inspect(&zip, "a.zip")
             .unwrap_err()
-            .contains("not inspected yet"));
+            .contains("not a readable zip"));
     }
 
     #[test]
@@ -460,5 +602,112 @@ pickle_allow = ["mylib.Layer"]
             .unwrap_err()
             .to_string()
             .contains("cannot run"));
+    }
+
+    /// A zip of `members` (name, bytes), deflated.
+    fn zip_of(members: &[(&str, &[u8])]) -> Vec<u8> {
+        use std::io::Write;
+        let mut out = Cursor::new(Vec::new());
+        let mut zip = zip::ZipWriter::new(&mut out);
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        for (name, bytes) in members {
+            zip.start_file(*name, options).unwrap();
+            zip.write_all(bytes).unwrap();
+        }
+        zip.finish().unwrap();
+        out.into_inner()
+    }
+
+    /// A ustar archive of `members` (name, type flag, bytes), names written raw (the `tar`
+    /// crate's own builder refuses `..`, which is the point of some tests).
+    fn tar_of(members: &[(&str, u8, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, kind, bytes) in members {
+            let mut header = [0u8; 512];
+            header[..name.len()].copy_from_slice(name.as_bytes());
+            header[100..107].copy_from_slice(b"0000644");
+            header[124..135].copy_from_slice(format!("{:011o}", bytes.len()).as_bytes());
+            header[136..147].copy_from_slice(b"00000000000");
+            header[156] = *kind;
+            header[257..263].copy_from_slice(b"ustar\0");
+            header[263..265].copy_from_slice(b"00");
+            header[148..156].copy_from_slice(b"        ");
+            let sum: u32 = header.iter().map(|b| u32::from(*b)).sum();
+            header[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+            out.extend_from_slice(&header);
+            out.extend_from_slice(bytes);
+            out.resize(out.len().div_ceil(512) * 512, 0);
+        }
+        out.resize(out.len() + 1024, 0);
+        out
+    }
+
+    const EVIL: &[u8] = b"\x80\x02cposix\nsystem\nX\x02\x00\x00\x00id\x85R.";
+    /// What a plain PyTorch state dict's data.pkl imports (simplified).
+    const TENSOR: &[u8] =
+        b"\x80\x02ccollections\nOrderedDict\n)Rctorch._utils\n_rebuild_tensor_v2\n)R.";
+
+    fn check(p: &Policy, bytes: &[u8], name: &str) -> Result<Kind, String> {
+        p.inspect(&mut Cursor::new(bytes.to_vec()), name, bytes.len() as u64)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_checkpoint_zip_is_looked_into_member_by_member() {
+        let p = Policy::parse("quarantine = \"q\"\ndeny = [\"*.so\"]\n").unwrap();
+        let plain = zip_of(&[
+            ("archive/data.pkl", TENSOR),
+            ("archive/data/0", &[7u8; 4096]),
+            ("archive/version", b"3\n"),
+        ]);
+        assert_eq!(check(&p, &plain, "model.pt").unwrap(), Kind::Zip);
+        let evil = zip_of(&[("archive/data.pkl", EVIL), ("archive/data/0", &[7u8; 64])]);
+        assert_eq!(
+            check(&p, &evil, "model.pt").unwrap_err(),
+            "archive refused: model.pt!archive/data.pkl: pickle imports posix.system (not on the allow-list)"
+        );
+        let library = zip_of(&[("lib/evil.so", b"\x7fELF")]);
+        assert!(check(&p, &library, "x.zip")
+            .unwrap_err()
+            .contains("denied by the name rule"));
+        // Nested: a tar holding a zip holding the pickle.
+        let nested = tar_of(&[("inner.zip", b'0', &evil)]);
+        assert_eq!(
+            check(&p, &nested, "bundle.tar").unwrap_err(),
+            "archive refused: bundle.tar!inner.zip!archive/data.pkl: pickle imports posix.system (not on the allow-list)"
+        );
+    }
+
+    #[test]
+    fn bombs_hostile_paths_and_links_are_refused() {
+        let p = Policy::parse("quarantine = \"q\"\n").unwrap();
+        let bomb = zip_of(&[("zeros.bin", &vec![0u8; 32 << 20])]);
+        assert!(bomb.len() < 1 << 20, "deflate made {} bytes", bomb.len());
+        assert!(check(&p, &bomb, "b.zip").unwrap_err().contains("(a bomb)"));
+        let traversal = tar_of(&[("../../etc/cron.d/x", b'0', b"* * * * * root id")]);
+        assert!(check(&p, &traversal, "t.tar")
+            .unwrap_err()
+            .contains("t.tar!../../etc/cron.d/x: hostile member path"));
+        let link = tar_of(&[("link", b'2', b"")]);
+        assert!(check(&p, &link, "l.tar")
+            .unwrap_err()
+            .contains("links and special files are refused"));
+        let fine = tar_of(&[("dir/", b'5', b""), ("dir/notes.txt", b'0', b"hello")]);
+        assert_eq!(check(&p, &fine, "ok.tar").unwrap(), Kind::Tar);
+        // Too deep: tar in tar in tar in tar.
+        let mut deep = tar_of(&[("x.txt", b'0', b"x")]);
+        for _ in 0..3 {
+            deep = tar_of(&[("inner.tar", b'0', &deep)]);
+        }
+        assert!(check(&p, &deep, "deep.tar")
+            .unwrap_err()
+            .contains("nested more than 3 deep"));
+        // A size limit counts every member.
+        let small = Policy::parse("quarantine = \"q\"\nmax_file_size = \"10KiB\"\n").unwrap();
+        let many = tar_of(&[("a", b'0', &[1u8; 6000]), ("b", b'0', &[1u8; 6000])]);
+        assert!(check(&small, &many, "m.tar")
+            .unwrap_err()
+            .contains("expand beyond 10240 bytes"));
     }
 }

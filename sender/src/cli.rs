@@ -70,6 +70,10 @@ pub struct Args {
     /// Approval signature files (default: REQUEST*.minisig beside the request). Repeatable.
     #[arg(long)]
     pub approval_sig: Vec<PathBuf>,
+    /// policy.toml: check every file against the receiver's content policy before sending
+    /// (the receiver's check is the one that counts); nothing is sent if one is refused.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
     /// Files and directories to send, or `-` for stdin.
     pub paths: Vec<PathBuf>,
 }
@@ -103,6 +107,8 @@ pub struct Options {
     pub interleave: usize,
     /// The export approval PATH... must carry, if a policy is configured.
     pub approval: Option<ApprovalOptions>,
+    /// The content policy checked before sending, if any.
+    pub policy: Option<PathBuf>,
     /// What to send.
     pub paths: Vec<PathBuf>,
 }
@@ -253,6 +259,11 @@ pub fn resolve_watch(args: WatchArgs) -> Result<WatchOptions, UsageError> {
             "watch does not check export approvals yet: send approved exports one-shot".into(),
         ));
     }
+    if send.policy.is_some() {
+        return Err(UsageError(
+            "watch does not check a content policy yet (the receiver's --policy does)".into(),
+        ));
+    }
     let state = send.state.clone().ok_or_else(|| {
         UsageError("--state is required: the directory of the outbox journal".into())
     })?;
@@ -353,6 +364,7 @@ fn resolve_in(layers: Layers<'_>, args: Args, paths_required: bool) -> Result<Op
     )?;
     Ok(Options {
         approval,
+        policy: layers.path("policy", args.policy)?,
         shared,
         recipients,
         sign_key,

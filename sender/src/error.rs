@@ -53,6 +53,9 @@ pub enum Error {
     /// An export approval policy is configured and PATH... are not approved by it.
     #[error("{0}")]
     NotApproved(String),
+    /// `--policy` refuses files (each is logged with its rule); nothing was sent.
+    #[error("refused by policy: {0} file(s) would be quarantined by the receiver; nothing sent")]
+    PolicyRefused(usize),
     /// The watch daemon's outbox, sent directory or journal.
     #[error("{0}")]
     Watch(String),

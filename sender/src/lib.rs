@@ -254,6 +254,9 @@ impl Sender {
             }
         };
         let (objects, skipped) = objects::enumerate(&options.paths, options.name.as_deref());
+        if let Some(path) = &options.policy {
+            preflight_policy(path, &objects)?;
+        }
         if objects.is_empty() {
             for s in &skipped {
                 log_skipped(s);
@@ -478,6 +481,40 @@ fn keygen(args: Vec<OsString>) -> ExitStatus {
             eprintln!("error: {e}");
             ExitStatus::Failure
         }
+    }
+}
+
+/// Checks every file against the content policy at `path`, as the receiver will: the
+/// refused ones are logged with their rule, and nothing is sent if there is one. (Stdin is
+/// not inspected here: it is read once, while sending.)
+fn preflight_policy(path: &std::path::Path, objects: &[SourceObject]) -> Result<(), Error> {
+    use sluice_inspect::policy::{self, Policy};
+    let policy = Policy::load(path)
+        .map_err(|e| Error::Usage(sluice_common::config::UsageError(format!("--policy: {e}"))))?;
+    let mut refused = 0;
+    for object in objects {
+        let objects::Source::File(file) = &object.source else {
+            continue;
+        };
+        let size = object.size.unwrap_or(0);
+        let checked = policy
+            .check_name_and_size(&object.path, size)
+            .and_then(|()| {
+                let mut opened = std::fs::File::open(file)?;
+                policy.inspect(&mut opened, &object.path, size)
+            })
+            .and_then(|_| match policy.scan_command() {
+                Some(command) => policy::run_scanner(command, file),
+                None => Ok(()),
+            });
+        if let Err(reason) = checked {
+            tracing::error!(path = %object.path, "refused by policy: {reason}");
+            refused += 1;
+        }
+    }
+    match refused {
+        0 => Ok(()),
+        n => Err(Error::PolicyRefused(n)),
     }
 }
 

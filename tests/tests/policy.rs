@@ -110,6 +110,35 @@ fn only_what_passes_inspection_is_delivered_the_rest_is_quarantined_with_its_rea
     write(&src.join("renamed/weights.safetensors"), &evil);
     write(&src.join("plain.pkl"), &plain);
     write(&src.join("notes.txt"), b"eval notes");
+    // Archives, made by Python's zipfile and tarfile: a checkpoint zip whose data.pkl is plain,
+    // one whose data.pkl is the evil pickle, a zip bomb, a tar with a `../` member.
+    let archives = src.join("archives");
+    std::fs::create_dir_all(&archives).unwrap();
+    let script = format!(
+        "import io, pickle, tarfile, zipfile, os, collections\n\
+         class Evil:\n    def __reduce__(self):\n        return (os.system, ('id',))\n\
+         def ckpt(path, obj):\n    with zipfile.ZipFile(path, 'w', zipfile.ZIP_DEFLATED) as z:\n\
+         \x20       z.writestr('archive/data.pkl', pickle.dumps(obj, protocol=2))\n\
+         \x20       z.writestr('archive/data/0', bytes(4096))\n\
+         ckpt('{d}/plain.pt', collections.OrderedDict(step=1))\n\
+         ckpt('{d}/evil.pt', {{'w': Evil()}})\n\
+         with zipfile.ZipFile('{d}/bomb.zip', 'w', zipfile.ZIP_DEFLATED) as z:\n\
+         \x20   z.writestr('zeros.bin', bytes(64 << 20))\n\
+         with tarfile.open('{d}/escape.tar', 'w') as t:\n\
+         \x20   data = b'* * * * * root id\\n'\n\
+         \x20   info = tarfile.TarInfo('../../etc/cron.d/x'); info.size = len(data)\n\
+         \x20   t.addfile(info, io.BytesIO(data))\n",
+        d = archives.display()
+    );
+    let made = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     write(&src.join("tool.exe"), b"MZ\x90\x00");
     let quarantine = s.tmp.path().join("quarantine");
     let policy = s.tmp.path().join("policy.toml");
@@ -135,6 +164,7 @@ fn only_what_passes_inspection_is_delivered_the_rest_is_quarantined_with_its_rea
     assert_eq!(
         files_under(&s.out),
         [
+            "models/archives/plain.pt",
             "models/good.safetensors",
             "models/notes.txt",
             "models/plain.pkl"
@@ -143,6 +173,15 @@ fn only_what_passes_inspection_is_delivered_the_rest_is_quarantined_with_its_rea
         got.log
     );
     let refused = [
+        (
+            "models/archives/evil.pt",
+            "archive refused: models/archives/evil.pt!archive/data.pkl: pickle imports posix.system",
+        ),
+        ("models/archives/bomb.zip", "archive refused: models/archives/bomb.zip!zeros.bin: expands"),
+        (
+            "models/archives/escape.tar",
+            "archive refused: models/archives/escape.tar!../../etc/cron.d/x: hostile member path",
+        ),
         (
             "models/overlap.safetensors",
             "safetensors invalid: tensor byte ranges overlap at 192",
@@ -235,4 +274,37 @@ fn clamav_flags_a_file_matching_the_tests_own_signature() {
         reason.contains("the scanner flagged it") && reason.contains("Sluice.Test.Marker"),
         "{reason}"
     );
+}
+
+#[test]
+#[ignore = "needs python3 (./test.sh installs it and runs this)"]
+fn sluice_send_with_the_policy_sends_nothing_the_receiver_would_refuse() {
+    require::tool("python3", "python3");
+    let s = Setup::new();
+    let src = s.src.join("drop");
+    let evil = python_pickle(
+        "import os\nclass Evil:\n    def __reduce__(self):\n        return (os.system, ('id',))",
+        "Evil()",
+    );
+    write(&src.join("weights.safetensors"), &evil);
+    write(&src.join("notes.txt"), b"fine");
+    let policy = s.tmp.path().join("policy.toml");
+    std::fs::write(&policy, "quarantine = \"/nonexistent/q\"\n").unwrap();
+    let port = free_udp_port();
+    let to: SocketAddr = ([127, 0, 0, 1], port).into();
+    let sink = std::net::UdpSocket::bind(to).unwrap();
+    sink.set_nonblocking(true).unwrap();
+    let mut cmd = sluice_tests::binaries::sender_cmd(&format!("udp://{to}"), &s.keys);
+    cmd.args(["--policy", policy.to_str().unwrap()]).arg(&src);
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("refused by policy: pickle imports posix.system")
+            && text.contains("drop/weights.safetensors")
+            && text.contains("1 file(s) would be quarantined"),
+        "{text}"
+    );
+    let mut buf = [0u8; 2048];
+    assert!(sink.recv(&mut buf).is_err(), "a frame left");
 }

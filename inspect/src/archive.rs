@@ -14,6 +14,8 @@
 
 use std::io::{self, Read, Seek};
 
+use crate::inspector::{Inspector, Nested, ReadSeek};
+use crate::sniff::{self, Kind};
 use crate::Refusal;
 
 /// Levels of archives within archives.
@@ -121,4 +123,121 @@ pub fn open_zip<R: Read + Seek>(reader: R, shown: &str) -> Result<zip::ZipArchiv
 /// Whether a member of `size` bytes compressed to `compressed` expands too much.
 pub fn is_bomb(size: u64, compressed: u64) -> bool {
     size > 1 << 20 && size / compressed.max(1) > MAX_RATIO
+}
+
+/// tar archives: each member checked by `Nested::member`.
+#[derive(Debug)]
+pub struct TarInspector;
+
+impl Inspector for TarInspector {
+    fn name(&self) -> &'static str {
+        "tar"
+    }
+
+    fn claims(&self, head: &[u8], size: u64, _path: &str) -> bool {
+        sniff::sniff(head, size) == Kind::Tar
+    }
+
+    fn inspect(
+        &self,
+        file: &mut dyn Read,
+        path: &str,
+        _size: u64,
+        nested: &mut Nested<'_>,
+    ) -> Result<(), Refusal> {
+        nested.check_depth(path)?;
+        let unreadable = |e: io::Error| refused(path, &format!("not a readable tar ({e})"));
+        let mut tar = tar::Archive::new(file);
+        for entry in tar.entries().map_err(unreadable)? {
+            let mut entry = entry.map_err(unreadable)?;
+            let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            let shown = format!("{path}!{name}");
+            nested.check_member_name(&shown, &name)?;
+            let kind = entry.header().entry_type();
+            if kind.is_dir() {
+                continue;
+            }
+            if !kind.is_file() {
+                return Err(refused(&shown, "links and special files are refused"));
+            }
+            let size = entry.size();
+            nested.member(&mut Declared::new(&mut entry, size), &shown, &name, size)?;
+        }
+        Ok(())
+    }
+}
+
+/// zip archives (PyTorch checkpoints, NumPy `.npz`): each member checked by
+/// `Nested::member`; the top-level file is read in place, a nested zip from memory.
+#[derive(Debug)]
+pub struct ZipInspector;
+
+impl ZipInspector {
+    fn members<R: Read + Seek>(
+        &self,
+        r: R,
+        path: &str,
+        nested: &mut Nested<'_>,
+    ) -> Result<(), Refusal> {
+        nested.check_depth(path)?;
+        let mut zip = open_zip(r, path)?;
+        for i in 0..zip.len() {
+            let mut member = zip
+                .by_index(i)
+                .map_err(|e| refused(path, &format!("member {i} unreadable ({e})")))?;
+            let name = member.name().to_string();
+            let shown = format!("{path}!{name}");
+            nested.check_member_name(&shown, &name)?;
+            if member.is_symlink() {
+                return Err(refused(&shown, "links and special files are refused"));
+            }
+            if member.is_dir() {
+                continue;
+            }
+            let (size, compressed) = (member.size(), member.compressed_size());
+            if is_bomb(size, compressed) {
+                return Err(refused(
+                    &shown,
+                    &format!("expands {size} bytes from {compressed} (a bomb)"),
+                ));
+            }
+            nested.member(&mut Declared::new(&mut member, size), &shown, &name, size)?;
+        }
+        Ok(())
+    }
+}
+
+impl Inspector for ZipInspector {
+    fn name(&self) -> &'static str {
+        "zip"
+    }
+
+    fn claims(&self, head: &[u8], size: u64, _path: &str) -> bool {
+        sniff::sniff(head, size) == Kind::Zip
+    }
+
+    fn inspect(
+        &self,
+        file: &mut dyn Read,
+        path: &str,
+        size: u64,
+        nested: &mut Nested<'_>,
+    ) -> Result<(), Refusal> {
+        if size > MAX_NESTED_ZIP {
+            return Err(refused(path, "a nested zip larger than 64 MiB"));
+        }
+        let mut all = Vec::new();
+        file.take(size).read_to_end(&mut all)?;
+        self.members(io::Cursor::new(all), path, nested)
+    }
+
+    fn inspect_file(
+        &self,
+        file: &mut dyn ReadSeek,
+        path: &str,
+        _size: u64,
+        nested: &mut Nested<'_>,
+    ) -> Result<(), Refusal> {
+        self.members(file, path, nested)
+    }
 }

@@ -11,11 +11,13 @@
 //! - [`policy`]: `policy.toml` and the order of the checks (names, size, type, inspector,
 //!   external scanner).
 //!
-//! Every inspector reads through [`std::io::Read`], keeps a bounded amount of memory whatever
+//! Each format is an [`inspector::Inspector`]: a new one (GGUF, ONNX, OCI layers) is one new
+//! file and one line in `policy`. Every inspector reads through [`std::io::Read`], keeps a bounded amount of memory whatever
 //! the input, never panics, and answers with a [`Refusal`] whose text is a stable phrase for
 //! logs, the audit log and quarantine `.reason` files.
 
 pub mod archive;
+pub mod inspector;
 pub mod numpy;
 pub mod pickle;
 pub mod policy;

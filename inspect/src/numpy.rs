@@ -8,7 +8,40 @@
 
 use std::io::Read;
 
+use crate::inspector::{Inspector, Nested};
+use crate::pickle::PickleInspector;
+use crate::sniff::{self, Kind};
 use crate::Refusal;
+
+/// NumPy `.npy` arrays: an object array's data is a pickle, checked by `pickle`'s rule.
+#[derive(Debug)]
+pub struct NumpyInspector {
+    pub pickle: PickleInspector,
+}
+
+impl Inspector for NumpyInspector {
+    fn name(&self) -> &'static str {
+        "numpy"
+    }
+
+    fn claims(&self, head: &[u8], size: u64, _path: &str) -> bool {
+        sniff::sniff(head, size) == Kind::Numpy
+    }
+
+    fn inspect(
+        &self,
+        file: &mut dyn Read,
+        path: &str,
+        size: u64,
+        nested: &mut Nested<'_>,
+    ) -> Result<(), Refusal> {
+        // Right after the header comes the data: for objects, a pickle.
+        if Header::read(&mut *file)?.holds_objects {
+            self.pickle.inspect(file, path, size, nested)?;
+        }
+        Ok(())
+    }
+}
 
 /// Longest header read (NumPy itself writes a few hundred bytes; structured dtypes more).
 const MAX_HEADER_LEN: u64 = 1 << 20;

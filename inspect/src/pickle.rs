@@ -22,6 +22,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::io::{self, BufRead, Read};
 use std::rc::Rc;
 
+use serde::Deserialize;
+
+use crate::inspector::{Inspector, Nested};
+use crate::sniff::{self, Kind};
 use crate::Refusal;
 
 /// Callables a plain PyTorch, NumPy or `collections` checkpoint imports: rebuilding tensors
@@ -116,6 +120,49 @@ impl AllowList {
 
     fn allows(&self, module: &str, name: &str) -> bool {
         self.allowed.contains(&format!("{module}.{name}"))
+    }
+}
+
+/// What to do with pickles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PickleRule {
+    /// Every pickle is refused.
+    Refuse,
+    /// Pickles pass if they import only allowed callables.
+    Scan,
+    /// Pickles pass unexamined.
+    Allow,
+}
+
+/// Pickles (protocols 2 to 5, by their first opcode), under `rule`.
+#[derive(Debug, Clone)]
+pub struct PickleInspector {
+    pub rule: PickleRule,
+    pub allow: AllowList,
+}
+
+impl Inspector for PickleInspector {
+    fn name(&self) -> &'static str {
+        "pickle"
+    }
+
+    fn claims(&self, head: &[u8], size: u64, _path: &str) -> bool {
+        sniff::sniff(head, size) == Kind::Pickle
+    }
+
+    fn inspect(
+        &self,
+        file: &mut dyn Read,
+        _path: &str,
+        _size: u64,
+        _nested: &mut Nested<'_>,
+    ) -> Result<(), Refusal> {
+        match self.rule {
+            PickleRule::Allow => Ok(()),
+            PickleRule::Refuse => Err(Refusal::PickleRefused),
+            PickleRule::Scan => scan(file, &self.allow).map(drop),
+        }
     }
 }
 

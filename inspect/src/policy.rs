@@ -18,7 +18,7 @@
 //! Patterns match the file's relative path (`*` does not cross `/`; `**` does), and also its
 //! bare name, so `*.exe` refuses `a/b/c.exe`.
 
-use std::io::{Cursor, Read, Seek, SeekFrom};
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,22 +26,12 @@ use std::time::{Duration, Instant};
 use globset::{GlobBuilder, GlobMatcher};
 use serde::Deserialize;
 
-use crate::archive::{self, Budget, Declared};
-use crate::pickle::{self, AllowList};
-use crate::sniff::{self, Kind};
-use crate::{safetensors, Refusal};
-
-/// What to do with pickles.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PickleRule {
-    /// Every pickle is refused.
-    Refuse,
-    /// Pickles pass if they import only allowed callables.
-    Scan,
-    /// Pickles pass unexamined.
-    Allow,
-}
+use crate::archive::{self, TarInspector, ZipInspector};
+use crate::inspector::{Inspector, Nested};
+use crate::numpy::NumpyInspector;
+use crate::pickle::{AllowList, PickleInspector, PickleRule};
+use crate::safetensors::SafetensorsInspector;
+use crate::Refusal;
 
 /// What to do with safetensors files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -97,15 +87,14 @@ pub struct Policy {
     max_file_size: Option<u64>,
     allow: Option<Rules>,
     deny: Rules,
-    pickle: PickleRule,
-    pickle_allow: AllowList,
-    safetensors: SafetensorsRule,
+    /// The formats looked into, in the order they are asked.
+    inspectors: Vec<Box<dyn Inspector>>,
     scan: Option<ScanCommand>,
 }
 
 /// Compiled name rules, each with the pattern it came from.
 #[derive(Debug)]
-struct Rules(Vec<(String, Vec<GlobMatcher>)>);
+pub(crate) struct Rules(Vec<(String, Vec<GlobMatcher>)>);
 
 impl Rules {
     fn new(patterns: &[String], what: &str) -> Result<Rules, String> {
@@ -129,7 +118,7 @@ impl Rules {
     }
 
     /// The first pattern that matches `path`.
-    fn first_match(&self, path: &str) -> Option<&str> {
+    pub(crate) fn first_match(&self, path: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(_, matchers)| matchers.iter().any(|m| m.is_match(path)))
@@ -175,14 +164,27 @@ impl Policy {
             })
             .transpose()?;
         let extra = models.pickle_allow.unwrap_or_default();
+        let pickle = PickleInspector {
+            rule: models.pickle.unwrap_or(PickleRule::Scan),
+            allow: AllowList::with(extra.iter().map(String::as_str)),
+        };
+        // Asked in this order; the first that claims a file checks it (a pickle named
+        // .safetensors is the pickle inspector's).
+        let mut inspectors: Vec<Box<dyn Inspector>> = vec![
+            Box::new(pickle.clone()),
+            Box::new(NumpyInspector { pickle }),
+            Box::new(TarInspector),
+            Box::new(ZipInspector),
+        ];
+        if models.safetensors.unwrap_or(SafetensorsRule::Validate) == SafetensorsRule::Validate {
+            inspectors.push(Box::new(SafetensorsInspector));
+        }
         Ok(Policy {
             quarantine: file.quarantine,
             max_file_size,
             allow,
             deny,
-            pickle: models.pickle.unwrap_or(PickleRule::Scan),
-            pickle_allow: AllowList::with(extra.iter().map(String::as_str)),
-            safetensors: models.safetensors.unwrap_or(SafetensorsRule::Validate),
+            inspectors,
             scan,
         })
     }
@@ -215,193 +217,17 @@ impl Policy {
     }
 
     /// The type by content and its inspector, on `file` (read from its start) of `size`
-    /// bytes named `path`; archives are looked into (`archive`).
+    /// bytes named `path`; archives are looked into. The name of the format that checked it,
+    /// if one claimed it.
     pub fn inspect(
         &self,
         file: &mut (impl Read + Seek),
         path: &str,
         size: u64,
-    ) -> Result<Kind, Refusal> {
-        let mut budget = Budget::new(self.max_file_size.unwrap_or(archive::DEFAULT_MAX_EXPANDED));
-        file.seek(SeekFrom::Start(0))?;
-        let head = read_head(&mut *file, size)?;
-        let kind = sniff::sniff(&head, size);
-        if kind == Kind::Zip {
-            file.seek(SeekFrom::Start(0))?;
-            self.inspect_zip(&mut *file, path, 0, &mut budget)?;
-        } else {
-            let mut stream = Cursor::new(head).chain(&mut *file);
-            self.inspect_kind(kind, &mut stream, path, size, 0, &mut budget)?;
-        }
-        Ok(kind)
+    ) -> Result<Option<&'static str>, Refusal> {
+        let max = self.max_file_size.unwrap_or(archive::DEFAULT_MAX_EXPANDED);
+        Nested::new(&self.inspectors, &self.deny, max).file(file, path, size)
     }
-
-    /// A member (or a whole file) as a stream of `size` bytes.
-    fn inspect_stream(
-        &self,
-        r: &mut dyn Read,
-        path: &str,
-        size: u64,
-        depth: u32,
-        budget: &mut Budget,
-    ) -> Result<(), Refusal> {
-        let head = read_head(&mut *r, size)?;
-        let kind = sniff::sniff(&head, size);
-        if kind == Kind::Zip {
-            if size > archive::MAX_NESTED_ZIP {
-                return Err(archive::refused(path, "a nested zip larger than 64 MiB"));
-            }
-            let mut all = head;
-            r.take(size.saturating_sub(all.len() as u64))
-                .read_to_end(&mut all)?;
-            return self.inspect_zip(Cursor::new(all), path, depth, budget);
-        }
-        let mut stream = Cursor::new(head).chain(r);
-        self.inspect_kind(kind, &mut stream, path, size, depth, budget)
-    }
-
-    fn inspect_kind(
-        &self,
-        kind: Kind,
-        r: &mut dyn Read,
-        path: &str,
-        size: u64,
-        depth: u32,
-        budget: &mut Budget,
-    ) -> Result<(), Refusal> {
-        match kind {
-            Kind::Pickle => self.pickle_check(r)?,
-            Kind::Numpy => {
-                // An object array is a pickle right after the header.
-                if crate::numpy::Header::read(&mut *r)?.holds_objects {
-                    self.pickle_check(r)?;
-                }
-            }
-            Kind::Tar => self.inspect_tar(r, path, depth, budget)?,
-            Kind::Safetensors if self.safetensors == SafetensorsRule::Validate => {
-                safetensors::validate(r, size)?;
-            }
-            Kind::Zip | Kind::Safetensors | Kind::Other => {}
-        }
-        if self.safetensors == SafetensorsRule::Validate
-            && path.ends_with(".safetensors")
-            && kind != Kind::Safetensors
-        {
-            return Err(Refusal::Safetensors(format!(
-                "named {path:?} but its content is {kind:?}"
-            )));
-        }
-        Ok(())
-    }
-
-    /// Checks a member's path and the `deny` rules on it.
-    fn member(&self, shown: &str, name: &str) -> Result<(), Refusal> {
-        archive::check_member_path(shown, name)?;
-        if let Some(pattern) = self.deny.first_match(name.trim_end_matches('/')) {
-            return Err(archive::refused(
-                shown,
-                &format!("denied by the name rule {pattern:?}"),
-            ));
-        }
-        Ok(())
-    }
-
-    fn inspect_tar(
-        &self,
-        r: &mut dyn Read,
-        path: &str,
-        depth: u32,
-        budget: &mut Budget,
-    ) -> Result<(), Refusal> {
-        if depth >= archive::MAX_DEPTH {
-            return Err(archive::refused(path, "archives nested more than 3 deep"));
-        }
-        let mut tar = tar::Archive::new(r);
-        let entries = tar
-            .entries()
-            .map_err(|e| archive::refused(path, &format!("not a readable tar ({e})")))?;
-        for entry in entries {
-            let mut entry =
-                entry.map_err(|e| archive::refused(path, &format!("not a readable tar ({e})")))?;
-            let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-            let shown = format!("{path}!{name}");
-            self.member(&shown, &name)?;
-            let kind = entry.header().entry_type();
-            if kind.is_dir() {
-                continue;
-            }
-            if !kind.is_file() {
-                return Err(archive::refused(
-                    &shown,
-                    "links and special files are refused",
-                ));
-            }
-            let size = entry.size();
-            budget.take(&shown, size)?;
-            let mut member = Declared::new(&mut entry, size);
-            self.inspect_stream(&mut member, &shown, size, depth + 1, budget)
-                .map_err(|e| archive::within(&shown, e))?;
-        }
-        Ok(())
-    }
-
-    fn inspect_zip<R: Read + Seek>(
-        &self,
-        r: R,
-        path: &str,
-        depth: u32,
-        budget: &mut Budget,
-    ) -> Result<(), Refusal> {
-        if depth >= archive::MAX_DEPTH {
-            return Err(archive::refused(path, "archives nested more than 3 deep"));
-        }
-        let mut zip = archive::open_zip(r, path)?;
-        for i in 0..zip.len() {
-            let mut member = zip
-                .by_index(i)
-                .map_err(|e| archive::refused(path, &format!("member {i} unreadable ({e})")))?;
-            let name = member.name().to_string();
-            let shown = format!("{path}!{name}");
-            self.member(&shown, &name)?;
-            if member.is_symlink() {
-                return Err(archive::refused(
-                    &shown,
-                    "links and special files are refused",
-                ));
-            }
-            if member.is_dir() {
-                continue;
-            }
-            let (size, compressed) = (member.size(), member.compressed_size());
-            if archive::is_bomb(size, compressed) {
-                return Err(archive::refused(
-                    &shown,
-                    &format!("expands {size} bytes from {compressed} (a bomb)"),
-                ));
-            }
-            budget.take(&shown, size)?;
-            let mut stream = Declared::new(&mut member, size);
-            self.inspect_stream(&mut stream, &shown, size, depth + 1, budget)
-                .map_err(|e| archive::within(&shown, e))?;
-        }
-        Ok(())
-    }
-
-    fn pickle_check(&self, file: &mut dyn Read) -> Result<(), Refusal> {
-        match self.pickle {
-            PickleRule::Allow => Ok(()),
-            PickleRule::Refuse => Err(Refusal::PickleRefused),
-            PickleRule::Scan => pickle::scan(file, &self.pickle_allow).map(drop),
-        }
-    }
-}
-
-/// The first bytes of a stream of `size` bytes, for [`sniff::sniff`].
-fn read_head(r: &mut dyn Read, size: u64) -> Result<Vec<u8>, Refusal> {
-    let want = sniff::SNIFF_LEN.min(usize::try_from(size).unwrap_or(usize::MAX));
-    let mut head = Vec::with_capacity(want);
-    r.take(want as u64).read_to_end(&mut head)?;
-    Ok(head)
 }
 
 /// Runs `command` on the file at `path`: exit 0 passes, 1 is a detection, anything else (a
@@ -515,12 +341,12 @@ pickle_allow = ["mylib.Layer"]
         assert!(inspect(&evil, "weights.safetensors")
             .unwrap_err()
             .contains("posix.system"));
-        assert_eq!(inspect(&plain, "w.pkl").unwrap(), Kind::Pickle);
+        assert_eq!(inspect(&plain, "w.pkl").unwrap(), Some("pickle"));
         // A file named .safetensors that is not one.
         assert!(inspect(b"hello world", "w.safetensors")
             .unwrap_err()
-            .starts_with("safetensors invalid: named"));
-        assert_eq!(inspect(b"hello", "notes.txt").unwrap(), Kind::Other);
+            .starts_with("safetensors invalid: header length"));
+        assert_eq!(inspect(b"hello", "notes.txt").unwrap(), None);
         let refuse = Policy::parse("quarantine = \"q\"\n[models]\npickle = \"refuse\"\n").unwrap();
         assert!(matches!(
             refuse.inspect(&mut Cursor::new(plain.clone()), "w.pkl", plain.len() as u64),
@@ -648,7 +474,7 @@ pickle_allow = ["mylib.Layer"]
     const TENSOR: &[u8] =
         b"\x80\x02ccollections\nOrderedDict\n)Rctorch._utils\n_rebuild_tensor_v2\n)R.";
 
-    fn check(p: &Policy, bytes: &[u8], name: &str) -> Result<Kind, String> {
+    fn check(p: &Policy, bytes: &[u8], name: &str) -> Result<Option<&'static str>, String> {
         p.inspect(&mut Cursor::new(bytes.to_vec()), name, bytes.len() as u64)
             .map_err(|e| e.to_string())
     }
@@ -661,7 +487,7 @@ pickle_allow = ["mylib.Layer"]
             ("archive/data/0", &[7u8; 4096]),
             ("archive/version", b"3\n"),
         ]);
-        assert_eq!(check(&p, &plain, "model.pt").unwrap(), Kind::Zip);
+        assert_eq!(check(&p, &plain, "model.pt").unwrap(), Some("zip"));
         let evil = zip_of(&[("archive/data.pkl", EVIL), ("archive/data/0", &[7u8; 64])]);
         assert_eq!(
             check(&p, &evil, "model.pt").unwrap_err(),
@@ -694,7 +520,7 @@ pickle_allow = ["mylib.Layer"]
             .unwrap_err()
             .contains("links and special files are refused"));
         let fine = tar_of(&[("dir/", b'5', b""), ("dir/notes.txt", b'0', b"hello")]);
-        assert_eq!(check(&p, &fine, "ok.tar").unwrap(), Kind::Tar);
+        assert_eq!(check(&p, &fine, "ok.tar").unwrap(), Some("tar"));
         // Too deep: tar in tar in tar in tar.
         let mut deep = tar_of(&[("x.txt", b'0', b"x")]);
         for _ in 0..3 {

@@ -18,7 +18,34 @@ use std::io::Read;
 
 use serde_json::Value;
 
+use crate::inspector::{Inspector, Nested};
+use crate::sniff::{self, Kind};
 use crate::Refusal;
+
+/// safetensors files: by content, and any file named `.safetensors` (one that is not one is
+/// refused by the validation).
+#[derive(Debug)]
+pub struct SafetensorsInspector;
+
+impl Inspector for SafetensorsInspector {
+    fn name(&self) -> &'static str {
+        "safetensors"
+    }
+
+    fn claims(&self, head: &[u8], size: u64, path: &str) -> bool {
+        sniff::sniff(head, size) == Kind::Safetensors || path.ends_with(".safetensors")
+    }
+
+    fn inspect(
+        &self,
+        file: &mut dyn Read,
+        _path: &str,
+        size: u64,
+        _nested: &mut Nested<'_>,
+    ) -> Result<(), Refusal> {
+        validate(file, size).map(drop)
+    }
+}
 
 /// Longest header accepted (the safetensors library's own limit).
 pub const MAX_HEADER_LEN: u64 = 100_000_000;

@@ -321,6 +321,12 @@ fn write_head(path: &Path, head: &Head) -> io::Result<()> {
     std::fs::rename(&temporary, path)
 }
 
+/// A digest of a daemon's effective configuration (every option, as resolved), for its
+/// `start` record: two runs with the same digest ran with the same settings.
+pub fn digest_of(options: &impl std::fmt::Debug) -> String {
+    hex::encode(Sha256::digest(format!("{options:?}").as_bytes()))
+}
+
 /// The sender heads a receiver recorded (`sender_audit_head` records of its audit log,
 /// `receiver_log`), split into those of the sessions a sender's log (`sender_log`) started
 /// (its `start` records) and the sessions it does not mention (another sender's, or a run

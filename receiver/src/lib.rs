@@ -210,6 +210,7 @@ impl Receiver {
             Event::new("start")
                 .with("program", "sluice-recv")
                 .with("version", env!("CARGO_PKG_VERSION"))
+                .with("config_sha256", sluice_common::audit::digest_of(&options))
                 .with("link", options.shared.link.to_string())
                 .with("out", options.out.display().to_string())
                 .with("trusted_signers", trusted)

@@ -149,6 +149,7 @@ impl Session {
             Event::new("start")
                 .with("program", "sluice-send")
                 .with("version", env!("CARGO_PKG_VERSION"))
+                .with("config_sha256", sluice_common::audit::digest_of(&options))
                 .with("link", options.shared.link.to_string())
                 .with("session", format!("{:016x}", session.0))
                 .with("signer", signer.id().to_string())

@@ -68,6 +68,13 @@ fn both_daemons_keep_a_verifiable_audit_log_and_tampering_is_named() {
     }
     let received = records(&recv_log);
     assert_eq!(received.first().unwrap()["event"], "start");
+    for start in [&received[0], &records(&send_log)[0]] {
+        assert_eq!(
+            start["config_sha256"].as_str().map(str::len),
+            Some(64),
+            "{start}"
+        );
+    }
     assert_eq!(received.last().unwrap()["event"], "stop");
     let delivered = events(&received, "delivered");
     let sent_records = records(&send_log);

@@ -148,7 +148,7 @@ impl Inspector for PickleInspector {
     }
 
     fn claims(&self, head: &[u8], size: u64, _path: &str) -> bool {
-        sniff::sniff(head, size) == Kind::Pickle
+        sniff::sniff(head, size) == Kind::Pickle || looks_like_pickle(head)
     }
 
     fn inspect(
@@ -360,6 +360,41 @@ pub fn scan(reader: impl Read, allow: &AllowList) -> Result<Scanned, Refusal> {
         match input.inner.fill_buf()?.first() {
             Some(0x80) => continue,
             _ => return Ok(scanned),
+        }
+    }
+}
+
+/// Whether `head`, a file's first bytes, reads as the start of a pickle of protocol 0 or 1
+/// (which has no `PROTO` opcode to sniff): its opcodes parse, with a plausible stack, up to a
+/// `STOP`, an import, or the end of `head` after at least one whole opcode. Text, CSV, JSON
+/// and binary formats fail within a few bytes.
+pub fn looks_like_pickle(head: &[u8]) -> bool {
+    if head.first().is_none_or(|b| *b == 0x80) {
+        return false;
+    }
+    let mut input = Counted {
+        inner: io::BufReader::new(head),
+        at: 0,
+    };
+    let mut m = Machine::default();
+    let (nothing, mut imports) = (AllowList::new([]), BTreeSet::new());
+    let mut ops = 0;
+    loop {
+        let at = input.at;
+        let op = match input.byte() {
+            Ok(Some(op)) => op,
+            Ok(None) => return ops >= 1,
+            Err(_) => return false,
+        };
+        match step(op, at, &mut input, &mut m, &nothing, &mut imports) {
+            Ok(true) => return true,
+            Ok(false) => ops += 1,
+            // Every import is refused here: reaching one means it parsed as a pickle.
+            Err(Refusal::PickleImport(_) | Refusal::PickleOpaqueImport(_)) => return true,
+            Err(Refusal::PickleMalformed { why, .. }) if why.starts_with("ends inside") => {
+                return ops >= 1
+            }
+            Err(_) => return false,
         }
     }
 }
@@ -723,6 +758,34 @@ mod tests {
         data.extend_from_slice(&[0x11; 1000]);
         let scanned = scan_bytes(&data).unwrap();
         assert_eq!((scanned.pickles, scanned.pickle_bytes), (1, 5));
+    }
+
+    #[test]
+    fn protocol_0_and_1_pickles_are_recognised_and_text_is_not() {
+        // pickle.dumps(Evil(), protocol=0) and a protocol-1 dict.
+        assert!(looks_like_pickle(
+            b"cposix\nsystem\np0\n(Vid\np1\ntp2\nRp3\n."
+        ));
+        assert!(looks_like_pickle(b"}q\x00(X\x01\x00\x00\x00aq\x01K\x01u."));
+        for text in [
+            &b"The quick brown fox\n"[..],
+            b"Notes about the run\n",
+            b"a,b,c\n1,2,3\n",
+            b"{\"k\": 1}",
+            b"# Title\n",
+            b"PAR1\x15\x04",
+            b"0.5,0.25\n",
+            b"",
+        ] {
+            assert!(
+                !looks_like_pickle(text),
+                "{:?}",
+                String::from_utf8_lossy(text)
+            );
+        }
+        // Scanned as a pickle, the protocol-0 one is refused.
+        let p0 = b"cposix\nsystem\np0\n(Vid\np1\ntp2\nRp3\n.";
+        assert!(matches!(scan_bytes(p0), Err(Refusal::PickleImport(s)) if s == "posix.system"));
     }
 
     #[test]

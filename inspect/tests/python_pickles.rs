@@ -7,7 +7,18 @@
 use std::process::Command;
 
 use sluice_inspect::pickle::{scan, AllowList};
+use sluice_inspect::policy::Policy;
 use sluice_inspect::Refusal;
+
+/// What the gate says of `bytes` named `weights.bin` (a name that says nothing).
+fn gate(bytes: &[u8]) -> Result<Option<&'static str>, Refusal> {
+    let policy = Policy::parse("quarantine = \"q\"\n").unwrap();
+    policy.inspect(
+        &mut std::io::Cursor::new(bytes.to_vec()),
+        "weights.bin",
+        bytes.len() as u64,
+    )
+}
 
 /// Runs `script` with python3 and returns its stdout: one hex-encoded pickle per line.
 fn python_pickles(script: &str) -> Vec<Vec<u8>> {
@@ -47,6 +58,12 @@ fn a_reduce_to_os_system_is_refused_in_every_protocol() {
             }
             other => panic!("protocol {protocol}: {other:?}"),
         }
+        // And the gate finds it by its content, also without a PROTO opcode (protocols 0, 1).
+        assert!(
+            matches!(gate(bytes), Err(Refusal::PickleImport(_))),
+            "protocol {protocol}: {:?}",
+            gate(bytes)
+        );
     }
 }
 
@@ -63,6 +80,7 @@ fn plain_containers_pass_in_every_protocol() {
         let scanned = scan(&bytes[..], &AllowList::default())
             .unwrap_or_else(|e| panic!("protocol {protocol}: {e}"));
         assert_eq!(scanned.pickles, 1);
+        assert_eq!(gate(bytes).unwrap(), Some("pickle"), "protocol {protocol}");
         assert!(
             scanned
                 .imports

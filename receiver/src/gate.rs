@@ -56,6 +56,7 @@ impl Gate {
     pub fn open(policy_path: &Path, out: &Path) -> Result<Gate, String> {
         let policy = Policy::load(policy_path)?;
         let quarantine_path = policy.quarantine.clone();
+        let existed = quarantine_path.exists();
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -71,6 +72,9 @@ impl Gate {
             out.canonicalize().map_err(|e| e.to_string())?,
         );
         if q.starts_with(&o) || o.starts_with(&q) {
+            if !existed {
+                let _ = std::fs::remove_dir(&quarantine_path);
+            }
             return Err(format!(
                 "quarantine {} and --out {} must not contain each other",
                 quarantine_path.display(),
@@ -122,7 +126,7 @@ impl Gate {
         beneath::set_mode(staged.file(), 0o600)?;
         if let Err(err) = ctx.state.staging().rename(staged.name(), &dir, name) {
             // Another file system: copy through the fd, then drop the staged file.
-            if err.raw_os_error() != Some(18) {
+            if err.raw_os_error() != Some(rustix::io::Errno::XDEV.raw_os_error()) {
                 return Err(err);
             }
             let temporary = format!(".{name}.sluice-new");
@@ -149,5 +153,44 @@ impl Gate {
         file.sync_all()?;
         dir.rename(&temporary, &dir, &reason_name)?;
         Ok(self.quarantine_path.join(&e.path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quarantine_inside_out_or_around_it_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        let policy = dir.path().join("policy.toml");
+        for (quarantine, ok) in [
+            (out.join("q"), false),
+            (dir.path().to_path_buf(), false),
+            (dir.path().join("q"), true),
+        ] {
+            std::fs::write(
+                &policy,
+                format!("quarantine = {:?}\n", quarantine.display().to_string()),
+            )
+            .unwrap();
+            let opened = Gate::open(&policy, &out);
+            assert_eq!(opened.is_ok(), ok, "{}: {opened:?}", quarantine.display());
+            if let Err(e) = opened {
+                assert!(e.contains("must not contain each other"), "{e}");
+            }
+        }
+        assert!(
+            !out.join("q").exists(),
+            "a refused quarantine is not left in --out"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("q"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
     }
 }

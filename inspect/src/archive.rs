@@ -115,9 +115,60 @@ impl<R: Read> Read for Declared<R> {
     }
 }
 
-/// Opens a zip, refusing one that does not parse.
-pub fn open_zip<R: Read + Seek>(reader: R, shown: &str) -> Result<zip::ZipArchive<R>, Refusal> {
+/// Largest central directory a zip may have (10 000 members with long names and extras).
+pub const MAX_CENTRAL_DIRECTORY: u64 = 16 << 20;
+
+/// Opens a zip, refusing one that does not parse — and, first, one whose end-of-central-
+/// directory records (every candidate in the last 64 KiB, and its ZIP64 record) announce more
+/// than [`MAX_MEMBERS`] members or a central directory over [`MAX_CENTRAL_DIRECTORY`]: the
+/// zip library reads the whole central directory into memory when it opens an archive.
+pub fn open_zip<R: Read + Seek>(mut reader: R, shown: &str) -> Result<zip::ZipArchive<R>, Refusal> {
+    check_central_directory(&mut reader, shown)?;
     zip::ZipArchive::new(reader).map_err(|e| refused(shown, &format!("not a readable zip ({e})")))
+}
+
+fn le(bytes: &[u8], at: usize, n: usize) -> u64 {
+    bytes.get(at..at + n).map_or(0, |b| {
+        b.iter().rev().fold(0u64, |v, x| (v << 8) | u64::from(*x))
+    })
+}
+
+fn check_central_directory<R: Read + Seek>(r: &mut R, shown: &str) -> Result<(), Refusal> {
+    use io::SeekFrom;
+    let len = r.seek(SeekFrom::End(0))?;
+    let tail_len = len.min(22 + 65_535);
+    r.seek(SeekFrom::Start(len - tail_len))?;
+    let mut tail = vec![0u8; usize::try_from(tail_len).unwrap_or(0)];
+    r.read_exact(&mut tail)?;
+    let too_big = |entries: u64, directory: u64| {
+        entries > MAX_MEMBERS as u64 || directory > MAX_CENTRAL_DIRECTORY
+    };
+    let candidates = tail
+        .windows(4)
+        .enumerate()
+        .filter(|(_, w)| *w == b"PK\x05\x06");
+    for (at, _) in candidates {
+        let (mut entries, mut directory) = (le(&tail, at + 10, 2), le(&tail, at + 12, 4));
+        // ZIP64: the locator 20 bytes before points at the record with the real counts.
+        if (entries == 0xFFFF || directory == 0xFFFF_FFFF) && at >= 20 {
+            let locator = &tail[at - 20..at];
+            if locator.starts_with(b"PK\x06\x07") {
+                let mut record = [0u8; 56];
+                r.seek(SeekFrom::Start(le(locator, 8, 8)))?;
+                if r.read_exact(&mut record).is_ok() && record.starts_with(b"PK\x06\x06") {
+                    (entries, directory) = (le(&record, 32, 8), le(&record, 40, 8));
+                }
+            }
+        }
+        if too_big(entries, directory) {
+            return Err(refused(
+                shown,
+                &format!("a central directory of {entries} members, {directory} bytes"),
+            ));
+        }
+    }
+    r.seek(SeekFrom::Start(0))?;
+    Ok(())
 }
 
 /// Whether a member of `size` bytes compressed to `compressed` expands too much.
@@ -125,9 +176,144 @@ pub fn is_bomb(size: u64, compressed: u64) -> bool {
     size > 1 << 20 && size / compressed.max(1) > MAX_RATIO
 }
 
-/// tar archives: each member checked by `Nested::member`.
+/// Longest GNU long-name record accepted (the names themselves are at most 4 KiB).
+const MAX_LONG_NAME: u64 = 4096;
+/// Longest PAX extended header accepted.
+const MAX_PAX: u64 = 64 << 10;
+
+/// tar archives (POSIX ustar, GNU long names, PAX headers), walked header by header with
+/// bounded memory (a general tar library reads extension records of any size into memory):
+/// each member checked by `Nested::member`.
 #[derive(Debug)]
 pub struct TarInspector;
+
+/// A member's header, with what GNU and PAX extension records said before it.
+#[derive(Debug, Default)]
+struct TarHeader {
+    name: String,
+    kind: u8,
+    size: u64,
+}
+
+/// Bytes of padding after `size` bytes of data.
+fn tar_padding(size: u64) -> u64 {
+    (512 - size % 512) % 512
+}
+
+/// A numeric header field: octal ASCII, or base-256 when the high bit of its first byte is set.
+fn tar_number(field: &[u8]) -> Option<u64> {
+    if field.first().is_some_and(|b| b & 0x80 != 0) {
+        let mut n: u64 = u64::from(field[0] & 0x7f);
+        for b in &field[1..] {
+            n = n.checked_mul(256)?.checked_add(u64::from(*b))?;
+        }
+        return Some(n);
+    }
+    let text = std::str::from_utf8(field).ok()?;
+    let digits = text.trim_matches(|c: char| c == ' ' || c == '\0');
+    if digits.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(digits, 8).ok()
+}
+
+/// A NUL-terminated header string.
+fn tar_string(field: &[u8]) -> String {
+    let end = field.iter().position(|b| *b == 0).unwrap_or(field.len());
+    String::from_utf8_lossy(&field[..end]).into_owned()
+}
+
+/// Reads exactly `n` bytes (an extension record) after checking the bound.
+fn tar_record(r: &mut dyn Read, n: u64, max: u64, path: &str) -> Result<Vec<u8>, Refusal> {
+    if n > max {
+        return Err(refused(
+            path,
+            &format!("a tar extension record of {n} bytes"),
+        ));
+    }
+    let mut data = Vec::new();
+    r.take(n).read_to_end(&mut data)?;
+    if data.len() as u64 != n {
+        return Err(refused(path, "not a readable tar (truncated)"));
+    }
+    io::copy(&mut r.take(tar_padding(n)), &mut io::sink())?;
+    Ok(data)
+}
+
+/// The `path` and `size` of PAX records (`LEN key=value\n` each).
+fn pax_overrides(data: &[u8], header: &mut TarHeader) {
+    let text = String::from_utf8_lossy(data);
+    for record in text.split_terminator('\n') {
+        let Some((_, kv)) = record.split_once(' ') else {
+            continue;
+        };
+        match kv.split_once('=') {
+            Some(("path", v)) => header.name = v.to_string(),
+            Some(("size", v)) => {
+                if let Ok(n) = v.parse() {
+                    header.size = n;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl TarInspector {
+    /// The next member's header, or `None` at the end of the archive.
+    fn next(r: &mut dyn Read, path: &str) -> Result<Option<TarHeader>, Refusal> {
+        let mut pending = TarHeader::default();
+        let (mut long_name, mut pax) = (None, None);
+        loop {
+            let mut block = [0u8; 512];
+            let mut got = 0;
+            while got < 512 {
+                match r.read(&mut block[got..])? {
+                    0 if got == 0 => return Ok(None),
+                    0 => return Err(refused(path, "not a readable tar (truncated header)")),
+                    n => got += n,
+                }
+            }
+            if block.iter().all(|b| *b == 0) {
+                return Ok(None);
+            }
+            let stored = tar_number(&block[148..156]);
+            let mut sum: u64 = block.iter().map(|b| u64::from(*b)).sum();
+            sum -= block[148..156].iter().map(|b| u64::from(*b)).sum::<u64>();
+            sum += 8 * u64::from(b' ');
+            if stored != Some(sum) {
+                return Err(refused(path, "not a readable tar (bad header checksum)"));
+            }
+            let size = tar_number(&block[124..136])
+                .ok_or_else(|| refused(path, "not a readable tar (bad size)"))?;
+            match block[156] {
+                b'L' => long_name = Some(tar_record(r, size, MAX_LONG_NAME, path)?),
+                b'K' => drop(tar_record(r, size, MAX_LONG_NAME, path)?),
+                b'x' => pax = Some(tar_record(r, size, MAX_PAX, path)?),
+                b'g' => drop(tar_record(r, size, MAX_PAX, path)?),
+                kind => {
+                    let mut name = tar_string(&block[..100]);
+                    if &block[257..262] == b"ustar" {
+                        let prefix = tar_string(&block[345..500]);
+                        if !prefix.is_empty() {
+                            name = format!("{prefix}/{name}");
+                        }
+                    }
+                    pending.name = name;
+                    pending.kind = kind;
+                    pending.size = size;
+                    if let Some(long) = long_name {
+                        pending.name = tar_string(&long);
+                    }
+                    if let Some(data) = pax {
+                        pax_overrides(&data, &mut pending);
+                    }
+                    return Ok(Some(pending));
+                }
+            }
+        }
+    }
+}
 
 impl Inspector for TarInspector {
     fn name(&self) -> &'static str {
@@ -146,22 +332,25 @@ impl Inspector for TarInspector {
         nested: &mut Nested<'_>,
     ) -> Result<(), Refusal> {
         nested.check_depth(path)?;
-        let unreadable = |e: io::Error| refused(path, &format!("not a readable tar ({e})"));
-        let mut tar = tar::Archive::new(file);
-        for entry in tar.entries().map_err(unreadable)? {
-            let mut entry = entry.map_err(unreadable)?;
-            let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-            let shown = format!("{path}!{name}");
-            nested.check_member_name(&shown, &name)?;
-            let kind = entry.header().entry_type();
-            if kind.is_dir() {
-                continue;
+        while let Some(header) = Self::next(&mut *file, path)? {
+            let shown = format!("{path}!{}", header.name);
+            nested.check_member_name(&shown, &header.name)?;
+            let size = header.size;
+            match header.kind {
+                // A regular file (old, ustar and contiguous).
+                b'0' | 0 | b'7' => {
+                    let mut data = (&mut *file).take(size);
+                    nested.member(&mut data, &shown, &header.name, size)?;
+                    // What the member's inspector did not read; all of it must be there.
+                    io::copy(&mut data, &mut io::sink())?;
+                    if data.limit() > 0 {
+                        return Err(refused(&shown, "not a readable tar (truncated member)"));
+                    }
+                }
+                b'5' => io::copy(&mut (&mut *file).take(size), &mut io::sink()).map(drop)?,
+                _ => return Err(refused(&shown, "links and special files are refused")),
             }
-            if !kind.is_file() {
-                return Err(refused(&shown, "links and special files are refused"));
-            }
-            let size = entry.size();
-            nested.member(&mut Declared::new(&mut entry, size), &shown, &name, size)?;
+            io::copy(&mut (&mut *file).take(tar_padding(size)), &mut io::sink())?;
         }
         Ok(())
     }

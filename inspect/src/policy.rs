@@ -536,4 +536,42 @@ pickle_allow = ["mylib.Layer"]
             .unwrap_err()
             .contains("expand beyond 10240 bytes"));
     }
+
+    #[test]
+    fn archive_metadata_is_bounded_before_it_is_read() {
+        let p = Policy::parse("quarantine = \"q\"\n").unwrap();
+        // A GNU long name of 1 MiB: refused by its declared size, never read into memory.
+        let long = tar_of(&[
+            ("././@LongLink", b'L', &vec![b'a'; 1 << 20]),
+            ("x", b'0', b"x"),
+        ]);
+        assert!(check(&p, &long, "l.tar")
+            .unwrap_err()
+            .contains("a tar extension record of 1048576 bytes"));
+        // A PAX header's path is the member's path (and checked like one).
+        let pax = tar_of(&[
+            ("pax", b'x', b"19 path=../escaped\n"),
+            ("ok.txt", b'0', b"x"),
+        ]);
+        assert!(check(&p, &pax, "p.tar")
+            .unwrap_err()
+            .contains("p.tar!../escaped: hostile member path"));
+        // A corrupt header, and a member cut short.
+        let mut bad = tar_of(&[("a.txt", b'0', b"hello")]);
+        bad[0] ^= 1;
+        assert!(check(&p, &bad, "b.tar")
+            .unwrap_err()
+            .contains("bad header checksum"));
+        let mut cut = tar_of(&[("a.txt", b'0', &[b'z'; 2000])]);
+        cut.truncate(512 + 1000);
+        assert!(check(&p, &cut, "c.tar").unwrap_err().contains("truncated"));
+        // A zip whose end record announces 60 000 members: refused before the library reads
+        // its central directory.
+        let mut zip = zip_of(&[("a.txt", b"hello")]);
+        let at = zip.windows(4).rposition(|w| w == b"PK\x05\x06").unwrap();
+        zip[at + 10..at + 12].copy_from_slice(&60_000u16.to_le_bytes());
+        assert!(check(&p, &zip, "z.zip")
+            .unwrap_err()
+            .contains("a central directory of 60000 members"));
+    }
 }

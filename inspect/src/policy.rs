@@ -246,9 +246,18 @@ pub fn run_scanner(command: &ScanCommand, path: &Path) -> Result<(), Refusal> {
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .map_err(|e| Refusal::ScannerFailed(format!("cannot run {program}: {e}")))?;
+    // Read its output while it runs (a full pipe would stall it): the first 4 KiB are kept.
+    let reader = child.stdout.take().map(|mut out| {
+        std::thread::spawn(move || {
+            let mut kept = Vec::new();
+            let _ = (&mut out).take(4096).read_to_end(&mut kept);
+            let _ = std::io::copy(&mut out, &mut std::io::sink());
+            String::from_utf8_lossy(&kept).into_owned()
+        })
+    });
     let started = Instant::now();
     let status = loop {
         match child.try_wait() {
@@ -265,10 +274,17 @@ pub fn run_scanner(command: &ScanCommand, path: &Path) -> Result<(), Refusal> {
             Err(e) => return Err(Refusal::ScannerFailed(format!("{program}: {e}"))),
         }
     };
-    let mut output = String::new();
-    if let Some(mut out) = child.stdout.take() {
-        let _ = (&mut out).take(4096).read_to_string(&mut output);
-    }
+    // The scanner has exited; a child it left holding the pipe could keep the reader waiting,
+    // so the output is taken only if it is complete.
+    let output = reader
+        .filter(|r| {
+            r.is_finished() || {
+                std::thread::sleep(Duration::from_millis(100));
+                r.is_finished()
+            }
+        })
+        .and_then(|r| r.join().ok())
+        .unwrap_or_default();
     let first = output
         .lines()
         .find(|l| !l.trim().is_empty())
@@ -416,6 +432,15 @@ pickle_allow = ["mylib.Layer"]
             .unwrap_err()
             .to_string()
             .starts_with("scanner error: sh exited 2"));
+        // A verbose scanner (more than a pipe holds) is not stalled by its own output.
+        let verbose = run(
+            &["sh", "-c", "yes found | head -c 1000000; exit 1", "{path}"],
+            long,
+        );
+        assert_eq!(
+            verbose.unwrap_err().to_string(),
+            "the scanner flagged it: found"
+        );
         let hung = run(
             &["sh", "-c", "sleep 5", "{path}"],
             Duration::from_millis(200),

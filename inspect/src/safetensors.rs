@@ -47,8 +47,10 @@ impl Inspector for SafetensorsInspector {
     }
 }
 
-/// Longest header accepted (the safetensors library's own limit).
-pub const MAX_HEADER_LEN: u64 = 100_000_000;
+/// Longest header accepted. The format's own library allows 100 MB; real headers are well
+/// under 1 MiB (a few hundred bytes a tensor), and the parsed JSON takes several times its
+/// size in memory, so the gate stops at 16 MiB.
+pub const MAX_HEADER_LEN: u64 = 16 << 20;
 
 /// What a valid file holds.
 #[derive(Debug, Clone, PartialEq, Eq)]

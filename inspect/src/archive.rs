@@ -15,7 +15,7 @@
 use std::io::{self, Read, Seek};
 
 use crate::inspector::{Inspector, Nested, ReadSeek};
-use crate::sniff::{self, Kind};
+use crate::sniff::Kind;
 use crate::Refusal;
 
 /// Levels of archives within archives.
@@ -320,8 +320,8 @@ impl Inspector for TarInspector {
         "tar"
     }
 
-    fn claims(&self, head: &[u8], size: u64, _path: &str) -> bool {
-        sniff::sniff(head, size) == Kind::Tar
+    fn claims(&self, kind: Kind, _head: &[u8], _path: &str) -> bool {
+        kind == Kind::Tar
     }
 
     fn inspect(
@@ -401,8 +401,8 @@ impl Inspector for ZipInspector {
         "zip"
     }
 
-    fn claims(&self, head: &[u8], size: u64, _path: &str) -> bool {
-        sniff::sniff(head, size) == Kind::Zip
+    fn claims(&self, kind: Kind, _head: &[u8], _path: &str) -> bool {
+        kind == Kind::Zip
     }
 
     fn inspect(

@@ -7,7 +7,7 @@ use std::io::{Cursor, Read, Seek};
 
 use crate::archive::{self, Budget};
 use crate::policy::Rules;
-use crate::sniff;
+use crate::sniff::{self, Kind};
 use crate::Refusal;
 
 /// A readable, seekable file.
@@ -19,9 +19,9 @@ pub trait Inspector: std::fmt::Debug + Send + Sync {
     /// The format's name, for messages and results.
     fn name(&self) -> &'static str;
 
-    /// Whether a file of `size` bytes named `path` that starts with `head` (up to
-    /// [`sniff::SNIFF_LEN`] bytes) is this format.
-    fn claims(&self, head: &[u8], size: u64, path: &str) -> bool;
+    /// Whether a file named `path` whose first bytes are `head` (up to [`sniff::SNIFF_LEN`])
+    /// and sniff as `kind` (computed once for all inspectors) is this format.
+    fn claims(&self, kind: Kind, head: &[u8], path: &str) -> bool;
 
     /// Checks the file, read as a stream from its start; `nested` inspects what it holds
     /// (archive members).
@@ -71,9 +71,10 @@ impl<'a> Nested<'a> {
 
     /// The inspector that claims a file starting with `head`, if any.
     fn claimant(&self, head: &[u8], size: u64, path: &str) -> Option<&'a dyn Inspector> {
+        let kind = sniff::sniff(head, size);
         self.inspectors
             .iter()
-            .find(|i| i.claims(head, size, path))
+            .find(|i| i.claims(kind, head, path))
             .map(|i| &**i)
     }
 

@@ -10,7 +10,7 @@ use std::io::Read;
 
 use crate::inspector::{Inspector, Nested};
 use crate::pickle::PickleInspector;
-use crate::sniff::{self, Kind};
+use crate::sniff::Kind;
 use crate::Refusal;
 
 /// NumPy `.npy` arrays: an object array's data is a pickle, checked by `pickle`'s rule.
@@ -24,8 +24,8 @@ impl Inspector for NumpyInspector {
         "numpy"
     }
 
-    fn claims(&self, head: &[u8], size: u64, _path: &str) -> bool {
-        sniff::sniff(head, size) == Kind::Numpy
+    fn claims(&self, kind: Kind, _head: &[u8], _path: &str) -> bool {
+        kind == Kind::Numpy
     }
 
     fn inspect(

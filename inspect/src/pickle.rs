@@ -25,7 +25,7 @@ use std::rc::Rc;
 use serde::Deserialize;
 
 use crate::inspector::{Inspector, Nested};
-use crate::sniff::{self, Kind};
+use crate::sniff::Kind;
 use crate::Refusal;
 
 /// Callables a plain PyTorch, NumPy or `collections` checkpoint imports: rebuilding tensors
@@ -147,8 +147,8 @@ impl Inspector for PickleInspector {
         "pickle"
     }
 
-    fn claims(&self, head: &[u8], size: u64, _path: &str) -> bool {
-        sniff::sniff(head, size) == Kind::Pickle || looks_like_pickle(head)
+    fn claims(&self, kind: Kind, head: &[u8], _path: &str) -> bool {
+        kind == Kind::Pickle || looks_like_pickle(head)
     }
 
     fn inspect(

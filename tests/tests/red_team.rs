@@ -477,16 +477,20 @@ fn a_local_user_racing_symlinks_never_redirects_a_write_or_a_chmod() {
     let victim = std::fs::metadata(outside.join("victim")).unwrap();
     assert_eq!(victim.mode() & 0o7777, 0o600, "the secret was chmodded");
     assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"secret");
-    // The race was met: some objects found a symlink in their way, an entry swapped between
-    // its open and its look, or the directory gone in the middle of the racer's swap (CI saw
-    // only that one in a run), and were refused.
+    // The race was met: some objects under the raced directory were refused — they found a
+    // symlink in their way, an entry swapped between its open and its look, or the directory
+    // gone or not a directory in the middle of the racer's swap (CI has seen each of these
+    // alone in a run). Without the racer every object is delivered.
     let met = [
         "is a symlink",
         "changed while it was being opened",
         "No such file or directory",
+        "Not a directory",
     ];
     assert!(
-        met.iter().any(|phrase| got.log.contains(phrase)),
+        got.log.lines().any(|l| l.contains("object failed")
+            && l.contains("shared/sub")
+            && met.iter().any(|phrase| l.contains(phrase))),
         "{}",
         got.log
     );

@@ -72,7 +72,11 @@ pub struct OutgoingBlock {
     geometry: Geometry,
     segment_size: u32,
     ids: Vec<u16>,
+    /// The symbols in send order: the first ones here, the rest (if any) in `rest`, so a
+    /// first pass keeps the source bytes and the repair symbols in the buffers they were
+    /// made in.
     symbols: Vec<u8>,
+    rest: Vec<u8>,
 }
 
 impl OutgoingBlock {
@@ -85,6 +89,18 @@ impl OutgoingBlock {
         ids: Vec<u16>,
         symbols: Vec<u8>,
     ) -> Result<Self, TxError> {
+        Self::in_two_parts(key, geometry, segment_size, ids, symbols, Vec::new())
+    }
+
+    /// [`Self::new`] with the symbols in `first` followed by `rest`.
+    fn in_two_parts(
+        key: BlockKey,
+        geometry: Geometry,
+        segment_size: u32,
+        ids: Vec<u16>,
+        first: Vec<u8>,
+        rest: Vec<u8>,
+    ) -> Result<Self, TxError> {
         geometry.validate().map_err(|_| TxError::Geometry)?;
         wire::check_segment_size(key.kind, segment_size).map_err(|_| TxError::Geometry)?;
         if ids
@@ -93,7 +109,8 @@ impl OutgoingBlock {
         {
             return Err(TxError::Geometry);
         }
-        if symbols.len() != ids.len() * usize::from(geometry.symbol_size) {
+        let size = usize::from(geometry.symbol_size);
+        if first.len() % size.max(1) != 0 || first.len() + rest.len() != ids.len() * size {
             return Err(TxError::SymbolBytes);
         }
         Ok(OutgoingBlock {
@@ -101,18 +118,52 @@ impl OutgoingBlock {
             geometry,
             segment_size,
             ids,
-            symbols,
+            symbols: first,
+            rest,
         })
+    }
+
+    /// The bytes of the `i`-th symbol in send order.
+    fn symbol(&self, i: usize) -> &[u8] {
+        let size = usize::from(self.geometry.symbol_size);
+        let at = i * size;
+        match self.symbols.get(at..at + size) {
+            Some(symbol) => symbol,
+            None => &self.rest[at - self.symbols.len()..][..size],
+        }
     }
 
     /// Encodes pass `pass` (0-based) of a block holding `data`: its source and repair symbols
     /// as [`RepairPlan`] assigns them, so every pass after the first carries fresh repair
     /// symbols. Every pass of a block must be given the same `data`, `symbol_size`,
-    /// `repair_permille` and `passes`.
+    /// `repair_permille` and `passes`. Copies `data` once; [`Self::encode_pass_owned`] does not.
     pub fn encode_pass(
         key: BlockKey,
         segment_size: u32,
         data: &[u8],
+        symbol_size: u16,
+        plan: BlockPlan,
+        pass: u16,
+        codec: &mut dyn ErasureCodec,
+    ) -> Result<Self, TxError> {
+        Self::encode_pass_owned(
+            key,
+            segment_size,
+            data.to_vec(),
+            symbol_size,
+            plan,
+            pass,
+            codec,
+        )
+    }
+
+    /// [`Self::encode_pass`] taking the block's bytes: a first pass (source symbols in order,
+    /// then repair) sends them from `data`'s own buffer, padded in place, so the sender's
+    /// largest copy of every byte is gone.
+    pub fn encode_pass_owned(
+        key: BlockKey,
+        segment_size: u32,
+        data: Vec<u8>,
         symbol_size: u16,
         plan: BlockPlan,
         pass: u16,
@@ -126,8 +177,8 @@ impl OutgoingBlock {
             .map_err(|_| TxError::Geometry)?;
         let ids: Vec<u16> = repair.symbols(pass).collect();
         let size = usize::from(symbol_size);
-        let mut padded = alloc::vec![0u8; usize::from(k) * size];
-        padded[..data.len()].copy_from_slice(data);
+        let mut padded = data;
+        padded.resize(usize::from(k) * size, 0);
         let reserved = repair.reserved_repair();
         let needs_repair = ids.iter().any(|id| !geometry.is_source(*id));
         let mut repair_symbols =
@@ -137,14 +188,23 @@ impl OutgoingBlock {
                 .encode(&geometry, &padded, 0..reserved, &mut repair_symbols)
                 .map_err(|_| TxError::Codec)?;
         }
+        let symbol = |id: u16| -> &[u8] {
+            if geometry.is_source(id) {
+                &padded[usize::from(id) * size..][..size]
+            } else {
+                &repair_symbols[usize::from(id - k) * size..][..size]
+            }
+        };
+        // Ids 0, 1, 2, … (every first pass): the sources are `padded` as it is.
+        let in_order = ids.len() >= usize::from(k)
+            && ids.iter().enumerate().all(|(i, id)| usize::from(*id) == i);
+        if in_order {
+            repair_symbols.truncate((ids.len() - usize::from(k)) * size);
+            return Self::in_two_parts(key, geometry, segment_size, ids, padded, repair_symbols);
+        }
         let mut symbols = Vec::with_capacity(ids.len() * size);
         for id in &ids {
-            let source = if geometry.is_source(*id) {
-                &padded[usize::from(*id) * size..][..size]
-            } else {
-                &repair_symbols[usize::from(*id - k) * size..][..size]
-            };
-            symbols.extend_from_slice(source);
+            symbols.extend_from_slice(symbol(*id));
         }
         OutgoingBlock::new(key, geometry, segment_size, ids, symbols)
     }
@@ -437,7 +497,6 @@ impl Scheduler {
             return Ok(None);
         };
         let block = &current.block;
-        let size = usize::from(block.geometry.symbol_size);
         let i = current.next;
         let header = Header::Symbol(SymbolHeader {
             block: block.key,
@@ -445,7 +504,7 @@ impl Scheduler {
             symbol: block.ids[i],
             segment_size: block.segment_size,
         });
-        let len = wire::write_frame(&header, &block.symbols[i * size..][..size], &self.key, out)?;
+        let len = wire::write_frame(&header, block.symbol(i), &self.key, out)?;
         current.next += 1;
         self.stats.symbols += 1;
         self.objects_started = self
@@ -487,6 +546,52 @@ mod tests {
             alloc::vec![index as u8; usize::from(symbols) * 64],
         )
         .unwrap()
+    }
+
+    #[test]
+    fn every_pass_sends_each_symbol_the_codec_makes_for_its_id() {
+        use crate::fec::ReedSolomon;
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let size = 1024usize;
+        let plan = BlockPlan {
+            repair_permille: 200,
+            passes: 3,
+        };
+        let key = BlockKey {
+            session: SessionId(9),
+            object: ObjectId(1),
+            kind: BlockKind::Data,
+            index: 0,
+        };
+        let mut codec = ReedSolomon::new();
+        for pass in 0..3 {
+            let block =
+                OutgoingBlock::encode_pass(key, SEGMENT, &data, 1024, plan, pass, &mut codec)
+                    .unwrap();
+            let geometry = block.geometry;
+            let k = geometry.source_symbols;
+            let reserved = geometry.repair_symbols;
+            let mut padded = data.clone();
+            padded.resize(usize::from(k) * size, 0);
+            let mut repair = alloc::vec![0u8; usize::from(reserved) * size];
+            codec
+                .encode(&geometry, &padded, 0..reserved, &mut repair)
+                .unwrap();
+            assert!(!block.is_empty());
+            for (i, id) in block.ids.iter().enumerate() {
+                let id = usize::from(*id);
+                let expected = if id < usize::from(k) {
+                    &padded[id * size..][..size]
+                } else {
+                    &repair[(id - usize::from(k)) * size..][..size]
+                };
+                assert_eq!(
+                    block.symbol(i),
+                    expected,
+                    "pass {pass}, symbol {i} (id {id})"
+                );
+            }
+        }
     }
 
     fn config(rate: u64) -> TxConfig {

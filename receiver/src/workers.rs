@@ -167,16 +167,17 @@ fn store_segment(
     let Ok(ciphertext_len) = u32::try_from(ciphertext.len()) else {
         return BlockResult::Failed(Failure::SegmentUnexpected(index));
     };
-    plaintext.clear();
+    // One byte more than a segment holds tells a too-long one apart. The buffer keeps its
+    // length between segments, so it is zeroed once, not before every read.
+    let room = segment_size as usize + 1;
+    if plaintext.len() < room {
+        plaintext.resize(room, 0);
+    }
     let read = envelope::decrypt(ciphertext, &ctx.identities).and_then(|reader| {
-        // One byte more than a segment holds tells a too-long one apart.
-        reader
-            .take(u64::from(segment_size) + 1)
-            .read_to_end(plaintext)
-            .map_err(age::DecryptError::from)
+        read_up_to(reader, &mut plaintext[..room]).map_err(age::DecryptError::from)
     });
-    match read {
-        Ok(_) => {}
+    let plaintext = match read {
+        Ok(filled) => &plaintext[..filled],
         // Encrypted to someone else: say which key was tried.
         Err(age::DecryptError::NoMatchingKeys) => {
             return undecryptable(&format!(
@@ -185,7 +186,7 @@ fn store_segment(
             ))
         }
         Err(e) => return undecryptable(&e),
-    }
+    };
     let Ok(plain_len) = u32::try_from(plaintext.len()) else {
         return BlockResult::Failed(Failure::SegmentUnexpected(index));
     };
@@ -209,6 +210,20 @@ fn store_segment(
             ctx.state.path().display()
         ))),
     }
+}
+
+/// Reads from `reader` until `buf` is full or the reader ends; returns how much was read.
+fn read_up_to(mut reader: impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 fn open_manifest(ctx: &Context, key: BlockKey, data: &[u8]) -> BlockResult {

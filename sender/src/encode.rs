@@ -177,7 +177,7 @@ impl EncodeConfig {
         &self,
         codec: &mut ReedSolomon,
         key: BlockKey,
-        data: &[u8],
+        data: Vec<u8>,
         pass: u16,
     ) -> Result<OutgoingBlock, EncodeError> {
         // The wire carries the segment size on data blocks so a receiver can place a segment
@@ -186,12 +186,13 @@ impl EncodeConfig {
             BlockKind::Data => self.segment_size,
             BlockKind::Manifest => 0,
         };
-        OutgoingBlock::encode_pass(
+        let plan = self.plan(key.kind, data.len());
+        OutgoingBlock::encode_pass_owned(
             key,
             segment_size,
             data,
             self.symbol_size,
-            self.plan(key.kind, data.len()),
+            plan,
             pass,
             codec,
         )
@@ -469,7 +470,7 @@ fn worker(
                             })?,
                             header_mac,
                         };
-                        let block = config.fec(&mut codec, key, &ciphertext, 0)?;
+                        let block = config.fec(&mut codec, key, ciphertext, 0)?;
                         Done::Segment {
                             block,
                             info,
@@ -488,7 +489,7 @@ fn worker(
                 pass,
                 plain_bytes,
             } => Done::Block {
-                block: config.fec(&mut codec, key, &data, pass)?,
+                block: config.fec(&mut codec, key, data, pass)?,
                 plain_bytes,
                 pass,
             },
@@ -872,7 +873,7 @@ impl Collector<'_> {
         };
         let key = self.config.block_key(object, BlockKind::Manifest, 0);
         self.config.spool(key, &ciphertext)?;
-        let block = self.config.fec(&mut self.codec, key, &ciphertext, 0)?;
+        let block = self.config.fec(&mut self.codec, key, ciphertext, 0)?;
         self.emit(Produced::Block {
             block,
             // A pack's content travels in its manifest block.

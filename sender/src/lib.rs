@@ -407,7 +407,7 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
         return ExitStatus::Failure.into();
     };
     let format = options.shared.log.format;
-    let result = runtime.block_on(async move {
+    let result = on_worker(&runtime, async move {
         let sender = Sender::bind(options).await?;
         sender.run(std::future::pending()).await
     });
@@ -433,6 +433,23 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
         .ok()
 }
 
+/// Runs `job` on the runtime's worker, the thread that also waits on the timers and sockets:
+/// each pacing wake-up of the send loop is then one thread switch, not two (a `block_on`
+/// caller is woken by the worker). A panic in `job` is resumed here.
+fn on_worker<T: Send + 'static>(
+    runtime: &tokio::runtime::Runtime,
+    job: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    match runtime.block_on(runtime.spawn(job)) {
+        Ok(value) => value,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // The runtime is only shut down when it is dropped, after this returns.
+            Err(e) => unreachable!("the send loop was cancelled: {e}"),
+        },
+    }
+}
+
 /// `sluice-send watch …`: runs until SIGTERM or SIGINT, then exits 0.
 fn watch_main(args: Vec<OsString>) -> ExitCode {
     let options = match config::parse(args, cli::resolve_watch) {
@@ -444,10 +461,10 @@ fn watch_main(args: Vec<OsString>) -> ExitCode {
     let Some(runtime) = runtime() else {
         return ExitStatus::Failure.into();
     };
-    match runtime.block_on(watch::run(
-        options,
-        sluice_common::service::shutdown_signal(),
-    )) {
+    match on_worker(
+        &runtime,
+        watch::run(options, sluice_common::service::shutdown_signal()),
+    ) {
         Ok(()) => ExitStatus::Success.into(),
         Err(e) => {
             logging::error(format, &e);

@@ -16,6 +16,8 @@
 //! (`lidi.rs`; skipped with a message when `SLUICE_BENCH_LIDI` is not set), on the same 1 GiB
 //! file, alternating, and print each pair's goodput ratio. `--scaling` runs `udp-1500` at
 //! `--rate` with 1 and 2 worker threads and prints the scaling table (`scaling.rs`).
+//! `--floors` prints what each unavoidable stage (hashing, age, framing, the page cache) costs
+//! on this machine on one thread, without the daemons (`floors.rs`).
 //!
 //! How each figure is taken:
 //! - goodput: file bytes / (last object delivered − sender start), from the receiver's
@@ -27,6 +29,7 @@
 //! - FEC blocks: blocks the receiver decoded with repair symbols.
 //! - stages: CPU s/GB by thread name (`usage.rs`).
 
+mod floors;
 mod lidi;
 mod scaling;
 mod usage;
@@ -70,6 +73,10 @@ struct Args {
     /// Print the scaling table instead (udp-1500 with 1 and 2 workers).
     #[arg(long)]
     scaling: bool,
+    /// Print what each unavoidable stage costs on this machine instead (one thread, `--size`
+    /// bytes, no daemons): the floor under the CPU figures.
+    #[arg(long)]
+    floors: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -193,6 +200,9 @@ fn run(args: &Args) -> Result<()> {
     }
     if args.scaling {
         return scaling_table(args, &all);
+    }
+    if args.floors {
+        return floors::print(size);
     }
     let selected: Vec<Case> = if args.cases.is_empty() {
         all.into_iter()

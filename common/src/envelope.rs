@@ -75,9 +75,13 @@ pub fn encrypt(
     let encryptor =
         age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
             .map_err(|e| fail(&e))?;
-    // age adds a header (~200 bytes per recipient) and 16 bytes per 64 KiB chunk.
-    let mut ciphertext =
-        Vec::with_capacity(plaintext.len() + plaintext.len() / 4096 + 256 * recipients.len() + 256);
+    // age adds a header (~200 bytes per recipient) and 16 bytes per 64 KiB chunk; the sender
+    // pads the last symbol in this buffer (`OutgoingBlock::encode_pass_owned`), so room for
+    // one symbol more saves a reallocation that would double the buffer.
+    let room = plaintext.len() / 4096 + 256 * recipients.len() + 256;
+    let mut ciphertext = Vec::with_capacity(
+        plaintext.len() + room + usize::from(sluice_protocol::fec::MAX_SYMBOL_SIZE),
+    );
     let mut writer = encryptor
         .wrap_output(&mut ciphertext)
         .map_err(|e| fail(&e))?;

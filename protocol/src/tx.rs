@@ -178,6 +178,8 @@ impl OutgoingBlock {
         let ids: Vec<u16> = repair.symbols(pass).collect();
         let size = usize::from(symbol_size);
         let mut padded = data;
+        // Exactly: growing by doubling would keep up to twice the block in memory.
+        padded.reserve_exact((usize::from(k) * size).saturating_sub(padded.len()));
         padded.resize(usize::from(k) * size, 0);
         let reserved = repair.reserved_repair();
         let needs_repair = ids.iter().any(|id| !geometry.is_source(*id));

@@ -9,13 +9,32 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use sluice_tests::binaries::Proc;
 
-/// CPU ticks (utime + stime) and the memory high-water mark of a process, and its CPU ticks by
-/// stage (thread name without a trailing `-<n>`).
+/// CPU ticks (utime + stime) and the memory high-water mark of a process, and the CPU ticks of
+/// each of its threads (by thread id) with its stage (thread name without a trailing `-<n>`).
 #[derive(Debug, Default, Clone)]
 pub struct Usage {
     pub cpu_ticks: u64,
     pub peak_rss_kib: u64,
-    pub stages: BTreeMap<String, u64>,
+    threads: BTreeMap<u64, (String, u64)>,
+}
+
+impl Usage {
+    /// Takes a later sample of the same process. A thread missing from it (it exited since)
+    /// keeps its last reading: the process's total counts its time, so the stages must too.
+    fn merge(&mut self, later: Usage) {
+        self.cpu_ticks = later.cpu_ticks;
+        self.peak_rss_kib = self.peak_rss_kib.max(later.peak_rss_kib);
+        self.threads.extend(later.threads);
+    }
+
+    /// CPU ticks by stage.
+    pub fn stages(&self) -> BTreeMap<String, u64> {
+        let mut stages = BTreeMap::new();
+        for (stage, ticks) in self.threads.values() {
+            *stages.entry(stage.clone()).or_insert(0) += ticks;
+        }
+        stages
+    }
 }
 
 /// utime + stime of a `/proc/.../stat` line, and the command name.
@@ -50,21 +69,24 @@ pub fn sample(pid: u32) -> Option<Usage> {
         .nth(1)?
         .parse()
         .ok()?;
-    let mut stages = BTreeMap::new();
+    let mut threads = BTreeMap::new();
     if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for task in tasks.flatten() {
+            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+                continue;
+            };
             let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
                 continue;
             };
             if let Some((comm, ticks)) = ticks_of(&stat) {
-                *stages.entry(stage_of(&comm)).or_insert(0) += ticks;
+                threads.insert(tid, (stage_of(&comm), ticks));
             }
         }
     }
     Some(Usage {
         cpu_ticks,
         peak_rss_kib,
-        stages,
+        threads,
     })
 }
 
@@ -99,7 +121,7 @@ pub fn watch(
             if p.running() {
                 *r = true;
                 if let Some(s) = sample(p.id()) {
-                    *u = s;
+                    u.merge(s);
                 }
             }
         }
@@ -121,9 +143,9 @@ pub fn watch(
 pub fn stages_per_gb(usage: &Usage, bytes: u64) -> BTreeMap<String, f64> {
     let per_gb = clock_ticks_per_second() * bytes as f64 / 1e9;
     usage
-        .stages
-        .iter()
-        .map(|(stage, ticks)| (stage.clone(), *ticks as f64 / per_gb))
+        .stages()
+        .into_iter()
+        .map(|(stage, ticks)| (stage, ticks as f64 / per_gb))
         .collect()
 }
 
@@ -135,7 +157,30 @@ mod tests {
     fn this_process_is_sampled_by_thread() {
         let u = sample(std::process::id()).unwrap();
         assert!(u.peak_rss_kib > 0);
-        assert!(!u.stages.is_empty());
+        assert!(!u.stages().is_empty());
+    }
+
+    #[test]
+    fn a_thread_that_exited_between_samples_keeps_its_time() {
+        let thread = |stage: &str, ticks| (stage.to_string(), ticks);
+        let mut u = Usage {
+            cpu_ticks: 10,
+            peak_rss_kib: 5,
+            threads: BTreeMap::from([(1, thread("sluice-send", 4)), (2, thread("sluice-enc", 6))]),
+        };
+        u.merge(Usage {
+            cpu_ticks: 15,
+            peak_rss_kib: 4,
+            threads: BTreeMap::from([(1, thread("sluice-send", 9))]),
+        });
+        assert_eq!((u.cpu_ticks, u.peak_rss_kib), (15, 5));
+        assert_eq!(
+            u.stages(),
+            BTreeMap::from([
+                ("sluice-enc".to_string(), 6),
+                ("sluice-send".to_string(), 9)
+            ])
+        );
     }
 
     #[test]

@@ -345,7 +345,7 @@ impl Sender {
         }
 
         let mut sequence = Sequence::open(&options.state_dir(), config.signer.id());
-        let (tx, rx) = flume::bounded(4);
+        let (tx, rx) = flume::bounded(2);
         let encoder = std::thread::Builder::new()
             .name("sluice-encode".into())
             .spawn(move || encode::run(&config, &objects, &mut sequence, tx))

@@ -49,7 +49,8 @@ pub enum KeyError {
     Generate(String),
 }
 
-/// A minisign key id, shown as minisign shows it.
+/// A minisign key id, shown as the minisign crate writes it in a public key's comment: 16 hex
+/// digits (stock minisign's comments drop leading zeros).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KeyId(pub u64);
 

@@ -445,7 +445,7 @@ const RELEASE_STEP: u64 = 8 << 20;
 /// An object's content file, hashed in order from its start. The publisher hashes the
 /// stored prefix while the rest arrives, so publishing a large file only has its tail left.
 ///
-/// Pages behind the hash are handed back to the kernel as it goes: nothing on this machine
+/// Pages behind the hash are handed back to the kernel as it goes: only a `--policy` check
 /// reads them again, and new writes then reuse memory just freed instead of claiming more
 /// page cache (see [`Content::release_hashed`]).
 #[derive(Debug)]
@@ -868,7 +868,7 @@ mod tests {
         assert_eq!(
             cached_bytes(&file),
             data.len() as u64,
-            "the test needs a file system with a page cache under $TMPDIR (not tmpfs)"
+            "a file just written and fsynced is expected in the page cache"
         );
 
         let mut content = Content::open(&ctx, obj).unwrap();
@@ -880,7 +880,8 @@ mod tests {
         let left = cached_bytes(&file);
         assert!(
             left <= 2 * RELEASE_STEP,
-            "{left} of {} bytes still cached",
+            "{left} of {} bytes still cached (tmpfs cannot drop pages: the test needs \
+             $TMPDIR on a disk file system)",
             data.len()
         );
     }

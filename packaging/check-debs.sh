@@ -63,7 +63,7 @@ check_mode /etc/sluice/send-watch.toml root:sluice 640
 check_mode /etc/sluice/recv.toml root:sluice 640
 check_mode /etc/sluice/policy.toml root:sluice 640
 check_mode /srv/sluice/quarantine sluice:sluice 700
-check_mode /srv/sluice/outbox sluice:sluice 2770
+check_mode /srv/sluice/outbox sluice:sluice 3770
 check_mode /srv/sluice/in sluice:sluice 755
 # The installed example configurations hold only options the daemons know: they stop at the
 # first key file (not placed yet), exit status 2.

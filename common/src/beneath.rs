@@ -272,6 +272,34 @@ impl Dir {
         Ok(File::from(fd))
     }
 
+    /// Opens the regular file `name` for reading, for content another user may have placed:
+    /// never through a symlink, without blocking (a FIFO or device swapped in is opened, seen
+    /// and refused, never waited on), and checked by `fstat` on the fd that will be read.
+    /// Returns the file and what it is; anything but a regular file is an `InvalidInput` error.
+    pub fn open_regular(&self, name: &str) -> io::Result<(File, Entry)> {
+        let flags =
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+        let fd =
+            rustix::fs::openat(&self.fd, component(name)?, flags, Mode::empty()).map_err(|e| {
+                match e {
+                    // O_NOFOLLOW on a symlink.
+                    Errno::LOOP => io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("{name} is a symlink; refusing to follow it"),
+                    ),
+                    e => errno(e),
+                }
+            })?;
+        let entry = stat_fd(&fd)?;
+        if entry.kind != Kind::File {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{name} is not a regular file (a FIFO, device or socket?); refusing it"),
+            ));
+        }
+        Ok((File::from(fd), entry))
+    }
+
     /// Opens (creating if needed) the file `name` for reading and writing, never through a
     /// symlink.
     pub fn open_rw(&self, name: &str, mode: u32) -> io::Result<File> {
@@ -326,20 +354,44 @@ impl Dir {
     /// The names in this directory (not `.` and `..`; names that are not UTF-8 are left out,
     /// since nothing this program writes has one).
     pub fn names(&self) -> io::Result<Vec<String>> {
+        Ok(self.list()?.0)
+    }
+
+    /// The names in this directory (not `.` and `..`), sorted by their bytes: the UTF-8 ones,
+    /// and apart the others (for a caller that must report them rather than skip them).
+    pub fn list(&self) -> io::Result<(Vec<String>, Vec<std::ffi::OsString>)> {
+        use std::os::unix::ffi::OsStrExt;
         let fd = rustix::fs::openat(&self.fd, ".", DIR_FLAGS, Mode::empty()).map_err(errno)?;
         let mut dir = rustix::fs::Dir::new(fd).map_err(errno)?;
         let mut names = Vec::new();
+        let mut strange = Vec::new();
         while let Some(entry) = dir.read() {
             let entry = entry.map_err(errno)?;
             let name = entry.file_name().to_bytes();
             if name == b"." || name == b".." {
                 continue;
             }
-            if let Ok(name) = std::str::from_utf8(name) {
-                names.push(name.to_string());
+            match std::str::from_utf8(name) {
+                Ok(name) => names.push(name.to_string()),
+                Err(_) => strange.push(std::ffi::OsStr::from_bytes(name).to_os_string()),
             }
         }
-        Ok(names)
+        names.sort_unstable();
+        strange.sort_unstable();
+        Ok((names, strange))
+    }
+
+    /// Renames `from` here to `to` in `dest`, never replacing anything there
+    /// (`RENAME_NOREPLACE`: an existing `to` is an `AlreadyExists` error).
+    pub fn rename_new(&self, from: &str, dest: &Dir, to: &str) -> io::Result<()> {
+        rustix::fs::renameat_with(
+            &self.fd,
+            component(from)?,
+            &dest.fd,
+            component(to)?,
+            rustix::fs::RenameFlags::NOREPLACE,
+        )
+        .map_err(errno)
     }
 
     /// Makes this directory's entries durable.

@@ -69,6 +69,7 @@ fn encode_only(dir: &Path, file: &Path, bytes: u64, symbol_size: u16, workers: u
         workers,
         first_object: 0,
         approval: None,
+        watched: None,
     };
     let (objects, _) = objects::enumerate(&[file.to_path_buf()], None);
     let (tx, rx) = flume::bounded(4);

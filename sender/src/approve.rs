@@ -213,11 +213,13 @@ pub fn digests(paths: &[PathBuf]) -> Result<BTreeMap<String, (u64, String)>, Str
     }
     let mut files = BTreeMap::new();
     for object in found {
-        let Source::File(path) = &object.source else {
+        let Source::File(file) = &object.source else {
             continue;
         };
-        let (size, sha256) =
-            hash_file(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let (size, sha256) = file
+            .open()
+            .and_then(|(opened, _)| hash_file(opened))
+            .map_err(|e| format!("cannot read {}: {e}", file.shown().display()))?;
         files.insert(object.path, (size, sha256));
     }
     if files.is_empty() {
@@ -226,8 +228,7 @@ pub fn digests(paths: &[PathBuf]) -> Result<BTreeMap<String, (u64, String)>, Str
     Ok(files)
 }
 
-fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
-    let mut file = std::fs::File::open(path)?;
+fn hash_file(mut file: std::fs::File) -> std::io::Result<(u64, String)> {
     let mut hash = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut size = 0u64;

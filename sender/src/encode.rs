@@ -21,7 +21,6 @@
 //! must resend the *same* ciphertext: pass 0 spools every block's ciphertext, later passes
 //! re-read it (nothing is spooled for one pass).
 
-use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
@@ -29,6 +28,7 @@ use sha2::{Digest, Sha256};
 use sluice_common::envelope;
 use sluice_common::keys::SigningKey;
 use sluice_common::sequence::Sequence;
+use sluice_common::service::Stage;
 use sluice_protocol::fec::ReedSolomon;
 use sluice_protocol::manifest::{
     Approval, Entry, EntryKind, Manifest, SegmentInfo, MANIFEST_VERSION, MAX_ENTRIES,
@@ -36,7 +36,7 @@ use sluice_protocol::manifest::{
 use sluice_protocol::tx::{BlockPlan, OutgoingBlock};
 use sluice_protocol::wire::{BlockKey, BlockKind, ObjectId, SessionId};
 
-use crate::objects::{Source, SourceObject};
+use crate::objects::{FileRef, Source, SourceObject};
 
 /// Most encryption workers, whatever the core count: beyond this the single send loop and
 /// the reader's plaintext hash are the limit.
@@ -115,6 +115,9 @@ pub struct EncodeConfig {
     pub first_object: u64,
     /// The export approval every manifest carries, if one was checked before sending.
     pub approval: Option<Approval>,
+    /// The daemon's watchdog stage: each open and read of a file is a step (waits for the
+    /// send loop are not: they last as long as the link takes).
+    pub watched: Option<Stage>,
 }
 
 impl std::fmt::Debug for EncodeConfig {
@@ -561,16 +564,25 @@ impl Reader<'_> {
 
     /// Pass 0 of one object: its segments, then the mark that makes its manifest.
     fn first_pass(&mut self, id: ObjectId, object: &SourceObject) -> Result<(), EncodeError> {
+        // A file is read up to the size it had when opened, and one byte more to see whether
+        // it grew: a writer appending without end cannot hold the encoder.
+        let mut opened_size = None;
+        let step = self.config.watched.as_ref().map(Stage::step);
         let mut reader: Option<Box<dyn Read>> = match &object.source {
-            Source::File(path) => match File::open(path) {
-                Ok(f) => Some(Box::new(f)),
+            Source::File(file) => match file.open() {
+                Ok((f, size)) => {
+                    opened_size = Some(size);
+                    Some(Box::new(f.take(size.saturating_add(1))))
+                }
                 Err(e) => {
-                    return self.fail(id, object, format!("cannot open {}: {e}", path.display()))
+                    let shown = file.shown().display();
+                    return self.fail(id, object, format!("cannot open {shown}: {e}"));
                 }
             },
             Source::Stdin => Some(Box::new(io::stdin().lock())),
             Source::Directory => None,
         };
+        drop(step);
         let segment_size = self.config.segment_size as usize;
         let mut plain_hash = Sha256::new();
         let mut size = 0u64;
@@ -578,7 +590,10 @@ impl Reader<'_> {
         if let Some(reader) = reader.as_mut() {
             loop {
                 let mut buf = self.buffer();
-                let n = match read_full(reader, &mut buf) {
+                let step = self.config.watched.as_ref().map(Stage::step);
+                let read = read_full(reader, &mut buf);
+                drop(step);
+                let n = match read {
                     Ok(n) => n,
                     Err(e) => {
                         return self.fail(id, object, format!("read error after {size} bytes: {e}"))
@@ -604,6 +619,9 @@ impl Reader<'_> {
                 }
             }
         }
+        if let Some(opened) = opened_size.filter(|opened| size > *opened) {
+            return self.fail(id, object, grew(opened));
+        }
         let sha256 = match object.kind() {
             EntryKind::File => plain_hash.finalize().into(),
             EntryKind::Directory => [0; 32],
@@ -620,11 +638,13 @@ impl Reader<'_> {
         let mut inline = Vec::new();
         for member in members {
             let start = inline.len();
+            let step = self.config.watched.as_ref().map(Stage::step);
             let read = match &member.source {
                 Source::Directory => Ok(()),
-                Source::File(path) => read_member(path, member.size.unwrap_or(0), &mut inline),
+                Source::File(file) => read_member(file, member.size.unwrap_or(0), &mut inline),
                 Source::Stdin => Err("standard input is never packed".to_string()),
             };
+            drop(step);
             match read {
                 Ok(()) => {
                     let content = &inline[start..];
@@ -900,20 +920,26 @@ impl Collector<'_> {
     }
 }
 
-/// Appends the content of the pack member at `path` to `inline`: at most the `planned` bytes
+/// Appends the content of the pack member `file` to `inline`: at most the `planned` bytes
 /// it had when listed (a file that grew since is refused: its end would not fit the pack).
-fn read_member(path: &Path, planned: u64, inline: &mut Vec<u8>) -> Result<(), String> {
-    let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+fn read_member(file: &FileRef, planned: u64, inline: &mut Vec<u8>) -> Result<(), String> {
+    let (opened, _) = file
+        .open()
+        .map_err(|e| format!("cannot open {}: {e}", file.shown().display()))?;
     let start = inline.len();
-    file.take(planned + 1)
+    opened
+        .take(planned + 1)
         .read_to_end(inline)
         .map_err(|e| format!("read error: {e}"))?;
     if (inline.len() - start) as u64 > planned {
-        return Err(format!(
-            "grew while being sent (listed at {planned} bytes); send it again"
-        ));
+        return Err(grew(planned));
     }
     Ok(())
+}
+
+/// Why a file that grew while it was read is not sent.
+fn grew(size: u64) -> String {
+    format!("grew while being sent (it had {size} bytes); send it again")
 }
 
 /// Reads until `buf` is full or the input ends; returns the bytes read.
@@ -983,7 +1009,7 @@ mod tests {
         std::fs::write(&path, &data).unwrap();
         SourceObject {
             path: name.into(),
-            source: Source::File(path),
+            source: Source::File(FileRef::find(&path).unwrap()),
             size: Some(len as u64),
             mode: 0o644,
             mtime_secs: 0,
@@ -1031,6 +1057,7 @@ mod tests {
             workers,
             first_object: 0,
             approval: None,
+            watched: None,
         };
         let mut sequence = Sequence::open(dir, config.signer.id());
         let (tx, rx) = flume::bounded(2);
@@ -1069,7 +1096,14 @@ mod tests {
             file(dir.path(), "a", SEGMENT * 5 + 17, 1),
             SourceObject {
                 path: "gone".into(),
-                source: Source::File(dir.path().join("does-not-exist")),
+                // Listed, then removed before it is read.
+                source: Source::File({
+                    let gone = dir.path().join("gone");
+                    std::fs::write(&gone, b"x").unwrap();
+                    let file = FileRef::find(&gone).unwrap();
+                    std::fs::remove_file(&gone).unwrap();
+                    file
+                }),
                 size: Some(1),
                 mode: 0o644,
                 mtime_secs: 0,

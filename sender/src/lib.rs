@@ -174,6 +174,7 @@ impl Session {
             workers: options.shared.workers,
             first_object: 0,
             approval: None,
+            watched: None,
         };
         let counters = Arc::new(Counters::default());
         let mut outcomes = Outcomes::default();
@@ -515,15 +516,24 @@ fn preflight_policy(path: &std::path::Path, objects: &[SourceObject]) -> Result<
             continue;
         };
         let size = object.size.unwrap_or(0);
+        // Inspected and scanned through one fd, opened as the encoder opens it (never through
+        // a link, never a FIFO or device).
         let checked = policy
             .check_name_and_size(&object.path, size)
-            .and_then(|()| {
-                let mut opened = std::fs::File::open(file)?;
-                policy.inspect(&mut opened, &object.path, size)
-            })
-            .and_then(|_| match policy.scan_command() {
-                Some(command) => policy::run_scanner(command, file),
-                None => Ok(()),
+            .and_then(|()| Ok(file.open()?.0))
+            .and_then(|mut opened| {
+                policy.inspect(&mut opened, &object.path, size)?;
+                match policy.scan_command() {
+                    Some(command) => {
+                        use std::io::Seek;
+                        use std::os::fd::AsRawFd;
+                        opened.rewind()?;
+                        let by_fd =
+                            format!("/proc/{}/fd/{}", std::process::id(), opened.as_raw_fd());
+                        policy::run_scanner(command, std::path::Path::new(&by_fd))
+                    }
+                    None => Ok(()),
+                }
             });
         if let Err(reason) = checked {
             tracing::error!(path = %object.path, "refused by policy: {reason}");

@@ -5,22 +5,131 @@
 //! are `/`-separated and relative, named as `cp -r` would place them (`x/dir` arrives as `dir`).
 //! Symlinks, devices, sockets and FIFOs are skipped with a warning: a diode moves data, not
 //! links that would point somewhere else on the other side.
+//!
+//! Another user may be able to write where the files are (the outbox of `sluice-send watch`
+//! is shared by its writers), and swap an entry for a symlink or a FIFO at any moment. So the
+//! walk goes through directory fds (`sluice_common::beneath`), never following a link below
+//! the root it was given, and a file is remembered as the inode the walk saw: [`FileRef::open`]
+//! walks to it again the same way, opens it without following or blocking, and refuses it
+//! unless `fstat` on that fd shows the same regular file. Everything sent of a file (its
+//! bytes, size and SHA-256) is then read through that one fd.
 
-use std::os::unix::fs::MetadataExt;
+use std::fs::File;
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use sluice_common::paths::validate_object_path;
+use sluice_common::beneath::{self, Dir, Kind};
+use sluice_common::paths::{validate_object_path, MAX_PATH_BYTES};
 use sluice_protocol::manifest::EntryKind;
 
 /// Where an object's content comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     /// A regular file.
-    File(PathBuf),
+    File(FileRef),
     /// A directory (no content).
     Directory,
     /// Standard input.
     Stdin,
+}
+
+/// A regular file the walk found: the directory it started from, the components below it
+/// (walked again without following links) and the inode that must still be there.
+#[derive(Debug, Clone)]
+pub struct FileRef {
+    base: Arc<Dir>,
+    components: Vec<String>,
+    device: u64,
+    inode: u64,
+    /// The file's path as the operator or writer knows it, for messages.
+    shown: PathBuf,
+}
+
+impl PartialEq for FileRef {
+    fn eq(&self, other: &Self) -> bool {
+        (self.device, self.inode, &self.components)
+            == (other.device, other.inode, &other.components)
+    }
+}
+
+impl Eq for FileRef {}
+
+impl FileRef {
+    /// The regular file at `path` (a path the operator chose: its directories are followed as
+    /// given, the file itself is not).
+    pub fn find(path: &Path) -> io::Result<FileRef> {
+        let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_string());
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| invalid("has no UTF-8 file name"))?;
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let base = Arc::new(Dir::open(parent)?);
+        let entry = base
+            .stat(name)?
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        if entry.kind != Kind::File {
+            return Err(invalid("is not a regular file"));
+        }
+        Ok(FileRef::new(
+            base,
+            vec![name.to_string()],
+            &entry,
+            path.to_path_buf(),
+        ))
+    }
+
+    fn new(
+        base: Arc<Dir>,
+        components: Vec<String>,
+        entry: &beneath::Entry,
+        shown: PathBuf,
+    ) -> Self {
+        FileRef {
+            base,
+            components,
+            device: entry.device,
+            inode: entry.inode,
+            shown,
+        }
+    }
+
+    /// The inode the walk saw: (device, inode).
+    pub fn identity(&self) -> (u64, u64) {
+        (self.device, self.inode)
+    }
+
+    /// The path for messages.
+    pub fn shown(&self) -> &Path {
+        &self.shown
+    }
+
+    /// Opens the file the walk found, read-only: every directory on the way and the file
+    /// itself without following a link, the file without blocking. Refused unless `fstat` on
+    /// the open fd shows the same regular file (a FIFO, device, symlink or another file
+    /// swapped in since is never read). Returns the file and its size now.
+    pub fn open(&self) -> io::Result<(File, u64)> {
+        let Some((name, parents)) = self.components.split_last() else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "an empty path"));
+        };
+        let parents: Vec<&str> = parents.iter().map(String::as_str).collect();
+        let (dir, _) = self
+            .base
+            .walk(&parents, None, Path::new(""))
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let (file, entry) = dir.open_regular(name)?;
+        if (entry.device, entry.inode) != (self.device, self.inode) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "was replaced by another file since it was listed; refusing it",
+            ));
+        }
+        Ok((file, entry.size))
+    }
 }
 
 /// One object to send.
@@ -54,17 +163,17 @@ pub struct Skipped {
     pub refused: bool,
 }
 
-/// Expands `paths` into objects in send order, plus what was skipped or refused.
+/// Expands `paths` into objects in send order, plus what was skipped or refused. Each path is
+/// the operator's choice and followed if it is a link; nothing below it is.
 pub fn enumerate(paths: &[PathBuf], stdin_name: Option<&str>) -> (Vec<SourceObject>, Vec<Skipped>) {
-    let mut objects = Vec::new();
-    let mut skipped = Vec::new();
+    let mut found = Found::default();
     for arg in paths {
         if arg.as_os_str() == "-" {
             let name = stdin_name.unwrap_or("stdin").to_string();
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default();
-            objects.push(SourceObject {
+            found.objects.push(SourceObject {
                 path: name,
                 source: Source::Stdin,
                 size: None,
@@ -74,103 +183,212 @@ pub fn enumerate(paths: &[PathBuf], stdin_name: Option<&str>) -> (Vec<SourceObje
             });
             continue;
         }
-        let base = match base_name(arg) {
-            Some(b) => b,
-            None => {
-                skipped.push(Skipped {
-                    path: arg.clone(),
-                    reason: "has no file name to send it under".into(),
-                    refused: true,
-                });
-                continue;
-            }
+        let Some(base) = arg.file_name().and_then(|n| n.to_str()) else {
+            found.refuse(arg.clone(), "has no file name to send it under".into());
+            continue;
         };
-        for entry in walkdir::WalkDir::new(arg)
-            .follow_links(false)
-            .sort_by_file_name()
-        {
-            let entry = match entry {
-                Ok(e) => e,
-                Err(e) => {
-                    skipped.push(Skipped {
-                        path: e
-                            .path()
-                            .map(Path::to_path_buf)
-                            .unwrap_or_else(|| arg.clone()),
-                        reason: format!("cannot read: {e}"),
-                        refused: true,
-                    });
-                    continue;
-                }
-            };
-            let rel = entry.path().strip_prefix(arg).unwrap_or(entry.path());
-            let mut object_path = base.clone();
-            for part in rel.components() {
-                object_path.push('/');
-                object_path.push_str(&part.as_os_str().to_string_lossy());
-            }
-            let meta = match entry.metadata() {
-                Ok(m) => m,
-                Err(e) => {
-                    skipped.push(Skipped {
-                        path: entry.path().to_path_buf(),
-                        reason: format!("cannot stat: {e}"),
-                        refused: true,
-                    });
-                    continue;
-                }
-            };
-            let file_type = entry.file_type();
-            let source = if file_type.is_dir() {
-                Source::Directory
-            } else if file_type.is_file() {
-                Source::File(entry.path().to_path_buf())
-            } else {
-                let what = if file_type.is_symlink() {
-                    "a symlink"
-                } else {
-                    "not a regular file or directory"
-                };
-                skipped.push(Skipped {
-                    path: entry.path().to_path_buf(),
-                    reason: format!("skipped: {what}"),
-                    refused: false,
-                });
-                continue;
-            };
-            if entry.path().to_str().is_none() {
-                skipped.push(Skipped {
-                    path: entry.path().to_path_buf(),
-                    reason: "refused: name is not valid UTF-8".into(),
-                    refused: true,
-                });
-                continue;
-            }
-            if let Err(e) = validate_object_path(&object_path) {
-                skipped.push(Skipped {
-                    path: entry.path().to_path_buf(),
-                    reason: format!("refused: the receiver would refuse this name ({e})"),
-                    refused: true,
-                });
-                continue;
-            }
-            objects.push(SourceObject {
-                path: object_path,
-                size: matches!(source, Source::File(_)).then(|| meta.len()),
-                source,
-                mode: meta.mode() & 0o7777,
-                mtime_secs: meta.mtime(),
-                mtime_nanos: u32::try_from(meta.mtime_nsec()).unwrap_or(0),
-            });
+        match std::fs::metadata(arg) {
+            Ok(meta) if meta.is_dir() => match Dir::open(arg) {
+                Ok(root) => found.tree(Arc::new(root), base, arg),
+                Err(e) => found.refuse(arg.clone(), format!("cannot read: {e}")),
+            },
+            Ok(_) => match std::fs::canonicalize(arg) {
+                // The argument's own links are followed: the file is looked at where it is.
+                Ok(real) => match real.parent().map(Dir::open) {
+                    Some(Ok(dir)) => {
+                        let name = real.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                        found.entry(&Arc::new(dir), name, base, arg);
+                    }
+                    Some(Err(e)) => found.refuse(arg.clone(), format!("cannot read: {e}")),
+                    None => found.refuse(arg.clone(), "is not a file".into()),
+                },
+                Err(e) => found.refuse(arg.clone(), format!("cannot read: {e}")),
+            },
+            Err(e) => found.refuse(arg.clone(), format!("cannot read: {e}")),
         }
     }
-    (objects, skipped)
+    (found.objects, found.skipped)
 }
 
-/// The name an argument arrives under: its last component (`x/dir/` → `dir`).
-fn base_name(arg: &Path) -> Option<String> {
-    let name = arg.file_name()?.to_str()?;
-    Some(name.to_string())
+/// Expands the entry `name` of `dir` (an outbox item: never followed, whatever it is) into
+/// objects named from `name`.
+pub fn enumerate_entry(
+    dir: &Arc<Dir>,
+    name: &str,
+    shown: &Path,
+) -> (Vec<SourceObject>, Vec<Skipped>) {
+    let mut found = Found::default();
+    found.entry(dir, name, name, shown);
+    (found.objects, found.skipped)
+}
+
+#[derive(Default)]
+struct Found {
+    objects: Vec<SourceObject>,
+    skipped: Vec<Skipped>,
+}
+
+impl Found {
+    fn refuse(&mut self, path: PathBuf, reason: String) {
+        self.skipped.push(Skipped {
+            path,
+            reason,
+            refused: true,
+        });
+    }
+
+    fn skip(&mut self, path: PathBuf, reason: String) {
+        self.skipped.push(Skipped {
+            path,
+            reason,
+            refused: false,
+        });
+    }
+
+    /// Whether `object_path` is one the receiver takes; refused here if not.
+    fn valid(&mut self, object_path: &str, shown: &Path) -> bool {
+        match validate_object_path(object_path) {
+            Ok(()) => true,
+            Err(e) => {
+                self.refuse(
+                    shown.to_path_buf(),
+                    format!("refused: the receiver would refuse this name ({e})"),
+                );
+                false
+            }
+        }
+    }
+
+    /// The entry `name` of `base` (an argument's file or an outbox item), looked at without
+    /// following it.
+    fn entry(&mut self, base: &Arc<Dir>, name: &str, object_path: &str, shown: &Path) {
+        let work = match base.stat(name) {
+            Ok(Some(entry)) => Work::of(base, vec![name.to_string()], &entry, object_path, shown),
+            Ok(None) => Work::Refused(shown.to_path_buf(), "cannot read: it is gone".into()),
+            Err(e) => Work::Refused(shown.to_path_buf(), format!("cannot stat: {e}")),
+        };
+        self.run(base, work);
+    }
+
+    /// The directory `root` (opened through the operator's path) and everything below it.
+    fn tree(&mut self, root: Arc<Dir>, object_path: &str, shown: &Path) {
+        let work = Work::Directory(Vec::new(), object_path.to_string(), shown.to_path_buf());
+        self.run(&root, work);
+    }
+
+    /// Does `first` and what it leads to, depth first in name order (a directory, then
+    /// everything below it, then its next sibling), from an explicit stack: any depth, and one
+    /// directory fd open at a time.
+    fn run(&mut self, base: &Arc<Dir>, first: Work) {
+        let mut stack = vec![first];
+        while let Some(work) = stack.pop() {
+            let (components, object_path, shown) = match work {
+                Work::Directory(components, object_path, shown) => (components, object_path, shown),
+                Work::File(object) => {
+                    self.objects.push(object);
+                    continue;
+                }
+                Work::Skipped(path, reason) => {
+                    self.skip(path, reason);
+                    continue;
+                }
+                Work::Refused(path, reason) => {
+                    self.refuse(path, reason);
+                    continue;
+                }
+            };
+            if !self.valid(&object_path, &shown) {
+                continue;
+            }
+            let refs: Vec<&str> = components.iter().map(String::as_str).collect();
+            let listed = base
+                .walk(&refs, None, Path::new(""))
+                .map_err(|e| io::Error::other(e.to_string()))
+                .and_then(|(dir, _)| Ok((dir.stat_self()?, dir.list()?, dir)));
+            let (me, (names, strange), dir) = match listed {
+                Ok(listed) => listed,
+                Err(e) => {
+                    self.refuse(shown, format!("cannot read: {e}"));
+                    continue;
+                }
+            };
+            self.objects.push(SourceObject {
+                path: object_path.clone(),
+                source: Source::Directory,
+                size: None,
+                mode: me.mode,
+                mtime_secs: me.mtime_secs,
+                mtime_nanos: me.mtime_nanos,
+            });
+            for name in strange {
+                let shown = shown.join(&name);
+                self.refuse(shown, "refused: name is not valid UTF-8".into());
+            }
+            let mut below = Vec::with_capacity(names.len());
+            for name in names {
+                let child_path = format!("{object_path}/{name}");
+                let child_shown = shown.join(&name);
+                let mut child = components.clone();
+                child.push(name);
+                below.push(match dir.stat(&child[child.len() - 1]) {
+                    Ok(Some(entry)) => Work::of(base, child, &entry, &child_path, &child_shown),
+                    // Removed since the listing.
+                    Ok(None) => continue,
+                    Err(e) => Work::Refused(child_shown, format!("cannot stat: {e}")),
+                });
+            }
+            stack.extend(below.into_iter().rev());
+        }
+    }
+}
+
+/// One step of the walk.
+enum Work {
+    /// A directory to list: its components below the base, object path and shown path.
+    Directory(Vec<String>, String, PathBuf),
+    File(SourceObject),
+    Skipped(PathBuf, String),
+    Refused(PathBuf, String),
+}
+
+impl Work {
+    /// What to do with the entry at `components` below `base`, as `fstatat` (not following
+    /// it) saw it.
+    fn of(
+        base: &Arc<Dir>,
+        components: Vec<String>,
+        entry: &beneath::Entry,
+        object_path: &str,
+        shown: &Path,
+    ) -> Work {
+        let shown = shown.to_path_buf();
+        if object_path.len() > MAX_PATH_BYTES {
+            // Checked before descending: a deep tree is refused at its first over-long path.
+            return Work::Refused(
+                shown,
+                format!("refused: the receiver would refuse this name (longer than {MAX_PATH_BYTES} bytes)"),
+            );
+        }
+        match entry.kind {
+            Kind::Directory => Work::Directory(components, object_path.to_string(), shown),
+            Kind::File => match validate_object_path(object_path) {
+                Ok(()) => Work::File(SourceObject {
+                    path: object_path.to_string(),
+                    size: Some(entry.size),
+                    source: Source::File(FileRef::new(base.clone(), components, entry, shown)),
+                    mode: entry.mode,
+                    mtime_secs: entry.mtime_secs,
+                    mtime_nanos: entry.mtime_nanos,
+                }),
+                Err(e) => Work::Refused(
+                    shown,
+                    format!("refused: the receiver would refuse this name ({e})"),
+                ),
+            },
+            Kind::Symlink => Work::Skipped(shown, "skipped: a symlink".into()),
+            Kind::Other => Work::Skipped(shown, "skipped: not a regular file or directory".into()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -212,6 +430,75 @@ mod tests {
         assert!(skipped
             .iter()
             .any(|s| s.refused && s.reason.contains("control")));
+    }
+
+    /// Finding 1 of the second red-team round: a writer swapped a listed file for a symlink
+    /// to the daemon's own key (or a FIFO, or another file) between the listing and the
+    /// read, and the key was sent. A listed file is opened only as the inode listed.
+    #[test]
+    fn a_file_swapped_after_it_was_listed_is_never_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("item");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(root.join("sub/f"), b"decoy").unwrap();
+        std::fs::write(tmp.path().join("secret"), b"key").unwrap();
+        let listed = |name: &str| {
+            let (objects, _) = enumerate(std::slice::from_ref(&root), None);
+            match objects.into_iter().find(|o| o.path == name).unwrap().source {
+                Source::File(file) => file,
+                other => panic!("{other:?}"),
+            }
+        };
+        let swap = |to: &dyn Fn(&Path)| {
+            let f = root.join("sub/f");
+            std::fs::remove_file(&f).ok();
+            to(&f);
+        };
+        let refused = |file: &FileRef, phrase: &str| {
+            let err = file.open().map(|_| ()).unwrap_err();
+            assert!(err.to_string().contains(phrase), "{err}");
+        };
+
+        let file = listed("item/sub/f");
+        assert_eq!(file.open().unwrap().1, 5);
+        swap(&|f| std::os::unix::fs::symlink(tmp.path().join("secret"), f).unwrap());
+        refused(&file, "symlink");
+
+        swap(&|f| std::fs::write(f, b"decoy").unwrap());
+        let file = listed("item/sub/f");
+        swap(&|f| {
+            let status = std::process::Command::new("mkfifo")
+                .arg(f)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        });
+        // Opened without blocking (no writer ever comes), seen, refused.
+        refused(&file, "not a regular file");
+
+        swap(&|f| std::fs::write(f, b"decoy").unwrap());
+        let file = listed("item/sub/f");
+        // Made while the listed one still exists: another inode (a freed inode number may be
+        // reused, but only by a file its writer made, whose bytes were theirs to send anyway).
+        std::fs::write(tmp.path().join("other"), b"other").unwrap();
+        std::fs::rename(tmp.path().join("other"), root.join("sub/f")).unwrap();
+        refused(&file, "replaced by another file");
+
+        // A directory on the way swapped for a link to one holding a file of that name.
+        let file = listed("item/sub/f");
+        std::fs::create_dir(tmp.path().join("outside")).unwrap();
+        std::fs::rename(root.join("sub/f"), tmp.path().join("outside/f")).unwrap();
+        std::fs::rename(root.join("sub"), tmp.path().join("sub.away")).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("outside"), root.join("sub")).unwrap();
+        refused(&file, "symlink");
+
+        // The walk itself never descends through a link nor lists a FIFO as a file.
+        let (objects, skipped) = enumerate(std::slice::from_ref(&root), None);
+        assert_eq!(objects.len(), 1, "{objects:?}");
+        assert!(
+            skipped.iter().any(|s| s.reason.contains("symlink")),
+            "{skipped:?}"
+        );
     }
 
     #[test]

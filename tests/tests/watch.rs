@@ -317,3 +317,174 @@ fn a_killed_daemon_sends_again_only_what_it_had_not_finished() {
         );
     }
 }
+
+/// Findings 1 and 2 of the second red-team round: a writer in the outbox (a local user in its
+/// group) renamed a decoy in and swapped it, back and forth, with a symlink to the daemon's
+/// own signing key (`renameat2(RENAME_EXCHANGE)`): the daemon checked the type by path, then
+/// opened by name, and the key was published on the high side (2 of 6 runs of 30 items). A
+/// FIFO swapped in the same way hung the daemon for good. Now every file is opened once, from
+/// the outbox's fd, without following or blocking, and read only if it is the regular file
+/// that was listed. Here an unprivileged writer races 200 items; no byte of the key crosses,
+/// every delivered file is its decoy, and the daemon keeps sending and stops on SIGTERM.
+#[test]
+#[ignore = "needs root, setpriv and python3: races the daemon as an unprivileged writer (./test.sh runs it)"]
+fn an_outbox_writer_swapping_in_symlinks_and_fifos_never_ships_a_secret_nor_hangs_the_daemon() {
+    use std::os::unix::fs::{chown, PermissionsExt};
+    sluice_tests::require::root("the writer runs as the unprivileged user nobody");
+    sluice_tests::require::tool("setpriv", "util-linux");
+    sluice_tests::require::tool("/usr/bin/python3", "python3");
+    const ITEMS: u32 = 200;
+    let s = Setup::new();
+    let mode = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    mode(s.tmp.path(), 0o755);
+    // The daemon's outbox, writable by its group (here nobody's); without the sticky bit the
+    // package sets, so the writer may also rename what is not its own.
+    let outbox = outbox(&s);
+    chown(&outbox, None, Some(65534)).unwrap();
+    mode(&outbox, 0o2770);
+    let stage = s.tmp.path().join("stage");
+    std::fs::create_dir(&stage).unwrap();
+    chown(&stage, Some(65534), Some(65534)).unwrap();
+    let secret = std::fs::read(&s.keys.sender_key).unwrap();
+    let racer = s.tmp.path().join("racer.py");
+    std::fs::write(
+        &racer,
+        r#"import ctypes, os, random, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+def exchange(a, b):
+    if libc.renameat2(-100, a.encode(), -100, b.encode(), 2) != 0:
+        raise OSError(ctypes.get_errno(), 'renameat2')
+outbox, stage, secret, items = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+random.seed(1)
+swaps = 0
+for i in range(items):
+    name = 'item%03d' % i
+    decoy, link, fifo = (os.path.join(stage, name + x) for x in ('', '.link', '.fifo'))
+    with open(decoy, 'wb') as f:
+        f.write(b'decoy %d\n' % i * 100)
+    os.symlink(secret, link)
+    os.mkfifo(fifo)
+    item = os.path.join(outbox, name)
+    os.rename(decoy, item)
+    end = time.time() + 0.05
+    while time.time() < end:
+        other = link if swaps % 2 == 0 else fifo
+        try:
+            exchange(item, other)
+            time.sleep(random.random() / 1000)
+            exchange(item, other)
+            time.sleep(random.random() / 1000)
+            swaps += 1
+        except OSError:
+            pass
+    # Some items are left as the symlink or the FIFO (unless already sent and moved away).
+    try:
+        if i % 3 == 1:
+            exchange(item, link)
+        elif i % 3 == 2:
+            exchange(item, fifo)
+    except OSError:
+        pass
+print('swaps', swaps)
+"#,
+    )
+    .unwrap();
+    let port = free_udp_port();
+    let mut recv = s.receiver(port, 10, &[]);
+    let mut daemon = watch(&s, &outbox, port, &["--rate", "50MB"]);
+    let started = Instant::now();
+    while !daemon.log().contains("watching") {
+        assert!(daemon.running(), "{}", daemon.log());
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut race = std::process::Command::new("setpriv");
+    race.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "/usr/bin/python3",
+    ])
+    .arg(&racer)
+    .arg(&outbox)
+    .arg(&stage)
+    .arg(&s.keys.sender_key)
+    .arg(ITEMS.to_string());
+    let raced = Proc::spawn("racer", race).finish(Duration::from_secs(120));
+    assert_eq!(raced.code(), 0, "{}", raced.log);
+    let swaps: u64 = raced
+        .log
+        .split_whitespace()
+        .skip_while(|w| *w != "swaps")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        swaps > u64::from(ITEMS),
+        "the race did not run: {}",
+        raced.log
+    );
+
+    // Still working: a plain item dropped after the race arrives.
+    let sum = drop_file(&outbox, "after-the-race.bin", 1 << 20, 9);
+    wait_until(
+        "the item after the race delivered",
+        &mut [&mut daemon, &mut recv],
+        Duration::from_secs(60),
+        || tree::sha256_file(&s.out.join("after-the-race.bin")).ok() == Some(sum),
+    );
+    sigterm(&daemon);
+    let stopped = daemon.finish(Duration::from_secs(20));
+    assert_eq!(
+        stopped.code(),
+        0,
+        "a SIGTERM did not stop it:\n{}",
+        stopped.log
+    );
+    let got = recv.finish(Duration::from_secs(30));
+
+    // Nothing but decoys crossed.
+    let mut delivered = 0;
+    for name in names(&s.out) {
+        let content = std::fs::read(s.out.join(&name)).unwrap();
+        assert_ne!(content, secret, "{name}: the signing key crossed the diode");
+        if let Some(i) = name
+            .strip_prefix("item")
+            .and_then(|n| n.parse::<u32>().ok())
+        {
+            assert_eq!(
+                content,
+                format!("decoy {i}\n").repeat(100).into_bytes(),
+                "{name}"
+            );
+            delivered += 1;
+        }
+    }
+    assert!(
+        !got.log
+            .contains(&String::from_utf8_lossy(&secret).trim().to_string()),
+        "the key's text is in the receiver's log"
+    );
+    // The race was met: the daemon refused files swapped under it, or listed them as what
+    // they were at that moment (a symlink or FIFO is never an item).
+    let met = [
+        "is a symlink",
+        "not a regular file",
+        "replaced by another file",
+        "not a file or directory",
+    ];
+    let refusals = stopped
+        .log
+        .lines()
+        .filter(|l| met.iter().any(|m| l.contains(m)))
+        .count();
+    assert!(refusals > 0, "{}", stopped.log);
+    assert!(delivered > 0, "no decoy arrived:\n{}", got.log);
+    eprintln!("{swaps} swaps, {delivered} decoys delivered, {refusals} refusals logged");
+}

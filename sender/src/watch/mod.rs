@@ -21,18 +21,19 @@ pub mod journal;
 pub mod outbox;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use sluice_common::beneath::{Dir, Kind};
 use sluice_common::sequence::Sequence;
+use sluice_common::service::{Progress, Stage};
 
 use crate::counters::Counters;
 use crate::encode::{self, EncodeConfig, Passed, Produced};
-use crate::objects;
 use crate::{Ends, Error, Session};
 use journal::{Journal, State};
-use outbox::{Fingerprint, Settling};
+use outbox::{Fingerprint, Listing, Settling};
 
 pub use crate::cli::{AfterSend, WatchOptions};
 
@@ -58,7 +59,7 @@ pub async fn run(
         mut link,
         metrics,
     } = Ends::open(&options.send).await?;
-    let sent_dir = prepare_dirs(&options)?;
+    let Dirs { outbox, sent } = prepare_dirs(&options)?;
     let journal = Journal::open(&options.state).map_err(watch_error(format!(
         "cannot open the journal in --state {}",
         options.state.display()
@@ -107,16 +108,19 @@ pub async fn run(
     let (jobs_tx, jobs_rx) = flume::bounded::<Job>(1);
     let (encoded_tx, encoded_rx) = flume::unbounded();
     let spool_base = options.send.spool.clone();
+    // The watchdog pings only while neither thread is stuck in one step.
+    let progress = Arc::new(Progress::default());
+    let mut config = config;
+    config.watched = Some(progress.stage("the encoder"));
     let encoder = std::thread::Builder::new()
         .name("sluice-encode".into())
         .spawn(move || encoder(config, sequence, spool_base, jobs_rx, blocks_tx, encoded_tx))
         .map_err(Error::Thread)?;
     let coordinator = Coordinator {
         outbox: options.outbox.clone(),
-        after: match &options.after {
-            AfterSend::Delete => None,
-            AfterSend::Move(_) => Some(sent_dir),
-        },
+        dir: outbox,
+        after: sent,
+        stage: progress.stage("the outbox coordinator"),
         keep_sent: options.keep_sent,
         settling: Settling::new(options.settle),
         journal,
@@ -140,7 +144,7 @@ pub async fn run(
         .map_err(Error::Thread)?;
 
     sluice_common::service::ready(&format!("watching {}", options.outbox.display()));
-    let _watchdog = sluice_common::service::spawn_watchdog();
+    let _watchdog = sluice_common::service::spawn_watchdog_of(Some(progress));
     let shutdown = std::pin::pin!(shutdown);
     let sent = tokio::select! {
         sent = send_loop.run(link.as_mut(), blocks_rx) => Some(sent),
@@ -174,58 +178,88 @@ pub async fn run(
     coordinated
 }
 
-/// Checks `--outbox` and `--state`, creates the `--sent` directory and checks it is on the
-/// outbox's file system (items are renamed into it). Returns it.
-fn prepare_dirs(options: &WatchOptions) -> Result<PathBuf, Error> {
-    use std::os::unix::fs::MetadataExt;
-    let outbox = std::fs::metadata(&options.outbox)
-        .ok()
-        .filter(std::fs::Metadata::is_dir)
-        .ok_or_else(|| {
-            Error::Watch(format!(
-                "--outbox {} is not a directory",
-                options.outbox.display()
-            ))
-        })?;
-    let sent = match &options.after {
-        AfterSend::Move(dir) => dir.clone(),
-        AfterSend::Delete => return Ok(PathBuf::new()),
-    };
-    // A --sent directory that is itself an item of the outbox would be sent again and again.
-    let visible_in_outbox = sent.parent() == Some(options.outbox.as_path())
-        && sent
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_none_or(|n| !outbox::ignored(n));
-    if visible_in_outbox {
-        return Err(Error::Watch(format!(
-            "--sent {} would be an item of --outbox: name it with a leading `.` (the default is \
-             OUTBOX/.sent) or put it beside the outbox",
-            sent.display()
-        )));
-    }
-    std::fs::create_dir_all(&sent)
-        .and_then(|()| std::fs::metadata(&sent))
-        .map_err(|e| Error::Watch(format!("--sent {}: {e}", sent.display())))
-        .and_then(|meta| {
-            if meta.dev() == outbox.dev() {
-                Ok(sent)
-            } else {
-                Err(Error::Watch(format!(
-                    "--sent {} is on another file system than --outbox {}: items are renamed \
-                     into it, so it must be on the same one",
-                    sent.display(),
-                    options.outbox.display()
-                )))
-            }
-        })
+/// The outbox and the sent directory, opened once: every later operation on them goes
+/// through these fds.
+#[derive(Debug)]
+struct Dirs {
+    outbox: Arc<Dir>,
+    /// `None` with `--delete-after-send`.
+    sent: Option<Dir>,
 }
 
-/// One item for the encoder thread.
+/// Opens `--outbox`, creates and opens the `--sent` directory and checks it is on the outbox's
+/// file system (items are renamed into it). A sent directory inside the outbox (the default,
+/// `OUTBOX/.sent`) is in a directory other users write to: it is made (mode 0700) and opened
+/// from the outbox's fd and never followed, so one planted as a symlink is refused.
+fn prepare_dirs(options: &WatchOptions) -> Result<Dirs, Error> {
+    let not_a_dir = || {
+        Error::Watch(format!(
+            "--outbox {} is not a directory",
+            options.outbox.display()
+        ))
+    };
+    let outbox = Dir::open(&options.outbox).map_err(|_| not_a_dir())?;
+    let outbox_entry = outbox.stat_self().map_err(|_| not_a_dir())?;
+    let sent = match &options.after {
+        AfterSend::Move(dir) => dir.clone(),
+        AfterSend::Delete => {
+            return Ok(Dirs {
+                outbox: Arc::new(outbox),
+                sent: None,
+            })
+        }
+    };
+    let sent_error =
+        |e: &dyn std::fmt::Display| Error::Watch(format!("--sent {}: {e}", sent.display()));
+    let in_outbox = sent.parent() == Some(options.outbox.as_path());
+    let name = sent.file_name().and_then(|n| n.to_str());
+    let sent_dir = match name {
+        Some(name) if in_outbox => {
+            // A --sent directory that is itself an item of the outbox would be sent again and
+            // again.
+            if !outbox::ignored(name) {
+                return Err(Error::Watch(format!(
+                    "--sent {} would be an item of --outbox: name it with a leading `.` (the \
+                     default is OUTBOX/.sent) or put it beside the outbox",
+                    sent.display()
+                )));
+            }
+            outbox
+                .create_dir(name, 0o700)
+                .and_then(|_| outbox.open_dir(name))
+                .map_err(|e| match outbox.stat(name) {
+                    Ok(Some(entry)) if entry.kind == Kind::Symlink => sent_error(
+                        &"is a symlink, which the outbox's writers could have planted; refusing \
+                          to follow it (remove it, or point --sent at a directory outside the \
+                          outbox)",
+                    ),
+                    _ => sent_error(&e),
+                })?
+        }
+        _ => std::fs::create_dir_all(&sent)
+            .and_then(|()| Dir::open(&sent))
+            .map_err(|e| sent_error(&e))?,
+    };
+    let sent_entry = sent_dir.stat_self().map_err(|e| sent_error(&e))?;
+    if sent_entry.device != outbox_entry.device {
+        return Err(Error::Watch(format!(
+            "--sent {} is on another file system than --outbox {}: items are renamed into it, \
+             so it must be on the same one",
+            sent.display(),
+            options.outbox.display()
+        )));
+    }
+    Ok(Dirs {
+        outbox: Arc::new(outbox),
+        sent: Some(sent_dir),
+    })
+}
+
+/// One item for the encoder thread: the listing that settled.
 #[derive(Debug)]
 struct Job {
     token: u64,
-    path: PathBuf,
+    listing: Listing,
 }
 
 /// The encoder thread's word on a job.
@@ -246,7 +280,7 @@ fn encoder(
     encoded: flume::Sender<Encoded>,
 ) {
     for job in jobs.iter() {
-        let (objects, skipped) = objects::enumerate(std::slice::from_ref(&job.path), None);
+        let Listing { objects, skipped } = job.listing;
         let mut error = None;
         for s in skipped {
             if blocks.send(Produced::NotSent(s)).is_err() {
@@ -316,9 +350,14 @@ struct InFlight {
 
 /// Decides which item goes next and what becomes of it; owns the journal.
 struct Coordinator {
+    /// The outbox as configured, for messages and file-system events.
     outbox: PathBuf,
+    /// The outbox, opened once: items are listed, opened, moved and removed through it.
+    dir: Arc<Dir>,
     /// Where sent items go (`None`: deleted).
-    after: Option<PathBuf>,
+    after: Option<Dir>,
+    /// Marks each turn of the loop for the watchdog.
+    stage: Stage,
     keep_sent: Option<Duration>,
     settling: Settling,
     journal: Journal,
@@ -341,6 +380,7 @@ impl Coordinator {
         let mut rescan_at = Instant::now();
         let mut prune_at = Instant::now();
         loop {
+            let step = self.stage.step();
             let now = Instant::now();
             if now >= rescan_at {
                 self.rescan(now);
@@ -358,6 +398,7 @@ impl Coordinator {
                 .next_settle(now)
                 .map_or(rescan_at, |at| at.min(rescan_at))
                 .min(prune_at);
+            drop(step);
             let wake = flume::Selector::new()
                 .recv(&channels.fs, |e| e.map_or(Wake::Stop, Wake::Fs))
                 .recv(&channels.passed, |p| p.map_or(Wake::Stop, Wake::Passed))
@@ -389,8 +430,7 @@ impl Coordinator {
     fn recover(&mut self) -> Result<(), Error> {
         let now = Instant::now();
         for (name, record) in self.journal.open_items() {
-            let path = self.outbox.join(&name);
-            let look = outbox::look(&path).ok();
+            let look = self.list(&name).map(|listing| listing.look());
             let same = look
                 .as_ref()
                 .is_some_and(|l| l.fingerprint == record.fingerprint);
@@ -445,13 +485,23 @@ impl Coordinator {
         }
     }
 
+    /// The item `name` listed, if it is a file or a directory (never followed).
+    fn list(&self, name: &str) -> Option<Listing> {
+        match self.dir.stat(name) {
+            Ok(Some(entry)) if matches!(entry.kind, Kind::File | Kind::Directory) => {
+                Some(Listing::of(&self.dir, name, &self.outbox))
+            }
+            _ => None,
+        }
+    }
+
     fn taken(&self, name: &str) -> bool {
         self.in_flight.iter().any(|i| i.name == name) || self.stuck.contains(name)
     }
 
     /// Looks at every candidate in the outbox.
     fn rescan(&mut self, now: Instant) {
-        let (names, strange) = match outbox::scan(&self.outbox) {
+        let (names, strange) = match outbox::scan(&self.dir) {
             Ok(scanned) => scanned,
             Err(e) => {
                 tracing::error!(outbox = %self.outbox.display(), "cannot read the outbox: {e}");
@@ -470,17 +520,16 @@ impl Coordinator {
             if self.taken(&name) {
                 continue;
             }
-            let path = self.outbox.join(&name);
-            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            let Ok(Some(entry)) = self.dir.stat(&name) else {
                 continue;
             };
-            if !meta.is_file() && !meta.is_dir() {
+            if !matches!(entry.kind, Kind::File | Kind::Directory) {
                 if self.strange.insert(name.clone()) {
                     tracing::warn!(item = %name, "not a file or directory; left alone");
                 }
                 continue;
             }
-            let Ok(look) = outbox::look(&path) else {
+            let Some(look) = self.list(&name).map(|listing| listing.look()) else {
                 continue;
             };
             let failed_as_is = self
@@ -501,15 +550,22 @@ impl Coordinator {
         let Some((name, look)) = self.settling.next_ready(now) else {
             return Ok(());
         };
+        // Listed again: what is sent is a listing equal to the one that settled, each file
+        // pinned to the inode it had (anything swapped in later is refused when opened).
+        let Some(listing) = self.list(&name) else {
+            self.settling.forget(&name);
+            return Ok(());
+        };
+        if listing.look() != look {
+            self.settling.observe(&name, listing.look(), now);
+            return Ok(());
+        }
         self.settling.forget(&name);
         self.journal_record(&name, &look.fingerprint, State::Sending)?;
         self.next_token += 1;
         let token = self.next_token;
         tracing::info!(item = %name, bytes = look.bytes, "sending item");
-        let job = Job {
-            token,
-            path: self.outbox.join(&name),
-        };
+        let job = Job { token, listing };
         if self.jobs.send(job).is_err() {
             return Err(Error::Watch("the encoder stopped".into()));
         }
@@ -530,7 +586,7 @@ impl Coordinator {
             return Ok(());
         };
         let item = self.in_flight.remove(at);
-        let now_look = outbox::look(&self.outbox.join(&item.name)).ok();
+        let now_look = self.list(&item.name).map(|listing| listing.look());
         if passed.failed > 0 || item.error.is_some() {
             tracing::error!(
                 item = %item.name,
@@ -554,10 +610,9 @@ impl Coordinator {
 
     /// Moves a sent item to the sent directory (or deletes it), then closes its journal entry.
     fn dispose(&mut self, name: &str, fingerprint: &Fingerprint) -> Result<(), Error> {
-        let from = self.outbox.join(name);
         let result = match &self.after {
-            Some(sent) => move_to_sent(&from, sent, name),
-            None => remove(&from),
+            Some(sent) => move_to_sent(&self.dir, sent, name),
+            None => self.dir.remove_all(name),
         };
         match result {
             Ok(()) => self.journal_record(name, fingerprint, State::Done),
@@ -574,18 +629,18 @@ impl Coordinator {
         let (Some(sent), Some(keep)) = (&self.after, self.keep_sent) else {
             return;
         };
-        let Ok(entries) = std::fs::read_dir(sent) else {
+        let Ok(names) = sent.names() else {
             return;
         };
         let now = SystemTime::now();
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(sent_at) = name.to_str().and_then(sent_time) else {
+        for name in names {
+            let Some(sent_at) = sent_time(&name) else {
                 continue;
             };
             if now.duration_since(sent_at).unwrap_or_default() > keep {
-                if let Err(e) = remove(&entry.path()) {
-                    tracing::warn!(path = %entry.path().display(), "cannot prune: {e}");
+                // Through the sent directory's fd, never following a link.
+                if let Err(e) = sent.remove_all(&name) {
+                    tracing::warn!(item = %name, "cannot prune a sent item: {e}");
                 }
             }
         }
@@ -609,18 +664,19 @@ fn sent_time(name: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339(name.get(..20)?).ok()
 }
 
-fn move_to_sent(from: &Path, sent: &Path, name: &str) -> std::io::Result<()> {
-    use rustix::fs::{renameat_with, RenameFlags, CWD};
+/// Renames the item `name` of the outbox into the sent directory, under its time and name,
+/// never replacing anything there.
+fn move_to_sent(outbox: &Dir, sent: &Dir, name: &str) -> std::io::Result<()> {
     let base = sent_name(name, SystemTime::now());
     for n in 0..1000u32 {
         let to = match n {
-            0 => sent.join(&base),
-            n => sent.join(format!("{base}.{n}")),
+            0 => base.clone(),
+            n => format!("{base}.{n}"),
         };
-        match renameat_with(CWD, from, CWD, &to, RenameFlags::NOREPLACE) {
-            Ok(()) => return std::fs::File::open(sent).and_then(|d| d.sync_all()),
-            Err(rustix::io::Errno::EXIST) => continue,
-            Err(e) => return Err(std::io::Error::from_raw_os_error(e.raw_os_error())),
+        match outbox.rename_new(name, sent, &to) {
+            Ok(()) => return sent.sync(),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
         }
     }
     Err(std::io::Error::other(
@@ -628,17 +684,10 @@ fn move_to_sent(from: &Path, sent: &Path, name: &str) -> std::io::Result<()> {
     ))
 }
 
-fn remove(path: &Path) -> std::io::Result<()> {
-    if std::fs::symlink_metadata(path)?.is_dir() {
-        std::fs::remove_dir_all(path)
-    } else {
-        std::fs::remove_file(path)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn options(outbox: &Path, sent: &Path) -> WatchOptions {
         use clap::Parser;
@@ -671,6 +720,39 @@ mod tests {
         assert!(err.to_string().contains("would be an item"), "{err}");
         assert!(prepare_dirs(&options(&outbox, &outbox.join(".done"))).is_ok());
         assert!(prepare_dirs(&options(&outbox, &dir.path().join("sent"))).is_ok());
+    }
+
+    /// Finding 3 of the second red-team round: a writer planted `OUTBOX/.sent` as a symlink to
+    /// another directory, and sent items were moved into it (and pruned there). Now the
+    /// daemon refuses to start on it, and makes its own `.sent` private.
+    #[test]
+    fn a_sent_directory_planted_as_a_symlink_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = dir.path().join("outbox");
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir_all(&outbox).unwrap();
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, outbox.join(".sent")).unwrap();
+        let err = prepare_dirs(&options(&outbox, &outbox.join(".sent"))).unwrap_err();
+        assert!(err.to_string().contains("is a symlink"), "{err}");
+        std::fs::remove_file(outbox.join(".sent")).unwrap();
+        let dirs = prepare_dirs(&options(&outbox, &outbox.join(".sent"))).unwrap();
+        let mode = std::fs::metadata(outbox.join(".sent"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{mode:o}");
+        // Swapped for a symlink after start: moves still land in the directory opened.
+        std::fs::write(outbox.join("item"), b"x").unwrap();
+        std::fs::rename(outbox.join(".sent"), dir.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, outbox.join(".sent")).unwrap();
+        move_to_sent(&dirs.outbox, dirs.sent.as_ref().unwrap(), "item").unwrap();
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("moved")).unwrap().count(),
+            1
+        );
     }
 
     #[test]

@@ -7,12 +7,16 @@
 //! where the daemon keeps `.sent/`.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+use sluice_common::beneath::Dir;
+
+use crate::objects::{self, Skipped, Source, SourceObject};
 
 /// Whether a top-level name is never an item.
 pub fn ignored(name: &str) -> bool {
@@ -32,52 +36,67 @@ pub struct Look {
     pub bytes: u64,
 }
 
-/// Looks at the item at `path` (never following a symlink).
-pub fn look(path: &Path) -> io::Result<Look> {
-    let mut hash = Sha256::new();
-    let mut bytes = 0u64;
-    for entry in walkdir::WalkDir::new(path).sort_by_file_name() {
-        let entry = entry.map_err(io::Error::other)?;
-        let meta = entry.metadata().map_err(io::Error::other)?;
-        let relative = entry.path().strip_prefix(path).unwrap_or(entry.path());
-        hash.update(relative.as_os_str().as_encoded_bytes());
-        hash.update([0]);
-        let kind: u8 = if meta.is_dir() {
-            1
-        } else if meta.is_file() {
-            2
-        } else {
-            3
-        };
-        hash.update([kind]);
-        for n in [meta.size(), meta.ino(), meta.dev(), meta.mode().into()] {
-            hash.update(n.to_le_bytes());
-        }
-        hash.update(meta.mtime().to_le_bytes());
-        hash.update(meta.mtime_nsec().to_le_bytes());
-        if meta.is_file() {
-            bytes += meta.size();
-        }
-    }
-    Ok(Look {
-        fingerprint: Fingerprint(hex::encode(&hash.finalize()[..16])),
-        bytes,
-    })
+/// An item listed: the objects it would be sent as (each file pinned to the inode seen) and
+/// what in it would not be sent.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    pub objects: Vec<SourceObject>,
+    pub skipped: Vec<Skipped>,
 }
 
-/// The names of the candidate items in `outbox` (not ignored; not UTF-8 ones, which the
-/// receiver would refuse, are reported in `strange`).
-pub fn scan(outbox: &Path) -> io::Result<(Vec<String>, Vec<std::ffi::OsString>)> {
-    let mut names = Vec::new();
-    let mut strange = Vec::new();
-    for entry in std::fs::read_dir(outbox)? {
-        let name = entry?.file_name();
-        match name.to_str() {
-            Some(text) if ignored(text) => {}
-            Some(text) => names.push(text.to_string()),
-            None => strange.push(name),
+impl Listing {
+    /// Lists the entry `name` of the outbox, never following a link (see [`objects`]).
+    pub fn of(outbox: &Arc<Dir>, name: &str, shown: &Path) -> Listing {
+        let (objects, skipped) = objects::enumerate_entry(outbox, name, &shown.join(name));
+        Listing { objects, skipped }
+    }
+
+    /// Its fingerprint and size.
+    pub fn look(&self) -> Look {
+        let mut hash = Sha256::new();
+        let mut bytes = 0u64;
+        for object in &self.objects {
+            hash.update(object.path.as_bytes());
+            hash.update([0]);
+            let identity = match &object.source {
+                Source::File(file) => {
+                    bytes += object.size.unwrap_or(0);
+                    hash.update([2]);
+                    file.identity()
+                }
+                _ => {
+                    hash.update([1]);
+                    (0, 0)
+                }
+            };
+            for n in [
+                object.size.unwrap_or(0),
+                identity.0,
+                identity.1,
+                object.mode.into(),
+            ] {
+                hash.update(n.to_le_bytes());
+            }
+            hash.update(object.mtime_secs.to_le_bytes());
+            hash.update(object.mtime_nanos.to_le_bytes());
+        }
+        for skipped in &self.skipped {
+            hash.update([3]);
+            hash.update(skipped.path.as_os_str().as_encoded_bytes());
+            hash.update([0]);
+        }
+        Look {
+            fingerprint: Fingerprint(hex::encode(&hash.finalize()[..16])),
+            bytes,
         }
     }
+}
+
+/// The names of the candidate items in the outbox (not ignored; not UTF-8 ones, which the
+/// receiver would refuse, are reported in `strange`).
+pub fn scan(outbox: &Dir) -> io::Result<(Vec<String>, Vec<OsString>)> {
+    let (mut names, strange) = outbox.list()?;
+    names.retain(|name| !ignored(name));
     Ok((names, strange))
 }
 
@@ -259,17 +278,30 @@ mod tests {
         let item = dir.path().join("tree");
         std::fs::create_dir_all(item.join("sub")).unwrap();
         std::fs::write(item.join("sub/f"), b"abc").unwrap();
-        let first = look_at(&item);
+        let outbox = Arc::new(Dir::open(dir.path()).unwrap());
+        let look_at = |name: &str| Listing::of(&outbox, name, dir.path()).look();
+        let first = look_at("tree");
         assert_eq!(first.bytes, 3);
-        assert_eq!(look_at(&item), first);
+        assert_eq!(look_at("tree"), first);
         std::fs::write(item.join("sub/f"), b"abcd").unwrap();
-        assert_ne!(look_at(&item), first);
+        assert_ne!(look_at("tree"), first);
+        // A file swapped for another of the same size and times is another inode.
+        let again = look_at("tree");
+        std::fs::write(dir.path().join("other"), b"abcd").unwrap();
+        let times = std::fs::metadata(item.join("sub/f"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(dir.path().join("other"))
+            .unwrap()
+            .set_modified(times)
+            .unwrap();
+        std::fs::rename(dir.path().join("other"), item.join("sub/f")).unwrap();
+        assert_ne!(look_at("tree"), again);
         std::fs::write(dir.path().join("x.partial"), b"").unwrap();
-        let (names, _) = scan(dir.path()).unwrap();
+        let (names, _) = scan(&outbox).unwrap();
         assert_eq!(names, ["tree"]);
-    }
-
-    fn look_at(path: &Path) -> Look {
-        super::look(path).unwrap()
     }
 }

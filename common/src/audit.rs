@@ -19,6 +19,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -109,6 +110,10 @@ pub struct AuditLog {
     writer: Option<std::thread::JoinHandle<()>>,
     /// The head of what is written and fsynced.
     durable: Arc<Mutex<Head>>,
+    /// Records handed to the writer, and records it has finished with (written and fsynced,
+    /// or failed): equal when nothing is waiting.
+    submitted: AtomicU64,
+    settled: Arc<AtomicU64>,
 }
 
 fn head_path(log: &Path) -> PathBuf {
@@ -229,7 +234,8 @@ impl AuditLog {
         let head_file = head_path(path);
         let shown = path.display().to_string();
         let durable = Arc::new(Mutex::new(head.clone()));
-        let shared = durable.clone();
+        let settled = Arc::new(AtomicU64::new(0));
+        let shared = (durable.clone(), settled.clone());
         let writer = std::thread::Builder::new()
             .name("sluice-audit".into())
             .spawn(move || write_loop(file, head, &head_file, &rx, &shown, &shared))?;
@@ -237,6 +243,8 @@ impl AuditLog {
             tx: Some(tx),
             writer: Some(writer),
             durable,
+            submitted: AtomicU64::new(0),
+            settled,
         })
     }
 
@@ -253,8 +261,16 @@ impl AuditLog {
     /// [`QUEUE`] records are already waiting).
     pub fn record(&self, event: Event) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send((SystemTime::now(), event));
+            if tx.send((SystemTime::now(), event)).is_ok() {
+                self.submitted.fetch_add(1, Ordering::SeqCst);
+            }
         }
+    }
+
+    /// Whether every record given so far is written and fsynced (or failed, and logged):
+    /// [`durable_head`](Self::durable_head) then covers them all.
+    pub fn settled(&self) -> bool {
+        self.settled.load(Ordering::SeqCst) >= self.submitted.load(Ordering::SeqCst)
     }
 }
 
@@ -274,11 +290,13 @@ fn write_loop(
     head_file: &Path,
     rx: &flume::Receiver<(SystemTime, Event)>,
     shown: &str,
-    durable: &Mutex<Head>,
+    (durable, settled): &(Arc<Mutex<Head>>, Arc<AtomicU64>),
 ) {
     while let Ok(first) = rx.recv() {
         let mut batch = String::new();
+        let mut count = 0;
         for (at, event) in std::iter::once(first).chain(rx.try_iter()) {
+            count += 1;
             match record_line(&head, at, &event) {
                 Ok(line) => {
                     head = Head {
@@ -303,6 +321,7 @@ fn write_loop(
             }
             Err(e) => tracing::error!(log = shown, "cannot write the audit log: {e}"),
         }
+        settled.fetch_add(count, Ordering::SeqCst);
     }
 }
 

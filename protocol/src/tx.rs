@@ -478,6 +478,13 @@ impl Scheduler {
         self.audit_head = Some((seq, hash));
     }
 
+    /// Sets the audit-log head and sends it with the next frame, without waiting for a
+    /// heartbeat: how a sender anchors its last records before it stops.
+    pub fn send_audit_head_now(&mut self, seq: u64, hash: [u8; 32]) {
+        self.audit_head = Some((seq, hash));
+        self.audit_head_due = true;
+    }
+
     fn write_audit_head(&mut self, out: &mut [u8]) -> Result<Option<usize>, EncodeError> {
         let Some((seq, hash)) = self.audit_head.filter(|_| self.audit_head_due) else {
             return Ok(None);
@@ -779,6 +786,13 @@ mod tests {
             matches!(sent.as_slice(), [Header::Heartbeat(_), Header::AuditHead(h)] if h.seq == 42)
         );
         assert_eq!(s.stats().audit_heads, 2);
+        // At the end of a run: out at once, between heartbeats, and once.
+        s.send_audit_head_now(43, [9; 32]);
+        let sent = kinds(&mut s, later + Duration::from_millis(1500));
+        assert!(
+            matches!(sent.as_slice(), [Header::AuditHead(h)] if h.seq == 43),
+            "{sent:?}"
+        );
     }
 
     #[test]

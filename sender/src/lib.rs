@@ -370,6 +370,14 @@ impl Sender {
                 .with("failed", summary.objects_failed)
                 .with("refused", summary.objects_refused),
         );
+        // The run's last records, "stop" included, are covered by a head the receiver holds.
+        send_loop
+            .anchor_audit_log(link.as_mut())
+            .await
+            .map_err(|source| Error::Link {
+                link: options.shared.link.to_string(),
+                source,
+            })?;
         Ok(summary)
     }
 }

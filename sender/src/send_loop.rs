@@ -17,6 +17,10 @@ use crate::counters::Counters;
 use crate::encode::{Passed, Produced};
 use crate::outcome::Outcome;
 
+/// Copies of the audit-log head sent at the end of a run, and the time between them.
+const ANCHOR_REPEATS: usize = 3;
+const ANCHOR_GAP: Duration = Duration::from_millis(20);
+
 /// Send-loop settings.
 #[derive(Debug)]
 pub(crate) struct Settings {
@@ -139,6 +143,53 @@ impl SendLoop {
         if let Some(hash) = head.hash_bytes().filter(|_| head.seq > 0) {
             self.scheduler.set_audit_head(head.seq, hash);
         }
+    }
+
+    /// Anchors the audit log's last records: once every record given so far is on disk (or
+    /// `SETTLE` has passed), sends its head at once, [`ANCHOR_REPEATS`] times a few
+    /// milliseconds apart (a lost frame costs one copy). Called at the end of a run and when a
+    /// daemon stops, after its last record: heartbeats carry the head during a run, but the
+    /// records written after the last heartbeat would otherwise never cross, and could be cut
+    /// from the low side's log without trace.
+    pub async fn anchor_audit_log(&mut self, link: &mut dyn FrameTx) -> std::io::Result<()> {
+        const SETTLE: Duration = Duration::from_secs(5);
+        let Some(audit) = self.settings.audit.clone() else {
+            return Ok(());
+        };
+        let waited = std::time::Instant::now();
+        while !audit.settled() && waited.elapsed() < SETTLE {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let head = audit.durable_head();
+        let Some(hash) = head.hash_bytes().filter(|_| head.seq > 0) else {
+            return Ok(());
+        };
+        for _ in 0..ANCHOR_REPEATS {
+            self.scheduler.send_audit_head_now(head.seq, hash);
+            let before = self.scheduler.stats().audit_heads;
+            // Out once the head frame is (a heartbeat that was due goes first).
+            while self.scheduler.stats().audit_heads == before {
+                let now = sluice_common::instant_since(self.start);
+                match self
+                    .scheduler
+                    .poll_transmit(now, link.frame_buf())
+                    .map_err(|e| std::io::Error::other(format!("frame encoding: {e:?}")))?
+                {
+                    Transmit::Frame(len) => {
+                        link.commit(len).await?;
+                        self.take_sent();
+                    }
+                    Transmit::WaitUntil(at) => {
+                        let micros = at.as_micros().saturating_sub(now.as_micros());
+                        tokio::time::sleep(Duration::from_micros(micros)).await;
+                    }
+                }
+            }
+            link.flush().await?;
+            tokio::time::sleep(ANCHOR_GAP).await;
+        }
+        tracing::debug!(seq = head.seq, "audit-log head sent after the last record");
+        Ok(())
     }
 
     /// Reports passed [`Produced::Barrier`]s to `passed`.

@@ -194,6 +194,38 @@ fn a_sender_log_cut_short_or_rewritten_is_caught_against_the_receivers_log() {
     let original = std::fs::read_to_string(&send_log).unwrap();
     let lines: Vec<&str> = original.lines().collect();
     let newest = *heads.iter().max().unwrap();
+    // The tail is anchored: the run's last record ("stop") is the newest head the receiver
+    // holds, so no record can be cut from the end without a trace.
+    let last: Value = serde_json::from_str(lines[lines.len() - 1]).unwrap();
+    assert_eq!(last["event"], "stop");
+    assert_eq!(last["seq"].as_u64(), Some(newest), "{original}");
+    assert!(
+        text(&ok).contains("anchored: every record"),
+        "{}",
+        text(&ok)
+    );
+    // A record after the newest head (a run cut off before it sent its head, or a record
+    // added since) is named as not anchored.
+    let mut extended = original.clone();
+    let mut extra: Value = serde_json::from_str(lines[lines.len() - 1]).unwrap();
+    extra["seq"] = Value::from(newest + 1);
+    extra["prev"] = Value::from(hex_of(&Sha256::digest(lines[lines.len() - 1].as_bytes())));
+    extended.push_str(&serde_json::to_string(&extra).unwrap());
+    extended.push('\n');
+    let copy = s.tmp.path().join("extended.log");
+    std::fs::write(&copy, &extended).unwrap();
+    assert!(audit(&["verify"], &copy).status.success(), "a valid chain");
+    let out = against(&copy);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "not anchored: the last 1 record(s) (seq {}",
+            newest + 1
+        )),
+        "{}",
+        text(&out)
+    );
+
     let copy = s.tmp.path().join("rewritten.log");
     // Cut short before the newest head the receiver saw: alone it verifies, not against it.
     let cut: Vec<&str> = lines[..(newest - 1) as usize].to_vec();

@@ -187,6 +187,18 @@ fn items_dropped_into_the_outbox_arrive_intact_and_work_in_progress_is_left_alon
     assert_eq!(stopped.code(), 0, "{}", stopped.log);
     let got = recv.finish(Duration::from_secs(30));
     assert_eq!(count_lines(&got.log, "delivered", "weights.bin"), 1);
+    // The daemon's last records ("stop" included) are covered by a head the receiver holds.
+    let verified = std::process::Command::new(&binaries::binaries().audit)
+        .arg("verify")
+        .arg(s.tmp.path().join("send-state/audit.log"))
+        .arg("--against")
+        .arg(s.state.join("audit.log"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&verified.stdout).into_owned()
+        + &String::from_utf8_lossy(&verified.stderr);
+    assert!(verified.status.success(), "{said}");
+    assert!(said.contains("anchored: every record"), "{said}");
 }
 
 #[test]

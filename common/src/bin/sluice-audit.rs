@@ -114,6 +114,8 @@ fn run(command: Command) -> Result<(), (ExitStatus, String)> {
                 Some(path) => parse_heads(path).map_err(usage)?,
                 None => Vec::new(),
             };
+            // The newest record a head held by the receiver vouches for.
+            let mut anchored = None;
             if let Some(receiver_log) = &against {
                 let receiver = read_all(std::slice::from_ref(receiver_log)).map_err(usage)?;
                 let (recorded, unknown) = audit::heads_recorded_for(&receiver, &text);
@@ -129,12 +131,33 @@ fn run(command: Command) -> Result<(), (ExitStatus, String)> {
                         unknown.join(", ")
                     );
                 }
+                anchored = Some(recorded.iter().map(|h| h.seq).max().unwrap_or(0));
                 heads.extend(recorded);
             }
             let head = audit::verify(&text, &heads)
                 .map_err(|broken| (ExitStatus::Failure, format!("tampered: {broken}")))?;
             println!("intact: head seq {} hash {}", head.seq, head.hash);
-            Ok(())
+            match anchored {
+                // Records after the newest head the receiver holds could be cut from this log
+                // without a trace: intact is all that can be said of them.
+                Some(covered) if head.seq > covered => Err((
+                    ExitStatus::Failure,
+                    format!(
+                        "not anchored: the last {} record(s) (seq {}–{}) are covered by no head \
+                         the receiver holds, so their removal could not be told; senders send \
+                         their head after their last record, so this is a run cut off before \
+                         that, or records added to this log since",
+                        head.seq - covered,
+                        covered + 1,
+                        head.seq
+                    ),
+                )),
+                Some(_) => {
+                    println!("anchored: every record is covered by a head the receiver holds");
+                    Ok(())
+                }
+                None => Ok(()),
+            }
         }
         Command::Show {
             files,

@@ -153,8 +153,8 @@ pub async fn run(
     sluice_common::service::stopping();
     let _ = stop_tx.send(());
     drop(watcher);
-    // The coordinator stops at once; the encoder when its channel closes.
-    drop(send_loop);
+    // The coordinator stops at once; the encoder when its channel (owned by the send loop's
+    // run, now ended) closes. The send loop itself stays to anchor the last records.
     let coordinated = tokio::task::spawn_blocking(move || {
         let coordinated = coordinator.join();
         let _ = encoder.join();
@@ -169,12 +169,19 @@ pub async fn run(
             .with("sent", snapshot.objects_sent)
             .with("failed", snapshot.objects_failed),
     );
+    let link_error = |source| Error::Link {
+        link: options.send.shared.link.to_string(),
+        source,
+    };
     if let Some(Err(source)) = sent {
-        return Err(Error::Link {
-            link: options.send.shared.link.to_string(),
-            source,
-        });
+        return Err(link_error(source));
     }
+    // The daemon's last records, "stop" included, are covered by a head the receiver holds
+    // (while it runs, heads follow every heartbeat).
+    send_loop
+        .anchor_audit_log(link.as_mut())
+        .await
+        .map_err(link_error)?;
     coordinated
 }
 

@@ -263,7 +263,14 @@ impl Found {
     /// following it.
     fn entry(&mut self, base: &Arc<Dir>, name: &str, object_path: &str, shown: &Path) {
         let work = match base.stat(name) {
-            Ok(Some(entry)) => Work::of(base, vec![name.to_string()], &entry, object_path, shown),
+            Ok(Some(entry)) => Work::of(
+                base,
+                None,
+                vec![name.to_string()],
+                &entry,
+                object_path,
+                shown,
+            ),
             Ok(None) => Work::Refused(shown.to_path_buf(), "cannot read: it is gone".into()),
             Err(e) => Work::Refused(shown.to_path_buf(), format!("cannot stat: {e}")),
         };
@@ -272,7 +279,12 @@ impl Found {
 
     /// The directory `root` (opened through the operator's path) and everything below it.
     fn tree(&mut self, root: Arc<Dir>, object_path: &str, shown: &Path) {
-        let work = Work::Directory(Vec::new(), object_path.to_string(), shown.to_path_buf());
+        let work = Work::Directory(
+            None,
+            Vec::new(),
+            object_path.to_string(),
+            shown.to_path_buf(),
+        );
         self.run(&root, work);
     }
 
@@ -282,8 +294,10 @@ impl Found {
     fn run(&mut self, base: &Arc<Dir>, first: Work) {
         let mut stack = vec![first];
         while let Some(work) = stack.pop() {
-            let (components, object_path, shown) = match work {
-                Work::Directory(components, object_path, shown) => (components, object_path, shown),
+            let (parent, components, object_path, shown) = match work {
+                Work::Directory(parent, components, object_path, shown) => {
+                    (parent, components, object_path, shown)
+                }
                 Work::File(object) => {
                     self.objects.push(object);
                     continue;
@@ -300,11 +314,17 @@ impl Found {
             if !self.valid(&object_path, &shown) {
                 continue;
             }
-            let refs: Vec<&str> = components.iter().map(String::as_str).collect();
-            let listed = base
-                .walk(&refs, None, Path::new(""))
-                .map_err(|e| io::Error::other(e.to_string()))
-                .and_then(|(dir, _)| Ok((dir.stat_self()?, dir.list()?, dir)));
+            // From its parent's fd (one `openat`, never following), or from the base.
+            let opened = match (&parent, components.last()) {
+                (Some(parent), Some(name)) => parent.open_dir(name),
+                _ => {
+                    let refs: Vec<&str> = components.iter().map(String::as_str).collect();
+                    base.walk(&refs, None, Path::new(""))
+                        .map(|(dir, _)| dir)
+                        .map_err(|e| io::Error::other(e.to_string()))
+                }
+            };
+            let listed = opened.and_then(|dir| Ok((dir.stat_self()?, dir.list()?, Arc::new(dir))));
             let (me, (names, strange), dir) = match listed {
                 Ok(listed) => listed,
                 Err(e) => {
@@ -331,7 +351,9 @@ impl Found {
                 let mut child = components.clone();
                 child.push(name);
                 below.push(match dir.stat(&child[child.len() - 1]) {
-                    Ok(Some(entry)) => Work::of(base, child, &entry, &child_path, &child_shown),
+                    Ok(Some(entry)) => {
+                        Work::of(base, Some(&dir), child, &entry, &child_path, &child_shown)
+                    }
                     // Removed since the listing.
                     Ok(None) => continue,
                     Err(e) => Work::Refused(child_shown, format!("cannot stat: {e}")),
@@ -344,8 +366,9 @@ impl Found {
 
 /// One step of the walk.
 enum Work {
-    /// A directory to list: its components below the base, object path and shown path.
-    Directory(Vec<String>, String, PathBuf),
+    /// A directory to list: its parent, opened (`None`: walk from the base; a walk holds at most
+    /// one fd per level), its components below the base, object path and shown path.
+    Directory(Option<Arc<Dir>>, Vec<String>, String, PathBuf),
     File(SourceObject),
     Skipped(PathBuf, String),
     Refused(PathBuf, String),
@@ -356,6 +379,7 @@ impl Work {
     /// it) saw it.
     fn of(
         base: &Arc<Dir>,
+        parent: Option<&Arc<Dir>>,
         components: Vec<String>,
         entry: &beneath::Entry,
         object_path: &str,
@@ -370,7 +394,9 @@ impl Work {
             );
         }
         match entry.kind {
-            Kind::Directory => Work::Directory(components, object_path.to_string(), shown),
+            Kind::Directory => {
+                Work::Directory(parent.cloned(), components, object_path.to_string(), shown)
+            }
             Kind::File => match validate_object_path(object_path) {
                 Ok(()) => Work::File(SourceObject {
                     path: object_path.to_string(),

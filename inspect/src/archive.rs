@@ -6,16 +6,22 @@
 //!   `..`, no control or bidi characters, no backslash), and pass the `deny` rules.
 //! - Links and special files are refused (a symlink member is how archive extractors get
 //!   turned into writes outside their directory).
+//! - A zip must read the same to every zip reader (`zipmap`): no prefix, no appended bytes,
+//!   no bytes between members, no overlapping entries, no name twice.
 //! - Bombs: a member may not expand more than [`MAX_RATIO`] times its compressed size (beyond
-//!   1 MiB), nor declare one size and deliver more; all members together may not exceed the
-//!   policy's `max_file_size` (else [`DEFAULT_MAX_EXPANDED`]); at most [`MAX_MEMBERS`]
-//!   members and [`MAX_DEPTH`] levels of nesting. A zip nested in an archive is read into
-//!   memory to be opened, so it may be at most [`MAX_NESTED_ZIP`] bytes.
+//!   1 MiB), nor declare one size and deliver another; all members of all archives of one
+//!   file together may not expand beyond [`MAX_RATIO`] times the file's real size (at least
+//!   [`EXPANDED_FLOOR`]), nor beyond the policy's `max_file_size` (else
+//!   [`DEFAULT_MAX_EXPANDED`]) — budgets by what arrived, not by what the archive declares; at
+//!   most [`MAX_MEMBERS`] members and [`MAX_DEPTH`] levels of nesting. A compressed member
+//!   that must be read twice (a zip, or a member that is two things at once) is held in
+//!   memory, so it may be at most [`MAX_NESTED_ZIP`] bytes.
 
 use std::io::{self, Read, Seek};
 
 use crate::inspector::{Inspector, Nested, ReadSeek};
-use crate::sniff::Kind;
+use crate::sniff::{Kind, Kinds};
+use crate::zipmap::{self, le, Layout};
 use crate::Refusal;
 
 /// Levels of archives within archives.
@@ -26,8 +32,10 @@ pub const MAX_MEMBERS: usize = 10_000;
 pub const MAX_RATIO: u64 = 200;
 /// All members together, when the policy sets no `max_file_size`.
 pub const DEFAULT_MAX_EXPANDED: u64 = 1 << 40;
-/// Largest zip opened inside another archive (held in memory).
+/// Largest member held in memory (a compressed nested zip; a member that is two things).
 pub const MAX_NESTED_ZIP: u64 = 64 << 20;
+/// What all members of a small file may expand to, whatever its size.
+pub const EXPANDED_FLOOR: u64 = 64 << 20;
 
 /// What the members of one file's archives may still use.
 #[derive(Debug)]
@@ -35,6 +43,8 @@ pub struct Budget {
     members: usize,
     expanded: u64,
     max_expanded: u64,
+    /// Why the bound is what it is, for the refusal.
+    why: String,
 }
 
 impl Budget {
@@ -43,7 +53,19 @@ impl Budget {
             members: 0,
             expanded: 0,
             max_expanded,
+            why: String::new(),
         }
+    }
+
+    /// For a file of `real` bytes: at most `max`, and at most [`MAX_RATIO`] times `real`
+    /// (but at least [`EXPANDED_FLOOR`]) — what arrived, not what its archives declare.
+    pub fn for_file(max: u64, real: u64) -> Self {
+        let by_size = real.saturating_mul(MAX_RATIO).max(EXPANDED_FLOOR);
+        let mut budget = Budget::new(max.min(by_size));
+        if by_size < max {
+            budget.why = format!(" ({MAX_RATIO} times the file's {real} bytes)");
+        }
+        budget
     }
 
     /// Counts one member of `size` bytes.
@@ -56,7 +78,10 @@ impl Budget {
         if self.expanded > self.max_expanded {
             return Err(refused(
                 shown,
-                &format!("members expand beyond {} bytes", self.max_expanded),
+                &format!(
+                    "members expand beyond {} bytes{}",
+                    self.max_expanded, self.why
+                ),
             ));
         }
         Ok(())
@@ -71,7 +96,7 @@ pub fn refused(shown: &str, why: &str) -> Refusal {
 /// A member's refusal, naming the member (a nested archive's refusal names its own).
 pub fn within(shown: &str, refusal: Refusal) -> Refusal {
     match refusal {
-        Refusal::Archive(_) => refusal,
+        Refusal::Archive(_) | Refusal::TooSlow { .. } => refusal,
         other => refused(shown, &other.to_string()),
     }
 }
@@ -125,12 +150,6 @@ pub const MAX_CENTRAL_DIRECTORY: u64 = 16 << 20;
 pub fn open_zip<R: Read + Seek>(mut reader: R, shown: &str) -> Result<zip::ZipArchive<R>, Refusal> {
     check_central_directory(&mut reader, shown)?;
     zip::ZipArchive::new(reader).map_err(|e| refused(shown, &format!("not a readable zip ({e})")))
-}
-
-fn le(bytes: &[u8], at: usize, n: usize) -> u64 {
-    bytes.get(at..at + n).map_or(0, |b| {
-        b.iter().rev().fold(0u64, |v, x| (v << 8) | u64::from(*x))
-    })
 }
 
 fn check_central_directory<R: Read + Seek>(r: &mut R, shown: &str) -> Result<(), Refusal> {
@@ -315,13 +334,28 @@ impl TarInspector {
     }
 }
 
+/// A reader that counts what it hands out (where a tar's members lie).
+#[derive(Debug)]
+struct Counting<R> {
+    inner: R,
+    at: u64,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
 impl Inspector for TarInspector {
     fn name(&self) -> &'static str {
         "tar"
     }
 
-    fn claims(&self, kind: Kind, _head: &[u8], _path: &str) -> bool {
-        kind == Kind::Tar
+    fn claims(&self, kinds: Kinds, _head: &[u8], _path: &str) -> bool {
+        kinds.has(Kind::Tar)
     }
 
     fn inspect(
@@ -332,67 +366,138 @@ impl Inspector for TarInspector {
         nested: &mut Nested<'_>,
     ) -> Result<(), Refusal> {
         nested.check_depth(path)?;
-        while let Some(header) = Self::next(&mut *file, path)? {
+        let mut file = Counting { inner: file, at: 0 };
+        // Where each regular member's data lies: a zip found at the tar's end may be one.
+        let mut members = Vec::new();
+        while let Some(header) = Self::next(&mut file, path)? {
+            nested.clock().check(path)?;
             let shown = format!("{path}!{}", header.name);
             nested.check_member_name(&shown, &header.name)?;
             let size = header.size;
             match header.kind {
-                // A regular file (old, ustar and contiguous).
+                // A regular file (old, ustar and contiguous): read whole by `member`.
                 b'0' | 0 | b'7' => {
-                    let mut data = (&mut *file).take(size);
+                    members.push((file.at, file.at.saturating_add(size)));
+                    let mut data = (&mut file).take(size);
                     nested.member(&mut data, &shown, &header.name, size)?;
-                    // What the member's inspector did not read; all of it must be there.
-                    io::copy(&mut data, &mut io::sink())?;
-                    if data.limit() > 0 {
-                        return Err(refused(&shown, "not a readable tar (truncated member)"));
-                    }
                 }
-                b'5' => io::copy(&mut (&mut *file).take(size), &mut io::sink()).map(drop)?,
+                b'5' => io::copy(&mut (&mut file).take(size), &mut io::sink()).map(drop)?,
                 _ => return Err(refused(&shown, "links and special files are refused")),
             }
-            io::copy(&mut (&mut *file).take(tar_padding(size)), &mut io::sink())?;
+            io::copy(&mut (&mut file).take(tar_padding(size)), &mut io::sink())?;
         }
+        nested.walked_tar(members);
         Ok(())
     }
 }
 
-/// zip archives (PyTorch checkpoints, NumPy `.npz`): each member checked by
-/// `Nested::member`; the top-level file is read in place, a nested zip from memory.
+/// zip archives (PyTorch checkpoints, NumPy `.npz`), read in place: the layout checked by our
+/// own parser (`zipmap`), then each member checked by `Nested` — a stored one in place, a
+/// compressed one as the zip library inflates it. A compressed nested zip is held in memory.
 #[derive(Debug)]
 pub struct ZipInspector;
+
+/// What the zip library says of a member.
+#[derive(Debug)]
+struct ZipMember {
+    name: String,
+    header: u64,
+    raw_name: Vec<u8>,
+    symlink: bool,
+    dir: bool,
+    size: u64,
+    compressed: u64,
+}
 
 impl ZipInspector {
     fn members<R: Read + Seek>(
         &self,
-        r: R,
+        mut r: R,
         path: &str,
         nested: &mut Nested<'_>,
     ) -> Result<(), Refusal> {
         nested.check_depth(path)?;
+        // A zip found at the end of a tar's member is that member, inspected as a zip by the
+        // tar (Python's zipfile reads the tar as that zip, with the tar before it).
+        if let Some(end) = zipmap::find_in(&mut r)? {
+            if end
+                .start()
+                .is_some_and(|start| start > 0 && nested.is_tar_member(start, end.ends))
+            {
+                return Ok(());
+            }
+        }
+        let layout = Layout::read(&mut r, path, nested.clock())?;
         let mut zip = open_zip(r, path)?;
-        for i in 0..zip.len() {
-            let mut member = zip
-                .by_index(i)
-                .map_err(|e| refused(path, &format!("member {i} unreadable ({e})")))?;
-            let name = member.name().to_string();
-            let shown = format!("{path}!{name}");
-            nested.check_member_name(&shown, &name)?;
-            if member.is_symlink() {
+        // The zip library must read what every reader reads (it searches the whole file for
+        // end records, and keeps one entry per name).
+        let differs = |what: &str| {
+            refused(
+                path,
+                &format!("the zip library reads it differently ({what})"),
+            )
+        };
+        if zip.len() != layout.entries.len()
+            || zip.offset() != 0
+            || zip.central_directory_start() != layout.end.directory_offset
+        {
+            return Err(differs("its central directory"));
+        }
+        for (i, entry) in layout.entries.iter().enumerate() {
+            let m = Self::member(&mut zip, i, path)?;
+            if m.header != entry.header
+                || m.raw_name != entry.name
+                || (m.size, m.compressed) != (entry.size, entry.compressed)
+            {
+                return Err(differs(&format!("member {i}")));
+            }
+            let shown = format!("{path}!{}", m.name);
+            nested.check_member_name(&shown, &m.name)?;
+            if m.symlink {
                 return Err(refused(&shown, "links and special files are refused"));
             }
-            if member.is_dir() {
+            if m.dir {
+                if m.size > 0 {
+                    return Err(refused(&shown, "a directory entry with contents"));
+                }
                 continue;
             }
-            let (size, compressed) = (member.size(), member.compressed_size());
+            let (size, compressed) = (m.size, m.compressed);
             if is_bomb(size, compressed) {
                 return Err(refused(
                     &shown,
                     &format!("expands {size} bytes from {compressed} (a bomb)"),
                 ));
             }
-            nested.member(&mut Declared::new(&mut member, size), &shown, &name, size)?;
+            let unreadable = |e| refused(&shown, &format!("unreadable ({e})"));
+            if entry.method == 0 {
+                let mut member = zip.by_index_seek(i).map_err(unreadable)?;
+                nested.member_seekable(&mut member, &shown, &m.name, size)?;
+            } else {
+                let mut member = zip.by_index(i).map_err(unreadable)?;
+                nested.member(&mut Declared::new(&mut member, size), &shown, &m.name, size)?;
+            }
         }
         Ok(())
+    }
+
+    fn member<R: Read + Seek>(
+        zip: &mut zip::ZipArchive<R>,
+        i: usize,
+        path: &str,
+    ) -> Result<ZipMember, Refusal> {
+        let m = zip
+            .by_index_raw(i)
+            .map_err(|e| refused(path, &format!("member {i} unreadable ({e})")))?;
+        Ok(ZipMember {
+            name: m.name().to_string(),
+            header: m.header_start(),
+            raw_name: m.name_raw().to_vec(),
+            symlink: m.is_symlink(),
+            dir: m.is_dir(),
+            size: m.size(),
+            compressed: m.compressed_size(),
+        })
     }
 }
 
@@ -401,8 +506,12 @@ impl Inspector for ZipInspector {
         "zip"
     }
 
-    fn claims(&self, kind: Kind, _head: &[u8], _path: &str) -> bool {
-        kind == Kind::Zip
+    fn claims(&self, kinds: Kinds, _head: &[u8], _path: &str) -> bool {
+        kinds.has(Kind::Zip)
+    }
+
+    fn seeks(&self) -> bool {
+        true
     }
 
     fn inspect(

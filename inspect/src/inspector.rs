@@ -1,13 +1,28 @@
-//! One file format the gate can look into. The policy asks each inspector in turn whether a
-//! file is its format (by its first bytes, rarely its name); the first that claims it checks
-//! it. A new format (GGUF, ONNX, OCI layers) is one new type implementing [`Inspector`],
-//! added to the list `Policy` builds.
+//! One file format the gate can look into, and how a file is put to them.
+//!
+//! A file is what every parser a consumer may use says it is: its kinds come from its first
+//! bytes (magic at byte 0, a tar header's at 257) and, for a zip, from its end record, found
+//! at its end whatever its first bytes (`zipmap`). Every inspector that claims any of them
+//! checks it, in the policy's order, and the file passes only if each one passes it: a
+//! pickle that is also a zip is scanned as a pickle *and* looked into as a zip (which then
+//! refuses a zip with a prefix). A new format (GGUF, ONNX, OCI layers) is one new type
+//! implementing [`Inspector`], added to the list `Policy` builds.
+//!
+//! ```text
+//!  file ─ head (512 B) ─ sniff::kinds ─┐
+//!       ─ last 64 KiB ─ zipmap::find ──┴─ every claimant, each from byte 0 ─ pass / refusal
+//!  member (stream) ─ one claimant: read once through zipmap::Kept, then its tail is asked
+//!                  ─ a zip, or two claimants: held in memory (≤ 64 MiB), then as a file
+//! ```
 
-use std::io::{Cursor, Read, Seek};
+use std::io::{self, Cursor, Read, Seek, SeekFrom};
+use std::time::Duration;
 
 use crate::archive::{self, Budget};
+use crate::clock::{Clock, Timed};
 use crate::policy::Rules;
-use crate::sniff::{self, Kind};
+use crate::sniff::{self, Kind, Kinds};
+use crate::zipmap::{self, Kept};
 use crate::Refusal;
 
 /// A readable, seekable file.
@@ -20,8 +35,9 @@ pub trait Inspector: std::fmt::Debug + Send + Sync {
     fn name(&self) -> &'static str;
 
     /// Whether a file named `path` whose first bytes are `head` (up to [`sniff::SNIFF_LEN`])
-    /// and sniff as `kind` (computed once for all inspectors) is this format.
-    fn claims(&self, kind: Kind, head: &[u8], path: &str) -> bool;
+    /// and which is `kinds` (by its head and its end; computed once for all inspectors) is
+    /// this format.
+    fn claims(&self, kinds: Kinds, head: &[u8], path: &str) -> bool;
 
     /// Checks the file, read as a stream from its start; `nested` inspects what it holds
     /// (archive members).
@@ -43,16 +59,27 @@ pub trait Inspector: std::fmt::Debug + Send + Sync {
     ) -> Result<(), Refusal> {
         self.inspect(file, path, size, nested)
     }
+
+    /// Whether it must seek (a zip's directory is at its end): an archive member it claims is
+    /// then held in memory.
+    fn seeks(&self) -> bool {
+        false
+    }
 }
 
-/// The inspectors of a policy, and what an archive's members may still use.
+/// The inspectors of a policy, and what one file and its archives' members may still use.
 #[derive(Debug)]
 pub struct Nested<'a> {
     inspectors: &'a [Box<dyn Inspector>],
     /// Name rules members must pass (the policy's `deny`).
     deny: &'a Rules,
     depth: u32,
+    /// `max_file_size` (or the default), until the file's real size is known.
+    max_expanded: u64,
     budget: Budget,
+    clock: Clock,
+    /// Data ranges of the regular members of the tar walked last.
+    tar_members: Vec<(u64, u64)>,
 }
 
 impl<'a> Nested<'a> {
@@ -60,43 +87,80 @@ impl<'a> Nested<'a> {
         inspectors: &'a [Box<dyn Inspector>],
         deny: &'a Rules,
         max_expanded: u64,
+        timeout: Duration,
     ) -> Self {
         Nested {
             inspectors,
             deny,
             depth: 0,
+            max_expanded,
             budget: Budget::new(max_expanded),
+            clock: Clock::new(timeout),
+            tar_members: Vec::new(),
         }
     }
 
-    /// The inspector that claims a file starting with `head`, if any.
-    fn claimant(&self, head: &[u8], size: u64, path: &str) -> Option<&'a dyn Inspector> {
-        let kind = sniff::sniff(head, size);
-        self.inspectors
-            .iter()
-            .find(|i| i.claims(kind, head, path))
-            .map(|i| &**i)
+    /// The file's deadline.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
-    /// Inspects the top-level file; the name of the format that checked it, if any did.
+    /// The inspectors that claim a file that is `kinds` and starts with `head`, in order.
+    fn claimants(&self, kinds: Kinds, head: &[u8], name: &str) -> Vec<&'a dyn Inspector> {
+        self.inspectors
+            .iter()
+            .filter(|i| i.claims(kinds, head, name))
+            .map(|i| &**i)
+            .collect()
+    }
+
+    /// Inspects the top-level file as everything it is; the names of the formats that checked
+    /// it (none: no inspector claimed it). Its members' budget is set by its real size.
     pub fn file(
         &mut self,
         file: &mut dyn ReadSeek,
         path: &str,
-        size: u64,
-    ) -> Result<Option<&'static str>, Refusal> {
-        file.seek(std::io::SeekFrom::Start(0))?;
-        let head = read_head(&mut *file, size)?;
-        file.seek(std::io::SeekFrom::Start(0))?;
-        let Some(inspector) = self.claimant(&head, size, path) else {
-            return Ok(None);
-        };
-        inspector.inspect_file(file, path, size, self)?;
-        Ok(Some(inspector.name()))
+        _size: u64,
+    ) -> Result<Vec<&'static str>, Refusal> {
+        let real = file.seek(SeekFrom::End(0))?;
+        self.budget = Budget::for_file(self.max_expanded, real);
+        let clock = self.clock.clone();
+        let mut timed = Timed::new(file, clock.clone(), path);
+        let result = self.seekable(&mut timed, path, path);
+        // Whatever an inspector made of a read the clock refused, the refusal is the clock's.
+        match clock.expired() {
+            Some(late) => Err(late),
+            None => result,
+        }
     }
 
-    /// Inspects a member of an archive (`shown`: `archive!member`) of `size` bytes: its path,
-    /// the deny rules, the budget and the depth first; a refusal names the member.
+    /// Every inspector that claims a seekable file (or member), each reading it from byte 0.
+    fn seekable(
+        &mut self,
+        r: &mut dyn ReadSeek,
+        shown: &str,
+        name: &str,
+    ) -> Result<Vec<&'static str>, Refusal> {
+        self.clock.check(shown)?;
+        let size = r.seek(SeekFrom::End(0))?;
+        r.seek(SeekFrom::Start(0))?;
+        let head = read_head(&mut *r, size)?;
+        let mut kinds = sniff::kinds(&head, size);
+        if !kinds.has(Kind::Zip) && zipmap::find_in(&mut *r)?.is_some() {
+            kinds = kinds.with(Kind::Zip);
+        }
+        self.tar_members.clear();
+        let mut names = Vec::new();
+        for inspector in self.claimants(kinds, &head, name) {
+            r.seek(SeekFrom::Start(0))?;
+            inspector.inspect_file(&mut *r, shown, size, self)?;
+            names.push(inspector.name());
+        }
+        Ok(names)
+    }
+
+    /// Inspects a member of an archive (`shown`: `archive!member`) of `size` bytes, read as a
+    /// stream, to its end: the budget and the clock first; a refusal names the member.
     pub fn member(
         &mut self,
         r: &mut dyn Read,
@@ -104,16 +168,106 @@ impl<'a> Nested<'a> {
         name: &str,
         size: u64,
     ) -> Result<(), Refusal> {
+        self.clock.check(shown)?;
         self.budget.take(shown, size)?;
-        let head = read_head(&mut *r, size)?;
-        let Some(inspector) = self.claimant(&head, size, name) else {
-            return Ok(());
-        };
-        let mut stream = Cursor::new(head).chain(r);
+        let mut timed = Timed::new(r, self.clock.clone(), shown);
+        let head = read_head(&mut timed, size)?;
+        let claimants = self.claimants(sniff::kinds(&head, size), &head, name);
+        let stream = Cursor::new(head).chain(timed);
         self.depth += 1;
-        let result = inspector.inspect(&mut stream, shown, size, self);
+        let result = if claimants.len() > 1 || claimants.iter().any(|i| i.seeks()) {
+            self.held(stream, shown, name, size, &claimants)
+        } else {
+            self.streamed(stream, shown, size, claimants.first().copied())
+        };
         self.depth -= 1;
         result.map_err(|e| archive::within(shown, e))
+    }
+
+    /// The same for a member that can seek (stored in a zip): inspected in place.
+    pub fn member_seekable(
+        &mut self,
+        r: &mut dyn ReadSeek,
+        shown: &str,
+        name: &str,
+        size: u64,
+    ) -> Result<(), Refusal> {
+        self.clock.check(shown)?;
+        self.budget.take(shown, size)?;
+        let mut timed = Timed::new(r, self.clock.clone(), shown);
+        self.depth += 1;
+        let result = self.seekable(&mut timed, shown, name).map(drop);
+        self.depth -= 1;
+        result.map_err(|e| archive::within(shown, e))
+    }
+
+    /// A member read into memory, to be inspected as a file.
+    fn held(
+        &mut self,
+        stream: impl Read,
+        shown: &str,
+        name: &str,
+        size: u64,
+        claimants: &[&dyn Inspector],
+    ) -> Result<(), Refusal> {
+        if size > archive::MAX_NESTED_ZIP {
+            let names: Vec<&str> = claimants.iter().map(|i| i.name()).collect();
+            let why = match names.as_slice() {
+                ["zip"] => "a nested zip larger than 64 MiB".to_string(),
+                _ => format!(
+                    "{} at once and larger than 64 MiB (held in memory to be inspected as each)",
+                    names.join(" and ")
+                ),
+            };
+            return Err(archive::refused(shown, &why));
+        }
+        let mut all = Vec::new();
+        // One byte more than declared: the member's reader refuses a member that is longer.
+        stream.take(size.saturating_add(1)).read_to_end(&mut all)?;
+        if all.len() as u64 != size {
+            return Err(truncated(shown));
+        }
+        let mut held = Timed::new(Cursor::new(all), self.clock.clone(), shown);
+        self.seekable(&mut held, shown, name).map(drop)
+    }
+
+    /// A member read once, by its one claimant if any, then to its end: it must deliver what
+    /// it declares, and not end as a zip (a zip must start with its first member, and one
+    /// that does is held, not streamed) unless it is a member of a tar it holds.
+    fn streamed(
+        &mut self,
+        stream: impl Read,
+        shown: &str,
+        size: u64,
+        claimant: Option<&dyn Inspector>,
+    ) -> Result<(), Refusal> {
+        self.tar_members.clear();
+        let mut kept = Kept::new(stream);
+        if let Some(inspector) = claimant {
+            inspector.inspect(&mut kept, shown, size, self)?;
+        }
+        io::copy(&mut kept, &mut io::sink())?;
+        if kept.total() != size {
+            return Err(truncated(shown));
+        }
+        if let Some(end) = kept.zip_end()? {
+            let start = end.start();
+            if !start.is_some_and(|s| s > 0 && self.is_tar_member(s, end.ends)) {
+                return Err(zipmap::prefixed(shown, start.unwrap_or(0)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Notes where the regular members of the tar just walked lie (data start, end).
+    pub(crate) fn walked_tar(&mut self, members: Vec<(u64, u64)>) {
+        self.tar_members = members;
+    }
+
+    /// Whether bytes `start..end` of what is being inspected are exactly a member of the tar
+    /// it was just walked as (so inspected as a member).
+    pub(crate) fn is_tar_member(&self, start: u64, end: u64) -> bool {
+        self.tar_members.contains(&(start, end))
     }
 
     /// A member's path and name rules (also for directories, which have no content).
@@ -135,6 +289,11 @@ impl<'a> Nested<'a> {
         }
         Ok(())
     }
+}
+
+/// A member that delivers fewer bytes than it declares (more is refused by its reader).
+fn truncated(shown: &str) -> Refusal {
+    archive::refused(shown, "truncated (fewer bytes than it declares)")
 }
 
 /// The first bytes of a stream of `size` bytes, for claiming.

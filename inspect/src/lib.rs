@@ -1,28 +1,37 @@
 //! Content inspection for the Sluice gate: what a file *is* (by its bytes, never its name),
 //! and whether a model file is what it claims to be.
 //!
-//! - [`sniff`]: the type of a file from its first bytes (pickle, PyTorch zip checkpoint, zip,
-//!   tar, NumPy, safetensors, anything else);
+//! - [`sniff`]: the types a file is by its first bytes (pickle, zip, tar, NumPy, safetensors:
+//!   a polyglot is several);
 //! - [`pickle`]: walks a pickle's opcodes without unpickling and refuses any import outside an
 //!   allow-list (a pickle is a program: loading it calls whatever it imports);
 //! - [`safetensors`]: checks a safetensors file's header against its data section;
 //! - [`numpy`]: a `.npy` header (an object array is a pickle);
 //! - [`archive`]: zip and tar members, checked with the same rules, within bounds;
+//! - [`zipmap`]: where a zip's parts lie, read by our own parser: a zip passes only if every
+//!   zip reader sees the same members (no prefix, no appended bytes, no overlapping entries);
+//! - [`clock`]: the time one file's inspection may take;
 //! - [`policy`]: `policy.toml` and the order of the checks (names, size, type, inspector,
 //!   external scanner).
 //!
 //! Each format is an [`inspector::Inspector`]: a new one (GGUF, ONNX, OCI layers) is one new
-//! file and one line in `policy`. Every inspector reads through [`std::io::Read`], keeps a bounded amount of memory whatever
-//! the input, never panics, and answers with a [`Refusal`] whose text is a stable phrase for
-//! logs, the audit log and quarantine `.reason` files.
+//! file and one line in `policy`. A file is checked by every inspector that claims it, as
+//! every type it parses as (`inspector` says how). Every inspector reads through
+//! [`std::io::Read`], keeps a bounded amount of memory whatever the input, never panics, and
+//! answers with a [`Refusal`] whose text is a stable phrase for logs, the audit log and
+//! quarantine `.reason` files.
 
 pub mod archive;
+pub mod clock;
 pub mod inspector;
 pub mod numpy;
 pub mod pickle;
 pub mod policy;
 pub mod safetensors;
 pub mod sniff;
+pub mod zipmap;
+
+use std::time::Duration;
 
 /// Why an inspector refused a file. The `Display` texts are stable phrases.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,6 +76,10 @@ pub enum Refusal {
     /// The external scanner failed: the file is not known to be clean.
     #[error("scanner error: {0}")]
     ScannerFailed(String),
+    /// Inspecting the file took longer than the policy's `inspect_timeout` (`at`: the file, or
+    /// the archive member being inspected when the time ran out).
+    #[error("inspection took longer than {} (in {at})", seconds(.limit))]
+    TooSlow { limit: Duration, at: String },
     /// Reading the file failed.
     #[error("cannot read the file: {0}")]
     Io(String),
@@ -75,5 +88,14 @@ pub enum Refusal {
 impl From<std::io::Error> for Refusal {
     fn from(e: std::io::Error) -> Self {
         Refusal::Io(e.to_string())
+    }
+}
+
+/// A duration in seconds for messages: `120 s`, `0.05 s`.
+fn seconds(d: &Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{} s", d.as_secs_f64())
     }
 }

@@ -10,7 +10,7 @@ use std::io::Read;
 
 use crate::inspector::{Inspector, Nested};
 use crate::pickle::PickleInspector;
-use crate::sniff::Kind;
+use crate::sniff::{Kind, Kinds};
 use crate::Refusal;
 
 /// NumPy `.npy` arrays: an object array's data is a pickle, checked by `pickle`'s rule.
@@ -24,8 +24,8 @@ impl Inspector for NumpyInspector {
         "numpy"
     }
 
-    fn claims(&self, kind: Kind, _head: &[u8], _path: &str) -> bool {
-        kind == Kind::Numpy
+    fn claims(&self, kinds: Kinds, _head: &[u8], _path: &str) -> bool {
+        kinds.has(Kind::Numpy)
     }
 
     fn inspect(

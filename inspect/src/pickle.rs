@@ -25,7 +25,7 @@ use std::rc::Rc;
 use serde::Deserialize;
 
 use crate::inspector::{Inspector, Nested};
-use crate::sniff::Kind;
+use crate::sniff::{Kind, Kinds};
 use crate::Refusal;
 
 /// Callables a plain PyTorch, NumPy or `collections` checkpoint imports: rebuilding tensors
@@ -147,8 +147,12 @@ impl Inspector for PickleInspector {
         "pickle"
     }
 
-    fn claims(&self, kind: Kind, head: &[u8], _path: &str) -> bool {
-        kind == Kind::Pickle || looks_like_pickle(head)
+    fn claims(&self, kinds: Kinds, head: &[u8], _path: &str) -> bool {
+        // A zip's magic reads as PERSID, which only an unpickler with a `persistent_load`
+        // accepts; the one loader that has it (PyTorch's legacy format) checks for that magic
+        // first and reads such a file as a zip — as the gate does.
+        let zip_magic = head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06");
+        kinds.has(Kind::Pickle) || (!zip_magic && looks_like_pickle(head))
     }
 
     fn inspect(

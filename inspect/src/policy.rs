@@ -4,6 +4,7 @@
 //! ```toml
 //! quarantine = "/srv/sluice/quarantine"   # refused files land here, with NAME.reason
 //! max_file_size = "200GiB"
+//! inspect_timeout = "120s"                # longest one file's inspection may take
 //! allow = ["*.safetensors", "*.parquet", "*.jsonl", "*.json", "*.txt"]   # empty = all
 //! deny  = ["*.exe", "*.so"]               # deny wins over allow
 //! [models]
@@ -27,6 +28,7 @@ use globset::{GlobBuilder, GlobMatcher};
 use serde::Deserialize;
 
 use crate::archive::{self, TarInspector, ZipInspector};
+use crate::clock;
 use crate::inspector::{Inspector, Nested};
 use crate::numpy::NumpyInspector;
 use crate::pickle::{AllowList, PickleInspector, PickleRule};
@@ -63,6 +65,7 @@ struct ScanFile {
 struct PolicyFile {
     quarantine: PathBuf,
     max_file_size: Option<String>,
+    inspect_timeout: Option<String>,
     #[serde(default)]
     allow: Vec<String>,
     #[serde(default)]
@@ -85,6 +88,7 @@ pub struct Policy {
     /// Where refused files go (the receiver's).
     pub quarantine: PathBuf,
     max_file_size: Option<u64>,
+    inspect_timeout: Duration,
     allow: Option<Rules>,
     deny: Rules,
     /// The formats looked into, in the order they are asked.
@@ -137,6 +141,13 @@ impl Policy {
                     .map_err(|_| format!("max_file_size {s:?}: expected a size, e.g. 200GiB"))
             })
             .transpose()?;
+        let inspect_timeout = match file.inspect_timeout {
+            None => clock::DEFAULT_TIMEOUT,
+            Some(t) => humantime::parse_duration(&t)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| format!("inspect_timeout {t:?}: expected a duration, e.g. 120s"))?,
+        };
         let allow = (!file.allow.is_empty())
             .then(|| Rules::new(&file.allow, "allow"))
             .transpose()?;
@@ -168,8 +179,8 @@ impl Policy {
             rule: models.pickle.unwrap_or(PickleRule::Scan),
             allow: AllowList::with(extra.iter().map(String::as_str)),
         };
-        // Asked in this order; the first that claims a file checks it (a pickle named
-        // .safetensors is the pickle inspector's).
+        // Asked in this order; every one that claims a file checks it, and the first refusal
+        // is the file's (a pickle named .safetensors is refused as a pickle first).
         let mut inspectors: Vec<Box<dyn Inspector>> = vec![
             Box::new(pickle.clone()),
             Box::new(NumpyInspector { pickle }),
@@ -182,6 +193,7 @@ impl Policy {
         Ok(Policy {
             quarantine: file.quarantine,
             max_file_size,
+            inspect_timeout,
             allow,
             deny,
             inspectors,
@@ -193,6 +205,11 @@ impl Policy {
     pub fn load(path: &Path) -> Result<Policy, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         Policy::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The longest one file's inspection may take (`inspect_timeout`).
+    pub fn inspect_timeout(&self) -> Duration {
+        self.inspect_timeout
     }
 
     /// The external scanner, if one is configured.
@@ -216,17 +233,27 @@ impl Policy {
         }
     }
 
-    /// The type by content and its inspector, on `file` (read from its start) of `size`
-    /// bytes named `path`; archives are looked into. The name of the format that checked it,
-    /// if one claimed it.
+    /// The types by content and their inspectors, on `file` (read from its start) of `size`
+    /// bytes named `path`; archives are looked into; within `inspect_timeout`. The name of
+    /// the first format that checked it, if one claimed it ([`Policy::inspect_all`] has all).
     pub fn inspect(
         &self,
         file: &mut (impl Read + Seek),
         path: &str,
         size: u64,
     ) -> Result<Option<&'static str>, Refusal> {
+        Ok(self.inspect_all(file, path, size)?.first().copied())
+    }
+
+    /// The same; the names of every format that checked the file (a polyglot has several).
+    pub fn inspect_all(
+        &self,
+        file: &mut (impl Read + Seek),
+        path: &str,
+        size: u64,
+    ) -> Result<Vec<&'static str>, Refusal> {
         let max = self.max_file_size.unwrap_or(archive::DEFAULT_MAX_EXPANDED);
-        Nested::new(&self.inspectors, &self.deny, max).file(file, path, size)
+        Nested::new(&self.inspectors, &self.deny, max, self.inspect_timeout).file(file, path, size)
     }
 }
 

@@ -19,7 +19,7 @@ use std::io::Read;
 use serde_json::Value;
 
 use crate::inspector::{Inspector, Nested};
-use crate::sniff::Kind;
+use crate::sniff::{Kind, Kinds};
 use crate::Refusal;
 
 /// safetensors files: by content, and any file named `.safetensors` (one that is not one is
@@ -32,8 +32,8 @@ impl Inspector for SafetensorsInspector {
         "safetensors"
     }
 
-    fn claims(&self, kind: Kind, _head: &[u8], path: &str) -> bool {
-        kind == Kind::Safetensors || path.ends_with(".safetensors")
+    fn claims(&self, kinds: Kinds, _head: &[u8], path: &str) -> bool {
+        kinds.has(Kind::Safetensors) || path.ends_with(".safetensors")
     }
 
     fn inspect(

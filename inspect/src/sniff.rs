@@ -1,7 +1,12 @@
-//! What a file is, from its first bytes: never from its name (a pickle renamed
+//! What a file is, from its bytes: never from its name (a pickle renamed
 //! `weights.safetensors` is still a pickle).
+//!
+//! A file can be several things at once — a polyglot: a tar header's magic sits at byte 257,
+//! where a pickle, a NumPy or a safetensors header may already have begun, and a zip is
+//! found by readers at its *end* (`zipmap::find`), whatever its first bytes. So the head
+//! gives a set of [`Kinds`], not one, and every inspector that claims any of them checks it.
 
-/// Bytes [`sniff`] looks at (a tar header's magic ends at byte 262).
+/// Bytes [`kinds`] looks at (a tar header's magic ends at byte 262).
 pub const SNIFF_LEN: usize = 512;
 
 /// A file's type by content.
@@ -21,23 +26,80 @@ pub enum Kind {
     Other,
 }
 
-/// The type of a file of `file_len` bytes that starts with `head` (up to [`SNIFF_LEN`]).
-pub fn sniff(head: &[u8], file_len: u64) -> Kind {
+impl Kind {
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+/// The kinds a file is at once (a set; empty means none of them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Kinds(u8);
+
+impl Kinds {
+    /// Whether `kind` is among them.
+    pub fn has(self, kind: Kind) -> bool {
+        self.0 & kind.bit() != 0
+    }
+
+    /// These and `kind`.
+    #[must_use]
+    pub fn with(self, kind: Kind) -> Kinds {
+        Kinds(self.0 | kind.bit())
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl From<Kind> for Kinds {
+    fn from(kind: Kind) -> Self {
+        match kind {
+            Kind::Other => Kinds::default(),
+            kind => Kinds(kind.bit()),
+        }
+    }
+}
+
+/// Every kind a file of `file_len` bytes that starts with `head` (up to [`SNIFF_LEN`]) is by
+/// its first bytes: magic at byte 0 (pickle, zip, NumPy, safetensors) and a tar header's magic
+/// at byte 257 are looked at independently. A zip's end record is looked for separately.
+pub fn kinds(head: &[u8], file_len: u64) -> Kinds {
+    let mut kinds = Kinds::default();
     match head {
-        [0x80, 2..=5, ..] => Kind::Pickle,
-        [b'P', b'K', 3, 4, ..] | [b'P', b'K', 5, 6, ..] => Kind::Zip,
-        [0x93, b'N', b'U', b'M', b'P', b'Y', ..] => Kind::Numpy,
-        _ if head.get(257..262) == Some(b"ustar") => Kind::Tar,
+        [0x80, 2..=5, ..] => kinds = kinds.with(Kind::Pickle),
+        [b'P', b'K', 3, 4, ..] | [b'P', b'K', 5, 6, ..] => kinds = kinds.with(Kind::Zip),
+        [0x93, b'N', b'U', b'M', b'P', b'Y', ..] => kinds = kinds.with(Kind::Numpy),
         [l0, l1, l2, l3, l4, l5, l6, l7, b'{', ..] => {
             let len = u64::from_le_bytes([*l0, *l1, *l2, *l3, *l4, *l5, *l6, *l7]);
             if len >= 2 && len <= file_len.saturating_sub(8) {
-                Kind::Safetensors
-            } else {
-                Kind::Other
+                kinds = kinds.with(Kind::Safetensors);
             }
         }
-        _ => Kind::Other,
+        _ => {}
     }
+    if head.get(257..262) == Some(b"ustar") {
+        kinds = kinds.with(Kind::Tar);
+    }
+    kinds
+}
+
+/// The first kind of a file that starts with `head` (in the order of [`Kind`]), or
+/// [`Kind::Other`]; [`kinds`] has all of them.
+pub fn sniff(head: &[u8], file_len: u64) -> Kind {
+    let found = kinds(head, file_len);
+    [
+        Kind::Pickle,
+        Kind::Zip,
+        Kind::Numpy,
+        Kind::Tar,
+        Kind::Safetensors,
+    ]
+    .into_iter()
+    .find(|k| found.has(*k))
+    .unwrap_or(Kind::Other)
 }
 
 #[cfg(test)]
@@ -59,5 +121,20 @@ mod tests {
         assert_eq!(sniff(&st, 9), Kind::Other, "a header longer than the file");
         assert_eq!(sniff(b"plain text", 10), Kind::Other);
         assert_eq!(sniff(b"", 0), Kind::Other);
+        assert!(kinds(b"plain text", 10).is_empty());
+    }
+
+    #[test]
+    fn a_head_that_is_two_things_is_both() {
+        // A complete pickle in a tar header's name field: pickle.load and tarfile both read it.
+        let mut both = vec![0u8; 512];
+        both[..5].copy_from_slice(b"\x80\x02K\x01.");
+        both[257..262].copy_from_slice(b"ustar");
+        let found = kinds(&both, 512);
+        assert!(found.has(Kind::Pickle) && found.has(Kind::Tar), "{found:?}");
+        assert!(!found.has(Kind::Zip));
+        assert_eq!(sniff(&both, 512), Kind::Pickle);
+        assert_eq!(Kinds::from(Kind::Other), Kinds::default());
+        assert!(Kinds::from(Kind::Zip).has(Kind::Zip));
     }
 }

@@ -111,7 +111,9 @@ fn only_what_passes_inspection_is_delivered_the_rest_is_quarantined_with_its_rea
     write(&src.join("plain.pkl"), &plain);
     write(&src.join("notes.txt"), b"eval notes");
     // Archives, made by Python's zipfile and tarfile: a checkpoint zip whose data.pkl is plain,
-    // one whose data.pkl is the evil pickle, a zip bomb, a tar with a `../` member.
+    // one whose data.pkl is the evil pickle, a zip bomb, a tar with a `../` member; the evil
+    // checkpoint appended to a harmless pickle (zipfile reads it as a zip, pickle as a pickle),
+    // and 300 central-directory entries that all point at one compressed member.
     let archives = src.join("archives");
     std::fs::create_dir_all(&archives).unwrap();
     let script = format!(
@@ -127,7 +129,20 @@ fn only_what_passes_inspection_is_delivered_the_rest_is_quarantined_with_its_rea
          with tarfile.open('{d}/escape.tar', 'w') as t:\n\
          \x20   data = b'* * * * * root id\\n'\n\
          \x20   info = tarfile.TarInfo('../../etc/cron.d/x'); info.size = len(data)\n\
-         \x20   t.addfile(info, io.BytesIO(data))\n",
+         \x20   t.addfile(info, io.BytesIO(data))\n\
+         open('{d}/polyglot.pt', 'wb').write(pickle.dumps({{'a': 1}}, protocol=2))\n\
+         with zipfile.ZipFile('{d}/polyglot.pt', 'a', zipfile.ZIP_DEFLATED) as z:\n\
+         \x20   z.writestr('archive/data.pkl', pickle.dumps({{'w': Evil()}}, protocol=2))\n\
+         assert 'archive/data.pkl' in zipfile.ZipFile('{d}/polyglot.pt').namelist()\n\
+         buf = io.BytesIO()\n\
+         with zipfile.ZipFile(buf, 'w', zipfile.ZIP_DEFLATED) as z:\n\
+         \x20   z.writestr('p000.pkl', pickle.dumps(list(range(100000)), protocol=2))\n\
+         one = buf.getvalue(); cd = one.rindex(b'PK\\x01\\x02'); end = one.rindex(b'PK\\x05\\x06')\n\
+         entries = b''.join(one[cd:cd + 46] + b'p%03d.pkl' % i + one[cd + 54:end] for i in range(300))\n\
+         tail = b'PK\\x05\\x06' + bytes(4) + (300).to_bytes(2, 'little') * 2\n\
+         tail += len(entries).to_bytes(4, 'little') + cd.to_bytes(4, 'little') + bytes(2)\n\
+         open('{d}/overlap.zip', 'wb').write(one[:cd] + entries + tail)\n\
+         assert len(zipfile.ZipFile('{d}/overlap.zip').namelist()) == 300\n",
         d = archives.display()
     );
     let made = Command::new("python3")
@@ -178,6 +193,14 @@ fn only_what_passes_inspection_is_delivered_the_rest_is_quarantined_with_its_rea
             "archive refused: models/archives/evil.pt!archive/data.pkl: pickle imports posix.system",
         ),
         ("models/archives/bomb.zip", "archive refused: models/archives/bomb.zip!zeros.bin: expands"),
+        (
+            "models/archives/polyglot.pt",
+            "archive refused: models/archives/polyglot.pt: a zip that does not start at byte 0",
+        ),
+        (
+            "models/archives/overlap.zip",
+            "archive refused: models/archives/overlap.zip!p001.pkl: overlaps p000.pkl",
+        ),
         (
             "models/archives/escape.tar",
             "archive refused: models/archives/escape.tar!../../etc/cron.d/x: hostile member path",

@@ -10,15 +10,115 @@ use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sluice_common::beneath::{self, Dir};
 use sluice_inspect::policy::{self, Policy};
 use sluice_inspect::Refusal;
 use sluice_protocol::manifest::Entry;
 
-use crate::context::Context;
+use crate::context::{self, Context};
 use crate::failure::Failure;
-use crate::publish::StagedFile;
+use crate::publish::{Signed, StagedFile};
+use crate::state::ObjectKey;
+
+/// Threads that inspect files at once, whatever the worker count: one slow file (a large
+/// archive, a scanner near its timeout) then holds back only itself.
+const INSPECTORS: usize = 2;
+
+/// One staged file to inspect: which entry of which object it is.
+#[derive(Debug)]
+pub(crate) struct Inspection {
+    pub obj: ObjectKey,
+    pub index: usize,
+    pub entry: Entry,
+    pub signed: Signed,
+    pub staged: StagedFile,
+}
+
+/// The verdict on an [`Inspection`]: the file back to be placed, or the failure (the file
+/// is then in quarantine, or removed).
+#[derive(Debug)]
+pub(crate) struct Inspected {
+    pub obj: ObjectKey,
+    pub index: usize,
+    pub entry: Entry,
+    pub signed: Signed,
+    pub verdict: Result<StagedFile, Failure>,
+}
+
+/// The gate off the publisher's thread: [`INSPECTORS`] threads take staged files and hand
+/// back verdicts, so the publisher goes on placing other objects while one is inspected.
+/// At most [`INSPECTORS`] more wait in the queue: beyond, the publisher waits (memory and
+/// open files stay bounded).
+#[derive(Debug)]
+pub(crate) struct Inspectors {
+    jobs: Option<flume::Sender<Inspection>>,
+    pub done: flume::Receiver<Inspected>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Inspectors {
+    /// The pool, if there is a gate.
+    pub fn spawn(ctx: &Arc<Context>) -> io::Result<Option<Inspectors>> {
+        if ctx.gate.is_none() {
+            return Ok(None);
+        }
+        let (jobs, queue) = flume::bounded::<Inspection>(INSPECTORS);
+        let (verdicts, done) = flume::unbounded();
+        let mut threads = Vec::with_capacity(INSPECTORS);
+        for n in 0..INSPECTORS {
+            let (ctx, queue, verdicts) = (ctx.clone(), queue.clone(), verdicts.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("inspect-{n}"))
+                    .spawn(move || {
+                        context::lower_priority(context::WORKER_NICE);
+                        for job in queue.iter() {
+                            let verdict = pass(&ctx, &job.entry, job.staged);
+                            let inspected = Inspected {
+                                obj: job.obj,
+                                index: job.index,
+                                entry: job.entry,
+                                signed: job.signed,
+                                verdict,
+                            };
+                            if verdicts.send(inspected).is_err() {
+                                return;
+                            }
+                        }
+                    })?,
+            );
+        }
+        Ok(Some(Inspectors {
+            jobs: Some(jobs),
+            done,
+            threads,
+        }))
+    }
+
+    /// Queues a file (waiting while the queue is full).
+    pub fn submit(&self, inspection: Inspection, ctx: &Context) -> Result<(), Failure> {
+        let Some(jobs) = &self.jobs else {
+            inspection.staged.discard(ctx);
+            return Err(Failure::Io("the inspectors stopped".into()));
+        };
+        if let Err(flume::SendError(inspection)) = jobs.send(inspection) {
+            inspection.staged.discard(ctx);
+            return Err(Failure::Io("the inspectors stopped".into()));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Inspectors {
+    fn drop(&mut self) {
+        self.jobs.take();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
 
 /// The gate on one staged file: the file back to be placed, or the failure once it is in
 /// quarantine (or, if even that failed, removed).

@@ -16,6 +16,10 @@
 //!  record the deliveries and done markers in one records transaction, reply Committed — one
 //!  directory fsync and one records fsync serve many small files
 //! ```
+//!
+//! With `--policy`, a verified file goes to the inspectors (`gate::Inspectors`, threads of
+//! their own) instead of being placed at once; the publisher goes on with other jobs, and
+//! places the file when its verdict comes back (its freshness checked again then).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -26,7 +30,7 @@ use sluice_protocol::manifest::{EntryKind, Manifest};
 use crate::context::{self, Context};
 use crate::delivery::{Committed, EntryOutcome, Input, PublishJob, Reply};
 use crate::failure::Failure;
-use crate::gate;
+use crate::gate::{self, Inspected, Inspection, Inspectors};
 use crate::publish::{self, Content, DirCache, Published, Signed, StagedFile};
 use crate::records::Finished;
 use crate::state::ObjectKey;
@@ -36,6 +40,39 @@ const MAX_EARLY_HASHING: usize = 8;
 /// Published objects whose directories are fsynced together at most (when no job is
 /// waiting, they are committed at once).
 const MAX_UNCOMMITTED: usize = 64;
+
+/// An object with files at the inspectors: what is known of it so far.
+struct Inspecting {
+    /// A segmented file (one entry, failed as an object) rather than a pack.
+    single: bool,
+    finished: Finished,
+    bytes: u64,
+    entries: Vec<EntryOutcome>,
+    /// Files whose verdict has not come back.
+    left: usize,
+}
+
+/// What the publisher does next.
+enum Next {
+    Job(PublishJob),
+    Verdict(Inspected),
+    /// Nothing waiting: commit.
+    Idle,
+    /// The delivery core closed the jobs.
+    JobsOver,
+    /// The inspection threads are gone.
+    InspectorsGone,
+}
+
+/// A verdict, or the inspection threads gone.
+fn verdict<E>(received: Result<Inspected, E>) -> Next {
+    received.map_or(Next::InspectorsGone, Next::Verdict)
+}
+
+/// A job, or the jobs over.
+fn job<E>(received: Result<PublishJob, E>) -> Next {
+    received.map_or(Next::JobsOver, Next::Job)
+}
 
 /// A published object waiting for its commit.
 struct Uncommitted {
@@ -63,6 +100,10 @@ struct Publisher {
     /// Entry paths published since the last commit: their ancestors' mtimes are applied
     /// again (once per directory) before the commit.
     touched: BTreeSet<String>,
+    /// The gate's threads, with `--policy`.
+    inspectors: Option<Inspectors>,
+    /// Objects with files at the inspectors.
+    inspecting: HashMap<ObjectKey, Inspecting>,
 }
 
 /// Starts the publisher; it runs until `jobs` closes, then commits what is left.
@@ -75,6 +116,14 @@ pub(crate) fn spawn(
         .name("publish".into())
         .spawn(move || {
             context::lower_priority(context::WORKER_NICE);
+            let inspectors = match Inspectors::spawn(&ctx) {
+                Ok(inspectors) => inspectors,
+                Err(e) => {
+                    // Without them no file could pass the gate: fail every publication.
+                    tracing::error!("cannot start the inspection threads: {e}");
+                    None
+                }
+            };
             let mut publisher = Publisher {
                 ctx,
                 replies,
@@ -85,34 +134,106 @@ pub(crate) fn spawn(
                 dirty_dirs: HashMap::new(),
                 pending_sequences: HashMap::new(),
                 touched: BTreeSet::new(),
+                inspectors,
+                inspecting: HashMap::new(),
             };
             publisher.run(&jobs);
         })
 }
 
+impl Inspecting {
+    fn new(obj: ObjectKey, single: bool, entries: Vec<EntryOutcome>, left: usize) -> Self {
+        Inspecting {
+            single,
+            finished: Finished {
+                obj,
+                deliveries: Vec::new(),
+            },
+            bytes: 0,
+            entries,
+            left,
+        }
+    }
+
+    /// The object, every verdict in, for the commit (its entries in manifest order).
+    fn into_uncommitted(mut self, obj: ObjectKey) -> Uncommitted {
+        self.entries.sort_by_key(|o| match o {
+            EntryOutcome::Delivered(i)
+            | EntryOutcome::AlreadyThere(i)
+            | EntryOutcome::Failed(i, _) => *i,
+        });
+        Uncommitted {
+            obj,
+            bytes: self.bytes,
+            finished: self.finished,
+            entries: self.entries,
+        }
+    }
+}
+
 impl Publisher {
     fn run(&mut self, jobs: &flume::Receiver<PublishJob>) {
-        loop {
-            let job = if self.uncommitted.is_empty() {
-                match jobs.recv() {
-                    Ok(job) => job,
-                    Err(_) => break,
-                }
-            } else {
-                match jobs.try_recv() {
-                    Ok(job) => job,
-                    Err(flume::TryRecvError::Empty) => {
-                        self.commit();
-                        continue;
-                    }
-                    Err(flume::TryRecvError::Disconnected) => break,
-                }
-            };
-            self.handle(job);
+        let mut jobs_open = true;
+        while let Some(next) = self.next(jobs, &mut jobs_open) {
+            match next {
+                Next::Job(job) => self.handle(job),
+                Next::Verdict(inspected) => self.inspected(inspected),
+                Next::Idle => self.commit(),
+                Next::JobsOver => {}
+                Next::InspectorsGone => self.inspectors_gone(),
+            }
         }
         self.commit();
         self.hashing.clear();
+        self.inspectors.take();
         publish::reapply_all(&self.ctx, &mut self.dirs);
+    }
+
+    /// The next job or verdict: without waiting while something is left to commit (then
+    /// `Idle`); `None` once the jobs are over and no verdict is awaited.
+    fn next(&self, jobs: &flume::Receiver<PublishJob>, jobs_open: &mut bool) -> Option<Next> {
+        let verdicts = self
+            .inspectors
+            .as_ref()
+            .filter(|_| !self.inspecting.is_empty())
+            .map(|inspectors| &inspectors.done);
+        if !self.uncommitted.is_empty() {
+            if *jobs_open {
+                match jobs.try_recv() {
+                    Ok(job) => return Some(Next::Job(job)),
+                    Err(flume::TryRecvError::Disconnected) => *jobs_open = false,
+                    Err(flume::TryRecvError::Empty) => {}
+                }
+            }
+            return match verdicts.map(flume::Receiver::try_recv) {
+                Some(Err(flume::TryRecvError::Empty)) | None => Some(Next::Idle),
+                Some(v) => Some(verdict(v)),
+            };
+        }
+        let next = match (*jobs_open, verdicts) {
+            (true, Some(verdicts)) => flume::Selector::new()
+                .recv(jobs, job)
+                .recv(verdicts, verdict)
+                .wait(),
+            (true, None) => job(jobs.recv()),
+            (false, Some(verdicts)) => verdict(verdicts.recv()),
+            (false, None) => return None,
+        };
+        if matches!(next, Next::JobsOver) {
+            *jobs_open = false;
+        }
+        Some(next)
+    }
+
+    /// The inspection threads are gone (a panic): the objects they held fail, and later
+    /// files are inspected on this thread.
+    fn inspectors_gone(&mut self) {
+        tracing::error!("the inspection threads stopped; inspecting on the publisher's thread");
+        self.inspectors = None;
+        for (obj, _) in std::mem::take(&mut self.inspecting) {
+            let failure = Failure::Io("its inspection thread stopped".into());
+            self.reply(Reply::PublishFailed(obj, failure));
+        }
     }
 
     fn reply(&self, reply: Reply) {
@@ -275,7 +396,29 @@ impl Publisher {
                 Some(content) => Ok(content),
                 None => Content::open(&self.ctx, obj),
             })
-            .and_then(|content| content.finish(&self.ctx, e, &mut self.buf))
+            .and_then(|content| content.finish(&self.ctx, e, &mut self.buf));
+        let staged = match (staged, &self.inspectors) {
+            (Ok(staged), Some(inspectors)) => {
+                let inspection = Inspection {
+                    obj,
+                    index: 0,
+                    entry: e.clone(),
+                    signed,
+                    staged,
+                };
+                match inspectors.submit(inspection, &self.ctx) {
+                    Ok(()) => {
+                        self.inspecting
+                            .insert(obj, Inspecting::new(obj, true, Vec::new(), 1));
+                        return;
+                    }
+                    Err(failure) => Err(failure),
+                }
+            }
+            (staged, _) => staged,
+        };
+        // Without the inspection threads, the gate (if any) runs here.
+        let staged = staged
             .and_then(|staged| gate::pass(&self.ctx, e, staged))
             .and_then(|staged| publish::place(&self.ctx, staged, e, signed, &mut self.dirs));
         match staged {
@@ -355,12 +498,31 @@ impl Publisher {
                 }
             }
         }
+        let mut left = 0;
         for (i, file) in staged {
             let Some(e) = manifest.entries.get(i) else {
                 continue;
             };
-            let placed = gate::pass(&self.ctx, e, file)
-                .and_then(|file| publish::place(&self.ctx, file, e, signed, &mut self.dirs));
+            let placed = match &self.inspectors {
+                Some(inspectors) => {
+                    let inspection = Inspection {
+                        obj,
+                        index: i,
+                        entry: e.clone(),
+                        signed,
+                        staged: file,
+                    };
+                    match inspectors.submit(inspection, &self.ctx) {
+                        Ok(()) => {
+                            left += 1;
+                            continue;
+                        }
+                        Err(failure) => Err(failure),
+                    }
+                }
+                None => gate::pass(&self.ctx, e, file)
+                    .and_then(|file| publish::place(&self.ctx, file, e, signed, &mut self.dirs)),
+            };
             match placed {
                 Ok(published) => {
                     bytes += self.published(&e.path, signed, published, &mut finished);
@@ -369,17 +531,58 @@ impl Publisher {
                 Err(failure) => outcomes.push(EntryOutcome::Failed(i, failure)),
             }
         }
-        outcomes.sort_by_key(|o| match o {
-            EntryOutcome::Delivered(i)
-            | EntryOutcome::AlreadyThere(i)
-            | EntryOutcome::Failed(i, _) => *i,
-        });
-        self.queue(Uncommitted {
+        let mut inspecting = Inspecting::new(obj, false, outcomes, left);
+        inspecting.finished = finished;
+        inspecting.bytes = bytes;
+        if left == 0 {
+            self.queue(inspecting.into_uncommitted(obj));
+        } else {
+            self.inspecting.insert(obj, inspecting);
+        }
+    }
+
+    /// A verdict of the inspectors: the file placed (if it is still the freshest for its
+    /// path) or failed; its object goes to the commit once every verdict on it is in.
+    fn inspected(&mut self, inspected: Inspected) {
+        let Inspected {
             obj,
-            bytes,
-            finished,
-            entries: outcomes,
+            index,
+            entry,
+            signed,
+            verdict,
+        } = inspected;
+        // Something newer for the path may have been placed while this file was inspected.
+        let placed = verdict.and_then(|staged| match self.check_fresh(&entry.path, signed) {
+            Ok(()) => publish::place(&self.ctx, staged, &entry, signed, &mut self.dirs),
+            Err(failure) => {
+                staged.discard(&self.ctx);
+                Err(failure)
+            }
         });
+        let Some(mut inspecting) = self.inspecting.remove(&obj) else {
+            return;
+        };
+        match placed {
+            Ok(published) => {
+                inspecting.bytes +=
+                    self.published(&entry.path, signed, published, &mut inspecting.finished);
+                inspecting.entries.push(EntryOutcome::Delivered(index));
+            }
+            // A segmented file fails as an object, as it would have without the gate's
+            // threads.
+            Err(failure) if inspecting.single => {
+                return self.reply(Reply::PublishFailed(obj, failure));
+            }
+            Err(failure) => inspecting
+                .entries
+                .push(EntryOutcome::Failed(index, failure)),
+        }
+        inspecting.left = inspecting.left.saturating_sub(1);
+        if inspecting.left == 0 {
+            self.queue(inspecting.into_uncommitted(obj));
+        } else {
+            self.inspecting.insert(obj, inspecting);
+        }
     }
 
     fn queue(&mut self, published: Uncommitted) {

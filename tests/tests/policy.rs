@@ -331,3 +331,66 @@ fn sluice_send_with_the_policy_sends_nothing_the_receiver_would_refuse() {
     let mut buf = [0u8; 2048];
     assert!(sink.recv(&mut buf).is_err(), "a frame left");
 }
+
+/// Finding 5 of the second red-team round, its last part: the gate ran on the one publisher
+/// thread, so a file slow to inspect (a bomb, a scanner near its timeout) held back every
+/// delivery behind it. Now inspection has threads of its own: here the scanner takes 6 s
+/// over the first file, and the second, sent after it, is delivered first.
+#[test]
+fn a_slow_inspection_holds_back_only_its_own_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new();
+    let src = s.src.join("drop");
+    write(&src.join("a-slow.txt"), &b"SLOW ".repeat(40_000));
+    write(&src.join("b-fast.txt"), &b"fast ".repeat(40_000));
+    let scanner = s.tmp.path().join("scanner.sh");
+    std::fs::write(
+        &scanner,
+        "#!/bin/sh\ngrep -q SLOW \"$1\" && sleep 6\nexit 0\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&scanner, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let policy = s.tmp.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "quarantine = {:?}\n[scan]\ncommand = [{:?}, \"{{path}}\"]\ntimeout = \"60s\"\n",
+            s.tmp.path().join("quarantine").display().to_string(),
+            scanner.display().to_string()
+        ),
+    )
+    .unwrap();
+    let port = free_udp_port();
+    let to: SocketAddr = ([127, 0, 0, 1], port).into();
+    // (The harness's receiver logs JSON lines.)
+    let mut recv = s.receiver(port, 10, &["--policy", policy.to_str().unwrap()]);
+    // Each file its own object (not one pack), the slow one first.
+    let sent = s.send(
+        to,
+        &["--rate", "10MB", "--pack-under", "0"],
+        &[&src],
+        Duration::from_secs(60),
+    );
+    assert_exit(&sent, 0, "sluice-send");
+    let got = recv.finish(Duration::from_secs(120));
+    assert_exit(&got, 0, "sluice-recv");
+    assert_eq!(
+        files_under(&s.out),
+        ["drop/a-slow.txt", "drop/b-fast.txt"],
+        "{}",
+        got.log
+    );
+    let delivered: Vec<String> = got
+        .log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["message"].as_str().map(str::to_owned))
+        .filter(|m| m.starts_with("delivered drop/"))
+        .collect();
+    assert_eq!(
+        delivered,
+        ["delivered drop/b-fast.txt", "delivered drop/a-slow.txt"],
+        "{}",
+        got.log
+    );
+}

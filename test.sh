@@ -37,6 +37,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# A real S3 server for the object-store tests: Garage, built from crates.io once (several
+# minutes; AGPL, run as a separate test server, never linked into Sluice).
+if ! command -v garage >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/garage" ]; then
+  echo "test.sh: installing garage 2.5.0, a test S3 server (several minutes, once)" >&2
+  cargo install garage --version 2.5.0 --locked --no-default-features \
+    --features bundled-libs,lmdb --quiet
+fi
+
 # The firmware board image (QEMU tests) and the no_std protocol build.
 have=$(rustup target list --installed)
 for target in thumbv7m-none-eabi thumbv7em-none-eabihf; do

@@ -13,9 +13,10 @@ use crate::state::{ObjectKey, StateDir};
 
 /// Read-only configuration of one run.
 pub(crate) struct Context {
-    /// `--out`, opened once: every path below it is walked from this fd.
-    pub out: Dir,
-    /// `--out` as given, for messages only.
+    /// `--out`, opened once: every path below it is walked from this fd (the directory sink's
+    /// only; `None` when the receiver delivers to an object store).
+    pub out: Option<Dir>,
+    /// `--out` as given (a directory or an `s3://` URL), for messages only.
     pub out_path: PathBuf,
     /// The state directory.
     pub state: StateDir,

@@ -153,7 +153,8 @@ pub(crate) struct Gate {
 impl Gate {
     /// Loads `policy_path` and opens (creating, mode 0700) its quarantine directory, which may
     /// not lie inside `out` (a refused file would be published there).
-    pub fn open(policy_path: &Path, out: &Path) -> Result<Gate, String> {
+    /// `out` is `None` when the receiver delivers to an object store (nothing to contain).
+    pub fn open(policy_path: &Path, out: Option<&Path>) -> Result<Gate, String> {
         let policy = Policy::load(policy_path)?;
         let quarantine_path = policy.quarantine.clone();
         let existed = quarantine_path.exists();
@@ -167,11 +168,17 @@ impl Gate {
                     quarantine_path.display()
                 )
             })?;
-        let (q, o) = (
-            quarantine_path.canonicalize().map_err(|e| e.to_string())?,
-            out.canonicalize().map_err(|e| e.to_string())?,
-        );
-        if q.starts_with(&o) || o.starts_with(&q) {
+        let nested = match out {
+            Some(out) => {
+                let (q, o) = (
+                    quarantine_path.canonicalize().map_err(|e| e.to_string())?,
+                    out.canonicalize().map_err(|e| e.to_string())?,
+                );
+                (q.starts_with(&o) || o.starts_with(&q)).then_some(out)
+            }
+            None => None,
+        };
+        if let Some(out) = nested {
             if !existed {
                 let _ = std::fs::remove_dir(&quarantine_path);
             }
@@ -276,7 +283,7 @@ mod tests {
                 format!("quarantine = {:?}\n", quarantine.display().to_string()),
             )
             .unwrap();
-            let opened = Gate::open(&policy, &out);
+            let opened = Gate::open(&policy, Some(&out));
             assert_eq!(opened.is_ok(), ok, "{}: {opened:?}", quarantine.display());
             if let Err(e) = opened {
                 assert!(e.contains("must not contain each other"), "{e}");

@@ -49,6 +49,7 @@ pub mod outcome;
 mod publish;
 mod publisher;
 mod records;
+mod sink;
 pub mod state;
 pub mod summary;
 mod workers;
@@ -103,6 +104,8 @@ pub struct Receiver {
     metrics: Option<tokio::net::TcpListener>,
     /// The audit log, open from start to finish.
     audit: Arc<AuditLog>,
+    /// `--out` when it is an object store.
+    store: Option<sink::s3::Target>,
 }
 
 impl Receiver {
@@ -120,24 +123,58 @@ impl Receiver {
         let link_key =
             keys::load_link_key(&options.shared.link_key).map_err(key_error("link-key"))?;
 
-        std::fs::create_dir_all(&options.out).map_err(io_error(format!(
-            "cannot create --out {}",
-            options.out.display()
-        )))?;
-        let out = Dir::open(&options.out).map_err(io_error(format!(
-            "cannot open --out {}",
-            options.out.display()
-        )))?;
+        let usage = |e: String| Error::Usage(UsageError(e));
+        let store = match options.out.to_str().and_then(sink::s3::Target::parse) {
+            Some(target) => Some(target.map_err(usage)?),
+            None => None,
+        };
+        let out = match &store {
+            None => {
+                std::fs::create_dir_all(&options.out).map_err(io_error(format!(
+                    "cannot create --out {}",
+                    options.out.display()
+                )))?;
+                Some(Dir::open(&options.out).map_err(io_error(format!(
+                    "cannot open --out {}",
+                    options.out.display()
+                )))?)
+            }
+            Some(target) => {
+                if options.state.is_none() {
+                    return Err(usage(format!(
+                        "--out {}: an object store needs --state (a local directory for what \
+                         is on its way)",
+                        options.out.display()
+                    )));
+                }
+                // A wrong endpoint, key or bucket fails here, before the link is opened.
+                sink::s3::probe(target).await.map_err(usage)?;
+                None
+            }
+        };
         let gate = match &options.policy {
             None => None,
             Some(path) => Some(
-                gate::Gate::open(path, &options.out)
-                    .map_err(|e| Error::Usage(UsageError(format!("--policy: {e}"))))?,
+                gate::Gate::open(path, out.as_ref().map(|_| options.out.as_path()))
+                    .map_err(|e| usage(format!("--policy: {e}")))?,
             ),
         };
         let state_path = options.state_dir();
-        let state = StateDir::open(&state_path, &out, &options.out).map_err(error::state_error)?;
-        let reserved = reserved_name(&options.out, &state_path);
+        let state = match &out {
+            Some(out) => StateDir::open(&state_path, out, &options.out),
+            // Staging in the state directory itself: nothing is renamed out of it.
+            None => std::fs::create_dir_all(&state_path)
+                .and_then(|()| Dir::open(&state_path))
+                .map_err(|e| crate::state::StateError::Io {
+                    what: format!("cannot open --state {}", state_path.display()),
+                    source: e,
+                })
+                .and_then(|root| StateDir::open(&state_path, &root, &state_path)),
+        }
+        .map_err(error::state_error)?;
+        let reserved = out
+            .as_ref()
+            .and_then(|_| reserved_name(&options.out, &state_path));
         let mode_mask = options.mode_mask & !process_umask();
         let max_state_bytes = match options.max_state {
             Some(bytes) => bytes,
@@ -234,6 +271,7 @@ impl Receiver {
             limits,
             metrics,
             audit,
+            store,
         })
     }
 
@@ -255,6 +293,7 @@ impl Receiver {
             limits,
             metrics,
             audit,
+            store,
         } = self;
         let config = RxConfig {
             max_buffered_bytes: usize::try_from(options.max_memory).unwrap_or(usize::MAX),
@@ -275,7 +314,7 @@ impl Receiver {
             .map_err(io_error("cannot start decoder threads"))?;
         drop(decode_rx);
         threads.push(
-            publisher::spawn(ctx.clone(), publish_rx, input_tx.clone())
+            publisher::spawn(ctx.clone(), sink::open(store), publish_rx, input_tx.clone())
                 .map_err(io_error("cannot start the publisher"))?,
         );
         let failures = FailureList::default();

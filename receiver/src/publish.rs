@@ -120,13 +120,15 @@ fn parent_of<'p>(
         .ok_or_else(|| refused(path, PathError::Empty))?;
     // Errors name the directory walked, relative to --out.
     let shown = Path::new("");
+    let out = ctx.out.as_ref().ok_or_else(|| {
+        Failure::Io("no --out directory: this receiver delivers to an object store".into())
+    })?;
     let walked = if create {
-        ctx.out
-            .walk_creating(parents, PARENT_MODE, shown, &mut |made| {
-                making_dir(ctx, &made.join("/"))
-            })
+        out.walk_creating(parents, PARENT_MODE, shown, &mut |made| {
+            making_dir(ctx, &made.join("/"))
+        })
     } else {
-        ctx.out.walk(parents, None, shown)
+        out.walk(parents, None, shown)
     };
     let (dir, created) = walked.map_err(|e| walk_failure(path, e))?;
     let created = (parents.len() - created..parents.len())
@@ -147,7 +149,11 @@ fn created_records(
         .into_iter()
         .filter_map(|path| {
             let components: Vec<&str> = path.split('/').collect();
-            let (dir, _) = ctx.out.walk(&components, None, Path::new("")).ok()?;
+            let (dir, _) = ctx
+                .out
+                .as_ref()?
+                .walk(&components, None, Path::new(""))
+                .ok()?;
             let entry = dir.stat_self().ok()?;
             let record = Delivery {
                 signer: 0,
@@ -626,8 +632,10 @@ pub(crate) fn reapply_dir(ctx: &Context, dir: &str, dirs: &mut DirCache) {
         return;
     };
     let components: Vec<&str> = dir.split('/').collect();
-    let applied = ctx
-        .out
+    let Some(out) = &ctx.out else {
+        return;
+    };
+    let applied = out
         .walk(&components, None, Path::new(""))
         .map_err(|e| io::Error::other(e.to_string()))
         .and_then(|(d, _)| apply_dir_meta(&d, meta));
@@ -650,8 +658,9 @@ pub(crate) fn reapply_all(ctx: &Context, dirs: &mut DirCache) {
 }
 
 /// Whether an entry's content already sits at its path, by this receiver's own records: a
-/// record for the path with the same SHA-256 and size, and the file there still the one
-/// recorded (same inode, device, size and mtime). No file the link names is ever hashed.
+/// record for the path with the same SHA-256 and size, and, in an `--out` directory, the file
+/// there still the one recorded (same inode, device, size and mtime; an object store has no
+/// such thing to look at, and is never read). No file the link names is ever hashed.
 pub(crate) fn already_delivered(ctx: &Context, e: &Entry) -> bool {
     if e.kind != EntryKind::File {
         return false;
@@ -661,6 +670,9 @@ pub(crate) fn already_delivered(ctx: &Context, e: &Entry) -> bool {
     };
     if record.directory || record.sha256 != e.sha256 || record.size != e.size {
         return false;
+    }
+    if ctx.out.is_none() {
+        return true;
     }
     let Ok((parent, name, _)) = parent_of(ctx, &e.path, false) else {
         return false;
@@ -697,7 +709,7 @@ mod tests {
         let out = Dir::open(&out_path).unwrap();
         let state = StateDir::open(&root.join("state"), &out, &out_path).unwrap();
         Context {
-            out,
+            out: Some(out),
             out_path,
             state,
             mode_mask: 0o7777,

@@ -21,18 +21,18 @@
 //! their own) instead of being placed at once; the publisher goes on with other jobs, and
 //! places the file when its verdict comes back (its freshness checked again then).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use sluice_common::beneath::Dir;
 use sluice_protocol::manifest::{EntryKind, Manifest};
 
 use crate::context::{self, Context};
 use crate::delivery::{Committed, EntryOutcome, Input, PublishJob, Reply};
 use crate::failure::Failure;
 use crate::gate::{self, Inspected, Inspection, Inspectors};
-use crate::publish::{self, Content, DirCache, Published, Signed, StagedFile};
+use crate::publish::{self, Content, Signed, StagedFile};
 use crate::records::Finished;
+use crate::sink::{Placed, Sink};
 use crate::state::ObjectKey;
 
 /// Content files hashed ahead of their manifest at once.
@@ -85,21 +85,17 @@ struct Uncommitted {
 struct Publisher {
     ctx: Arc<Context>,
     replies: flume::Sender<Input>,
-    dirs: DirCache,
+    /// Where verified entries go.
+    sink: Box<dyn Sink>,
     /// Content files being hashed ahead of the manifest.
     hashing: HashMap<ObjectKey, Content>,
     /// Read buffer, reused for every hash.
     buf: Vec<u8>,
-    /// Published objects not yet recorded, and the directories to fsync first (by device
-    /// and inode, so each is synced once).
+    /// Published objects not yet recorded (the sink makes them durable first).
     uncommitted: Vec<Uncommitted>,
-    dirty_dirs: HashMap<(u64, u64), Dir>,
     /// Sequences published in the batch not yet committed, by (signer, path): a second
     /// manifest for the same path in one batch is checked against these too.
     pending_sequences: HashMap<(u64, String), u64>,
-    /// Entry paths published since the last commit: their ancestors' mtimes are applied
-    /// again (once per directory) before the commit.
-    touched: BTreeSet<String>,
     /// The gate's threads, with `--policy`.
     inspectors: Option<Inspectors>,
     /// Objects with files at the inspectors.
@@ -109,6 +105,7 @@ struct Publisher {
 /// Starts the publisher; it runs until `jobs` closes, then commits what is left.
 pub(crate) fn spawn(
     ctx: Arc<Context>,
+    sink: Box<dyn Sink>,
     jobs: flume::Receiver<PublishJob>,
     replies: flume::Sender<Input>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -127,13 +124,11 @@ pub(crate) fn spawn(
             let mut publisher = Publisher {
                 ctx,
                 replies,
-                dirs: DirCache::new(),
+                sink,
                 hashing: HashMap::new(),
                 buf: vec![0; publish::IO_BUFFER],
                 uncommitted: Vec::new(),
-                dirty_dirs: HashMap::new(),
                 pending_sequences: HashMap::new(),
-                touched: BTreeSet::new(),
                 inspectors,
                 inspecting: HashMap::new(),
             };
@@ -186,7 +181,7 @@ impl Publisher {
         self.commit();
         self.hashing.clear();
         self.inspectors.take();
-        publish::reapply_all(&self.ctx, &mut self.dirs);
+        self.sink.finish(&self.ctx);
     }
 
     /// The next job or verdict: without waiting while something is left to commit (then
@@ -341,31 +336,24 @@ impl Publisher {
         }
     }
 
-    /// Notes a published entry for the commit: its parent to fsync, its path to re-apply
-    /// ancestors' metadata, its sequence.
+    /// Notes a placed entry for the commit: its records, its sequence.
     fn published(
         &mut self,
         path: &str,
         signed: Signed,
-        published: Published,
+        placed: Placed,
         finished: &mut Finished,
     ) -> u64 {
-        if let Ok(entry) = published.dir.stat_self() {
-            self.dirty_dirs
-                .entry((entry.device, entry.inode))
-                .or_insert(published.dir);
-        }
-        self.touched.insert(path.to_string());
         let highest = self
             .pending_sequences
             .entry((signed.signer, path.to_string()))
             .or_insert(0);
         *highest = (*highest).max(signed.sequence);
-        finished.deliveries.extend(published.created_dirs);
+        finished.deliveries.extend(placed.created_dirs);
         finished
             .deliveries
-            .push((path.to_string(), published.delivery));
-        published.bytes
+            .push((path.to_string(), placed.delivery));
+        placed.bytes
     }
 
     fn publish_segmented(
@@ -379,7 +367,7 @@ impl Publisher {
         let Some(e) = manifest.entries.first() else {
             return self.reply(Reply::PublishFailed(obj, Failure::ContentMismatch));
         };
-        if check_existing && publish::already_delivered(&self.ctx, e) {
+        if check_existing && self.sink.already_there(&self.ctx, e) {
             return self.reply(Reply::AlreadyThere(obj));
         }
         if let Err(failure) = self.check_fresh(&e.path, signed) {
@@ -391,7 +379,9 @@ impl Publisher {
             size = e.size,
             "publishing"
         );
-        let staged = publish::precheck(&self.ctx, e)
+        let staged = self
+            .sink
+            .precheck(&self.ctx, e)
             .and_then(|()| match content {
                 Some(content) => Ok(content),
                 None => Content::open(&self.ctx, obj),
@@ -420,7 +410,7 @@ impl Publisher {
         // Without the inspection threads, the gate (if any) runs here.
         let staged = staged
             .and_then(|staged| gate::pass(&self.ctx, e, staged))
-            .and_then(|staged| publish::place(&self.ctx, staged, e, signed, &mut self.dirs));
+            .and_then(|staged| self.sink.place(&self.ctx, staged, e, signed));
         match staged {
             Ok(published) => {
                 let mut finished = Finished {
@@ -463,18 +453,16 @@ impl Publisher {
                 .get(offset..offset.saturating_add(len))
                 .unwrap_or(&[]);
             offset = offset.saturating_add(len);
-            if e.kind == EntryKind::File && publish::already_delivered(&self.ctx, e) {
+            if e.kind == EntryKind::File && self.sink.already_there(&self.ctx, e) {
                 outcomes.push(EntryOutcome::AlreadyThere(i));
                 continue;
             }
             let result = self
                 .check_fresh(&e.path, signed)
                 .and_then(|()| match e.kind {
-                    EntryKind::Directory => {
-                        publish::publish_dir(&self.ctx, e, signed, &mut self.dirs).map(Some)
-                    }
+                    EntryKind::Directory => self.sink.place_dir(&self.ctx, e, signed).map(Some),
                     EntryKind::File => {
-                        publish::precheck(&self.ctx, e)?;
+                        self.sink.precheck(&self.ctx, e)?;
                         let file = publish::stage_inline(&self.ctx, e, content)?;
                         staged.push((i, file));
                         Ok(None)
@@ -521,7 +509,7 @@ impl Publisher {
                     }
                 }
                 None => gate::pass(&self.ctx, e, file)
-                    .and_then(|file| publish::place(&self.ctx, file, e, signed, &mut self.dirs)),
+                    .and_then(|file| self.sink.place(&self.ctx, file, e, signed)),
             };
             match placed {
                 Ok(published) => {
@@ -553,7 +541,7 @@ impl Publisher {
         } = inspected;
         // Something newer for the path may have been placed while this file was inspected.
         let placed = verdict.and_then(|staged| match self.check_fresh(&entry.path, signed) {
-            Ok(()) => publish::place(&self.ctx, staged, &entry, signed, &mut self.dirs),
+            Ok(()) => self.sink.place(&self.ctx, staged, &entry, signed),
             Err(failure) => {
                 staged.discard(&self.ctx);
                 Err(failure)
@@ -599,12 +587,7 @@ impl Publisher {
         if self.uncommitted.is_empty() {
             return;
         }
-        publish::reapply_ancestors(&self.ctx, std::mem::take(&mut self.touched), &mut self.dirs);
-        for (_, dir) in std::mem::take(&mut self.dirty_dirs) {
-            if let Err(e) = dir.sync() {
-                tracing::warn!("cannot fsync a published-into directory: {e}");
-            }
-        }
+        self.sink.commit(&self.ctx);
         let batch = std::mem::take(&mut self.uncommitted);
         self.pending_sequences.clear();
         let finished: Vec<Finished> = batch.iter().map(|u| u.finished.clone()).collect();

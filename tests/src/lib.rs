@@ -11,6 +11,7 @@
 
 pub mod binaries;
 pub mod forge;
+pub mod garage;
 pub mod harness;
 pub mod producer;
 pub mod qemu;

@@ -500,3 +500,27 @@ print('swaps', swaps)
     assert!(delivered > 0, "no decoy arrived:\n{}", got.log);
     eprintln!("{swaps} swaps, {delivered} decoys delivered, {refusals} refusals logged");
 }
+
+/// Finding 3 of the second red-team round: a writer planted `OUTBOX/.sent` as a symlink to
+/// another directory, and the daemon moved sent items into it (and pruned files there). Now
+/// the daemon refuses to start on it, naming it, and leaves the directory it points at alone.
+#[test]
+fn a_sent_directory_planted_as_a_symlink_stops_the_daemon_at_start() {
+    let s = Setup::new();
+    let outbox = outbox(&s);
+    let elsewhere = s.tmp.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("precious"), b"keep me").unwrap();
+    std::os::unix::fs::symlink(&elsewhere, outbox.join(".sent")).unwrap();
+    drop_file(&outbox, "item.bin", 1000, 3);
+    let port = free_udp_port();
+    let stopped = watch(&s, &outbox, port, &["--keep-sent", "1s"]).finish(Duration::from_secs(20));
+    assert_eq!(stopped.code(), 1, "{}", stopped.log);
+    assert!(
+        stopped.log.contains(".sent") && stopped.log.contains("is a symlink"),
+        "{}",
+        stopped.log
+    );
+    assert_eq!(names(&elsewhere), ["precious"]);
+    assert_eq!(names(&outbox), [".sent", "item.bin"]);
+}

@@ -20,6 +20,12 @@
 //! failed objects stay in the table for the run, so their late blocks are released at once;
 //! delivered ones leave it once committed (their done marker answers then). A pack's entries
 //! each get their own outcome.
+//!
+//! Disk (`--max-state`): an open object is charged its [`Footprint`] — what `du` will count —
+//! for each write before the write is handed out, and the oldest open objects are evicted
+//! beyond the limit. An evicted (or refused) object's bytes count until a decoder reports
+//! them removed; while they would put the state over the limit, new data blocks wait here
+//! (their permits hold the link task back) and stalled symbols are not saved.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -33,6 +39,7 @@ use sluice_protocol::wire::{AuditHead, BlockKey, BlockKind, Heartbeat, RelayStat
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::failure::Failure;
+use crate::footprint::{Disk, Footprint};
 use crate::heads::SenderHeads;
 use crate::outcome::Outcome;
 use crate::state::{ObjectKey, StoredSegment};
@@ -87,15 +94,12 @@ pub(crate) enum Reply {
         recovered: Option<bool>,
         result: BlockResult,
     },
-    /// The symbols of a stalled block were kept in the state directory (`bytes` of them), or
-    /// could not be.
-    PartialSaved {
-        key: BlockKey,
-        saved: bool,
-        bytes: u64,
-    },
+    /// The symbols of a stalled block were kept in the state directory, or could not be.
+    PartialSaved { key: BlockKey, saved: bool },
     /// Saved symbols were read back (or were unusable).
     PartialLoaded(BlockKey, Option<PartialBlock>),
+    /// What an object kept in the state directory is gone.
+    Removed(ObjectKey),
     /// The manifest envelope was stored for a later run (or could not be).
     ManifestStored(ObjectKey, Result<(), Failure>),
     /// Published objects whose directories are now durable.
@@ -153,6 +157,9 @@ pub(crate) enum DecodeJob {
     },
     /// Read back saved symbols.
     LoadPartial(BlockKey),
+    /// Remove what the state directory holds for an object that failed or was evicted (its
+    /// directory and content file), so its space counts until it is free again.
+    Remove(ObjectKey),
 }
 
 /// A job for the publisher thread (one thread: its jobs run in order).
@@ -259,8 +266,8 @@ struct Entry {
     manifest: Option<Arc<Manifest>>,
     /// The key id that signed the manifest.
     signer: u64,
-    /// Bytes it holds in the state directory.
-    bytes: u64,
+    /// What it holds in the state directory, as `du` counts it.
+    footprint: Footprint,
     /// When it entered the table, in arrival order (for evicting the oldest).
     order: u64,
     /// Segments in the content file.
@@ -282,7 +289,7 @@ impl Entry {
             first_seen,
             manifest: None,
             signer: 0,
-            bytes: 0,
+            footprint: Footprint::default(),
             order: 0,
             segments: BTreeMap::new(),
             decoding: BTreeSet::new(),
@@ -363,16 +370,18 @@ pub(crate) struct Resumed {
     pub manifest: Option<(Manifest, u64)>,
     pub segments: Vec<StoredSegment>,
     pub partials: BTreeSet<(BlockKind, u32)>,
-    /// Bytes it holds in the state directory.
-    pub bytes: u64,
+    /// What it holds in the state directory, as measured at start.
+    pub footprint: Footprint,
 }
 
-/// What the state directory may hold: objects in progress, and their bytes. Beyond either,
-/// the oldest incomplete objects are evicted (reported failed, their blocks removed).
+/// What the state directory may hold: objects in progress, and their bytes on disk (each
+/// object's [`Footprint`] on a file system allocating `disk` blocks). Beyond either, the
+/// oldest incomplete objects are evicted (reported failed, their blocks removed).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
     pub max_objects: usize,
     pub max_state_bytes: u64,
+    pub disk: Disk,
 }
 
 impl Default for Limits {
@@ -380,8 +389,17 @@ impl Default for Limits {
         Limits {
             max_objects: usize::MAX,
             max_state_bytes: u64::MAX,
+            disk: Disk::default(),
         }
     }
+}
+
+/// A data block waiting for room on disk, with the memory it holds.
+#[derive(Debug)]
+struct HeldBlock {
+    block: ReadyBlock,
+    permit: Permit,
+    drop_partial: bool,
 }
 
 /// Finished objects remembered for the run (so their late blocks are released at once);
@@ -398,8 +416,14 @@ pub(crate) struct Delivery {
     next_order: u64,
     /// Failed and done objects still in the table, oldest first.
     finished_order: VecDeque<ObjectKey>,
-    /// Bytes the open objects hold in the state directory.
+    /// Bytes the open objects hold in the state directory, as `du` counts them, writes
+    /// handed to the decoders included.
     state_bytes: u64,
+    /// Failed and evicted objects whose files are still being removed, and their bytes.
+    removing: HashMap<ObjectKey, u64>,
+    removing_bytes: u64,
+    /// Data blocks waiting to be decoded until removals make room (see [`Self::over`]).
+    held: VecDeque<HeldBlock>,
     census: Census,
     actions: VecDeque<Action>,
     /// Jobs sent that will reply, not yet answered.
@@ -430,7 +454,7 @@ impl Delivery {
             entry.segment_size = left.segments.first().map(|s| s.segment_size);
             entry.segments = left.segments.into_iter().map(|s| (s.index, s)).collect();
             entry.partials = left.partials;
-            entry.bytes = left.bytes;
+            entry.footprint = left.footprint;
             if entry.is_complete() {
                 complete.push(left.obj);
             }
@@ -452,7 +476,7 @@ impl Delivery {
         self.next_order += 1;
         if entry.status == Status::Open {
             self.open_order.insert(entry.order, obj);
-            self.state_bytes += entry.bytes;
+            self.state_bytes = self.state_bytes.saturating_add(entry.footprint.charged());
         } else {
             self.remember_finished(obj);
         }
@@ -467,7 +491,7 @@ impl Delivery {
         };
         if entry.status == Status::Open {
             self.open_order.remove(&entry.order);
-            self.state_bytes = self.state_bytes.saturating_sub(entry.bytes);
+            self.state_bytes = self.state_bytes.saturating_sub(entry.footprint.charged());
         }
         entry.status = status;
         if matches!(status, Status::Done | Status::Failed { .. }) {
@@ -490,15 +514,17 @@ impl Delivery {
         }
     }
 
-    /// Adds stored bytes to an open object, then keeps the state within its limits.
-    fn add_bytes(&mut self, obj: ObjectKey, bytes: u64) {
+    /// Charges an open object with what a write added to its footprint on disk, then keeps
+    /// the state within its limits.
+    fn charge(&mut self, obj: ObjectKey, write: impl FnOnce(&mut Footprint, Disk) -> u64) {
+        let disk = self.limits.disk;
         if let Some(entry) = self
             .objects
             .get_mut(&obj)
             .filter(|e| e.status == Status::Open)
         {
-            entry.bytes += bytes;
-            self.state_bytes += bytes;
+            let added = write(&mut entry.footprint, disk);
+            self.state_bytes = self.state_bytes.saturating_add(added);
         }
         self.enforce_limits();
     }
@@ -540,7 +566,7 @@ impl Delivery {
 
     /// Whether the link has closed and every job has answered: the run is over.
     pub fn is_finished(&self) -> bool {
-        self.link_closed && self.awaiting == 0 && self.actions.is_empty()
+        self.link_closed && self.awaiting == 0 && self.actions.is_empty() && self.held.is_empty()
     }
 
     fn push(&mut self, action: Action) {
@@ -665,14 +691,68 @@ impl Delivery {
             }
         }
         let drop_partial = entry.partials.contains(&(block.key.kind, block.key.index));
-        if block.key.kind == BlockKind::Data {
-            entry.decoding.insert(block.key.index);
+        if block.key.kind == BlockKind::Manifest {
+            // Decoded in memory; storing it is charged when it is verified.
+            return self.push(Action::Decode(DecodeJob::Decode {
+                block,
+                permit,
+                drop_partial,
+            }));
         }
-        self.push(Action::Decode(DecodeJob::Decode {
+        entry.decoding.insert(block.key.index);
+        let held = HeldBlock {
             block,
             permit,
             drop_partial,
-        }));
+        };
+        if self.over() {
+            // Evicted objects are still on disk: this write waits for their removal (its
+            // permit holds back the link task meanwhile).
+            self.held.push_back(held);
+        } else {
+            self.dispatch_data(held);
+        }
+    }
+
+    /// Charges a data block's write before it happens (its plaintext is at most the smaller
+    /// of its segment size and its ciphertext), then hands it to a decoder, unless making
+    /// room for it evicted its own object.
+    fn dispatch_data(&mut self, held: HeldBlock) {
+        let HeldBlock {
+            block,
+            permit,
+            drop_partial,
+        } = held;
+        let obj = ObjectKey::of(&block.key);
+        let offset = u64::from(block.key.index) * u64::from(block.segment_size);
+        let len = u64::from(block.segment_size.min(block.geometry.block_len));
+        self.charge(obj, |footprint, disk| footprint.segment(disk, offset, len));
+        if self.is_open(&obj) {
+            self.push(Action::Decode(DecodeJob::Decode {
+                block,
+                permit,
+                drop_partial,
+            }));
+        }
+    }
+
+    /// Whether the state directory holds more than `--max-state` counting evicted objects
+    /// not yet removed: new writes wait until they are.
+    fn over(&self) -> bool {
+        self.removing_bytes > 0
+            && self.state_bytes.saturating_add(self.removing_bytes) > self.limits.max_state_bytes
+    }
+
+    /// Hands held blocks to the decoders while there is room.
+    fn release_held(&mut self) {
+        while !self.over() {
+            let Some(held) = self.held.pop_front() else {
+                return;
+            };
+            if self.is_open(&ObjectKey::of(&held.block.key)) {
+                self.dispatch_data(held);
+            }
+        }
     }
 
     fn on_block_stalled(&mut self, partial: PartialBlock, permit: Option<Permit>, running: bool) {
@@ -687,8 +767,15 @@ impl Delivery {
                 needed: partial.geometry.source_symbols,
             }));
         }
-        // Symbols are only an optimisation for a later pass: without room they are dropped.
-        if let Some(permit) = permit {
+        // Symbols are only an optimisation for a later pass: without room (in memory, or on
+        // disk) they are dropped.
+        let Some(permit) = permit.filter(|_| !self.over()) else {
+            return;
+        };
+        let obj = ObjectKey::of(&partial.key);
+        let len = crate::state::partial_len(&partial);
+        self.charge(obj, |footprint, disk| footprint.file(disk, len));
+        if self.is_open(&obj) {
             self.push(Action::Decode(DecodeJob::SavePartial { partial, permit }));
         }
     }
@@ -731,9 +818,16 @@ impl Delivery {
                     BlockResult::Failed(failure) => self.fail(ObjectKey::of(&key), failure),
                 }
             }
-            Reply::PartialSaved { key, saved, bytes } => {
+            Reply::PartialSaved { key, saved } => {
                 self.answered(1);
-                self.on_partial_saved(key, saved, bytes);
+                self.on_partial_saved(key, saved);
+            }
+            Reply::Removed(obj) => {
+                self.answered(1);
+                if let Some(bytes) = self.removing.remove(&obj) {
+                    self.removing_bytes = self.removing_bytes.saturating_sub(bytes);
+                }
+                self.release_held();
             }
             Reply::PartialLoaded(key, partial) => {
                 self.answered(1);
@@ -787,7 +881,7 @@ impl Delivery {
         }
     }
 
-    fn on_partial_saved(&mut self, key: BlockKey, saved: bool, bytes: u64) {
+    fn on_partial_saved(&mut self, key: BlockKey, saved: bool) {
         let obj = ObjectKey::of(&key);
         if !saved {
             return;
@@ -796,7 +890,6 @@ impl Delivery {
             Some(entry) if entry.status == Status::Open => {
                 entry.partials.insert((key.kind, key.index));
                 self.stats.partials_saved += 1;
-                self.add_bytes(obj, bytes);
             }
             _ => self.clean_stray(obj),
         }
@@ -817,11 +910,7 @@ impl Delivery {
             None => Ok(false),
             Some(m) => check_segment(m, &segment).map(|()| entry.is_complete()),
         };
-        self.add_bytes(obj, u64::from(segment.plain_len));
-        if !self.is_open(&obj) {
-            // Evicted to make room for what it just stored.
-            return;
-        }
+        // Its write was charged when it was handed to the decoder.
         match verdict {
             Ok(true) => self.publish(obj, false, Vec::new()),
             Ok(false) => self.hash_ahead(obj),
@@ -887,7 +976,7 @@ impl Delivery {
                     envelope: opened.envelope,
                 }));
                 self.hash_ahead(obj);
-                self.add_bytes(obj, bytes);
+                self.charge(obj, |footprint, disk| footprint.file(disk, bytes));
             }
             Err(failure) => self.fail(obj, failure),
         }
@@ -990,7 +1079,15 @@ impl Delivery {
         }
         let kept = failure.keeps_state();
         let paths = entry.paths();
+        let charged = (entry.status == Status::Open).then(|| entry.footprint.charged());
         self.close(obj, Status::Failed { kept });
+        if let Some(bytes) = charged.filter(|b| *b > 0 && !kept) {
+            // Its bytes count until the decoders (no slower than they write) have removed
+            // them; the publisher removes them again after any job of its own for the object.
+            *self.removing.entry(obj).or_default() += bytes;
+            self.removing_bytes = self.removing_bytes.saturating_add(bytes);
+            self.push(Action::Decode(DecodeJob::Remove(obj)));
+        }
         let Some(entry) = self.objects.get_mut(&obj) else {
             return;
         };
@@ -1088,6 +1185,7 @@ fn check_segment(m: &Manifest, segment: &StoredSegment) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::footprint::NAME_BYTES;
     use sluice_common::keys::KeyId;
     use sluice_protocol::fec::ReedSolomon;
     use sluice_protocol::manifest::{Entry, EntryKind, SegmentInfo, MANIFEST_VERSION};
@@ -1117,14 +1215,23 @@ mod tests {
     }
 
     fn ready_with_segment(kind: BlockKind, index: u32, segment: u32) -> (ReadyBlock, Permit) {
+        ready_in(OBJ.object.0, kind, index, segment)
+    }
+
+    /// A ready block of object `object` of the test session.
+    fn ready_in(object: u64, kind: BlockKind, index: u32, segment: u32) -> (ReadyBlock, Permit) {
         let link = LinkKey::new(&[1; 32]);
         let plan = BlockPlan::for_block(kind, 100, 64, 0, 1);
         let segment_size = match kind {
             BlockKind::Data => segment,
             BlockKind::Manifest => 0,
         };
+        let block_key = BlockKey {
+            object: ObjectId(object),
+            ..key(kind, index)
+        };
         let block = OutgoingBlock::encode_pass(
-            key(kind, index),
+            block_key,
             segment_size,
             &[7; 100],
             64,
@@ -1251,6 +1358,7 @@ mod tests {
                 }
                 Action::Decode(DecodeJob::SavePartial { .. }) => "save-partial".into(),
                 Action::Decode(DecodeJob::LoadPartial(k)) => format!("load-partial {}", k.index),
+                Action::Decode(DecodeJob::Remove(obj)) => format!("remove {}", obj.object.0),
                 Action::Publish(PublishJob::StoreManifest { .. }) => "store-manifest".into(),
                 Action::Publish(PublishJob::HashAhead { upto, .. }) => {
                     format!("hash-ahead {upto}")
@@ -1365,6 +1473,7 @@ mod tests {
         assert_eq!(
             got[1..],
             [
+                "remove 1",
                 "discard true",
                 "failed: segment 1 carries segment size 131072, the object has 65536"
             ],
@@ -1379,6 +1488,7 @@ mod tests {
         assert_eq!(
             actions(&mut d),
             [
+                "remove 1",
                 "discard true",
                 "failed: segment 0 carries segment size 131072, the object has 65536"
             ]
@@ -1461,7 +1571,7 @@ mod tests {
                 manifest: None,
                 segments: vec![segment(0, [1; 32])],
                 partials: [(BlockKind::Data, 1)].into_iter().collect(),
-                bytes: 148,
+                footprint: Footprint::measured(12288, 4, 56, true),
             }],
             Limits::default(),
         );
@@ -1517,26 +1627,53 @@ mod tests {
         assert_eq!(d.stats().blocks_stalled, 1);
     }
 
+    fn start(d: &mut Delivery, object: u64) {
+        let key = BlockKey {
+            object: ObjectId(object),
+            ..key(BlockKind::Data, 0)
+        };
+        link(d, LinkEvent::BlockStarted(key), false);
+    }
+
+    /// Block `index` (100 bytes of ciphertext) of object `object` is ready to be decoded.
+    fn ready_data(d: &mut Delivery, object: u64, index: u32) {
+        let (block, permit) = ready_in(object, BlockKind::Data, index, SEGMENT);
+        link(d, LinkEvent::BlockReady(block, permit), false);
+    }
+
+    /// Every action, in a word, the decoders answering each `Remove` as they meet it.
+    fn settle(d: &mut Delivery) -> Vec<String> {
+        let mut all = Vec::new();
+        loop {
+            let got = actions(d);
+            if got.is_empty() {
+                return all;
+            }
+            for removed in got.iter().filter_map(|a| a.strip_prefix("remove ")) {
+                let obj = ObjectKey {
+                    object: ObjectId(removed.parse().unwrap()),
+                    ..OBJ
+                };
+                d.handle_reply(Reply::Removed(obj), Instant::now());
+            }
+            all.extend(got);
+        }
+    }
+
     #[test]
     fn the_oldest_incomplete_objects_are_evicted_beyond_the_state_limits() {
         let mut d = Delivery::resume(
             Vec::new(),
             Limits {
                 max_objects: 2,
-                max_state_bytes: 1000,
+                max_state_bytes: 20_000,
+                disk: Disk::new(4096),
             },
         );
-        let start = |d: &mut Delivery, object: u64| {
-            let key = BlockKey {
-                object: ObjectId(object),
-                ..key(BlockKind::Data, 0)
-            };
-            link(d, LinkEvent::BlockStarted(key), false);
-        };
         start(&mut d, 1);
         start(&mut d, 2);
         assert!(actions(&mut d).is_empty());
-        // A third object in flight: the oldest goes, its blocks removed.
+        // A third object in flight: the oldest goes; nothing of it is on disk.
         start(&mut d, 3);
         assert_eq!(
             actions(&mut d),
@@ -1545,30 +1682,150 @@ mod tests {
                 "failed: evicted: more than 2 objects in flight (--max-objects)"
             ]
         );
-        // Bytes: object 2 stores 900, object 3 then 200: over 1000, so object 2 goes.
-        let store = |d: &mut Delivery, object: u64, len: u64| {
-            let reply = Reply::Block {
-                key: BlockKey {
-                    object: ObjectId(object),
-                    ..key(BlockKind::Data, 0)
-                },
-                recovered: Some(false),
-                result: BlockResult::Stored(StoredSegment {
-                    plain_len: len as u32,
-                    ..segment(0, [0; 32])
-                }),
-            };
-            d.handle_reply(reply, Instant::now());
-        };
-        store(&mut d, 2, 900);
-        assert_eq!(actions(&mut d), ["hash-ahead 900"]);
-        store(&mut d, 3, 200);
+        // A data block is charged before it is decoded: its object's directory, a block of
+        // content, a block of records and three names, 12 576 bytes.
+        let tiny = 3 * 4096 + 3 * NAME_BYTES;
+        ready_data(&mut d, 2, 0);
+        assert_eq!(actions(&mut d), ["decode 0"]);
+        assert_eq!(d.state_bytes, tiny);
+        // Two are over 20 000: object 2 goes, and counts until the decoders removed it.
+        ready_data(&mut d, 3, 0);
         let got = actions(&mut d);
-        assert!(
-            got.iter()
-                .any(|a| a.starts_with("failed: evicted: the state directory would hold")),
-            "{got:?}"
+        assert_eq!(got[..2], ["remove 2", "discard true"], "{got:?}");
+        assert!(got[2].starts_with("failed: evicted: the state directory would hold"));
+        assert_eq!(got[3..], ["decode 0"]);
+        assert_eq!((d.state_bytes, d.removing_bytes), (tiny, tiny));
+        // Meanwhile a new write waits (holding its memory), and stalled symbols are dropped.
+        ready_data(&mut d, 3, 1);
+        let (block, _) = ready_in(3, BlockKind::Data, 2, SEGMENT);
+        let partial = PartialBlock {
+            key: block.key,
+            geometry: block.geometry,
+            segment_size: block.segment_size,
+            ids: vec![0],
+            symbols: vec![0; 64],
+        };
+        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        link(
+            &mut d,
+            LinkEvent::BlockStalled {
+                partial,
+                permit: Some(permit),
+                running: false,
+            },
+            false,
         );
+        assert!(actions(&mut d).is_empty());
+        link(&mut d, LinkEvent::Closed, false);
+        assert!(!d.is_finished(), "a block is waiting");
+        // Object 2 is gone: the block goes, its content block charged (its record still fits
+        // the log's block).
+        d.handle_reply(
+            Reply::Removed(ObjectKey::new(OBJ.session, ObjectId(2))),
+            Instant::now(),
+        );
+        assert_eq!(actions(&mut d), ["decode 1"]);
+        assert_eq!((d.state_bytes, d.removing_bytes), (tiny + 4096, 0));
         assert_eq!(d.stats().objects_failed, 2);
+    }
+
+    #[test]
+    fn many_tiny_objects_are_charged_their_footprint_on_disk_not_their_payload() {
+        // 1000 objects of one segment each, never finished: 100 KB of ciphertext, but each
+        // takes a directory, a content file and a records file in whole 4 KiB blocks, and
+        // three names (12 576 bytes). In 1 MiB, 83 of them fit.
+        let tiny = 3 * 4096 + 3 * NAME_BYTES;
+        assert_eq!(tiny, 12_576);
+        let limit = 1 << 20;
+        let mut d = Delivery::resume(
+            Vec::new(),
+            Limits {
+                max_objects: 10_000,
+                max_state_bytes: limit,
+                disk: Disk::new(4096),
+            },
+        );
+        let mut got = Vec::new();
+        for object in 0..1000 {
+            start(&mut d, object);
+            ready_data(&mut d, object, 0);
+            got.extend(settle(&mut d));
+        }
+        let decoded = got.iter().filter(|a| *a == "decode 0").count();
+        let evicted = got
+            .iter()
+            .filter(|a| a.starts_with("failed: evicted") && a.ends_with("(--max-state)"))
+            .count();
+        assert_eq!((decoded, evicted), (1000, 917), "{:?}", &got[..4]);
+        assert_eq!(d.open_order.len(), 83);
+        assert_eq!((d.state_bytes, d.removing_bytes), (83 * tiny, 0));
+        assert!(d.state_bytes <= limit);
+        // The newest stay.
+        let oldest = d.open_order.values().next().map(|o| o.object);
+        assert_eq!(oldest, Some(ObjectId(917)));
+
+        // Decoders that have not removed anything yet: after the first eviction every write
+        // waits, so the disk never holds more than the limit.
+        let mut d = Delivery::resume(
+            Vec::new(),
+            Limits {
+                max_objects: 10_000,
+                max_state_bytes: limit,
+                disk: Disk::new(4096),
+            },
+        );
+        for object in 0..100 {
+            start(&mut d, object);
+            ready_data(&mut d, object, 0);
+        }
+        let got = actions(&mut d);
+        assert_eq!(got.iter().filter(|a| *a == "decode 0").count(), 84);
+        assert_eq!(got.iter().filter(|a| a.starts_with("remove")).count(), 1);
+        assert!(d.state_bytes + d.removing_bytes <= limit + tiny);
+        assert_eq!(d.held.len(), 16);
+
+        // On a file system of 64 KiB blocks the same objects take 3 × 64 KiB each: 5 fit.
+        let mut d = Delivery::resume(
+            Vec::new(),
+            Limits {
+                max_objects: 10_000,
+                max_state_bytes: limit,
+                disk: Disk::new(64 << 10),
+            },
+        );
+        for object in 0..100 {
+            start(&mut d, object);
+            ready_data(&mut d, object, 0);
+            settle(&mut d);
+        }
+        assert_eq!(d.open_order.len(), 5);
+        assert_eq!(d.state_bytes, 5 * (3 * (64 << 10) + 3 * NAME_BYTES));
+    }
+
+    #[test]
+    fn what_an_earlier_run_left_counts_as_measured() {
+        // Three objects left: 40 KiB measured each, 120 KiB with a limit of 100 KiB: the
+        // oldest is evicted at start, before any frame, and removed.
+        let left = |object: u64| Resumed {
+            obj: ObjectKey {
+                object: ObjectId(object),
+                ..OBJ
+            },
+            manifest: None,
+            segments: Vec::new(),
+            partials: BTreeSet::new(),
+            footprint: Footprint::measured(40 << 10, 0, 0, false),
+        };
+        let mut d = Delivery::resume(
+            vec![left(1), left(2), left(3)],
+            Limits {
+                max_state_bytes: 100 << 10,
+                ..Limits::default()
+            },
+        );
+        let got = actions(&mut d);
+        assert_eq!(got[..2], ["remove 1", "discard true"], "{got:?}");
+        assert!(got[2].contains("(--max-state)"), "{got:?}");
+        assert_eq!((d.state_bytes, d.removing_bytes), (80 << 10, 40 << 10));
     }
 }

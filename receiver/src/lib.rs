@@ -25,7 +25,8 @@
 //! - [`cli`]: command line and TOML config. `error`: start-up errors.
 //! - `link_task`: frames to assembler events. `delivery`: the object table and its rules;
 //!   `dispatch`: the thread that drives it. `workers`: the decoder pool. `publisher`,
-//!   `publish`: turning objects into files. [`state`]: the restart-safe state directory.
+//!   `publish`: turning objects into files. [`state`]: the restart-safe state directory;
+//!   [`footprint`]: what an incomplete object holds there as `du` counts it (`--max-state`).
 //! - [`outcome`]: outcomes and their subscribers. [`counters`], [`summary`]: the figures.
 //!
 //! Where things go: a new link is a backend in `sluice_common::link`; a new consumer of
@@ -42,6 +43,7 @@ mod delivery;
 mod dispatch;
 mod error;
 pub mod failure;
+pub mod footprint;
 mod gate;
 mod heads;
 mod link_task;
@@ -183,6 +185,7 @@ impl Receiver {
         let limits = Limits {
             max_objects: options.max_objects,
             max_state_bytes,
+            disk: state.disk(),
         };
 
         let max_memory = usize::try_from(options.max_memory).unwrap_or(usize::MAX);
@@ -209,6 +212,7 @@ impl Receiver {
         tracing::debug!(
             max_objects = limits.max_objects,
             max_state = %Bytes(limits.max_state_bytes),
+            block = limits.disk.block(),
             mode_mask = format_args!("{:o}", ctx.mode_mask),
             "limits"
         );
@@ -478,7 +482,7 @@ fn load_leftovers(ctx: &Context) -> Result<Vec<Resumed>, Error> {
             manifest,
             segments: left.segments,
             partials: left.partials,
-            bytes: left.bytes,
+            footprint: left.footprint,
         });
     }
     Ok(resumed)

@@ -48,6 +48,7 @@ use sluice_protocol::fec::Geometry;
 use sluice_protocol::rx::PartialBlock;
 use sluice_protocol::wire::{self, BlockKey, BlockKind, ObjectId, SessionId};
 
+use crate::footprint::{Disk, Footprint};
 use crate::records::{Records, RecordsError};
 
 /// Names one object of one sender run.
@@ -88,7 +89,7 @@ const VERSION_1_TEXT: &str = "sluice-state 1\n";
 const VERSION_2_TEXT: &str = "sluice-state 2\n";
 const RECORD_MAGIC: [u8; 4] = *b"SLSR";
 /// Bytes of one record in an object's `segments` log.
-const RECORD_LEN: usize = 56;
+pub(crate) const RECORD_LEN: usize = 56;
 /// Version 2: the header holds the wire-v2 segment size.
 const PARTIAL_MAGIC: [u8; 8] = *b"SLPART\0\x02";
 /// In-progress objects untouched for this long are removed at start.
@@ -218,10 +219,10 @@ pub struct Leftover {
     pub manifest: Option<Vec<u8>>,
     /// Segments in the content file (the last record of an index wins).
     pub segments: Vec<StoredSegment>,
-    /// Saved partial blocks and their symbol bytes.
+    /// Saved partial blocks.
     pub partials: BTreeSet<(BlockKind, u32)>,
-    /// Bytes the object holds in the state directory.
-    pub bytes: u64,
+    /// What the object holds on disk, as `du` counts it (see [`Footprint`]).
+    pub footprint: Footprint,
 }
 
 /// Locks that content-file writes take turns at (see [`StateDir::store_segment`]).
@@ -302,6 +303,21 @@ impl StateDir {
     /// `--out`.
     pub fn staging(&self) -> &Dir {
         &self.staging
+    }
+
+    /// The allocation unit of the file systems holding the state and staging directories
+    /// (the larger), in which incomplete objects are charged (`--max-state`).
+    pub fn disk(&self) -> Disk {
+        let block = |dir: &Dir| {
+            rustix::fs::fstatvfs(dir).map_or(0, |v| {
+                if v.f_frsize > 0 {
+                    v.f_frsize
+                } else {
+                    v.f_bsize
+                }
+            })
+        };
+        Disk::new(block(&self.root).max(block(&self.staging)))
     }
 
     /// The delivery records.
@@ -398,13 +414,7 @@ impl StateDir {
 
     /// Saves the symbols of a stalled block.
     pub fn store_partial(&self, partial: &PartialBlock) -> io::Result<()> {
-        let header = postcard::to_allocvec(&(
-            partial.key,
-            partial.geometry,
-            partial.segment_size,
-            &partial.ids,
-        ))
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let header = partial_header(partial)?;
         let header_len = u32::try_from(header.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "partial header too long"))?;
         let dir = self.object_dir(ObjectKey::of(&partial.key), true)?;
@@ -511,8 +521,13 @@ impl StateDir {
     fn scan_object(&self, name: &str) -> io::Result<Leftover> {
         let dir = self.objects.open_dir(name)?;
         let mut left = Leftover::default();
+        // What `du` counts: the directory, each file in it, the content file; and their names.
+        let mut du = allocated_self(&dir)?;
+        let mut names = 1;
+        let mut log = 0;
         for entry in dir.names()? {
-            let size = dir.stat(&entry)?.map_or(0, |e| e.size);
+            du = du.saturating_add(allocated(&dir, &entry)?);
+            names += 1;
             if entry == "manifest" {
                 let mut bytes = Vec::new();
                 dir.open_file(&entry)?.read_to_end(&mut bytes)?;
@@ -520,6 +535,7 @@ impl StateDir {
             } else if entry == "segments" {
                 let mut bytes = Vec::new();
                 dir.open_file(&entry)?.read_to_end(&mut bytes)?;
+                log = bytes.len() as u64;
                 let mut by_index = std::collections::BTreeMap::new();
                 // A record torn by a crash fails its CRC (or is short): it and what follows
                 // are dropped, so those segments are simply received again.
@@ -538,19 +554,44 @@ impl StateDir {
             } else if let Some(i) = entry.strip_prefix("partial-").and_then(|n| n.parse().ok()) {
                 left.partials.insert((BlockKind::Data, i));
             }
-            left.bytes += size;
         }
         // The content file has the object directory's name.
-        if let Some(content) = self.staging.stat(name)? {
-            left.bytes += content.size;
+        let content = self.staging.stat(name)?;
+        if let Some(content) = &content {
+            du = du.saturating_add(allocated(&self.staging, name)?);
+            names += 1;
             // Records past the end of the content file describe bytes a crash lost.
             left.segments
                 .retain(|s| s.offset() + u64::from(s.plain_len) <= content.size);
         } else {
             left.segments.clear();
         }
+        left.footprint = Footprint::measured(du, names, log, content.is_some());
         Ok(left)
     }
+}
+
+/// What `du` counts for `name` in `dir` (its allocated blocks); nothing if it is gone.
+fn allocated(dir: &Dir, name: &str) -> io::Result<u64> {
+    match rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(stat) => Ok(blocks_bytes(&stat)),
+        Err(rustix::io::Errno::NOENT) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What `du` counts for the directory itself.
+fn allocated_self(dir: &Dir) -> io::Result<u64> {
+    Ok(blocks_bytes(&rustix::fs::fstat(dir)?))
+}
+
+/// `st_blocks` counts 512-byte units whatever the file system's block size.
+fn blocks_bytes(stat: &rustix::fs::Stat) -> u64 {
+    // `st_blocks` is signed on some targets.
+    #[allow(clippy::useless_conversion)]
+    u64::try_from(stat.st_blocks)
+        .unwrap_or(0)
+        .saturating_mul(512)
 }
 
 /// Where content files go: the state's `staging/` when it shares a file system with `out`
@@ -679,6 +720,25 @@ fn parse_object_dir(name: &str) -> Option<ObjectKey> {
     })
 }
 
+/// The header of a saved-symbols file: postcard(key, geometry, segment size, ids).
+fn partial_header(partial: &PartialBlock) -> io::Result<Vec<u8>> {
+    postcard::to_allocvec(&(
+        partial.key,
+        partial.geometry,
+        partial.segment_size,
+        &partial.ids,
+    ))
+    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))
+}
+
+/// The length of the file [`StateDir::store_partial`] writes for `partial`, known before it
+/// is written (what the delivery core charges it).
+pub(crate) fn partial_len(partial: &PartialBlock) -> u64 {
+    // A header that cannot be encoded is not written; counting its ids is an upper bound.
+    let header = partial_header(partial).map_or(64 + 3 * partial.ids.len(), |h| h.len());
+    (PARTIAL_MAGIC.len() + 4 + header + partial.symbols.len()) as u64
+}
+
 fn parse_partial(bytes: &[u8]) -> Option<PartialBlock> {
     let rest = bytes.strip_prefix(&PARTIAL_MAGIC)?;
     let (len, rest) = rest.split_first_chunk::<4>()?;
@@ -769,6 +829,12 @@ mod tests {
             symbols: vec![7; 128],
         };
         state.store_partial(&partial).unwrap();
+        // Its length is known before it is written (the delivery core charges it then).
+        let written = state_path(&dir).join("objects/0000000000000abc-1/partial-4");
+        assert_eq!(
+            partial_len(&partial),
+            std::fs::metadata(written).unwrap().len()
+        );
         let loaded = state.load_partial(&key).unwrap();
         assert_eq!(
             (loaded.segment_size, loaded.ids, loaded.symbols),
@@ -795,6 +861,23 @@ mod tests {
         assert_eq!(left.segments, vec![segment(0, 16), segment(1, 5)]);
         assert_eq!(left.manifest.as_deref(), Some(&b"envelope"[..]));
         assert!(left.partials.contains(&(BlockKind::Data, 4)));
+        // Charged what `du` counts of its directory, its files and its content file, and
+        // their names.
+        let du = |p: PathBuf| {
+            use std::os::unix::fs::MetadataExt;
+            let own = std::fs::symlink_metadata(&p).unwrap().blocks() * 512;
+            let inside: u64 = std::fs::read_dir(&p)
+                .into_iter()
+                .flatten()
+                .map(|e| e.unwrap().metadata().unwrap().blocks() * 512)
+                .sum();
+            own + inside
+        };
+        let measured = du(state_path(&dir).join("objects/0000000000000abc-1"))
+            + du(state_path(&dir).join("staging/0000000000000abc-1"));
+        let names = 5 * crate::footprint::NAME_BYTES; // dir, 3 files, content
+        assert!(measured > 0);
+        assert_eq!(left.footprint.charged(), measured + names);
         assert!(!stray.exists());
         assert!(state.knows(obj(1)) && !state.knows(obj(2)));
 

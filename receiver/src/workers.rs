@@ -9,6 +9,7 @@
 //!                                          --trust, check ids and paths, look for a single
 //!                                          file's content already in --out
 //!                          stalled block:  store partial-<i>;  restore: read it back
+//!                          evicted object: remove its directory and content file
 //! ```
 //!
 //! Every block job carries a semaphore permit for the bytes it holds; dropping the job
@@ -76,6 +77,7 @@ fn run(ctx: &Context, jobs: &flume::Receiver<DecodeJob>, replies: &flume::Sender
                 permit: _permit,
             } => save_partial(ctx, &partial),
             DecodeJob::LoadPartial(key) => load_partial(ctx, key),
+            DecodeJob::Remove(obj) => remove(ctx, obj),
         };
         if replies.send(Input::Reply(reply)).is_err() {
             return;
@@ -95,8 +97,16 @@ fn save_partial(ctx: &Context, partial: &PartialBlock) -> Reply {
     Reply::PartialSaved {
         key: partial.key,
         saved,
-        bytes: partial.symbols.len() as u64,
     }
+}
+
+/// Here rather than on the publisher's thread: space is freed as fast as the decoders fill
+/// it, whatever the publisher is doing.
+fn remove(ctx: &Context, obj: ObjectKey) -> Reply {
+    if let Err(e) = ctx.state.remove_object(obj) {
+        tracing::warn!(object = %obj, "cannot clean up the state directory: {e}");
+    }
+    Reply::Removed(obj)
 }
 
 fn load_partial(ctx: &Context, key: BlockKey) -> Reply {

@@ -1,7 +1,7 @@
 //! The receiver's own test rig: an in-process receiver on loopback, fed by the shared frame
 //! producer (`sluice_tests::producer`), which builds what a real sender never would.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

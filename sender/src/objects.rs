@@ -39,7 +39,7 @@ pub enum Source {
 #[derive(Debug, Clone)]
 pub struct FileRef {
     base: Arc<Dir>,
-    components: Vec<String>,
+    path: Arc<Chain>,
     device: u64,
     inode: u64,
     /// The file's path as the operator or writer knows it, for messages.
@@ -48,8 +48,8 @@ pub struct FileRef {
 
 impl PartialEq for FileRef {
     fn eq(&self, other: &Self) -> bool {
-        (self.device, self.inode, &self.components)
-            == (other.device, other.inode, &other.components)
+        (self.device, self.inode, self.path.names())
+            == (other.device, other.inode, other.path.names())
     }
 }
 
@@ -77,21 +77,16 @@ impl FileRef {
         }
         Ok(FileRef::new(
             base,
-            vec![name.to_string()],
+            Chain::child(None, name.to_string()),
             &entry,
             path.to_path_buf(),
         ))
     }
 
-    fn new(
-        base: Arc<Dir>,
-        components: Vec<String>,
-        entry: &beneath::Entry,
-        shown: PathBuf,
-    ) -> Self {
+    fn new(base: Arc<Dir>, path: Arc<Chain>, entry: &beneath::Entry, shown: PathBuf) -> Self {
         FileRef {
             base,
-            components,
+            path,
             device: entry.device,
             inode: entry.inode,
             shown,
@@ -113,13 +108,13 @@ impl FileRef {
     /// the open fd shows the same regular file (a FIFO, device, symlink or another file
     /// swapped in since is never read). Returns the file and its size now.
     pub fn open(&self) -> io::Result<(File, u64)> {
-        let Some((name, parents)) = self.components.split_last() else {
+        let names = self.path.names();
+        let Some((name, parents)) = names.split_last() else {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "an empty path"));
         };
-        let parents: Vec<&str> = parents.iter().map(String::as_str).collect();
         let (dir, _) = self
             .base
-            .walk(&parents, None, Path::new(""))
+            .walk(parents, None, Path::new(""))
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let (file, entry) = dir.open_regular(name)?;
         if (entry.device, entry.inode) != (self.device, self.inode) {
@@ -163,8 +158,9 @@ pub struct Skipped {
     pub refused: bool,
 }
 
-/// Expands `paths` into objects in send order, plus what was skipped or refused. Each path is
-/// the operator's choice and followed if it is a link; nothing below it is.
+/// Expands `paths` into objects in send order, plus what was skipped or refused. The
+/// directories leading to each path are followed as given; the path itself and nothing below
+/// it ever is.
 pub fn enumerate(paths: &[PathBuf], stdin_name: Option<&str>) -> (Vec<SourceObject>, Vec<Skipped>) {
     let mut found = Found::default();
     for arg in paths {
@@ -187,23 +183,27 @@ pub fn enumerate(paths: &[PathBuf], stdin_name: Option<&str>) -> (Vec<SourceObje
             found.refuse(arg.clone(), "has no file name to send it under".into());
             continue;
         };
-        match std::fs::metadata(arg) {
-            Ok(meta) if meta.is_dir() => match Dir::open(arg) {
-                Ok(root) => found.tree(Arc::new(root), base, arg),
-                Err(e) => found.refuse(arg.clone(), format!("cannot read: {e}")),
-            },
-            Ok(_) => match std::fs::canonicalize(arg) {
-                // The argument's own links are followed: the file is looked at where it is.
-                Ok(real) => match real.parent().map(Dir::open) {
-                    Some(Ok(dir)) => {
-                        let name = real.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                        found.entry(&Arc::new(dir), name, base, arg);
-                    }
-                    Some(Err(e)) => found.refuse(arg.clone(), format!("cannot read: {e}")),
-                    None => found.refuse(arg.clone(), "is not a file".into()),
-                },
-                Err(e) => found.refuse(arg.clone(), format!("cannot read: {e}")),
-            },
+        // The directories on the way are the operator's path, followed as given; the argument
+        // itself is looked at without following it: a symlink there (say, one another user
+        // planted where a glob picks it up) is refused, not sent.
+        let parent = match arg.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let dir = match Dir::open(parent) {
+            Ok(dir) => Arc::new(dir),
+            Err(e) => {
+                found.refuse(arg.clone(), format!("cannot read: {e}"));
+                continue;
+            }
+        };
+        match dir.stat(base) {
+            Ok(Some(entry)) if entry.kind == Kind::Symlink => found.refuse(
+                arg.clone(),
+                "is a symlink; not followed (give the path it points to)".into(),
+            ),
+            Ok(Some(_)) => found.entry(&dir, base, base, arg),
+            Ok(None) => found.refuse(arg.clone(), "cannot read: no such file or directory".into()),
             Err(e) => found.refuse(arg.clone(), format!("cannot read: {e}")),
         }
     }
@@ -266,7 +266,7 @@ impl Found {
             Ok(Some(entry)) => Work::of(
                 base,
                 None,
-                vec![name.to_string()],
+                Chain::child(None, name.to_string()),
                 &entry,
                 object_path,
                 shown,
@@ -277,26 +277,15 @@ impl Found {
         self.run(base, work);
     }
 
-    /// The directory `root` (opened through the operator's path) and everything below it.
-    fn tree(&mut self, root: Arc<Dir>, object_path: &str, shown: &Path) {
-        let work = Work::Directory(
-            None,
-            Vec::new(),
-            object_path.to_string(),
-            shown.to_path_buf(),
-        );
-        self.run(&root, work);
-    }
-
     /// Does `first` and what it leads to, depth first in name order (a directory, then
     /// everything below it, then its next sibling), from an explicit stack: any depth, and one
     /// directory fd open at a time.
     fn run(&mut self, base: &Arc<Dir>, first: Work) {
         let mut stack = vec![first];
         while let Some(work) = stack.pop() {
-            let (parent, components, object_path, shown) = match work {
-                Work::Directory(parent, components, object_path, shown) => {
-                    (parent, components, object_path, shown)
+            let (parent, chain, object_path, shown) = match work {
+                Work::Directory(parent, chain, object_path, shown) => {
+                    (parent, chain, object_path, shown)
                 }
                 Work::File(object) => {
                     self.objects.push(object);
@@ -315,14 +304,12 @@ impl Found {
                 continue;
             }
             // From its parent's fd (one `openat`, never following), or from the base.
-            let opened = match (&parent, components.last()) {
-                (Some(parent), Some(name)) => parent.open_dir(name),
-                _ => {
-                    let refs: Vec<&str> = components.iter().map(String::as_str).collect();
-                    base.walk(&refs, None, Path::new(""))
-                        .map(|(dir, _)| dir)
-                        .map_err(|e| io::Error::other(e.to_string()))
-                }
+            let opened = match &parent {
+                Some(parent) => parent.open_dir(&chain.name),
+                None => base
+                    .walk(&chain.names(), None, Path::new(""))
+                    .map(|(dir, _)| dir)
+                    .map_err(|e| io::Error::other(e.to_string())),
             };
             let listed = opened.and_then(|dir| Ok((dir.stat_self()?, dir.list()?, Arc::new(dir))));
             let (me, (names, strange), dir) = match listed {
@@ -348,9 +335,8 @@ impl Found {
             for name in names {
                 let child_path = format!("{object_path}/{name}");
                 let child_shown = shown.join(&name);
-                let mut child = components.clone();
-                child.push(name);
-                below.push(match dir.stat(&child[child.len() - 1]) {
+                let child = Chain::child(Some(&chain), name);
+                below.push(match dir.stat(&child.name) {
                     Ok(Some(entry)) => {
                         Work::of(base, Some(&dir), child, &entry, &child_path, &child_shown)
                     }
@@ -364,23 +350,52 @@ impl Found {
     }
 }
 
+/// A path below a base as a chain of names sharing their parents: a tree of N entries holds N
+/// names whatever its depth (a list per entry would grow as entries × depth).
+#[derive(Debug)]
+pub struct Chain {
+    name: String,
+    parent: Option<Arc<Chain>>,
+}
+
+impl Chain {
+    fn child(parent: Option<&Arc<Chain>>, name: String) -> Arc<Chain> {
+        Arc::new(Chain {
+            name,
+            parent: parent.cloned(),
+        })
+    }
+
+    /// The names from the base down.
+    fn names(&self) -> Vec<&str> {
+        let mut names = vec![self.name.as_str()];
+        let mut at = self.parent.as_deref();
+        while let Some(link) = at {
+            names.push(&link.name);
+            at = link.parent.as_deref();
+        }
+        names.reverse();
+        names
+    }
+}
+
 /// One step of the walk.
 enum Work {
     /// A directory to list: its parent, opened (`None`: walk from the base; a walk holds at most
-    /// one fd per level), its components below the base, object path and shown path.
-    Directory(Option<Arc<Dir>>, Vec<String>, String, PathBuf),
+    /// one fd per level), its path below the base, object path and shown path.
+    Directory(Option<Arc<Dir>>, Arc<Chain>, String, PathBuf),
     File(SourceObject),
     Skipped(PathBuf, String),
     Refused(PathBuf, String),
 }
 
 impl Work {
-    /// What to do with the entry at `components` below `base`, as `fstatat` (not following
+    /// What to do with the entry at `path` below `base`, as `fstatat` (not following
     /// it) saw it.
     fn of(
         base: &Arc<Dir>,
         parent: Option<&Arc<Dir>>,
-        components: Vec<String>,
+        path: Arc<Chain>,
         entry: &beneath::Entry,
         object_path: &str,
         shown: &Path,
@@ -395,13 +410,13 @@ impl Work {
         }
         match entry.kind {
             Kind::Directory => {
-                Work::Directory(parent.cloned(), components, object_path.to_string(), shown)
+                Work::Directory(parent.cloned(), path, object_path.to_string(), shown)
             }
             Kind::File => match validate_object_path(object_path) {
                 Ok(()) => Work::File(SourceObject {
                     path: object_path.to_string(),
                     size: Some(entry.size),
-                    source: Source::File(FileRef::new(base.clone(), components, entry, shown)),
+                    source: Source::File(FileRef::new(base.clone(), path, entry, shown)),
                     mode: entry.mode,
                     mtime_secs: entry.mtime_secs,
                     mtime_nanos: entry.mtime_nanos,
@@ -525,6 +540,30 @@ mod tests {
             skipped.iter().any(|s| s.reason.contains("symlink")),
             "{skipped:?}"
         );
+    }
+
+    /// The red team's one-shot finding: `sluice-send shared/*` as root sent `sender.key`
+    /// through a symlink another user planted in `shared/`. An argument is never followed.
+    #[test]
+    fn a_symlink_given_as_an_argument_is_refused_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("secret"), b"key").unwrap();
+        std::fs::create_dir(tmp.path().join("real")).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("secret"), tmp.path().join("to-file")).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("real"), tmp.path().join("to-dir")).unwrap();
+        let args = [tmp.path().join("to-file"), tmp.path().join("to-dir")];
+        let (objects, skipped) = enumerate(&args, None);
+        assert!(objects.is_empty(), "{objects:?}");
+        assert_eq!(skipped.len(), 2);
+        assert!(skipped
+            .iter()
+            .all(|s| s.refused && s.reason.contains("is a symlink")));
+        // The directories leading to an argument are followed as given.
+        let via_link = tmp.path().join("to-dir/inside.txt");
+        std::fs::write(&via_link, b"ok").unwrap();
+        let (objects, skipped) = enumerate(&[via_link], None);
+        assert!(skipped.is_empty(), "{skipped:?}");
+        assert_eq!(objects[0].path, "inside.txt");
     }
 
     #[test]

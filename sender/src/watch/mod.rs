@@ -43,6 +43,8 @@ const RESCAN_EVERY: Duration = Duration::from_secs(5);
 const EVENT_DEBOUNCE: Duration = Duration::from_millis(50);
 /// How often `--keep-sent` prunes.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Names warned about (not UTF-8, not a file or directory) that are remembered.
+const MAX_STRANGE: usize = 1024;
 /// File-system events buffered between rescans (beyond, the rescan finds the changes).
 const FS_EVENTS: usize = 4096;
 
@@ -248,6 +250,20 @@ fn prepare_dirs(options: &WatchOptions) -> Result<Dirs, Error> {
             .map_err(|e| sent_error(&e))?,
     };
     let sent_entry = sent_dir.stat_self().map_err(|e| sent_error(&e))?;
+    if in_outbox {
+        // One a writer made before the daemon first started is theirs: refused, not adopted.
+        let me = rustix::process::geteuid().as_raw();
+        if sent_entry.uid != me {
+            return Err(sent_error(&format!(
+                "is owned by uid {}, not by this daemon's user (uid {me}): a writer may have made \
+                 it; remove it and the daemon makes its own",
+                sent_entry.uid
+            )));
+        }
+        if sent_entry.mode & 0o077 != 0 {
+            sent_dir.set_mode(0o700).map_err(|e| sent_error(&e))?;
+        }
+    }
     if sent_entry.device != outbox_entry.device {
         return Err(Error::Watch(format!(
             "--sent {} is on another file system than --outbox {}: items are renamed into it, \
@@ -391,7 +407,8 @@ impl Coordinator {
             let now = Instant::now();
             if now >= rescan_at {
                 self.rescan(now);
-                rescan_at = now + RESCAN_EVERY;
+                // From the end of the rescan: a long one is not followed by another at once.
+                rescan_at = Instant::now() + RESCAN_EVERY;
             }
             if now >= prune_at {
                 self.prune_sent();
@@ -406,20 +423,25 @@ impl Coordinator {
                 .map_or(rescan_at, |at| at.min(rescan_at))
                 .min(prune_at);
             drop(step);
+            // The first ready channel wins: the stop and the pipeline's word before file-system
+            // events, so a flood of events can never starve them.
             let wake = flume::Selector::new()
-                .recv(&channels.fs, |e| e.map_or(Wake::Stop, Wake::Fs))
+                .recv(&channels.stop, |_| Wake::Stop)
                 .recv(&channels.passed, |p| p.map_or(Wake::Stop, Wake::Passed))
                 .recv(&channels.encoded, |e| e.map_or(Wake::Stop, Wake::Encoded))
-                .recv(&channels.stop, |_| Wake::Stop)
+                .recv(&channels.fs, |e| e.map_or(Wake::Stop, Wake::Fs))
                 .wait_deadline(deadline)
                 .unwrap_or(Wake::Timeout);
             match wake {
                 Wake::Stop => return Ok(()),
                 Wake::Timeout => rescan_at = rescan_at.min(deadline),
-                Wake::Fs(event) => {
+                // Opens and reads (the daemon's own among them) change nothing: only a change
+                // brings the rescan forward.
+                Wake::Fs(event) if is_change(&event) => {
                     self.note_event(event, Instant::now());
                     rescan_at = rescan_at.min(Instant::now() + EVENT_DEBOUNCE);
                 }
+                Wake::Fs(_) => {}
                 Wake::Encoded(encoded) => {
                     self.encoding = false;
                     if let Some(item) = self.in_flight.iter_mut().find(|i| i.token == encoded.token)
@@ -502,6 +524,19 @@ impl Coordinator {
         }
     }
 
+    /// Whether `name` is warned about for the first time. At most [`MAX_STRANGE`] names are
+    /// remembered (a writer making names without end costs no memory and no log beyond).
+    fn first_warning(&mut self, name: &str) -> bool {
+        if self.strange.len() >= MAX_STRANGE {
+            if self.strange.len() == MAX_STRANGE {
+                tracing::warn!("{MAX_STRANGE} names left alone so far; no more are listed");
+                self.strange.insert(String::new());
+            }
+            return false;
+        }
+        self.strange.insert(name.to_string())
+    }
+
     fn taken(&self, name: &str) -> bool {
         self.in_flight.iter().any(|i| i.name == name) || self.stuck.contains(name)
     }
@@ -517,7 +552,7 @@ impl Coordinator {
         };
         for name in strange {
             let shown = name.to_string_lossy().into_owned();
-            if self.strange.insert(shown.clone()) {
+            if self.first_warning(&shown) {
                 tracing::warn!(item = %shown, "not UTF-8: the receiver would refuse it; left alone");
             }
         }
@@ -531,7 +566,7 @@ impl Coordinator {
                 continue;
             };
             if !matches!(entry.kind, Kind::File | Kind::Directory) {
-                if self.strange.insert(name.clone()) {
+                if self.first_warning(&name) {
                     tracing::warn!(item = %name, "not a file or directory; left alone");
                 }
                 continue;
@@ -659,6 +694,13 @@ impl Coordinator {
         bytes += self.in_flight.iter().map(|i| i.bytes).sum::<u64>();
         self.counters.set_outbox(items, bytes);
     }
+}
+
+/// Whether a file-system event may mean the outbox changed (not an open, read or close).
+fn is_change(event: &notify::Result<notify::Event>) -> bool {
+    event
+        .as_ref()
+        .map_or(true, |e| !matches!(e.kind, notify::EventKind::Access(_)))
 }
 
 /// `2026-12-02T10:30:00Z-report.pdf`: when it was sent, then its name.

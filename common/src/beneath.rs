@@ -39,6 +39,10 @@ pub struct Entry {
     pub device: u64,
     pub mtime_secs: i64,
     pub mtime_nanos: u32,
+    /// Last status change (a rename, a write, a chmod): with the inode, tells a file from
+    /// another made later under a reused inode number.
+    pub ctime_secs: i64,
+    pub ctime_nanos: u32,
 }
 
 impl Entry {
@@ -59,6 +63,8 @@ impl Entry {
             device: stat.st_dev,
             mtime_secs: stat.st_mtime,
             mtime_nanos: u32::try_from(stat.st_mtime_nsec).unwrap_or(0),
+            ctime_secs: stat.st_ctime,
+            ctime_nanos: u32::try_from(stat.st_ctime_nsec).unwrap_or(0),
         }
     }
 }

@@ -470,8 +470,10 @@ impl Coordinator {
                 }
                 (State::Sending, Some(look)) if same => {
                     tracing::info!(item = %name, "interrupted by a restart; sending it again");
-                    self.settling.renamed_in(&name, now);
-                    self.settling.observe(&name, look, now);
+                    if let Some(identity) = self.identity(&name) {
+                        self.settling.renamed_in(&name, identity, now);
+                        self.settling.observe(&name, look, identity, now);
+                    }
                 }
                 (State::Failed, Some(_)) if same => {}
                 // Gone, or changed since: a new item if it is there at all.
@@ -508,10 +510,22 @@ impl Coordinator {
             return;
         }
         if let Some(name) = to.file_name().and_then(|n| n.to_str()) {
+            // As the entry there now: gone already, or later replaced, it must settle.
             if !outbox::ignored(name) && !self.taken(name) {
-                self.settling.renamed_in(name, now);
+                if let Some(identity) = self.identity(name) {
+                    self.settling.renamed_in(name, identity, now);
+                }
             }
         }
+    }
+
+    /// Which entry `name` is now (never followed).
+    fn identity(&self, name: &str) -> Option<outbox::Identity> {
+        self.dir
+            .stat(name)
+            .ok()
+            .flatten()
+            .map(|e| outbox::identity(&e))
     }
 
     /// The item `name` listed, if it is a file or a directory (never followed).
@@ -579,7 +593,8 @@ impl Coordinator {
                 .get(&name)
                 .is_some_and(|r| r.state == State::Failed && r.fingerprint == look.fingerprint);
             if !failed_as_is {
-                self.settling.observe(&name, look, now);
+                self.settling
+                    .observe(&name, look, outbox::identity(&entry), now);
             }
         }
     }
@@ -599,7 +614,9 @@ impl Coordinator {
             return Ok(());
         };
         if listing.look() != look {
-            self.settling.observe(&name, listing.look(), now);
+            if let Some(identity) = self.identity(&name) {
+                self.settling.observe(&name, listing.look(), identity, now);
+            }
             return Ok(());
         }
         self.settling.forget(&name);

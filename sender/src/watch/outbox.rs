@@ -100,6 +100,20 @@ pub fn scan(outbox: &Dir) -> io::Result<(Vec<String>, Vec<OsString>)> {
     Ok((names, strange))
 }
 
+/// Which entry a top-level name is: device, inode and last status change (a rename or write
+/// changes it, and a new file under a reused inode number has another).
+pub type Identity = (u64, u64, i64, u32);
+
+/// The identity of what `fstatat` saw.
+pub fn identity(entry: &sluice_common::beneath::Entry) -> Identity {
+    (
+        entry.device,
+        entry.inode,
+        entry.ctime_secs,
+        entry.ctime_nanos,
+    )
+}
+
 /// One item waiting to settle.
 #[derive(Debug, Clone)]
 struct Waiting {
@@ -107,7 +121,8 @@ struct Waiting {
     /// When its fingerprint was last seen to change (or it appeared).
     stable_since: Instant,
     /// Renamed into the outbox: ready without waiting.
-    renamed: bool,
+    /// Renamed into the outbox as this entry: ready once looked at, while it is still the one.
+    renamed: Option<Identity>,
     /// Order of first sight: items go out in arrival order.
     arrival: u64,
 }
@@ -136,29 +151,34 @@ impl Settling {
             Waiting {
                 look: None,
                 stable_since: now,
-                renamed: false,
+                renamed: None,
                 arrival: *arrivals,
             }
         })
     }
 
-    /// A look at `name`: a changed fingerprint starts its settle time again (and a renamed
-    /// item written to afterwards must settle like any other).
-    pub fn observe(&mut self, name: &str, look: Look, now: Instant) {
+    /// A look at `name`, the entry `identity`: a changed fingerprint starts its settle time
+    /// again; a renamed item written to afterwards, or no longer the entry that was renamed in
+    /// (another writer's file made under that name since), must settle like any other.
+    pub fn observe(&mut self, name: &str, look: Look, identity: Identity, now: Instant) {
         let item = self.entry(name, now);
+        if item.renamed.is_some_and(|renamed| renamed != identity) {
+            item.renamed = None;
+        }
         if item.look.as_ref() != Some(&look) {
             if item.look.is_some() {
-                item.renamed = false;
+                item.renamed = None;
             }
             item.look = Some(look);
             item.stable_since = now;
         }
     }
 
-    /// `name` was renamed into the outbox: complete, ready once looked at.
-    pub fn renamed_in(&mut self, name: &str, now: Instant) {
+    /// `name` was renamed into the outbox as the entry `identity`: complete, ready once looked
+    /// at (as long as it is still that entry).
+    pub fn renamed_in(&mut self, name: &str, identity: Identity, now: Instant) {
         let item = self.entry(name, now);
-        item.renamed = true;
+        item.renamed = Some(identity);
         item.look = None;
     }
 
@@ -178,7 +198,8 @@ impl Settling {
             .iter()
             .filter_map(|(name, w)| {
                 let look = w.look.as_ref()?;
-                let ready = w.renamed || now.duration_since(w.stable_since) >= self.settle;
+                let ready =
+                    w.renamed.is_some() || now.duration_since(w.stable_since) >= self.settle;
                 ready.then_some((w.arrival, name, look))
             })
             .min_by_key(|(arrival, _, _)| *arrival)
@@ -190,7 +211,7 @@ impl Settling {
     pub fn next_settle(&self, now: Instant) -> Option<Instant> {
         self.items
             .values()
-            .filter(|w| !w.renamed)
+            .filter(|w| w.renamed.is_none())
             .map(|w| w.stable_since + self.settle)
             .filter(|at| *at > now)
             .min()
@@ -217,6 +238,8 @@ impl Settling {
 mod tests {
     use super::*;
 
+    const ID: Identity = (1, 2, 3, 4);
+
     fn look(fp: &str) -> Look {
         Look {
             fingerprint: Fingerprint(fp.into()),
@@ -229,8 +252,8 @@ mod tests {
         let t0 = Instant::now();
         let s = Duration::from_secs(2);
         let mut settling = Settling::new(s);
-        settling.observe("b", look("1"), t0);
-        settling.observe("a", look("1"), t0 + Duration::from_millis(10));
+        settling.observe("b", look("1"), ID, t0);
+        settling.observe("a", look("1"), ID, t0 + Duration::from_millis(10));
         assert_eq!(settling.next_ready(t0 + Duration::from_secs(1)), None);
         assert_eq!(settling.next_settle(t0), Some(t0 + s));
         // Once settled, an item waiting for the encoder sets no wake-up time.
@@ -239,7 +262,7 @@ mod tests {
             None
         );
         // "b" keeps being written: "a" settles first although "b" arrived first.
-        settling.observe("b", look("2"), t0 + Duration::from_secs(1));
+        settling.observe("b", look("2"), ID, t0 + Duration::from_secs(1));
         let ready = settling.next_ready(t0 + Duration::from_millis(2010));
         assert_eq!(ready.map(|r| r.0).as_deref(), Some("a"));
         settling.forget("a");
@@ -253,16 +276,25 @@ mod tests {
     fn a_renamed_item_is_ready_once_looked_at_unless_written_to_afterwards() {
         let t0 = Instant::now();
         let mut settling = Settling::new(Duration::from_secs(2));
-        settling.observe("slow", look("1"), t0);
-        settling.renamed_in("moved", t0);
+        settling.observe("slow", look("1"), ID, t0);
+        settling.renamed_in("moved", ID, t0);
         assert_eq!(settling.next_ready(t0), None, "not looked at yet");
-        settling.observe("moved", look("1"), t0);
+        settling.observe("moved", look("1"), ID, t0);
         assert_eq!(
             settling.next_ready(t0).map(|r| r.0).as_deref(),
             Some("moved")
         );
-        settling.observe("moved", look("2"), t0 + Duration::from_millis(5));
+        settling.observe("moved", look("2"), ID, t0 + Duration::from_millis(5));
         assert_eq!(settling.next_ready(t0 + Duration::from_millis(5)), None);
+        // The red team's race: a name renamed in, then removed, and another writer's file
+        // made under it (same look as far as the fingerprint goes, another entry): it settles.
+        settling.renamed_in("report.csv", ID, t0);
+        settling.observe("report.csv", look("9"), (1, 2, 3, 5), t0);
+        assert_eq!(
+            settling.next_ready(t0).map(|r| r.0).as_deref(),
+            None,
+            "another entry than the one renamed in"
+        );
         let gone = std::collections::BTreeSet::from(["moved".to_string()]);
         settling.keep_only(&gone);
         assert!(!settling.contains("slow"));

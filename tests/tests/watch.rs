@@ -524,3 +524,30 @@ fn a_sent_directory_planted_as_a_symlink_stops_the_daemon_at_start() {
     assert_eq!(names(&elsewhere), ["precious"]);
     assert_eq!(names(&outbox), [".sent", "item.bin"]);
 }
+
+/// The red team's variant of finding 3: a writer made `OUTBOX/.sent` (a plain directory,
+/// mode 0777) before the daemon's first start, and the daemon moved sent items into it, where
+/// the writer took them back to be sent again under a name of theirs. A `.sent` the daemon's
+/// user does not own is now refused at start.
+#[test]
+#[ignore = "needs root: the planted .sent belongs to another user (./test.sh runs it)"]
+fn a_sent_directory_another_user_made_stops_the_daemon_at_start() {
+    use std::os::unix::fs::{chown, PermissionsExt};
+    sluice_tests::require::root("the planted .sent belongs to nobody");
+    let s = Setup::new();
+    let outbox = outbox(&s);
+    std::fs::create_dir(outbox.join(".sent")).unwrap();
+    std::fs::set_permissions(outbox.join(".sent"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    chown(outbox.join(".sent"), Some(65534), Some(65534)).unwrap();
+    drop_file(&outbox, "item.bin", 1000, 4);
+    let port = free_udp_port();
+    let stopped = watch(&s, &outbox, port, &[]).finish(Duration::from_secs(20));
+    assert_eq!(stopped.code(), 1, "{}", stopped.log);
+    assert!(
+        stopped.log.contains("is owned by uid 65534"),
+        "{}",
+        stopped.log
+    );
+    assert_eq!(names(&outbox.join(".sent")), Vec::<String>::new());
+    assert_eq!(names(&outbox), [".sent", "item.bin"]);
+}

@@ -56,9 +56,10 @@ impl PartialEq for FileRef {
 impl Eq for FileRef {}
 
 impl FileRef {
-    /// The regular file at `path` (a path the operator chose: its directories are followed as
-    /// given, the file itself is not).
-    pub fn find(path: &Path) -> io::Result<FileRef> {
+    /// The regular file at `path` (its directories followed as given, the file itself not): a
+    /// shortcut for tests of the encoder, which take files without a walk.
+    #[cfg(test)]
+    pub(crate) fn find(path: &Path) -> io::Result<FileRef> {
         let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_string());
         let name = path
             .file_name()

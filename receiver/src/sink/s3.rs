@@ -61,9 +61,11 @@ impl Target {
                 "{out}: no bucket (expected s3://BUCKET/PREFIX)"
             )));
         }
-        let bad_prefix = prefix
-            .split('/')
-            .any(|part| prefix.contains("//") || part == "." || part == "..");
+        // Trimmed of its outer slashes: an empty part can only be a `//` inside.
+        let bad_prefix = !prefix.is_empty()
+            && prefix
+                .split('/')
+                .any(|part| part.is_empty() || part == "." || part == "..");
         if bad_prefix {
             return Some(Err(format!(
                 "{out}: the prefix has an empty, `.` or `..` part"
@@ -122,13 +124,15 @@ pub(crate) async fn probe(target: &Target) -> Result<(), String> {
         Err(e) => {
             let text = e.to_string();
             let has = |needles: &[&str]| needles.iter().any(|n| text.contains(n));
-            let why = if has(&["NoSuchBucket", "404"]) {
+            // Status codes as the client prints them ("status: 404"), never a bare number: the
+            // endpoint's port is in the text too.
+            let why = if has(&["NoSuchBucket", "status: 404"]) {
                 format!("bucket {} not found", target.bucket)
             } else if has(&[
                 "AccessDenied",
                 "InvalidAccessKeyId",
                 "SignatureDoesNotMatch",
-                "403",
+                "status: 403",
                 "Forbidden",
             ]) {
                 format!("access denied for key {key_id}")

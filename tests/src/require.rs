@@ -60,3 +60,27 @@ pub fn board_image() -> &'static Path {
         image
     })
 }
+
+/// A Python script run by the system interpreter as the unprivileged user `nobody` (uid and
+/// gid 65534, no other groups): the local attacker of the race tests. The caller adds the
+/// script's arguments; the test needs root, `setpriv` and `/usr/bin/python3`.
+pub fn python_as_nobody(script: &Path) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "/usr/bin/python3",
+    ])
+    .arg(script);
+    cmd
+}
+
+/// The number a racer script printed after `word` (`swaps 1234`), 0 if none.
+pub fn reported(log: &str, word: &str) -> u64 {
+    log.split_whitespace()
+        .skip_while(|w| *w != word)
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}

@@ -412,17 +412,8 @@ fn a_local_user_racing_symlinks_never_redirects_a_write_or_a_chmod() {
     )
     .unwrap();
     let (mut recv, to) = receiver(&s, 3, &[]);
-    let mut race = Command::new("setpriv");
-    race.args([
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "/usr/bin/python3",
-    ])
-    .arg(&racer)
-    .arg(&shared)
-    .arg(&outside)
-    .arg("8");
+    let mut race = sluice_tests::require::python_as_nobody(&racer);
+    race.arg(&shared).arg(&outside).arg("8");
     let mut racer = Proc::spawn("racer", race);
     let b = Producer::new(&s.keys, 0x1);
     let mut items = vec![Item::dir("shared/sub", 0o755, (1, 0))];
@@ -455,13 +446,7 @@ fn a_local_user_racing_symlinks_never_redirects_a_write_or_a_chmod() {
     std::thread::sleep(Duration::from_millis(500));
     let got = recv.finish(Duration::from_secs(60));
     let raced = racer.finish(Duration::from_secs(30));
-    let swaps: u64 = raced
-        .log
-        .split_whitespace()
-        .skip_while(|w| *w != "swaps")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let swaps = sluice_tests::require::reported(&raced.log, "swaps");
     assert!(swaps > 100, "the race did not run: {}", raced.log);
     let mut outside_names: Vec<String> = std::fs::read_dir(&outside)
         .unwrap()

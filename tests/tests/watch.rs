@@ -416,27 +416,14 @@ print('swaps', swaps)
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let mut race = std::process::Command::new("setpriv");
-    race.args([
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "/usr/bin/python3",
-    ])
-    .arg(&racer)
-    .arg(&outbox)
-    .arg(&stage)
-    .arg(&s.keys.sender_key)
-    .arg(ITEMS.to_string());
+    let mut race = sluice_tests::require::python_as_nobody(&racer);
+    race.arg(&outbox)
+        .arg(&stage)
+        .arg(&s.keys.sender_key)
+        .arg(ITEMS.to_string());
     let raced = Proc::spawn("racer", race).finish(Duration::from_secs(120));
     assert_eq!(raced.code(), 0, "{}", raced.log);
-    let swaps: u64 = raced
-        .log
-        .split_whitespace()
-        .skip_while(|w| *w != "swaps")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let swaps = sluice_tests::require::reported(&raced.log, "swaps");
     assert!(
         swaps > u64::from(ITEMS),
         "the race did not run: {}",

@@ -130,6 +130,10 @@ pub struct LogArgs {
     pub quiet: bool,
 }
 
+/// Tables a config file may hold beside the long options: settings that are not options of
+/// their own (`[s3]`: the object store's endpoint and credentials, `sluice_common::s3`).
+pub const SECTIONS: [&str; 1] = ["s3"];
+
 /// A parsed `--config` file.
 #[derive(Debug)]
 pub struct ConfigFile {
@@ -156,16 +160,46 @@ impl ConfigFile {
             .filter_map(clap::Arg::get_long)
             .filter(|long| *long != "config")
             .collect();
-        if let Some(key) = table.keys().find(|k| !known.contains(&k.as_str())) {
+        let is_section = |key: &str, value: &toml::Value| {
+            SECTIONS.contains(&key) && matches!(value, toml::Value::Table(_))
+        };
+        if let Some(key) = table
+            .iter()
+            .find(|(k, v)| !known.contains(&k.as_str()) && !is_section(k, v))
+            .map(|(k, _)| k)
+        {
             return Err(fail(format!(
-                "unknown option {key:?} (the file takes the long options: {})",
-                known.join(", ")
+                "unknown option {key:?} (the file takes the long options: {}; and the \
+                 tables: {})",
+                known.join(", "),
+                SECTIONS.map(|s| format!("[{s}]")).join(", ")
             )));
         }
         Ok(ConfigFile {
             path: path.to_path_buf(),
             table,
         })
+    }
+
+    /// The table `[name]` (one of [`SECTIONS`]), checked into `T`; `None` when absent.
+    pub fn section<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Option<T>, UsageError> {
+        let Some(value) = self.table.get(name) else {
+            return Ok(None);
+        };
+        value
+            .clone()
+            .try_into()
+            .map(Some)
+            .map_err(|e: toml::de::Error| {
+                UsageError(format!(
+                    "--config {}: [{name}]: {}",
+                    self.path.display(),
+                    e.message().trim().replace('\n', " ")
+                ))
+            })
     }
 }
 

@@ -24,6 +24,8 @@ pub mod logging;
 pub mod metrics;
 pub mod outcome;
 pub mod paths;
+#[cfg(feature = "s3")]
+pub mod s3;
 pub mod sequence;
 pub mod service;
 pub mod units;

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use sluice_common::config::{Common, Layers, SharedArgs, UsageError};
+use sluice_common::config::{Common, ConfigFile, Layers, SharedArgs, UsageError};
 use sluice_common::link::LinkSpec;
 use sluice_common::units;
 
@@ -109,6 +109,8 @@ pub struct Options {
     pub approval_policy: Option<PathBuf>,
     /// The content policy, if any.
     pub policy: Option<PathBuf>,
+    /// The config file's `[s3]` table, for `--out s3://…` (over the AWS variables).
+    pub s3: sluice_common::s3::Settings,
 }
 
 impl Options {
@@ -133,6 +135,7 @@ impl Options {
             mode_mask: DEFAULT_MODE_MASK,
             approval_policy: None,
             policy: None,
+            s3: Default::default(),
         }
     }
 
@@ -152,11 +155,12 @@ impl Options {
 /// Merges the config file under the command line and checks every value.
 pub fn resolve(args: Args) -> Result<Options, UsageError> {
     let file = sluice_common::config::load_file::<Args>(args.shared.config.as_deref())?;
-    resolve_in(Layers::new(file.as_ref()), args)
+    resolve_in(file.as_ref(), args)
 }
 
 /// Checks every option, the command line's over the config file's.
-fn resolve_in(layers: Layers<'_>, args: Args) -> Result<Options, UsageError> {
+fn resolve_in(file: Option<&ConfigFile>, args: Args) -> Result<Options, UsageError> {
+    let layers = Layers::new(file);
     let shared = layers.common(args.shared, LINK_FORM)?;
     let identity = layers.required_path(
         "identity",
@@ -223,6 +227,11 @@ fn resolve_in(layers: Layers<'_>, args: Args) -> Result<Options, UsageError> {
         max_memory,
         approval_policy: layers.path("approval-policy", args.approval_policy)?,
         policy: layers.path("policy", args.policy)?,
+        s3: file
+            .map(|f| f.section("s3"))
+            .transpose()?
+            .flatten()
+            .unwrap_or_default(),
     })
 }
 
@@ -234,7 +243,6 @@ fn parse_idle(text: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_common::config::ConfigFile;
     use sluice_common::logging::LogFormat;
     use std::path::Path;
 
@@ -340,10 +348,28 @@ mod tests {
         use clap::CommandFactory;
         let file = ConfigFile::parse(Path::new("recv.toml"), toml, &Args::command())?;
         let argv = ["sluice-recv", "--config", "recv.toml"].iter().chain(argv);
-        resolve_in(
-            Layers::new(Some(&file)),
-            Args::try_parse_from(argv).unwrap(),
-        )
+        resolve_in(Some(&file), Args::try_parse_from(argv).unwrap())
+    }
+
+    #[test]
+    fn an_s3_table_sets_the_store_and_nothing_else_is_taken_there() {
+        let required = "--identity k --trust t --link-key l --out s3://b/in";
+        let argv: Vec<&str> = required.split(' ').collect();
+        let toml = "link = \"udp://0.0.0.0:9\"\n[s3]\nendpoint = \"http://10.1.0.5:3900\"\n\
+                    region = \"garage\"\naccess-key-id = \"GK1\"\n\
+                    secret-access-key-file = \"/etc/sluice/s3.secret\"\nallow-http = true\n";
+        let o = resolve_over_file(toml, &argv).unwrap();
+        assert_eq!(o.s3.endpoint.as_deref(), Some("http://10.1.0.5:3900"));
+        assert_eq!(o.s3.access_key_id.as_deref(), Some("GK1"));
+        assert_eq!(o.s3.allow_http, Some(true));
+        // The secret itself is not a setting, nor is any other table.
+        for bad in [
+            "link = \"udp://0.0.0.0:9\"\n[s3]\nsecret-access-key = \"x\"\n",
+            "link = \"udp://0.0.0.0:9\"\n[gcs]\nendpoint = \"x\"\n",
+        ] {
+            let err = resolve_over_file(bad, &argv).unwrap_err().to_string();
+            assert!(err.contains("recv.toml") && !err.contains("\"x\""), "{err}");
+        }
     }
 
     #[test]

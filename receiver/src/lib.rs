@@ -72,6 +72,7 @@ use sluice_common::keys::{self, TrustedKeys};
 use sluice_common::link::FrameRx;
 use sluice_common::logging::{self, LogFormat};
 use sluice_common::outcome::Outcomes;
+use sluice_common::s3;
 use sluice_common::units::Bytes;
 use sluice_protocol::rx::{Assembler, RxConfig};
 use sluice_protocol::wire::LinkKey;
@@ -107,7 +108,7 @@ pub struct Receiver {
     /// The audit log, open from start to finish.
     audit: Arc<AuditLog>,
     /// `--out` when it is an object store.
-    store: Option<sink::s3::Target>,
+    store: Option<sink::s3::Store>,
 }
 
 impl Receiver {
@@ -126,8 +127,11 @@ impl Receiver {
             keys::load_link_key(&options.shared.link_key).map_err(key_error("link-key"))?;
 
         let usage = |e: String| Error::Usage(UsageError(e));
-        let store = match options.out.to_str().and_then(sink::s3::Target::parse) {
-            Some(target) => Some(target.map_err(usage)?),
+        let store = match options.out.to_str().and_then(s3::Target::parse) {
+            Some(target) => Some(sink::s3::Store {
+                target: target.map_err(usage)?,
+                settings: options.s3.clone(),
+            }),
             None => None,
         };
         let out = match &store {
@@ -150,7 +154,9 @@ impl Receiver {
                     )));
                 }
                 // A wrong endpoint, key or bucket fails here, before the link is opened.
-                sink::s3::probe(target).await.map_err(usage)?;
+                s3::probe(&target.target, &target.settings)
+                    .await
+                    .map_err(usage)?;
                 None
             }
         };

@@ -61,9 +61,9 @@ pub(crate) trait Sink: Send + std::fmt::Debug {
 }
 
 /// The sink for this run's `--out`: an object store when it is an `s3://` URL.
-pub(crate) fn open(store: Option<s3::Target>) -> Box<dyn Sink> {
+pub(crate) fn open(store: Option<s3::Store>) -> Box<dyn Sink> {
     match store {
-        Some(target) => Box::new(s3::S3Sink::new(target)),
+        Some(store) => Box::new(s3::S3Sink::new(store)),
         None => Box::new(dir::DirSink::default()),
     }
 }

@@ -21,12 +21,12 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::AmazonS3;
 use object_store::path::Path as Key;
 use object_store::{
-    Attribute, Attributes, BackoffConfig, ObjectStore, PutMultipartOptions, PutOptions, PutPayload,
-    RetryConfig, WriteMultipart,
+    Attribute, Attributes, ObjectStore, PutMultipartOptions, PutOptions, PutPayload, WriteMultipart,
 };
+use sluice_common::s3::{self, Settings, Target};
 use sluice_protocol::manifest::{Entry, EntryKind};
 
 use super::{Placed, Sink};
@@ -42,126 +42,24 @@ pub(crate) const PARTS_IN_FLIGHT: usize = 2;
 /// How long one request is retried while the store is down or failing.
 pub(crate) const RETRY_FOR: Duration = Duration::from_secs(15 * 60);
 
-/// Where an `s3://` URL points.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Target {
-    pub bucket: String,
-    /// Without a leading or trailing `/`; may be empty.
-    pub prefix: String,
-}
-
-impl Target {
-    /// `s3://BUCKET[/PREFIX]`, or `None` if `out` is not an `s3://` URL.
-    pub fn parse(out: &str) -> Option<Result<Target, String>> {
-        let rest = out.strip_prefix("s3://")?;
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        let prefix = prefix.trim_matches('/').to_string();
-        if bucket.is_empty() {
-            return Some(Err(format!(
-                "{out}: no bucket (expected s3://BUCKET/PREFIX)"
-            )));
-        }
-        // Trimmed of its outer slashes: an empty part can only be a `//` inside.
-        let bad_prefix = !prefix.is_empty()
-            && prefix
-                .split('/')
-                .any(|part| part.is_empty() || part == "." || part == "..");
-        if bad_prefix {
-            return Some(Err(format!(
-                "{out}: the prefix has an empty, `.` or `..` part"
-            )));
-        }
-        Some(Ok(Target {
-            bucket: bucket.to_string(),
-            prefix,
-        }))
-    }
-
-    /// The key of the object at `path` (a checked object path) under the prefix: the path's
-    /// own characters, not percent-encoded (a consumer lists the names the sender gave).
-    pub fn key(&self, path: &str) -> Result<Key, Failure> {
-        let key = if self.prefix.is_empty() {
-            Key::parse(path)
-        } else {
-            Key::parse(format!("{}/{path}", self.prefix))
-        };
-        key.map_err(|e| Failure::PathRefused {
-            path: path.to_string(),
-            error: e.to_string(),
-        })
-    }
-
-    fn url(&self) -> String {
-        format!("s3://{}/{}", self.bucket, self.prefix)
-    }
-}
-
-/// The client for `target` from the AWS variables, retrying each request for `retry_for`.
-fn client(target: &Target, retry_for: Duration) -> object_store::Result<AmazonS3> {
-    AmazonS3Builder::from_env()
-        .with_bucket_name(&target.bucket)
-        .with_retry(RetryConfig {
-            backoff: BackoffConfig {
-                init_backoff: Duration::from_millis(100),
-                max_backoff: Duration::from_secs(15),
-                base: 2.0,
-            },
-            max_retries: usize::MAX,
-            retry_timeout: retry_for,
-        })
-        .build()
-}
-
-/// Checks at start that the bucket answers and the key may list it, naming what is wrong in
-/// one line: the endpoint, the key, or the bucket.
-pub(crate) async fn probe(target: &Target) -> Result<(), String> {
-    let url = target.url();
-    let store = client(target, Duration::from_secs(10)).map_err(|e| format!("{url}: {e}"))?;
-    let key_id = std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_default();
-    let prefix = (!target.prefix.is_empty()).then(|| Key::from(target.prefix.as_str()));
-    match store.list_with_delimiter(prefix.as_ref()).await {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            let text = e.to_string();
-            let has = |needles: &[&str]| needles.iter().any(|n| text.contains(n));
-            // Status codes as the client prints them ("status: 404"), never a bare number: the
-            // endpoint's port is in the text too.
-            let why = if has(&["NoSuchBucket", "status: 404"]) {
-                format!("bucket {} not found", target.bucket)
-            } else if has(&[
-                "AccessDenied",
-                "InvalidAccessKeyId",
-                "SignatureDoesNotMatch",
-                "status: 403",
-                "Forbidden",
-            ]) {
-                format!("access denied for key {key_id}")
-            } else if has(&[
-                "error sending request",
-                "connect",
-                "Connection refused",
-                "dns",
-            ]) {
-                "endpoint unreachable (AWS_ENDPOINT_URL)".to_string()
-            } else {
-                "the store refused".to_string()
-            };
-            Err(format!("{url}: {why} ({text})"))
-        }
-    }
+/// An `--out s3://…` store: where, and the client's settings.
+#[derive(Debug, Clone)]
+pub(crate) struct Store {
+    pub target: Target,
+    pub settings: Settings,
 }
 
 /// The S3 sink; its client and runtime are made on the publisher's thread at first use.
 #[derive(Debug)]
 pub(crate) struct S3Sink {
-    target: Target,
+    store: Store,
     client: Option<(tokio::runtime::Runtime, Arc<AmazonS3>)>,
 }
 
 impl S3Sink {
-    pub fn new(target: Target) -> S3Sink {
+    pub fn new(store: Store) -> S3Sink {
         S3Sink {
-            target,
+            store,
             client: None,
         }
     }
@@ -172,8 +70,12 @@ impl S3Sink {
                 .enable_all()
                 .build()
                 .map_err(|e| Failure::Io(format!("cannot start the S3 client: {e}")))?;
-            let store = client(&self.target, RETRY_FOR)
-                .map_err(|e| Failure::Io(format!("{}: {e}", self.target.url())))?;
+            let store = s3::client(
+                &self.store.target,
+                &self.store.settings,
+                s3::retry(RETRY_FOR),
+            )
+            .map_err(Failure::Io)?;
             self.client = Some((runtime, Arc::new(store)));
         }
         self.client
@@ -209,7 +111,7 @@ impl S3Sink {
                 format!("{}.{:09}", e.mtime_secs, e.mtime_nanos),
             ),
         ]);
-        let shown = format!("{}/{key}", self.target.bucket);
+        let shown = format!("{}/{key}", self.store.target.bucket);
         let failed = |what: &str, err: &dyn std::fmt::Display| {
             Failure::Io(format!("cannot {what} s3://{shown}: {err}"))
         };
@@ -321,7 +223,15 @@ impl Sink for S3Sink {
         signed: Signed,
     ) -> Result<Placed, Failure> {
         let uploaded = publish::check_path(ctx, &e.path)
-            .and_then(|()| self.target.key(&e.path))
+            .and_then(|()| {
+                self.store
+                    .target
+                    .key(&e.path)
+                    .map_err(|error| Failure::PathRefused {
+                        path: e.path.clone(),
+                        error,
+                    })
+            })
             .and_then(|key| self.upload(ctx, &staged, e, signed, &key));
         // Uploaded or not, the staged copy has served.
         staged.discard(ctx);
@@ -346,32 +256,4 @@ impl Sink for S3Sink {
     fn commit(&mut self, _: &Context) {}
 
     fn finish(&mut self, _: &Context) {}
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_name_a_bucket_and_a_clean_prefix() {
-        let t = |s: &str| Target::parse(s).map(|r| r.map(|t| (t.bucket, t.prefix)));
-        assert_eq!(t("/srv/in"), None);
-        assert_eq!(t("s3://b"), Some(Ok(("b".into(), "".into()))));
-        assert_eq!(
-            t("s3://b/in/data/"),
-            Some(Ok(("b".into(), "in/data".into())))
-        );
-        assert!(matches!(t("s3:///x"), Some(Err(_))));
-        assert!(matches!(t("s3://b/a/../c"), Some(Err(_))));
-        assert!(matches!(t("s3://b/a//c"), Some(Err(_))));
-        let target = Target::parse("s3://b/in").unwrap().unwrap();
-        assert_eq!(target.key("data/x.bin").unwrap().as_ref(), "in/data/x.bin");
-        // Names as given, not percent-encoded.
-        assert_eq!(
-            target.key("naïve café.txt").unwrap().as_ref(),
-            "in/naïve café.txt"
-        );
-        let bare = Target::parse("s3://b").unwrap().unwrap();
-        assert_eq!(bare.key("x").unwrap().as_ref(), "x");
-    }
 }

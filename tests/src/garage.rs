@@ -31,9 +31,8 @@ pub struct Garage {
     pub secret: String,
 }
 
-/// The `garage` binary: on `PATH`, or where `cargo install` puts it. Fails the test naming
-/// the install command when there is none.
-pub fn binary() -> PathBuf {
+/// The `garage` binary: on `PATH`, or where `cargo install` puts it; `None` when there is none.
+pub fn find_binary() -> Option<PathBuf> {
     let on_path = Command::new("sh")
         .args(["-c", "command -v garage"])
         .output()
@@ -45,7 +44,12 @@ pub fn binary() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
         .map(|home| home.join("bin/garage"))
         .filter(|p| p.exists());
-    on_path.or(installed).unwrap_or_else(|| {
+    on_path.or(installed)
+}
+
+/// [`find_binary`], or the test fails naming the install command.
+pub fn binary() -> PathBuf {
+    find_binary().unwrap_or_else(|| {
         panic!(
             "this test needs Garage, a test S3 server: cargo install garage --locked \
              --no-default-features --features bundled-libs,lmdb (./test.sh installs it)"
@@ -184,6 +188,11 @@ impl Garage {
     /// [`Bucket::objects`] of this node's bucket.
     pub fn objects(&self, prefix: &str) -> BTreeMap<String, Stored> {
         self.bucket().objects(prefix)
+    }
+
+    /// The server's process id (to measure what it costs).
+    pub fn server_pid(&self) -> u32 {
+        self.server.id()
     }
 
     /// Stops the server (its data stays until drop), as a store going down.

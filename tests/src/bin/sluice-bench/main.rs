@@ -12,6 +12,13 @@
 //! per second through the emulated firmware protocol break). Without `--case` the
 //! UDP, small-file and serial cases run; `memory-4g` only when asked for.
 //!
+//! `s3-1g` sends a 1 GiB file as `udp-1500` does (at `--rate`, repair 0 %) twice a run: into a
+//! directory, then with the receiver's `--out s3://BUCKET/PREFIX` into a real Garage on
+//! 127.0.0.1 (`s3.rs`; fails naming the install command when `garage` is absent), and prints
+//! each pair's goodput and the S3 / dir ratio. The S3 time runs to the object being listed
+//! whole: it includes the upload, which starts once the file is verified. Only when asked for
+//! (it needs Garage and doubles a 1 GiB case).
+//!
 //! `compare-1500` and `compare-9000` run Sluice (at `--rate`, repair 5 %) and the peer, lidi
 //! (`lidi.rs`; skipped with a message when `SLUICE_BENCH_LIDI` is not set), on the same 1 GiB
 //! file, alternating, and print each pair's goodput ratio. `--scaling` runs `udp-1500` at
@@ -22,6 +29,9 @@
 //! How each figure is taken:
 //! - goodput: file bytes / (last object delivered − sender start), from the receiver's
 //!   JSON log timestamps; every delivered file is then checked against its source SHA-256.
+//!   `s3-1g`'s S3 half ends instead when a `LIST` of the bucket first shows the object whole;
+//!   it is then read back as a stream and checked against the source's SHA-256 and its
+//!   `sluice-sha256` metadata.
 //! - CPU s/GB and peak RSS: sampled from `/proc/<pid>/{stat,status}` every 20 ms while each
 //!   daemon runs (utime+stime; VmHWM), so the last sample is within 20 ms of exit.
 //! - wire efficiency: file bytes / link bytes the sender reports (frames plus IP/UDP or COBS
@@ -31,11 +41,13 @@
 
 mod floors;
 mod lidi;
+mod s3;
 mod scaling;
 mod usage;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -43,6 +55,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use sluice_tests::binaries::{self, Keys, Proc};
+use sluice_tests::garage::Garage;
 use sluice_tests::relay::{Faults, Relay};
 use sluice_tests::tree;
 
@@ -52,7 +65,7 @@ use sluice_tests::tree;
     about = "End-to-end benchmark of sluice-send and sluice-recv"
 )]
 struct Args {
-    /// Cases to run (repeatable); default: every case but memory-4g.
+    /// Cases to run (repeatable); default: every case but memory-4g, compare-* and s3-1g.
     #[arg(long = "case")]
     cases: Vec<String>,
     /// Runs per case; the table shows the median.
@@ -111,6 +124,8 @@ struct Run {
     recv_cpu_s_per_gb: f64,
     send_peak_rss_mib: f64,
     recv_peak_rss_mib: f64,
+    /// CPU s/GB of the object store's server over the transfer (0 for a directory).
+    store_cpu_s_per_gb: f64,
     link_bytes: u64,
     frames: u64,
     /// File bytes per link byte, IP/UDP headers (or serial COBS framing) included.
@@ -174,6 +189,11 @@ fn cases(size: u64) -> Vec<Case> {
             files: Files::One(4 << 30),
             ..udp("memory-4g", 1500, 0.0)
         },
+        Case {
+            files: Files::One(1 << 30),
+            sender_args: vec!["--rate".into(), "0".into(), "--repair".into(), "0%".into()],
+            ..udp("s3-1g", 1500, 0.0)
+        },
     ]
 }
 
@@ -206,7 +226,7 @@ fn run(args: &Args) -> Result<()> {
     }
     let selected: Vec<Case> = if args.cases.is_empty() {
         all.into_iter()
-            .filter(|c| c.name != "memory-4g" && !c.name.starts_with("compare"))
+            .filter(|c| !matches!(c.name, "memory-4g" | "s3-1g") && !c.name.starts_with("compare"))
             .collect()
     } else {
         let mut chosen = Vec::new();
@@ -233,6 +253,10 @@ fn run(args: &Args) -> Result<()> {
     for case in &selected {
         if case.name.starts_with("compare") {
             compare(case, args)?;
+            continue;
+        }
+        if case.name == "s3-1g" {
+            s3::run_pairs(case, args)?;
             continue;
         }
         let mut runs = Vec::new();
@@ -464,6 +488,10 @@ fn median(runs: &[Run]) -> Run {
 }
 
 fn json_line(case: &Case, run: usize, r: &Run) -> String {
+    json_value(case, run, r).to_string()
+}
+
+fn json_value(case: &Case, run: usize, r: &Run) -> serde_json::Value {
     serde_json::json!({
         "case": case.name,
         "run": run,
@@ -476,6 +504,7 @@ fn json_line(case: &Case, run: usize, r: &Run) -> String {
         "recv_cpu_s_per_gb": r.recv_cpu_s_per_gb,
         "send_peak_rss_mib": r.send_peak_rss_mib,
         "recv_peak_rss_mib": r.recv_peak_rss_mib,
+        "store_cpu_s_per_gb": r.store_cpu_s_per_gb,
         "link_bytes": r.link_bytes,
         "frames": r.frames,
         "frames_per_file_byte": r.frames as f64 / r.file_bytes.max(1) as f64,
@@ -486,7 +515,6 @@ fn json_line(case: &Case, run: usize, r: &Run) -> String {
         "send_stages": r.send_stages,
         "recv_stages": r.recv_stages,
     })
-    .to_string()
 }
 
 fn print_table(rows: &[(&str, Run)]) {
@@ -541,17 +569,33 @@ fn make_files(case: &Case, src: &Path, seed: u64) -> Result<(PathBuf, u64, usize
     }
 }
 
+/// Where the receiver delivers.
+enum Out<'g> {
+    /// `--out DIR`, a directory in the run's temp dir.
+    Dir,
+    /// `--out s3://BUCKET/PREFIX` on this node.
+    S3(&'g Garage),
+}
+
 fn run_case(case: &Case, seed: u64, workers: Option<usize>) -> Result<Run> {
+    run_case_into(case, seed, workers, &Out::Dir)
+}
+
+fn run_case_into(case: &Case, seed: u64, workers: Option<usize>, to: &Out) -> Result<Run> {
     let tmp = tempfile::Builder::new().prefix("sluice-bench-").tempdir()?;
     let keys: Keys = binaries::keygen(&tmp.path().join("keys"));
-    let (src, out, state) = (
-        tmp.path().join("src"),
-        tmp.path().join("out"),
-        tmp.path().join("state"),
-    );
-    // The receiver creates its state directory private (it refuses one others can reach).
-    for d in [&src, &out] {
-        std::fs::create_dir_all(d)?;
+    let (src, state) = (tmp.path().join("src"), tmp.path().join("state"));
+    let out = match to {
+        Out::Dir => tmp.path().join("out"),
+        Out::S3(_) => PathBuf::from(format!("s3://{}/{}", s3::BUCKET, s3::PREFIX)),
+    };
+    // The receiver creates its state directory private (it refuses one others can reach),
+    // except with an object store: then it makes a missing one with the umask's mode and
+    // refuses that, so it is made here.
+    std::fs::create_dir_all(&src)?;
+    match to {
+        Out::Dir => std::fs::create_dir_all(&out)?,
+        Out::S3(_) => std::fs::DirBuilder::new().mode(0o700).create(&state)?,
     }
     let (path, file_bytes, files) = make_files(case, &src, seed)?;
 
@@ -592,6 +636,9 @@ fn run_case(case: &Case, seed: u64, workers: Option<usize>) -> Result<Run> {
 
     let mut recv_cmd = binaries::receiver_cmd(&recv_link, &keys, &out, &state);
     recv_cmd.args(["--exit-after-idle", "3", "--log-format", "json"]);
+    if let Out::S3(node) = to {
+        node.env(&mut recv_cmd);
+    }
     if let Some(n) = workers {
         recv_cmd.args(["--workers", &n.to_string()]);
     }
@@ -636,11 +683,29 @@ fn run_case(case: &Case, seed: u64, workers: Option<usize>) -> Result<Run> {
     if let Some(n) = workers {
         send_cmd.args(["--workers", &n.to_string()]);
     }
+    // Listing from before the sender starts, so the object is seen as soon as it is whole.
+    let lister = match to {
+        Out::S3(node) => {
+            let Files::One(size) = case.files else {
+                bail!("{}: the S3 sink is measured with one file", case.name);
+            };
+            Some(s3::Lister::start(node, s3::key_of(&path)?, size)?)
+        }
+        Out::Dir => None,
+    };
+    // The store runs on the same cores: what it spends is part of what the sink costs.
+    let store_ticks = || match to {
+        Out::S3(node) => usage::sample(node.server_pid()).map_or(0, |u| u.cpu_ticks),
+        Out::Dir => 0,
+    };
+    let store_ticks_before = store_ticks();
     let started = SystemTime::now();
     let mut send = Proc::spawn("sluice-send", send_cmd);
     let usage = usage::watch(&mut [&mut send, &mut recv], None, Duration::from_secs(3600))?;
     let sent = send.finish(Duration::from_secs(1));
     let got = recv.finish(Duration::from_secs(1));
+    let store_ticks = store_ticks().saturating_sub(store_ticks_before);
+    let listed = lister.map(s3::Lister::listed).transpose()?;
     if let Some(r) = relay {
         r.stop();
     }
@@ -650,11 +715,19 @@ fn run_case(case: &Case, seed: u64, workers: Option<usize>) -> Result<Run> {
 
     // Nothing delivered (e.g. an unpaced sender overran the receiver): reported as a run with
     // no goodput and `intact: false`, not as an error, so the table shows it.
-    let seconds = last_delivery_time(&got.log)
+    let done = match listed {
+        Some(listed) => listed,
+        None => last_delivery_time(&got.log),
+    };
+    let seconds = done
         .map(|t| t.duration_since(started).unwrap_or_default().as_secs_f64())
         .unwrap_or(f64::INFINITY)
         .max(1e-6);
-    let intact = match tree::published_files_are_intact(&src, &out) {
+    let delivered = match to {
+        Out::Dir => tree::published_files_are_intact(&src, &out),
+        Out::S3(node) => s3_intact(node, &path, file_bytes),
+    };
+    let intact = match delivered {
         Ok(n) => {
             if n != files {
                 eprintln!("{}: {n} of {files} files published intact", case.name);
@@ -703,6 +776,7 @@ fn run_case(case: &Case, seed: u64, workers: Option<usize>) -> Result<Run> {
         recv_cpu_s_per_gb: usage[1].cpu_ticks as f64 / ticks / gb,
         send_peak_rss_mib: usage[0].peak_rss_kib as f64 / 1024.0,
         recv_peak_rss_mib: usage[1].peak_rss_kib as f64 / 1024.0,
+        store_cpu_s_per_gb: store_ticks as f64 / ticks / gb,
         link_bytes,
         frames: get(&send_summary, "frames_sent"),
         wire_efficiency: file_bytes as f64 / link_bytes.max(1) as f64,
@@ -712,6 +786,15 @@ fn run_case(case: &Case, seed: u64, workers: Option<usize>) -> Result<Run> {
         send_stages: usage::stages_per_gb(&usage[0], file_bytes),
         recv_stages: usage::stages_per_gb(&usage[1], file_bytes),
     })
+}
+
+/// [`tree::published_files_are_intact`] for the one file sent into the bucket: 1 if it is
+/// there whole with the source's SHA-256.
+fn s3_intact(node: &Garage, file: &Path, size: u64) -> Result<usize, String> {
+    let sha256 = tree::sha256_file(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let key = s3::key_of(file).map_err(|e| e.to_string())?;
+    let store = s3::Store::new(node).map_err(|e| e.to_string())?;
+    store.check(&key, size, &sha256).map(|()| 1)
 }
 
 fn tail(log: &str) -> String {

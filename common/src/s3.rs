@@ -166,6 +166,18 @@ pub fn client(
     settings: &Settings,
     retry: RetryConfig,
 ) -> Result<AmazonS3, String> {
+    builder(target, settings, retry)?
+        .build()
+        .map_err(|e| format!("{}: {e}", target.url()))
+}
+
+/// [`client`]'s builder, for a caller that also needs the settings in effect (the sender's
+/// listing reads the endpoint and region from it).
+pub fn builder(
+    target: &Target,
+    settings: &Settings,
+    retry: RetryConfig,
+) -> Result<AmazonS3Builder, String> {
     let mut builder = AmazonS3Builder::from_env()
         .with_bucket_name(&target.bucket)
         .with_checksum_algorithm(Checksum::SHA256)
@@ -185,9 +197,7 @@ pub fn client(
     if let Some(allow) = settings.allow_http {
         builder = builder.with_allow_http(allow);
     }
-    builder
-        .build()
-        .map_err(|e| format!("{}: {e}", target.url()))
+    Ok(builder)
 }
 
 /// Checks at start that the bucket answers and the key may list it, naming what is wrong in
@@ -208,7 +218,7 @@ pub async fn probe(target: &Target, settings: &Settings) -> Result<(), String> {
 }
 
 /// What a failed request's text says is wrong, in words an operator acts on.
-fn diagnose(text: &str, target: &Target, settings: &Settings) -> String {
+pub fn diagnose(text: &str, target: &Target, settings: &Settings) -> String {
     let has = |needles: &[&str]| needles.iter().any(|n| text.contains(n));
     // Status codes as the client prints them ("status: 404"), never a bare number: the
     // endpoint's port is in the text too.

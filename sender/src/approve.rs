@@ -7,6 +7,9 @@
 //! sluice-approve sign req.toml --key bob.key                        # or this, same format
 //! sluice-approve check req.toml --policy approvals.toml [PATH...]   # who approved, quorum met?
 //! ```
+//!
+//! A PATH may be `s3://BUCKET/PREFIX` (the store's settings from the AWS variables): its
+//! objects are read and hashed as `sluice-send` would send them.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -23,7 +26,7 @@ use sluice_protocol::manifest::{
     Approval, MAX_APPROVAL_SIGNATURES, MAX_REQUEST_LEN, MAX_SIGNATURE_LEN,
 };
 
-use crate::objects::{self, Source};
+use crate::objects::{self, s3::Stores};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,7 +43,8 @@ struct Args {
 enum Command {
     /// Write a request naming every file under PATH... (path, size, SHA-256).
     Request {
-        /// Files and directory trees, named as sluice-send would name them.
+        /// Files and directory trees (or s3://BUCKET/PREFIX), named as sluice-send would name
+        /// them.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
         /// Why these files should leave.
@@ -127,8 +131,9 @@ fn refused(e: ApprovalError) -> Failed {
 pub fn preflight(
     options: &crate::cli::ApprovalOptions,
     paths: &[PathBuf],
+    stores: &Stores,
 ) -> Result<Approved, String> {
-    evaluate(options, Some(paths))
+    evaluate(options, Some((paths, stores)))
 }
 
 /// A request that passed its checks.
@@ -145,7 +150,7 @@ pub struct Approved {
 /// The quorum over the request, its expiry, and (given `paths`) its files.
 fn evaluate(
     options: &crate::cli::ApprovalOptions,
-    paths: Option<&[PathBuf]>,
+    paths: Option<(&[PathBuf], &Stores)>,
 ) -> Result<Approved, String> {
     let shown = options.request.display().to_string();
     let bytes = std::fs::read(&options.request).map_err(|e| format!("cannot read {shown}: {e}"))?;
@@ -190,8 +195,8 @@ fn evaluate(
     request
         .check_not_expired(SystemTime::now())
         .map_err(|e| e.to_string())?;
-    if let Some(paths) = paths {
-        let files = digests(paths)?;
+    if let Some((paths, stores)) = paths {
+        let files = digests(paths, stores)?;
         request.check_files(&files).map_err(|e| e.to_string())?;
     }
     Ok(Approved {
@@ -205,21 +210,24 @@ fn evaluate(
     })
 }
 
-/// Every file under `paths`, as the sender names it: path → (size, SHA-256 hex).
-pub fn digests(paths: &[PathBuf]) -> Result<BTreeMap<String, (u64, String)>, String> {
-    let (found, skipped) = objects::enumerate(paths, None);
+/// Every file (or stored object) under `paths`, as the sender names it: path → (size,
+/// SHA-256 hex). `stores`: the buckets of the `s3://` paths, connected.
+pub fn digests(
+    paths: &[PathBuf],
+    stores: &Stores,
+) -> Result<BTreeMap<String, (u64, String)>, String> {
+    let (found, skipped) = objects::enumerate_with(paths, None, stores);
     if let Some(s) = skipped.first() {
         return Err(format!("{}: {}", s.path.display(), s.reason));
     }
     let mut files = BTreeMap::new();
     for object in found {
-        let Source::File(file) = &object.source else {
+        let Some(opened) = object.source.open() else {
             continue;
         };
-        let (size, sha256) = file
-            .open()
+        let (size, sha256) = opened
             .and_then(|(opened, _)| hash_file(opened))
-            .map_err(|e| format!("cannot read {}: {e}", file.shown().display()))?;
+            .map_err(|e| format!("cannot read {}: {e}", object.source.shown()))?;
         files.insert(object.path, (size, sha256));
     }
     if files.is_empty() {
@@ -228,7 +236,7 @@ pub fn digests(paths: &[PathBuf]) -> Result<BTreeMap<String, (u64, String)>, Str
     Ok(files)
 }
 
-fn hash_file(mut file: std::fs::File) -> std::io::Result<(u64, String)> {
+fn hash_file(mut file: impl Read) -> std::io::Result<(u64, String)> {
     let mut hash = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut size = 0u64;
@@ -255,7 +263,8 @@ fn request(
             "--expires {expires:?}: expected a duration, e.g. 7d"
         ))
     })?;
-    let files = digests(paths).map_err(|e| (ExitStatus::Failure, e))?;
+    let stores = connect(paths)?;
+    let files = digests(paths, &stores).map_err(|e| (ExitStatus::Failure, e))?;
     let requester = requester.unwrap_or_else(|| {
         let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
         let host = rustix::system::uname()
@@ -278,6 +287,12 @@ fn request(
         request.expires
     );
     Ok(())
+}
+
+/// The buckets of the `s3://` paths, connected with the AWS variables (a wrong key, a missing
+/// bucket or an unreachable endpoint: exit 2, one line).
+fn connect(paths: &[PathBuf]) -> Result<Stores, Failed> {
+    Stores::connect(paths, &sluice_common::s3::Settings::default()).map_err(usage)
 }
 
 /// Writes `bytes` to a new file (never over an existing one).
@@ -327,7 +342,8 @@ fn check(
         request: request.to_path_buf(),
         signatures,
     };
-    let approved = evaluate(&options, (!paths.is_empty()).then_some(paths))
+    let stores = connect(paths)?;
+    let approved = evaluate(&options, (!paths.is_empty()).then_some((paths, &stores)))
         .map_err(|e| (ExitStatus::Failure, e))?;
     let ids: Vec<String> = approved.approvers.iter().map(ToString::to_string).collect();
     println!(

@@ -74,7 +74,9 @@ pub struct Args {
     /// (the receiver's check is the one that counts); nothing is sent if one is refused.
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
-    /// Files and directories to send, or `-` for stdin.
+    /// Files and directories to send, s3://BUCKET/PREFIX (its objects, as a tree named after
+    /// the prefix's last part; the store's settings as the receiver's: the config file's [s3]
+    /// table over the AWS variables), or `-` for stdin.
     pub paths: Vec<PathBuf>,
 }
 
@@ -111,6 +113,8 @@ pub struct Options {
     pub policy: Option<PathBuf>,
     /// What to send.
     pub paths: Vec<PathBuf>,
+    /// The config file's `[s3]` table, for `s3://` paths (over the AWS variables).
+    pub s3: sluice_common::s3::Settings,
 }
 
 impl Options {
@@ -227,12 +231,26 @@ fn duration(text: &str) -> Option<std::time::Duration> {
 pub fn resolve_watch(args: WatchArgs) -> Result<WatchOptions, UsageError> {
     let file = config::load_file::<WatchArgs>(args.send.shared.config.as_deref())?;
     let layers = Layers::new(file.as_ref());
+    if args.send.paths.iter().any(|p| crate::objects::s3::is_s3(p)) {
+        return Err(UsageError(
+            "watch does not take s3:// sources: send from a bucket one-shot (sluice-send \
+             s3://BUCKET/PREFIX)"
+                .into(),
+        ));
+    }
     if !args.send.paths.is_empty() {
         return Err(UsageError(
             "watch takes no paths: it sends what appears in --outbox".into(),
         ));
     }
     let outbox = layers.required_path("outbox", args.outbox, "the directory to watch")?;
+    if crate::objects::s3::is_s3(&outbox) {
+        return Err(UsageError(
+            "--outbox: watch does not take s3:// sources: send from a bucket one-shot \
+             (sluice-send s3://BUCKET/PREFIX)"
+                .into(),
+        ));
+    }
     let delete = layers.flag("delete-after-send", args.delete_after_send)?;
     let sent = layers.path("sent", args.sent)?;
     let after = match (delete, sent) {
@@ -280,7 +298,13 @@ pub fn resolve_watch(args: WatchArgs) -> Result<WatchOptions, UsageError> {
 /// Merges the config file under the command line and checks every value.
 pub fn resolve(args: Args) -> Result<Options, UsageError> {
     let file = config::load_file::<Args>(args.shared.config.as_deref())?;
-    resolve_in(Layers::new(file.as_ref()), args, true)
+    let mut options = resolve_in(Layers::new(file.as_ref()), args, true)?;
+    options.s3 = file
+        .map(|f| f.section("s3"))
+        .transpose()?
+        .flatten()
+        .unwrap_or_default();
+    Ok(options)
 }
 
 /// Checks every sending option; `paths_required` for a one-shot run.
@@ -336,6 +360,14 @@ fn resolve_in(layers: Layers<'_>, args: Args, paths_required: bool) -> Result<Op
             "nothing to send: give files, directories, or - for stdin".into(),
         ));
     }
+    for path in args.paths.iter().filter(|p| crate::objects::s3::is_s3(p)) {
+        let url = path.to_str().and_then(sluice_common::s3::Target::parse);
+        match url {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(UsageError(e)),
+            None => return Err(UsageError(format!("{}: not UTF-8", path.display()))),
+        }
+    }
     let stdin_count = args.paths.iter().filter(|p| p.as_os_str() == "-").count();
     let name = layers.value("name", args.name)?;
     if stdin_count > 1 {
@@ -378,6 +410,7 @@ fn resolve_in(layers: Layers<'_>, args: Args, paths_required: bool) -> Result<Op
         name,
         interleave,
         paths: args.paths,
+        s3: sluice_common::s3::Settings::default(),
     })
 }
 

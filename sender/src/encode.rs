@@ -36,7 +36,7 @@ use sluice_protocol::manifest::{
 use sluice_protocol::tx::{BlockPlan, OutgoingBlock};
 use sluice_protocol::wire::{BlockKey, BlockKind, ObjectId, SessionId};
 
-use crate::objects::{FileRef, Source, SourceObject};
+use crate::objects::{Source, SourceObject};
 
 /// Most encryption workers, whatever the core count: beyond this the single send loop and
 /// the reader's plaintext hash are the limit.
@@ -264,7 +264,9 @@ fn plan(objects: &[SourceObject], pack_under: u64, pack_limit: u64) -> Vec<Plann
     for object in objects {
         let small = match object.source {
             Source::Directory => pack_under > 0,
-            Source::File(_) => object.size.is_some_and(|size| size < pack_under),
+            Source::File(_) | Source::Object(_) => {
+                object.size.is_some_and(|size| size < pack_under)
+            }
             Source::Stdin => false,
         };
         if !small {
@@ -569,18 +571,18 @@ impl Reader<'_> {
         let mut opened_size = None;
         let step = self.config.watched.as_ref().map(Stage::step);
         let mut reader: Option<Box<dyn Read>> = match &object.source {
-            Source::File(file) => match file.open() {
-                Ok((f, size)) => {
+            Source::Stdin => Some(Box::new(io::stdin().lock())),
+            source => match source.open() {
+                None => None,
+                Some(Ok((opened, size))) => {
                     opened_size = Some(size);
-                    Some(Box::new(f.take(size.saturating_add(1))))
+                    Some(Box::new(opened.take(size.saturating_add(1))))
                 }
-                Err(e) => {
-                    let shown = file.shown().display();
+                Some(Err(e)) => {
+                    let shown = source.shown();
                     return self.fail(id, object, format!("cannot open {shown}: {e}"));
                 }
             },
-            Source::Stdin => Some(Box::new(io::stdin().lock())),
-            Source::Directory => None,
         };
         drop(step);
         let segment_size = self.config.segment_size as usize;
@@ -641,7 +643,9 @@ impl Reader<'_> {
             let step = self.config.watched.as_ref().map(Stage::step);
             let read = match &member.source {
                 Source::Directory => Ok(()),
-                Source::File(file) => read_member(file, member.size.unwrap_or(0), &mut inline),
+                source @ (Source::File(_) | Source::Object(_)) => {
+                    read_member(source, member.size.unwrap_or(0), &mut inline)
+                }
                 Source::Stdin => Err("standard input is never packed".to_string()),
             };
             drop(step);
@@ -920,12 +924,14 @@ impl Collector<'_> {
     }
 }
 
-/// Appends the content of the pack member `file` to `inline`: at most the `planned` bytes
-/// it had when listed (a file that grew since is refused: its end would not fit the pack).
-fn read_member(file: &FileRef, planned: u64, inline: &mut Vec<u8>) -> Result<(), String> {
-    let (opened, _) = file
+/// Appends the content of the pack member `source` (a file or a stored object) to `inline`:
+/// at most the `planned` bytes it had when listed (a file that grew since is refused: its end
+/// would not fit the pack).
+fn read_member(source: &Source, planned: u64, inline: &mut Vec<u8>) -> Result<(), String> {
+    let (opened, _) = source
         .open()
-        .map_err(|e| format!("cannot open {}: {e}", file.shown().display()))?;
+        .unwrap_or_else(|| Err(io::Error::other("has no content")))
+        .map_err(|e| format!("cannot open {}: {e}", source.shown()))?;
     let start = inline.len();
     opened
         .take(planned + 1)
@@ -987,6 +993,7 @@ impl Spool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::objects::FileRef;
     use crate::objects::Source;
 
     const SEGMENT: usize = sluice_protocol::wire::MIN_SEGMENT_SIZE as usize;

@@ -242,23 +242,26 @@ impl std::fmt::Debug for Sender {
 impl Sender {
     /// Loads keys, expands the paths into objects, and opens the link.
     pub async fn bind(options: Options) -> Result<Self, Error> {
-        let approval = match &options.approval {
-            None => None,
-            Some(given) => {
-                let approved =
-                    approve::preflight(given, &options.paths).map_err(Error::NotApproved)?;
-                tracing::info!(
-                    request = %given.request.display(),
-                    approvers = %key_ids(&approved.approvers).join(","),
-                    "export approved"
-                );
-                Some(approved)
-            }
+        // Listing and reading (the approval's and the policy's checks) block: on a thread of
+        // their own, not the send loop's worker (a store's requests block on its own runtime,
+        // which cannot be entered from async code).
+        let prepared = tokio::task::spawn_blocking(move || {
+            let prepared = prepare(&options);
+            (options, prepared)
+        })
+        .await;
+        let (options, prepared) = match prepared {
+            Ok(done) => done,
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(e) => return Err(Error::Thread(std::io::Error::other(e.to_string()))),
+            },
         };
-        let (objects, skipped) = objects::enumerate(&options.paths, options.name.as_deref());
-        if let Some(path) = &options.policy {
-            preflight_policy(path, &objects)?;
-        }
+        let Prepared {
+            approval,
+            objects,
+            skipped,
+        } = prepared?;
         if objects.is_empty() {
             for s in &skipped {
                 log_skipped(s);
@@ -380,6 +383,45 @@ impl Sender {
             })?;
         Ok(summary)
     }
+}
+
+/// What [`Sender::bind`] finds before it opens the link.
+struct Prepared {
+    approval: Option<approve::Approved>,
+    objects: Vec<SourceObject>,
+    skipped: Vec<Skipped>,
+}
+
+/// Connects the `s3://` sources' buckets, checks the approval, expands the paths and checks
+/// them against the policy. Blocks.
+fn prepare(options: &Options) -> Result<Prepared, Error> {
+    // A wrong key, a missing bucket or an unreachable endpoint: one line and exit 2, before
+    // the link is opened.
+    let stores = objects::s3::Stores::connect(&options.paths, &options.s3)
+        .map_err(|e| Error::Usage(config::UsageError(e)))?;
+    let approval = match &options.approval {
+        None => None,
+        Some(given) => {
+            let approved =
+                approve::preflight(given, &options.paths, &stores).map_err(Error::NotApproved)?;
+            tracing::info!(
+                request = %given.request.display(),
+                approvers = %key_ids(&approved.approvers).join(","),
+                "export approved"
+            );
+            Some(approved)
+        }
+    };
+    let (objects, skipped) =
+        objects::enumerate_with(&options.paths, options.name.as_deref(), &stores);
+    if let Some(path) = &options.policy {
+        preflight_policy(path, &objects)?;
+    }
+    Ok(Prepared {
+        approval,
+        objects,
+        skipped,
+    })
 }
 
 fn log_skipped(s: &Skipped) {
@@ -520,15 +562,27 @@ fn preflight_policy(path: &std::path::Path, objects: &[SourceObject]) -> Result<
         .map_err(|e| Error::Usage(sluice_common::config::UsageError(format!("--policy: {e}"))))?;
     let mut refused = 0;
     for object in objects {
-        let objects::Source::File(file) = &object.source else {
-            continue;
-        };
         let size = object.size.unwrap_or(0);
         // Inspected and scanned through one fd, opened as the encoder opens it (never through
-        // a link, never a FIFO or device).
+        // a link, never a FIFO or device); a stored object is first copied, as listed, to an
+        // unnamed temporary file (TMPDIR) the checks read.
+        let opened = match &object.source {
+            objects::Source::File(file) => {
+                Box::new(move || Ok(file.open()?.0)) as Box<dyn Fn() -> std::io::Result<_>>
+            }
+            objects::Source::Object(stored) => Box::new(move || {
+                use std::io::Seek;
+                let (mut reader, _) = stored.open()?;
+                let mut copy = tempfile::tempfile()?;
+                std::io::copy(&mut reader, &mut copy)?;
+                copy.rewind()?;
+                Ok(copy)
+            }),
+            objects::Source::Directory | objects::Source::Stdin => continue,
+        };
         let checked = policy
             .check_name_and_size(&object.path, size)
-            .and_then(|()| Ok(file.open()?.0))
+            .and_then(|()| Ok(opened()?))
             .and_then(|mut opened| {
                 policy.inspect(&mut opened, &object.path, size)?;
                 match policy.scan_command() {

@@ -13,9 +13,14 @@
 //! walks to it again the same way, opens it without following or blocking, and refuses it
 //! unless `fstat` on that fd shows the same regular file. Everything sent of a file (its
 //! bytes, size and SHA-256) is then read through that one fd.
+//!
+//! An `s3://BUCKET/PREFIX` argument is listed and named the same way ([`s3`]): its objects
+//! become [`Source::Object`]s, read as listed or refused.
+
+pub mod s3;
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -28,10 +33,42 @@ use sluice_protocol::manifest::EntryKind;
 pub enum Source {
     /// A regular file.
     File(FileRef),
+    /// An object in a bucket (`s3://…`).
+    Object(s3::ObjectRef),
     /// A directory (no content).
     Directory,
     /// Standard input.
     Stdin,
+}
+
+impl Source {
+    /// The content of a file or a stored object, opened as it was found: a reader and the
+    /// size it has now (a stored object's is the listed size, which its reader yields exactly
+    /// or fails). `None` for a directory or stdin.
+    pub fn open(&self) -> Option<io::Result<(Box<dyn Read + Send>, u64)>> {
+        match self {
+            Source::File(file) => Some(
+                file.open()
+                    .map(|(f, size)| (Box::new(f) as Box<dyn Read + Send>, size)),
+            ),
+            Source::Object(object) => Some(
+                object
+                    .open()
+                    .map(|(r, size)| (Box::new(r) as Box<dyn Read + Send>, size)),
+            ),
+            Source::Directory | Source::Stdin => None,
+        }
+    }
+
+    /// Where the content comes from, for messages.
+    pub fn shown(&self) -> String {
+        match self {
+            Source::File(file) => file.shown().display().to_string(),
+            Source::Object(object) => object.shown(),
+            Source::Directory => "a directory".into(),
+            Source::Stdin => "standard input".into(),
+        }
+    }
 }
 
 /// A regular file the walk found: the directory it started from, the components below it
@@ -159,12 +196,27 @@ pub struct Skipped {
     pub refused: bool,
 }
 
+/// Expands local `paths` into objects in send order, plus what was skipped or refused (see
+/// [`enumerate_with`]; an `s3://` argument is refused here: its bucket is not connected).
+pub fn enumerate(paths: &[PathBuf], stdin_name: Option<&str>) -> (Vec<SourceObject>, Vec<Skipped>) {
+    enumerate_with(paths, stdin_name, &s3::Stores::default())
+}
+
 /// Expands `paths` into objects in send order, plus what was skipped or refused. The
 /// directories leading to each path are followed as given; the path itself and nothing below
-/// it ever is.
-pub fn enumerate(paths: &[PathBuf], stdin_name: Option<&str>) -> (Vec<SourceObject>, Vec<Skipped>) {
+/// it ever is. An `s3://` argument is listed in its bucket, one of `stores` (blocks: call it
+/// from a plain thread).
+pub fn enumerate_with(
+    paths: &[PathBuf],
+    stdin_name: Option<&str>,
+    stores: &s3::Stores,
+) -> (Vec<SourceObject>, Vec<Skipped>) {
     let mut found = Found::default();
     for arg in paths {
+        if s3::is_s3(arg) {
+            s3::expand(stores, arg, &mut found);
+            continue;
+        }
         if arg.as_os_str() == "-" {
             let name = stdin_name.unwrap_or("stdin").to_string();
             let now = std::time::SystemTime::now()

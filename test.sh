@@ -15,7 +15,7 @@ tools=(
   socat:socat age:age minisign:minisign qemu-system-arm:qemu-system-arm
   iptables:iptables ip:iproute2 unshare:util-linux setpriv:util-linux
   arm-none-eabi-size:binutils-arm-none-eabi /usr/bin/python3:python3
-  systemd-analyze:systemd clamscan:clamav fincore:util-linux-extra
+  systemd-analyze:systemd clamscan:clamav fincore:util-linux-extra curl:curl
 )
 
 as_root() {

@@ -44,12 +44,14 @@ pub fn init(options: LogOptions) {
         verbose,
         quiet,
     } = options;
+    // The object-store client logs each retry of a request at info: ten lines a second while
+    // a store is down. The S3 sink says once per try what failed; its retries show with -v.
     let default = if verbose {
         "debug"
     } else if quiet {
         "warn"
     } else {
-        "info"
+        "info,object_store=warn"
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // Colour only for a person at a terminal: log files and journald get plain text.

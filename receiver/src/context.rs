@@ -2,6 +2,7 @@
 //! directories, the keys, and the memory budget between the link task and the disk.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use sluice_common::approval::Policy;
@@ -39,6 +40,9 @@ pub(crate) struct Context {
     pub approval: Option<Arc<Policy>>,
     /// `--policy`: the content gate every file passes before it is placed.
     pub gate: Option<crate::gate::Gate>,
+    /// Set once the link is done with: whatever waits on something outside (an object store
+    /// that is down) gives up then, keeping what it holds for the next start.
+    pub stopping: AtomicBool,
 }
 
 impl std::fmt::Debug for Context {
@@ -63,6 +67,16 @@ impl Context {
     /// Whether an earlier run finished `obj` or left part of it in the state directory.
     pub fn knows(&self, obj: ObjectKey) -> bool {
         self.state.knows(obj)
+    }
+
+    /// The run is ending: stop waiting on the outside.
+    pub fn stop_waiting(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`Context::stop_waiting`] was called.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
     }
 
     /// Whether `obj` was finished (delivered, or found already delivered) before.

@@ -1,6 +1,6 @@
 //! The receiver's counters: one struct, shared by reference. Each field has one writer, the
-//! owner of the fact: the link task (frames, drops, restored partials) and the delivery driver
-//! (blocks, objects, bytes). The final report reads it, and so can anything that wants live
+//! owner of the fact: the link task (frames, drops, restored partials), the delivery driver
+//! (blocks, objects, bytes) and the sink (whether the object store answers). The final report reads it, and so can anything that wants live
 //! figures (a metrics endpoint), without a lock.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +36,10 @@ pub struct Counters {
     bytes_delivered: AtomicU64,
     sender_frames_sent: AtomicU64,
     last_delivery_us: AtomicU64,
+    objects_publishing: AtomicU64,
+    bytes_publishing: AtomicU64,
+    store_down_since_us: AtomicU64,
+    store_retries: AtomicU64,
 }
 
 /// The counters at one moment.
@@ -62,6 +66,15 @@ pub struct Snapshot {
     pub sender_frames_sent: u64,
     /// When the last object was delivered, after the start of the run.
     pub last_delivery: Option<Duration>,
+    /// Objects complete and not yet placed (verifying, at the gate, waiting for the store).
+    pub objects_publishing: u64,
+    /// Their bytes in the state directory.
+    pub bytes_publishing: u64,
+    /// Since when the object store has not answered (after the start of the run), if it is
+    /// down now.
+    pub store_down_since: Option<Duration>,
+    /// Uploads tried again after the store failed them.
+    pub store_retries: u64,
 }
 
 fn get(a: &AtomicU64) -> u64 {
@@ -96,6 +109,10 @@ impl Counters {
             bytes_delivered: AtomicU64::new(0),
             sender_frames_sent: AtomicU64::new(0),
             last_delivery_us: AtomicU64::new(0),
+            objects_publishing: AtomicU64::new(0),
+            bytes_publishing: AtomicU64::new(0),
+            store_down_since_us: AtomicU64::new(0),
+            store_retries: AtomicU64::new(0),
         }
     }
 
@@ -159,6 +176,18 @@ impl Counters {
         if let Some(at) = stats.last_delivery {
             set(&self.last_delivery_us, self.stamp(at));
         }
+        set(&self.objects_publishing, stats.objects_publishing);
+        set(&self.bytes_publishing, stats.bytes_publishing);
+    }
+
+    /// The sink's view of the object store: down since `at`, or answering (`None`).
+    pub(crate) fn record_store_down(&self, at: Option<Instant>) {
+        set(&self.store_down_since_us, at.map_or(0, |at| self.stamp(at)));
+    }
+
+    /// The sink tries an upload again after the store failed it.
+    pub(crate) fn record_store_retry(&self) {
+        self.store_retries.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Everything, now.
@@ -187,6 +216,10 @@ impl Counters {
             bytes_delivered: get(&self.bytes_delivered),
             sender_frames_sent: get(&self.sender_frames_sent),
             last_delivery: Self::since_start(get(&self.last_delivery_us)),
+            objects_publishing: get(&self.objects_publishing),
+            bytes_publishing: get(&self.bytes_publishing),
+            store_down_since: Self::since_start(get(&self.store_down_since_us)),
+            store_retries: get(&self.store_retries),
         }
     }
 }
@@ -252,6 +285,35 @@ impl Counters {
                 "sluice_seconds_since_last_frame",
                 "Seconds since the last valid frame (NaN before the first).",
                 since_last_frame,
+            ),
+            Metric::gauge(
+                "sluice_publishing_objects",
+                "Objects complete and not yet placed: being verified, at the gate, or waiting \
+                 for the object store.",
+                s.objects_publishing as f64,
+            ),
+            Metric::gauge(
+                "sluice_publishing_bytes",
+                "Their bytes in the state directory (counted in --max-state).",
+                s.bytes_publishing as f64,
+            ),
+            Metric::gauge(
+                "sluice_store_up",
+                "0 while the object store (--out s3://) fails uploads and they are retried, \
+                 else 1.",
+                f64::from(u8::from(s.store_down_since.is_none())),
+            ),
+            Metric::gauge(
+                "sluice_store_down_seconds",
+                "Seconds the object store has been failing uploads (0 while it answers).",
+                s.store_down_since.map_or(0.0, |since| {
+                    self.base.elapsed().saturating_sub(since).as_secs_f64()
+                }),
+            ),
+            Metric::counter(
+                "sluice_store_retries",
+                "Uploads tried again after the object store failed them.",
+                s.store_retries,
             ),
         ]
     }

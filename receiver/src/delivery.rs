@@ -240,6 +240,10 @@ pub(crate) struct DeliveryStats {
     pub bytes_delivered: u64,
     /// When the last object was delivered.
     pub last_delivery: Option<Instant>,
+    /// Objects complete and handed to the publisher, not yet answered for.
+    pub objects_publishing: u64,
+    /// Their bytes in the state directory.
+    pub bytes_publishing: u64,
     /// Frames each sender run says it sent (its latest heartbeat), by session.
     pub sender_frames: HashMap<u64, u64>,
 }
@@ -422,6 +426,10 @@ pub(crate) struct Delivery {
     /// Failed and evicted objects whose files are still being removed, and their bytes.
     removing: HashMap<ObjectKey, u64>,
     removing_bytes: u64,
+    /// Complete objects handed to the publisher and not yet answered for, and their bytes:
+    /// still in the state directory (a store that is down can keep them there for hours).
+    publishing: HashMap<ObjectKey, u64>,
+    publishing_bytes: u64,
     /// Data blocks waiting to be decoded until removals make room (see [`Self::over`]).
     held: VecDeque<HeldBlock>,
     census: Census,
@@ -706,8 +714,8 @@ impl Delivery {
             drop_partial,
         };
         if self.over() {
-            // Evicted objects are still on disk: this write waits for their removal (its
-            // permit holds back the link task meanwhile).
+            // Evicted objects, or complete ones not yet placed, are still on disk: this write
+            // waits until they are gone (its permit holds back the link task meanwhile).
             self.held.push_back(held);
         } else {
             self.dispatch_data(held);
@@ -737,10 +745,11 @@ impl Delivery {
     }
 
     /// Whether the state directory holds more than `--max-state` counting evicted objects
-    /// not yet removed: new writes wait until they are.
+    /// not yet removed and complete objects not yet placed: new writes wait until they are
+    /// gone (open objects are evicted only for what open objects hold).
     fn over(&self) -> bool {
-        self.removing_bytes > 0
-            && self.state_bytes.saturating_add(self.removing_bytes) > self.limits.max_state_bytes
+        let leaving = self.removing_bytes.saturating_add(self.publishing_bytes);
+        leaving > 0 && self.state_bytes.saturating_add(leaving) > self.limits.max_state_bytes
     }
 
     /// Hands held blocks to the decoders while there is room.
@@ -847,11 +856,13 @@ impl Delivery {
             Reply::Committed(published) => {
                 self.answered(published.len());
                 for committed in published {
+                    self.publish_answered(committed.obj);
                     self.on_committed(committed, now);
                 }
             }
             Reply::AlreadyThere(obj) => {
                 self.answered(1);
+                self.publish_answered(obj);
                 self.finish_already_delivered(obj);
             }
             Reply::Finished(obj) => {
@@ -861,8 +872,20 @@ impl Delivery {
             }
             Reply::PublishFailed(obj, failure) => {
                 self.answered(1);
+                self.publish_answered(obj);
                 self.fail(obj, failure);
             }
+        }
+    }
+
+    /// The publisher answered for `obj`: its bytes no longer wait in the state directory
+    /// (placed, or removed with it), and blocks held for room may go on.
+    fn publish_answered(&mut self, obj: ObjectKey) {
+        if let Some(bytes) = self.publishing.remove(&obj) {
+            self.publishing_bytes = self.publishing_bytes.saturating_sub(bytes);
+            self.stats.objects_publishing = self.publishing.len() as u64;
+            self.stats.bytes_publishing = self.publishing_bytes;
+            self.release_held();
         }
     }
 
@@ -990,7 +1013,14 @@ impl Delivery {
             return;
         };
         let signer = entry.signer;
+        let charged = (entry.status == Status::Open).then(|| entry.footprint.charged());
         self.close(obj, Status::Publishing);
+        if let Some(bytes) = charged {
+            self.publishing.insert(obj, bytes);
+            self.publishing_bytes = self.publishing_bytes.saturating_add(bytes);
+            self.stats.objects_publishing = self.publishing.len() as u64;
+            self.stats.bytes_publishing = self.publishing_bytes;
+        }
         self.push(Action::Publish(PublishJob::Publish {
             obj,
             manifest,
@@ -1727,6 +1757,49 @@ mod tests {
         assert_eq!(actions(&mut d), ["decode 1"]);
         assert_eq!((d.state_bytes, d.removing_bytes), (tiny + 4096, 0));
         assert_eq!(d.stats().objects_failed, 2);
+    }
+
+    #[test]
+    fn a_complete_object_not_yet_placed_counts_and_holds_back_new_writes() {
+        let mut d = Delivery::resume(
+            Vec::new(),
+            Limits {
+                max_objects: 100,
+                max_state_bytes: 1 << 30,
+                disk: Disk::new(4096),
+            },
+        );
+        arrives(&mut d, 0, SEGMENT);
+        stored(&mut d, 0, [1; 32]);
+        opened(&mut d, manifest(&[[1; 32], [2; 32]]));
+        d.handle_reply(Reply::ManifestStored(OBJ, Ok(())), Instant::now());
+        arrives(&mut d, 1, SEGMENT);
+        stored(&mut d, 1, [2; 32]);
+        let got = actions(&mut d);
+        assert_eq!(got.last().map(String::as_str), Some("publish false 0"));
+        // Handed to the publisher (a store that is down may keep it for hours): no longer an
+        // open object, but its bytes are still in the state directory.
+        let waiting = d.publishing_bytes;
+        assert!(waiting > 0);
+        assert_eq!(d.state_bytes, 0);
+        assert_eq!(
+            (d.stats().objects_publishing, d.stats().bytes_publishing),
+            (1, waiting)
+        );
+        // With them, a new object's first block passes the bound: the next one waits.
+        d.limits.max_state_bytes = waiting + 4096;
+        start(&mut d, 2);
+        ready_data(&mut d, 2, 0);
+        assert_eq!(actions(&mut d), ["decode 0"]);
+        ready_data(&mut d, 2, 1);
+        assert!(actions(&mut d).is_empty());
+        // Placed at last: the block goes on.
+        d.handle_reply(
+            committed(OBJ, 20, vec![EntryOutcome::Delivered(0)]),
+            Instant::now(),
+        );
+        assert_eq!(actions(&mut d), ["decode 1", "delivered 0"]);
+        assert_eq!((d.publishing_bytes, d.stats().objects_publishing), (0, 0));
     }
 
     #[test]

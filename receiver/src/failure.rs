@@ -79,6 +79,9 @@ pub enum Failure {
     /// `--approval-policy` is set and the object's approval does not pass it (the stable
     /// phrases of `sluice_common::approval::ApprovalError`).
     NotApproved(String),
+    /// The object store did not take the file before the receiver stopped: it stays in the
+    /// state directory and is uploaded at the next start.
+    StoreUnavailable(String),
     /// `--policy` refused the file (the rule, `sluice_inspect::Refusal`'s phrase); it went to
     /// the quarantine directory (where), or could not (why).
     Refused {
@@ -92,7 +95,10 @@ impl Failure {
     /// incomplete) rather than discarded (it was refused, or the disk failed: its blocks
     /// would only hold space other objects need; a later sender run brings them again).
     pub fn keeps_state(&self) -> bool {
-        matches!(self, Failure::Incomplete { .. } | Failure::NoManifest)
+        matches!(
+            self,
+            Failure::Incomplete { .. } | Failure::NoManifest | Failure::StoreUnavailable(_)
+        )
     }
 }
 
@@ -147,6 +153,11 @@ impl fmt::Display for Failure {
             Failure::Stale => f.write_str("stale: older than the delivered version"),
             Failure::Evicted(why) => write!(f, "evicted: {why}"),
             Failure::NotApproved(why) => f.write_str(why),
+            Failure::StoreUnavailable(why) => write!(
+                f,
+                "not uploaded before the receiver stopped: {why} (kept in the state directory \
+                 for the next start)"
+            ),
             Failure::Refused {
                 reason,
                 quarantined: Ok(at),

@@ -59,6 +59,7 @@ mod workers;
 use std::ffi::OsString;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -170,8 +171,12 @@ impl Receiver {
         let state_path = options.state_dir();
         let state = match &out {
             Some(out) => StateDir::open(&state_path, out, &options.out),
-            // Staging in the state directory itself: nothing is renamed out of it.
-            None => std::fs::create_dir_all(&state_path)
+            // Staging in the state directory itself: nothing is renamed out of it. Made
+            // private, as the state directory must be.
+            None => std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&state_path)
                 .and_then(|()| Dir::open(&state_path))
                 .map_err(|e| crate::state::StateError::Io {
                     what: format!("cannot open --state {}", state_path.display()),
@@ -213,6 +218,7 @@ impl Receiver {
             reserved,
             approval,
             gate,
+            stopping: Default::default(),
         });
         let leftovers = load_leftovers(&ctx)?;
         tracing::debug!(
@@ -324,8 +330,13 @@ impl Receiver {
             .map_err(io_error("cannot start decoder threads"))?;
         drop(decode_rx);
         threads.push(
-            publisher::spawn(ctx.clone(), sink::open(store), publish_rx, input_tx.clone())
-                .map_err(io_error("cannot start the publisher"))?,
+            publisher::spawn(
+                ctx.clone(),
+                sink::open(store, counters.clone()),
+                publish_rx,
+                input_tx.clone(),
+            )
+            .map_err(io_error("cannot start the publisher"))?,
         );
         let failures = FailureList::default();
         let mut outcomes = Outcomes::default();
@@ -368,6 +379,7 @@ impl Receiver {
         let shutdown = std::pin::pin!(shutdown);
         let stop = link_task.run(link.as_mut(), shutdown).await;
         sluice_common::service::stopping();
+        ctx.stop_waiting();
         drop(watchdog);
         match &stop {
             Stop::Idle => tracing::info!("no frames for --exit-after-idle; finishing"),

@@ -721,6 +721,7 @@ mod tests {
             permits_total: 1,
             approval: None,
             gate: None,
+            stopping: Default::default(),
         }
     }
 

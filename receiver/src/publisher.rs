@@ -168,6 +168,7 @@ impl Inspecting {
 
 impl Publisher {
     fn run(&mut self, jobs: &flume::Receiver<PublishJob>) {
+        self.sink.start(&self.ctx);
         let mut jobs_open = true;
         while let Some(next) = self.next(jobs, &mut jobs_open) {
             match next {

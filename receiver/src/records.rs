@@ -14,6 +14,10 @@
 //!                                     delivery's commit, the directory is still known as ours
 //!                                     (its object's mode and mtime apply; a directory someone
 //!                                     else made keeps its own)
+//!   uploads    upload ID            → the key of a multipart upload begun in an object store
+//!                                     (`--out s3://…`) and not yet completed or aborted:
+//!                                     recorded durably before its first part, so one a crash
+//!                                     cut short is aborted at the next start, not left behind
 //! ```
 //!
 //! "Already delivered" is decided from these records alone — a record for the path with the
@@ -32,6 +36,7 @@ const LATEST: TableDefinition<&str, &[u8]> = TableDefinition::new("latest");
 const SEQUENCES: TableDefinition<(u64, &str), u64> = TableDefinition::new("sequences");
 const DONE: TableDefinition<(u64, u64), u64> = TableDefinition::new("done");
 const MADE: TableDefinition<&str, ()> = TableDefinition::new("made");
+const UPLOADS: TableDefinition<&str, &str> = TableDefinition::new("uploads");
 
 /// Done markers older than this are pruned at start: sessions are random per sender start,
 /// and the sequence records keep replays out after that.
@@ -110,6 +115,7 @@ impl Records {
             txn.open_table(LATEST).map_err(err)?;
             txn.open_table(SEQUENCES).map_err(err)?;
             txn.open_table(MADE).map_err(err)?;
+            txn.open_table(UPLOADS).map_err(err)?;
             let mut done = txn.open_table(DONE).map_err(err)?;
             let cutoff = now_secs().saturating_sub(DONE_RETENTION.as_secs());
             let pruned = done.extract_if(|_, at| at < cutoff).map_err(err)?.count();
@@ -166,6 +172,40 @@ impl Records {
         let txn = self.db.begin_read().map_err(err)?;
         let made = txn.open_table(MADE).map_err(err)?;
         Ok(made.get(path).map_err(err)?.is_some())
+    }
+
+    /// Records durably that the multipart upload `id` of `key` has begun.
+    pub fn upload_begun(&self, id: &str, key: &str) -> Result<(), RecordsError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        txn.open_table(UPLOADS)
+            .map_err(err)?
+            .insert(id, key)
+            .map_err(err)?;
+        txn.commit().map_err(err)
+    }
+
+    /// The multipart upload `id` was completed or aborted.
+    pub fn upload_ended(&self, id: &str) -> Result<(), RecordsError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        txn.open_table(UPLOADS)
+            .map_err(err)?
+            .remove(id)
+            .map_err(err)?;
+        txn.commit().map_err(err)
+    }
+
+    /// Multipart uploads begun and not ended: (upload ID, key).
+    pub fn uploads(&self) -> Result<Vec<(String, String)>, RecordsError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let uploads = txn.open_table(UPLOADS).map_err(err)?;
+        uploads
+            .iter()
+            .map_err(err)?
+            .map(|row| {
+                row.map(|(id, key)| (id.value().to_string(), key.value().to_string()))
+                    .map_err(err)
+            })
+            .collect()
     }
 
     /// Records finished objects in one durable transaction (the group commit).
@@ -257,5 +297,16 @@ mod tests {
         assert_eq!(records.latest("other").unwrap(), None);
         assert!(records.made_dir("a").unwrap());
         assert!(!records.made_dir("a/b").unwrap());
+
+        // Multipart uploads begun and not ended are still listed after a reopen.
+        records.upload_begun("id-1", "in/big.bin").unwrap();
+        records.upload_begun("id-2", "in/other.bin").unwrap();
+        records.upload_ended("id-1").unwrap();
+        drop(records);
+        let records = open();
+        assert_eq!(
+            records.uploads().unwrap(),
+            vec![("id-2".to_string(), "in/other.bin".to_string())]
+        );
     }
 }

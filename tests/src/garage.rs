@@ -195,6 +195,21 @@ impl Garage {
         self.server.id()
     }
 
+    /// Multipart uploads begun in the bucket and neither completed nor aborted (as
+    /// `garage bucket info` counts them; the line is absent when there is none).
+    pub fn unfinished_multipart_uploads(&self) -> u64 {
+        let info = self.cli(&["bucket", "info", &self.bucket]);
+        info.lines()
+            .find_map(|line| line.trim().strip_prefix("Unfinished uploads:"))
+            .map(|rest| {
+                let count = rest.trim().split(' ').next().unwrap_or_default();
+                count
+                    .parse()
+                    .unwrap_or_else(|_| panic!("no count in {rest:?} of:\n{info}"))
+            })
+            .unwrap_or(0)
+    }
+
     /// Stops the server (its data stays until drop), as a store going down.
     pub fn stop(&mut self) {
         self.server.kill();

@@ -2,6 +2,10 @@
 //! `sluice_tests::garage`): a tree arrives with every object's bytes and SHA-256 metadata
 //! right, a listing taken all along never shows a partial object, and a wrong key, a missing
 //! bucket or an unreachable endpoint stop the receiver at start with one clear line (exit 2).
+//! The store's failures: a receiver killed in the middle of a multipart upload leaves no
+//! object and, once restarted, no unfinished upload and the whole object; a store down in the
+//! middle of a run holds files back until it returns; a receiver stopped while it is down keeps
+//! them for its next start.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -18,14 +22,70 @@ use sluice_tests::garage::Garage;
 use sluice_tests::harness::{assert_exit, Setup};
 use sluice_tests::tree::{self, TreeSpec};
 
-/// A receiver delivering to `out` (an `s3://` URL) with `garage`'s key in the environment.
+/// A receiver delivering to `out` (an `s3://` URL) with `garage`'s key in the environment,
+/// exiting after 5 s without frames.
 fn receiver(s: &Setup, garage: &Garage, out: &str, port: u16, fix: impl Fn(&mut Command)) -> Proc {
+    daemon(s, garage, out, port, |cmd| {
+        cmd.args(["--exit-after-idle", "5"]);
+        fix(cmd);
+    })
+}
+
+/// A receiver delivering to `out` until it is stopped.
+fn daemon(s: &Setup, garage: &Garage, out: &str, port: u16, fix: impl Fn(&mut Command)) -> Proc {
     let link = format!("udp://127.0.0.1:{port}");
     let mut cmd = binaries::receiver_cmd(&link, &s.keys, Path::new(out), &s.state);
     garage.env(&mut cmd);
-    cmd.args(["--exit-after-idle", "5", "--log-format", "json"]);
+    cmd.args(["--log-format", "json"]);
     fix(&mut cmd);
     Proc::spawn("sluice-recv", cmd)
+}
+
+/// Sends SIGTERM to `proc` (a daemon stopping as systemd stops it).
+fn terminate(proc: &Proc) {
+    let status = Command::new("kill")
+        .args(["-TERM", &proc.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Polls `what` every 100 ms until it holds, failing with `log()` after `timeout`.
+fn wait_for(
+    what: &str,
+    timeout: Duration,
+    log: impl Fn() -> String,
+    mut done: impl FnMut() -> bool,
+) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < timeout,
+            "{what}: not after {timeout:?}\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `len` bytes that do not compress, from `seed`.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&sha2::Digest::finalize(sha2::Digest::chain_update(
+        sha2::Sha256::default(),
+        bytes,
+    )))
 }
 
 /// Every file under `root`, by its path relative to `root`'s parent (as the sender names it).
@@ -69,6 +129,8 @@ fn a_tree_arrives_in_the_store_whole_with_its_sha256_and_never_partly() {
     )
     .unwrap();
     let expected = files(&root);
+    // A state directory the receiver makes itself, private.
+    std::fs::remove_dir(&s.state).unwrap();
     let port = free_udp_port();
     let mut recv = receiver(&s, &garage, "s3://sluice-in/landing/", port, |_| {});
     binaries::wait_bound(
@@ -106,6 +168,10 @@ fn a_tree_arrives_in_the_store_whole_with_its_sha256_and_never_partly() {
     assert_exit(&sent, 0, "sluice-send");
     let got = recv.finish(Duration::from_secs(120));
     done.store(true, Ordering::Relaxed);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&s.state).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o700, "{}", got.log);
     let (looks, partial) = watcher.join().unwrap();
     assert_exit(&got, 0, "sluice-recv");
     assert!(looks > 10, "the listing ran {looks} times");
@@ -192,4 +258,178 @@ fn a_wrong_key_a_missing_bucket_or_no_endpoint_stops_the_receiver_at_start() {
         assert!(!got.log.contains(&garage.secret), "{}", got.log);
         assert!(!got.log.contains("\"receiving\""), "{}", got.log);
     }
+}
+
+#[test]
+#[ignore = "needs Garage, a test S3 server (./test.sh installs it and runs this)"]
+fn a_receiver_killed_mid_upload_leaves_nothing_behind_and_finishes_at_restart() {
+    let garage = Garage::start("sluice-in");
+    let s = Setup::new();
+    // 20 parts: an upload long enough to be caught in the middle.
+    let content = noise(320 << 20, 7);
+    let file = s.src.join("weights.bin");
+    std::fs::write(&file, &content).unwrap();
+    let port = free_udp_port();
+    let to: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut recv = daemon(&s, &garage, "s3://sluice-in/landing", port, |_| {});
+    binaries::wait_bound(&mut recv, to, Duration::from_secs(30));
+    let sent = s.send(to, &["--rate", "200MB"], &[&file], Duration::from_secs(120));
+    assert_exit(&sent, 0, "sluice-send");
+    wait_for(
+        "a multipart upload under way",
+        Duration::from_secs(120),
+        || recv.log(),
+        || garage.unfinished_multipart_uploads() > 0,
+    );
+    recv.kill();
+    assert!(
+        garage.sizes("landing").is_empty(),
+        "a killed upload is listed: {:?}",
+        garage.sizes("landing")
+    );
+    assert!(garage.unfinished_multipart_uploads() > 0);
+
+    // The next start aborts what the kill left and uploads the object, complete in the state
+    // directory, again.
+    let again = receiver(&s, &garage, "s3://sluice-in/landing", port, |_| {})
+        .finish(Duration::from_secs(180));
+    assert_exit(&again, 0, "sluice-recv");
+    assert!(
+        again.log.contains("aborted an unfinished multipart upload"),
+        "{}",
+        again.log
+    );
+    assert_eq!(garage.unfinished_multipart_uploads(), 0, "{}", again.log);
+    let stored = garage.objects("landing");
+    let object = &stored["landing/weights.bin"];
+    assert!(object.bytes == content, "other bytes");
+    assert_eq!(
+        object.metadata.get("sluice-sha256"),
+        Some(&sha256_hex(&content))
+    );
+}
+
+#[test]
+#[ignore = "needs Garage, a test S3 server (./test.sh installs it and runs this)"]
+fn a_store_down_in_the_middle_of_a_run_holds_files_back_until_it_returns() {
+    let mut garage = Garage::start("sluice-in");
+    let s = Setup::new();
+    let root = s.src.join("dataset");
+    tree::make_tree(
+        &root,
+        TreeSpec {
+            big_bytes: 40 << 20,
+            segment_edges: true,
+            small_scale: 1,
+            seed: 261,
+        },
+    )
+    .unwrap();
+    let expected = files(&root);
+    let port = free_udp_port();
+    let to: SocketAddr = ([127, 0, 0, 1], port).into();
+    let metrics = sluice_tests::scrape::free_tcp_addr();
+    let mut recv = daemon(&s, &garage, "s3://sluice-in/landing", port, |cmd| {
+        cmd.args(["--metrics", &metrics.to_string()]);
+    });
+    binaries::wait_bound(&mut recv, to, Duration::from_secs(30));
+    garage.stop();
+    // The whole tree crosses the link while the store is down: nothing is lost.
+    let sent = s.send(to, &["--rate", "40MB"], &[&root], Duration::from_secs(120));
+    assert_exit(&sent, 0, "sluice-send");
+    wait_for(
+        "the receiver saying the store is unavailable",
+        Duration::from_secs(90),
+        || recv.log(),
+        || recv.log().contains("the object store is unavailable"),
+    );
+    let page = sluice_tests::scrape::scrape(metrics).unwrap();
+    let value = |series: &str| sluice_tests::scrape::value(&page, series);
+    assert_eq!(value("sluice_store_up"), Some(0.0), "{page}");
+    assert!(
+        value("sluice_publishing_objects").unwrap_or(0.0) >= 1.0,
+        "{page}"
+    );
+    assert!(
+        value("sluice_store_retries_total").unwrap_or(0.0) >= 1.0,
+        "{page}"
+    );
+
+    garage.restart();
+    let sizes: BTreeMap<String, u64> = expected
+        .iter()
+        .map(|(path, bytes)| (format!("landing/{path}"), bytes.len() as u64))
+        .collect();
+    wait_for(
+        "every file in the store",
+        Duration::from_secs(240),
+        || recv.log(),
+        || garage.sizes("landing") == sizes,
+    );
+    let page = sluice_tests::scrape::scrape(metrics).unwrap();
+    assert_eq!(
+        sluice_tests::scrape::value(&page, "sluice_store_up"),
+        Some(1.0),
+        "{page}"
+    );
+    terminate(&recv);
+    let got = recv.finish(Duration::from_secs(60));
+    assert_exit(&got, 0, "sluice-recv");
+    assert!(
+        got.log.contains("the object store answers again"),
+        "{}",
+        got.log
+    );
+    let stored = garage.objects("landing");
+    for (path, bytes) in &expected {
+        let object = &stored[&format!("landing/{path}")];
+        assert!(object.bytes == *bytes, "{path}: other bytes");
+        assert_eq!(
+            object.metadata.get("sluice-sha256"),
+            Some(&sha256_hex(bytes))
+        );
+    }
+    assert_eq!(garage.unfinished_multipart_uploads(), 0);
+}
+
+#[test]
+#[ignore = "needs Garage, a test S3 server (./test.sh installs it and runs this)"]
+fn a_receiver_stopped_while_the_store_is_down_uploads_at_its_next_start() {
+    let mut garage = Garage::start("sluice-in");
+    let s = Setup::new();
+    let content = noise(24 << 20, 9);
+    let file = s.src.join("eval.bin");
+    std::fs::write(&file, &content).unwrap();
+    let port = free_udp_port();
+    let to: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut recv = daemon(&s, &garage, "s3://sluice-in/landing", port, |_| {});
+    binaries::wait_bound(&mut recv, to, Duration::from_secs(30));
+    garage.stop();
+    let sent = s.send(to, &["--rate", "40MB"], &[&file], Duration::from_secs(120));
+    assert_exit(&sent, 0, "sluice-send");
+    wait_for(
+        "the receiver saying the store is unavailable",
+        Duration::from_secs(90),
+        || recv.log(),
+        || recv.log().contains("the object store is unavailable"),
+    );
+    terminate(&recv);
+    let stopped = recv.finish(Duration::from_secs(60));
+    // Stopped as systemd stops it (exit 0), saying what it keeps.
+    assert_exit(&stopped, 0, "sluice-recv");
+    assert!(
+        stopped
+            .log
+            .contains("kept in the state directory for the next start"),
+        "{}",
+        stopped.log
+    );
+
+    garage.restart();
+    let next = receiver(&s, &garage, "s3://sluice-in/landing", port, |_| {})
+        .finish(Duration::from_secs(120));
+    assert_exit(&next, 0, "sluice-recv");
+    let stored = garage.objects("landing");
+    assert!(stored["landing/eval.bin"].bytes == content, "{}", next.log);
+    assert_eq!(garage.unfinished_multipart_uploads(), 0);
 }

@@ -13,9 +13,12 @@
 pub(crate) mod dir;
 pub(crate) mod s3;
 
+use std::sync::Arc;
+
 use sluice_protocol::manifest::Entry;
 
 use crate::context::Context;
+use crate::counters::Counters;
 use crate::failure::Failure;
 use crate::publish::{Signed, StagedFile};
 use crate::records::Delivery;
@@ -33,6 +36,10 @@ pub(crate) struct Placed {
 
 /// A destination for verified entries.
 pub(crate) trait Sink: Send + std::fmt::Debug {
+    /// Called once on the publisher's thread before the first job (the S3 sink aborts the
+    /// uploads an earlier run left unfinished).
+    fn start(&mut self, _ctx: &Context) {}
+
     /// Refuses early what could never be placed at `e.path` (before any content is hashed).
     fn precheck(&self, ctx: &Context, e: &Entry) -> Result<(), Failure>;
 
@@ -61,9 +68,9 @@ pub(crate) trait Sink: Send + std::fmt::Debug {
 }
 
 /// The sink for this run's `--out`: an object store when it is an `s3://` URL.
-pub(crate) fn open(store: Option<s3::Store>) -> Box<dyn Sink> {
+pub(crate) fn open(store: Option<s3::Store>, counters: Arc<Counters>) -> Box<dyn Sink> {
     match store {
-        Some(store) => Box::new(s3::S3Sink::new(store)),
+        Some(store) => Box::new(s3::S3Sink::new(store, counters)),
         None => Box::new(dir::DirSink::default()),
     }
 }

@@ -10,7 +10,8 @@ use sluice_common::beneath::Dir;
 use sluice_common::keys::TrustedKeys;
 use tokio::sync::Semaphore;
 
-use crate::state::{ObjectKey, StateDir};
+use crate::object::ObjectKey;
+use crate::state::StateDir;
 
 /// Read-only configuration of one run.
 pub(crate) struct Context {

@@ -41,8 +41,9 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::failure::Failure;
 use crate::footprint::{Disk, Footprint};
 use crate::heads::SenderHeads;
+use crate::object::ObjectKey;
 use crate::outcome::Outcome;
-use crate::state::{ObjectKey, StoredSegment};
+use crate::state::StoredSegment;
 
 /// Bytes of memory a job holds, released when the job is dropped (see the link task).
 pub(crate) type Permit = OwnedSemaphorePermit;

@@ -22,8 +22,8 @@ use sluice_protocol::wire::BlockKind;
 use crate::context::Context;
 use crate::counters::Counters;
 use crate::delivery::{Action, DecodeJob, Delivery, Input, LinkCommand, Notice, PublishJob};
+use crate::object::ObjectKey;
 use crate::outcome::Outcome;
-use crate::state::ObjectKey;
 
 /// How often the stall-warning window rolls when nothing arrives.
 const TICK: Duration = Duration::from_millis(100);

@@ -19,8 +19,8 @@ use sluice_protocol::manifest::Entry;
 
 use crate::context::{self, Context};
 use crate::failure::Failure;
+use crate::object::ObjectKey;
 use crate::publish::{Signed, StagedFile};
-use crate::state::ObjectKey;
 
 /// Threads that inspect files at once, whatever the worker count: one slow file (a large
 /// archive, a scanner near its timeout) then holds back only itself.

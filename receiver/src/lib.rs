@@ -27,6 +27,7 @@
 //!   `dispatch`: the thread that drives it. `workers`: the decoder pool. `publisher`,
 //!   `publish`: turning objects into files. [`state`]: the restart-safe state directory;
 //!   [`footprint`]: what an incomplete object holds there as `du` counts it (`--max-state`).
+//!   [`object`]: the key every module names an object by.
 //! - [`outcome`]: outcomes and their subscribers. [`counters`], [`summary`]: the figures.
 //!
 //! Where things go: a new link is a backend in `sluice_common::link`; a new consumer of
@@ -47,6 +48,7 @@ pub mod footprint;
 mod gate;
 mod heads;
 mod link_task;
+pub mod object;
 pub mod outcome;
 mod publish;
 mod publisher;

@@ -14,7 +14,7 @@ use sluice_common::paths;
 use sluice_protocol::manifest::{Entry, Manifest};
 
 use crate::failure::Failure;
-use crate::state::ObjectKey;
+use crate::object::ObjectKey;
 use crate::summary::FailedObject;
 
 /// The fate of one object (or, for objects lost whole, of several).

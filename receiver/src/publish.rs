@@ -34,8 +34,9 @@ use sluice_protocol::manifest::{Entry, EntryKind};
 
 use crate::context::Context;
 use crate::failure::Failure;
+use crate::object::ObjectKey;
 use crate::records::Delivery;
-use crate::state::{ObjectKey, StateDir};
+use crate::state::StateDir;
 
 /// Read and write buffer sizes while publishing.
 pub(crate) const IO_BUFFER: usize = 256 * 1024;

@@ -30,10 +30,10 @@ use crate::context::{self, Context};
 use crate::delivery::{Committed, EntryOutcome, Input, PublishJob, Reply};
 use crate::failure::Failure;
 use crate::gate::{self, Inspected, Inspection, Inspectors};
+use crate::object::ObjectKey;
 use crate::publish::{self, Content, Signed, StagedFile};
 use crate::records::Finished;
 use crate::sink::{Placed, Sink};
-use crate::state::ObjectKey;
 
 /// Content files hashed ahead of their manifest at once.
 const MAX_EARLY_HASHING: usize = 8;

@@ -30,7 +30,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::state::ObjectKey;
+use crate::object::ObjectKey;
 
 const LATEST: TableDefinition<&str, &[u8]> = TableDefinition::new("latest");
 const SEQUENCES: TableDefinition<(u64, &str), u64> = TableDefinition::new("sequences");

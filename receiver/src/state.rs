@@ -49,37 +49,8 @@ use sluice_protocol::rx::PartialBlock;
 use sluice_protocol::wire::{self, BlockKey, BlockKind, ObjectId, SessionId};
 
 use crate::footprint::{Disk, Footprint};
+use crate::object::ObjectKey;
 use crate::records::{Records, RecordsError};
-
-/// Names one object of one sender run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ObjectKey {
-    /// Sender run.
-    pub session: SessionId,
-    /// Object within the run.
-    pub object: ObjectId,
-}
-
-impl ObjectKey {
-    /// Object `object` of sender run `session`.
-    pub fn new(session: SessionId, object: ObjectId) -> Self {
-        ObjectKey { session, object }
-    }
-
-    /// The object a block belongs to.
-    pub fn of(block: &BlockKey) -> Self {
-        ObjectKey {
-            session: block.session,
-            object: block.object,
-        }
-    }
-}
-
-impl std::fmt::Display for ObjectKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:016x}/{}", self.session.0, self.object.0)
-    }
-}
 
 /// State-directory format written in `VERSION`.
 const VERSION_TEXT: &str = "sluice-state 3\n";

@@ -29,8 +29,9 @@ use sluice_protocol::wire::{BlockKey, BlockKind};
 use crate::context::{self, Context};
 use crate::delivery::{BlockResult, DecodeJob, Input, Reply};
 use crate::failure::Failure;
+use crate::object::ObjectKey;
 use crate::publish;
-use crate::state::{ObjectKey, StoredSegment};
+use crate::state::StoredSegment;
 
 /// Starts `n` decoder threads; each runs until `jobs` closes.
 pub(crate) fn spawn(

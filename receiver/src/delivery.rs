@@ -43,7 +43,7 @@ use crate::footprint::{Disk, Footprint};
 use crate::heads::SenderHeads;
 use crate::object::ObjectKey;
 use crate::outcome::Outcome;
-use crate::state::StoredSegment;
+use crate::segment::StoredSegment;
 
 /// Bytes of memory a job holds, released when the job is dropped (see the link task).
 pub(crate) type Permit = OwnedSemaphorePermit;

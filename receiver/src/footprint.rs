@@ -21,7 +21,7 @@
 //! blocks of a content file written in more than four pieces (ext4: one 4 KiB block per
 //! ~340 pieces of at least 64 KiB each, under 0.02%).
 
-use crate::state::RECORD_LEN;
+use crate::segment::RECORD_LEN;
 
 /// What one name costs in its directory's blocks: an ext4 entry of an object's name (up to
 /// 37 bytes) takes up to 48 bytes, and a hashed directory's blocks are only half full after

@@ -27,7 +27,8 @@
 //!   `dispatch`: the thread that drives it. `workers`: the decoder pool. `publisher`,
 //!   `publish`: turning objects into files. [`state`]: the restart-safe state directory;
 //!   [`footprint`]: what an incomplete object holds there as `du` counts it (`--max-state`).
-//!   [`object`]: the key every module names an object by.
+//!   [`segment`]: a stored segment and its record there. [`object`]: the key every module
+//!   names an object by.
 //! - [`outcome`]: outcomes and their subscribers. [`counters`], [`summary`]: the figures.
 //!
 //! Where things go: a new link is a backend in `sluice_common::link`; a new consumer of
@@ -53,6 +54,7 @@ pub mod outcome;
 mod publish;
 mod publisher;
 mod records;
+pub mod segment;
 mod sink;
 pub mod state;
 pub mod summary;

@@ -31,7 +31,7 @@ use crate::delivery::{BlockResult, DecodeJob, Input, Reply};
 use crate::failure::Failure;
 use crate::object::ObjectKey;
 use crate::publish;
-use crate::state::StoredSegment;
+use crate::segment::StoredSegment;
 
 /// Starts `n` decoder threads; each runs until `jobs` closes.
 pub(crate) fn spawn(

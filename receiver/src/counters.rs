@@ -1,16 +1,19 @@
 //! The receiver's counters: one struct, shared by reference. Each field has one writer, the
 //! owner of the fact: the link task (frames, drops, restored partials), the delivery driver
-//! (blocks, objects, bytes) and the sink (whether the object store answers). The final report reads it, and so can anything that wants live
+//! (blocks, objects, bytes: the delivery core's `DeliveryStats`) and the sink (whether the
+//! object store answers). The final report reads it, and so can anything that wants live
 //! figures (a metrics endpoint), without a lock.
+//!
+//! `DeliveryStats` is declared here, beside the counters it feeds, so that this module (used
+//! by the link task, the sink and the report) depends on no other module of the receiver.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sluice_common::metrics::Metric;
 use sluice_protocol::counters::{DropCounters, DropReason};
 use sluice_protocol::rx::RxStats;
-
-use crate::delivery::DeliveryStats;
 
 /// Live counters of one receiver run.
 #[derive(Debug)]
@@ -40,6 +43,30 @@ pub struct Counters {
     bytes_publishing: AtomicU64,
     store_down_since_us: AtomicU64,
     store_retries: AtomicU64,
+}
+
+/// Counts only the delivery core knows, kept by it as it decides (it is sans-IO, so it holds
+/// no shared counters); the driver copies them in with [`Counters::record_delivery`].
+#[derive(Debug, Default, Clone)]
+pub(crate) struct DeliveryStats {
+    pub blocks_decoded: u64,
+    pub blocks_recovered: u64,
+    pub blocks_stalled: u64,
+    pub partials_saved: u64,
+    pub objects_delivered: u64,
+    pub objects_already_delivered: u64,
+    pub objects_failed: u64,
+    /// Of `objects_failed`: announced, and not one frame of them arrived.
+    pub objects_lost_whole: u64,
+    pub bytes_delivered: u64,
+    /// When the last object was delivered.
+    pub last_delivery: Option<Instant>,
+    /// Objects complete and handed to the publisher, not yet answered for.
+    pub objects_publishing: u64,
+    /// Their bytes in the state directory.
+    pub bytes_publishing: u64,
+    /// Frames each sender run says it sent (its latest heartbeat), by session.
+    pub sender_frames: HashMap<u64, u64>,
 }
 
 /// The counters at one moment.

@@ -38,6 +38,7 @@ use sluice_protocol::rx::{Census, Missing, PartialBlock, ReadyBlock};
 use sluice_protocol::wire::{AuditHead, BlockKey, BlockKind, Heartbeat, RelayStatus};
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::counters::DeliveryStats;
 use crate::failure::Failure;
 use crate::footprint::{Disk, Footprint};
 use crate::heads::SenderHeads;
@@ -224,29 +225,6 @@ pub(crate) enum Action {
     Publish(PublishJob),
     Emit(Outcome),
     Notice(Notice),
-}
-
-/// Counts only the delivery core knows; the driver copies them into the shared counters.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct DeliveryStats {
-    pub blocks_decoded: u64,
-    pub blocks_recovered: u64,
-    pub blocks_stalled: u64,
-    pub partials_saved: u64,
-    pub objects_delivered: u64,
-    pub objects_already_delivered: u64,
-    pub objects_failed: u64,
-    /// Of `objects_failed`: announced, and not one frame of them arrived.
-    pub objects_lost_whole: u64,
-    pub bytes_delivered: u64,
-    /// When the last object was delivered.
-    pub last_delivery: Option<Instant>,
-    /// Objects complete and handed to the publisher, not yet answered for.
-    pub objects_publishing: u64,
-    /// Their bytes in the state directory.
-    pub bytes_publishing: u64,
-    /// Frames each sender run says it sent (its latest heartbeat), by session.
-    pub sender_frames: HashMap<u64, u64>,
 }
 
 /// Where an object stands.

@@ -10,6 +10,7 @@ use sluice_common::beneath::Dir;
 use sluice_common::keys::TrustedKeys;
 use tokio::sync::Semaphore;
 
+use crate::content_policy::ContentPolicy;
 use crate::object::ObjectKey;
 use crate::state::StateDir;
 
@@ -40,7 +41,7 @@ pub(crate) struct Context {
     /// `--approval-policy`: what every object must carry to be published.
     pub approval: Option<Arc<Policy>>,
     /// `--policy`: the content gate every file passes before it is placed.
-    pub gate: Option<crate::gate::Gate>,
+    pub gate: Option<ContentPolicy>,
     /// Set once the link is done with: whatever waits on something outside (an object store
     /// that is down) gives up then, keeping what it holds for the next start.
     pub stopping: AtomicBool,

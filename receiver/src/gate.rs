@@ -4,19 +4,20 @@
 //!
 //! Checks run cheapest first (`sluice_inspect::policy`): name rules and size, then the type by
 //! content and its inspector, then the external scanner, each on the staged file through the
-//! state directory (private to the receiver: nobody else can swap it in between).
+//! state directory (private to the receiver: nobody else can swap it in between). The policy
+//! and quarantine directory themselves, opened at start, are `content_policy`'s.
 
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sluice_common::beneath::{self, Dir};
-use sluice_inspect::policy::{self, Policy};
+use sluice_common::beneath;
+use sluice_inspect::policy;
 use sluice_inspect::Refusal;
 use sluice_protocol::manifest::Entry;
 
+use crate::content_policy::ContentPolicy;
 use crate::context::{self, Context};
 use crate::failure::Failure;
 use crate::object::ObjectKey;
@@ -126,12 +127,10 @@ pub(crate) fn pass(ctx: &Context, e: &Entry, staged: StagedFile) -> Result<Stage
     let Some(gate) = &ctx.gate else {
         return Ok(staged);
     };
-    let Err(refusal) = gate.check(ctx, e, &staged) else {
+    let Err(refusal) = check(gate, ctx, e, &staged) else {
         return Ok(staged);
     };
-    let quarantined = gate
-        .quarantine(ctx, e, &staged, &refusal)
-        .map_err(|err| err.to_string());
+    let quarantined = quarantine(gate, ctx, e, &staged, &refusal).map_err(|err| err.to_string());
     if quarantined.is_err() {
         staged.discard(ctx);
     }
@@ -141,163 +140,72 @@ pub(crate) fn pass(ctx: &Context, e: &Entry, staged: StagedFile) -> Result<Stage
     })
 }
 
-/// The policy and the quarantine directory, opened at start.
-#[derive(Debug)]
-pub(crate) struct Gate {
-    pub policy: Policy,
-    pub quarantine: Dir,
-    /// The quarantine directory as configured, for messages.
-    pub quarantine_path: PathBuf,
+/// Every check of the policy on the staged file of entry `e`.
+fn check(
+    gate: &ContentPolicy,
+    ctx: &Context,
+    e: &Entry,
+    staged: &StagedFile,
+) -> Result<(), Refusal> {
+    gate.policy.check_name_and_size(&e.path, e.size)?;
+    let mut file = ctx.state.staging().open_file(staged.name())?;
+    gate.policy.inspect(&mut file, &e.path, e.size)?;
+    if let Some(command) = gate.policy.scan_command() {
+        // The scanner opens the very file this fd holds, whatever happens to names.
+        let by_fd = format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd());
+        policy::run_scanner(command, Path::new(&by_fd))?;
+    }
+    Ok(())
 }
 
-impl Gate {
-    /// Loads `policy_path` and opens (creating, mode 0700) its quarantine directory, which may
-    /// not lie inside `out` (a refused file would be published there).
-    /// `out` is `None` when the receiver delivers to an object store (nothing to contain).
-    pub fn open(policy_path: &Path, out: Option<&Path>) -> Result<Gate, String> {
-        let policy = Policy::load(policy_path)?;
-        let quarantine_path = policy.quarantine.clone();
-        let existed = quarantine_path.exists();
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&quarantine_path)
-            .map_err(|e| {
-                format!(
-                    "cannot create quarantine {}: {e}",
-                    quarantine_path.display()
-                )
-            })?;
-        let nested = match out {
-            Some(out) => {
-                let (q, o) = (
-                    quarantine_path.canonicalize().map_err(|e| e.to_string())?,
-                    out.canonicalize().map_err(|e| e.to_string())?,
-                );
-                (q.starts_with(&o) || o.starts_with(&q)).then_some(out)
-            }
-            None => None,
-        };
-        if let Some(out) = nested {
-            if !existed {
-                let _ = std::fs::remove_dir(&quarantine_path);
-            }
-            return Err(format!(
-                "quarantine {} and --out {} must not contain each other",
-                quarantine_path.display(),
-                out.display()
-            ));
+/// Moves a refused staged file to `quarantine/<e.path>` (mode 0600) and writes the reason
+/// beside it. Returns where it went, for the log.
+fn quarantine(
+    gate: &ContentPolicy,
+    ctx: &Context,
+    e: &Entry,
+    staged: &StagedFile,
+    reason: &Refusal,
+) -> io::Result<PathBuf> {
+    let components: Vec<&str> = e.path.split('/').collect();
+    let Some((name, parents)) = components.split_last() else {
+        return Err(io::Error::other("empty path"));
+    };
+    let (dir, _) = match parents {
+        [] => (gate.quarantine.try_clone()?, 0),
+        parents => gate
+            .quarantine
+            .walk(parents, Some(0o700), &gate.quarantine_path)
+            .map_err(io::Error::other)?,
+    };
+    beneath::set_mode(staged.file(), 0o600)?;
+    if let Err(err) = ctx.state.staging().rename(staged.name(), &dir, name) {
+        // Another file system: copy through the fd, then drop the staged file.
+        if err.raw_os_error() != Some(rustix::io::Errno::XDEV.raw_os_error()) {
+            return Err(err);
         }
-        let quarantine = Dir::open(&quarantine_path)
-            .map_err(|e| format!("cannot open quarantine {}: {e}", quarantine_path.display()))?;
-        Ok(Gate {
-            policy,
-            quarantine,
-            quarantine_path,
-        })
-    }
-
-    /// Every check of the policy on the staged file of entry `e`.
-    pub fn check(&self, ctx: &Context, e: &Entry, staged: &StagedFile) -> Result<(), Refusal> {
-        self.policy.check_name_and_size(&e.path, e.size)?;
-        let mut file = ctx.state.staging().open_file(staged.name())?;
-        self.policy.inspect(&mut file, &e.path, e.size)?;
-        if let Some(command) = self.policy.scan_command() {
-            // The scanner opens the very file this fd holds, whatever happens to names.
-            let by_fd = format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd());
-            policy::run_scanner(command, Path::new(&by_fd))?;
-        }
-        Ok(())
-    }
-
-    /// Moves a refused staged file to `quarantine/<e.path>` (mode 0600) and writes the reason
-    /// beside it. Returns where it went, for the log.
-    fn quarantine(
-        &self,
-        ctx: &Context,
-        e: &Entry,
-        staged: &StagedFile,
-        reason: &Refusal,
-    ) -> io::Result<PathBuf> {
-        let components: Vec<&str> = e.path.split('/').collect();
-        let Some((name, parents)) = components.split_last() else {
-            return Err(io::Error::other("empty path"));
-        };
-        let (dir, _) = match parents {
-            [] => (self.quarantine.try_clone()?, 0),
-            parents => self
-                .quarantine
-                .walk(parents, Some(0o700), &self.quarantine_path)
-                .map_err(io::Error::other)?,
-        };
-        beneath::set_mode(staged.file(), 0o600)?;
-        if let Err(err) = ctx.state.staging().rename(staged.name(), &dir, name) {
-            // Another file system: copy through the fd, then drop the staged file.
-            if err.raw_os_error() != Some(rustix::io::Errno::XDEV.raw_os_error()) {
-                return Err(err);
-            }
-            let temporary = format!(".{name}.sluice-new");
-            let _ = dir.remove_file(&temporary);
-            let mut copy = dir.create_file(&temporary, 0o600)?;
-            let mut from = ctx.state.staging().open_file(staged.name())?;
-            io::copy(&mut from, &mut copy)?;
-            copy.sync_all()?;
-            dir.rename(&temporary, &dir, name)?;
-            let _ = ctx.state.staging().remove_file(staged.name());
-        }
-        let reason_name = format!("{name}.reason");
-        let temporary = format!(".{reason_name}.sluice-new");
+        let temporary = format!(".{name}.sluice-new");
         let _ = dir.remove_file(&temporary);
-        let mut file = dir.create_file(&temporary, 0o600)?;
-        writeln!(
-            file,
-            "refused: {reason}\npath: {}\nsize: {}\nsha256: {}\ntime: {}",
-            e.path,
-            e.size,
-            hex::encode(e.sha256),
-            humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-        )?;
-        file.sync_all()?;
-        dir.rename(&temporary, &dir, &reason_name)?;
-        Ok(self.quarantine_path.join(&e.path))
+        let mut copy = dir.create_file(&temporary, 0o600)?;
+        let mut from = ctx.state.staging().open_file(staged.name())?;
+        io::copy(&mut from, &mut copy)?;
+        copy.sync_all()?;
+        dir.rename(&temporary, &dir, name)?;
+        let _ = ctx.state.staging().remove_file(staged.name());
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_quarantine_inside_out_or_around_it_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("out");
-        std::fs::create_dir_all(&out).unwrap();
-        let policy = dir.path().join("policy.toml");
-        for (quarantine, ok) in [
-            (out.join("q"), false),
-            (dir.path().to_path_buf(), false),
-            (dir.path().join("q"), true),
-        ] {
-            std::fs::write(
-                &policy,
-                format!("quarantine = {:?}\n", quarantine.display().to_string()),
-            )
-            .unwrap();
-            let opened = Gate::open(&policy, Some(&out));
-            assert_eq!(opened.is_ok(), ok, "{}: {opened:?}", quarantine.display());
-            if let Err(e) = opened {
-                assert!(e.contains("must not contain each other"), "{e}");
-            }
-        }
-        assert!(
-            !out.join("q").exists(),
-            "a refused quarantine is not left in --out"
-        );
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join("q"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o700);
-    }
+    let reason_name = format!("{name}.reason");
+    let temporary = format!(".{reason_name}.sluice-new");
+    let _ = dir.remove_file(&temporary);
+    let mut file = dir.create_file(&temporary, 0o600)?;
+    writeln!(
+        file,
+        "refused: {reason}\npath: {}\nsize: {}\nsha256: {}\ntime: {}",
+        e.path,
+        e.size,
+        hex::encode(e.sha256),
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+    )?;
+    file.sync_all()?;
+    dir.rename(&temporary, &dir, &reason_name)?;
+    Ok(gate.quarantine_path.join(&e.path))
 }

@@ -39,6 +39,7 @@
 //! The binary is [`main_with_args`]; tests and other programs drive [`Receiver`] in-process.
 
 pub mod cli;
+mod content_policy;
 mod context;
 pub mod counters;
 mod delivery;
@@ -168,8 +169,11 @@ impl Receiver {
         let gate = match &options.policy {
             None => None,
             Some(path) => Some(
-                gate::Gate::open(path, out.as_ref().map(|_| options.out.as_path()))
-                    .map_err(|e| usage(format!("--policy: {e}")))?,
+                content_policy::ContentPolicy::open(
+                    path,
+                    out.as_ref().map(|_| options.out.as_path()),
+                )
+                .map_err(|e| usage(format!("--policy: {e}")))?,
             ),
         };
         let state_path = options.state_dir();

@@ -1,6 +1,8 @@
 //! The content-policy gate (`--policy`): every file, verified and staged, is checked before
-//! it is placed in `--out`; one that fails goes to the quarantine directory instead, mode
-//! 0600, under its relative path, with `NAME.reason` beside it saying which rule refused it.
+//! it is placed in `--out`; one that fails goes to the quarantine instead, under its relative
+//! path, with `NAME.reason` beside it saying which rule refused it: a directory (mode 0600
+//! files), or a prefix in an object store (the reason also in the object's `sluice-refused`
+//! metadata).
 //!
 //! Checks run cheapest first (`sluice_inspect::policy`): name rules and size, then the type by
 //! content and its inspector, then the external scanner, each on the staged file through the
@@ -12,16 +14,18 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sluice_common::beneath;
+use object_store::{Attribute, Attributes};
+use sluice_common::beneath::{self, Dir};
 use sluice_inspect::policy;
 use sluice_inspect::Refusal;
 use sluice_protocol::manifest::Entry;
 
-use crate::content_policy::ContentPolicy;
+use crate::content_policy::{ContentPolicy, Quarantine};
 use crate::context::{self, Context};
 use crate::failure::Failure;
 use crate::object::ObjectKey;
 use crate::publish::{Signed, StagedFile};
+use crate::s3_upload::Uploader;
 
 /// Threads that inspect files at once, whatever the worker count: one slow file (a large
 /// archive, a scanner near its timeout) then holds back only itself.
@@ -158,8 +162,7 @@ fn check(
     Ok(())
 }
 
-/// Moves a refused staged file to `quarantine/<e.path>` (mode 0600) and writes the reason
-/// beside it. Returns where it went, for the log.
+/// Puts a refused staged file in the quarantine, with the reason beside it.
 fn quarantine(
     gate: &ContentPolicy,
     ctx: &Context,
@@ -167,15 +170,96 @@ fn quarantine(
     staged: &StagedFile,
     reason: &Refusal,
 ) -> io::Result<PathBuf> {
+    let reason = format!(
+        "refused: {reason}\npath: {}\nsize: {}\nsha256: {}\ntime: {}\n",
+        e.path,
+        e.size,
+        hex::encode(e.sha256),
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+    );
+    match &gate.quarantine {
+        Quarantine::Dir { dir, path } => quarantine_in_dir(dir, path, ctx, e, staged, &reason),
+        Quarantine::Store(uploader) => quarantine_in_store(uploader, ctx, e, staged, &reason),
+    }
+}
+
+/// Uploads a refused staged file to `PREFIX/<e.path>` and its reason to
+/// `PREFIX/<e.path>.reason` (one try: a store that is down costs the quarantined copy, never
+/// the refusal), then drops the staged file.
+fn quarantine_in_store(
+    uploader: &Uploader,
+    ctx: &Context,
+    e: &Entry,
+    staged: &StagedFile,
+    reason: &str,
+) -> io::Result<PathBuf> {
+    let target = uploader.target();
+    let key = |path: &str| target.key(path).map_err(io::Error::other);
+    let (file_key, reason_key) = (key(&e.path)?, key(&format!("{}.reason", e.path))?);
+    let attributes = |refused: &str| {
+        Attributes::from_iter([
+            (
+                Attribute::Metadata("sluice-refused".into()),
+                refused.to_string(),
+            ),
+            (
+                Attribute::Metadata("sluice-sha256".into()),
+                hex::encode(e.sha256),
+            ),
+        ])
+    };
+    let first_line = reason.lines().next().unwrap_or_default();
+    // Metadata travels in HTTP headers: printable ASCII only.
+    let refused: String = first_line
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(1024)
+        .collect();
+    let file = ctx.state.staging().open_file(staged.name())?;
+    uploader
+        .upload(
+            ctx.state.records(),
+            &file,
+            e.size,
+            &file_key,
+            attributes(&refused),
+        )
+        .and_then(|()| {
+            uploader.put(
+                &reason_key,
+                reason.as_bytes().to_vec(),
+                attributes(&refused),
+            )
+        })
+        .map_err(|attempt| io::Error::other(attempt.to_string()))?;
+    let _ = ctx.state.staging().remove_file(staged.name());
+    Ok(PathBuf::from(format!("s3://{}/{file_key}", target.bucket)))
+}
+
+/// Moves a refused staged file to `quarantine/<e.path>` (mode 0600) and writes the reason
+/// beside it (`<name>.reason`).
+fn quarantine_in_dir(
+    quarantine: &Dir,
+    quarantine_path: &Path,
+    ctx: &Context,
+    e: &Entry,
+    staged: &StagedFile,
+    reason: &str,
+) -> io::Result<PathBuf> {
     let components: Vec<&str> = e.path.split('/').collect();
     let Some((name, parents)) = components.split_last() else {
         return Err(io::Error::other("empty path"));
     };
     let (dir, _) = match parents {
-        [] => (gate.quarantine.try_clone()?, 0),
-        parents => gate
-            .quarantine
-            .walk(parents, Some(0o700), &gate.quarantine_path)
+        [] => (quarantine.try_clone()?, 0),
+        parents => quarantine
+            .walk(parents, Some(0o700), quarantine_path)
             .map_err(io::Error::other)?,
     };
     beneath::set_mode(staged.file(), 0o600)?;
@@ -197,15 +281,8 @@ fn quarantine(
     let temporary = format!(".{reason_name}.sluice-new");
     let _ = dir.remove_file(&temporary);
     let mut file = dir.create_file(&temporary, 0o600)?;
-    writeln!(
-        file,
-        "refused: {reason}\npath: {}\nsize: {}\nsha256: {}\ntime: {}",
-        e.path,
-        e.size,
-        hex::encode(e.sha256),
-        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-    )?;
+    file.write_all(reason.as_bytes())?;
     file.sync_all()?;
     dir.rename(&temporary, &dir, &reason_name)?;
-    Ok(gate.quarantine_path.join(&e.path))
+    Ok(quarantine_path.join(&e.path))
 }

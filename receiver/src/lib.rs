@@ -55,6 +55,7 @@ pub mod outcome;
 mod publish;
 mod publisher;
 mod records;
+mod s3_upload;
 pub mod segment;
 mod sink;
 pub mod state;
@@ -168,13 +169,21 @@ impl Receiver {
         };
         let gate = match &options.policy {
             None => None,
-            Some(path) => Some(
-                content_policy::ContentPolicy::open(
-                    path,
-                    out.as_ref().map(|_| options.out.as_path()),
-                )
-                .map_err(|e| usage(format!("--policy: {e}")))?,
-            ),
+            Some(path) => {
+                let delivered = match &store {
+                    Some(store) => content_policy::Out::Store(&store.target),
+                    None => content_policy::Out::Dir(&options.out),
+                };
+                let gate = content_policy::ContentPolicy::open(path, delivered, &options.s3)
+                    .map_err(|e| usage(format!("--policy: {e}")))?;
+                // A quarantine in a store is checked as --out is, before the link is opened.
+                if let Some(quarantine) = gate.store() {
+                    s3::probe(quarantine.target(), &options.s3)
+                        .await
+                        .map_err(|e| usage(format!("--policy: quarantine {e}")))?;
+                }
+                Some(gate)
+            }
         };
         let state_path = options.state_dir();
         let state = match &out {

@@ -169,6 +169,9 @@ impl Inspecting {
 impl Publisher {
     fn run(&mut self, jobs: &flume::Receiver<PublishJob>) {
         self.sink.start(&self.ctx);
+        if let Some(quarantine) = self.ctx.gate.as_ref().and_then(|gate| gate.store()) {
+            quarantine.abort_unfinished(self.ctx.state.records());
+        }
         let mut jobs_open = true;
         while let Some(next) = self.next(jobs, &mut jobs_open) {
             match next {

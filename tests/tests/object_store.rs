@@ -433,3 +433,66 @@ fn a_receiver_stopped_while_the_store_is_down_uploads_at_its_next_start() {
     assert!(stored["landing/eval.bin"].bytes == content, "{}", next.log);
     assert_eq!(garage.unfinished_multipart_uploads(), 0);
 }
+
+#[test]
+#[ignore = "needs Garage, a test S3 server (./test.sh installs it and runs this)"]
+fn a_refused_file_goes_to_a_quarantine_in_the_store_never_to_the_delivered_prefix() {
+    let garage = Garage::start("sluice-in");
+    let s = Setup::new();
+    let root = s.src.join("models");
+    std::fs::create_dir_all(&root).unwrap();
+    // A pickle that would run `os.system("id")` when loaded, and a harmless file beside it.
+    let evil = b"\x80\x02cposix\nsystem\nX\x02\x00\x00\x00id\x85R.".to_vec();
+    std::fs::write(root.join("evil.pkl"), &evil).unwrap();
+    std::fs::write(root.join("notes.txt"), b"fine\n").unwrap();
+    let policy = s.tmp.path().join("policy.toml");
+    std::fs::write(&policy, "quarantine = \"s3://sluice-in/quarantine\"\n").unwrap();
+    let port = free_udp_port();
+    let to: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut recv = receiver(&s, &garage, "s3://sluice-in/landing", port, |cmd| {
+        cmd.arg("--policy").arg(&policy);
+    });
+    binaries::wait_bound(&mut recv, to, Duration::from_secs(30));
+    let sent = s.send(to, &["--rate", "20MB"], &[&root], Duration::from_secs(60));
+    assert_exit(&sent, 0, "sluice-send");
+    let got = recv.finish(Duration::from_secs(60));
+    assert_exit(&got, 3, "sluice-recv");
+    assert!(
+        got.log
+            .contains("quarantined: s3://sluice-in/quarantine/models/evil.pkl"),
+        "{}",
+        got.log
+    );
+    assert_eq!(
+        garage.sizes("landing").into_keys().collect::<Vec<_>>(),
+        ["landing/models/notes.txt"]
+    );
+    let quarantined = garage.objects("quarantine");
+    let object = &quarantined["quarantine/models/evil.pkl"];
+    assert!(object.bytes == evil);
+    assert!(
+        object
+            .metadata
+            .get("sluice-refused")
+            .is_some_and(|r| r.contains("posix.system")),
+        "{:?}",
+        object.metadata
+    );
+    let reason = String::from_utf8_lossy(&quarantined["quarantine/models/evil.pkl.reason"].bytes)
+        .into_owned();
+    assert!(reason.contains("pickle imports posix.system"), "{reason}");
+    assert!(reason.contains(&sha256_hex(&evil)), "{reason}");
+
+    // A quarantine inside the delivered prefix is refused at start.
+    std::fs::write(&policy, "quarantine = \"s3://sluice-in/landing/q\"\n").unwrap();
+    let nested = receiver(&s, &garage, "s3://sluice-in/landing", port, |cmd| {
+        cmd.arg("--policy").arg(&policy);
+    })
+    .finish(Duration::from_secs(60));
+    assert_exit(&nested, 2, "sluice-recv");
+    assert!(
+        nested.log.contains("must not contain each other"),
+        "{}",
+        nested.log
+    );
+}

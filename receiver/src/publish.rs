@@ -20,6 +20,7 @@
 //! the receiver's umask; a directory that existed before keeps its mode unless this receiver
 //! delivered it. Content is read through one buffer, so memory does not depend on file size.
 
+use std::sync::Arc;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
@@ -29,6 +30,7 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 use sluice_common::beneath::{self, Dir, Kind, WalkError};
+use sluice_common::keys::KeyId;
 use sluice_common::paths::{self, PathError};
 use sluice_protocol::manifest::{Entry, EntryKind};
 
@@ -242,14 +244,16 @@ pub(crate) struct Published {
     pub created_dirs: Vec<(String, Delivery)>,
 }
 
-/// Who made an entry and when: what its delivery record keeps besides the entry itself.
-#[derive(Debug, Clone, Copy)]
+/// Who made an entry and when: what its delivery record keeps besides the entry itself, and
+/// the approvers the receiver counted for it (with `--approval-policy`; a sink may show them).
+#[derive(Debug, Clone)]
 pub(crate) struct Signed {
     pub signer: u64,
     pub sequence: u64,
+    pub approvers: Arc<[KeyId]>,
 }
 
-fn delivery(ctx: &Context, e: &Entry, signed: Signed, entry: beneath::Entry) -> Delivery {
+fn delivery(ctx: &Context, e: &Entry, signed: &Signed, entry: beneath::Entry) -> Delivery {
     let dir = e.kind == EntryKind::Directory;
     Delivery {
         signer: signed.signer,
@@ -269,7 +273,7 @@ fn delivery(ctx: &Context, e: &Entry, signed: Signed, entry: beneath::Entry) -> 
 pub(crate) fn publish_dir(
     ctx: &Context,
     e: &Entry,
-    signed: Signed,
+    signed: &Signed,
     dirs: &mut DirCache,
 ) -> Result<Published, Failure> {
     check_path(ctx, &e.path)?;
@@ -413,7 +417,7 @@ pub(crate) fn place(
     ctx: &Context,
     staged: StagedFile,
     e: &Entry,
-    signed: Signed,
+    signed: &Signed,
     dirs: &mut DirCache,
 ) -> Result<Published, Failure> {
     let placed = (|| {
@@ -690,7 +694,7 @@ pub(crate) fn already_delivered(ctx: &Context, e: &Entry) -> bool {
 
 /// An entry older than what this receiver delivered at its path for the same signer: a
 /// replay that would roll the file back.
-pub(crate) fn check_fresh(ctx: &Context, path: &str, signed: Signed) -> Result<(), Failure> {
+pub(crate) fn check_fresh(ctx: &Context, path: &str, signed: &Signed) -> Result<(), Failure> {
     match ctx.state.records().sequence(signed.signer, path) {
         Ok(Some(delivered)) if signed.sequence < delivered => Err(Failure::Stale),
         Ok(_) => Ok(()),
@@ -738,10 +742,13 @@ mod tests {
         }
     }
 
-    const SIGNED: Signed = Signed {
-        signer: 1,
-        sequence: 1,
-    };
+    fn signed() -> Signed {
+        Signed {
+            signer: 1,
+            sequence: 1,
+            approvers: Arc::new([]),
+        }
+    }
 
     #[test]
     fn directories_made_by_a_run_that_stopped_before_its_commit_are_still_ours() {
@@ -762,7 +769,7 @@ mod tests {
                 let published = publish_dir(
                     &ctx,
                     &directory(path, 0o750, 1_600_000_000),
-                    SIGNED,
+                    &signed(),
                     &mut dirs,
                 )
                 .unwrap();

@@ -24,6 +24,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use sluice_common::approval;
+use sluice_common::keys::KeyId;
 use sluice_protocol::manifest::{EntryKind, Manifest};
 
 use crate::context::{self, Context};
@@ -262,11 +264,12 @@ impl Publisher {
                 let signed = Signed {
                     signer,
                     sequence: manifest.sequence,
+                    approvers: self.approvers(&manifest),
                 };
                 if manifest.is_inline() {
-                    self.publish_inline(obj, &manifest, signed, &inline);
+                    self.publish_inline(obj, &manifest, &signed, &inline);
                 } else {
-                    self.publish_segmented(obj, &manifest, signed, check_existing);
+                    self.publish_segmented(obj, &manifest, &signed, check_existing);
                 }
             }
             PublishJob::Discard { obj, remove_state } => {
@@ -327,9 +330,18 @@ impl Publisher {
         }
     }
 
+    /// The approvers the receiver counts for `manifest` under `--approval-policy` (the delivery
+    /// core let it through only if they make a quorum); none without one.
+    fn approvers(&self, manifest: &Manifest) -> Arc<[KeyId]> {
+        match (&self.ctx.approval, &manifest.approval) {
+            (Some(policy), Some(carried)) => approval::approvers_of(policy, carried).into(),
+            _ => Arc::new([]),
+        }
+    }
+
     /// The authoritative freshness check of an entry: the records, and this batch not yet
     /// committed.
-    fn check_fresh(&self, path: &str, signed: Signed) -> Result<(), Failure> {
+    fn check_fresh(&self, path: &str, signed: &Signed) -> Result<(), Failure> {
         let pending = self
             .pending_sequences
             .get(&(signed.signer, path.to_string()))
@@ -344,7 +356,7 @@ impl Publisher {
     fn published(
         &mut self,
         path: &str,
-        signed: Signed,
+        signed: &Signed,
         placed: Placed,
         finished: &mut Finished,
     ) -> u64 {
@@ -364,7 +376,7 @@ impl Publisher {
         &mut self,
         obj: ObjectKey,
         manifest: &Manifest,
-        signed: Signed,
+        signed: &Signed,
         check_existing: bool,
     ) {
         let content = self.hashing.remove(&obj);
@@ -397,7 +409,7 @@ impl Publisher {
                     obj,
                     index: 0,
                     entry: e.clone(),
-                    signed,
+                    signed: signed.clone(),
                     staged,
                 };
                 match inspectors.submit(inspection, &self.ctx) {
@@ -440,7 +452,7 @@ impl Publisher {
         &mut self,
         obj: ObjectKey,
         manifest: &Manifest,
-        signed: Signed,
+        signed: &Signed,
         inline: &[u8],
     ) {
         let mut outcomes = Vec::with_capacity(manifest.entries.len());
@@ -501,7 +513,7 @@ impl Publisher {
                         obj,
                         index: i,
                         entry: e.clone(),
-                        signed,
+                        signed: signed.clone(),
                         staged: file,
                     };
                     match inspectors.submit(inspection, &self.ctx) {
@@ -544,8 +556,8 @@ impl Publisher {
             verdict,
         } = inspected;
         // Something newer for the path may have been placed while this file was inspected.
-        let placed = verdict.and_then(|staged| match self.check_fresh(&entry.path, signed) {
-            Ok(()) => self.sink.place(&self.ctx, staged, &entry, signed),
+        let placed = verdict.and_then(|staged| match self.check_fresh(&entry.path, &signed) {
+            Ok(()) => self.sink.place(&self.ctx, staged, &entry, &signed),
             Err(failure) => {
                 staged.discard(&self.ctx);
                 Err(failure)
@@ -557,7 +569,7 @@ impl Publisher {
         match placed {
             Ok(published) => {
                 inspecting.bytes +=
-                    self.published(&entry.path, signed, published, &mut inspecting.finished);
+                    self.published(&entry.path, &signed, published, &mut inspecting.finished);
                 inspecting.entries.push(EntryOutcome::Delivered(index));
             }
             // A segmented file fails as an object, as it would have without the gate's

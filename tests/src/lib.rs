@@ -13,6 +13,7 @@ pub mod binaries;
 pub mod forge;
 pub mod garage;
 pub mod harness;
+pub mod minisign;
 pub mod producer;
 pub mod qemu;
 pub mod relay;

@@ -10,6 +10,9 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use sluice_tests::binaries::binaries;
+use sluice_tests::minisign::{
+    key_id, key_line, keypair as minisign_keypair, sign as minisign_sign,
+};
 use sluice_tests::require;
 
 fn run(cmd: &mut Command) -> Output {
@@ -28,34 +31,6 @@ fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
-}
-
-/// A minisign key pair without a password, made by Debian's minisign.
-fn minisign_keypair(dir: &Path, name: &str) {
-    let out = run(Command::new("minisign")
-        .current_dir(dir)
-        .args(["-G", "-W", "-p"])
-        .arg(format!("{name}.pub"))
-        .arg("-s")
-        .arg(format!("{name}.key")));
-    assert!(out.status.success(), "minisign -G: {}", text(&out));
-}
-
-fn minisign_sign(dir: &Path, key: &str, request: &str, sig: &str) {
-    let out = run(Command::new("minisign")
-        .current_dir(dir)
-        .args(["-S", "-s", key, "-m", request, "-x", sig]));
-    assert!(out.status.success(), "minisign -S: {}", text(&out));
-}
-
-/// The base64 key line of a minisign public key file.
-fn key_line(dir: &Path, name: &str) -> String {
-    std::fs::read_to_string(dir.join(format!("{name}.pub")))
-        .unwrap()
-        .lines()
-        .nth(1)
-        .unwrap()
-        .to_string()
 }
 
 #[test]
@@ -214,13 +189,6 @@ fn an_expired_request_is_refused_whatever_its_approvals() {
 /// The key id of a minisign public key file (its comment ends with it) as Sluice prints ids:
 /// 16 hex digits. Stock minisign drops leading zeros (`5AC3CCD17626569` for
 /// `05AC3CCD17626569`), so the id is read as a number.
-fn key_id(dir: &Path, name: &str) -> String {
-    let text = std::fs::read_to_string(dir.join(format!("{name}.pub"))).unwrap();
-    let id = text.lines().next().unwrap().rsplit(' ').next().unwrap();
-    let id = u64::from_str_radix(id, 16).unwrap_or_else(|e| panic!("{e}: {text}"));
-    format!("{id:016X}")
-}
-
 /// The audit records of `log` whose event is `event`.
 fn audit_records(log: &Path, event: &str) -> Vec<serde_json::Value> {
     std::fs::read_to_string(log)

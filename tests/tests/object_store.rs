@@ -496,3 +496,73 @@ fn a_refused_file_goes_to_a_quarantine_in_the_store_never_to_the_delivered_prefi
         nested.log
     );
 }
+
+#[test]
+#[ignore = "needs Garage and minisign (./test.sh installs them and runs this)"]
+fn an_approved_export_lands_in_the_store_naming_its_approvers() {
+    use sluice_tests::minisign;
+    let garage = Garage::start("sluice-out");
+    let s = Setup::new();
+    let dir = s.tmp.path();
+    for name in ["alice", "bob"] {
+        minisign::keypair(dir, name);
+    }
+    let report = s.src.join("report");
+    std::fs::create_dir_all(&report).unwrap();
+    std::fs::write(report.join("eval.json"), b"{\"accuracy\": 0.91}").unwrap();
+    let policy = dir.join("approvals.toml");
+    std::fs::write(
+        &policy,
+        "threshold = 2\napprovers = [\"alice.pub\", \"bob.pub\"]\n",
+    )
+    .unwrap();
+    let made = Command::new(&binaries::binaries().approve)
+        .current_dir(dir)
+        .arg("request")
+        .arg(&report)
+        .args(["--purpose", "eval", "--out", "req.toml"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    for name in ["alice", "bob"] {
+        let sig = format!("req.toml.{name}.minisig");
+        minisign::sign(dir, &format!("{name}.key"), "req.toml", &sig);
+    }
+    let port = free_udp_port();
+    let to: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut recv = receiver(&s, &garage, "s3://sluice-out/exports", port, |cmd| {
+        cmd.arg("--approval-policy").arg(&policy);
+    });
+    binaries::wait_bound(&mut recv, to, Duration::from_secs(30));
+    let (request, policy_arg) = (dir.join("req.toml"), policy.to_str().unwrap());
+    let sent = s.send(
+        to,
+        &[
+            "--approval",
+            request.to_str().unwrap(),
+            "--approval-policy",
+            policy_arg,
+            "--rate",
+            "10MB",
+        ],
+        &[&report],
+        Duration::from_secs(60),
+    );
+    assert_exit(&sent, 0, "sluice-send");
+    let got = recv.finish(Duration::from_secs(60));
+    assert_exit(&got, 0, "sluice-recv");
+    let stored = garage.objects("exports");
+    let object = &stored["exports/report/eval.json"];
+    assert_eq!(object.bytes, b"{\"accuracy\": 0.91}");
+    let mut named: Vec<String> = object
+        .metadata
+        .get("sluice-approvers")
+        .unwrap_or_else(|| panic!("{:?}", object.metadata))
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    named.sort();
+    let mut approvers = vec![minisign::key_id(dir, "alice"), minisign::key_id(dir, "bob")];
+    approvers.sort();
+    assert_eq!(named, approvers);
+}

@@ -55,13 +55,13 @@ impl Sink for DirSink {
         ctx: &Context,
         staged: StagedFile,
         e: &Entry,
-        signed: Signed,
+        signed: &Signed,
     ) -> Result<Placed, Failure> {
         let published = publish::place(ctx, staged, e, signed, &mut self.dirs)?;
         Ok(self.placed(e, published))
     }
 
-    fn place_dir(&mut self, ctx: &Context, e: &Entry, signed: Signed) -> Result<Placed, Failure> {
+    fn place_dir(&mut self, ctx: &Context, e: &Entry, signed: &Signed) -> Result<Placed, Failure> {
         let published = publish::publish_dir(ctx, e, signed, &mut self.dirs)?;
         Ok(self.placed(e, published))
     }

@@ -53,11 +53,11 @@ pub(crate) trait Sink: Send + std::fmt::Debug {
         ctx: &Context,
         staged: StagedFile,
         e: &Entry,
-        signed: Signed,
+        signed: &Signed,
     ) -> Result<Placed, Failure>;
 
     /// Places a directory entry.
-    fn place_dir(&mut self, ctx: &Context, e: &Entry, signed: Signed) -> Result<Placed, Failure>;
+    fn place_dir(&mut self, ctx: &Context, e: &Entry, signed: &Signed) -> Result<Placed, Failure>;
 
     /// Makes what was placed since the last commit durable: called before its records are
     /// written, so a delivery is recorded only once it would survive a crash.

@@ -4,7 +4,8 @@
 //! the multipart journal that lets a crash leave nothing behind: `s3_upload`).
 //!
 //! Each object carries its SHA-256 and where it came from as user metadata (`sluice-sha256`,
-//! `sluice-signer`, `sluice-sequence`, `sluice-mode`, `sluice-mtime`). Directories are not
+//! `sluice-signer`, `sluice-sequence`, `sluice-mode`, `sluice-mtime`, and with
+//! `--approval-policy` `sluice-approvers`: the key IDs of the approvers counted). Directories are not
 //! objects: S3 prefixes need no creating. "Already there" and freshness are decided from the
 //! receiver's records alone, never by reading the store. At start, the multipart uploads an
 //! earlier run left unfinished are aborted; the files they were for are still complete in the
@@ -73,7 +74,7 @@ impl S3Sink {
         ctx: &Context,
         staged: &StagedFile,
         e: &Entry,
-        signed: Signed,
+        signed: &Signed,
         key: &Key,
     ) -> Result<(), Failure> {
         let mut pause = FIRST_PAUSE;
@@ -134,10 +135,10 @@ impl S3Sink {
         ctx: &Context,
         staged: &StagedFile,
         e: &Entry,
-        signed: Signed,
+        signed: &Signed,
         key: &Key,
     ) -> Result<(), Attempt> {
-        let attributes = Attributes::from_iter([
+        let mut attributes = Attributes::from_iter([
             (Attribute::Metadata("sluice-sha256".into()), hex(&e.sha256)),
             (
                 Attribute::Metadata("sluice-signer".into()),
@@ -156,6 +157,13 @@ impl S3Sink {
                 format!("{}.{:09}", e.mtime_secs, e.mtime_nanos),
             ),
         ]);
+        if !signed.approvers.is_empty() {
+            let ids: Vec<String> = signed.approvers.iter().map(ToString::to_string).collect();
+            attributes.insert(
+                Attribute::Metadata("sluice-approvers".into()),
+                ids.join(",").into(),
+            );
+        }
         // The staged file was written through a write-only fd: read it through a new one.
         let file = ctx
             .state
@@ -172,7 +180,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// The record of an entry placed in the store (no inode: a store has none).
-fn delivery(ctx: &Context, e: &Entry, signed: Signed) -> Delivery {
+fn delivery(ctx: &Context, e: &Entry, signed: &Signed) -> Delivery {
     let directory = e.kind == EntryKind::Directory;
     Delivery {
         signer: signed.signer,
@@ -207,7 +215,7 @@ impl Sink for S3Sink {
         ctx: &Context,
         staged: StagedFile,
         e: &Entry,
-        signed: Signed,
+        signed: &Signed,
     ) -> Result<Placed, Failure> {
         let uploaded = publish::check_path(ctx, &e.path)
             .and_then(|()| {
@@ -235,7 +243,7 @@ impl Sink for S3Sink {
         })
     }
 
-    fn place_dir(&mut self, ctx: &Context, e: &Entry, signed: Signed) -> Result<Placed, Failure> {
+    fn place_dir(&mut self, ctx: &Context, e: &Entry, signed: &Signed) -> Result<Placed, Failure> {
         publish::check_path(ctx, &e.path)?;
         Ok(Placed {
             bytes: 0,

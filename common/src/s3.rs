@@ -22,6 +22,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use futures::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder, Checksum};
 use object_store::path::Path as Key;
 use object_store::{BackoffConfig, ObjectStore, RetryConfig};
@@ -74,7 +75,10 @@ impl Target {
 
     /// The prefix as a key (`None` for the whole bucket).
     pub fn prefix_key(&self) -> Option<Key> {
-        (!self.prefix.is_empty()).then(|| Key::from(self.prefix.as_str()))
+        // Parsed, not built: `Key::from` would percent-encode `[`, `%`, `#`… a second time.
+        (!self.prefix.is_empty())
+            .then(|| Key::parse(&self.prefix).ok())
+            .flatten()
     }
 
     /// `s3://BUCKET/PREFIX`, for messages.
@@ -115,7 +119,8 @@ pub fn read_secret(path: &Path) -> Result<String, String> {
     let shown = path.display();
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        // Not through a symlink, and never waiting on a FIFO planted there.
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
         .open(path)
         .map_err(|e| format!("secret-access-key-file {shown}: {e}"))?;
     let meta = file
@@ -124,6 +129,13 @@ pub fn read_secret(path: &Path) -> Result<String, String> {
     if !meta.is_file() {
         return Err(format!(
             "secret-access-key-file {shown}: not a regular file"
+        ));
+    }
+    let euid = rustix::process::geteuid().as_raw();
+    if meta.uid() != euid {
+        return Err(format!(
+            "secret-access-key-file {shown}: owned by uid {}, not by this user (uid {euid})",
+            meta.uid()
         ));
     }
     if meta.mode() & 0o077 != 0 {
@@ -205,12 +217,11 @@ pub fn builder(
 pub async fn probe(target: &Target, settings: &Settings) -> Result<(), String> {
     let url = target.url();
     let store = client(target, settings, retry(Duration::from_secs(10)))?;
-    match store
-        .list_with_delimiter(target.prefix_key().as_ref())
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) => Err(format!(
+    // One page of one key: a prefix holding millions of objects is not listed at start.
+    let first = store.list(target.prefix_key().as_ref()).next().await;
+    match first {
+        None | Some(Ok(_)) => Ok(()),
+        Some(Err(e)) => Err(format!(
             "{url}: {} ({e})",
             diagnose(&e.to_string(), target, settings)
         )),
@@ -291,6 +302,24 @@ mod tests {
         assert!(read_secret(&link).is_err());
         std::fs::write(&path, "two words").unwrap();
         assert!(read_secret(&path).unwrap_err().contains("alone"));
+        // A FIFO planted there is refused, never waited on.
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        assert!(read_secret(&fifo)
+            .unwrap_err()
+            .contains("not a regular file"));
+        // Root reads any file: one another user owns is refused all the same.
+        if rustix::process::geteuid().is_root() {
+            std::fs::write(&path, "abc123").unwrap();
+            std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+            assert!(read_secret(&path)
+                .unwrap_err()
+                .contains("owned by uid 65534"));
+        }
     }
 
     #[test]

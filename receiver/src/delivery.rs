@@ -359,12 +359,16 @@ pub(crate) struct Resumed {
 
 /// What the state directory may hold: objects in progress, and their bytes on disk (each
 /// object's [`Footprint`] on a file system allocating `disk` blocks). Beyond either, the
-/// oldest incomplete objects are evicted (reported failed, their blocks removed).
+/// oldest incomplete objects are evicted (reported failed, their blocks removed). And what
+/// may wait in memory for the publisher: packs' contents and manifests to store (beyond it,
+/// new blocks wait — a publisher held up by an object store that is down never makes the
+/// receiver's memory grow).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
     pub max_objects: usize,
     pub max_state_bytes: u64,
     pub disk: Disk,
+    pub max_queued_bytes: u64,
 }
 
 impl Default for Limits {
@@ -373,11 +377,13 @@ impl Default for Limits {
             max_objects: usize::MAX,
             max_state_bytes: u64::MAX,
             disk: Disk::default(),
+            max_queued_bytes: u64::MAX,
         }
     }
 }
 
-/// A data block waiting for room on disk, with the memory it holds.
+/// A block waiting for room (on disk for a data block, in the publisher's queue for any), with
+/// the memory it holds.
 #[derive(Debug)]
 struct HeldBlock {
     block: ReadyBlock,
@@ -409,6 +415,10 @@ pub(crate) struct Delivery {
     /// still in the state directory (a store that is down can keep them there for hours).
     publishing: HashMap<ObjectKey, u64>,
     publishing_bytes: u64,
+    /// Bytes handed to the publisher in its jobs (a pack's contents, a manifest to store) and
+    /// not yet answered for, by object: memory, bounded by `max_queued_bytes`.
+    queued: HashMap<ObjectKey, u64>,
+    queued_bytes: u64,
     /// Data blocks waiting to be decoded until removals make room (see [`Self::over`]).
     held: VecDeque<HeldBlock>,
     census: Census,
@@ -678,23 +688,18 @@ impl Delivery {
             }
         }
         let drop_partial = entry.partials.contains(&(block.key.kind, block.key.index));
-        if block.key.kind == BlockKind::Manifest {
-            // Decoded in memory; storing it is charged when it is verified.
-            return self.push(Action::Decode(DecodeJob::Decode {
-                block,
-                permit,
-                drop_partial,
-            }));
+        if block.key.kind == BlockKind::Data {
+            entry.decoding.insert(block.key.index);
         }
-        entry.decoding.insert(block.key.index);
         let held = HeldBlock {
             block,
             permit,
             drop_partial,
         };
-        if self.over() {
-            // Evicted objects, or complete ones not yet placed, are still on disk: this write
-            // waits until they are gone (its permit holds back the link task meanwhile).
+        if self.must_wait(&held) {
+            // Evicted objects, or complete ones not yet placed, are still on disk, or the
+            // publisher's queue is full: this block waits (its permit holds back the link task
+            // meanwhile).
             self.held.push_back(held);
         } else {
             self.dispatch_data(held);
@@ -710,6 +715,14 @@ impl Delivery {
             permit,
             drop_partial,
         } = held;
+        if block.key.kind == BlockKind::Manifest {
+            // Decoded in memory; storing it is charged when it is verified.
+            return self.push(Action::Decode(DecodeJob::Decode {
+                block,
+                permit,
+                drop_partial,
+            }));
+        }
         let obj = ObjectKey::of(&block.key);
         let offset = u64::from(block.key.index) * u64::from(block.segment_size);
         let len = u64::from(block.segment_size.min(block.geometry.block_len));
@@ -731,15 +744,47 @@ impl Delivery {
         leaving > 0 && self.state_bytes.saturating_add(leaving) > self.limits.max_state_bytes
     }
 
-    /// Hands held blocks to the decoders while there is room.
+    /// Whether the publisher's queue holds more than `max_queued_bytes`: new blocks wait until
+    /// it is answered (a manifest block may open a pack of 8 MiB).
+    fn queue_over(&self) -> bool {
+        self.queued_bytes > self.limits.max_queued_bytes
+    }
+
+    /// Whether `held` must wait for room: a manifest for the publisher's queue, a data block
+    /// also for the disk.
+    fn must_wait(&self, held: &HeldBlock) -> bool {
+        match held.block.key.kind {
+            BlockKind::Manifest => self.queue_over(),
+            BlockKind::Data => self.queue_over() || self.over(),
+        }
+    }
+
+    /// Hands held blocks to the decoders while there is room, in arrival order.
     fn release_held(&mut self) {
-        while !self.over() {
+        while let Some(front) = self.held.front() {
+            if self.must_wait(front) {
+                return;
+            }
             let Some(held) = self.held.pop_front() else {
                 return;
             };
             if self.is_open(&ObjectKey::of(&held.block.key)) {
                 self.dispatch_data(held);
             }
+        }
+    }
+
+    /// Counts `bytes` of `obj`'s in a publisher job until the job is answered.
+    fn queue(&mut self, obj: ObjectKey, bytes: u64) {
+        *self.queued.entry(obj).or_default() += bytes;
+        self.queued_bytes = self.queued_bytes.saturating_add(bytes);
+    }
+
+    /// The publisher answered `obj`'s jobs: their bytes are no longer queued.
+    fn dequeue(&mut self, obj: ObjectKey) {
+        if let Some(bytes) = self.queued.remove(&obj) {
+            self.queued_bytes = self.queued_bytes.saturating_sub(bytes);
+            self.release_held();
         }
     }
 
@@ -828,6 +873,7 @@ impl Delivery {
             }
             Reply::ManifestStored(obj, result) => {
                 self.answered(1);
+                self.dequeue(obj);
                 if let Err(failure) = result {
                     self.fail(obj, failure);
                 }
@@ -860,6 +906,7 @@ impl Delivery {
     /// The publisher answered for `obj`: its bytes no longer wait in the state directory
     /// (placed, or removed with it), and blocks held for room may go on.
     fn publish_answered(&mut self, obj: ObjectKey) {
+        self.dequeue(obj);
         if let Some(bytes) = self.publishing.remove(&obj) {
             self.publishing_bytes = self.publishing_bytes.saturating_sub(bytes);
             self.stats.objects_publishing = self.publishing.len() as u64;
@@ -973,6 +1020,7 @@ impl Delivery {
             Ok(true) => self.publish(obj, false, Vec::new()),
             Ok(false) => {
                 let bytes = opened.envelope.len() as u64;
+                self.queue(obj, bytes);
                 self.push(Action::Publish(PublishJob::StoreManifest {
                     obj,
                     envelope: opened.envelope,
@@ -993,6 +1041,7 @@ impl Delivery {
         };
         let signer = entry.signer;
         let charged = (entry.status == Status::Open).then(|| entry.footprint.charged());
+        self.queue(obj, inline.len() as u64);
         self.close(obj, Status::Publishing);
         if let Some(bytes) = charged {
             self.publishing.insert(obj, bytes);
@@ -1677,6 +1726,7 @@ mod tests {
                 max_objects: 2,
                 max_state_bytes: 20_000,
                 disk: Disk::new(4096),
+                ..Limits::default()
             },
         );
         start(&mut d, 1);
@@ -1746,6 +1796,7 @@ mod tests {
                 max_objects: 100,
                 max_state_bytes: 1 << 30,
                 disk: Disk::new(4096),
+                ..Limits::default()
             },
         );
         arrives(&mut d, 0, SEGMENT);
@@ -1781,6 +1832,81 @@ mod tests {
         assert_eq!((d.publishing_bytes, d.stats().objects_publishing), (0, 0));
     }
 
+    /// A pack of `bytes` bytes (everything in its manifest) for object `object`.
+    fn pack_opened(d: &mut Delivery, object: u64, bytes: u64) {
+        let key = BlockKey {
+            object: ObjectId(object),
+            ..key(BlockKind::Manifest, 0)
+        };
+        let opened = Opened {
+            manifest: Manifest {
+                version: MANIFEST_VERSION,
+                session: OBJ.session,
+                object: ObjectId(object),
+                sequence: 1,
+                entries: vec![entry("f", EntryKind::File, bytes)],
+                segment_size: 0,
+                segments: Vec::new(),
+                approval: None,
+            },
+            envelope: b"envelope".to_vec(),
+            signer: KeyId(1),
+            inline: vec![0; bytes as usize],
+        };
+        let reply = Reply::Block {
+            key,
+            recovered: Some(false),
+            result: BlockResult::Manifest {
+                opened: Box::new(opened),
+                existing: false,
+            },
+        };
+        d.handle_reply(reply, Instant::now());
+    }
+
+    /// The manifest block of object `object` arrives, whole.
+    fn manifest_arrives(d: &mut Delivery, object: u64) {
+        let key = BlockKey {
+            object: ObjectId(object),
+            ..key(BlockKind::Manifest, 0)
+        };
+        link(d, LinkEvent::BlockStarted(key), false);
+        let (block, permit) = ready_in(object, BlockKind::Manifest, 0, SEGMENT);
+        link(d, LinkEvent::BlockReady(block, permit), false);
+    }
+
+    #[test]
+    fn packs_waiting_for_the_publisher_hold_back_new_blocks_beyond_the_memory_bound() {
+        let mut d = Delivery::resume(
+            Vec::new(),
+            Limits {
+                max_queued_bytes: 1000,
+                ..Limits::default()
+            },
+        );
+        manifest_arrives(&mut d, 1);
+        assert_eq!(actions(&mut d), ["decode 0"]);
+        pack_opened(&mut d, 1, 600);
+        assert_eq!(actions(&mut d), ["publish false 600"]);
+        manifest_arrives(&mut d, 2);
+        assert_eq!(actions(&mut d), ["decode 0"]);
+        pack_opened(&mut d, 2, 600);
+        assert_eq!(actions(&mut d), ["publish false 600"]);
+        // 1 200 bytes of packs wait for a publisher held up (by a store that is down): the
+        // next manifest waits too, holding its memory.
+        manifest_arrives(&mut d, 3);
+        assert!(actions(&mut d).is_empty());
+        assert_eq!(d.queued_bytes, 1200);
+        // The first pack is placed: the queue is within its bound again.
+        let first = ObjectKey::new(OBJ.session, ObjectId(1));
+        d.handle_reply(
+            committed(first, 600, vec![EntryOutcome::Delivered(0)]),
+            Instant::now(),
+        );
+        assert_eq!(actions(&mut d), ["decode 0", "delivered 0"]);
+        assert_eq!(d.queued_bytes, 600);
+    }
+
     #[test]
     fn many_tiny_objects_are_charged_their_footprint_on_disk_not_their_payload() {
         // 1000 objects of one segment each, never finished: 100 KB of ciphertext, but each
@@ -1795,6 +1921,7 @@ mod tests {
                 max_objects: 10_000,
                 max_state_bytes: limit,
                 disk: Disk::new(4096),
+                ..Limits::default()
             },
         );
         let mut got = Vec::new();
@@ -1824,6 +1951,7 @@ mod tests {
                 max_objects: 10_000,
                 max_state_bytes: limit,
                 disk: Disk::new(4096),
+                ..Limits::default()
             },
         );
         for object in 0..100 {
@@ -1843,6 +1971,7 @@ mod tests {
                 max_objects: 10_000,
                 max_state_bytes: limit,
                 disk: Disk::new(64 << 10),
+                ..Limits::default()
             },
         );
         for object in 0..100 {

@@ -214,6 +214,8 @@ impl Receiver {
             max_objects: options.max_objects,
             max_state_bytes,
             disk: state.disk(),
+            // Packs and manifests waiting for the publisher: as much as the assembler holds.
+            max_queued_bytes: options.max_memory,
         };
 
         let max_memory = usize::try_from(options.max_memory).unwrap_or(usize::MAX);

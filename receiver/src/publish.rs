@@ -20,13 +20,13 @@
 //! the receiver's umask; a directory that existed before keeps its mode unless this receiver
 //! delivered it. Content is read through one buffer, so memory does not depend on file size.
 
-use std::sync::Arc;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
 use std::num::NonZeroU64;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use sluice_common::beneath::{self, Dir, Kind, WalkError};

@@ -32,6 +32,16 @@ use crate::records::Records;
 pub(crate) const PART_SIZE: usize = 16 << 20;
 /// Parts uploading at once (and so in memory) per file.
 pub(crate) const PARTS_IN_FLIGHT: usize = 2;
+/// Most parts of one multipart upload (S3's limit).
+const MAX_PARTS: u64 = 10_000;
+
+/// The part size for a file of `size` bytes: [`PART_SIZE`], or as much larger (in whole MiB)
+/// as the file needs to fit [`MAX_PARTS`] parts — beyond 156 GiB, memory per upload grows with
+/// the file (2 parts in flight: 2 × size / 10 000).
+fn part_size(size: u64) -> usize {
+    let needed = size.div_ceil(MAX_PARTS).div_ceil(1 << 20) << 20;
+    usize::try_from(needed).map_or(usize::MAX, |n| n.max(PART_SIZE))
+}
 /// How long one request is retried (with backoff) before the upload is given up for now.
 pub(crate) const RETRY_FOR: Duration = Duration::from_secs(10);
 
@@ -56,21 +66,48 @@ impl std::fmt::Display for Attempt {
 /// The store's error `err` while doing `what` to `shown`, as an [`Attempt`].
 fn attempt(what: &str, shown: &str, err: &object_store::Error) -> Attempt {
     let text = format!("cannot {what} {shown}: {err}");
-    // The store refusing this request for the object's own sake: trying again would not
-    // change its answer. Anything else may pass later.
-    let refused = [
-        "status: 400",
-        "status: 413",
-        "status: 414",
-        "KeyTooLong",
-        "EntityTooLarge",
-        "InvalidArgument",
-    ];
-    if refused.iter().any(|r| text.contains(r)) {
+    if refuses_the_object(http_status(err)) {
         Attempt::Refused(text)
     } else {
         Attempt::Unavailable(text)
     }
+}
+
+/// Whether a store's HTTP status refuses the request for the object's own sake (its key,
+/// its size, its headers): trying again would not change the answer. A client error other
+/// than the credentials (401, 403: an operator fixes those), a timeout (408) or a throttle
+/// (429) — and anything else, a server error or no answer at all — may pass later.
+fn refuses_the_object(status: Option<u16>) -> bool {
+    matches!(status, Some(400..=499)) && !matches!(status, Some(401 | 403 | 404 | 408 | 409 | 429))
+}
+
+/// The HTTP status of a store's error, if it had one. `object_store` keeps it in an error type
+/// of its own that it does not export; its text, somewhere down the chain of sources, says it
+/// as `Server returned non-2xx status code: 400 Bad Request` (or `error response` with the
+/// same status in the variants it maps: 404 not found, 412 precondition, 401/403).
+fn http_status(err: &object_store::Error) -> Option<u16> {
+    match err {
+        object_store::Error::NotFound { .. } => return Some(404),
+        object_store::Error::Precondition { .. } => return Some(412),
+        object_store::Error::AlreadyExists { .. } => return Some(409),
+        object_store::Error::PermissionDenied { .. } => return Some(403),
+        object_store::Error::Unauthenticated { .. } => return Some(401),
+        _ => {}
+    }
+    let mut source: Option<&dyn std::error::Error> = Some(err);
+    while let Some(e) = source {
+        if let Some(status) = status_in(&e.to_string()) {
+            return Some(status);
+        }
+        source = e.source();
+    }
+    None
+}
+
+/// The status in a text as `object_store` words it.
+fn status_in(text: &str) -> Option<u16> {
+    let (_, after) = text.split_once("non-2xx status code: ")?;
+    after.get(..3)?.parse().ok()
 }
 
 /// The client and the runtime it runs on.
@@ -106,6 +143,10 @@ pub(crate) struct Uploader {
     target: Target,
     settings: Settings,
     client: Mutex<Option<Arc<Client>>>,
+    /// This uploader's multipart uploads whose abort failed (the store was down): aborted
+    /// again by [`Uploader::retry_aborts`]. Only its own: another uploader into the same
+    /// bucket (a quarantine beside the delivered prefix) may have one running.
+    failed_aborts: Mutex<Vec<(MultipartId, Key)>>,
 }
 
 impl Uploader {
@@ -114,6 +155,7 @@ impl Uploader {
             target,
             settings,
             client: Mutex::new(None),
+            failed_aborts: Mutex::new(Vec::new()),
         }
     }
 
@@ -132,9 +174,10 @@ impl Uploader {
             .thread_name("sluice-s3")
             .enable_all()
             .build()
-            .map_err(|e| Attempt::Refused(format!("cannot start the S3 client: {e}")))?;
+            .map_err(|e| Attempt::Unavailable(format!("cannot start the S3 client: {e}")))?;
+        // A secret file made unreadable since the start is for an operator to fix: wait.
         let store = s3::client(&self.target, &self.settings, s3::retry(RETRY_FOR))
-            .map_err(Attempt::Refused)?;
+            .map_err(Attempt::Unavailable)?;
         let client = Arc::new(Client {
             runtime: Some(runtime),
             store,
@@ -169,7 +212,12 @@ impl Uploader {
             return;
         };
         for (id, at) in mine {
-            let location = Key::from(at.get(ours.len()..).unwrap_or_default());
+            // Parsed, not built: the journal holds the key as it was sent (`Key::from` would
+            // encode `[`, `%`, `#`… again and abort another, missing key).
+            let Ok(location) = Key::parse(at.get(ours.len()..).unwrap_or_default()) else {
+                tracing::warn!(key = %at, "an unfinished upload's key does not parse; left");
+                continue;
+            };
             let aborted = client.block_on(client.store.abort_multipart(&location, &id));
             match aborted {
                 // Not found: completed, or aborted already.
@@ -184,6 +232,28 @@ impl Uploader {
                     "cannot abort an unfinished multipart upload yet (tried again later): {e}"
                 ),
                 Err(e) => tracing::warn!(key = %at, "{e}"),
+            }
+        }
+    }
+
+    /// Aborts again the uploads of this uploader whose abort failed, now that the store
+    /// answers; one that fails again stays recorded for the next start.
+    pub fn retry_aborts(&self, records: &Records) {
+        let failed =
+            std::mem::take(&mut *self.failed_aborts.lock().unwrap_or_else(|e| e.into_inner()));
+        let Ok(client) = self.client() else {
+            return;
+        };
+        for (id, key) in failed {
+            match client.block_on(client.store.abort_multipart(&key, &id)) {
+                Ok(Ok(()) | Err(object_store::Error::NotFound { .. })) => {
+                    if let Err(e) = records.upload_ended(&id) {
+                        tracing::warn!("cannot record the upload of {key} aborted: {e}");
+                    }
+                }
+                _ => {
+                    tracing::debug!(key = %key, "an upload's abort failed again; at the next start")
+                }
             }
         }
     }
@@ -261,6 +331,11 @@ impl Uploader {
                 if let Err(err) = records.upload_ended(&id) {
                     tracing::warn!("cannot record the upload of {shown} ended: {err}");
                 }
+            } else {
+                self.failed_aborts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((id, key.clone()));
             }
             uploaded
         })?
@@ -280,9 +355,10 @@ async fn upload_parts(
     let mut parts = Vec::new();
     let mut in_flight = FuturesOrdered::new();
     let mut offset = 0u64;
+    let part = part_size(size);
     loop {
         while in_flight.len() < PARTS_IN_FLIGHT && offset < size {
-            let len = usize::try_from(size - offset).map_or(PART_SIZE, |left| left.min(PART_SIZE));
+            let len = usize::try_from(size - offset).map_or(part, |left| left.min(part));
             let mut buf = vec![0u8; len];
             file.read_exact_at(&mut buf, offset).map_err(|err| {
                 Attempt::Refused(format!("cannot read the file for {shown}: {err}"))
@@ -295,5 +371,43 @@ async fn upload_parts(
             Some(part) => parts.push(part.map_err(|err| attempt("upload a part of", shown, &err))?),
             None => return Ok(parts),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_refusal_of_the_object_itself_fails_a_file() {
+        // As object_store words the status of a request the server refused.
+        assert_eq!(
+            status_in("Error performing PUT http://s/b/k: Server returned non-2xx status code: 400 Bad Request: <Error><Code>XMinioParentIsObject</Code></Error>"),
+            Some(400)
+        );
+        assert_eq!(status_in("HTTP error: error sending request"), None);
+        // The endpoint's port is never read as a status.
+        assert_eq!(status_in("http://127.0.0.1:4000/b/k"), None);
+        for refused in [400, 405, 411, 413, 414, 431] {
+            assert!(refuses_the_object(Some(refused)), "{refused}");
+        }
+        for wait in [401, 403, 404, 408, 409, 429, 500, 502, 503] {
+            assert!(!refuses_the_object(Some(wait)), "{wait}");
+        }
+        assert!(!refuses_the_object(None));
+        let missing = object_store::Error::NotFound {
+            path: "k".into(),
+            source: "gone".into(),
+        };
+        assert_eq!(http_status(&missing), Some(404));
+    }
+
+    #[test]
+    fn parts_grow_with_the_file_so_every_size_fits_the_part_limit() {
+        assert_eq!(part_size(1 << 30), PART_SIZE);
+        let huge = 500u64 << 30;
+        let part = part_size(huge) as u64;
+        assert!(part > PART_SIZE as u64 && part % (1 << 20) == 0);
+        assert!(huge.div_ceil(part) <= MAX_PARTS);
     }
 }

@@ -267,7 +267,8 @@ fn a_receiver_killed_mid_upload_leaves_nothing_behind_and_finishes_at_restart() 
     let s = Setup::new();
     // 20 parts: an upload long enough to be caught in the middle.
     let content = noise(320 << 20, 7);
-    let file = s.src.join("weights.bin");
+    // A name object_store would encode again if the key were built rather than parsed.
+    let file = s.src.join("weights [1]~.bin");
     std::fs::write(&file, &content).unwrap();
     let port = free_udp_port();
     let to: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -301,7 +302,7 @@ fn a_receiver_killed_mid_upload_leaves_nothing_behind_and_finishes_at_restart() 
     );
     assert_eq!(garage.unfinished_multipart_uploads(), 0, "{}", again.log);
     let stored = garage.objects("landing");
-    let object = &stored["landing/weights.bin"];
+    let object = &stored["landing/weights [1]~.bin"];
     assert!(object.bytes == content, "other bytes");
     assert_eq!(
         object.metadata.get("sluice-sha256"),

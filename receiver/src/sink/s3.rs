@@ -79,6 +79,12 @@ impl S3Sink {
     ) -> Result<(), Failure> {
         let mut pause = FIRST_PAUSE;
         loop {
+            if ctx.is_stopping() && self.down_since.is_some() {
+                // Stopping with the store down: every file left would cost a try of its own.
+                return Err(Failure::StoreUnavailable(
+                    "the object store was unavailable".into(),
+                ));
+            }
             let why = match self.upload(ctx, staged, e, signed, key) {
                 Ok(()) => {
                     self.store_answers(ctx);
@@ -125,7 +131,7 @@ impl S3Sink {
             );
             self.counters.record_store_down(None);
             // Tries that failed may have left multipart uploads behind.
-            self.uploader.abort_unfinished(ctx.state.records());
+            self.uploader.retry_aborts(ctx.state.records());
         }
     }
 

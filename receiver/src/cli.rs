@@ -57,7 +57,8 @@ pub struct Args {
     /// delivered, 3 otherwise). Default: run until SIGINT/SIGTERM.
     #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
     pub exit_after_idle: Option<String>,
-    /// Bound on the bytes of blocks being assembled (e.g. 32MiB, 256MB). Default 32MiB.
+    /// Bound on the bytes of blocks being assembled (e.g. 32MiB, 256MB), and, apart, on packs
+    /// of small files waiting in memory to be published. Default 32MiB.
     #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
     pub max_memory: Option<String>,
     /// Bound on what the state directory holds for incomplete objects (e.g. 20GiB); beyond it

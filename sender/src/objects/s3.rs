@@ -14,8 +14,18 @@
 //! Reading. An object is read in ranges of [`RANGE`] bytes, each a `GET` with `If-Match` the
 //! ETag listed, and each answer checked against the listed ETag and size: an object
 //! overwritten or deleted since it was listed fails at its next range and is reported (as a
-//! local file that changed is), never sent as a mix of two versions. At most one range per
-//! reading thread is in memory, whatever the object's size.
+//! local file that changed is), never sent as a mix of two versions. An object listed without
+//! an ETag cannot be pinned so, and is refused. At most one range per reading thread is in
+//! memory, whatever the object's size: a range's body is read up to the length asked and
+//! refused past it.
+//!
+//! A store that answers wrongly (broken, or whoever controls it) cannot make the sender hold
+//! more than the limits say: a listing page is read up to [`PAGE_BYTES_PER_KEY`] per key asked
+//! (plus [`PAGE_BYTES_BESIDE`]); one listing takes at most [`MAX_LISTING_KEYS`] keys and
+//! [`MAX_LISTING_KEY_BYTES`] bytes of keys; and it must advance: keys strictly increasing
+//! across pages (as S3 lists them, in byte order), a continuation token other than the last,
+//! at most [`MAX_EMPTY_PAGES`] truncated pages in a row without a key. Past any of them the
+//! argument is refused, naming the limit.
 //!
 //! Threads. The encoder reads on plain threads (its reader, and the threads of the start-up
 //! checks); the store's client is async. Each [`Store`] owns a small runtime (one I/O thread)
@@ -28,6 +38,7 @@ use std::future::Future;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -46,7 +57,23 @@ pub const RANGE: u64 = 8 << 20;
 /// How long one `GET` is retried while the store fails.
 const RETRY_FOR: Duration = Duration::from_secs(5 * 60);
 /// Keys per listing page (S3's most).
-const PAGE_KEYS: &str = "1000";
+const PAGE_KEYS: u32 = 1000;
+/// The most bytes a listing page may have per key asked: a key is at most 1024 bytes, 3 KiB
+/// URL-encoded, and its entry adds its ETag, size and date.
+pub const PAGE_BYTES_PER_KEY: u64 = 4 << 10;
+/// And beyond its keys (the prefix asked for, echoed, and the continuation token).
+pub const PAGE_BYTES_BESIDE: u64 = 16 << 10;
+/// The most keys one listing (one `s3://` argument) takes.
+pub const MAX_LISTING_KEYS: usize = 10_000_000;
+/// The most bytes of keys (their sum) one listing takes.
+pub const MAX_LISTING_KEY_BYTES: u64 = 1 << 30;
+/// Truncated listing pages in a row without a key before the listing is refused as not
+/// advancing.
+pub const MAX_EMPTY_PAGES: u32 = 16;
+/// Why an object listed without an ETag is not sent.
+const NO_ETAG: &str = "refused: the store listed it without an ETag, so its reads cannot be \
+                       pinned to the version listed (an overwrite of the same size could be sent \
+                       as a mix of two versions)";
 /// Mode bits objects and the directories their keys imply are sent with.
 const FILE_MODE: u32 = 0o644;
 const DIR_MODE: u32 = 0o755;
@@ -184,7 +211,7 @@ impl Store {
     /// One listing request: can the key list `target`'s prefix at all?
     fn probe(&self, target: &Target, settings: &Settings) -> Result<(), String> {
         let asked = self
-            .block_on(self.page(&target.prefix, None, "1"))
+            .block_on(self.page(&target.prefix, None, 1))
             .map_err(|e| e.to_string())
             .and_then(|page| page);
         asked.map(|_| ()).map_err(|e| {
@@ -196,12 +223,14 @@ impl Store {
         })
     }
 
-    /// One page of the keys starting with `prefix`.
-    async fn page(&self, prefix: &str, token: Option<&str>, keys: &str) -> Result<Page, String> {
+    /// One page of at most `keys` keys starting with `prefix`; its body read up to
+    /// [`page_cap`]`(keys)` bytes.
+    async fn page(&self, prefix: &str, token: Option<&str>, keys: u32) -> Result<Page, String> {
+        let max_keys = keys.to_string();
         let mut query = vec![
             ("encoding-type", "url"),
             ("list-type", "2"),
-            ("max-keys", keys),
+            ("max-keys", max_keys.as_str()),
             ("prefix", prefix),
         ];
         if let Some(token) = token {
@@ -230,11 +259,17 @@ impl Store {
             .await
             .map_err(|e| format!("error sending request: {e}"))?;
         let status = response.status();
-        let body = response
-            .into_body()
-            .bytes()
+        let cap = page_cap(keys);
+        let mut stream = response.into_body().bytes_stream();
+        let body = read_capped(|cx| stream.as_mut().poll_next(cx), cap, 0)
             .await
-            .map_err(|e| format!("error reading a listing: {e}"))?;
+            .map_err(|e| match e {
+                Capped::Over => format!(
+                    "a listing page longer than {cap} bytes ({PAGE_BYTES_PER_KEY} per key asked \
+                     and {PAGE_BYTES_BESIDE}); refusing it"
+                ),
+                Capped::Failed(e) => format!("error reading a listing: {e}"),
+            })?;
         if !status.is_success() {
             let text = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
             return Err(format!("status: {}; {}", status.as_u16(), escaped(&text)));
@@ -243,29 +278,23 @@ impl Store {
             .map_err(|e| format!("a listing that does not parse: {e}"))
     }
 
-    /// Every key starting with `prefix` (as stored, decoded), in the store's order.
+    /// Every key starting with `prefix` (as stored, decoded), in the store's order, within
+    /// [`LIMITS`].
     fn list(&self, prefix: &str) -> Result<Vec<Listed>, String> {
-        let mut all = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self
-                .block_on(self.page(prefix, token.as_deref(), PAGE_KEYS))
-                .map_err(|e| e.to_string())??;
-            let encoded = page.encoding_type.as_deref() == Some("url");
-            all.extend(page.contents.into_iter().map(|c| c.decoded(encoded)));
-            match (page.is_truncated, page.next_continuation_token) {
-                (true, Some(next)) => token = Some(next),
-                (true, None) => return Err("a truncated listing without a continuation".into()),
-                (false, _) => return Ok(all),
-            }
-        }
+        list_pages(
+            |token| {
+                self.block_on(self.page(prefix, token, PAGE_KEYS))
+                    .map_err(|e| e.to_string())?
+            },
+            LIMITS,
+        )
     }
 
     /// The object whose key is exactly `key`, if there is one.
     fn exact(&self, key: &str) -> Result<Option<Listed>, String> {
         // The key itself sorts before every longer key it prefixes: one key is enough.
         let page = self
-            .block_on(self.page(key, None, "1"))
+            .block_on(self.page(key, None, 1))
             .map_err(|e| e.to_string())??;
         let encoded = page.encoding_type.as_deref() == Some("url");
         Ok(page
@@ -274,6 +303,127 @@ impl Store {
             .map(|c| c.decoded(encoded))
             .find(|l| l.key.as_deref() == Ok(key)))
     }
+}
+
+/// The most bytes of a listing page of `keys` keys.
+fn page_cap(keys: u32) -> u64 {
+    u64::from(keys) * PAGE_BYTES_PER_KEY + PAGE_BYTES_BESIDE
+}
+
+/// What bounds one listing (the constants, smaller in tests).
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    keys: usize,
+    key_bytes: u64,
+    empty_pages: u32,
+}
+
+const LIMITS: Limits = Limits {
+    keys: MAX_LISTING_KEYS,
+    key_bytes: MAX_LISTING_KEY_BYTES,
+    empty_pages: MAX_EMPTY_PAGES,
+};
+
+/// Every key of the pages `next` gives (called with the continuation token, `None` first),
+/// refused past `limits` or when the listing does not advance: a key not after the one before
+/// it (S3 lists each key once, in byte order), the same continuation token twice in a row, or
+/// more than `limits.empty_pages` truncated pages in a row without a key.
+fn list_pages(
+    mut next: impl FnMut(Option<&str>) -> Result<Page, String>,
+    limits: Limits,
+) -> Result<Vec<Listed>, String> {
+    let mut all = Vec::new();
+    let mut token: Option<String> = None;
+    let mut last: Option<Vec<u8>> = None;
+    let (mut key_bytes, mut empty) = (0u64, 0u32);
+    loop {
+        let page = next(token.as_deref())?;
+        let encoded = page.encoding_type.as_deref() == Some("url");
+        empty = if page.contents.is_empty() {
+            empty.saturating_add(1)
+        } else {
+            0
+        };
+        for contents in page.contents {
+            let raw = contents.raw_key(encoded);
+            if let Some(last) = last.as_deref().filter(|last| raw.as_slice() <= *last) {
+                return Err(format!(
+                    "the store listed {} after {}: keys out of order or listed again, so the \
+                     listing does not advance; refusing it",
+                    shown_key(&raw),
+                    shown_key(last)
+                ));
+            }
+            key_bytes = key_bytes.saturating_add(raw.len() as u64);
+            if all.len() >= limits.keys {
+                return Err(format!(
+                    "more than {} keys under it, the most one listing takes; send a narrower \
+                     prefix",
+                    limits.keys
+                ));
+            }
+            if key_bytes > limits.key_bytes {
+                return Err(format!(
+                    "more than {} bytes of keys under it, the most one listing takes; send a \
+                     narrower prefix",
+                    limits.key_bytes
+                ));
+            }
+            all.push(contents.listed(&raw));
+            last = Some(raw);
+        }
+        match (page.is_truncated, page.next_continuation_token) {
+            (false, _) => return Ok(all),
+            (true, None) => return Err("a truncated listing without a continuation".into()),
+            (true, Some(next)) if token.as_deref() == Some(next.as_str()) => {
+                return Err(
+                    "the store gave the same continuation token twice in a row, so the listing \
+                     does not advance; refusing it"
+                        .into(),
+                )
+            }
+            (true, Some(_)) if empty > limits.empty_pages => {
+                return Err(format!(
+                    "{empty} truncated listing pages in a row without a key (at most {} \
+                     taken), so the listing does not advance; refusing it",
+                    limits.empty_pages
+                ))
+            }
+            (true, Some(next)) => token = Some(next),
+        }
+    }
+}
+
+/// A key's bytes as messages show them (escaped).
+fn shown_key(raw: &[u8]) -> String {
+    escaped(&String::from_utf8_lossy(raw))
+}
+
+/// Why [`read_capped`] stopped.
+#[derive(Debug)]
+enum Capped<E> {
+    Failed(E),
+    /// The body went past the cap.
+    Over,
+}
+
+/// A body read to its end, chunk by chunk from `next` (a stream's `poll_next`), refused as
+/// soon as it goes past `cap` bytes: never more than `cap` of it is held. `reserve`: the
+/// buffer's first capacity.
+async fn read_capped<E>(
+    mut next: impl FnMut(&mut Context<'_>) -> Poll<Option<Result<Bytes, E>>>,
+    cap: u64,
+    reserve: usize,
+) -> Result<Bytes, Capped<E>> {
+    let mut body = Vec::with_capacity(reserve);
+    while let Some(chunk) = std::future::poll_fn(&mut next).await {
+        let chunk = chunk.map_err(Capped::Failed)?;
+        if (body.len() as u64).saturating_add(chunk.len() as u64) > cap {
+            return Err(Capped::Over);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(body))
 }
 
 /// A `ListObjectsV2` answer, as far as it is read.
@@ -299,18 +449,26 @@ struct Contents {
 }
 
 impl Contents {
-    fn decoded(self, encoded: bool) -> Listed {
-        let key = if encoded {
+    /// The key's bytes as stored.
+    fn raw_key(&self, encoded: bool) -> Vec<u8> {
+        if encoded {
             // As AWS encodes it: a form (`+` for a space, `%2B` for a plus).
-            let plus = self.key.replace('+', " ");
-            match percent_decode_str(&plus).decode_utf8() {
-                Ok(key) => Ok(key.into_owned()),
-                Err(_) => Err(escaped(&String::from_utf8_lossy(
-                    &percent_decode_str(&plus).collect::<Vec<u8>>(),
-                ))),
-            }
+            percent_decode_str(&self.key.replace('+', " ")).collect()
         } else {
-            Ok(self.key)
+            self.key.as_bytes().to_vec()
+        }
+    }
+
+    fn decoded(self, encoded: bool) -> Listed {
+        let raw = self.raw_key(encoded);
+        self.listed(&raw)
+    }
+
+    /// This entry, its key's bytes being `raw` (see [`Contents::raw_key`]).
+    fn listed(self, raw: &[u8]) -> Listed {
+        let key = match std::str::from_utf8(raw) {
+            Ok(key) => Ok(key.to_string()),
+            Err(_) => Err(shown_key(raw)),
         };
         let mtime = humantime::parse_rfc3339_weak(self.last_modified.trim())
             .ok()
@@ -337,13 +495,29 @@ struct Listed {
     mtime: (i64, u32),
 }
 
+/// A listed object that may be sent: its key UTF-8 and its ETag known.
+#[derive(Debug)]
+struct Pinned {
+    key: String,
+    etag: String,
+    size: u64,
+    mtime: (i64, u32),
+}
+
+impl Listed {
+    /// Its ETag, if it has one to pin its reads to.
+    fn etag(&self) -> Option<String> {
+        self.etag.clone().filter(|etag| !etag.is_empty())
+    }
+}
+
 /// A stored object the listing found: its bucket, key, and the ETag and size it must still
 /// have when read.
 #[derive(Debug, Clone)]
 pub struct ObjectRef {
     store: Arc<Store>,
     key: String,
-    etag: Option<String>,
+    etag: String,
     size: u64,
 }
 
@@ -378,29 +552,42 @@ impl ObjectRef {
         ))
     }
 
-    /// The range of at most [`RANGE`] bytes from `offset`, pinned to the listed ETag.
+    /// The range of at most [`RANGE`] bytes from `offset`, pinned to the listed ETag; its body
+    /// read up to the length asked, refused past it.
     fn fetch(&self, offset: u64) -> io::Result<Bytes> {
         let key = Key::parse(&self.key)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let end = self.size.min(offset.saturating_add(RANGE));
+        let asked = end - offset;
         let options = GetOptions {
-            if_match: self.etag.clone(),
+            if_match: Some(self.etag.clone()),
             // An empty object has no range to ask for.
             range: (end > offset).then_some(GetRange::Bounded(offset..end)),
             ..GetOptions::default()
         };
         let store = &self.store;
-        let got = store.block_on(async {
-            let got = store.client.get_opts(&key, options).await?;
-            let meta = got.meta.clone();
-            Ok::<_, object_store::Error>((meta, got.bytes().await?))
-        })?;
-        let (meta, bytes) = got.map_err(|e| self.refusal(&e))?;
-        let etag_differs = matches!((&self.etag, &meta.e_tag), (Some(a), Some(b)) if a != b);
-        if etag_differs || meta.size != self.size {
-            return Err(self.changed());
-        }
-        if bytes.len() as u64 != end - offset {
+        let bytes = store.block_on(async {
+            let got = store
+                .client
+                .get_opts(&key, options)
+                .await
+                .map_err(|e| self.refusal(&e))?;
+            if got.meta.e_tag.as_deref() != Some(self.etag.as_str()) || got.meta.size != self.size {
+                return Err(self.changed());
+            }
+            let mut stream = got.into_stream();
+            let reserve = usize::try_from(asked).unwrap_or(0);
+            read_capped(|cx| stream.as_mut().poll_next(cx), asked, reserve)
+                .await
+                .map_err(|e| match e {
+                    Capped::Failed(e) => self.refusal(&e),
+                    Capped::Over => io::Error::other(format!(
+                        "the store sent more than the {asked} bytes asked for (bytes \
+                         {offset}..{end}); refusing it"
+                    )),
+                })
+        })??;
+        if bytes.len() as u64 != asked {
             return Err(io::Error::other(format!(
                 "the store sent {} bytes for bytes {offset}..{end}; refusing it",
                 bytes.len()
@@ -413,8 +600,7 @@ impl ObjectRef {
         io::Error::other(format!(
             "changed in the store since it was listed ({} bytes, ETag {}); refusing it, send \
              it again",
-            self.size,
-            self.etag.as_deref().unwrap_or("none")
+            self.size, self.etag
         ))
     }
 
@@ -459,7 +645,7 @@ impl Read for ObjectReader {
 /// Where a tree's keys go: the objects at a name, and the names below it.
 #[derive(Debug, Default)]
 struct Node {
-    object: Option<Listed>,
+    object: Option<Pinned>,
     children: BTreeMap<String, Node>,
     /// The newest modification below: the directory's mtime.
     newest: (i64, u32),
@@ -527,6 +713,17 @@ pub(super) fn expand(stores: &Stores, arg: &Path, found: &mut Found) {
             );
             continue;
         }
+        let Some(etag) = object.etag() else {
+            found.refuse(key_shown, NO_ETAG.into());
+            continue;
+        };
+        let rel = rel.to_string();
+        let object = Pinned {
+            key,
+            etag,
+            size: object.size,
+            mtime: object.mtime,
+        };
         let mut node = &mut root;
         node.newest = node.newest.max(object.mtime);
         for part in rel.split('/') {
@@ -545,24 +742,34 @@ fn single(store: &Arc<Store>, target: &Target, name: &str, found: &mut Found, sh
         key => store.exact(key),
     };
     match exact {
-        Ok(Some(listed)) => {
-            if found.valid(name, &shown) {
-                let object = object_of(store, target.prefix.clone(), name.to_string(), &listed);
-                found.objects.push(object);
+        Ok(Some(listed)) => match listed.etag() {
+            None => found.refuse(shown, NO_ETAG.into()),
+            Some(etag) => {
+                if found.valid(name, &shown) {
+                    let pinned = Pinned {
+                        key: target.prefix.clone(),
+                        etag,
+                        size: listed.size,
+                        mtime: listed.mtime,
+                    };
+                    found
+                        .objects
+                        .push(object_of(store, name.to_string(), &pinned));
+                }
             }
-        }
+        },
         Ok(None) => found.refuse(shown, "cannot read: no such object or prefix".into()),
         Err(e) => found.refuse(shown, format!("cannot list: {e}")),
     }
 }
 
-fn object_of(store: &Arc<Store>, key: String, path: String, listed: &Listed) -> SourceObject {
+fn object_of(store: &Arc<Store>, path: String, listed: &Pinned) -> SourceObject {
     SourceObject {
         path,
         size: Some(listed.size),
         source: Source::Object(ObjectRef {
             store: store.clone(),
-            key,
+            key: listed.key.clone(),
             etag: listed.etag.clone(),
             size: listed.size,
         }),
@@ -577,17 +784,13 @@ fn object_of(store: &Arc<Store>, key: String, path: String, listed: &Listed) -> 
 fn walk(store: &Arc<Store>, bucket: &str, name: &str, root: &Node, found: &mut Found) {
     enum Step<'a> {
         Directory(String, &'a Node),
-        Object(String, &'a Listed),
+        Object(String, &'a Pinned),
     }
     let mut stack = vec![Step::Directory(name.to_string(), root)];
     while let Some(step) = stack.pop() {
         let (path, node) = match step {
             Step::Object(path, listed) => {
-                if let Ok(key) = &listed.key {
-                    found
-                        .objects
-                        .push(object_of(store, key.clone(), path, listed));
-                }
+                found.objects.push(object_of(store, path, listed));
                 continue;
             }
             Step::Directory(path, node) => (path, node),
@@ -607,9 +810,8 @@ fn walk(store: &Arc<Store>, bucket: &str, name: &str, root: &Node, found: &mut F
                 (Some(listed), true) => steps.push(Step::Object(child_path, listed)),
                 (None, _) => steps.push(Step::Directory(child_path, below)),
                 (Some(listed), false) => {
-                    let key = listed.key.as_deref().unwrap_or_default();
                     found.refuse(
-                        PathBuf::from(format!("s3://{bucket}/{}", escaped(key))),
+                        PathBuf::from(format!("s3://{bucket}/{}", escaped(&listed.key))),
                         "refused: its key is also the prefix of other keys (they are sent \
                          as a directory of this name)"
                             .into(),
@@ -660,6 +862,160 @@ mod tests {
         assert_eq!(page.contents.len(), 2);
         assert_eq!(page.contents[0].e_tag.as_deref(), Some("\"e1\""));
         assert_eq!(page.contents[1].key, "runs%2Fb%2F");
+    }
+
+    /// A page of `keys` (URL-encoded), truncated with token `next` if given.
+    fn page(keys: &[&str], next: Option<&str>) -> Page {
+        Page {
+            contents: keys
+                .iter()
+                .map(|key| Contents {
+                    key: (*key).into(),
+                    size: 1,
+                    last_modified: String::new(),
+                    e_tag: Some("\"e\"".into()),
+                })
+                .collect(),
+            is_truncated: next.is_some(),
+            next_continuation_token: next.map(Into::into),
+            encoding_type: Some("url".into()),
+        }
+    }
+
+    const SMALL: Limits = Limits {
+        keys: 5,
+        key_bytes: 1 << 20,
+        empty_pages: 3,
+    };
+
+    fn keys(listed: &[Listed]) -> Vec<&str> {
+        listed
+            .iter()
+            .map(|l| l.key.as_deref().unwrap_or("?"))
+            .collect()
+    }
+
+    #[test]
+    fn a_listing_is_read_page_by_page() {
+        let mut asked = Vec::new();
+        let listed = list_pages(
+            |token| {
+                asked.push(token.map(str::to_string));
+                Ok(match token {
+                    None => page(&["a", "b%20c"], Some("t1")),
+                    // An empty page between two: taken, as long as the next one has keys.
+                    Some("t1") => page(&[], Some("t2")),
+                    Some(_) => page(&["b%20c%2Fd", "e"], None),
+                })
+            },
+            SMALL,
+        )
+        .unwrap();
+        assert_eq!(keys(&listed), ["a", "b c", "b c/d", "e"]);
+        assert_eq!(asked, [None, Some("t1".into()), Some("t2".into())]);
+    }
+
+    /// A fake store's answer to a listing request: the page for this token, at this call.
+    type Answer = Box<dyn FnMut(Option<&str>, u32) -> Page>;
+
+    /// A store that always answers "truncated, here is the next token" is refused after a
+    /// bounded number of pages, however it varies its answers, and never grows the listing
+    /// past the limits.
+    #[test]
+    fn a_listing_that_does_not_advance_is_refused() {
+        let refused = |mut answer: Answer| {
+            let mut calls = 0;
+            let e = list_pages(
+                |token| {
+                    calls += 1;
+                    assert!(calls < 100, "the listing went on");
+                    Ok(answer(token, calls))
+                },
+                SMALL,
+            )
+            .unwrap_err();
+            (e, calls)
+        };
+        let (e, calls) = refused(Box::new(|_: Option<&str>, _: u32| {
+            page(&["a"], Some("same"))
+        }));
+        assert!(e.contains("keys out of order or listed again"), "{e}");
+        assert_eq!(calls, 2);
+        let (e, calls) = refused(Box::new(|token: Option<&str>, n: u32| match token {
+            None => page(&["a"], Some("same")),
+            Some(_) => page(&[&format!("b{n}")], Some("same")),
+        }));
+        assert!(e.contains("same continuation token twice"), "{e}");
+        assert_eq!(calls, 2);
+        let (e, calls) = refused(Box::new(|_: Option<&str>, n: u32| {
+            page(&[], Some(&format!("t{n}")))
+        }));
+        assert!(
+            e.contains("4 truncated listing pages in a row without a key"),
+            "{e}"
+        );
+        assert_eq!(calls, 4);
+        let (e, _) = refused(Box::new(|_: Option<&str>, n: u32| {
+            page(&["m"], Some(&format!("t{n}")))
+        }));
+        assert!(e.contains("the store listed m after m"), "{e}");
+        let (e, _) = refused(Box::new(|_: Option<&str>, n: u32| {
+            page(&["z", "a"], Some(&format!("t{n}")))
+        }));
+        assert!(e.contains("the store listed a after z"), "{e}");
+        // New keys, in order, without end: stopped at the key limit, which is named.
+        let (e, calls) = refused(Box::new(|_: Option<&str>, n: u32| {
+            page(
+                &[&format!("k{n:03}a"), &format!("k{n:03}b")],
+                Some(&format!("t{n}")),
+            )
+        }));
+        assert!(
+            e.contains("more than 5 keys under it, the most one listing takes"),
+            "{e}"
+        );
+        assert_eq!(calls, 3);
+        let few_long = Limits {
+            key_bytes: 10,
+            ..SMALL
+        };
+        let e = list_pages(|_| Ok(page(&["aaaa", "bbbb", "cccc"], None)), few_long).unwrap_err();
+        assert!(e.contains("more than 10 bytes of keys under it"), "{e}");
+    }
+
+    #[test]
+    fn bodies_are_read_up_to_their_cap() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let read = |chunks: Vec<Result<Bytes, String>>, cap: u64| {
+            let mut chunks = chunks.into_iter();
+            runtime.block_on(read_capped(|_| Poll::Ready(chunks.next()), cap, 0))
+        };
+        let four = || Ok(Bytes::from_static(b"abcd"));
+        let body = read(vec![four(), four(), four()], 12).unwrap();
+        assert_eq!(body.as_ref(), b"abcdabcdabcd");
+        assert!(matches!(
+            read(vec![four(), four(), four()], 11),
+            Err(Capped::Over)
+        ));
+        assert!(matches!(
+            read(vec![four(), Err("reset".into())], 12),
+            Err(Capped::Failed(e)) if e == "reset"
+        ));
+        // A body without end is refused at its cap, not read on.
+        let mut endless = 0u64;
+        let over = runtime.block_on(read_capped(
+            |_| {
+                endless += 1;
+                Poll::Ready(Some(Ok::<_, String>(Bytes::from_static(&[0; 1024]))))
+            },
+            page_cap(1),
+            0,
+        ));
+        assert!(matches!(over, Err(Capped::Over)));
+        assert_eq!(endless, page_cap(1) / 1024 + 1);
+        assert_eq!(page_cap(1000), 1000 * 4096 + 16 * 1024);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use sluice_protocol::manifest::{
     Approval, MAX_APPROVAL_SIGNATURES, MAX_REQUEST_LEN, MAX_SIGNATURE_LEN,
 };
 
-use crate::objects::{self, s3::Stores};
+use crate::objects::{self, s3::Stores, Skipped, SourceObject};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -125,15 +125,20 @@ fn refused(e: ApprovalError) -> Failed {
     (ExitStatus::Failure, e.to_string())
 }
 
-/// Checks, before anything is sent, that `paths` are exactly the files of the approved request
-/// and that a quorum of the policy's approvers signed it; returns what passed, to travel in
-/// every manifest.
+/// Checks, before anything is sent, that `objects` (what the paths expanded to, `skipped` what
+/// they did not) are exactly the files of the approved request and that a quorum of the
+/// policy's approvers signed it; returns what passed, to travel in every manifest.
+///
+/// The objects checked are the ones then sent, not a second listing of the same paths: each
+/// is read as it was found (a file as the inode the walk saw, a stored object pinned to the
+/// ETag and size listed), so one changed after this check is refused when it is read to be
+/// sent, never sent unapproved.
 pub fn preflight(
     options: &crate::cli::ApprovalOptions,
-    paths: &[PathBuf],
-    stores: &Stores,
+    objects: &[SourceObject],
+    skipped: &[Skipped],
 ) -> Result<Approved, String> {
-    evaluate(options, Some((paths, stores)))
+    evaluate(options, Some((objects, skipped)))
 }
 
 /// A request that passed its checks.
@@ -147,10 +152,11 @@ pub struct Approved {
     pub carried: Approval,
 }
 
-/// The quorum over the request, its expiry, and (given `paths`) its files.
+/// The quorum over the request, its expiry, and (given the objects found and what was skipped)
+/// its files.
 fn evaluate(
     options: &crate::cli::ApprovalOptions,
-    paths: Option<(&[PathBuf], &Stores)>,
+    found: Option<(&[SourceObject], &[Skipped])>,
 ) -> Result<Approved, String> {
     let shown = options.request.display().to_string();
     let bytes = std::fs::read(&options.request).map_err(|e| format!("cannot read {shown}: {e}"))?;
@@ -195,8 +201,8 @@ fn evaluate(
     request
         .check_not_expired(SystemTime::now())
         .map_err(|e| e.to_string())?;
-    if let Some((paths, stores)) = paths {
-        let files = digests(paths, stores)?;
+    if let Some((objects, skipped)) = found {
+        let files = digests(objects, skipped)?;
         request.check_files(&files).map_err(|e| e.to_string())?;
     }
     Ok(Approved {
@@ -210,25 +216,24 @@ fn evaluate(
     })
 }
 
-/// Every file (or stored object) under `paths`, as the sender names it: path → (size,
-/// SHA-256 hex). `stores`: the buckets of the `s3://` paths, connected.
+/// Every file (or stored object) of `objects`, as found (see [`objects::enumerate_with`]) and
+/// named: path → (size, SHA-256 hex). Refused if anything was `skipped`.
 pub fn digests(
-    paths: &[PathBuf],
-    stores: &Stores,
+    objects: &[SourceObject],
+    skipped: &[Skipped],
 ) -> Result<BTreeMap<String, (u64, String)>, String> {
-    let (found, skipped) = objects::enumerate_with(paths, None, stores);
     if let Some(s) = skipped.first() {
         return Err(format!("{}: {}", s.path.display(), s.reason));
     }
     let mut files = BTreeMap::new();
-    for object in found {
+    for object in objects {
         let Some(opened) = object.source.open() else {
             continue;
         };
         let (size, sha256) = opened
             .and_then(|(opened, _)| hash_file(opened))
             .map_err(|e| format!("cannot read {}: {e}", object.source.shown()))?;
-        files.insert(object.path, (size, sha256));
+        files.insert(object.path.clone(), (size, sha256));
     }
     if files.is_empty() {
         return Err("no file to approve".into());
@@ -264,7 +269,8 @@ fn request(
         ))
     })?;
     let stores = connect(paths)?;
-    let files = digests(paths, &stores).map_err(|e| (ExitStatus::Failure, e))?;
+    let (found, skipped) = objects::enumerate_with(paths, None, &stores);
+    let files = digests(&found, &skipped).map_err(|e| (ExitStatus::Failure, e))?;
     let requester = requester.unwrap_or_else(|| {
         let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
         let host = rustix::system::uname()
@@ -343,8 +349,9 @@ fn check(
         signatures,
     };
     let stores = connect(paths)?;
-    let approved = evaluate(&options, (!paths.is_empty()).then_some((paths, &stores)))
-        .map_err(|e| (ExitStatus::Failure, e))?;
+    let (found, skipped) = objects::enumerate_with(paths, None, &stores);
+    let found = (!paths.is_empty()).then_some((found.as_slice(), skipped.as_slice()));
+    let approved = evaluate(&options, found).map_err(|e| (ExitStatus::Failure, e))?;
     let ids: Vec<String> = approved.approvers.iter().map(ToString::to_string).collect();
     println!(
         "approved: {} of {} approvals (keys {}); {} files, purpose {:?}, expires {}",
@@ -356,4 +363,84 @@ fn check(
         approved.request.expires
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_common::keys;
+
+    /// The security review's finding: the approval check listed the paths and hashed what it
+    /// found, then the sender listed them again and sent what it found then, so a writer who
+    /// swapped a file (or a stored object) between the two listings had it sent unapproved.
+    /// The objects checked are now the objects sent, each read as it was found: one swapped
+    /// after the check is refused when read, and a second listing (which would have found it)
+    /// is no longer made.
+    #[test]
+    fn the_objects_approved_are_the_objects_sent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::write(data.join("a.txt"), b"approved").unwrap();
+        std::fs::write(data.join("b.txt"), b"also ok").unwrap();
+        let approver = tmp.path().join("approver");
+        keys::generate_sender_keys(&approver).unwrap();
+        let policy = tmp.path().join("approvals.toml");
+        let public = approver.join(keys::SENDER_PUB);
+        std::fs::write(
+            &policy,
+            format!(
+                "threshold = 1\napprovers = [{:?}]\n",
+                public.display().to_string()
+            ),
+        )
+        .unwrap();
+
+        let paths = [data.clone()];
+        let (objects, skipped) = objects::enumerate(&paths, None);
+        let files = digests(&objects, &skipped).unwrap();
+        let files = files
+            .into_iter()
+            .map(|(path, (size, sha256))| RequestFile { path, size, sha256 })
+            .collect();
+        let request = Request::new(
+            "test",
+            "tester",
+            std::time::Duration::from_secs(3600),
+            files,
+        )
+        .unwrap()
+        .to_text()
+        .unwrap();
+        let request_path = tmp.path().join("req.toml");
+        std::fs::write(&request_path, &request).unwrap();
+        let key = std::fs::read_to_string(approver.join(keys::SENDER_KEY)).unwrap();
+        let (_, signature) = approval::sign(&key, request.as_bytes()).unwrap();
+        let signature_path = tmp.path().join("req.toml.minisig");
+        std::fs::write(&signature_path, signature).unwrap();
+        let options = crate::cli::ApprovalOptions {
+            policy,
+            request: request_path,
+            signatures: vec![signature_path],
+        };
+
+        let approved = preflight(&options, &objects, &skipped).unwrap();
+        assert_eq!(approved.request.files.len(), 2);
+        // After the check, before the send: a.txt swapped for other bytes of the same size.
+        std::fs::write(tmp.path().join("other"), b"tampered").unwrap();
+        std::fs::rename(tmp.path().join("other"), data.join("a.txt")).unwrap();
+        // What is sent is what was checked: a.txt, read as the file approved, is refused.
+        let a = objects.iter().find(|o| o.path == "data/a.txt").unwrap();
+        let err = a.source.open().unwrap().map(|_| ()).unwrap_err();
+        assert!(
+            err.to_string().contains("replaced by another file"),
+            "{err}"
+        );
+        let b = objects.iter().find(|o| o.path == "data/b.txt").unwrap();
+        assert!(b.source.open().unwrap().is_ok());
+        // A second listing would have found the swapped file (and sent it, unchecked).
+        let (again, skipped) = objects::enumerate(&paths, None);
+        let err = preflight(&options, &again, &skipped).unwrap_err();
+        assert!(err.contains("changed since approval: data/a.txt"), "{err}");
+    }
 }

@@ -392,18 +392,25 @@ struct Prepared {
     skipped: Vec<Skipped>,
 }
 
-/// Connects the `s3://` sources' buckets, checks the approval, expands the paths and checks
-/// them against the policy. Blocks.
+/// Connects the `s3://` sources' buckets, expands the paths, and checks what they expanded to
+/// against the approval and the policy. Blocks.
+///
+/// The paths are expanded (a bucket's prefix listed) once: the approval and the policy check
+/// the very objects then sent, each read as found (a file as the inode seen, a stored object
+/// pinned to its listed ETag and size), so one changed after its check is refused when read
+/// to be sent, never sent unchecked.
 fn prepare(options: &Options) -> Result<Prepared, Error> {
     // A wrong key, a missing bucket or an unreachable endpoint: one line and exit 2, before
     // the link is opened.
     let stores = objects::s3::Stores::connect(&options.paths, &options.s3)
         .map_err(|e| Error::Usage(config::UsageError(e)))?;
+    let (objects, skipped) =
+        objects::enumerate_with(&options.paths, options.name.as_deref(), &stores);
     let approval = match &options.approval {
         None => None,
         Some(given) => {
             let approved =
-                approve::preflight(given, &options.paths, &stores).map_err(Error::NotApproved)?;
+                approve::preflight(given, &objects, &skipped).map_err(Error::NotApproved)?;
             tracing::info!(
                 request = %given.request.display(),
                 approvers = %key_ids(&approved.approvers).join(","),
@@ -412,8 +419,6 @@ fn prepare(options: &Options) -> Result<Prepared, Error> {
             Some(approved)
         }
     };
-    let (objects, skipped) =
-        objects::enumerate_with(&options.paths, options.name.as_deref(), &stores);
     if let Some(path) = &options.policy {
         preflight_policy(path, &objects)?;
     }

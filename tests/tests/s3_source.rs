@@ -2,7 +2,8 @@
 //! `sluice_tests::garage`): a prefix arrives as a tree named as `cp -r` would name it, an
 //! object overwritten while it is being sent is refused and never delivered as a mix, hostile
 //! keys are named and skipped with nothing landing outside `--out`, an approval of objects
-//! refuses one changed since, and a wrong key stops the sender at start before any frame.
+//! sends them as checked and refuses one changed since, and a wrong key stops the sender at
+//! start before any frame.
 //! Objects are put with curl's own SigV4 (`--aws-sigv4`), the one client here that writes
 //! keys as given (`..`, control characters, a trailing `/`).
 
@@ -291,6 +292,35 @@ fn an_object_changed_after_approval_is_refused() {
     assert!(signed.status.success(), "{}", text(&signed));
     let checked = approve(&["check", "req.toml", "--policy", "approvals.toml", &url]);
     assert!(checked.status.success(), "{}", text(&checked));
+    let approval = [
+        "--approval",
+        "req.toml",
+        "--approval-policy",
+        "approvals.toml",
+    ];
+
+    // Unchanged: the objects listed once, hashed and checked, then sent as listed.
+    let port = free_udp_port();
+    let to: SocketAddr = ([127, 0, 0, 1], port).into();
+    let sink = UdpSocket::bind(to).unwrap();
+    sink.set_nonblocking(true).unwrap();
+    let mut cmd = binaries::sender_cmd(&format!("udp://{to}"), &s.keys);
+    garage.env(&mut cmd);
+    let approved = cmd
+        .current_dir(dir)
+        .args(approval)
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert_eq!(approved.status.code(), Some(0), "{}", text(&approved));
+    assert!(
+        text(&approved).contains("export approved"),
+        "{}",
+        text(&approved)
+    );
+    let mut buf = [0u8; 2048];
+    assert!(sink.recv(&mut buf).is_ok(), "no frame left");
+    drop(sink);
 
     // Same size, other bytes, after approval.
     put(&garage, "exports/q3/data/summary.txt", b"all bad!");
@@ -298,12 +328,6 @@ fn an_object_changed_after_approval_is_refused() {
     let to: SocketAddr = ([127, 0, 0, 1], port).into();
     let sink = UdpSocket::bind(to).unwrap();
     sink.set_nonblocking(true).unwrap();
-    let approval = [
-        "--approval",
-        "req.toml",
-        "--approval-policy",
-        "approvals.toml",
-    ];
     let mut cmd = binaries::sender_cmd(&format!("udp://{to}"), &s.keys);
     garage.env(&mut cmd);
     let refused = cmd
@@ -318,7 +342,6 @@ fn an_object_changed_after_approval_is_refused() {
         "{}",
         text(&refused)
     );
-    let mut buf = [0u8; 2048];
     assert!(sink.recv(&mut buf).is_err(), "a frame left unapproved");
 }
 

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use crate::exit::ExitStatus;
-use crate::link::LinkSpec;
+use crate::link::Links;
 use crate::logging::LogFormat;
 pub use crate::logging::LogOptions;
 
@@ -27,9 +27,10 @@ pub struct UsageError(pub String);
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct SharedArgs {
     /// The link: udp://HOST:PORT[?mtu=1500] or serial:///dev/ttyX[?baud=115200&frame=1024]
-    /// (the sender sends to it, the receiver listens on it).
+    /// (the sender sends to it, the receiver listens on it). Repeatable: several links used as
+    /// one, frames striped over them; udp://HOST:9000-9003 is one flow per port.
     #[arg(long)]
-    pub link: Option<String>,
+    pub link: Vec<String>,
     /// Shared 32-byte frame-authentication key (link.key).
     #[arg(long)]
     pub link_key: Option<PathBuf>,
@@ -63,8 +64,8 @@ pub const MAX_WORKERS: usize = 64;
 /// The checked options both daemons share ([`SharedArgs`] resolved by [`Layers::common`]).
 #[derive(Debug, Clone)]
 pub struct Common {
-    /// The link: where the sender sends, where the receiver listens.
-    pub link: LinkSpec,
+    /// The links: where the sender sends, where the receiver listens.
+    pub link: Links,
     /// The link key file.
     pub link_key: PathBuf,
     /// Worker threads.
@@ -81,9 +82,9 @@ pub struct Common {
 
 impl Common {
     /// The options of `link` and `link_key`, everything else by default (tests, embedding).
-    pub fn new(link: LinkSpec, link_key: PathBuf) -> Self {
+    pub fn new(link: impl Into<Links>, link_key: PathBuf) -> Self {
         Common {
-            link,
+            link: link.into(),
             link_key,
             workers: default_workers(),
             metrics: None,
@@ -386,11 +387,13 @@ impl<'a> Layers<'a> {
 
     /// The options both daemons share; `link_form` says what `--link` looks like.
     pub fn common(&self, args: SharedArgs, link_form: &str) -> Result<Common, UsageError> {
-        let link = self
-            .required("link", args.link, link_form)?
-            .text
-            .parse()
-            .map_err(|e| UsageError(format!("{e}")))?;
+        let given: Vec<PathBuf> = args.link.into_iter().map(PathBuf::from).collect();
+        let texts: Vec<String> = self
+            .required_paths("link", given, link_form)?
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        let link = Links::parse_all(&texts).map_err(|e| UsageError(format!("{e}")))?;
         Ok(Common {
             link,
             link_key: self.required_path("link-key", args.link_key, "the shared link.key file")?,

@@ -5,6 +5,7 @@
 //! `prometheus-client` encodes them. The HTTP side is the least a scraper needs: one request
 //! per connection, a bounded request head read under a timeout, `GET /metrics` or 404.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +30,7 @@ pub struct Metric {
 #[derive(Debug, Clone)]
 pub enum Values {
     Count(u64),
-    CountBy(&'static str, Vec<(&'static str, u64)>),
+    CountBy(&'static str, Vec<(Cow<'static, str>, u64)>),
     Gauge(f64),
 }
 
@@ -48,12 +49,15 @@ impl Metric {
         name: &'static str,
         help: &'static str,
         label: &'static str,
-        values: impl IntoIterator<Item = (&'static str, u64)>,
+        values: impl IntoIterator<Item = (impl Into<Cow<'static, str>>, u64)>,
     ) -> Metric {
         Metric {
             name,
             help,
-            values: Values::CountBy(label, values.into_iter().collect()),
+            values: Values::CountBy(
+                label,
+                values.into_iter().map(|(l, n)| (l.into(), n)).collect(),
+            ),
         }
     }
 
@@ -93,7 +97,7 @@ impl prometheus_client::collector::Collector for Collector {
                 Values::Gauge(v) => ConstGauge::new(*v).encode(family)?,
                 Values::CountBy(label, values) => {
                     for (label_value, n) in values {
-                        let labels = [(*label, *label_value)];
+                        let labels = [(*label, label_value.as_ref())];
                         ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
                     }
                 }

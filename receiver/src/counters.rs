@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use sluice_common::metrics::Metric;
@@ -43,6 +44,10 @@ pub struct Counters {
     bytes_publishing: AtomicU64,
     store_down_since_us: AtomicU64,
     store_retries: AtomicU64,
+    kernel_drops: AtomicU64,
+    links_down: AtomicU64,
+    /// Datagrams each link brought, with several links.
+    link_datagrams: Mutex<Vec<u64>>,
 }
 
 /// Counts only the delivery core knows, kept by it as it decides (it is sans-IO, so it holds
@@ -102,6 +107,12 @@ pub struct Snapshot {
     pub store_down_since: Option<Duration>,
     /// Uploads tried again after the store failed them.
     pub store_retries: u64,
+    /// Datagrams the kernel dropped (the socket's receive buffer full).
+    pub kernel_drops: u64,
+    /// Links of several bringing nothing while another brings frames.
+    pub links_down: u64,
+    /// Datagrams each link brought, with several links.
+    pub link_datagrams: Vec<u64>,
 }
 
 fn get(a: &AtomicU64) -> u64 {
@@ -140,6 +151,9 @@ impl Counters {
             bytes_publishing: AtomicU64::new(0),
             store_down_since_us: AtomicU64::new(0),
             store_retries: AtomicU64::new(0),
+            kernel_drops: AtomicU64::new(0),
+            links_down: AtomicU64::new(0),
+            link_datagrams: Mutex::new(Vec::new()),
         }
     }
 
@@ -178,6 +192,24 @@ impl Counters {
             set(&self.first_frame_us, us);
         }
         set(&self.last_frame_us, us);
+    }
+
+    /// The links' health (see `link_health`): the kernel's drops, the links down, what each
+    /// link brought.
+    pub(crate) fn record_links(
+        &self,
+        kernel_drops: u64,
+        links_down: usize,
+        datagrams: impl Iterator<Item = u64>,
+    ) {
+        set(&self.kernel_drops, kernel_drops);
+        set(&self.links_down, links_down as u64);
+        let mut slot = self
+            .link_datagrams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        slot.clear();
+        slot.extend(datagrams);
     }
 
     /// Whether valid frames are arriving.
@@ -247,6 +279,13 @@ impl Counters {
             bytes_publishing: get(&self.bytes_publishing),
             store_down_since: Self::since_start(get(&self.store_down_since_us)),
             store_retries: get(&self.store_retries),
+            kernel_drops: get(&self.kernel_drops),
+            links_down: get(&self.links_down),
+            link_datagrams: self
+                .link_datagrams
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 }
@@ -336,6 +375,27 @@ impl Counters {
                 s.store_down_since.map_or(0.0, |since| {
                     self.base.elapsed().saturating_sub(since).as_secs_f64()
                 }),
+            ),
+            Metric::counter(
+                "sluice_link_kernel_drops",
+                "Datagrams the kernel dropped because a link socket's receive buffer was full \
+                 (the sender paces above what this box takes: lower its --rate, or raise \
+                 net.core.rmem_max).",
+                s.kernel_drops,
+            ),
+            Metric::gauge(
+                "sluice_links_down",
+                "Links of several that bring nothing while another brings frames.",
+                s.links_down as f64,
+            ),
+            Metric::counter_by(
+                "sluice_link_datagrams",
+                "Datagrams (frames) each link brought, with several links.",
+                "link",
+                s.link_datagrams
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| ((i + 1).to_string(), *n)),
             ),
             Metric::counter(
                 "sluice_store_retries",

@@ -49,6 +49,7 @@ pub mod failure;
 pub mod footprint;
 mod gate;
 mod heads;
+mod link_health;
 mod link_task;
 pub mod object;
 pub mod outcome;

@@ -28,10 +28,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::counters::Counters;
 use crate::delivery::{Input, LinkCommand, LinkEvent};
+use crate::link_health::{LinkHealth, Notice};
 use crate::summary::Stop;
 
 /// How often timeouts, the idle limit and the MAC warning are checked.
 const TICK: Duration = Duration::from_millis(100);
+/// Ticks between two looks at the links' health (each link's activity, the kernel's drops).
+const HEALTH_TICKS: u32 = 10;
 /// Least time between two "failed link authentication" warnings.
 const BAD_MAC_WARN_EVERY: Duration = Duration::from_secs(10);
 /// When the assembler is full, blocks without a new symbol for this long are set aside
@@ -92,6 +95,9 @@ pub(crate) struct LinkTask {
     /// Capacity drops already answered by setting idle blocks aside.
     capacity_seen: u64,
     counters: Arc<Counters>,
+    /// The links' activity and the kernel's drops, looked at every [`HEALTH_TICKS`].
+    health: LinkHealth,
+    ticks: u32,
 }
 
 impl LinkTask {
@@ -122,6 +128,8 @@ impl LinkTask {
             bad_mac_warned_at: None,
             capacity_seen: 0,
             counters,
+            health: LinkHealth::new(std::time::Instant::now()),
+            ticks: 0,
         }
     }
 
@@ -159,6 +167,10 @@ impl LinkTask {
                     self.asm.handle_timeout(now);
                     self.warn_bad_mac(false);
                     self.record();
+                    self.ticks = self.ticks.wrapping_add(1);
+                    if self.ticks % HEALTH_TICKS == 0 {
+                        self.check_links(link);
+                    }
                     if let Some(idle) = self.idle {
                         if now.saturating_since(self.last_frame) >= idle {
                             return Stop::Idle;
@@ -192,6 +204,38 @@ impl LinkTask {
             self.last_frame = now;
             self.counters.record_frame_at(std::time::Instant::now());
         }
+    }
+
+    /// Says which links went down or came back, and what the kernel dropped.
+    fn check_links(&mut self, link: &dyn FrameRx) {
+        let activity = link.activity();
+        let notices = self
+            .health
+            .check(&activity, link.kernel_drops(), std::time::Instant::now());
+        for notice in notices {
+            match notice {
+                Notice::Down { index, name } => tracing::warn!(
+                    link = index,
+                    "link {index} down: nothing from {name} for {} s while the others bring frames",
+                    sluice_common::link::QUIET_LINK.as_secs()
+                ),
+                Notice::Up { index, name } => {
+                    tracing::info!(link = index, "link {index} up: frames from {name} again")
+                }
+                Notice::Overrun { dropped, total } => tracing::warn!(
+                    dropped,
+                    total,
+                    "link overrun: {dropped} datagrams dropped by the kernel (the receive buffer \
+                     was full): the sender paces above what this box takes; lower its --rate \
+                     or raise net.core.rmem_max"
+                ),
+            }
+        }
+        self.counters.record_links(
+            self.health.kernel_drops(),
+            self.health.links_down(),
+            activity.iter().map(|a| a.datagrams),
+        );
     }
 
     fn record(&self) {

@@ -180,7 +180,10 @@ mod tests {
         let Values::CountBy(_, values) = bytes.values else {
             panic!("sluice_bytes has a kind label");
         };
-        assert!(values.contains(&("link", summary.link_bytes)), "{values:?}");
+        assert!(
+            values.contains(&("link".into(), summary.link_bytes)),
+            "{values:?}"
+        );
         assert_eq!(summary.link_bytes, 14_280);
     }
 }

@@ -5,6 +5,7 @@
 //!   LinkSpec::open_tx ─▶ Box<dyn FrameTx>   udp::UdpTx (GSO batches)   stream::StreamTx (COBS)
 //!   LinkSpec::open_rx ─▶ Box<dyn FrameRx>   udp::UdpRx (recvmmsg+GRO)  stream::StreamRx (COBS)
 //!                                                                      serial: a stream over a tty
+//!   Links (one or more --link, udp://H:9000-9003) ─▶ multi::StripedTx / multi::MergedRx
 //! ```
 //!
 //! A backend is one file. The byte-stream backend frames with COBS over any
@@ -14,6 +15,7 @@
 //! The sender only ever writes and the receiver only ever reads: nothing here can put a byte
 //! back on the wire, so a test over loopback proves the same property a fibre diode enforces.
 
+mod multi;
 mod serial;
 mod stream;
 mod udp;
@@ -30,6 +32,7 @@ use sluice_protocol::counters::DropReason;
 use sluice_protocol::framing::encoded_len;
 use sluice_protocol::wire::MAX_FRAME_LEN;
 
+pub use multi::{MergedRx, StripedTx, QUIET_LINK};
 pub use serial::SerialRx;
 pub use stream::{StreamRx, StreamTx};
 pub use udp::{UdpRx, UdpTx};
@@ -69,6 +72,30 @@ pub trait FrameRx: Send + fmt::Debug {
     fn local_addr(&self) -> Option<SocketAddr> {
         None
     }
+
+    /// Each link's activity, when there are several (see [`Links`]); empty for one.
+    fn activity(&self) -> Vec<LinkActivity> {
+        Vec::new()
+    }
+
+    /// Datagrams the kernel dropped because the socket's receive buffer was full, since the
+    /// socket was opened (UDP); `None` where the link cannot say.
+    fn kernel_drops(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// One link of several: what it brought so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkActivity {
+    /// Its URL.
+    pub name: String,
+    /// Datagrams (or frames) it delivered.
+    pub datagrams: u64,
+    /// How long since it last had something; `None` before its first.
+    pub quiet_for: Option<std::time::Duration>,
+    /// Its last read failed: no longer read.
+    pub failed: bool,
 }
 
 /// What a [`FrameRx`] hands over.
@@ -246,6 +273,161 @@ impl LinkSpec {
     }
 }
 
+/// The `--link` values: one link, or several used as one ([`StripedTx`] and [`MergedRx`]):
+/// `--link` given more than once, or a UDP port range (`udp://10.0.0.2:9000-9003`, one flow per
+/// port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Links(Vec<LinkSpec>);
+
+impl Links {
+    /// Most links one run uses.
+    pub const MAX: usize = 64;
+
+    /// The links of `values`, each one link or a UDP port range.
+    pub fn parse_all<S: AsRef<str>>(values: &[S]) -> Result<Links, LinkSpecError> {
+        let mut specs = Vec::new();
+        for value in values {
+            specs.extend(value.as_ref().parse::<Links>()?.0);
+        }
+        let too_many = |why: String| LinkSpecError {
+            value: values
+                .iter()
+                .map(|v| v.as_ref().to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+            why,
+        };
+        if specs.is_empty() {
+            return Err(too_many("no link".into()));
+        }
+        if specs.len() > Self::MAX {
+            return Err(too_many(format!("more than {} links", Self::MAX)));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(twice) = specs.iter().find(|s| !seen.insert(s.to_string())) {
+            return Err(too_many(format!("{twice} is given twice")));
+        }
+        Ok(Links(specs))
+    }
+
+    /// Every link.
+    pub fn specs(&self) -> &[LinkSpec] {
+        &self.0
+    }
+
+    /// Largest frame every link carries.
+    pub fn max_frame_len(&self) -> usize {
+        self.0
+            .iter()
+            .map(LinkSpec::max_frame_len)
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Bytes a link adds to each frame, for pacing: the most any of them adds.
+    pub fn frame_overhead(&self) -> u32 {
+        self.0
+            .iter()
+            .map(LinkSpec::frame_overhead)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Pacing rate when `--rate` is not given: each serial line's capacity, and 100 MB/s per
+    /// UDP destination host (several ports of one host are flows over one path).
+    pub fn default_rate(&self) -> u64 {
+        let mut hosts = std::collections::HashSet::new();
+        self.0
+            .iter()
+            .filter(|spec| match spec {
+                LinkSpec::Udp { address, .. } => hosts.insert(
+                    address
+                        .rsplit_once(':')
+                        .map_or(address.as_str(), |(h, _)| h),
+                ),
+                LinkSpec::Serial { .. } => true,
+            })
+            .map(LinkSpec::default_rate)
+            .sum()
+    }
+
+    /// Opens the links for sending: frames striped over them when there are several.
+    pub async fn open_tx(&self) -> io::Result<Box<dyn FrameTx>> {
+        match self.0.as_slice() {
+            [one] => one.open_tx().await,
+            several => Ok(Box::new(StripedTx::open(several).await?)),
+        }
+    }
+
+    /// Opens the links for receiving: frames gathered from all of them when there are several.
+    pub async fn open_rx(&self) -> io::Result<Box<dyn FrameRx>> {
+        match self.0.as_slice() {
+            [one] => one.open_rx().await,
+            several => Ok(Box::new(MergedRx::open(several).await?)),
+        }
+    }
+}
+
+impl From<LinkSpec> for Links {
+    fn from(spec: LinkSpec) -> Self {
+        Links(vec![spec])
+    }
+}
+
+impl FromStr for Links {
+    type Err = LinkSpecError;
+
+    /// One link, or `udp://HOST:FIRST-LAST[?…]`: one link per port.
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let range = value
+            .strip_prefix("udp://")
+            .map(|rest| rest.split_once('?').unwrap_or((rest, "")))
+            .and_then(|(target, query)| {
+                let (host, ports) = target.rsplit_once(':')?;
+                let (first, last) = ports.split_once('-')?;
+                Some((host, first, last, query))
+            });
+        let Some((host, first, last, query)) = range else {
+            return Ok(Links(vec![value.parse()?]));
+        };
+        let err = |why: &str| LinkSpecError {
+            value: value.to_string(),
+            why: why.to_string(),
+        };
+        let (first, last) = match (first.parse::<u16>(), last.parse::<u16>()) {
+            (Ok(a), Ok(b)) if a >= 1 && a <= b => (a, b),
+            _ => return Err(err("a port range is FIRST-LAST, 1 ≤ FIRST ≤ LAST ≤ 65535")),
+        };
+        if usize::from(last - first) >= Self::MAX {
+            return Err(err(&format!(
+                "a port range spans at most {} ports",
+                Self::MAX
+            )));
+        }
+        let query = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{query}")
+        };
+        (first..=last)
+            .map(|port| format!("udp://{host}:{port}{query}").parse())
+            .collect::<Result<Vec<LinkSpec>, _>>()
+            .map(Links)
+    }
+}
+
+impl fmt::Display for Links {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, spec) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" + ")?;
+            }
+            write!(f, "{spec}")?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,6 +452,76 @@ mod tests {
         );
         assert_eq!(serial.default_rate(), 92_160);
         assert_eq!(serial.to_string().parse::<LinkSpec>().unwrap(), serial);
+    }
+
+    #[test]
+    fn several_links_and_port_ranges_are_one_set() {
+        let flows: Links = "udp://10.0.0.2:9000-9003?mtu=9000".parse().unwrap();
+        assert_eq!(flows.specs().len(), 4);
+        assert_eq!(flows.specs()[3].to_string(), "udp://10.0.0.2:9003?mtu=9000");
+        assert_eq!(flows.max_frame_len(), 8972);
+        // Four flows to one host are one path: one default rate.
+        assert_eq!(flows.default_rate(), 100_000_000);
+        let two =
+            Links::parse_all(&["udp://10.0.0.2:9000", "udp://10.1.0.2:9000?mtu=1500"]).unwrap();
+        assert_eq!(two.default_rate(), 200_000_000);
+        assert_eq!(
+            two.to_string(),
+            "udp://10.0.0.2:9000?mtu=1500 + udp://10.1.0.2:9000?mtu=1500"
+        );
+        let mixed =
+            Links::parse_all(&["udp://h:1?mtu=9000", "serial:///dev/ttyS0?frame=512"]).unwrap();
+        assert_eq!((mixed.max_frame_len(), mixed.frame_overhead()), (512, 28));
+        for bad in [
+            "udp://h:9003-9000",
+            "udp://h:0-3",
+            "udp://h:1-100",
+            "udp://h:a-b",
+        ] {
+            let err = bad.parse::<Links>().unwrap_err().to_string();
+            assert!(err.contains("port range"), "{bad}: {err}");
+        }
+        let twice = Links::parse_all(&["udp://h:1-2", "udp://h:2"]).unwrap_err();
+        assert!(twice.to_string().contains("twice"), "{twice}");
+    }
+
+    #[tokio::test]
+    async fn frames_striped_over_several_links_all_arrive_and_each_link_is_counted() {
+        let rx_specs: Vec<LinkSpec> = (0..3)
+            .map(|_| "udp://127.0.0.1:0".parse().unwrap())
+            .collect();
+        // Bound one by one to learn their ports, then gathered as one.
+        let mut ports = Vec::new();
+        let mut rxs = Vec::new();
+        for spec in &rx_specs {
+            let rx = spec.open_rx().await.unwrap();
+            ports.push(rx.local_addr().unwrap().port());
+            rxs.push(rx);
+        }
+        drop(rxs);
+        let texts: Vec<String> = ports
+            .iter()
+            .map(|p| format!("udp://127.0.0.1:{p}"))
+            .collect();
+        let links = Links::parse_all(&texts).unwrap();
+        let mut rx = links.open_rx().await.unwrap();
+        let mut tx = links.open_tx().await.unwrap();
+        let frames: Vec<Vec<u8>> = (0..90u8).map(|i| vec![i; 700]).collect();
+        let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+        send_all(tx.as_mut(), &refs).await;
+        let mut got: Vec<Vec<u8>> = recv_count(rx.as_mut(), frames.len())
+            .await
+            .into_iter()
+            .map(Option::unwrap)
+            .collect();
+        got.sort();
+        assert_eq!(got, frames);
+        let activity = rx.activity();
+        assert_eq!(activity.len(), 3);
+        for link in &activity {
+            assert_eq!(link.datagrams, 30, "{activity:?}");
+            assert!(link.quiet_for.is_some() && !link.failed);
+        }
     }
 
     #[test]

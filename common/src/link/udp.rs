@@ -261,4 +261,48 @@ impl FrameRx for UdpRx {
     fn local_addr(&self) -> Option<SocketAddr> {
         self.socket.local_addr().ok()
     }
+
+    fn kernel_drops(&self) -> Option<u64> {
+        // The socket's inode names its line in /proc/net/udp{,6}, whose last column counts
+        // what the kernel dropped for it (a full receive buffer, mostly).
+        let inode = rustix::fs::fstat(&self.socket).ok()?.st_ino.to_string();
+        ["/proc/net/udp", "/proc/net/udp6"]
+            .iter()
+            .find_map(|table| {
+                let text = std::fs::read_to_string(table).ok()?;
+                drops_of(&text, &inode)
+            })
+    }
+}
+
+/// The `drops` column of the line for socket `inode` in a `/proc/net/udp` table.
+fn drops_of(table: &str, inode: &str) -> Option<u64> {
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
+        (fields.get(9) == Some(&inode))
+            .then(|| fields.get(12)?.parse().ok())
+            .flatten()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_drop_count_is_read_from_the_socket_s_own_line() {
+        let table = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+             1: 0100007F:2328 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4711 2 0000000000000000 0\n\
+             2: 0100007F:2329 00000000:0000 07 00000000:00300000 00:00000000 00000000     0        0 4712 2 0000000000000000 1234\n";
+        assert_eq!(drops_of(table, "4712"), Some(1234));
+        assert_eq!(drops_of(table, "4711"), Some(0));
+        assert_eq!(drops_of(table, "99"), None);
+    }
+
+    #[tokio::test]
+    async fn a_socket_finds_its_own_line() {
+        let rx = UdpRx::open("127.0.0.1:0").await.unwrap();
+        assert_eq!(rx.kernel_drops(), Some(0));
+    }
 }

@@ -24,7 +24,9 @@
 //! file, alternating, and print each pair's goodput ratio. `--scaling` runs `udp-1500` at
 //! `--rate` with 1 and 2 worker threads and prints the scaling table (`scaling.rs`).
 //! `--floors` prints what each unavoidable stage (hashing, age, framing, the page cache) costs
-//! on this machine on one thread, without the daemons (`floors.rs`).
+//! on this machine on one thread, without the daemons (`floors.rs`). `--find-rate` searches the
+//! highest sender `--rate` this machine's receiver takes without losing a file and prints the
+//! rate to give the sender (`rate.rs`).
 //!
 //! How each figure is taken:
 //! - goodput: file bytes / (last object delivered − sender start), from the receiver's
@@ -41,6 +43,7 @@
 
 mod floors;
 mod lidi;
+mod rate;
 mod s3;
 mod scaling;
 mod usage;
@@ -90,6 +93,10 @@ struct Args {
     /// bytes, no daemons): the floor under the CPU figures.
     #[arg(long)]
     floors: bool,
+    /// Find the highest sender --rate this machine's receiver takes without losing a file
+    /// (one `--size` file per step, default repair) and print the rate to give the sender.
+    #[arg(long)]
+    find_rate: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -223,6 +230,13 @@ fn run(args: &Args) -> Result<()> {
     }
     if args.floors {
         return floors::print(size);
+    }
+    if args.find_rate {
+        let case = all
+            .iter()
+            .find(|c| c.name == "udp-1500")
+            .context("no udp-1500 case")?;
+        return rate::find(case, args.workers);
     }
     let selected: Vec<Case> = if args.cases.is_empty() {
         all.into_iter()

@@ -11,7 +11,8 @@
 //!
 //! ```text
 //!   loop {
-//!       handle_frame(now, bytes)      for every frame the link delivered
+//!       handle_frame(now, bytes)      for every frame the link delivered (or
+//!       handle_verified(now, batch)   for frames verified where they arrived: VerifiedFrames)
 //!       handle_timeout(now)           when poll_timeout() has passed (or just periodically)
 //!       evict_idle(now, idle)         when memory is short: set quiet blocks aside early
 //!       while let Some(ev) = poll_event() {
@@ -36,7 +37,9 @@ use crate::wire::{
 };
 
 pub mod census;
+mod verified;
 pub use census::{Census, Missing};
+pub use verified::VerifiedFrames;
 
 /// Bounds and timeouts of the assembler.
 #[derive(Clone, Copy, Debug)]
@@ -280,23 +283,41 @@ impl Assembler {
         self.assembling.len() + self.ready.len()
     }
 
-    /// Handles one frame as delivered by the link (datagram or deframed serial frame).
+    /// Handles one frame as delivered by the link (datagram or deframed serial frame):
+    /// verifies it with the assembler's key, then assembles it.
     pub fn handle_frame(&mut self, now: Instant, bytes: &[u8]) {
-        let frame = match wire::parse_frame(bytes, &self.key) {
-            Ok(frame) => frame,
-            Err(error) => return self.drops.record(error.into()),
-        };
+        match wire::parse_frame(bytes, &self.key) {
+            Ok(frame) => self.accept(now, &frame.header, frame.payload),
+            Err(error) => self.drops.record(error.into()),
+        }
+    }
+
+    /// Handles a batch of frames verified elsewhere (on the thread that received them, see
+    /// [`VerifiedFrames`]), in the order they were verified, and counts the drops found while
+    /// verifying them. Nothing is checked again: a batch holds only frames that passed every
+    /// check of [`wire::parse_frame`]. The drops, statistics and events are those
+    /// [`handle_frame`](Self::handle_frame) would give for the same frames. The batch must
+    /// have been verified under this assembler's key (the driver holds both).
+    pub fn handle_verified(&mut self, now: Instant, batch: &VerifiedFrames) {
+        for (header, payload) in batch.frames() {
+            self.accept(now, header, payload);
+        }
+        self.drops.merge(batch.drops());
+    }
+
+    /// One frame that passed every check.
+    fn accept(&mut self, now: Instant, header: &Header, payload: &[u8]) {
         self.stats.frames_ok += 1;
         if !self.link_up {
             self.link_up = true;
             self.events.push_back(Event::LinkUp);
         }
         self.last_frame = Some(now);
-        match frame.header {
-            Header::Symbol(symbol) => self.handle_symbol(now, &symbol, frame.payload),
-            Header::Heartbeat(beat) => self.events.push_back(Event::Heartbeat(beat)),
-            Header::RelayStatus(status) => self.events.push_back(Event::RelayStatus(status)),
-            Header::AuditHead(head) => self.events.push_back(Event::AuditHead(head)),
+        match header {
+            Header::Symbol(symbol) => self.handle_symbol(now, symbol, payload),
+            Header::Heartbeat(beat) => self.events.push_back(Event::Heartbeat(*beat)),
+            Header::RelayStatus(status) => self.events.push_back(Event::RelayStatus(*status)),
+            Header::AuditHead(head) => self.events.push_back(Event::AuditHead(*head)),
         }
     }
 

@@ -7,7 +7,8 @@
 //! ```text
 //!  link task (tokio)               delivery thread                 workers
 //!  ─────────────────               ───────────────                 ───────
-//!  FrameRx ─▶ CRC, MAC ─▶          Delivery (sans-IO):             decoders 1..n: FEC-decode,
+//!  flows: FrameRx ─▶ CRC, MAC       Delivery (sans-IO):             decoders 1..n: FEC-decode,
+//!  (a task per link) ─▶ batches ─▶
 //!  rx::Assembler ──LinkEvent──▶    the object table, the census,   store segments, open and
 //!     (permits bound the bytes)    every decision about objects    verify manifests, keep
 //!  ◀──LinkCommand── mark done,      │ ▲                              stalled symbols
@@ -23,7 +24,8 @@
 //! subscribers; counters live in one struct that the report reads.
 //!
 //! - [`cli`]: command line and TOML config. `error`: start-up errors.
-//! - `link_task`: frames to assembler events. `delivery`: the object table and its rules;
+//! - `flow`: one task per link, verifying its frames. `link_task`: verified frames to
+//!   assembler events. `delivery`: the object table and its rules;
 //!   `dispatch`: the thread that drives it. `workers`: the decoder pool. `publisher`,
 //!   `publish`: turning objects into files. [`state`]: the restart-safe state directory;
 //!   [`footprint`]: what an incomplete object holds there as `du` counts it (`--max-state`).
@@ -46,6 +48,7 @@ mod delivery;
 mod dispatch;
 mod error;
 pub mod failure;
+mod flow;
 pub mod footprint;
 mod gate;
 mod heads;
@@ -107,7 +110,8 @@ const INPUT_QUEUE: usize = 4096;
 pub struct Receiver {
     options: Options,
     ctx: Arc<Context>,
-    link: Box<dyn FrameRx>,
+    /// Every link, with its name, each read by its own flow task.
+    links: Vec<(String, Box<dyn FrameRx>)>,
     link_key: LinkKey,
     leftovers: Vec<Resumed>,
     limits: Limits,
@@ -248,10 +252,10 @@ impl Receiver {
             mode_mask = format_args!("{:o}", ctx.mode_mask),
             "limits"
         );
-        let link = options
+        let links = options
             .shared
             .link
-            .open_rx()
+            .open_rx_each()
             .await
             .map_err(io_error(format!(
                 "cannot open --link {}",
@@ -301,7 +305,7 @@ impl Receiver {
         Ok(Receiver {
             options,
             ctx,
-            link,
+            links,
             link_key,
             leftovers,
             limits,
@@ -311,9 +315,18 @@ impl Receiver {
         })
     }
 
-    /// The bound UDP address (e.g. after binding port 0).
+    /// The bound UDP address (e.g. after binding port 0); the first link's when there are
+    /// several.
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.link.local_addr()
+        self.links.first().and_then(|(_, link)| link.local_addr())
+    }
+
+    /// Every link's bound UDP address, in `--link` order.
+    pub fn local_addrs(&self) -> Vec<Option<SocketAddr>> {
+        self.links
+            .iter()
+            .map(|(_, link)| link.local_addr())
+            .collect()
     }
 
     /// Receives until `shutdown` resolves, `--exit-after-idle` passes or the link fails;
@@ -323,7 +336,7 @@ impl Receiver {
         let Receiver {
             options,
             ctx,
-            mut link,
+            links,
             link_key,
             leftovers,
             limits,
@@ -384,6 +397,7 @@ impl Receiver {
             state = %ctx.state.path().display(),
             "receiving"
         );
+        let mut flows = flow::Flows::spawn(links, &link_key);
         let mut link_task = link_task::LinkTask::new(
             Assembler::new(config, link_key),
             config.link_timeout,
@@ -397,7 +411,7 @@ impl Receiver {
         sluice_common::service::ready("receiving");
         let watchdog = sluice_common::service::spawn_watchdog();
         let shutdown = std::pin::pin!(shutdown);
-        let stop = link_task.run(link.as_mut(), shutdown).await;
+        let stop = link_task.run(&mut flows, shutdown).await;
         sluice_common::service::stopping();
         ctx.stop_waiting();
         drop(watchdog);
@@ -406,8 +420,7 @@ impl Receiver {
             Stop::Shutdown => tracing::info!("shutting down"),
             Stop::LinkError(e) => tracing::error!("link failed: {e}"),
         }
-        link_task.finish().await;
-        drop(link);
+        link_task.finish(flows).await;
         // The delivery thread ends once every job answered; then the workers run out of jobs.
         tokio::task::spawn_blocking(move || {
             for thread in threads {
@@ -563,7 +576,12 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
         Parsed::Exit(status) => return status.into(),
     };
     logging::init(options.shared.log);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    // The link task runs on this thread; each link's flow (reading and verifying its frames)
+    // on a worker: one per link, up to the cores there are.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(options.shared.link.specs().len().clamp(1, cores))
+        .thread_name("link-flow")
         .enable_all()
         .build()
     {

@@ -1,10 +1,10 @@
-//! The link task: frames in, assembler events out to the delivery core. It does nothing slow
-//! — no decoding, no crypto beyond the frame MAC, no file I/O, no decision about objects —
-//! and allocates nothing per frame (the link reuses its buffers, the assembler allocates once
-//! per block). It talks to the rest through one channel each way.
+//! The link task: verified frames in, assembler events out to the delivery core. It does
+//! nothing slow — no decoding, no crypto (the flows check CRC and MAC, see `flow`), no file
+//! I/O, no decision about objects — and allocates nothing per frame (batches are reused, the
+//! assembler allocates once per block). It talks to the rest through one channel each way.
 //!
 //! ```text
-//!   link.recv_many ──▶ Assembler::handle_frame ──▶ events ──LinkEvent──▶ delivery core
+//!   flows' batches ──▶ Assembler::handle_verified ──▶ events ──LinkEvent──▶ delivery core
 //!        BlockReady: take_ready once permits for its bytes are free
 //!   ◀──LinkCommand── delivery core: mark_done (not needed), restore (saved symbols)
 //!   every 100 ms: handle_timeout, idle check, "frames failed link authentication" warning
@@ -19,15 +19,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_common::link::{FrameRx, Received};
 use sluice_protocol::counters::DropReason;
-use sluice_protocol::rx::{Assembler, Event, PartialBlock, ReadyBlock};
+use sluice_protocol::rx::{Assembler, Event, PartialBlock, ReadyBlock, VerifiedFrames};
 use sluice_protocol::time::Instant;
 use sluice_protocol::wire::BlockKey;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::counters::Counters;
 use crate::delivery::{Input, LinkCommand, LinkEvent};
+use crate::flow::{FlowMsg, Flows};
 use crate::link_health::{LinkHealth, Notice};
 use crate::summary::Stop;
 
@@ -140,7 +140,7 @@ impl LinkTask {
     /// Receives until idle, shutdown or a link error.
     pub async fn run(
         &mut self,
-        link: &mut dyn FrameRx,
+        flows: &mut Flows,
         mut shutdown: Pin<&mut impl Future<Output = ()>>,
     ) -> Stop {
         let mut tick = tokio::time::interval(TICK);
@@ -156,12 +156,18 @@ impl LinkTask {
                         None => return Stop::LinkError("permit semaphore closed".into()),
                     }
                 }
-                ready = link.ready() => {
-                    if let Err(e) = ready {
-                        return Stop::LinkError(e.to_string());
+                message = flows.recv() => match message {
+                    Some(FlowMsg::Frames { batch, received }) => {
+                        self.take_batch(&batch, received);
+                        flows.recycle(batch);
                     }
-                    self.take_frames(link);
-                }
+                    Some(FlowMsg::Failed { index, error }) => {
+                        if let Some(error) = flows.failed(index, &error) {
+                            return Stop::LinkError(error);
+                        }
+                    }
+                    None => return Stop::LinkError("every link's reader ended".into()),
+                },
                 _ = tick.tick() => {
                     let now = self.now();
                     self.asm.handle_timeout(now);
@@ -169,7 +175,7 @@ impl LinkTask {
                     self.record();
                     self.ticks = self.ticks.wrapping_add(1);
                     if self.ticks % HEALTH_TICKS == 0 {
-                        self.check_links(link);
+                        self.check_links(flows);
                     }
                     if let Some(idle) = self.idle {
                         if now.saturating_since(self.last_frame) >= idle {
@@ -188,30 +194,24 @@ impl LinkTask {
         }
     }
 
-    /// Hands everything the link received to the assembler, with one clock read per batch.
-    fn take_frames(&mut self, link: &mut dyn FrameRx) {
+    /// Hands a flow's batch of verified frames (and its drops) to the assembler, with one
+    /// clock read per batch; `received` frames came off the link for it.
+    fn take_batch(&mut self, batch: &VerifiedFrames, received: u64) {
         let now = self.now();
-        let mut frames = 0u64;
-        while let Some(frame) = link.next_frame() {
-            frames += 1;
-            match frame {
-                Received::Frame(bytes) => self.asm.handle_frame(now, bytes),
-                Received::Dropped(reason) => self.asm.record_drop(reason),
-            }
-        }
-        if frames > 0 {
-            self.frames_received += frames;
+        self.asm.handle_verified(now, batch);
+        if received > 0 {
+            self.frames_received += received;
             self.last_frame = now;
             self.counters.record_frame_at(std::time::Instant::now());
         }
     }
 
     /// Says which links went down or came back, and what the kernel dropped.
-    fn check_links(&mut self, link: &dyn FrameRx) {
-        let activity = link.activity();
+    fn check_links(&mut self, flows: &Flows) {
+        let activity = flows.activity();
         let notices = self
             .health
-            .check(&activity, link.kernel_drops(), std::time::Instant::now());
+            .check(&activity, flows.kernel_drops(), std::time::Instant::now());
         for notice in notices {
             match notice {
                 Notice::Down { index, name } => tracing::warn!(
@@ -375,10 +375,17 @@ impl LinkTask {
         }
     }
 
-    /// At the end of a run: every block still assembling goes to be saved for a later run,
-    /// every ready one to be decoded (waiting for permits as needed); then the delivery core
-    /// hears that the link is closed.
-    pub async fn finish(mut self) {
+    /// At the end of a run: the flows stop and what they had verified is assembled; every
+    /// block still assembling goes to be saved for a later run, every ready one to be decoded
+    /// (waiting for permits as needed); then the delivery core hears that the link is closed.
+    pub async fn finish(mut self, mut flows: Flows) {
+        flows.stop().await;
+        while let Some(message) = flows.try_recv() {
+            if let FlowMsg::Frames { batch, received } = message {
+                self.take_batch(&batch, received);
+            }
+        }
+        drop(flows);
         self.drain_events().await;
         self.warn_bad_mac(true);
         self.asm.drain_partials();

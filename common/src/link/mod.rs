@@ -6,6 +6,7 @@
 //!   LinkSpec::open_rx ─▶ Box<dyn FrameRx>   udp::UdpRx (recvmmsg+GRO)  stream::StreamRx (COBS)
 //!                                                                      serial: a stream over a tty
 //!   Links (one or more --link, udp://H:9000-9003) ─▶ multi::StripedTx / multi::MergedRx
+//!                                                    or each link apart (Links::open_rx_each)
 //! ```
 //!
 //! A backend is one file. The byte-stream backend frames with COBS over any
@@ -365,6 +366,18 @@ impl Links {
             [one] => one.open_rx().await,
             several => Ok(Box::new(MergedRx::open(several).await?)),
         }
+    }
+
+    /// Opens every link for receiving on its own, each with its name (its URL): for a
+    /// receiver that reads each link on its own task (`sluice-recv` does, so each flow's
+    /// frames are checked on its own core), where [`open_rx`](Self::open_rx) gathers them into
+    /// one reader.
+    pub async fn open_rx_each(&self) -> io::Result<Vec<(String, Box<dyn FrameRx>)>> {
+        let mut links = Vec::with_capacity(self.0.len());
+        for spec in &self.0 {
+            links.push((spec.to_string(), spec.open_rx().await?));
+        }
+        Ok(links)
     }
 }
 

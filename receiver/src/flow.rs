@@ -1,0 +1,266 @@
+//! One task per link (or per flow of a port range): it reads its own socket, checks every
+//! frame there — length, magic, version, CRC-32C, link MAC, header — and hands the link task
+//! only batches of verified frames. The per-byte work of the receive path thus runs on as many
+//! cores as there are flows; the link task keeps the one assembler and copies symbols into
+//! their blocks.
+//!
+//! ```text
+//!   flow 1: FrameRx ─▶ VerifiedFrames::verify ─┐
+//!   flow 2: FrameRx ─▶ VerifiedFrames::verify ─┼─ batches (QUEUE) ─▶ link task: Assembler
+//!   flow n: FrameRx ─▶ VerifiedFrames::verify ─┘ ◀── emptied batches ─┘ (reused)
+//! ```
+//!
+//! Memory is bounded: a batch holds at most [`BATCH_FRAMES`] frames and [`BATCH_BYTES`] of
+//! payload, at most [`QUEUE`] batches wait for the link task, and a flow whose batch finds the
+//! queue full waits. Its socket's receive buffer then absorbs what arrives, and what the kernel
+//! cannot hold it counts, reported as `link overrun` (each flow reads its socket's count once a
+//! second, for the link task's health check).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use sluice_common::link::{FrameRx, LinkActivity, Received};
+use sluice_protocol::rx::VerifiedFrames;
+use sluice_protocol::wire::LinkKey;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Most frames one batch carries.
+pub(crate) const BATCH_FRAMES: usize = 128;
+/// Most payload bytes one batch carries: 93 symbols of 1 408 bytes, or 14 of 8 896.
+pub(crate) const BATCH_BYTES: usize = 128 << 10;
+/// Batches waiting for the link task, whatever the number of flows.
+pub(crate) const QUEUE: usize = 16;
+/// How often a flow reads what the kernel dropped on its socket.
+const KERNEL_DROPS_EVERY: Duration = Duration::from_secs(1);
+
+/// What a flow hands the link task.
+#[derive(Debug)]
+pub(crate) enum FlowMsg {
+    /// Frames the flow verified and the drops it counted; `received` is how many items
+    /// (frames and deframing drops) it took from its link.
+    Frames {
+        batch: VerifiedFrames,
+        received: u64,
+    },
+    /// Flow `index`'s link failed; the flow has ended.
+    Failed { index: usize, error: String },
+}
+
+/// What a flow tells the health check.
+#[derive(Debug, Default)]
+struct Status {
+    datagrams: u64,
+    last: Option<Instant>,
+    failed: bool,
+    kernel_drops: Option<u64>,
+}
+
+fn lock(status: &Mutex<Status>) -> MutexGuard<'_, Status> {
+    status.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The flows of one run, as the link task sees them.
+#[derive(Debug)]
+pub(crate) struct Flows {
+    batches: mpsc::Receiver<FlowMsg>,
+    /// Emptied batches back to the flows.
+    spare: flume::Sender<VerifiedFrames>,
+    names: Vec<String>,
+    status: Vec<Arc<Mutex<Status>>>,
+    tasks: Vec<JoinHandle<()>>,
+    failed: usize,
+}
+
+impl Flows {
+    /// Starts one task per link on the current runtime, each verifying with `key`.
+    pub fn spawn(links: Vec<(String, Box<dyn FrameRx>)>, key: &LinkKey) -> Flows {
+        let (out, batches) = mpsc::channel(QUEUE);
+        let (spare, spare_rx) = flume::bounded(QUEUE + links.len() + 1);
+        let mut flows = Flows {
+            batches,
+            spare,
+            names: Vec::with_capacity(links.len()),
+            status: Vec::with_capacity(links.len()),
+            tasks: Vec::with_capacity(links.len()),
+            failed: 0,
+        };
+        for (index, (name, link)) in links.into_iter().enumerate() {
+            let status = Arc::new(Mutex::new(Status::default()));
+            let flow = Flow {
+                index,
+                link,
+                key: key.clone(),
+                status: status.clone(),
+                out: out.clone(),
+                spare: spare_rx.clone(),
+            };
+            flows.tasks.push(tokio::spawn(flow.run()));
+            flows.names.push(name);
+            flows.status.push(status);
+        }
+        flows
+    }
+
+    /// The next message of any flow; `None` once every flow has ended. Cancel-safe.
+    pub async fn recv(&mut self) -> Option<FlowMsg> {
+        self.batches.recv().await
+    }
+
+    /// A message already waiting, if any.
+    pub fn try_recv(&mut self) -> Option<FlowMsg> {
+        self.batches.try_recv().ok()
+    }
+
+    /// Gives an emptied batch back for reuse (dropped if enough are spare).
+    pub fn recycle(&self, mut batch: VerifiedFrames) {
+        batch.clear();
+        let _ = self.spare.try_send(batch);
+    }
+
+    /// Notes that flow `index` failed; the error ending the run when no flow is left.
+    pub fn failed(&mut self, index: usize, error: &str) -> Option<String> {
+        self.failed += 1;
+        let name = self.names.get(index).map_or("?", String::as_str);
+        if self.failed >= self.names.len() {
+            return Some(match self.names.len() {
+                1 => error.to_string(),
+                _ => format!("every link failed; the last, {name}: {error}"),
+            });
+        }
+        tracing::warn!(
+            link = index + 1,
+            "link {} failed: {name}: {error}; receiving on the others",
+            index + 1
+        );
+        None
+    }
+
+    /// Each link's activity when there are several (empty for one, as the health check
+    /// expects).
+    pub fn activity(&self) -> Vec<LinkActivity> {
+        if self.names.len() < 2 {
+            return Vec::new();
+        }
+        let now = Instant::now();
+        self.names
+            .iter()
+            .zip(&self.status)
+            .map(|(name, status)| {
+                let status = lock(status);
+                LinkActivity {
+                    name: name.clone(),
+                    datagrams: status.datagrams,
+                    quiet_for: status.last.map(|t| now.saturating_duration_since(t)),
+                    failed: status.failed,
+                }
+            })
+            .collect()
+    }
+
+    /// What the kernel dropped on every socket, as last read by the flows.
+    pub fn kernel_drops(&self) -> Option<u64> {
+        self.status
+            .iter()
+            .filter_map(|s| lock(s).kernel_drops)
+            .fold(None, |sum, d| Some(sum.unwrap_or(0) + d))
+    }
+
+    /// Stops every flow and waits until they have let go of their links; batches they
+    /// already queued stay to be taken with [`try_recv`](Self::try_recv).
+    pub async fn stop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Flows {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// One link's reader and verifier.
+struct Flow {
+    index: usize,
+    link: Box<dyn FrameRx>,
+    key: LinkKey,
+    status: Arc<Mutex<Status>>,
+    out: mpsc::Sender<FlowMsg>,
+    spare: flume::Receiver<VerifiedFrames>,
+}
+
+impl Flow {
+    fn fresh(&self) -> VerifiedFrames {
+        self.spare
+            .try_recv()
+            .unwrap_or_else(|_| VerifiedFrames::new(BATCH_FRAMES, BATCH_BYTES))
+    }
+
+    /// Reads, verifies and hands on until the link fails or the link task is gone.
+    async fn run(mut self) {
+        let mut batch = self.fresh();
+        let mut probe = tokio::time::interval(KERNEL_DROPS_EVERY);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                ready = self.link.ready() => {
+                    if let Err(e) = ready {
+                        lock(&self.status).failed = true;
+                        let failed = FlowMsg::Failed { index: self.index, error: e.to_string() };
+                        let _ = self.out.send(failed).await;
+                        return;
+                    }
+                }
+                _ = probe.tick() => {
+                    let drops = self.link.kernel_drops();
+                    lock(&self.status).kernel_drops = drops;
+                    continue;
+                }
+            }
+            let mut received = 0u64;
+            let mut datagrams = 0u64;
+            while let Some(frame) = self.link.next_frame() {
+                received += 1;
+                match frame {
+                    Received::Frame(bytes) => {
+                        datagrams += 1;
+                        // Refused frames are counted in the batch.
+                        let _ = batch.verify(bytes, &self.key);
+                    }
+                    Received::Dropped(reason) => batch.record_drop(reason),
+                }
+                if batch.is_full() {
+                    let full = std::mem::replace(&mut batch, self.fresh());
+                    if !hand_on(&self.out, full, received).await {
+                        return;
+                    }
+                    received = 0;
+                }
+            }
+            if datagrams > 0 {
+                let mut status = lock(&self.status);
+                status.datagrams += datagrams;
+                status.last = Some(Instant::now());
+            }
+            if received > 0 {
+                let full = std::mem::replace(&mut batch, self.fresh());
+                if !hand_on(&self.out, full, received).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Queues a batch for the link task, waiting while the queue is full; false once the link
+/// task is gone.
+async fn hand_on(out: &mpsc::Sender<FlowMsg>, batch: VerifiedFrames, received: u64) -> bool {
+    out.send(FlowMsg::Frames { batch, received }).await.is_ok()
+}

@@ -373,13 +373,39 @@ struct Sent {
     blocks: Vec<(BlockKind, u32)>,
 }
 
-/// Encodes every pass of `objects` (object ids are their indices) into `out`, numbering the
-/// manifests from `sequence`.
+/// Encodes every pass of `objects` into `out`, numbering the manifests from `sequence` and
+/// the objects from `config.first_object` on (a pack is one object for several entries).
 pub fn run(
     config: &EncodeConfig,
     objects: &[SourceObject],
     sequence: &mut Sequence,
     out: flume::Sender<Produced>,
+) -> Result<(), EncodeError> {
+    run_numbered(config, objects, sequence, out).1
+}
+
+/// [`run`], also saying how many object ids `n` it gave out: `first_object` and the `n - 1`
+/// after it, every one of which may have had a frame on the link. A daemon numbers its next
+/// item's objects from there, so the ids of a session stay dense: the receiver takes each id
+/// below what the heartbeats announce that it never heard of for an object lost whole
+/// (SPEC.md, Heartbeat), and an id skipped would be reported so though no such object existed.
+pub fn run_numbered(
+    config: &EncodeConfig,
+    objects: &[SourceObject],
+    sequence: &mut Sequence,
+    out: flume::Sender<Produced>,
+) -> (u64, Result<(), EncodeError>) {
+    let mut ids = 0u64;
+    let result = encode_numbered(config, objects, sequence, out, &mut ids);
+    (ids, result)
+}
+
+fn encode_numbered(
+    config: &EncodeConfig,
+    objects: &[SourceObject],
+    sequence: &mut Sequence,
+    out: flume::Sender<Produced>,
+    ids: &mut u64,
 ) -> Result<(), EncodeError> {
     let workers = config.worker_count().max(1);
     std::thread::scope(|scope| {
@@ -424,8 +450,10 @@ pub fn run(
             jobs: job_txs,
             next: 0,
             pool: pool_rx,
+            ids: 0,
         };
         let read = reader.run(objects, sent_rx);
+        *ids = reader.ids;
         // Dropping the job senders lets the workers finish and the collector drain.
         drop(reader);
         let mut result = read;
@@ -512,6 +540,9 @@ struct Reader<'a> {
     /// Worker that gets the next job.
     next: usize,
     pool: flume::Receiver<Vec<u8>>,
+    /// Object ids given out so far (from `first_object`): one per object begun, a pack's
+    /// entries sharing one.
+    ids: u64,
 }
 
 impl Reader<'_> {
@@ -532,6 +563,9 @@ impl Reader<'_> {
             .enumerate()
         {
             let id = ObjectId(self.config.first_object + i as u64);
+            // Given out before anything of it is submitted: a frame of it may go out even if
+            // this run stops later with an error.
+            self.ids = i as u64 + 1;
             match planned {
                 Planned::Single(object) => self.first_pass(id, object)?,
                 Planned::Pack(members) => self.pack(id, &members)?,
@@ -1046,7 +1080,19 @@ mod tests {
         passes: u16,
         pack_under: u64,
     ) -> Vec<Event> {
-        let spool = dir.join(format!("spool-{workers}-{pack_under}"));
+        trace_numbered(dir, objects, workers, passes, pack_under, 0).0
+    }
+
+    /// The trace of a run numbering its objects from `first_object`, and the ids it gave out.
+    fn trace_numbered(
+        dir: &Path,
+        objects: &[SourceObject],
+        workers: usize,
+        passes: u16,
+        pack_under: u64,
+        first_object: u64,
+    ) -> (Vec<Event>, u64) {
+        let spool = dir.join(format!("spool-{workers}-{pack_under}-{first_object}"));
         std::fs::create_dir_all(&spool).unwrap();
         let config = EncodeConfig {
             session: SessionId(7),
@@ -1062,14 +1108,15 @@ mod tests {
             signer: SigningKey::load(&dir.join(sluice_common::keys::SENDER_KEY)).unwrap(),
             spool: Some(spool),
             workers,
-            first_object: 0,
+            first_object,
             approval: None,
             watched: None,
         };
         let mut sequence = Sequence::open(dir, config.signer.id());
         let (tx, rx) = flume::bounded(2);
         let objects = objects.to_vec();
-        let encoder = std::thread::spawn(move || run(&config, &objects, &mut sequence, tx));
+        let encoder =
+            std::thread::spawn(move || run_numbered(&config, &objects, &mut sequence, tx));
         let mut events = Vec::new();
         while let Ok(produced) = rx.recv() {
             match produced {
@@ -1090,8 +1137,22 @@ mod tests {
                 Produced::Barrier(_) | Produced::NotSent(_) => unreachable!("not from the encoder"),
             }
         }
-        encoder.join().unwrap().unwrap();
-        events
+        let (ids, result) = encoder.join().unwrap();
+        result.unwrap();
+        (events, ids)
+    }
+
+    /// The object ids of the blocks traced, each once, in order.
+    fn object_ids(events: &[Event]) -> Vec<u64> {
+        let mut ids: Vec<u64> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Block(key, _) => Some(key.object.0),
+                _ => None,
+            })
+            .collect();
+        ids.dedup();
+        ids
     }
 
     #[test]
@@ -1244,5 +1305,47 @@ mod tests {
         );
         // A member that grew since it was listed fails alone.
         assert!(events.contains(&Event::Failed("d/grew".into())));
+    }
+
+    /// Issue 31: the daemon numbered each item's objects after the previous item's entries, but
+    /// a pack is one object for several, so ids were skipped, announced by the heartbeats and
+    /// reported lost whole by the receiver. A run says how many ids it gave out; items numbered
+    /// on from there leave no gap.
+    #[test]
+    fn runs_numbered_one_after_another_leave_no_gap_between_their_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        sluice_common::keys::generate_receiver_keys(dir.path()).unwrap();
+        sluice_common::keys::generate_sender_keys(dir.path()).unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        let directory = SourceObject {
+            path: "d".into(),
+            source: Source::Directory,
+            size: None,
+            mode: 0o755,
+            mtime_secs: 0,
+            mtime_nanos: 0,
+        };
+        // A directory of three small files: four entries, one pack.
+        let first: Vec<SourceObject> = std::iter::once(directory.clone())
+            .chain((0..3u8).map(|i| file(dir.path(), &format!("d/{i}"), 100, i)))
+            .collect();
+        let (events, ids) = trace_numbered(dir.path(), &first, 1, 1, 1024, 0);
+        assert_eq!(ids, 1);
+        assert_eq!(object_ids(&events), [0]);
+        // Sent again with a fourth file, then a big file and a pack: numbered on from 1.
+        let second: Vec<SourceObject> = first
+            .iter()
+            .cloned()
+            .chain([
+                file(dir.path(), "d/3", 100, 3),
+                file(dir.path(), "big", SEGMENT * 2, 4),
+                file(dir.path(), "e", 10, 5),
+            ])
+            .collect();
+        let (events, more) = trace_numbered(dir.path(), &second, 2, 1, 1024, ids);
+        assert_eq!(more, 3);
+        assert_eq!(object_ids(&events), [1, 2, 3]);
+        // Nothing to send: no id given out.
+        assert_eq!(trace_numbered(dir.path(), &[], 1, 1, 1024, 4).1, 0);
     }
 }

@@ -538,3 +538,152 @@ fn a_sent_directory_another_user_made_stops_the_daemon_at_start() {
     assert_eq!(names(&outbox.join(".sent")), Vec::<String>::new());
     assert_eq!(names(&outbox), [".sent", "item.bin"]);
 }
+
+/// Long enough for two heartbeats of an idle daemon (one a second).
+const HEARTBEATS: Duration = Duration::from_millis(2500);
+
+/// Issue 31, item 2: a directory item was delivered whole, yet the receiver reported three
+/// objects "lost whole", counted them failed and exited 3. The daemon numbered each item's
+/// objects after the last item's entries, but small files travel in packs (one object for
+/// several entries): the ids between were announced by the heartbeats and never sent. Here a
+/// directory of three small files (one pack) is sent, a fourth file is added while it is on
+/// the link, and the item is sent again: every file arrives, nothing is lost whole, the
+/// receiver exits 0.
+#[test]
+fn a_directory_item_sent_again_after_it_changed_leaves_no_object_lost_whole() {
+    let s = Setup::new();
+    let outbox = outbox(&s);
+    let port = free_udp_port();
+    let mut recv = s.receiver(port, 5, &[]);
+    // 3 × 40 kB in one pack at 60 kB/s: on the link for about two seconds.
+    let mut daemon = watch(&s, &outbox, port, &["--rate", "60kB", "--settle", "1s"]);
+    let started = Instant::now();
+    while !daemon.log().contains("watching") {
+        assert!(daemon.running(), "{}", daemon.log());
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let staging = s.tmp.path().join("staging");
+    let batch = staging.join("batch");
+    std::fs::create_dir_all(&batch).unwrap();
+    let mut sums = Vec::new();
+    for (i, name) in ["one.bin", "two.bin", "three.bin"].iter().enumerate() {
+        let sum = tree::write_random_file(&batch.join(name), 40_000, 10 + i as u64).unwrap();
+        sums.push((name.to_string(), sum));
+    }
+    std::fs::rename(&batch, outbox.join("batch")).unwrap();
+    let started = Instant::now();
+    while !daemon.log().contains("sending item") {
+        assert!(daemon.running() && recv.running(), "{}", daemon.log());
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let fourth = tree::write_random_file(&outbox.join("batch/four.bin"), 40_000, 13).unwrap();
+    sums.push(("four.bin".to_string(), fourth));
+    wait_until(
+        "every file delivered",
+        &mut [&mut daemon, &mut recv],
+        Duration::from_secs(60),
+        || {
+            sent_items(&outbox) == ["batch"]
+                && sums.iter().all(|(name, sum)| {
+                    tree::sha256_file(&s.out.join("batch").join(name)).ok() == Some(*sum)
+                })
+        },
+    );
+    // Heartbeats announce what went out (a daemon stopping sends none at the end).
+    std::thread::sleep(HEARTBEATS);
+    sigterm(&daemon);
+    let stopped = daemon.finish(Duration::from_secs(20));
+    assert_eq!(stopped.code(), 0, "{}", stopped.log);
+    // The fourth file came while the first sending was on the link: the item went twice.
+    assert!(
+        stopped.log.contains("changed while it was being sent"),
+        "{}",
+        stopped.log
+    );
+    let got = recv.finish(Duration::from_secs(30));
+    assert!(!got.log.contains("lost whole"), "{}", got.log);
+    assert_eq!(count_lines(&got.log, "delivered", "batch/four.bin"), 1);
+    let summary = sluice_tests::harness::Summary::find(&got.log, "objects_lost_whole")
+        .expect("a JSON summary");
+    assert_eq!(summary.get("objects_lost_whole"), 0, "{}", got.log);
+    assert_eq!(summary.get("objects_failed"), 0, "{}", got.log);
+    assert_eq!(got.code(), 0, "{}", got.log);
+}
+
+/// What "lost whole" is for still holds for the daemon: of three items sent one after the
+/// other (a packed directory, a small file, another file), every frame of the second is lost
+/// on the link. The receiver names that one object, and only it, lost whole and exits 3;
+/// its ids being dense, the object lost is the daemon's second (id 1), not an id between.
+#[test]
+fn an_item_whose_frames_are_all_lost_is_reported_lost_whole_and_alone() {
+    use sluice_tests::relay::{Faults, Relay};
+    let s = Setup::new();
+    let outbox = outbox(&s);
+    let port = free_udp_port();
+    let mut recv = s.receiver(port, 5, &[]);
+    let relay = Relay::start(
+        ([127, 0, 0, 1], port).into(),
+        Faults {
+            lose_objects: vec![1],
+            ..Faults::default()
+        },
+    )
+    .unwrap();
+    let mut daemon = watch(&s, &outbox, relay.addr().port(), &["--rate", "5MB"]);
+    let staging = s.tmp.path().join("staging");
+    let batch = staging.join("batch");
+    std::fs::create_dir_all(&batch).unwrap();
+    for i in 0..3u64 {
+        tree::write_random_file(&batch.join(format!("{i}.bin")), 2_000, 20 + i).unwrap();
+    }
+    std::fs::rename(&batch, outbox.join("batch")).unwrap();
+    let mut expected = vec!["batch".to_string()];
+    for (name, seed) in [("lost.bin", 30), ("after.bin", 31)] {
+        wait_until(
+            "the item before sent",
+            &mut [&mut daemon, &mut recv],
+            Duration::from_secs(30),
+            || sent_items(&outbox) == expected,
+        );
+        drop_file(&outbox, name, 5_000, seed);
+        expected.push(name.to_string());
+        expected.sort();
+    }
+    wait_until(
+        "the last item delivered",
+        &mut [&mut daemon, &mut recv],
+        Duration::from_secs(30),
+        || s.out.join("after.bin").exists() && s.out.join("batch/2.bin").exists(),
+    );
+    // Heartbeats announce what went out (a daemon stopping sends none at the end).
+    std::thread::sleep(HEARTBEATS);
+    sigterm(&daemon);
+    let stopped = daemon.finish(Duration::from_secs(20));
+    assert_eq!(stopped.code(), 0, "{}", stopped.log);
+    let got = recv.finish(Duration::from_secs(30));
+    let counts = relay.stop();
+    assert!(counts.dropped_object > 0, "{counts:?}");
+    assert!(!s.out.join("lost.bin").exists());
+    let summary = sluice_tests::harness::Summary::find(&got.log, "objects_lost_whole")
+        .expect("a JSON summary");
+    assert_eq!(summary.get("objects_lost_whole"), 1, "{}", got.log);
+    assert_eq!(summary.get("objects_failed"), 1, "{}", got.log);
+    let lost: Vec<&str> = got
+        .log
+        .lines()
+        .filter(|l| l.contains("object failed: lost whole"))
+        .collect();
+    assert_eq!(lost.len(), 1, "{}", got.log);
+    assert!(lost[0].contains("/1\""), "{}", got.log);
+    assert_eq!(got.code(), 3, "{}", got.log);
+}

@@ -13,7 +13,8 @@
 //!
 //! One item is encoded at a time, through the same bounded channel as a one-shot run, so the
 //! outbox is never read faster than the link carries it and memory stays bounded whatever
-//! the outbox holds. Objects are numbered on across items: one session for the daemon's life.
+//! the outbox holds. Objects are numbered on across items, without a gap (an id skipped would
+//! be reported lost whole by the receiver): one session for the daemon's life.
 //! The journal (see [`journal`]) makes a `kill -9` cost at most one more sending of the
 //! items that were in flight, never a second sending of a finished one.
 
@@ -322,14 +323,19 @@ fn encoder(
         match spool {
             Ok(spool) => {
                 config.spool = spool.as_ref().map(|s| s.path().to_path_buf());
-                if let Err(e) = encode::run(&config, &objects, &mut sequence, blocks.clone()) {
+                let (ids, encoded) =
+                    encode::run_numbered(&config, &objects, &mut sequence, blocks.clone());
+                if let Err(e) = encoded {
                     error = Some(e.to_string());
                 }
+                // The next item's objects are numbered right after this one's, not after its
+                // entries (a pack is one object for several): the heartbeats announce every id
+                // below the highest sent, and the receiver reports each it never heard of as
+                // an object lost whole (issue 31).
+                config.first_object += ids;
             }
             Err(e) => error = Some(format!("cannot make a spool directory: {e}")),
         }
-        // Packs take fewer ids than entries, never more.
-        config.first_object += objects.len() as u64;
         if blocks.send(Produced::Barrier(job.token)).is_err() {
             return;
         }

@@ -19,6 +19,8 @@ use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use sluice_common::envelope;
 use sluice_protocol::fec::Geometry;
+use sluice_protocol::rx::{Assembler, Event, RxConfig, VerifiedFrames};
+use sluice_protocol::time::Instant as RxInstant;
 use sluice_protocol::wire::{
     parse_frame, write_frame, BlockKey, BlockKind, Header, LinkKey, ObjectId, SessionId,
     SymbolHeader, MAX_FRAME_LEN,
@@ -98,6 +100,17 @@ pub fn print(size: u64) -> Result<()> {
             parse,
         ));
     }
+    let (verify, assemble) = receive_split(1408, size)?;
+    floors.push(floor(
+        "recv",
+        "frame check into batches, one flow (1408-byte symbols; a flow per link, in parallel)",
+        verify,
+    ));
+    floors.push(floor(
+        "recv",
+        "assembly of checked batches, link task (1408-byte symbols; one for every link)",
+        assemble,
+    ));
 
     // Removed with the directory.
     let dir = tempfile::tempdir()?;
@@ -141,7 +154,12 @@ pub fn print(size: u64) -> Result<()> {
     let sum = |side: &str| -> f64 {
         floors
             .iter()
-            .filter(|f| f.side == side && !f.stage.contains("8896") && !f.stage.contains("page"))
+            .filter(|f| {
+                f.side == side
+                    && !f.stage.contains("8896")
+                    && !f.stage.contains("page")
+                    && !f.stage.contains("batches")
+            })
             .map(|f| f.seconds_per_gb)
             .sum()
     };
@@ -197,4 +215,88 @@ fn frame_costs(symbol_size: u16, size: u64) -> Result<(f64, f64)> {
         black_box(parsed.payload.len());
     }
     Ok((write, per_gb(start.elapsed())))
+}
+
+/// Seconds per GB of symbol bytes for the two halves of the receive path: checking frames
+/// into batches (`VerifiedFrames::verify`: CRC, MAC, header; on each flow's task) and
+/// assembling checked batches into 1 MiB blocks (`Assembler::handle_verified`, then the
+/// ready block taken; on the link task).
+fn receive_split(symbol_size: u16, size: u64) -> Result<(f64, f64)> {
+    let key = LinkKey::new(&[7u8; 32]);
+    let geometry = Geometry::new(SEGMENT as u32, symbol_size, 64)
+        .map_err(|e| anyhow::anyhow!("geometry: {e:?}"))?;
+    let block = BlockKey {
+        session: SessionId(0x5eed),
+        object: ObjectId(12_345),
+        kind: BlockKind::Data,
+        index: 678,
+    };
+    let payload = vec![0x5a; usize::from(symbol_size)];
+    let mut frames = Vec::new();
+    for symbol in 0..geometry.source_symbols {
+        let header = Header::Symbol(SymbolHeader {
+            block,
+            geometry,
+            symbol,
+            segment_size: SEGMENT as u32,
+        });
+        let mut buf = vec![0u8; MAX_FRAME_LEN];
+        let n = write_frame(&header, &payload, &key, &mut buf)
+            .map_err(|e| anyhow::anyhow!("write_frame: {e:?}"))?;
+        buf.truncate(n);
+        frames.push(buf);
+    }
+    let blocks = size.div_ceil(SEGMENT as u64).max(1);
+    let symbol_bytes = (blocks * frames.len() as u64 * u64::from(symbol_size)) as f64;
+    let per_gb = |t: Duration| t.as_secs_f64() * 1e9 / symbol_bytes;
+    // As a flow does: 128 frames or 128 KiB a batch, emptied and reused.
+    let batch_of = || VerifiedFrames::new(128, 128 << 10);
+    let mut batch = batch_of();
+    let start = Instant::now();
+    for _ in 0..blocks {
+        for frame in &frames {
+            if batch.is_full() {
+                black_box(batch.len());
+                batch.clear();
+            }
+            let _ = batch.verify(black_box(frame), &key);
+        }
+    }
+    let verify = per_gb(start.elapsed());
+    // One block's batches, assembled again and again (nothing remembered as done).
+    let mut batches = vec![batch_of()];
+    for frame in &frames {
+        if batches.last().is_some_and(VerifiedFrames::is_full) {
+            batches.push(batch_of());
+        }
+        if let Some(last) = batches.last_mut() {
+            last.verify(frame, &key)
+                .map_err(|e| anyhow::anyhow!("verify: {e:?}"))?;
+        }
+    }
+    let config = RxConfig {
+        remembered_done: 0,
+        ..RxConfig::default()
+    };
+    let mut assembler = Assembler::new(config, key);
+    let mut decoded = 0u64;
+    let start = Instant::now();
+    for _ in 0..blocks {
+        for batch in &batches {
+            assembler.handle_verified(RxInstant::ZERO, batch);
+        }
+        while let Some(event) = assembler.poll_event() {
+            if let Event::BlockReady(ready) = event {
+                decoded += assembler
+                    .take_ready(&ready)
+                    .map_or(0, |b| b.geometry.padded_len());
+            }
+        }
+    }
+    let assemble = per_gb(start.elapsed());
+    anyhow::ensure!(
+        decoded == blocks * geometry.padded_len(),
+        "assembled {decoded} bytes"
+    );
+    Ok((verify, assemble))
 }

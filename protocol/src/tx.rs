@@ -478,11 +478,13 @@ impl Scheduler {
         self.audit_head = Some((seq, hash));
     }
 
-    /// Sets the audit-log head and sends it with the next frame, without waiting for a
-    /// heartbeat: how a sender anchors its last records before it stops.
-    pub fn send_audit_head_now(&mut self, seq: u64, hash: [u8; 32]) {
+    /// Sets the audit-log head and sends it at once behind a heartbeat, without waiting for
+    /// the interval: how a sender that stops announces its last objects (the heartbeat's
+    /// count, so an object that went out just before is not left unannounced) and anchors its
+    /// last records.
+    pub fn send_audit_head_now(&mut self, now: Instant, seq: u64, hash: [u8; 32]) {
         self.audit_head = Some((seq, hash));
-        self.audit_head_due = true;
+        self.next_heartbeat = self.next_heartbeat.min(now);
     }
 
     fn write_audit_head(&mut self, out: &mut [u8]) -> Result<Option<usize>, EncodeError> {
@@ -786,11 +788,13 @@ mod tests {
             matches!(sent.as_slice(), [Header::Heartbeat(_), Header::AuditHead(h)] if h.seq == 42)
         );
         assert_eq!(s.stats().audit_heads, 2);
-        // At the end of a run: out at once, between heartbeats, and once.
-        s.send_audit_head_now(43, [9; 32]);
-        let sent = kinds(&mut s, later + Duration::from_millis(1500));
+        // At the end of a run: out at once, between heartbeats, behind a heartbeat that
+        // announces every object started, and once.
+        let end = later + Duration::from_millis(1500);
+        s.send_audit_head_now(end, 43, [9; 32]);
+        let sent = kinds(&mut s, end);
         assert!(
-            matches!(sent.as_slice(), [Header::AuditHead(h)] if h.seq == 43),
+            matches!(sent.as_slice(), [Header::Heartbeat(_), Header::AuditHead(h)] if h.seq == 43),
             "{sent:?}"
         );
     }

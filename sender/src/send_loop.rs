@@ -165,9 +165,10 @@ impl SendLoop {
             return Ok(());
         };
         for _ in 0..ANCHOR_REPEATS {
-            self.scheduler.send_audit_head_now(head.seq, hash);
+            let now = sluice_common::instant_since(self.start);
+            self.scheduler.send_audit_head_now(now, head.seq, hash);
             let before = self.scheduler.stats().audit_heads;
-            // Out once the head frame is (a heartbeat that was due goes first).
+            // Out once the head frame is (behind its heartbeat).
             while self.scheduler.stats().audit_heads == before {
                 let now = sluice_common::instant_since(self.start);
                 match self

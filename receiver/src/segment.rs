@@ -67,18 +67,24 @@ impl StoredSegment {
     }
 }
 
+/// A segment of 16 bytes for tests: `plain_len` of them used, its header MAC from `index`.
+#[cfg(test)]
+pub(crate) fn sample(index: u32, plain_len: u32) -> StoredSegment {
+    StoredSegment {
+        index,
+        segment_size: 16,
+        plain_len,
+        ciphertext_len: 300,
+        header_mac: [index as u8; 32],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn segment(index: u32, plain_len: u32) -> StoredSegment {
-        StoredSegment {
-            index,
-            segment_size: 16,
-            plain_len,
-            ciphertext_len: 300,
-            header_mac: [index as u8; 32],
-        }
+        sample(index, plain_len)
     }
 
     #[test]

@@ -695,13 +695,7 @@ mod tests {
     }
 
     fn segment(index: u32, plain_len: u32) -> StoredSegment {
-        StoredSegment {
-            index,
-            segment_size: 16,
-            plain_len,
-            ciphertext_len: 300,
-            header_mac: [index as u8; 32],
-        }
+        crate::segment::sample(index, plain_len)
     }
 
     #[test]

@@ -7,17 +7,15 @@
 //! interleaving of blocks (eight blocks in turn over two links put every frame of a block on
 //! the same link, so one link's death would take whole blocks); shuffled, every block's
 //! symbols are spread over all links and the FEC covers the loss of a whole link as it covers
-//! any other loss (with enough repair, or a later pass). The receiver gathers frames from all
-//! of them ([`MergedRx`]), taking each link in turn so a busy one never starves the others,
-//! and keeps per link what arrived and when, so the link task can say `link 2 down`. A link
-//! that fails (a serial adapter unplugged) is set aside with a warning; the others go on.
+//! any other loss (with enough repair, or a later pass). The receiver reads each link on its
+//! own ([`Links::open_rx_each`](super::Links::open_rx_each)). A link the sender cannot send
+//! on (a serial adapter unplugged) is set aside with a warning; the others go on.
 
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::{FrameRx, FrameTx, IoFuture, LinkActivity, LinkSpec, Received};
+use super::{FrameTx, IoFuture, LinkSpec};
 
 /// Frames out over several links, one after the other.
 pub struct StripedTx {
@@ -160,139 +158,6 @@ impl FrameTx for StripedTx {
             }
             Ok(())
         })
-    }
-}
-
-/// One link of a [`MergedRx`] and what it brought.
-struct Member {
-    link: Box<dyn FrameRx>,
-    name: String,
-    datagrams: u64,
-    /// When it last had something.
-    last: Option<Instant>,
-    /// Its last wait failed: no longer read.
-    failed: bool,
-}
-
-/// Frames in from several links, each taken in turn.
-pub struct MergedRx {
-    members: Vec<Member>,
-    /// The link whose batch [`FrameRx::next_frame`] hands out.
-    current: usize,
-    /// The link asked first at the next wait (rotating: none starves).
-    first: usize,
-}
-
-impl fmt::Debug for MergedRx {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<&str> = self.members.iter().map(|m| m.name.as_str()).collect();
-        f.debug_struct("MergedRx")
-            .field("links", &names)
-            .finish_non_exhaustive()
-    }
-}
-
-impl MergedRx {
-    /// Opens every link of `specs` for receiving.
-    pub async fn open(specs: &[LinkSpec]) -> io::Result<Self> {
-        let mut members = Vec::with_capacity(specs.len());
-        for spec in specs {
-            members.push(Member {
-                link: spec.open_rx().await?,
-                name: spec.to_string(),
-                datagrams: 0,
-                last: None,
-                failed: false,
-            });
-        }
-        Ok(MergedRx {
-            members,
-            current: 0,
-            first: 0,
-        })
-    }
-}
-
-impl FrameRx for MergedRx {
-    fn ready(&mut self) -> IoFuture<'_, ()> {
-        Box::pin(async move {
-            loop {
-                let n = self.members.len();
-                let first = self.first % n.max(1);
-                // Asked from `first` on, wrapping: the order the futures are polled in.
-                let (front, back) = self.members.split_at_mut(first);
-                let waits: Vec<(usize, IoFuture<'_, ()>)> = back
-                    .iter_mut()
-                    .enumerate()
-                    .map(|(i, m)| (first + i, m))
-                    .chain(front.iter_mut().enumerate())
-                    .filter(|(_, m)| !m.failed)
-                    .map(|(i, m)| (i, m.link.ready()))
-                    .collect();
-                if waits.is_empty() {
-                    return Err(io::Error::other("every link failed"));
-                }
-                let (indices, futures): (Vec<usize>, Vec<IoFuture<'_, ()>>) =
-                    waits.into_iter().unzip();
-                let (result, at, _) = futures::future::select_all(futures).await;
-                let i = indices.get(at).copied().unwrap_or(0);
-                match result {
-                    Ok(()) => {
-                        self.current = i;
-                        self.first = i + 1;
-                        if let Some(member) = self.members.get_mut(i) {
-                            member.last = Some(Instant::now());
-                        }
-                        return Ok(());
-                    }
-                    Err(e) => {
-                        let Some(member) = self.members.get_mut(i) else {
-                            return Err(e);
-                        };
-                        member.failed = true;
-                        tracing::warn!(
-                            link = i + 1,
-                            "link {} failed: {}: {e}; receiving on the others",
-                            i + 1,
-                            member.name
-                        );
-                    }
-                }
-            }
-        })
-    }
-
-    fn next_frame(&mut self) -> Option<Received<'_>> {
-        let member = self.members.get_mut(self.current)?;
-        let received = member.link.next_frame();
-        if let Some(Received::Frame(_)) = received {
-            member.datagrams += 1;
-        }
-        received
-    }
-
-    fn local_addr(&self) -> Option<SocketAddr> {
-        self.members.first().and_then(|m| m.link.local_addr())
-    }
-
-    fn activity(&self) -> Vec<LinkActivity> {
-        let now = Instant::now();
-        self.members
-            .iter()
-            .map(|m| LinkActivity {
-                name: m.name.clone(),
-                datagrams: m.datagrams,
-                quiet_for: m.last.map(|t| now.saturating_duration_since(t)),
-                failed: m.failed,
-            })
-            .collect()
-    }
-
-    fn kernel_drops(&self) -> Option<u64> {
-        self.members
-            .iter()
-            .filter_map(|m| m.link.kernel_drops())
-            .fold(None, |sum, d| Some(sum.unwrap_or(0) + d))
     }
 }
 

@@ -390,7 +390,7 @@ impl Counters {
             ),
             Metric::counter_by(
                 "sluice_link_datagrams",
-                "Datagrams (frames) each link brought, with several links.",
+                "Frames each link brought that passed every check, with several links.",
                 "link",
                 s.link_datagrams
                     .iter()

@@ -50,6 +50,7 @@ pub(crate) enum FlowMsg {
 /// What a flow tells the health check.
 #[derive(Debug, Default)]
 struct Status {
+    /// Verified frames it brought.
     datagrams: u64,
     last: Option<Instant>,
     failed: bool,
@@ -230,9 +231,11 @@ impl Flow {
                 received += 1;
                 match frame {
                     Received::Frame(bytes) => {
-                        datagrams += 1;
-                        // Refused frames are counted in the batch.
-                        let _ = batch.verify(bytes, &self.key);
+                        // Refused frames are counted in the batch; only verified ones show
+                        // the link alive (junk sent to a dead link's port must not).
+                        if batch.verify(bytes, &self.key).is_ok() {
+                            datagrams += 1;
+                        }
                     }
                     Received::Dropped(reason) => batch.record_drop(reason),
                 }

@@ -156,18 +156,8 @@ impl LinkTask {
                         None => return Stop::LinkError("permit semaphore closed".into()),
                     }
                 }
-                message = flows.recv() => match message {
-                    Some(FlowMsg::Frames { batch, received }) => {
-                        self.take_batch(&batch, received);
-                        flows.recycle(batch);
-                    }
-                    Some(FlowMsg::Failed { index, error }) => {
-                        if let Some(error) = flows.failed(index, &error) {
-                            return Stop::LinkError(error);
-                        }
-                    }
-                    None => return Stop::LinkError("every link's reader ended".into()),
-                },
+                // Before the frames: with several flows the queue may never be empty, and the
+                // timeouts, the counters and the health checks must still run.
                 _ = tick.tick() => {
                     let now = self.now();
                     self.asm.handle_timeout(now);
@@ -183,6 +173,18 @@ impl LinkTask {
                         }
                     }
                 }
+                message = flows.recv() => match message {
+                    Some(FlowMsg::Frames { batch, received }) => {
+                        self.take_batch(&batch, received);
+                        flows.recycle(batch);
+                    }
+                    Some(FlowMsg::Failed { index, error }) => {
+                        if let Some(error) = flows.failed(index, &error) {
+                            return Stop::LinkError(error);
+                        }
+                    }
+                    None => return Stop::LinkError("every link's reader ended".into()),
+                },
             }
             // Commands are not urgent (a block marked done a batch later costs a few
             // duplicate drops): taking them here saves a waker registration per batch.

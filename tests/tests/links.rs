@@ -1,6 +1,6 @@
 //! Several links used as one, with the real binaries on 127.0.0.1: frames striped over two
 //! links (each through a relay of its own) complete a transfer when one link dies mid-way and
-//! the receiver says `link 2 down`; a port range is several flows; and a receiver overrun by a
+//! the receiver says `link 2 down` (junk sent to the dead link's port does not keep it up); a port range is several flows; and a receiver overrun by a
 //! sender pacing far above what it takes says so (`link overrun`, `/metrics`), and the same
 //! file sent again at a sane rate arrives.
 //!
@@ -64,6 +64,16 @@ fn a_transfer_over_two_links_completes_when_one_dies_midway() {
     std::thread::sleep(Duration::from_millis(1200));
     let cut = r2.stop();
     assert!(cut.received > 100, "link 2 carried frames before it died");
+    // Someone on the dead fibre's network keeps sending junk to its port: only frames that
+    // pass every check show a link alive, so it is still reported down.
+    let junk_until = std::time::Instant::now() + Duration::from_secs(8);
+    let junk = std::thread::spawn(move || {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        while std::time::Instant::now() < junk_until {
+            let _ = socket.send_to(&[0x53; 600], ("127.0.0.1", p2));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
     let sent = sender.finish(Duration::from_secs(120));
     assert_exit(&sent, 0, "sluice-send");
     let got = recv.finish(Duration::from_secs(60));
@@ -75,6 +85,7 @@ fn a_transfer_over_two_links_completes_when_one_dies_midway() {
     ))
     .into();
     assert_eq!(arrived_sha, sha);
+    junk.join().unwrap();
     assert!(got.log.contains("link 2 down"), "{}", got.log);
     let carried = r1.stop();
     assert!(

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sluice_tests::binaries::{self, free_udp_port, Proc};
-use sluice_tests::harness::Setup;
+use sluice_tests::harness::{assert_exit, Setup};
 use sluice_tests::scrape::{free_tcp_addr, scrape, value};
 use sluice_tests::tree::{self, Check};
 
@@ -187,6 +187,9 @@ fn items_dropped_into_the_outbox_arrive_intact_and_work_in_progress_is_left_alon
     assert_eq!(stopped.code(), 0, "{}", stopped.log);
     let got = recv.finish(Duration::from_secs(30));
     assert_eq!(count_lines(&got.log, "delivered", "weights.bin"), 1);
+    // Every object the daemon announced arrived: none reported lost whole, nothing failed.
+    assert!(!got.log.contains("lost whole"), "{}", got.log);
+    assert_exit(&got, 0, "sluice-recv");
     // The daemon's last records ("stop" included) are covered by a head the receiver holds.
     let verified = std::process::Command::new(&binaries::binaries().audit)
         .arg("verify")

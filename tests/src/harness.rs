@@ -174,3 +174,12 @@ pub fn assert_logged(log: &str, phrase: &str) {
 pub fn assert_exit(f: &Finished, code: i32, who: &str) {
     assert_eq!(f.code(), code, "{who} exited {}; log:\n{}", f.status, f.log);
 }
+
+/// What a finished command wrote, standard output then standard error, for messages.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}

@@ -26,11 +26,7 @@ fn approve(args: &[&str], dir: &Path) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    sluice_tests::harness::output_text(o)
 }
 
 #[test]

@@ -25,11 +25,7 @@ fn audit(args: &[&str], file: &Path) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    sluice_tests::harness::output_text(o)
 }
 
 fn records(path: &Path) -> Vec<Value> {

@@ -36,7 +36,7 @@ use sluice_protocol::wire::MAX_FRAME_LEN;
 pub use multi::{StripedTx, QUIET_LINK};
 pub use serial::SerialRx;
 pub use stream::{StreamRx, StreamTx};
-pub use udp::{UdpRx, UdpTx};
+pub use udp::{Gso, Sending, UdpRx, UdpTx};
 
 /// IPv4 + UDP header bytes around each datagram.
 const UDP_IP_OVERHEAD: usize = 28;
@@ -57,7 +57,8 @@ pub trait FrameTx: Send + fmt::Debug {
     /// Takes the `len`-byte frame just written into [`frame_buf`](Self::frame_buf); may send it
     /// (and frames queued before it) now, or keep it for a batch.
     fn commit(&mut self, len: usize) -> IoFuture<'_, ()>;
-    /// Sends every queued frame and waits until it has left this process.
+    /// Sends every queued frame now (a link that sends from a thread of its own hands them to
+    /// it; dropping such a link waits until that thread has sent everything).
     fn flush(&mut self) -> IoFuture<'_, ()>;
 }
 
@@ -254,8 +255,16 @@ impl LinkSpec {
 impl LinkSpec {
     /// Opens the link for sending.
     pub async fn open_tx(&self) -> io::Result<Box<dyn FrameTx>> {
+        self.open_tx_sending(Sending::Inline).await
+    }
+
+    /// [`open_tx`](Self::open_tx), a UDP link sending as `sending` says (one link of several
+    /// sends from a thread of its own).
+    pub async fn open_tx_sending(&self, sending: Sending) -> io::Result<Box<dyn FrameTx>> {
         Ok(match self {
-            LinkSpec::Udp { address, .. } => Box::new(UdpTx::open(address).await?),
+            LinkSpec::Udp { address, .. } => {
+                Box::new(UdpTx::open_with(address, sending, Gso::Auto).await?)
+            }
             LinkSpec::Serial { path, baud, .. } => Box::new(serial::open_tx(path, *baud)?),
         })
     }
@@ -578,6 +587,29 @@ mod tests {
         frames.push(b"second".to_vec());
         let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
         send_all(tx.as_mut(), &refs).await;
+        let expected: Vec<Option<Vec<u8>>> = frames.into_iter().map(Some).collect();
+        assert_eq!(recv_count(rx.as_mut(), expected.len()).await, expected);
+    }
+
+    #[tokio::test]
+    async fn without_gso_a_batch_goes_out_one_datagram_per_call_and_a_dropped_sender_sends_all() {
+        // What a kernel or device without segmentation offload gets (and what a flow falls
+        // back to when a GSO send is refused): the same frames, each its own datagram.
+        let rx_spec: LinkSpec = "udp://127.0.0.1:0".parse().unwrap();
+        let mut rx = rx_spec.open_rx().await.unwrap();
+        let port = rx.local_addr().unwrap().port();
+        let mut tx = UdpTx::open_with(&format!("127.0.0.1:{port}"), Sending::Thread, Gso::Off)
+            .await
+            .unwrap();
+        let mut frames: Vec<Vec<u8>> = (0..150u8).map(|i| vec![i; 1200]).collect();
+        frames.push(vec![0xCC; 17]);
+        for frame in &frames {
+            tx.frame_buf()[..frame.len()].copy_from_slice(frame);
+            tx.commit(frame.len()).await.unwrap();
+        }
+        // No flush: dropping the link hands over the batch being filled and waits for the
+        // flow's thread to send everything.
+        drop(tx);
         let expected: Vec<Option<Vec<u8>>> = frames.into_iter().map(Some).collect();
         assert_eq!(recv_count(rx.as_mut(), expected.len()).await, expected);
     }

@@ -15,7 +15,7 @@ use std::fmt;
 use std::io;
 use std::time::Duration;
 
-use super::{FrameTx, IoFuture, LinkSpec};
+use super::{FrameTx, IoFuture, LinkSpec, Sending};
 
 /// Frames out over several links, one after the other.
 pub struct StripedTx {
@@ -46,7 +46,8 @@ impl StripedTx {
     pub async fn open(specs: &[LinkSpec]) -> io::Result<Self> {
         let mut links = Vec::with_capacity(specs.len());
         for spec in specs {
-            links.push(spec.open_tx().await?);
+            // Each flow makes its system calls on a thread of its own.
+            links.push(spec.open_tx_sending(Sending::Thread).await?);
         }
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

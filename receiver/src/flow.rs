@@ -14,15 +14,19 @@
 //! payload, at most [`QUEUE`] batches wait for the link task, and a flow whose batch finds the
 //! queue full waits. Its socket's receive buffer then absorbs what arrives, and what the kernel
 //! cannot hold it counts, reported as `link overrun` (each flow reads its socket's count once a
-//! second, for the link task's health check).
+//! second, for the link task's health check). A batch that holds only refused datagrams waits
+//! for frames or that second, so junk sent to a port cannot fill the queue with near-empty
+//! batches; at the end each flow hands on what it holds, so every datagram taken from a socket
+//! is counted.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use sluice_common::link::{FrameRx, LinkActivity, Received};
 use sluice_protocol::rx::VerifiedFrames;
 use sluice_protocol::wire::LinkKey;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// Most frames one batch carries.
@@ -71,6 +75,10 @@ pub(crate) struct Flows {
     status: Vec<Arc<Mutex<Status>>>,
     tasks: Vec<JoinHandle<()>>,
     failed: usize,
+    /// Tells the flows to hand on what they hold and end.
+    stop: watch::Sender<bool>,
+    /// What the flows handed on while they were stopping.
+    last: VecDeque<FlowMsg>,
 }
 
 impl Flows {
@@ -78,6 +86,7 @@ impl Flows {
     pub fn spawn(links: Vec<(String, Box<dyn FrameRx>)>, key: &LinkKey) -> Flows {
         let (out, batches) = mpsc::channel(QUEUE);
         let (spare, spare_rx) = flume::bounded(QUEUE + links.len() + 1);
+        let (stop, stopping) = watch::channel(false);
         let mut flows = Flows {
             batches,
             spare,
@@ -85,6 +94,8 @@ impl Flows {
             status: Vec::with_capacity(links.len()),
             tasks: Vec::with_capacity(links.len()),
             failed: 0,
+            stop,
+            last: VecDeque::new(),
         };
         for (index, (name, link)) in links.into_iter().enumerate() {
             let status = Arc::new(Mutex::new(Status::default()));
@@ -95,6 +106,7 @@ impl Flows {
                 status: status.clone(),
                 out: out.clone(),
                 spare: spare_rx.clone(),
+                stopping: stopping.clone(),
             };
             flows.tasks.push(tokio::spawn(flow.run()));
             flows.names.push(name);
@@ -110,7 +122,9 @@ impl Flows {
 
     /// A message already waiting, if any.
     pub fn try_recv(&mut self) -> Option<FlowMsg> {
-        self.batches.try_recv().ok()
+        self.last
+            .pop_front()
+            .or_else(|| self.batches.try_recv().ok())
     }
 
     /// Gives an emptied batch back for reuse (dropped if enough are spare).
@@ -167,14 +181,24 @@ impl Flows {
             .fold(None, |sum, d| Some(sum.unwrap_or(0) + d))
     }
 
-    /// Stops every flow and waits until they have let go of their links; batches they
-    /// already queued stay to be taken with [`try_recv`](Self::try_recv).
+    /// Stops every flow and waits until they have handed on what they hold and let go of
+    /// their links; every batch stays to be taken with [`try_recv`](Self::try_recv). The
+    /// queue is emptied meanwhile, so no flow waits on it.
     pub async fn stop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-        for task in self.tasks.drain(..) {
-            let _ = task.await;
+        let _ = self.stop.send(true);
+        for mut task in std::mem::take(&mut self.tasks) {
+            loop {
+                tokio::select! {
+                    _ = &mut task => break,
+                    message = self.batches.recv() => match message {
+                        Some(message) => self.last.push_back(message),
+                        None => {
+                            let _ = task.await;
+                            break;
+                        }
+                    },
+                }
+            }
         }
     }
 }
@@ -195,18 +219,16 @@ struct Flow {
     status: Arc<Mutex<Status>>,
     out: mpsc::Sender<FlowMsg>,
     spare: flume::Receiver<VerifiedFrames>,
+    stopping: watch::Receiver<bool>,
 }
 
 impl Flow {
-    fn fresh(&self) -> VerifiedFrames {
-        self.spare
-            .try_recv()
-            .unwrap_or_else(|_| VerifiedFrames::new(BATCH_FRAMES, BATCH_BYTES))
-    }
-
-    /// Reads, verifies and hands on until the link fails or the link task is gone.
+    /// Reads, verifies and hands on until the link fails, the flows are stopped or the link
+    /// task is gone.
     async fn run(mut self) {
-        let mut batch = self.fresh();
+        let mut batch = fresh(&self.spare);
+        // Items taken from the link since the last batch was handed on.
+        let mut received = 0u64;
         let mut probe = tokio::time::interval(KERNEL_DROPS_EVERY);
         probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -214,6 +236,9 @@ impl Flow {
                 ready = self.link.ready() => {
                     if let Err(e) = ready {
                         lock(&self.status).failed = true;
+                        if received > 0 {
+                            let _ = hand_on(&self.out, batch, received).await;
+                        }
                         let failed = FlowMsg::Failed { index: self.index, error: e.to_string() };
                         let _ = self.out.send(failed).await;
                         return;
@@ -222,10 +247,22 @@ impl Flow {
                 _ = probe.tick() => {
                     let drops = self.link.kernel_drops();
                     lock(&self.status).kernel_drops = drops;
+                    // Refused datagrams held back are counted at least once a second.
+                    if received > 0 {
+                        let held = std::mem::replace(&mut batch, fresh(&self.spare));
+                        if !hand_on(&self.out, held, std::mem::take(&mut received)).await {
+                            return;
+                        }
+                    }
                     continue;
                 }
+                _ = self.stopping.changed() => {
+                    if received > 0 {
+                        let _ = hand_on(&self.out, batch, received).await;
+                    }
+                    return;
+                }
             }
-            let mut received = 0u64;
             let mut datagrams = 0u64;
             while let Some(frame) = self.link.next_frame() {
                 received += 1;
@@ -240,11 +277,10 @@ impl Flow {
                     Received::Dropped(reason) => batch.record_drop(reason),
                 }
                 if batch.is_full() {
-                    let full = std::mem::replace(&mut batch, self.fresh());
-                    if !hand_on(&self.out, full, received).await {
+                    let full = std::mem::replace(&mut batch, fresh(&self.spare));
+                    if !hand_on(&self.out, full, std::mem::take(&mut received)).await {
                         return;
                     }
-                    received = 0;
                 }
             }
             if datagrams > 0 {
@@ -252,14 +288,22 @@ impl Flow {
                 status.datagrams += datagrams;
                 status.last = Some(Instant::now());
             }
-            if received > 0 {
-                let full = std::mem::replace(&mut batch, self.fresh());
-                if !hand_on(&self.out, full, received).await {
+            // Frames go on at once; refused datagrams alone wait (see the module's comment).
+            if !batch.is_empty() {
+                let full = std::mem::replace(&mut batch, fresh(&self.spare));
+                if !hand_on(&self.out, full, std::mem::take(&mut received)).await {
                     return;
                 }
             }
         }
     }
+}
+
+/// An emptied batch to reuse, or a new one.
+fn fresh(spare: &flume::Receiver<VerifiedFrames>) -> VerifiedFrames {
+    spare
+        .try_recv()
+        .unwrap_or_else(|_| VerifiedFrames::new(BATCH_FRAMES, BATCH_BYTES))
 }
 
 /// Queues a batch for the link task, waiting while the queue is full; false once the link

@@ -90,3 +90,37 @@ async fn frames_on_two_flows_at_once_are_all_assembled() {
     assert_eq!(report.drops.get(DropReason::BadCrc), 1);
     assert_eq!(report.drops.get(DropReason::BadMac), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_held_back_by_a_flow_is_still_counted_when_the_receiver_stops() {
+    // A flow holds a batch of refused datagrams back (up to a second) rather than queue it
+    // alone; stopping the receiver inside that second must still count every one.
+    let rig = Rig::new();
+    let mut options = rig.options(Duration::from_secs(60));
+    let port = free_udp_port();
+    options.shared.link = Links::parse_all(&[format!("udp://127.0.0.1:{port}")]).unwrap();
+    let receiver = sluice_receiver::Receiver::bind(options).await.unwrap();
+    let to = receiver.local_addrs()[0].unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(receiver.run(async move {
+        let _ = stopped.await;
+    }));
+    // Let the flow's first once-a-second tick pass, then send junk and stop at once.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let junk: Vec<Vec<u8>> = (0..500u32)
+        .map(|i| {
+            let mut d = vec![0x5A; 40 + (i % 60) as usize];
+            d[..4].copy_from_slice(&i.to_le_bytes());
+            d
+        })
+        .collect();
+    let count = junk.len() as u64;
+    std::thread::spawn(move || send(to, &junk)).join().unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.send(()).unwrap();
+    let report = task.await.unwrap().unwrap();
+    assert_eq!(report.frames_received, count, "{report:?}");
+    assert_eq!(report.frames_valid, 0);
+    let dropped: u64 = DropReason::ALL.iter().map(|r| report.drops.get(*r)).sum();
+    assert_eq!(dropped, count, "{report:?}");
+}

@@ -77,6 +77,7 @@ fuzz_target!(|steps: Vec<Step>| {
         block_timeout: Duration::from_millis(500),
         link_timeout: Duration::from_millis(300),
         remembered_done: 16,
+        source_grace: Duration::from_millis(5),
     };
     let key = LinkKey::new(&SECRET);
     let wrong = LinkKey::new(&[0xa5; 32]);

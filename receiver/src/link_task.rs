@@ -392,11 +392,16 @@ impl LinkTask {
         self.warn_bad_mac(true);
         self.asm.drain_partials();
         while let Some(event) = self.asm.poll_event() {
-            if let Event::BlockStalled(partial) = event {
-                let waiting = Waiting::Partial(partial);
-                if let Some(permit) = acquire(&self.permits, waiting.charge()).await {
-                    self.send_block(waiting, permit).await;
+            match event {
+                Event::BlockStalled(partial) => {
+                    let waiting = Waiting::Partial(partial);
+                    if let Some(permit) = acquire(&self.permits, waiting.charge()).await {
+                        self.send_block(waiting, permit).await;
+                    }
                 }
+                // A block that was waiting for its source symbols: decoded below.
+                Event::BlockReady(key) => self.pending.push_back(key),
+                _ => {}
             }
         }
         loop {

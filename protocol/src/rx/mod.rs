@@ -54,6 +54,13 @@ pub struct RxConfig {
     pub link_timeout: Duration,
     /// How many finished block keys to remember, so late symbols are dropped cheaply.
     pub remembered_done: usize,
+    /// A block that holds `k` symbols, some of them repair, waits this long for its missing
+    /// source symbols before it is decoded with the repair ones. Frames striped over several
+    /// flows arrive out of order, so a repair symbol is often there before the last source
+    /// symbols: decoding then costs the full erasure decode where copying the sources would
+    /// have done. A late source symbol takes a repair symbol's place, so the block never
+    /// holds more than `k` symbols. Zero decodes as soon as `k` symbols are there.
+    pub source_grace: Duration,
 }
 
 impl Default for RxConfig {
@@ -64,6 +71,7 @@ impl Default for RxConfig {
             block_timeout: Duration::from_secs(10),
             link_timeout: Duration::from_secs(5),
             remembered_done: 1 << 16,
+            source_grace: Duration::from_millis(20),
         }
     }
 }
@@ -103,7 +111,22 @@ struct Assembly {
     ids: Vec<u16>,
     /// Held symbols back to back, `symbol_size` bytes each, same order as `ids`.
     symbols: Vec<u8>,
+    /// How many of `ids` are repair symbols.
+    repairs: usize,
+    /// When it first held `k` symbols with some repair among them (see
+    /// [`RxConfig::source_grace`]).
+    full_since: Option<Instant>,
     last_update: Instant,
+}
+
+/// What [`Assembly::insert`] did with a symbol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Insert {
+    Stored,
+    /// Already held.
+    Duplicate,
+    /// The block holds `k` symbols already and this one would not replace a repair symbol.
+    NotNeeded,
 }
 
 impl Assembly {
@@ -116,6 +139,8 @@ impl Assembly {
             seen: alloc::vec![0; words],
             ids: Vec::with_capacity(k),
             symbols: Vec::with_capacity(k * usize::from(geometry.symbol_size)),
+            repairs: 0,
+            full_since: None,
             last_update: now,
         }
     }
@@ -127,21 +152,50 @@ impl Assembly {
         k * usize::from(geometry.symbol_size) + k * 2 + words * 8
     }
 
-    /// Adds a symbol; false if it was already held.
-    fn insert(&mut self, id: u16, data: &[u8]) -> bool {
+    /// Adds a symbol while fewer than `k` are held; after that, a source symbol only takes a
+    /// repair symbol's place (the block's buffer never grows past `k` symbols).
+    fn insert(&mut self, id: u16, data: &[u8]) -> Insert {
         let (word, bit) = (usize::from(id) / 64, u64::from(id) % 64);
+        let full = self.is_ready();
         let Some(slot) = self.seen.get_mut(word) else {
-            return false;
+            return Insert::Duplicate;
         };
         if *slot & (1 << bit) != 0 {
-            return false;
+            return Insert::Duplicate;
+        }
+        let source = self.geometry.is_source(id);
+        if !full {
+            *slot |= 1 << bit;
+            self.ids.push(id);
+            self.symbols.extend_from_slice(data);
+            self.repairs += usize::from(!source);
+            return Insert::Stored;
+        }
+        let size = usize::from(self.geometry.symbol_size);
+        let replaced = self
+            .ids
+            .iter()
+            .rposition(|held| !self.geometry.is_source(*held));
+        let (true, Some(at)) = (source, replaced) else {
+            return Insert::NotNeeded;
+        };
+        let (Some(held), Some(bytes)) = (
+            self.ids.get_mut(at),
+            self.symbols.get_mut(at * size..(at + 1) * size),
+        ) else {
+            return Insert::NotNeeded;
+        };
+        if data.len() != size {
+            return Insert::NotNeeded;
         }
         *slot |= 1 << bit;
-        self.ids.push(id);
-        self.symbols.extend_from_slice(data);
-        true
+        *held = id;
+        bytes.copy_from_slice(data);
+        self.repairs -= 1;
+        Insert::Stored
     }
 
+    /// Holds `k` symbols: decodable.
     fn is_ready(&self) -> bool {
         self.ids.len() >= usize::from(self.geometry.source_symbols)
     }
@@ -218,6 +272,8 @@ pub struct Assembler {
     last_frame: Option<Instant>,
     link_up: bool,
     recent_sessions: VecDeque<SessionId>,
+    /// The earliest end of a block's [`RxConfig::source_grace`], if one is waiting.
+    grace_ends: Option<Instant>,
 }
 
 /// Sessions remembered for counting distinct senders runs.
@@ -255,6 +311,7 @@ impl Assembler {
             last_frame: None,
             link_up: false,
             recent_sessions: VecDeque::new(),
+            grace_ends: None,
         }
     }
 
@@ -290,6 +347,7 @@ impl Assembler {
             Ok(frame) => self.accept(now, &frame.header, frame.payload),
             Err(error) => self.drops.record(error.into()),
         }
+        self.end_grace(now);
     }
 
     /// Handles a batch of frames verified elsewhere (on the thread that received them, see
@@ -303,6 +361,7 @@ impl Assembler {
             self.accept(now, header, payload);
         }
         self.drops.merge(batch.drops());
+        self.end_grace(now);
     }
 
     /// One frame that passed every check.
@@ -337,12 +396,15 @@ impl Assembler {
         if block.geometry != header.geometry || block.segment_size != header.segment_size {
             return self.drops.record(DropReason::GeometryMismatch);
         }
-        if !block.insert(header.symbol, data) {
-            return self.drops.record(DropReason::Duplicate);
+        match block.insert(header.symbol, data) {
+            Insert::Stored => {}
+            Insert::Duplicate => return self.drops.record(DropReason::Duplicate),
+            // What a symbol arriving after the block was decodable always counted as.
+            Insert::NotNeeded => return self.drops.record(DropReason::BlockDone),
         }
         block.last_update = now;
         self.stats.symbols_stored += 1;
-        self.promote_if_ready(key);
+        self.promote_if_ready(key, now);
     }
 
     /// Creates the state for a new block if the bounds allow it.
@@ -371,10 +433,26 @@ impl Assembler {
         Ok(())
     }
 
-    fn promote_if_ready(&mut self, key: BlockKey) {
-        if !self.assembling.get(&key).is_some_and(Assembly::is_ready) {
+    /// Moves a block holding `k` symbols to the ready ones: at once if they are all source
+    /// symbols, else once its [`RxConfig::source_grace`] has passed.
+    fn promote_if_ready(&mut self, key: BlockKey, now: Instant) {
+        let grace = self.config.source_grace;
+        let Some(block) = self.assembling.get_mut(&key).filter(|b| b.is_ready()) else {
             return;
+        };
+        if block.repairs > 0 && !grace.is_zero() {
+            let since = *block.full_since.get_or_insert(now);
+            if now.saturating_since(since) < grace {
+                let ends = since + grace;
+                self.grace_ends = Some(self.grace_ends.map_or(ends, |e| e.min(ends)));
+                return;
+            }
         }
+        self.promote(key);
+    }
+
+    /// Moves a block to the ready ones.
+    fn promote(&mut self, key: BlockKey) {
         if let Some(block) = self.assembling.remove(&key) {
             self.ready.insert(key, block);
             self.stats.blocks_ready += 1;
@@ -396,12 +474,14 @@ impl Assembler {
         let size = usize::from(saved.geometry.symbol_size);
         let mut added = 0;
         for (id, data) in saved.ids.iter().zip(saved.symbols.chunks_exact(size)) {
-            if u32::from(*id) < saved.geometry.total_symbols() && block.insert(*id, data) {
+            if u32::from(*id) < saved.geometry.total_symbols()
+                && block.insert(*id, data) == Insert::Stored
+            {
                 added += 1;
             }
         }
         block.last_update = now;
-        self.promote_if_ready(saved.key);
+        self.promote_if_ready(saved.key, now);
         added
     }
 
@@ -446,8 +526,27 @@ impl Assembler {
         }
     }
 
-    /// Evicts stalled blocks and notices a silent link.
+    /// Promotes the blocks whose wait for source symbols is over, once the earliest is.
+    fn end_grace(&mut self, now: Instant) {
+        if self.grace_ends.is_none_or(|ends| now < ends) {
+            return;
+        }
+        self.grace_ends = None;
+        let waiting: Vec<BlockKey> = self
+            .assembling
+            .iter()
+            .filter(|(_, b)| b.full_since.is_some())
+            .map(|(k, _)| *k)
+            .collect();
+        for key in waiting {
+            self.promote_if_ready(key, now);
+        }
+    }
+
+    /// Evicts stalled blocks, decodes the ones done waiting for sources, and notices a silent
+    /// link.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.end_grace(now);
         self.evict_idle(now, self.config.block_timeout);
         if self.link_up
             && self
@@ -461,7 +560,8 @@ impl Assembler {
 
     /// Gives up, as [`Event::BlockStalled`], every block that got no symbol for `idle` (which
     /// may be shorter than the block timeout: a driver short of memory sets quiet blocks aside
-    /// early, for a later pass). The link state is not touched.
+    /// early, for a later pass); one waiting for its source symbols is decodable and becomes
+    /// [`Event::BlockReady`] instead. The link state is not touched.
     pub fn evict_idle(&mut self, now: Instant, idle: Duration) {
         let quiet: Vec<BlockKey> = self
             .assembling
@@ -475,7 +575,8 @@ impl Assembler {
     }
 
     /// Gives up every block still assembling, as [`Event::BlockStalled`] (at the end of a run,
-    /// so the driver can keep their symbols for a later one).
+    /// so the driver can keep their symbols for a later one); a block waiting for its source
+    /// symbols is decodable and becomes [`Event::BlockReady`] instead.
     pub fn drain_partials(&mut self) {
         let keys: Vec<BlockKey> = self.assembling.keys().copied().collect();
         for key in keys {
@@ -483,7 +584,12 @@ impl Assembler {
         }
     }
 
+    /// Gives a block up as [`Event::BlockStalled`]; one that holds `k` symbols (waiting for
+    /// sources) is decodable, and goes to the ready ones instead.
     fn stall(&mut self, key: BlockKey) {
+        if self.assembling.get(&key).is_some_and(Assembly::is_ready) {
+            return self.promote(key);
+        }
         if let Some(block) = self.assembling.remove(&key) {
             self.buffered -= Assembly::charge(&block.geometry);
             self.stats.blocks_stalled += 1;
@@ -510,10 +616,7 @@ impl Assembler {
             .last_frame
             .filter(|_| self.link_up)
             .map(|t| t + self.config.link_timeout);
-        match (block, link) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [block, link, self.grace_ends].into_iter().flatten().min()
     }
 
     /// The next event, if any.
@@ -610,7 +713,13 @@ mod tests {
         }
         let events = drain(&mut a);
         assert!(matches!(events[0], Event::LinkUp));
-        assert!(events
+        // k symbols, some repair: the block waits for its missing sources a while...
+        assert!(!events.iter().any(|e| matches!(e, Event::BlockReady(_))));
+        let grace = RxConfig::default().source_grace;
+        assert_eq!(a.poll_timeout(), Some(Instant::ZERO + grace));
+        // ...then is decoded with the repair symbols.
+        a.handle_timeout(Instant::ZERO + grace);
+        assert!(drain(&mut a)
             .iter()
             .any(|e| matches!(e, Event::BlockReady(k) if *k == key(0))));
         let ready = a.take_ready(&key(0)).unwrap();
@@ -662,6 +771,7 @@ mod tests {
                 }
             }
         }
+        a.handle_timeout(Instant::ZERO + RxConfig::default().source_grace);
         let ready: Vec<BlockKey> = drain(&mut a)
             .into_iter()
             .filter_map(|e| match e {
@@ -715,6 +825,55 @@ mod tests {
         for f in &pass2[1..4] {
             a.handle_frame(later, f);
         }
+        a.handle_timeout(later + config.source_grace);
+        let ready = a.take_ready(&key(0)).unwrap();
+        assert_eq!(ready.decode(&mut ReedSolomon::default()).unwrap(), data);
+    }
+
+    #[test]
+    fn a_late_source_symbol_takes_a_repair_symbol_s_place() {
+        // Striped over flows, repair symbols may come before the last sources: the block
+        // holds k symbols at most, swaps repair for source as sources come, and is ready the
+        // moment every source is there — decoded by copying, not by the erasure decode.
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 13 % 241) as u8).collect();
+        let (geometry, fr) = frames(key(0), &data, 500, 0);
+        let k = usize::from(geometry.source_symbols);
+        let mut a = Assembler::new(RxConfig::default(), LinkKey::new(&SECRET));
+        let charge = Assembly::charge(&geometry);
+        // Every repair symbol first, then the sources, all at one instant.
+        for f in fr[k..].iter().chain(&fr[..k]) {
+            a.handle_frame(Instant::ZERO, f);
+            assert!(a.buffered_bytes() <= charge);
+        }
+        assert!(drain(&mut a)
+            .iter()
+            .any(|e| matches!(e, Event::BlockReady(b) if *b == key(0))));
+        let ready = a.take_ready(&key(0)).unwrap();
+        assert!(!ready.used_repair());
+        assert_eq!(ready.ids.len(), k);
+        assert_eq!(ready.decode(&mut ReedSolomon::default()).unwrap(), data);
+        assert_eq!(a.drops().nonzero().count(), 0);
+    }
+
+    #[test]
+    fn a_block_waiting_for_sources_is_ready_not_stalled_at_the_end() {
+        let data: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        let (geometry, fr) = frames(key(0), &data, 500, 0);
+        let k = usize::from(geometry.source_symbols);
+        let mut a = Assembler::new(RxConfig::default(), LinkKey::new(&SECRET));
+        // One source lost: k symbols with one repair, waiting.
+        for f in fr[1..=k].iter() {
+            a.handle_frame(Instant::ZERO, f);
+        }
+        assert!(!drain(&mut a)
+            .iter()
+            .any(|e| matches!(e, Event::BlockReady(_))));
+        a.drain_partials();
+        let events = drain(&mut a);
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, Event::BlockReady(b) if *b == key(0))));
+        assert!(!events.iter().any(|e| matches!(e, Event::BlockStalled(_))));
         let ready = a.take_ready(&key(0)).unwrap();
         assert_eq!(ready.decode(&mut ReedSolomon::default()).unwrap(), data);
     }

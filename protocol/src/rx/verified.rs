@@ -247,6 +247,7 @@ mod tests {
             block_timeout: Duration::from_millis(500),
             link_timeout: Duration::from_millis(300),
             remembered_done: 8,
+            source_grace: Duration::ZERO,
         }
     }
 

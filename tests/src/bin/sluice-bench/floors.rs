@@ -276,6 +276,8 @@ fn receive_split(symbol_size: u16, size: u64) -> Result<(f64, f64)> {
     }
     let config = RxConfig {
         remembered_done: 0,
+        // Every batch at one instant: decode each block as soon as it can be.
+        source_grace: std::time::Duration::ZERO,
         ..RxConfig::default()
     };
     let mut assembler = Assembler::new(config, key);

@@ -403,6 +403,19 @@ pub fn free_udp_port() -> u16 {
     s.local_addr().expect("local addr").port()
 }
 
+/// The first of `count` consecutive UDP ports on 127.0.0.1 that were free a moment ago (a
+/// link's port range).
+pub fn free_udp_ports(count: usize) -> std::io::Result<u16> {
+    let count = u16::try_from(count).unwrap_or(u16::MAX);
+    (0..100)
+        .map(|_| free_udp_port())
+        .find(|first| {
+            first.checked_add(count).is_some()
+                && (0..count).all(|i| std::net::UdpSocket::bind(("127.0.0.1", first + i)).is_ok())
+        })
+        .ok_or_else(|| std::io::Error::other(format!("no {count} consecutive free UDP ports")))
+}
+
 /// Whether some socket is bound to UDP `port` (read from /proc, so probing takes no port).
 pub fn udp_port_bound(port: u16) -> bool {
     let needle = format!(":{port:04X} ");

@@ -99,13 +99,7 @@ fn a_port_range_is_several_flows_each_counted() {
     let s = Setup::new();
     let file = s.src.join("data.bin");
     let sha = write_random_file(&file, 6 << 20, 28).unwrap();
-    // Four consecutive free ports.
-    let first = (0..100)
-        .map(|_| free_udp_port())
-        .find(|p| {
-            *p < 65_000 && (0..4).all(|i| std::net::UdpSocket::bind(("127.0.0.1", p + i)).is_ok())
-        })
-        .unwrap();
+    let first = binaries::free_udp_ports(4).unwrap();
     let range = format!("udp://127.0.0.1:{first}-{}", first + 3);
     let metrics = free_tcp_addr();
     let mut cmd = binaries::receiver_cmd(&range, &s.keys, &s.out, &s.state);

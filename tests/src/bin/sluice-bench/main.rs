@@ -86,7 +86,14 @@ struct Args {
     /// `--workers` for both daemons (default: theirs).
     #[arg(long)]
     workers: Option<usize>,
-    /// Print the scaling table instead (udp-1500 with 1 and 2 workers).
+    /// UDP flows (consecutive ports, `udp://127.0.0.1:P-Q` at both ends) for the UDP cases
+    /// without loss.
+    #[arg(long, default_value_t = 1)]
+    flows: usize,
+    /// Pin the sender to CPU 0 and the receiver to CPU 1 (`taskset`): one core a side.
+    #[arg(long)]
+    pin_sides: bool,
+    /// Print the scaling table instead (MTU 1500 and 9000 with 1, 2 and 4 flows).
     #[arg(long)]
     scaling: bool,
     /// Print what each unavoidable stage costs on this machine instead (one thread, `--size`
@@ -97,6 +104,27 @@ struct Args {
     /// (one `--size` file per step, default repair) and print the rate to give the sender.
     #[arg(long)]
     find_rate: bool,
+}
+
+impl Args {
+    fn tuning(&self) -> Tuning {
+        Tuning {
+            workers: self.workers,
+            flows: self.flows.max(1),
+            pin_sides: self.pin_sides,
+        }
+    }
+}
+
+/// How a run sets up the daemons beyond its case.
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    /// `--workers` for both daemons (default: theirs).
+    workers: Option<usize>,
+    /// UDP flows: consecutive ports at both ends (UDP cases without loss).
+    flows: usize,
+    /// Sender on CPU 0, receiver on CPU 1.
+    pin_sides: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -236,7 +264,7 @@ fn run(args: &Args) -> Result<()> {
             .iter()
             .find(|c| c.name == "udp-1500")
             .context("no udp-1500 case")?;
-        return rate::find(case, args.workers);
+        return rate::find(case, args.tuning());
     }
     let selected: Vec<Case> = if args.cases.is_empty() {
         all.into_iter()
@@ -275,7 +303,7 @@ fn run(args: &Args) -> Result<()> {
         }
         let mut runs = Vec::new();
         for i in 0..args.runs.max(1) {
-            let r = run_case(case, i as u64 + 1, args.workers)
+            let r = run_case(case, i as u64 + 1, args.tuning())
                 .with_context(|| format!("case {} run {}", case.name, i + 1))?;
             println!("{}", json_line(case, i + 1, &r));
             runs.push(r);
@@ -307,7 +335,7 @@ fn compare(case: &Case, args: &Args) -> Result<()> {
     let mut pairs = Vec::new();
     for i in 0..args.runs.max(1) {
         let seed = i as u64 + 1;
-        let ours = run_case(case, seed, args.workers)
+        let ours = run_case(case, seed, args.tuning())
             .with_context(|| format!("case {} run {}", case.name, i + 1))?;
         println!("{}", json_line(case, i + 1, &ours));
         let tmp = tempfile::Builder::new()
@@ -392,24 +420,39 @@ median goodput ratio Sluice / lidi over {} pairs: {median} (Sluice at --rate {},
     Ok(())
 }
 
-/// `--scaling`: udp-1500 at `--rate` with 1 and 2 workers a side.
+/// `--scaling`: udp-1500 and udp-9000 at `--rate` with 1, 2 and 4 flows (and `--workers`,
+/// `--pin-sides` as given).
 fn scaling_table(args: &Args, all: &[Case]) -> Result<()> {
-    let case = all
-        .iter()
-        .find(|c| c.name == "udp-1500")
-        .context("no udp-1500 case")?;
     let mut rows = Vec::new();
-    for workers in [1, 2] {
-        let mut runs = Vec::new();
-        for i in 0..args.runs.max(1) {
-            let r = run_case(case, i as u64 + 1, Some(workers))
-                .with_context(|| format!("scaling, {workers} workers, run {}", i + 1))?;
-            println!("{}", json_line(case, i + 1, &r));
-            runs.push(r);
+    for name in ["udp-1500", "udp-9000"] {
+        let mut case = all
+            .iter()
+            .find(|c| c.name == name)
+            .with_context(|| format!("no {name} case"))?
+            .clone();
+        if args.rate != "0" {
+            case.sender_args = vec!["--rate".into(), args.rate.clone()];
         }
-        rows.push((workers, median(&runs)));
+        for flows in [1, 2, 4] {
+            let tuning = Tuning {
+                flows,
+                ..args.tuning()
+            };
+            let mut runs = Vec::new();
+            for i in 0..args.runs.max(1) {
+                let r = run_case(&case, i as u64 + 1, tuning)
+                    .with_context(|| format!("scaling, {name}, {flows} flows, run {}", i + 1))?;
+                println!("{}", json_line(&case, i + 1, &r));
+                runs.push(r);
+            }
+            rows.push(scaling::Row {
+                case: name,
+                flows,
+                run: median(&runs),
+            });
+        }
     }
-    scaling::print(&rows);
+    scaling::print(&rows, args.pin_sides);
     Ok(())
 }
 
@@ -591,11 +634,32 @@ enum Out<'g> {
     S3(&'g Garage),
 }
 
-fn run_case(case: &Case, seed: u64, workers: Option<usize>) -> Result<Run> {
-    run_case_into(case, seed, workers, &Out::Dir)
+fn run_case(case: &Case, seed: u64, tuning: Tuning) -> Result<Run> {
+    run_case_into(case, seed, tuning, &Out::Dir)
 }
 
-fn run_case_into(case: &Case, seed: u64, workers: Option<usize>, to: &Out) -> Result<Run> {
+/// `cmd` run under `taskset -c cpus`.
+fn pinned(cmd: &Command, cpus: &str) -> Command {
+    let mut wrapped = Command::new("taskset");
+    wrapped
+        .arg("-c")
+        .arg(cpus)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(value) => wrapped.env(key, value),
+            None => wrapped.env_remove(key),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    wrapped
+}
+
+fn run_case_into(case: &Case, seed: u64, tuning: Tuning, to: &Out) -> Result<Run> {
+    let workers = tuning.workers;
     let tmp = tempfile::Builder::new().prefix("sluice-bench-").tempdir()?;
     let keys: Keys = binaries::keygen(&tmp.path().join("keys"));
     let (src, state) = (tmp.path().join("src"), tmp.path().join("state"));
@@ -614,6 +678,12 @@ fn run_case_into(case: &Case, seed: u64, workers: Option<usize>, to: &Out) -> Re
     let (path, file_bytes, files) = make_files(case, &src, seed)?;
 
     let (recv_link, send_link, _pty, relay) = match case.link {
+        LinkKind::Udp { mtu } if tuning.flows > 1 && case.loss == 0.0 => {
+            let first = binaries::free_udp_ports(tuning.flows)?;
+            let last = first + (tuning.flows - 1) as u16;
+            let link = format!("udp://127.0.0.1:{first}-{last}?mtu={mtu}");
+            (link.clone(), Some(link), None, None)
+        }
         LinkKind::Udp { mtu } => {
             let port = binaries::free_udp_port();
             let recv_link = format!("udp://127.0.0.1:{port}?mtu={mtu}");
@@ -656,11 +726,16 @@ fn run_case_into(case: &Case, seed: u64, workers: Option<usize>, to: &Out) -> Re
     if let Some(n) = workers {
         recv_cmd.args(["--workers", &n.to_string()]);
     }
+    if tuning.pin_sides {
+        recv_cmd = pinned(&recv_cmd, "1");
+    }
     let mut recv = Proc::spawn("sluice-recv", recv_cmd);
     if let LinkKind::Udp { .. } = case.link {
+        // The last port of a range: bound once every flow is.
         let port = recv_link
             .rsplit_once(':')
             .and_then(|(_, p)| p.split('?').next())
+            .and_then(|p| p.rsplit('-').next())
             .and_then(|p| p.parse::<u16>().ok())
             .context("receiver port")?;
         binaries::wait_bound(
@@ -696,6 +771,9 @@ fn run_case_into(case: &Case, seed: u64, workers: Option<usize>, to: &Out) -> Re
         .arg(&path);
     if let Some(n) = workers {
         send_cmd.args(["--workers", &n.to_string()]);
+    }
+    if tuning.pin_sides {
+        send_cmd = pinned(&send_cmd, "0");
     }
     // Listing from before the sender starts, so the object is seen as soon as it is whole.
     let lister = match to {

@@ -10,7 +10,7 @@
 
 use anyhow::Result;
 
-use crate::{json_line, run_case, Case};
+use crate::{json_line, run_case, Case, Tuning};
 
 /// Where the search starts.
 const START: f64 = 50e6;
@@ -20,11 +20,11 @@ const CEILING: f64 = 4e9;
 const MARGIN: f64 = 0.8;
 
 /// One step: `rate` (link bytes per second) on `case`; whether the file arrived intact.
-fn step(case: &Case, rate: f64, seed: u64, workers: Option<usize>) -> Result<bool> {
+fn step(case: &Case, rate: f64, seed: u64, tuning: Tuning) -> Result<bool> {
     let mut case = case.clone();
     let rate = format!("{}", rate.round() as u64);
     case.sender_args = vec!["--rate".into(), rate.clone()];
-    let run = run_case(&case, seed, workers)?;
+    let run = run_case(&case, seed, tuning)?;
     println!("{}", json_line(&case, seed as usize, &run));
     eprintln!(
         "  --rate {:>6.0} MB/s: {} ({:.1} MB/s goodput)",
@@ -36,7 +36,7 @@ fn step(case: &Case, rate: f64, seed: u64, workers: Option<usize>) -> Result<boo
 }
 
 /// Searches the highest good rate on `case` and prints it with the advice.
-pub fn find(case: &Case, workers: Option<usize>) -> Result<()> {
+pub fn find(case: &Case, tuning: Tuning) -> Result<()> {
     let mut seed = 0;
     let mut next_seed = || {
         seed += 1;
@@ -45,7 +45,7 @@ pub fn find(case: &Case, workers: Option<usize>) -> Result<()> {
     let (mut good, mut bad) = (0.0, CEILING);
     let mut rate = START;
     while rate < CEILING {
-        if step(case, rate, next_seed(), workers)? {
+        if step(case, rate, next_seed(), tuning)? {
             good = rate;
             rate *= 2.0;
         } else {
@@ -55,7 +55,7 @@ pub fn find(case: &Case, workers: Option<usize>) -> Result<()> {
     }
     while good > 0.0 && bad / good > 1.1 {
         let mid = (good * bad).sqrt();
-        if step(case, mid, next_seed(), workers)? {
+        if step(case, mid, next_seed(), tuning)? {
             good = mid;
         } else {
             bad = mid;

@@ -45,11 +45,11 @@ pub fn run_pairs(case: &Case, args: &Args) -> Result<()> {
     for i in 0..args.runs.max(1) {
         let seed = i as u64 + 1;
         let context = |sink: &str| format!("case {} run {} ({sink} sink)", case.name, i + 1);
-        let dir = run_case_into(case, seed, args.workers, &Out::Dir)
+        let dir = run_case_into(case, seed, args.tuning(), &Out::Dir)
             .with_context(|| context("directory"))?;
         println!("{}", with_sink(case, i + 1, &dir, "dir"));
         let node = Garage::start(BUCKET);
-        let s3 = run_case_into(case, seed, args.workers, &Out::S3(&node))
+        let s3 = run_case_into(case, seed, args.tuning(), &Out::S3(&node))
             .with_context(|| context("S3"))?;
         drop(node);
         println!("{}", with_sink(case, i + 1, &s3, "s3"));

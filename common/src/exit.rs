@@ -12,6 +12,9 @@ pub enum ExitStatus {
     Usage = 2,
     /// `sluice-recv --exit-after-idle`: some object failed or stayed incomplete.
     ObjectsFailed = 3,
+    /// `sluice-recv --exit-after-idle`: no valid frame arrived at all — nothing came, or every
+    /// frame failed the link's checks (a wrong `--link-key`, most often).
+    NothingValid = 4,
 }
 
 impl ExitStatus {

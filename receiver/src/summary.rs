@@ -123,6 +123,8 @@ impl Report {
             ExitStatus::Failure
         } else if self.exit_after_idle && self.objects_failed > 0 {
             ExitStatus::ObjectsFailed
+        } else if self.exit_after_idle && self.frames_valid == 0 {
+            ExitStatus::NothingValid
         } else {
             ExitStatus::Success
         }
@@ -177,6 +179,24 @@ impl Report {
             self.goodput_mb_s(),
             self.elapsed.as_secs_f64()
         );
+        if self.frames_valid == 0 {
+            let why = if self.frames_received == 0 {
+                "nothing arrived on the link".to_string()
+            } else if self.drops.get(DropReason::BadMac) > 0 {
+                format!(
+                    "{} frames arrived, none passed the link's checks ({} failed link \
+                     authentication: is --link-key the sender's?)",
+                    self.frames_received,
+                    self.drops.get(DropReason::BadMac)
+                )
+            } else {
+                format!(
+                    "{} frames arrived, none passed the link's checks",
+                    self.frames_received
+                )
+            };
+            let _ = writeln!(s, "  no valid frame: {why}");
+        }
         for f in &self.failures {
             let name = f.path.as_deref().unwrap_or(&f.object);
             let _ = writeln!(s, "  failed:   {name}: {}", f.reason);

@@ -528,5 +528,25 @@ async fn frames_under_another_link_key_are_counted_and_ignored() {
     assert_eq!(report.frames_received, count);
     assert_eq!(report.frames_valid, 0);
     assert_eq!(rig.published(), Vec::<String>::new());
-    assert_eq!(report.exit_code(), 0, "no object was seen");
+    // Nothing valid arrived: a script must not take that for a clean run.
+    assert_eq!(report.exit_code(), 4);
+    assert!(
+        report.human().contains("is --link-key the sender's?"),
+        "{}",
+        report.human()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_hears_nothing_at_all_exits_4_and_says_so() {
+    let rig = Rig::new();
+    let running = rig.start(rig.options(IDLE)).await;
+    let report = running.finish().await;
+    assert_eq!(report.frames_received, 0);
+    assert_eq!(report.exit_code(), 4);
+    assert!(
+        report.human().contains("nothing arrived on the link"),
+        "{}",
+        report.human()
+    );
 }

@@ -515,6 +515,29 @@ fn a_sent_directory_planted_as_a_symlink_stops_the_daemon_at_start() {
     assert_eq!(names(&outbox), [".sent", "item.bin"]);
 }
 
+#[test]
+fn a_missing_or_wrong_outbox_is_a_configuration_error_exit_2() {
+    let s = Setup::new();
+    let missing = s.tmp.path().join("no-such-outbox");
+    let port = free_udp_port();
+    let stopped = watch(&s, &missing, port, &[]).finish(Duration::from_secs(20));
+    assert_eq!(stopped.code(), 2, "{}", stopped.log);
+    assert!(
+        stopped.log.contains("--outbox") && stopped.log.contains("does not exist"),
+        "{}",
+        stopped.log
+    );
+    let file = s.tmp.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let stopped = watch(&s, &file, port, &[]).finish(Duration::from_secs(20));
+    assert_eq!(stopped.code(), 2, "{}", stopped.log);
+    assert!(
+        stopped.log.contains("is not a directory"),
+        "{}",
+        stopped.log
+    );
+}
+
 /// The red team's variant of finding 3: a writer made `OUTBOX/.sent` (a plain directory,
 /// mode 0777) before the daemon's first start, and the daemon moved sent items into it, where
 /// the writer took them back to be sent again under a name of theirs. A `.sent` the daemon's

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use sluice_common::beneath::{Dir, Kind};
+use sluice_common::config::UsageError;
 use sluice_common::sequence::Sequence;
 use sluice_common::service::{Progress, Stage};
 
@@ -202,14 +203,20 @@ struct Dirs {
 /// `OUTBOX/.sent`) is in a directory other users write to: it is made (mode 0700) and opened
 /// from the outbox's fd and never followed, so one planted as a symlink is refused.
 fn prepare_dirs(options: &WatchOptions) -> Result<Dirs, Error> {
-    let not_a_dir = || {
-        Error::Watch(format!(
-            "--outbox {} is not a directory",
+    // A missing or wrong outbox is configuration (exit 2), like a wrong option.
+    let bad_outbox = |e: std::io::Error| {
+        let why = match e.kind() {
+            std::io::ErrorKind::NotFound => "does not exist".to_string(),
+            std::io::ErrorKind::NotADirectory => "is not a directory".to_string(),
+            _ => format!("cannot be opened: {e}"),
+        };
+        Error::Usage(UsageError(format!(
+            "--outbox {} {why}",
             options.outbox.display()
-        ))
+        )))
     };
-    let outbox = Dir::open(&options.outbox).map_err(|_| not_a_dir())?;
-    let outbox_entry = outbox.stat_self().map_err(|_| not_a_dir())?;
+    let outbox = Dir::open(&options.outbox).map_err(bad_outbox)?;
+    let outbox_entry = outbox.stat_self().map_err(bad_outbox)?;
     let sent = match &options.after {
         AfterSend::Move(dir) => dir.clone(),
         AfterSend::Delete => {
@@ -228,11 +235,11 @@ fn prepare_dirs(options: &WatchOptions) -> Result<Dirs, Error> {
             // A --sent directory that is itself an item of the outbox would be sent again and
             // again.
             if !outbox::ignored(name) {
-                return Err(Error::Watch(format!(
+                return Err(Error::Usage(UsageError(format!(
                     "--sent {} would be an item of --outbox: name it with a leading `.` (the \
                      default is OUTBOX/.sent) or put it beside the outbox",
                     sent.display()
-                )));
+                ))));
             }
             outbox
                 .create_dir(name, 0o700)

@@ -153,45 +153,52 @@ impl Assembly {
     }
 
     /// Adds a symbol while fewer than `k` are held; after that, a source symbol only takes a
-    /// repair symbol's place (the block's buffer never grows past `k` symbols).
+    /// repair symbol's place (the block's buffer never grows past `k` symbols). Source symbols
+    /// are kept before repair ones (`ids[..sources]`, then the `repairs`), so the place to take
+    /// is always the first repair symbol's: constant time per symbol whatever `k` a sender
+    /// chose.
     fn insert(&mut self, id: u16, data: &[u8]) -> Insert {
         let (word, bit) = (usize::from(id) / 64, u64::from(id) % 64);
+        let size = usize::from(self.geometry.symbol_size);
         let full = self.is_ready();
+        let source = self.geometry.is_source(id);
         let Some(slot) = self.seen.get_mut(word) else {
             return Insert::Duplicate;
         };
         if *slot & (1 << bit) != 0 {
             return Insert::Duplicate;
         }
-        let source = self.geometry.is_source(id);
-        if !full {
-            *slot |= 1 << bit;
-            self.ids.push(id);
-            self.symbols.extend_from_slice(data);
-            self.repairs += usize::from(!source);
-            return Insert::Stored;
-        }
-        let size = usize::from(self.geometry.symbol_size);
-        let replaced = self
-            .ids
-            .iter()
-            .rposition(|held| !self.geometry.is_source(*held));
-        let (true, Some(at)) = (source, replaced) else {
-            return Insert::NotNeeded;
-        };
-        let (Some(held), Some(bytes)) = (
-            self.ids.get_mut(at),
-            self.symbols.get_mut(at * size..(at + 1) * size),
-        ) else {
-            return Insert::NotNeeded;
-        };
-        if data.len() != size {
+        if data.len() != size || (full && (!source || self.repairs == 0)) {
             return Insert::NotNeeded;
         }
         *slot |= 1 << bit;
-        *held = id;
-        bytes.copy_from_slice(data);
-        self.repairs -= 1;
+        let first_repair = self.ids.len() - self.repairs;
+        if full {
+            // Overwrite the first repair symbol; the sources grow by one.
+            if let (Some(held), Some(bytes)) = (
+                self.ids.get_mut(first_repair),
+                self.symbols
+                    .get_mut(first_repair * size..(first_repair + 1) * size),
+            ) {
+                *held = id;
+                bytes.copy_from_slice(data);
+                self.repairs -= 1;
+            }
+            return Insert::Stored;
+        }
+        self.ids.push(id);
+        self.symbols.extend_from_slice(data);
+        if !source {
+            self.repairs += 1;
+        } else if self.repairs > 0 {
+            // Swap the new source with the first repair symbol, so sources stay in front.
+            let last = self.ids.len() - 1;
+            self.ids.swap(first_repair, last);
+            let (front, back) = self.symbols.split_at_mut(last * size);
+            if let Some(first) = front.get_mut(first_repair * size..(first_repair + 1) * size) {
+                first.swap_with_slice(back);
+            }
+        }
         Insert::Stored
     }
 
@@ -853,6 +860,34 @@ mod tests {
         assert_eq!(ready.ids.len(), k);
         assert_eq!(ready.decode(&mut ReedSolomon::default()).unwrap(), data);
         assert_eq!(a.drops().nonzero().count(), 0);
+    }
+
+    #[test]
+    fn in_any_order_every_source_arriving_means_a_decode_without_repair() {
+        let data: Vec<u8> = (0..3000u32).map(|i| (i * 7 % 253) as u8).collect();
+        let (geometry, fr) = frames(key(0), &data, 1000, 0);
+        let k = usize::from(geometry.source_symbols);
+        for seed in 1..40u64 {
+            // A seeded shuffle of every frame (sources and repair) of the block.
+            let mut order: Vec<usize> = (0..fr.len()).collect();
+            let mut x = seed;
+            for i in (1..order.len()).rev() {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                order.swap(i, (x >> 33) as usize % (i + 1));
+            }
+            let mut a = Assembler::new(RxConfig::default(), LinkKey::new(&SECRET));
+            for &i in &order {
+                a.handle_frame(Instant::ZERO, &fr[i]);
+            }
+            let ready = a.take_ready(&key(0)).unwrap();
+            assert!(!ready.used_repair(), "seed {seed}");
+            assert_eq!(ready.ids.len(), k);
+            assert_eq!(
+                ready.decode(&mut ReedSolomon::default()).unwrap(),
+                data,
+                "seed {seed}"
+            );
+        }
     }
 
     #[test]

@@ -13,7 +13,8 @@ pub enum ExitStatus {
     /// `sluice-recv --exit-after-idle`: some object failed or stayed incomplete.
     ObjectsFailed = 3,
     /// `sluice-recv --exit-after-idle`: no valid frame arrived at all — nothing came, or every
-    /// frame failed the link's checks (a wrong `--link-key`, most often).
+    /// frame failed the link's checks (a wrong `--link-key`, most often) — and nothing was
+    /// delivered (not even from the state directory).
     NothingValid = 4,
 }
 

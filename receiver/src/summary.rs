@@ -123,11 +123,17 @@ impl Report {
             ExitStatus::Failure
         } else if self.exit_after_idle && self.objects_failed > 0 {
             ExitStatus::ObjectsFailed
-        } else if self.exit_after_idle && self.frames_valid == 0 {
+        } else if self.exit_after_idle && self.nothing_valid() {
             ExitStatus::NothingValid
         } else {
             ExitStatus::Success
         }
+    }
+
+    /// No valid frame arrived and nothing was delivered (a run that only finished objects
+    /// kept in the state directory received nothing, and is still a good run).
+    fn nothing_valid(&self) -> bool {
+        self.frames_valid == 0 && self.objects_delivered == 0 && self.objects_already_delivered == 0
     }
 
     /// The numeric exit status (see [`exit_status`](Self::exit_status)).
@@ -179,7 +185,7 @@ impl Report {
             self.goodput_mb_s(),
             self.elapsed.as_secs_f64()
         );
-        if self.frames_valid == 0 {
+        if self.nothing_valid() {
             let why = if self.frames_received == 0 {
                 "nothing arrived on the link".to_string()
             } else if self.drops.get(DropReason::BadMac) > 0 {

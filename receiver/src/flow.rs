@@ -232,6 +232,14 @@ impl Flow {
         let mut probe = tokio::time::interval(KERNEL_DROPS_EVERY);
         probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Checked every turn, not only when `select!` happens to pick it: under a flood
+            // the link is always ready too, and a stopping flow must not keep reading.
+            if self.stopping.has_changed().unwrap_or(true) {
+                if received > 0 {
+                    let _ = hand_on(&self.out, batch, received).await;
+                }
+                return;
+            }
             tokio::select! {
                 ready = self.link.ready() => {
                     if let Err(e) = ready {

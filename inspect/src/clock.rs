@@ -13,7 +13,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::Refusal;
+use crate::refusal::Refusal;
 
 /// The default `inspect_timeout`, as the external scanner's. The densest pickle opcodes scan
 /// at about 300 MiB/s on a 2-core machine (README, "What the gate costs"), so 120 s covers

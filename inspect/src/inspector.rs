@@ -18,12 +18,12 @@
 use std::io::{self, Cursor, Read, Seek, SeekFrom};
 use std::time::Duration;
 
-use crate::archive::{self, Budget};
+use crate::bounds::{self, Budget};
 use crate::clock::{Clock, Timed};
-use crate::policy::Rules;
+use crate::refusal::Refusal;
+use crate::rules::Rules;
 use crate::sniff::{self, Kind, Kinds};
 use crate::zipmap::{self, Kept};
-use crate::Refusal;
 
 /// A readable, seekable file.
 pub trait ReadSeek: Read + Seek {}
@@ -181,7 +181,7 @@ impl<'a> Nested<'a> {
             self.streamed(stream, shown, size, claimants.first().copied())
         };
         self.depth -= 1;
-        result.map_err(|e| archive::within(shown, e))
+        result.map_err(|e| bounds::within(shown, e))
     }
 
     /// The same for a member that can seek (stored in a zip): inspected in place.
@@ -198,7 +198,7 @@ impl<'a> Nested<'a> {
         self.depth += 1;
         let result = self.seekable(&mut timed, shown, name).map(drop);
         self.depth -= 1;
-        result.map_err(|e| archive::within(shown, e))
+        result.map_err(|e| bounds::within(shown, e))
     }
 
     /// A member read into memory, to be inspected as a file.
@@ -210,7 +210,7 @@ impl<'a> Nested<'a> {
         size: u64,
         claimants: &[&dyn Inspector],
     ) -> Result<(), Refusal> {
-        if size > archive::MAX_NESTED_ZIP {
+        if size > bounds::MAX_NESTED_ZIP {
             let names: Vec<&str> = claimants.iter().map(|i| i.name()).collect();
             let why = match names.as_slice() {
                 ["zip"] => "a nested zip larger than 64 MiB".to_string(),
@@ -219,7 +219,7 @@ impl<'a> Nested<'a> {
                     names.join(" and ")
                 ),
             };
-            return Err(archive::refused(shown, &why));
+            return Err(bounds::refused(shown, &why));
         }
         let mut all = Vec::new();
         // One byte more than declared: the member's reader refuses a member that is longer.
@@ -272,9 +272,9 @@ impl<'a> Nested<'a> {
 
     /// A member's path and name rules (also for directories, which have no content).
     pub fn check_member_name(&self, shown: &str, name: &str) -> Result<(), Refusal> {
-        archive::check_member_path(shown, name)?;
+        bounds::check_member_path(shown, name)?;
         match self.deny.first_match(name.trim_end_matches('/')) {
-            Some(pattern) => Err(archive::refused(
+            Some(pattern) => Err(bounds::refused(
                 shown,
                 &format!("denied by the name rule {pattern:?}"),
             )),
@@ -282,10 +282,10 @@ impl<'a> Nested<'a> {
         }
     }
 
-    /// Refuses opening one more level of archive beyond [`archive::MAX_DEPTH`].
+    /// Refuses opening one more level of archive beyond [`bounds::MAX_DEPTH`].
     pub fn check_depth(&self, path: &str) -> Result<(), Refusal> {
-        if self.depth >= archive::MAX_DEPTH {
-            return Err(archive::refused(path, "archives nested more than 3 deep"));
+        if self.depth >= bounds::MAX_DEPTH {
+            return Err(bounds::refused(path, "archives nested more than 3 deep"));
         }
         Ok(())
     }
@@ -293,7 +293,7 @@ impl<'a> Nested<'a> {
 
 /// A member that delivers fewer bytes than it declares (more is refused by its reader).
 fn truncated(shown: &str) -> Refusal {
-    archive::refused(shown, "truncated (fewer bytes than it declares)")
+    bounds::refused(shown, "truncated (fewer bytes than it declares)")
 }
 
 /// The first bytes of a stream of `size` bytes, for claiming.

@@ -3,6 +3,7 @@
 //!
 //! - [`sniff`]: the types a file is by its first bytes (pickle, zip, tar, NumPy, safetensors:
 //!   a polyglot is several);
+//! - [`formats`]: every format and its inspector, in one list;
 //! - [`pickle`]: walks a pickle's opcodes without unpickling and refuses any import outside an
 //!   allow-list (a pickle is a program: loading it calls whatever it imports);
 //! - [`safetensors`]: checks a safetensors file's header against its data section;
@@ -12,90 +13,25 @@
 //!   zip reader sees the same members (no prefix, no appended bytes, no overlapping entries);
 //! - [`clock`]: the time one file's inspection may take;
 //! - [`policy`]: `policy.toml` and the order of the checks (names, size, type, inspector,
-//!   external scanner).
+//!   external scanner); [`rules`]: its name rules;
+//! - [`bounds`]: what one file's archives may use; [`refusal`]: why a file was refused.
 //!
 //! Each format is an [`inspector::Inspector`]: a new one (GGUF, ONNX, OCI layers) is one new
-//! file and one line in `policy`. A file is checked by every inspector that claims it, as
+//! file and one line in [`formats`]. A file is checked by every inspector that claims it, as
 //! every type it parses as (`inspector` says how). Every inspector reads through
 //! [`std::io::Read`], keeps a bounded amount of memory whatever the input, never panics, and
 //! answers with a [`Refusal`] whose text is a stable phrase for logs, the audit log and
 //! quarantine `.reason` files.
 
-pub mod archive;
+pub mod bounds;
 pub mod clock;
+pub mod formats;
 pub mod inspector;
-pub mod numpy;
-pub mod pickle;
 pub mod policy;
-pub mod safetensors;
+pub mod refusal;
+pub mod rules;
 pub mod sniff;
 pub mod zipmap;
 
-use std::time::Duration;
-
-/// Why an inspector refused a file. The `Display` texts are stable phrases.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum Refusal {
-    /// A pickle imports a callable that is not on the allow-list.
-    #[error("pickle imports {0} (not on the allow-list)")]
-    PickleImport(String),
-    /// A pickle names its callable in a way the scanner cannot resolve to a plain name.
-    #[error("pickle imports a callable it does not name plainly ({0})")]
-    PickleOpaqueImport(&'static str),
-    /// Pickles are refused outright (`pickle = "refuse"`).
-    #[error("pickle refused by policy")]
-    PickleRefused,
-    /// The pickle stream does not parse.
-    #[error("pickle malformed at byte {at}: {why}")]
-    PickleMalformed { at: u64, why: &'static str },
-    /// The pickle needs more memory to scan than the bound allows.
-    #[error("pickle too complex to scan: {0}")]
-    PickleTooComplex(&'static str),
-    /// A safetensors file that breaks the format.
-    #[error("safetensors invalid: {0}")]
-    Safetensors(String),
-    /// A NumPy file whose header does not parse.
-    #[error("numpy header malformed: {0}")]
-    NumpyMalformed(&'static str),
-    /// A name rule of the policy refuses it.
-    #[error("denied by the name rule {0:?}")]
-    Denied(String),
-    /// The policy has an allow list and no pattern of it matches.
-    #[error("not on the allow list")]
-    NotAllowed,
-    /// Larger than the policy's `max_file_size`.
-    #[error("larger than max_file_size ({size} > {max} bytes)")]
-    TooLarge { size: u64, max: u64 },
-    /// An archive (or one of its members) breaks a rule or a bound.
-    #[error("archive refused: {0}")]
-    Archive(String),
-    /// The external scanner found something (its first line of output).
-    #[error("the scanner flagged it: {0}")]
-    Infected(String),
-    /// The external scanner failed: the file is not known to be clean.
-    #[error("scanner error: {0}")]
-    ScannerFailed(String),
-    /// Inspecting the file took longer than the policy's `inspect_timeout` (`at`: the file, or
-    /// the archive member being inspected when the time ran out).
-    #[error("inspection took longer than {} (in {at})", seconds(.limit))]
-    TooSlow { limit: Duration, at: String },
-    /// Reading the file failed.
-    #[error("cannot read the file: {0}")]
-    Io(String),
-}
-
-impl From<std::io::Error> for Refusal {
-    fn from(e: std::io::Error) -> Self {
-        Refusal::Io(e.to_string())
-    }
-}
-
-/// A duration in seconds for messages: `120 s`, `0.05 s`.
-fn seconds(d: &Duration) -> String {
-    if d.subsec_nanos() == 0 {
-        format!("{} s", d.as_secs())
-    } else {
-        format!("{} s", d.as_secs_f64())
-    }
-}
+pub use formats::{archive, numpy, pickle, safetensors};
+pub use refusal::Refusal;

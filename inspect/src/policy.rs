@@ -24,34 +24,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use globset::{GlobBuilder, GlobMatcher};
 use serde::Deserialize;
 
-use crate::archive::{self, TarInspector, ZipInspector};
+use crate::bounds;
 use crate::clock;
+use crate::formats::{self, Models};
 use crate::inspector::{Inspector, Nested};
-use crate::numpy::NumpyInspector;
-use crate::pickle::{AllowList, PickleInspector, PickleRule};
-use crate::safetensors::SafetensorsInspector;
-use crate::Refusal;
-
-/// What to do with safetensors files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SafetensorsRule {
-    /// Header checked against the data.
-    Validate,
-    /// Pass unexamined.
-    Allow,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ModelsFile {
-    pickle: Option<PickleRule>,
-    pickle_allow: Option<Vec<String>>,
-    safetensors: Option<SafetensorsRule>,
-}
+use crate::refusal::Refusal;
+use crate::rules::Rules;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -70,7 +50,8 @@ struct PolicyFile {
     allow: Vec<String>,
     #[serde(default)]
     deny: Vec<String>,
-    models: Option<ModelsFile>,
+    #[serde(default)]
+    models: Models,
     scan: Option<ScanFile>,
 }
 
@@ -96,40 +77,6 @@ pub struct Policy {
     scan: Option<ScanCommand>,
 }
 
-/// Compiled name rules, each with the pattern it came from.
-#[derive(Debug)]
-pub(crate) struct Rules(Vec<(String, Vec<GlobMatcher>)>);
-
-impl Rules {
-    fn new(patterns: &[String], what: &str) -> Result<Rules, String> {
-        let glob = |p: &str| {
-            GlobBuilder::new(p)
-                .literal_separator(true)
-                .build()
-                .map(|g| g.compile_matcher())
-                .map_err(|e| format!("{what} pattern {p:?}: {e}"))
-        };
-        let mut rules = Vec::new();
-        for p in patterns {
-            let mut matchers = vec![glob(p)?];
-            // A pattern without `/` also matches the bare name anywhere below.
-            if !p.contains('/') {
-                matchers.push(glob(&format!("**/{p}"))?);
-            }
-            rules.push((p.clone(), matchers));
-        }
-        Ok(Rules(rules))
-    }
-
-    /// The first pattern that matches `path`.
-    pub(crate) fn first_match(&self, path: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(_, matchers)| matchers.iter().any(|m| m.is_match(path)))
-            .map(|(p, _)| p.as_str())
-    }
-}
-
 impl Policy {
     /// Parses `text`, the contents of `path` (for messages).
     pub fn parse(text: &str) -> Result<Policy, String> {
@@ -152,11 +99,6 @@ impl Policy {
             .then(|| Rules::new(&file.allow, "allow"))
             .transpose()?;
         let deny = Rules::new(&file.deny, "deny")?;
-        let models = file.models.unwrap_or(ModelsFile {
-            pickle: None,
-            pickle_allow: None,
-            safetensors: None,
-        });
         let scan = file
             .scan
             .map(|s| {
@@ -174,22 +116,7 @@ impl Policy {
                 })
             })
             .transpose()?;
-        let extra = models.pickle_allow.unwrap_or_default();
-        let pickle = PickleInspector {
-            rule: models.pickle.unwrap_or(PickleRule::Scan),
-            allow: AllowList::with(extra.iter().map(String::as_str)),
-        };
-        // Asked in this order; every one that claims a file checks it, and the first refusal
-        // is the file's (a pickle named .safetensors is refused as a pickle first).
-        let mut inspectors: Vec<Box<dyn Inspector>> = vec![
-            Box::new(pickle.clone()),
-            Box::new(NumpyInspector { pickle }),
-            Box::new(TarInspector),
-            Box::new(ZipInspector),
-        ];
-        if models.safetensors.unwrap_or(SafetensorsRule::Validate) == SafetensorsRule::Validate {
-            inspectors.push(Box::new(SafetensorsInspector));
-        }
+        let inspectors = formats::inspectors(&file.models);
         Ok(Policy {
             quarantine: file.quarantine,
             max_file_size,
@@ -252,7 +179,7 @@ impl Policy {
         path: &str,
         size: u64,
     ) -> Result<Vec<&'static str>, Refusal> {
-        let max = self.max_file_size.unwrap_or(archive::DEFAULT_MAX_EXPANDED);
+        let max = self.max_file_size.unwrap_or(bounds::DEFAULT_MAX_EXPANDED);
         Nested::new(&self.inspectors, &self.deny, max, self.inspect_timeout).file(file, path, size)
     }
 }

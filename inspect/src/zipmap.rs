@@ -30,9 +30,9 @@
 use std::collections::HashSet;
 use std::io::{self, Read, Seek, SeekFrom};
 
-use crate::archive::{refused, MAX_CENTRAL_DIRECTORY, MAX_MEMBERS};
+use crate::bounds::{refused, MAX_CENTRAL_DIRECTORY, MAX_MEMBERS};
 use crate::clock::Clock;
-use crate::Refusal;
+use crate::refusal::Refusal;
 
 const END_SIG: &[u8; 4] = b"PK\x05\x06";
 const CENTRAL_SIG: &[u8; 4] = b"PK\x01\x02";

@@ -3,8 +3,10 @@
 //! so can anything that wants live figures, without a lock.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use sluice_common::metrics::Metric;
+use sluice_common::outcome::Subscriber;
 use sluice_protocol::tx::TxStats;
 
 use crate::outcome::Outcome;
@@ -149,6 +151,16 @@ impl Counters {
                 ..TxStats::default()
             },
         }
+    }
+}
+
+/// Counts outcomes into the sender's counters.
+#[derive(Debug)]
+pub(crate) struct Count(pub Arc<Counters>);
+
+impl Subscriber<Outcome> for Count {
+    fn on_outcome(&mut self, outcome: &Outcome) {
+        self.0.record_outcome(outcome);
     }
 }
 

@@ -18,6 +18,7 @@
 //!
 //! - [`cli`]: command line and TOML config. `error`: start-up errors.
 //! - [`objects`]: what the paths expand to. [`encode`]: the encode pipeline.
+//! - `session`: what a run opens (keys, link, `/metrics`) and starts (the send loop).
 //! - `send_loop`: pacing, the link, and the one place outcomes are emitted.
 //! - [`outcome`]: outcomes and their subscribers. [`counters`], [`summary`]: the figures.
 //!
@@ -32,6 +33,7 @@ mod error;
 pub mod objects;
 pub mod outcome;
 mod send_loop;
+mod session;
 pub mod summary;
 pub mod watch;
 
@@ -39,186 +41,22 @@ use std::ffi::OsString;
 use std::future::Future;
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use sluice_common::audit::{AuditLog, Event};
+use sluice_common::audit::Event;
 use sluice_common::config::{self, Parsed};
 use sluice_common::exit::ExitStatus;
-use sluice_common::keys::{self, SigningKey};
-use sluice_common::link::FrameTx;
+use sluice_common::keys;
 use sluice_common::logging;
-use sluice_common::outcome::Outcomes;
 use sluice_common::sequence::Sequence;
-use sluice_common::units::Bytes;
-use sluice_protocol::wire::{self, LinkKey, SessionId};
 
 pub use cli::Options;
 pub use error::Error;
 pub use summary::Summary;
 
-use crate::counters::Counters;
 use crate::objects::{Skipped, SourceObject};
 use crate::outcome::Outcome;
-
-/// What the one-shot sender and the watch daemon open at start: keys, the link, and the
-/// `/metrics` port (bound at start, so a busy port is a start-up error).
-struct Ends {
-    recipients: Vec<age::x25519::Recipient>,
-    signer: SigningKey,
-    link_key: LinkKey,
-    link: Box<dyn FrameTx>,
-    metrics: Option<tokio::net::TcpListener>,
-}
-
-impl Ends {
-    async fn open(options: &Options) -> Result<Ends, Error> {
-        let mut recipients = Vec::new();
-        for path in &options.recipients {
-            recipients.append(&mut keys::load_recipients(path).map_err(error::key("recipient"))?);
-        }
-        let signer = SigningKey::load(&options.sign_key).map_err(error::key("sign-key"))?;
-        let link_key =
-            keys::load_link_key(&options.shared.link_key).map_err(error::key("link-key"))?;
-        let link = options
-            .shared
-            .link
-            .open_tx()
-            .await
-            .map_err(|source| Error::Link {
-                link: options.shared.link.to_string(),
-                source,
-            })?;
-        let metrics = match options.shared.metrics {
-            None => None,
-            Some(addr) => Some(
-                sluice_common::metrics::bind(addr)
-                    .await
-                    .map_err(|source| Error::Metrics { addr, source })?,
-            ),
-        };
-        Ok(Ends {
-            recipients,
-            signer,
-            link_key,
-            link,
-            metrics,
-        })
-    }
-}
-
-/// A running session: one random session id, the encoder's settings, the send loop (the one
-/// place outcomes are emitted) and the counters `/metrics` serves.
-struct Session {
-    config: encode::EncodeConfig,
-    send_loop: send_loop::SendLoop,
-    counters: Arc<Counters>,
-    overhead: u32,
-    /// The audit log (the outcomes' subscriber holds it too).
-    audit: Arc<AuditLog>,
-    /// Served until dropped.
-    _metrics: Option<sluice_common::metrics::Endpoint>,
-}
-
-impl Session {
-    /// Starts a session with `progress_total` plaintext bytes on a progress bar, if any.
-    fn start(
-        options: &Options,
-        recipients: Vec<age::x25519::Recipient>,
-        signer: SigningKey,
-        link_key: LinkKey,
-        metrics: Option<tokio::net::TcpListener>,
-        progress_total: Option<u64>,
-    ) -> Result<Session, Error> {
-        let mut session_bytes = [0u8; 8];
-        getrandom::getrandom(&mut session_bytes).map_err(|e| Error::Random(e.to_string()))?;
-        let session = SessionId(u64::from_le_bytes(session_bytes));
-        let symbol_size = wire::max_symbol_size(options.shared.link.max_frame_len());
-        let audit_path = options.audit_log_path();
-        let retention = options.shared.audit_retention;
-        let audit = Arc::new(
-            AuditLog::open_with_retention(&audit_path, retention).map_err(|source| {
-                Error::Audit {
-                    path: audit_path.clone(),
-                    source,
-                }
-            })?,
-        );
-        audit.record(
-            Event::new("start")
-                .with("program", "sluice-send")
-                .with("version", env!("CARGO_PKG_VERSION"))
-                .with("config_sha256", sluice_common::audit::digest_of(&options))
-                .with("link", options.shared.link.to_string())
-                .with("session", format!("{:016x}", session.0))
-                .with("signer", signer.id().to_string())
-                .with(
-                    "recipients",
-                    recipients
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>(),
-                ),
-        );
-        let config = encode::EncodeConfig {
-            session,
-            symbol_size,
-            segment_size: options.segment_size,
-            pack_under: options.pack_under,
-            repair_permille: options.repair_permille,
-            passes: options.passes,
-            recipients,
-            signer,
-            spool: None,
-            workers: options.shared.workers,
-            first_object: 0,
-            approval: None,
-            watched: None,
-        };
-        let counters = Arc::new(Counters::default());
-        let mut outcomes = Outcomes::default();
-        outcomes.subscribe(outcome::LogLine);
-        outcomes.subscribe(outcome::Count(counters.clone()));
-        outcomes.subscribe(outcome::AuditTrail(audit.clone()));
-        let overhead = options.shared.link.frame_overhead();
-        let metrics = metrics.map(|listener| {
-            let counters = counters.clone();
-            sluice_common::metrics::spawn(listener, Arc::new(move || counters.metrics(overhead)))
-        });
-        let settings = send_loop::Settings {
-            rate: options.rate,
-            wire_frame: (options.shared.link.max_frame_len() + overhead as usize) as u64,
-            frame_overhead: overhead,
-            interleave: options.interleave,
-            session,
-            link_key,
-            passes: options.passes,
-            heartbeat_interval: Duration::from_secs(1),
-            linger: Duration::from_secs(1),
-            progress_total,
-            audit: Some(audit.clone()),
-        };
-        let send_loop = send_loop::SendLoop::new(settings, outcomes, counters.clone());
-        Ok(Session {
-            config,
-            send_loop,
-            counters,
-            overhead,
-            audit,
-            _metrics: metrics,
-        })
-    }
-
-    /// "rate" for log lines.
-    fn rate_text(options: &Options) -> String {
-        if options.rate == 0 {
-            "unpaced".to_string()
-        } else {
-            format!("{}/s", Bytes(options.rate))
-        }
-    }
-}
+use crate::session::{Ends, Session};
 
 /// A sender with its keys loaded, its objects found and its link open.
 pub struct Sender {

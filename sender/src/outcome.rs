@@ -8,8 +8,6 @@ use std::sync::Arc;
 use sluice_common::audit::{AuditLog, Event};
 use sluice_common::outcome::Subscriber;
 
-use crate::counters::Counters;
-
 /// The fate of one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -110,15 +108,5 @@ impl Subscriber<Outcome> for AuditTrail {
                 .with("reason", reason.clone()),
         };
         self.0.record(event);
-    }
-}
-
-/// Counts outcomes into the sender's counters.
-#[derive(Debug)]
-pub(crate) struct Count(pub Arc<Counters>);
-
-impl Subscriber<Outcome> for Count {
-    fn on_outcome(&mut self, outcome: &Outcome) {
-        self.0.record_outcome(outcome);
     }
 }

@@ -33,7 +33,8 @@ use sluice_common::service::{Progress, Stage};
 
 use crate::counters::Counters;
 use crate::encode::{self, EncodeConfig, Passed, Produced};
-use crate::{Ends, Error, Session};
+use crate::error::Error;
+use crate::session::{Ends, Session};
 use journal::{Journal, State};
 use outbox::{Fingerprint, Listing, Settling};
 

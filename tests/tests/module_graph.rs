@@ -1,13 +1,14 @@
-//! The receiver's modules import each other one way only (issue 26): a circle — `a` imports
-//! `b`, which imports `a` — means neither can be read, tested or changed without the other.
-//! This reads `src/` as it is at test time and fails naming the circle if one comes back.
+//! The daemons' and the gate's modules import each other one way only (issues 26, 28): a
+//! circle — `a` imports `b`, which imports `a` — means neither can be read, tested or changed
+//! without the other. This reads each crate's `src/` as it is at test time and fails naming
+//! the circle if one comes back.
 //!
 //! A module is a file under `src/`, or a directory there as a whole (`sink/dir.rs` is
 //! `sink`): files that share a directory are one job. An import is a `crate::m` path in code
 //! (`use crate::{a, b::C}` too); comments, string literals and items under `#[cfg(test)]` are
-//! not read. Cross-module paths in this crate are written from `crate::` (not `super::`), so
-//! that is all it looks for. `crate::X` where `X` is no module is the crate root (`lib.rs`),
-//! which declares every module and so depends on all of them.
+//! not read. Cross-module paths in these crates are written from `crate::` (not `super::`),
+//! so that is all it looks for. `crate::X` where `X` is no module is the crate root
+//! (`lib.rs`), which declares every module and so depends on all of them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -20,31 +21,64 @@ type Graph = BTreeMap<String, BTreeSet<String>>;
 /// The crate root's node.
 const ROOT: &str = "lib";
 
-#[test]
-fn the_receivers_modules_import_each_other_one_way_only() {
-    let graph = read_graph(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
-    // The reader sees imports at all (a parser that found none would pass anything).
-    for (module, import) in [
-        ("publisher", "gate"),
-        ("publisher", "sink"),
-        ("state", "records"),
-    ] {
+/// A crate's `src/`, from the workspace root.
+fn src_of(krate: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(krate)
+        .join("src")
+}
+
+/// Fails naming the circle in `krate`, after checking the graph holds `known` imports (a
+/// reader that found none would pass anything).
+fn assert_one_way(krate: &str, known: &[(&str, &str)]) {
+    let graph = read_graph(&src_of(krate));
+    for (module, import) in known {
         assert!(
             graph
-                .get(module)
-                .is_some_and(|imports| imports.contains(import)),
-            "{module} imports {import}, but the graph read from src/ lacks it:\n{}",
+                .get(*module)
+                .is_some_and(|imports| imports.contains(*import)),
+            "{krate}: {module} imports {import}, but the graph read from src/ lacks it:\n{}",
             show(&graph)
         );
     }
     if let Some(cycle) = find_cycle(&graph) {
         panic!(
-            "the receiver's modules import each other in a circle: {}\n\
+            "{krate}'s modules import each other in a circle: {}\n\
              (move what the circle is about to the module that owns it)\n{}",
             cycle.join(" → "),
             show(&graph)
         );
     }
+}
+
+#[test]
+fn the_receivers_modules_import_each_other_one_way_only() {
+    assert_one_way(
+        "receiver",
+        &[
+            ("publisher", "gate"),
+            ("publisher", "sink"),
+            ("state", "records"),
+        ],
+    );
+}
+
+#[test]
+fn the_senders_modules_import_each_other_one_way_only() {
+    assert_one_way("sender", &[]);
+}
+
+#[test]
+fn the_gates_modules_import_each_other_one_way_only() {
+    assert_one_way(
+        "inspect",
+        &[
+            ("policy", "formats"),
+            ("formats", "inspector"),
+            ("inspector", "zipmap"),
+        ],
+    );
 }
 
 #[test]

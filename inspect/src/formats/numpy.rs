@@ -8,10 +8,10 @@
 
 use std::io::Read;
 
+use super::pickle::PickleInspector;
 use crate::inspector::{Inspector, Nested};
-use crate::pickle::PickleInspector;
+use crate::refusal::Refusal;
 use crate::sniff::{Kind, Kinds};
-use crate::Refusal;
 
 /// NumPy `.npy` arrays: an object array's data is a pickle, checked by `pickle`'s rule.
 #[derive(Debug)]

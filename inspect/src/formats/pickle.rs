@@ -25,8 +25,8 @@ use std::rc::Rc;
 use serde::Deserialize;
 
 use crate::inspector::{Inspector, Nested};
+use crate::refusal::Refusal;
 use crate::sniff::{Kind, Kinds};
-use crate::Refusal;
 
 /// Callables a plain PyTorch, NumPy or `collections` checkpoint imports: rebuilding tensors
 /// and parameters from storages, storage types, dtypes and devices, NumPy arrays and

@@ -19,8 +19,8 @@ use std::io::Read;
 use serde_json::Value;
 
 use crate::inspector::{Inspector, Nested};
+use crate::refusal::Refusal;
 use crate::sniff::{Kind, Kinds};
-use crate::Refusal;
 
 /// safetensors files: by content, and any file named `.safetensors` (one that is not one is
 /// refused by the validation).

@@ -1,0 +1,64 @@
+//! Every file format the gate looks into, and its inspector: the one list a new format is
+//! added to (a new file here, one line in [`inspectors`], and its `[models]` setting if it
+//! has one).
+//!
+//! | format | claimed by | inspector |
+//! |---|---|---|
+//! | pickle (protocols 0–5, back to back) | `PROTO` opcode, or opcodes that parse | [`pickle`] |
+//! | NumPy `.npy` | magic | [`numpy`] (an object array is a pickle) |
+//! | tar | `ustar` at 257 | [`archive::TarInspector`] |
+//! | zip (PyTorch, `.npz`, `.keras`) | magic, or an end record in the last 64 KiB | [`archive::ZipInspector`] |
+//! | safetensors | header length, then `{` | [`safetensors`] |
+
+pub mod archive;
+pub mod numpy;
+pub mod pickle;
+pub mod safetensors;
+
+use serde::Deserialize;
+
+use crate::inspector::Inspector;
+use archive::{TarInspector, ZipInspector};
+use numpy::NumpyInspector;
+use pickle::{AllowList, PickleInspector, PickleRule};
+use safetensors::SafetensorsInspector;
+
+/// What to do with safetensors files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SafetensorsRule {
+    /// Header checked against the data.
+    Validate,
+    /// Pass unexamined.
+    Allow,
+}
+
+/// The `[models]` table of `policy.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Models {
+    pickle: Option<PickleRule>,
+    pickle_allow: Option<Vec<String>>,
+    safetensors: Option<SafetensorsRule>,
+}
+
+/// The inspectors of a policy whose `[models]` table is `models`, in the order they are
+/// asked: every one that claims a file checks it, and the first refusal is the file's (a
+/// pickle named `.safetensors` is refused as a pickle first).
+pub fn inspectors(models: &Models) -> Vec<Box<dyn Inspector>> {
+    let extra = models.pickle_allow.clone().unwrap_or_default();
+    let pickle = PickleInspector {
+        rule: models.pickle.unwrap_or(PickleRule::Scan),
+        allow: AllowList::with(extra.iter().map(String::as_str)),
+    };
+    let mut inspectors: Vec<Box<dyn Inspector>> = vec![
+        Box::new(pickle.clone()),
+        Box::new(NumpyInspector { pickle }),
+        Box::new(TarInspector),
+        Box::new(ZipInspector),
+    ];
+    if models.safetensors.unwrap_or(SafetensorsRule::Validate) == SafetensorsRule::Validate {
+        inspectors.push(Box::new(SafetensorsInspector));
+    }
+    inspectors
+}

@@ -48,6 +48,11 @@ impl Budget {
         budget
     }
 
+    /// Bytes members may still expand to.
+    pub fn left(&self) -> u64 {
+        self.max_expanded.saturating_sub(self.expanded)
+    }
+
     /// Counts one member of `size` bytes.
     pub fn take(&mut self, shown: &str, size: u64) -> Result<(), Refusal> {
         self.members += 1;

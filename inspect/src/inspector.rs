@@ -100,6 +100,11 @@ impl<'a> Nested<'a> {
         }
     }
 
+    /// Bytes this file's members (and compressed contents) may still expand to.
+    pub fn expansion_left(&self) -> u64 {
+        self.budget.left()
+    }
+
     /// The file's deadline.
     pub fn clock(&self) -> &Clock {
         &self.clock

@@ -28,6 +28,9 @@ pub enum Refusal {
     /// A NumPy file whose header does not parse.
     #[error("numpy header malformed: {0}")]
     NumpyMalformed(&'static str),
+    /// A GGUF model that breaks the format or a bound, or whose chat template is refused.
+    #[error("gguf refused: {0}")]
+    Gguf(String),
     /// A name rule of the policy refuses it.
     #[error("denied by the name rule {0:?}")]
     Denied(String),

@@ -22,19 +22,23 @@ pub enum Kind {
     Numpy,
     /// Looks like safetensors: a plausible 8-byte header length, then `{`.
     Safetensors,
+    /// Compressed ([`Compression`]: gzip, zlib, bzip2, xz, lzma, zstd, lz4).
+    Compressed,
+    /// A GGUF model (llama.cpp): `GGUF` magic.
+    Gguf,
     /// None of these.
     Other,
 }
 
 impl Kind {
-    fn bit(self) -> u8 {
+    fn bit(self) -> u16 {
         1 << self as u8
     }
 }
 
 /// The kinds a file is at once (a set; empty means none of them).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Kinds(u8);
+pub struct Kinds(u16);
 
 impl Kinds {
     /// Whether `kind` is among them.
@@ -72,6 +76,7 @@ pub fn kinds(head: &[u8], file_len: u64) -> Kinds {
         [0x80, 2..=5, ..] => kinds = kinds.with(Kind::Pickle),
         [b'P', b'K', 3, 4, ..] | [b'P', b'K', 5, 6, ..] => kinds = kinds.with(Kind::Zip),
         [0x93, b'N', b'U', b'M', b'P', b'Y', ..] => kinds = kinds.with(Kind::Numpy),
+        [b'G', b'G', b'U', b'F', ..] => kinds = kinds.with(Kind::Gguf),
         [l0, l1, l2, l3, l4, l5, l6, l7, b'{', ..] => {
             let len = u64::from_le_bytes([*l0, *l1, *l2, *l3, *l4, *l5, *l6, *l7]);
             if len >= 2 && len <= file_len.saturating_sub(8) {
@@ -79,6 +84,11 @@ pub fn kinds(head: &[u8], file_len: u64) -> Kinds {
             }
         }
         _ => {}
+    }
+    // Independent of the rest: a zlib or lzma magic is two bytes, which another format's
+    // first bytes can be (compressed data that does not decompress is then no compression).
+    if Compression::of(head).is_some() {
+        kinds = kinds.with(Kind::Compressed);
     }
     if head.get(257..262) == Some(b"ustar") {
         kinds = kinds.with(Kind::Tar);
@@ -96,10 +106,63 @@ pub fn sniff(head: &[u8], file_len: u64) -> Kind {
         Kind::Numpy,
         Kind::Tar,
         Kind::Safetensors,
+        Kind::Compressed,
+        Kind::Gguf,
     ]
     .into_iter()
     .find(|k| found.has(*k))
     .unwrap_or(Kind::Other)
+}
+
+/// A compression format, by its magic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Gzip,
+    /// A zlib stream as `zlib.compress` writes it (joblib's `zlib`): `0x78`, then a flag
+    /// byte that checks.
+    Zlib,
+    Bzip2,
+    Xz,
+    /// The `.lzma` ("alone") format, as joblib tells it: `0x5d 0x00`, with a dictionary size
+    /// that can be one.
+    Lzma,
+    Zstd,
+    Lz4,
+}
+
+impl Compression {
+    /// The format a file starting with `head` is compressed with.
+    pub fn of(head: &[u8]) -> Option<Compression> {
+        Some(match head {
+            [0x1f, 0x8b, ..] => Compression::Gzip,
+            [b'B', b'Z', b'h', b'1'..=b'9', ..] => Compression::Bzip2,
+            [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => Compression::Xz,
+            [0x28, 0xb5, 0x2f, 0xfd, ..] => Compression::Zstd,
+            [0x04, 0x22, 0x4d, 0x18, ..] => Compression::Lz4,
+            // Properties 0x5d (every encoder's default), then a dictionary of at least 4 KiB.
+            [0x5d, d0, d1, d2, d3, ..]
+                if u32::from_le_bytes([*d0, *d1, *d2, *d3]) >= 4096 && *d0 == 0 =>
+            {
+                Compression::Lzma
+            }
+            [0x78, flags, ..] if (0x7800 | u16::from(*flags)) % 31 == 0 && flags & 0x20 == 0 => {
+                Compression::Zlib
+            }
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::Gzip => "gzip",
+            Compression::Zlib => "zlib",
+            Compression::Bzip2 => "bzip2",
+            Compression::Xz => "xz",
+            Compression::Lzma => "lzma",
+            Compression::Zstd => "zstd",
+            Compression::Lz4 => "lz4",
+        }
+    }
 }
 
 #[cfg(test)]

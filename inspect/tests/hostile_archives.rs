@@ -175,11 +175,13 @@ fn a_pickle_that_is_also_a_zip_is_inspected_as_both_and_refused() {
     benign.extend_from_slice(&checkpoint(TENSOR));
     assert_eq!(gate(&p, &benign, "model.pt").unwrap_err(), refusal);
     // Whatever the first bytes: a NumPy header, a safetensors header, text.
-    for head in [
-        &b"\x93NUMPY\x01\x00\x76\x00{'descr': '<f4', 'fortran_order': False, 'shape': (0,), }"[..],
-        b"#!/usr/bin/env python3\n",
-        b"plain notes\n",
-    ] {
+    let mut numpy = b"\x93NUMPY\x01\x00\x76\x00".to_vec();
+    let header = format!(
+        "{:<117}\n",
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (0,), }"
+    );
+    numpy.extend_from_slice(header.as_bytes());
+    for head in [&numpy[..], b"#!/usr/bin/env python3\n", b"plain notes\n"] {
         let mut file = head.to_vec();
         file.extend_from_slice(&evil);
         let err = gate(&p, &file, "x.bin").unwrap_err();

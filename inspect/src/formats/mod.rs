@@ -9,16 +9,25 @@
 //! | tar | `ustar` at 257 | [`archive::TarInspector`] |
 //! | zip (PyTorch, `.npz`, `.keras`) | magic, or an end record in the last 64 KiB | [`archive::ZipInspector`] |
 //! | safetensors | header length, then `{` | [`safetensors`] |
+//! | GGUF | magic | [`gguf`] (bounds, tensors in the file, [`chat_template`]) |
+//! | gzip, zlib, bzip2, xz, lzma, zstd (lz4 refused) | magic | [`compressed`] (the content as a member) |
 
 pub mod archive;
+pub mod chat_template;
+pub mod compressed;
+pub mod gguf;
 pub mod numpy;
 pub mod pickle;
+pub mod pyliteral;
 pub mod safetensors;
+mod xz;
 
 use serde::Deserialize;
 
 use crate::inspector::Inspector;
 use archive::{TarInspector, ZipInspector};
+use compressed::CompressedInspector;
+use gguf::GgufInspector;
 use numpy::NumpyInspector;
 use pickle::{AllowList, PickleInspector, PickleRule};
 use safetensors::SafetensorsInspector;
@@ -56,6 +65,8 @@ pub fn inspectors(models: &Models) -> Vec<Box<dyn Inspector>> {
         Box::new(NumpyInspector { pickle }),
         Box::new(TarInspector),
         Box::new(ZipInspector),
+        Box::new(CompressedInspector),
+        Box::new(GgufInspector),
     ];
     if models.safetensors.unwrap_or(SafetensorsRule::Validate) == SafetensorsRule::Validate {
         inspectors.push(Box::new(SafetensorsInspector));

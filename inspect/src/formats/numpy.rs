@@ -9,6 +9,7 @@
 use std::io::Read;
 
 use super::pickle::PickleInspector;
+use super::pyliteral::{self, Literal};
 use crate::inspector::{Inspector, Nested};
 use crate::refusal::Refusal;
 use crate::sniff::{Kind, Kinds};
@@ -90,18 +91,172 @@ impl Header {
         if header.len() as u64 != len {
             return Err(Refusal::NumpyMalformed("truncated header"));
         }
-        let text = String::from_utf8_lossy(&header);
-        let descr = text
-            .split_once("'descr':")
-            .map(|(_, rest)| rest.split("'fortran_order'").next().unwrap_or(rest))
-            .ok_or(Refusal::NumpyMalformed("no descr"))?;
-        // The object type code appears as 'O' or '|O' (alone or as a field's type);
-        // conservative: any quoted code ending in O counts.
-        let holds_objects = descr.contains("'O'") || descr.contains("|O'");
+        // NumPy decodes versions 1 and 2 as Latin-1, 3 as UTF-8, then reads a Python literal.
+        let text: String = if fixed[6] == 3 {
+            String::from_utf8(header).map_err(|_| Refusal::NumpyMalformed("header not UTF-8"))?
+        } else {
+            header.iter().map(|b| char::from(*b)).collect()
+        };
+        let dict = pyliteral::parse(&text)
+            .map_err(|_| Refusal::NumpyMalformed("header is not a Python literal"))?;
+        let mut keys = dict
+            .keys()
+            .ok_or(Refusal::NumpyMalformed("header is not a dict"))?;
+        keys.sort_unstable();
+        if keys != ["descr", "fortran_order", "shape"] {
+            return Err(Refusal::NumpyMalformed(
+                "header keys are not descr, fortran_order and shape",
+            ));
+        }
+        let holds_objects = dict.get("descr").is_none_or(may_hold_objects);
         Ok(Header {
             holds_objects,
             data_offset: prefix + len,
         })
+    }
+}
+
+/// Whether a dtype description (`descr`, as `numpy.lib.format.descr_to_dtype` reads it) may
+/// hold Python objects: allow-list first — a type string is plain only if it is one of
+/// NumPy's plain types; anything else (an object code in any spelling, a type string this
+/// does not know, a shape we cannot read) counts as objects, whose data must then scan as a
+/// pickle.
+fn may_hold_objects(descr: &Literal) -> bool {
+    match descr {
+        Literal::Str(text) => !top_level_parts(text).all(is_plain_type),
+        // (base, shape): a subarray of base.
+        Literal::Tuple(items) if items.len() == 2 => may_hold_objects(&items[0]),
+        // Fields: (name, descr) or (name, descr, shape); a name may be (title, name).
+        Literal::List(fields) => fields.iter().any(|field| match field {
+            Literal::Tuple(parts) | Literal::List(parts) if (2..=3).contains(&parts.len()) => {
+                may_hold_objects(&parts[1])
+            }
+            _ => true,
+        }),
+        _ => true,
+    }
+}
+
+/// The comma-separated parts of a dtype string, commas inside a shape `(2,3)` kept.
+fn top_level_parts(text: &str) -> impl Iterator<Item = &str> {
+    let mut depth = 0i32;
+    let mut start = 0;
+    let mut parts = Vec::new();
+    for (i, c) in text.char_indices() {
+        match c {
+            '(' | '[' => depth += 1,
+            ')' | ']' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts.into_iter()
+}
+
+/// Whether `text` (one type of a comma-separated dtype string, e.g. `<f4`, `(2,3)i8`, `S5`,
+/// `datetime64[ns]`) is a NumPy type that holds no Python object.
+fn is_plain_type(text: &str) -> bool {
+    let mut t = text.trim();
+    // A leading shape makes a subarray of the type: `(2,3)f4`, `3i4`.
+    if let Some(rest) = t.strip_prefix('(') {
+        match rest.split_once(')') {
+            Some((shape, rest))
+                if shape
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || c == ',' || c == ' ') =>
+            {
+                t = rest.trim_start();
+            }
+            _ => return false,
+        }
+    }
+    t = t.trim_start_matches(|c: char| c.is_ascii_digit());
+    let t = t.strip_prefix(['<', '>', '|', '=', '!']).unwrap_or(t);
+    // Dates and durations carry a unit: `M8[ns]`, `datetime64[25s]`.
+    let t = match t.split_once('[') {
+        Some((base, unit)) => {
+            let unit_ok = unit.strip_suffix(']').is_some_and(|u| {
+                u.trim_start_matches(|c: char| c.is_ascii_digit())
+                    .chars()
+                    .all(|c| c.is_ascii_alphabetic())
+            });
+            if !unit_ok || !matches!(base, "M8" | "m8" | "M" | "m" | "datetime64" | "timedelta64") {
+                return false;
+            }
+            return true;
+        }
+        None => t,
+    };
+    const CODES: &str = "?bBhHiIlLqQpPefdgFDGSUVaMm";
+    const NAMES: &[&str] = &[
+        "bool",
+        "bool_",
+        "bool8",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "float16",
+        "float32",
+        "float64",
+        "float96",
+        "float128",
+        "complex64",
+        "complex128",
+        "complex192",
+        "complex256",
+        "half",
+        "single",
+        "double",
+        "longdouble",
+        "csingle",
+        "cdouble",
+        "clongdouble",
+        "byte",
+        "ubyte",
+        "short",
+        "ushort",
+        "intc",
+        "uintc",
+        "int",
+        "uint",
+        "long",
+        "ulong",
+        "longlong",
+        "ulonglong",
+        "intp",
+        "uintp",
+        "float",
+        "complex",
+        "str",
+        "str_",
+        "bytes",
+        "bytes_",
+        "unicode",
+        "void",
+        "datetime64",
+        "timedelta64",
+        "int_",
+        "float_",
+        "complex_",
+        "string_",
+        "unicode_",
+    ];
+    if NAMES.contains(&t) {
+        return true;
+    }
+    let mut chars = t.chars();
+    match chars.next() {
+        Some(code) if CODES.contains(code) => chars.all(|c| c.is_ascii_digit()),
+        _ => false,
     }
 }
 
@@ -128,6 +283,47 @@ mod tests {
             Header::read(&mut &npy("[('a', '<f4'), ('b', 'O')]")[..])
                 .unwrap()
                 .holds_objects
+        );
+        // Every spelling NumPy reads as objects, and the literal as Python reads it.
+        for descr in [
+            "'O'",
+            "'<O'",
+            "'=O'",
+            "'O8'",
+            "'object'",
+            "\"|O\"",
+            "'\\x4f'",
+            "'|' 'O'",
+            "'f4, O'",
+            "('O', (2,))",
+            "[('a', '<f4'), ('b', [('c', '|O')])]",
+            "'weird'",
+        ] {
+            assert!(
+                Header::read(&mut &npy(descr)[..]).unwrap().holds_objects,
+                "{descr}"
+            );
+        }
+        for descr in [
+            "'<f4'",
+            "'|b1'",
+            "'<M8[ns]'",
+            "'S5'",
+            "'(2,3)<i8'",
+            "[('x', '<f8', (2,))]",
+        ] {
+            assert!(
+                !Header::read(&mut &npy(descr)[..]).unwrap().holds_objects,
+                "{descr}"
+            );
+        }
+        let twice = b"{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'descr': '|O'}";
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend_from_slice(&(twice.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(twice);
+        assert!(
+            Header::read(&mut &bytes[..]).unwrap().holds_objects,
+            "the last descr wins"
         );
         assert!(Header::read(&mut &b"\x93NUMPY\x09\x00"[..]).is_err());
         assert!(Header::read(&mut &b"\x93NUMPY\x01\x00\xff\x00{"[..]).is_err());

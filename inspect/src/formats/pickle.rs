@@ -350,22 +350,34 @@ impl<R: BufRead> Counted<R> {
 }
 
 /// Scans every pickle in `reader` (back to back from its start) against `allow`.
+///
+/// The first must be a whole pickle. After it a loader may read more (PyTorch's legacy
+/// format reads five, a loop reads to the end; any may be of protocol 0 or 1, with no `PROTO`
+/// to announce it), so whatever follows is scanned as pickles too, one after another, until
+/// bytes that no unpickler gets through: from there on it is data (a legacy checkpoint's raw
+/// storage). An unpickler runs each opcode as it reads it, and every callable must be
+/// imported before it is called, so an import refused anywhere before those bytes refuses
+/// the file: a pickle cut short after its call is still refused.
 pub fn scan(reader: impl Read, allow: &AllowList) -> Result<Scanned, Refusal> {
     let mut input = Counted {
         inner: io::BufReader::with_capacity(64 << 10, reader),
         at: 0,
     };
     let mut scanned = Scanned::default();
-    loop {
-        scan_one(&mut input, allow, &mut scanned.imports)?;
-        scanned.pickles += 1;
-        scanned.pickle_bytes = input.at;
-        // Another pickle follows only if the next byte is PROTO (0x80); else it is data.
-        match input.inner.fill_buf()?.first() {
-            Some(0x80) => continue,
-            _ => return Ok(scanned),
+    scan_one(&mut input, allow, &mut scanned.imports)?;
+    scanned.pickles = 1;
+    scanned.pickle_bytes = input.at;
+    while !input.inner.fill_buf()?.is_empty() {
+        match scan_one(&mut input, allow, &mut scanned.imports) {
+            Ok(()) => {
+                scanned.pickles += 1;
+                scanned.pickle_bytes = input.at;
+            }
+            Err(Refusal::PickleMalformed { .. }) => break,
+            Err(refusal) => return Err(refusal),
         }
     }
+    Ok(scanned)
 }
 
 /// Whether `head`, a file's first bytes, reads as the start of a pickle of protocol 0 or 1
@@ -403,18 +415,68 @@ pub fn looks_like_pickle(head: &[u8]) -> bool {
     }
 }
 
-/// Checks an import and records it.
+/// Checks an import and records it. A module or name that is not a dotted Python identifier
+/// is one the unpickler cannot import (it stops there, having called nothing): the bytes are
+/// no pickle that does anything (a CSV header read as `GLOBAL`).
 fn import(
     module: &str,
     name: &str,
+    at: u64,
     allow: &AllowList,
     imports: &mut BTreeSet<String>,
 ) -> Result<(), Refusal> {
+    if !is_dotted_identifier(module) || !is_dotted_identifier(name) {
+        return Err(Refusal::PickleMalformed {
+            at,
+            why: "imports a name that is not a Python identifier",
+        });
+    }
     if !allow.allows(module, name) {
         return Err(Refusal::PickleImport(format!("{module}.{name}")));
     }
     imports.insert(format!("{module}.{name}"));
     Ok(())
+}
+
+/// Whether `text` is `a.b.c`, each part a Python identifier (a letter or `_`, then letters,
+/// digits or `_`; Unicode letters count, as in Python 3).
+fn is_dotted_identifier(text: &str) -> bool {
+    text.split('.').all(|part| {
+        let mut chars = part.chars();
+        chars.next().is_some_and(|c| c == '_' || c.is_alphabetic())
+            && chars.all(|c| c == '_' || c.is_alphanumeric())
+    })
+}
+
+/// The text of a STRING argument between its quotes (`'…'` or `"…"`).
+fn unquoted(text: &str) -> Option<&str> {
+    let quote = text.chars().next().filter(|q| *q == '\'' || *q == '"')?;
+    text.strip_prefix(quote)?.strip_suffix(quote)
+}
+
+/// Whether the argument of FLOAT (`F`), INT (`I`) or LONG (`L`) is a number to Python:
+/// `float(text)` or `int(text, 0)` (a trailing `L` allowed for LONG), with the whitespace,
+/// signs, underscores and `0x`/`0o`/`0b` prefixes those accept. Slightly wider than Python
+/// (that errs toward calling bytes a pickle, which are then scanned).
+fn number_parses(op: u8, text: &str) -> bool {
+    let t = text.trim();
+    let t = if op == b'L' {
+        t.strip_suffix('L').unwrap_or(t)
+    } else {
+        t
+    };
+    let t = t.strip_prefix(['+', '-']).unwrap_or(t);
+    if op == b'F' {
+        return t.replace('_', "").parse::<f64>().is_ok();
+    }
+    let digits = ["0x", "0X", "0o", "0O", "0b", "0B"]
+        .iter()
+        .find_map(|p| t.strip_prefix(p))
+        .unwrap_or(t);
+    !digits.is_empty()
+        && digits.chars().any(|c| c.is_ascii_hexdigit())
+        && digits.chars().all(|c| c.is_ascii_hexdigit() || c == '_')
+        && (digits.len() != t.len() || t.chars().all(|c| c.is_ascii_digit() || c == '_'))
 }
 
 /// One pickle, to its STOP.
@@ -472,17 +534,25 @@ fn step<R: BufRead>(
         }
         // Values with a newline-terminated argument.
         b'F' | b'I' | b'L' => {
-            input.line()?;
+            // What Python's float() / int(x, 0) would refuse ends the unpickler there (a CSV
+            // line starting with `I` is no pickle); a long number is not kept, and passes.
+            if let Some(text) = input.line()? {
+                if !number_parses(op, &text) {
+                    return Err(malformed("a number Python does not parse"));
+                }
+            }
             m.push(Value::Other)?;
         }
         b'S' | b'V' => {
             let text = input.line()?;
-            // STRING is a quoted repr; UNICODE raw-unicode-escaped: plain names need neither.
+            // STRING is a quoted repr (Python refuses one that is not quoted); UNICODE is
+            // raw-unicode-escaped: plain names need neither.
             let value = match text {
-                Some(t) if op == b'S' => t
-                    .strip_prefix('\'')
-                    .and_then(|t| t.strip_suffix('\''))
-                    .map_or(Value::Other, |t| Value::Str(t.into())),
+                Some(t) if op == b'S' => match unquoted(&t) {
+                    Some(inner) if !inner.contains('\\') => Value::Str(inner.into()),
+                    Some(_) => Value::Other,
+                    None => return Err(malformed("a STRING argument that is not quoted")),
+                },
                 Some(t) if !t.contains('\\') => Value::Str(t.into()),
                 _ => Value::Other,
             };
@@ -563,7 +633,7 @@ fn step<R: BufRead>(
                     "GLOBAL or INST with a non-UTF-8 or over-long name",
                 ));
             };
-            import(&module, &name, allow, imports)?;
+            import(&module, &name, at, allow, imports)?;
             if op == b'i' {
                 m.pop_mark(at)?;
             }
@@ -577,7 +647,7 @@ fn step<R: BufRead>(
                     "STACK_GLOBAL on values that are not strings",
                 ));
             };
-            import(&module, &name, allow, imports)?;
+            import(&module, &name, at, allow, imports)?;
             m.push(Value::Other)?;
         }
         0x82..=0x84 => {
@@ -780,6 +850,15 @@ mod tests {
             b"PAR1\x15\x04",
             b"0.5,0.25\n",
             b"",
+            // CSV and word lists whose first letters are text opcodes (GLOBAL, INST, INT,
+            // STRING) whose arguments Python would not accept.
+            b"city,population\nParis,2100000\n",
+            b"id,name\n1,foo\n",
+            b"I1,I2\n3,4\n",
+            b"S'quoted',x\n",
+            b"c\nos\nsystem\n",
+            b"cat\tdog\nc1\tc2\n",
+            b"F1.5.5\n",
         ] {
             assert!(
                 !looks_like_pickle(text),
@@ -787,9 +866,38 @@ mod tests {
                 String::from_utf8_lossy(text)
             );
         }
+        // Two identifier lines after `c` are an import Python would perform: a pickle.
+        assert!(looks_like_pickle(b"cat\ndog\nfish\n"));
+        assert!(looks_like_pickle(b"I0x1F\nI-3\nF-1.5e3\nS\"q\"\n."));
         // Scanned as a pickle, the protocol-0 one is refused.
         let p0 = b"cposix\nsystem\np0\n(Vid\np1\ntp2\nRp3\n.";
         assert!(matches!(scan_bytes(p0), Err(Refusal::PickleImport(s)) if s == "posix.system"));
+    }
+
+    #[test]
+    fn what_follows_the_first_pickle_is_scanned_until_it_stops_parsing() {
+        let benign = b"\x80\x02}q\x00.";
+        // A protocol-0 pickle after a benign one: no PROTO to announce it, still scanned.
+        let mut two = benign.to_vec();
+        two.extend_from_slice(b"cos\ngetcwd\n(tR.");
+        assert!(matches!(scan_bytes(&two), Err(Refusal::PickleImport(s)) if s == "os.getcwd"));
+        // Cut short after its call: the call ran before the damage, so refused all the same.
+        let mut cut = benign.to_vec();
+        cut.extend_from_slice(b"\x80\x02cos\ngetcwd\n)R\xff\xff");
+        assert!(matches!(scan_bytes(&cut), Err(Refusal::PickleImport(_))));
+        // Raw storage bytes that begin like a pickle and stop parsing are data.
+        let mut legacy = benign.to_vec();
+        legacy.extend_from_slice(b"\x80\x02\x00\x00\x80\x02\x00\x00");
+        let scanned = scan_bytes(&legacy).unwrap();
+        assert_eq!(
+            (scanned.pickles, scanned.pickle_bytes),
+            (1, benign.len() as u64)
+        );
+        // But the first must be a whole pickle.
+        assert!(matches!(
+            scan_bytes(b"\x80\x02}q\x00"),
+            Err(Refusal::PickleMalformed { .. })
+        ));
     }
 
     #[test]

@@ -1,0 +1,113 @@
+//! `sluice-inspect FILE|DIR...`: what the gate decides of each file, and which formats it
+//! checked it as, so a reviewer on the low side sees what the receiver will decide. Exit 0
+//! when every file is admitted, 1 when one is refused, 2 on a usage error.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Parser;
+use sluice_inspect::policy::Policy;
+
+/// Checks files as the receiver's content gate would.
+#[derive(Debug, Parser)]
+#[command(name = "sluice-inspect", version)]
+struct Args {
+    /// The receiver's `policy.toml` (default: the built-in rules, no name rules).
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// One JSON object per file instead of a line of text.
+    #[arg(long)]
+    json: bool,
+    /// Files, or directories walked (their files are named by their path below the directory,
+    /// as the receiver names a file by its path in the transfer).
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let policy = match &args.policy {
+        Some(path) => Policy::load(path),
+        None => Policy::parse("quarantine = \"quarantine\"\n"),
+    };
+    let policy = match policy {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("sluice-inspect: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut refused = false;
+    for root in &args.paths {
+        let mut files = Vec::new();
+        if let Err(e) = walk(root, root, &mut files) {
+            eprintln!("sluice-inspect: {}: {e}", root.display());
+            return ExitCode::from(2);
+        }
+        for (path, name) in files {
+            let verdict = verdict(&policy, &path, &name);
+            refused |= verdict.is_err();
+            print(&path, &verdict, args.json);
+        }
+    }
+    ExitCode::from(u8::from(refused))
+}
+
+/// The files under `path` (itself if a file), each with its name relative to `root`'s parent
+/// for a file argument, or to `root` for a directory.
+fn walk(root: &Path, path: &Path, files: &mut Vec<(PathBuf, String)>) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.is_dir() {
+        let mut entries: Vec<_> = std::fs::read_dir(path)?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(std::fs::DirEntry::file_name);
+        for entry in entries {
+            walk(root, &entry.path(), files)?;
+        }
+    } else {
+        let name = if path == root {
+            path.file_name().map(|n| n.to_string_lossy().into_owned())
+        } else {
+            path.strip_prefix(root)
+                .ok()
+                .map(|p| p.to_string_lossy().into_owned())
+        };
+        files.push((path.to_path_buf(), name.unwrap_or_default()));
+    }
+    Ok(())
+}
+
+/// The formats that checked the file, or why it is refused.
+fn verdict(policy: &Policy, path: &Path, name: &str) -> Result<Vec<&'static str>, String> {
+    let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    policy
+        .check_name_and_size(name, meta.len())
+        .map_err(|e| e.to_string())?;
+    let mut file = File::open(path).map_err(|e| e.to_string())?;
+    policy
+        .inspect_all(&mut file, name, meta.len())
+        .map_err(|e| e.to_string())
+}
+
+fn print(path: &Path, verdict: &Result<Vec<&'static str>, String>, json: bool) {
+    if json {
+        let value = match verdict {
+            Ok(formats) => serde_json::json!({
+                "path": path.to_string_lossy(), "verdict": "admitted", "formats": formats,
+            }),
+            Err(reason) => serde_json::json!({
+                "path": path.to_string_lossy(), "verdict": "refused", "reason": reason,
+            }),
+        };
+        println!("{value}");
+    } else {
+        match verdict {
+            Ok(formats) if formats.is_empty() => println!("{}: admitted", path.display()),
+            Ok(formats) => println!("{}: admitted ({})", path.display(), formats.join(", ")),
+            Err(reason) => println!("{}: refused: {reason}", path.display()),
+        }
+    }
+}

@@ -31,6 +31,13 @@ pub enum Refusal {
     /// A GGUF model that breaks the format or a bound, or whose chat template is refused.
     #[error("gguf refused: {0}")]
     Gguf(String),
+    /// An ONNX model that does not parse, keeps data outside its directory, or uses custom
+    /// operators a policy refuses.
+    #[error("onnx refused: {0}")]
+    Onnx(String),
+    /// A Keras model whose config loads code, or a legacy HDF5 Keras model.
+    #[error("keras refused: {0}")]
+    Keras(String),
     /// A name rule of the policy refuses it.
     #[error("denied by the name rule {0:?}")]
     Denied(String),

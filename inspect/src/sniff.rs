@@ -26,6 +26,8 @@ pub enum Kind {
     Compressed,
     /// A GGUF model (llama.cpp): `GGUF` magic.
     Gguf,
+    /// An HDF5 file (legacy Keras models, datasets): its signature at byte 0.
+    Hdf5,
     /// None of these.
     Other,
 }
@@ -77,6 +79,7 @@ pub fn kinds(head: &[u8], file_len: u64) -> Kinds {
         [b'P', b'K', 3, 4, ..] | [b'P', b'K', 5, 6, ..] => kinds = kinds.with(Kind::Zip),
         [0x93, b'N', b'U', b'M', b'P', b'Y', ..] => kinds = kinds.with(Kind::Numpy),
         [b'G', b'G', b'U', b'F', ..] => kinds = kinds.with(Kind::Gguf),
+        [0x89, b'H', b'D', b'F', b'\r', b'\n', 0x1a, b'\n', ..] => kinds = kinds.with(Kind::Hdf5),
         [l0, l1, l2, l3, l4, l5, l6, l7, b'{', ..] => {
             let len = u64::from_le_bytes([*l0, *l1, *l2, *l3, *l4, *l5, *l6, *l7]);
             if len >= 2 && len <= file_len.saturating_sub(8) {
@@ -108,6 +111,7 @@ pub fn sniff(head: &[u8], file_len: u64) -> Kind {
         Kind::Safetensors,
         Kind::Compressed,
         Kind::Gguf,
+        Kind::Hdf5,
     ]
     .into_iter()
     .find(|k| found.has(*k))

@@ -213,6 +213,49 @@ TOOLS = (
 )
 
 
+# --- ONNX, by hand (protobuf) ------------------------------------------------------------
+
+def pb_varint(v):
+    out = b""
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        if v == 0:
+            return out + bytes([b])
+        out += bytes([b | 0x80])
+
+
+def pb(number, payload):
+    """A length-delimited field."""
+    if isinstance(payload, str):
+        payload = payload.encode()
+    return pb_varint(number << 3 | 2) + pb_varint(len(payload)) + payload
+
+
+def pb_int(number, value):
+    return pb_varint(number << 3) + pb_varint(value)
+
+
+def onnx_tensor(name, location=None):
+    t = pb_int(1, 4) + pb_int(2, 1) + pb(8, name)  # dims [4], FLOAT
+    if location is None:
+        return t + pb(9, b"\0" * 16)  # raw_data
+    entry = pb(1, "location") + pb(2, location)
+    return t + pb(13, entry) + pb_int(14, 1)  # external_data, data_location = EXTERNAL
+
+
+def onnx_model(initializers=(), nodes=(), functions=()):
+    graph = b"".join(pb(1, n) for n in nodes) + pb(2, "g")
+    graph += b"".join(pb(5, t) for t in initializers)
+    graph += pb(11, pb(1, "x")) + pb(12, pb(1, "y"))
+    model = pb_int(1, 8) + pb(2, "pytorch") + pb(3, "2.4") + pb(7, graph) + pb(8, pb_int(2, 17))
+    return model + b"".join(pb(25, f) for f in functions)
+
+
+def onnx_node(op, domain="", attrs=()):
+    return pb(1, "x") + pb(2, "y") + pb(4, op) + pb(7, domain) + b"".join(pb(5, a) for a in attrs)
+
+
 def main():
     # 1. Pickles naming a callable outside the allow-list, every protocol and opcode.
     for proto in range(6):
@@ -426,6 +469,63 @@ def main():
         gguf_model(CHATML, [("tokenizer.chat_template.tool_use", 8, "{{ ''.__class__ }}")]),
         "a second, named chat template (tokenizer.chat_template.NAME) carrying the payload")
 
+    # 7. ONNX.
+    for i, location in enumerate(["../../../../etc/passwd", "/etc/shadow", "a/../../x", "..\\..\\x"]):
+        bad(f"onnx/external-traversal-{i}.onnx", onnx_model([onnx_tensor("w", location)]),
+            "external_data location outside the model's directory (CVE-2024-27318, CVE-2024-5187)")
+    sub = pb(1, "then") + pb(6, onnx_model([onnx_tensor("w", "../secret")])[0:0] +
+                            pb(5, onnx_tensor("w", "../secret")))
+    bad("onnx/traversal-in-subgraph.onnx", onnx_model(nodes=[onnx_node("If", attrs=[sub])]),
+        "the traversal in an If node's then_branch subgraph initializer")
+    attr_tensor = pb(1, "value") + pb(5, onnx_tensor("c", "/proc/self/environ"))
+    bad("onnx/traversal-in-constant.onnx", onnx_model(nodes=[onnx_node("Constant", attrs=[attr_tensor])]),
+        "the traversal in a Constant node's value attribute")
+    func = pb(1, "f") + pb(2, "local") + pb(7, onnx_node("Constant", attrs=[attr_tensor]))
+    bad("onnx/traversal-in-function.onnx", onnx_model(functions=[func]),
+        "the traversal in a model-local function's node")
+    bad("onnx/renamed.bin", onnx_model([onnx_tensor("w", "../../x")]),
+        "an ONNX model not named .onnx (onnxruntime loads any path)")
+    bad("onnx/truncated.onnx", onnx_model([onnx_tensor("w")])[:-5], "a model cut short")
+
+    # 8. Keras.
+    h5_weights = b"\x89HDF\r\n\x1a\n" + b"\0" * 504 + b"layers/dense/vars/0" + b"\0" * 64
+
+    def keras_file(config):
+        return zip_bytes([("metadata.json", json.dumps({"keras_version": "3.6.0"}).encode()),
+                          ("config.json", json.dumps(config).encode() if isinstance(config, dict) else config),
+                          ("model.weights.h5", h5_weights)])
+
+    def functional(layers):
+        return {"module": "keras.src.models.functional", "class_name": "Functional",
+                "config": {"name": "m", "layers": layers}, "registered_name": "Functional"}
+
+    dense = {"module": "keras.layers", "class_name": "Dense", "config": {"units": 4, "activation":
+             {"module": "keras.activations", "class_name": "function", "config": "relu",
+              "registered_name": "relu"}}, "registered_name": None}
+    bad("keras/lambda.keras", keras_file(functional([dense, {"module": "keras.layers", "class_name": "Lambda",
+        "config": {"function": {"class_name": "__lambda__", "config": {"code": "4wEAAAAA"}}}}])),
+        "a Lambda layer: marshalled Python code run at load (CVE-2024-3660)")
+    bad("keras/module-builtins.keras", keras_file(functional([dense, {"module": "builtins",
+        "class_name": "function", "config": "exec", "registered_name": "exec"}])),
+        "an object from the module builtins (safe_mode bypass, CVE-2025-1550)")
+    bad("keras/custom-registered.keras", keras_file(functional([dict(dense, module="keras.layers",
+        registered_name="evilpkg>Dense")])), "a registered custom object: code outside Keras")
+    bad("keras/escaped-lambda.keras",
+        keras_file(json.dumps(functional([dense])).replace('"Dense"', '"\\u004cambda"').encode()),
+        "Lambda spelled with a JSON escape")
+    bad("keras/nested-module.keras", keras_file(functional([dict(dense, config={"units": 4,
+        "kernel_initializer": {"module": "keras.src.utils.file_utils", "class_name": "x"},
+        "activation": {"module": "os", "class_name": "function", "config": "system"}})])),
+        "a foreign module deep in a layer's config")
+    bad("keras/get-file.keras", keras_file(functional([dense, {"module": "keras.src.utils.file_utils",
+        "class_name": "function", "config": "get_file", "registered_name": None}])),
+        "keras.utils.get_file reached from a config in safe mode (CVE-2025-8747)")
+    bad("keras/legacy.h5", b"\x89HDF\r\n\x1a\n" + b"\0" * 200 + b"model_config" + b"\0" * 8 +
+        json.dumps({"class_name": "Lambda"}).encode() + b"\0" * 100,
+        "a legacy HDF5 Keras model (its model_config is not parsed: refused by default)")
+    bad("keras/legacy-userblock.h5", b"\0" * 512 + b"\x89HDF\r\n\x1a\n" + b"keras_version" + b"\0" * 64,
+        "a legacy model behind a 512-byte user block (found by its name)")
+
     # --- benign ------------------------------------------------------------------------
     for proto in range(6):
         good(f"pickle/plain-proto{proto}.pkl", benign_pickle(proto) if proto in (0, 2) else benign_pickle(2),
@@ -482,6 +582,14 @@ def main():
          lzma.compress(safetensors({"w": ("F32", [2], b"\0" * 8)})), "an xz'd safetensors file")
     for name, template in [("chatml", CHATML), ("llama3", LLAMA3), ("mistral", MISTRAL), ("tools", TOOLS)]:
         good(f"gguf/{name}.gguf", gguf_model(template), f"a GGUF model with the {name} chat template")
+    good("onnx/inline.onnx", onnx_model([onnx_tensor("w")], [onnx_node("Relu")]), "an ONNX model with inline weights")
+    good("onnx/external.onnx", onnx_model([onnx_tensor("w", "model.onnx.data")], [onnx_node("Relu")]),
+         "an ONNX model with its weights in model.onnx.data beside it")
+    good("onnx/custom-op.onnx", onnx_model(nodes=[onnx_node("MyOp", domain="com.example")]),
+         "a custom operator domain (admitted unless the policy refuses custom operators)")
+    good("keras/dense.keras", keras_file(functional([dense])), "a Keras 3 model of Keras' own layers")
+    good("hdf5/dataset.h5", b"\x89HDF\r\n\x1a\n" + b"\0" * 504 + b"train/images" + b"\0" * 64,
+         "an HDF5 dataset (no Keras model)")
     good("gguf/no-template.gguf", gguf([("general.architecture", 8, "llama")], [("w", [4], 0, 0, 16)]),
          "a GGUF model without a template")
 

@@ -12,7 +12,7 @@ pub const SNIFF_LEN: usize = 512;
 /// A file's type by content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// A pickle stream of protocol 2 to 5 (starts with the `PROTO` opcode).
+    /// A pickle stream that starts with the `PROTO` opcode (protocols 0 to 5).
     Pickle,
     /// A zip archive (also a PyTorch checkpoint, a NumPy `.npz`).
     Zip,
@@ -75,7 +75,10 @@ impl From<Kind> for Kinds {
 pub fn kinds(head: &[u8], file_len: u64) -> Kinds {
     let mut kinds = Kinds::default();
     match head {
-        [0x80, 2..=5, ..] => kinds = kinds.with(Kind::Pickle),
+        // PROTO of any protocol CPython reads (0 and 1 are legal, if never written so), then
+        // an opcode: the unpickler stops at once on anything else (a safetensors header
+        // length of 640 bytes starts `80 02 00`).
+        [0x80, 0..=5, op, ..] if is_pickle_opcode(*op) => kinds = kinds.with(Kind::Pickle),
         [b'P', b'K', 3, 4, ..] | [b'P', b'K', 5, 6, ..] => kinds = kinds.with(Kind::Zip),
         [0x93, b'N', b'U', b'M', b'P', b'Y', ..] => kinds = kinds.with(Kind::Numpy),
         [b'G', b'G', b'U', b'F', ..] => kinds = kinds.with(Kind::Gguf),
@@ -88,15 +91,70 @@ pub fn kinds(head: &[u8], file_len: u64) -> Kinds {
         }
         _ => {}
     }
-    // Independent of the rest: a zlib or lzma magic is two bytes, which another format's
-    // first bytes can be (compressed data that does not decompress is then no compression).
-    if Compression::of(head).is_some() {
+    // A zlib or lzma magic is two bytes, which a safetensors header length can be (40 056
+    // bytes is `78 9c`): such a file is safetensors, and the safetensors inspector refuses it
+    // if it is not. Any other compressed data that does not decompress is refused.
+    let weak = matches!(
+        Compression::of(head),
+        Some(Compression::Zlib | Compression::Lzma)
+    );
+    if Compression::of(head).is_some() && !(weak && kinds.has(Kind::Safetensors)) {
         kinds = kinds.with(Kind::Compressed);
     }
     if head.get(257..262) == Some(b"ustar") {
         kinds = kinds.with(Kind::Tar);
     }
     kinds
+}
+
+/// Every opcode CPython's unpickler knows (`pickle.py`'s table, protocols 0 to 5).
+pub fn is_pickle_opcode(op: u8) -> bool {
+    matches!(
+        op,
+        b'(' | b'.'
+            | b'0'
+            | b'1'
+            | b'2'
+            | b'F'
+            | b'I'
+            | b'J'
+            | b'K'
+            | b'L'
+            | b'M'
+            | b'N'
+            | b'P'
+            | b'Q'
+            | b'R'
+            | b'S'
+            | b'T'
+            | b'U'
+            | b'V'
+            | b'X'
+            | b'a'
+            | b'b'
+            | b'c'
+            | b'd'
+            | b'}'
+            | b'e'
+            | b'g'
+            | b'h'
+            | b'i'
+            | b'j'
+            | b'l'
+            | b']'
+            | b'o'
+            | b'p'
+            | b'q'
+            | b'r'
+            | b's'
+            | b't'
+            | b')'
+            | b'u'
+            | b'G'
+            | b'B'
+            | b'C'
+            | 0x80..=0x98
+    )
 }
 
 /// The first kind of a file that starts with `head` (in the order of [`Kind`]), or
@@ -127,9 +185,11 @@ pub enum Compression {
     Zlib,
     Bzip2,
     Xz,
-    /// The `.lzma` ("alone") format, as joblib tells it: `0x5d 0x00`, with a dictionary size
-    /// that can be one.
+    /// The `.lzma` ("alone") format, as joblib tells it: `0x5d 0x00`.
     Lzma,
+    /// joblib's old format: `ZF`, the length in hex, then zlib.
+    JoblibZfile,
+    /// zstd, also behind skippable frames (`pzstd` writes one first).
     Zstd,
     Lz4,
 }
@@ -141,14 +201,10 @@ impl Compression {
             [0x1f, 0x8b, ..] => Compression::Gzip,
             [b'B', b'Z', b'h', b'1'..=b'9', ..] => Compression::Bzip2,
             [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => Compression::Xz,
-            [0x28, 0xb5, 0x2f, 0xfd, ..] => Compression::Zstd,
+            [0x28, 0xb5, 0x2f, 0xfd, ..] | [0x50..=0x5f, 0x2a, 0x4d, 0x18, ..] => Compression::Zstd,
             [0x04, 0x22, 0x4d, 0x18, ..] => Compression::Lz4,
-            // Properties 0x5d (every encoder's default), then a dictionary of at least 4 KiB.
-            [0x5d, d0, d1, d2, d3, ..]
-                if u32::from_le_bytes([*d0, *d1, *d2, *d3]) >= 4096 && *d0 == 0 =>
-            {
-                Compression::Lzma
-            }
+            [b'Z', b'F', b'0', b'x', ..] => Compression::JoblibZfile,
+            [0x5d, 0x00, ..] => Compression::Lzma,
             [0x78, flags, ..] if (0x7800 | u16::from(*flags)) % 31 == 0 && flags & 0x20 == 0 => {
                 Compression::Zlib
             }
@@ -163,6 +219,7 @@ impl Compression {
             Compression::Bzip2 => "bzip2",
             Compression::Xz => "xz",
             Compression::Lzma => "lzma",
+            Compression::JoblibZfile => "joblib zlib",
             Compression::Zstd => "zstd",
             Compression::Lz4 => "lz4",
         }
@@ -176,7 +233,13 @@ mod tests {
     #[test]
     fn types_come_from_the_bytes() {
         assert_eq!(sniff(b"\x80\x04\x95", 100), Kind::Pickle);
-        assert_eq!(sniff(b"\x80\x01", 100), Kind::Other);
+        assert_eq!(sniff(b"\x80\x01N.", 100), Kind::Pickle);
+        assert_eq!(sniff(b"\x80\x06N.", 100), Kind::Other);
+        assert_eq!(
+            sniff(b"\x80\x02\x00\x00", 100),
+            Kind::Other,
+            "no opcode after PROTO"
+        );
         assert_eq!(sniff(b"PK\x03\x04rest", 100), Kind::Zip);
         assert_eq!(sniff(b"\x93NUMPY\x01\x00", 100), Kind::Numpy);
         let mut tar = vec![0u8; 512];

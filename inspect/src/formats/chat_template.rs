@@ -17,9 +17,13 @@
 //!   `\r`, `\\` and quotes (`'\x5f'` is `_`);
 //! - subscripts (`x[…]`, which Jinja falls back to reading as an attribute) whose key is one
 //!   string literal, a number, a slice, or arithmetic on numbers, `loop` counters, `|length`
-//!   and names the template never sets from a string, a call, a filter or a subscript (a
-//!   name so set, a `for` variable, a macro argument: any of those may hold a string built,
-//!   or sent by the caller, to be `__class__`);
+//!   and names that cannot hold a string the template built (`'_' ~ '_class_' ~ '_'` needs
+//!   no literal the rules above refuse): not a name `set` from a string literal worked on
+//!   (`~`, `+`, `*`, `%`, a filter, a call, a subscript), nor a `for` variable over one, a
+//!   macro parameter where a call passes one (the whole template is read first: a macro
+//!   body runs where it is called), `loop.previtem`/`nextitem`, `kwargs` or `varargs`.
+//!   Strings from the request itself (a message's content, a tool schema's field names) are
+//!   the caller's, not the model's, and may key a subscript;
 //! - in `map`, `select`/`reject`, `selectattr`/`rejectattr`, `sort`, `groupby`, `sum`, `min`,
 //!   `max`, `unique` and `dictsort` (which read attributes by name), only literal arguments
 //!   and keywords, and no `'attr'` or `'format'` among them.
@@ -28,17 +32,39 @@ use std::collections::HashSet;
 
 /// Why a template is refused, or `Ok`.
 pub fn check(template: &str) -> Result<(), String> {
-    let mut tainted: HashSet<String> = HashSet::new();
+    let mut parsed = Vec::new();
     for tag in tags(template)? {
-        let tokens = tokenize(tag.body)?;
-        match tag.kind {
+        if tag.kind != TagKind::Comment {
+            parsed.push((tag.kind, tokenize(tag.body)?));
+        }
+    }
+    // Which names may hold a built string, wherever they are read: a macro's body runs
+    // where it is called, after sets further down, so the whole template is read until no
+    // new name is found, then checked.
+    let macros = macro_params(&parsed);
+    let mut tainted: HashSet<String> = ALWAYS_TAINTED.iter().map(|n| (*n).to_string()).collect();
+    loop {
+        let before = tainted.len();
+        for (kind, tokens) in &parsed {
+            taint(*kind, tokens, &macros, &mut tainted);
+        }
+        if tainted.len() == before {
+            break;
+        }
+    }
+    for (kind, tokens) in &parsed {
+        match kind {
+            TagKind::Expression => check_expression(tokens, &tainted)?,
+            TagKind::Statement => statement(tokens, &tainted)?,
             TagKind::Comment => {}
-            TagKind::Expression => check_expression(&tokens, &tainted)?,
-            TagKind::Statement => statement(&tokens, &mut tainted)?,
         }
     }
     Ok(())
 }
+
+/// Names that hold values the template does not show: a loop's neighbours, a macro's extra
+/// arguments.
+const ALWAYS_TAINTED: &[&str] = &["previtem", "nextitem", "kwargs", "varargs"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TagKind {
@@ -92,10 +118,12 @@ fn tags(template: &str) -> Result<Vec<Tag<'_>>, String> {
 }
 
 /// Where `close` ends a tag body, skipping string literals.
+/// Jinja's lexer: the end of a tag counts only outside brackets (`{{ {'a': {'b': 1}} }}`).
 fn find_close(body: &str, close: &str) -> Option<usize> {
     let bytes = body.as_bytes();
     let mut i = 0;
     let mut quote = None;
+    let mut depth = 0usize;
     while i < bytes.len() {
         let b = bytes[i];
         match quote {
@@ -103,7 +131,9 @@ fn find_close(body: &str, close: &str) -> Option<usize> {
             Some(q) if b == q => quote = None,
             Some(_) => {}
             None if b == b'\'' || b == b'"' => quote = Some(b),
-            None if body[i..].starts_with(close) => return Some(i),
+            None if depth == 0 && bytes[i..].starts_with(close.as_bytes()) => return Some(i),
+            None if matches!(b, b'(' | b'[' | b'{') => depth += 1,
+            None if matches!(b, b')' | b']' | b'}') => depth = depth.saturating_sub(1),
             None => {}
         }
         i += 1;
@@ -370,50 +400,137 @@ fn by_name_arguments(tokens: &[Token], filter: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether an expression can produce a string the template built: a string literal, `~`,
-/// `+`, `*`, a filter or a call, or a tainted name.
+/// Whether an expression can produce a string the template built: a tainted name, or a
+/// string literal worked on (`~`, `+`, `*`, `%`, a filter, a call, a subscript). A literal, a
+/// list of literals, and data read without string literals are not.
 fn builds_strings(tokens: &[Token], tainted: &HashSet<String>) -> bool {
-    tokens.iter().any(|t| match t {
-        Token::Str(_) => true,
-        Token::Op(o) => ["~", "|", "(", "+", "*", "%", "["].contains(&o.as_str()),
-        Token::Name(n) => tainted.contains(n),
-        Token::Number => false,
+    let has_string = tokens.iter().any(|t| matches!(t, Token::Str(_)));
+    tokens.iter().enumerate().any(|(i, t)| {
+        let previous = i.checked_sub(1).map(|p| &tokens[p]);
+        match t {
+            Token::Name(n) => tainted.contains(n),
+            Token::Op(_) if !has_string => false,
+            Token::Op(o) => match o.as_str() {
+                "~" | "+" | "*" | "%" | "|" => true,
+                "(" => matches!(previous, Some(Token::Name(_))) || is_op(previous, ")"),
+                "[" => is_subscript_start(previous),
+                _ => false,
+            },
+            _ => false,
+        }
     })
 }
 
-/// Checks a statement and records the names it may set to a built string.
-fn statement(tokens: &[Token], tainted: &mut HashSet<String>) -> Result<(), String> {
+fn is_op(token: Option<&Token>, op: &str) -> bool {
+    matches!(token, Some(Token::Op(o)) if o == op)
+}
+
+/// Each macro's parameter names.
+fn macro_params(parsed: &[(TagKind, Vec<Token>)]) -> Vec<(String, Vec<String>)> {
+    let mut macros = Vec::new();
+    for (kind, tokens) in parsed {
+        if let (
+            TagKind::Statement,
+            [Token::Name(kw), Token::Name(name), Token::Op(open), rest @ ..],
+        ) = (kind, tokens.as_slice())
+        {
+            if kw == "macro" && open == "(" {
+                let params = rest
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, t)| match t {
+                        Token::Name(p) if i == 0 || is_op(rest.get(i - 1), ",") => Some(p.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                macros.push((name.clone(), params));
+            }
+        }
+    }
+    macros
+}
+
+/// Names a tag may set to a built string: `set` targets, `for` targets over built strings,
+/// a macro's parameters where a call passes one (or a default is one).
+fn taint(
+    kind: TagKind,
+    tokens: &[Token],
+    macros: &[(String, Vec<String>)],
+    tainted: &mut HashSet<String>,
+) {
+    if kind == TagKind::Statement {
+        let rest = tokens.get(1..).unwrap_or(&[]);
+        match tokens.first() {
+            Some(Token::Name(kw)) if kw == "set" => {
+                // `set a = …`, `set a, b = …`, `set ns.a = …`, or a block `set a` … `endset`.
+                let eq = rest.iter().position(|t| *t == Token::Op("=".into()));
+                let (targets, value) = match eq {
+                    Some(eq) => (&rest[..eq], &rest[eq + 1..]),
+                    None => (rest, &rest[rest.len()..]),
+                };
+                if eq.is_none() || builds_strings(value, tainted) {
+                    taint_names(targets, tainted);
+                }
+            }
+            Some(Token::Name(kw)) if kw == "for" => {
+                if let Some(pos) = rest.iter().position(|t| *t == Token::Name("in".into())) {
+                    if builds_strings(&rest[pos + 1..], tainted) {
+                        taint_names(&rest[..pos], tainted);
+                    }
+                }
+            }
+            Some(Token::Name(kw)) if kw == "macro" => {
+                // A default that builds a string.
+                if let [Token::Name(name), Token::Op(open), args @ ..] = rest {
+                    if open == "(" && builds_strings(args, tainted) {
+                        taint_params(name, macros, tainted);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    // Calls of macros with a built argument.
+    for (i, t) in tokens.iter().enumerate() {
+        let Token::Name(name) = t else { continue };
+        if !is_op(tokens.get(i + 1), "(") || !macros.iter().any(|(m, _)| m == name) {
+            continue;
+        }
+        let is_definition = i == 1 && tokens.first() == Some(&Token::Name("macro".into()));
+        if is_definition {
+            continue;
+        }
+        if let Ok(args) = until_close(&tokens[i + 2..], "(", ")") {
+            if builds_strings(args, tainted) {
+                taint_params(name, macros, tainted);
+            }
+        }
+    }
+}
+
+fn taint_params(name: &str, macros: &[(String, Vec<String>)], tainted: &mut HashSet<String>) {
+    for (m, params) in macros {
+        if m == name {
+            tainted.extend(params.iter().cloned());
+        }
+    }
+}
+
+/// Checks a statement: an allowed keyword, and its expressions (a `filter` block's filters
+/// as filters).
+fn statement(tokens: &[Token], tainted: &HashSet<String>) -> Result<(), String> {
     let Some(Token::Name(keyword)) = tokens.first() else {
         return Err("a statement without a keyword".into());
     };
     if !STATEMENTS.contains(&keyword.as_str()) {
         return Err(format!("the statement {keyword}"));
     }
-    let rest = &tokens[1..];
-    check_expression(rest, tainted)?;
-    match keyword.as_str() {
-        "set" => {
-            // `set a = …`, `set a, b = …`, `set ns.a = …`, or a block `set a` … `endset`.
-            let eq = rest.iter().position(|t| *t == Token::Op("=".into()));
-            let (targets, value) = match eq {
-                Some(eq) => (&rest[..eq], &rest[eq + 1..]),
-                None => (rest, &rest[rest.len()..]),
-            };
-            if eq.is_none() || builds_strings(value, tainted) {
-                taint_names(targets, tainted);
-            }
-        }
-        "for" => {
-            // A loop variable holds data (a message's keys are the caller's strings) or
-            // what the template built: never a subscript key.
-            let pos = rest.iter().position(|t| *t == Token::Name("in".into()));
-            let targets = &rest[..pos.ok_or("a for without in")?];
-            taint_names(targets, tainted);
-        }
-        "macro" | "call" => taint_names(rest, tainted),
-        _ => {}
+    if keyword == "filter" {
+        let mut as_filters = vec![Token::Op("|".into())];
+        as_filters.extend_from_slice(&tokens[1..]);
+        return check_expression(&as_filters, tainted);
     }
-    Ok(())
+    check_expression(&tokens[1..], tainted)
 }
 
 fn taint_names(tokens: &[Token], tainted: &mut HashSet<String>) {
@@ -435,6 +552,12 @@ mod tests {
             "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate') }}{% endif %}{% endfor %}",
             "{%- set ns = namespace(found=false) -%}{%- for message in messages -%}{%- if message.role == 'system' -%}{%- set ns.found = true -%}{%- endif -%}{%- endfor -%}{{ messages[loop.index0 - 1]['content'] if false }}{{ messages[-1].content.split('</think>')[-1].strip() }}{{ (messages|selectattr('role', 'equalto', 'user')|list)[0] }}{{ messages[1:] | length }}",
             "{# a comment with __class__ #}{% raw %}{{ ''.__class__ }}{% endraw %}{{ tools | tojson(indent=4) }}",
+            // Llama 3.1's comment has an apostrophe; Hermes keys a map by a macro argument
+            // read from the tool schema; functionary loops over a literal list of names.
+            "{#- This means we're in ipython mode #}{{ x }}",
+            "{%- macro json_to_python_type(json_spec) %}{%- set basic_type_map = {'string': 'str', 'number': 'float'} %}{{- basic_type_map[json_spec.type] }}{%- endmacro %}{{ json_to_python_type(tool.parameters) }}",
+            "{%- for field, field_name in [('maximum', 'Maximum'), ('minimum', 'Minimum')] -%}{{ param[field] }}{%- endfor %}",
+            "{{ {'a': {'b': 1}}['a']['b'] }}",
         ] {
             assert_eq!(check(t), Ok(()), "{t}");
         }
@@ -449,7 +572,7 @@ mod tests {
             "{{ messages|attr('x') }}",
             "{{ ''['__cla' ~ 'ss__'] }}",
             "{% set k = 'a' ~ 'b' %}{{ messages[k] }}",
-            "{% for k in ['a', 'b'] %}{{ messages[k] }}{% endfor %}",
+            "{% for k in ['a' ~ 'b', 'c'] %}{{ messages[k] }}{% endfor %}",
             "{{ messages|map(attribute=k)|list }}",
             "{{ messages|map('attr', 'x')|list }}",
             "{{ '{0.x}'.format(messages) }}",
@@ -458,6 +581,13 @@ mod tests {
             "{% include 'x' %}",
             "{{ messages[('a'|string)] }}",
             "{{ x",
+            // Found by a red-team pass: `}}` inside brackets does not end the tag.
+            "{{ ({'a': {'b': 1}}, ''.__class__)[1:] }}",
+            "{% set u = 'a_'[1] %}{% set k = u~u~'class'~u~u %}{% filter attr(k)|string %}x{% endfilter %}",
+            "{% set u = 'a_'[1] %}{% for i in [u~u~'class'~u~u, 0] %}{{ ''[loop.previtem] }}{% endfor %}",
+            "{% macro m() %}{{ ''[k] }}{% endmacro %}{% set u = 'a_'[1] %}{% set k = u~u~'class'~u~u %}{{ m() }}",
+            "{% macro m() %}{{ ''[kwargs.z] }}{% endmacro %}{{ m(z='a'~'b') }}",
+            "{% macro m(p) %}{{ ''[p] }}{% endmacro %}{{ m('a_'[1]~'b') }}",
         ] {
             assert!(check(t).is_err(), "{t}");
         }

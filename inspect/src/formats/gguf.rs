@@ -61,6 +61,7 @@ impl Inspector for GgufInspector {
             inner: io::BufReader::with_capacity(64 << 10, file),
             at: 0,
             size,
+            big_endian: false,
         };
         read(&mut r, &|| nested.clock().check(path)).map(drop)
     }
@@ -85,6 +86,8 @@ struct Reader<R> {
     inner: R,
     at: u64,
     size: u64,
+    /// gguf-py writes big-endian files too (its version then reads 0x03000000 here).
+    big_endian: bool,
 }
 
 impl<R: Read> Reader<R> {
@@ -102,11 +105,21 @@ impl<R: Read> Reader<R> {
     }
 
     fn u32(&mut self) -> Result<u32, Refusal> {
-        Ok(u32::from_le_bytes(self.bytes()?))
+        let b = self.bytes()?;
+        Ok(if self.big_endian {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        })
     }
 
     fn u64(&mut self) -> Result<u64, Refusal> {
-        Ok(u64::from_le_bytes(self.bytes()?))
+        let b = self.bytes()?;
+        Ok(if self.big_endian {
+            u64::from_be_bytes(b)
+        } else {
+            u64::from_le_bytes(b)
+        })
     }
 
     /// A length that must fit in what is left of the file.
@@ -248,7 +261,11 @@ fn read<R: Read>(
     if &r.bytes::<4>()? != b"GGUF" {
         return Err(bad("no magic"));
     }
-    let version = r.u32()?;
+    let mut version = r.u32()?;
+    if !(2..=3).contains(&version) && (2..=3).contains(&version.swap_bytes()) {
+        r.big_endian = true;
+        version = version.swap_bytes();
+    }
     if !(2..=3).contains(&version) {
         return Err(bad(format!("version {version} (2 and 3 are read)")));
     }
@@ -267,11 +284,14 @@ fn read<R: Read>(
         templates: Vec::new(),
     };
     let mut alignment = 32u64;
+    // Names are remembered by a keyed hash (`HashSet`'s SipHash, keyed at random): a file of
+    // many long names costs 8 bytes each, not the names.
     let mut seen = HashSet::new();
     for _ in 0..keys {
         in_time()?;
         let key = r.string("a key", MAX_NAME)?;
-        if !seen.insert(key.clone()) {
+        plain_name(&key, "key")?;
+        if !seen.insert(hash_of(&key)) {
             return Err(bad(format!("the key {key} twice")));
         }
         let value_type = r.u32()?;
@@ -302,7 +322,8 @@ fn read<R: Read>(
     for _ in 0..tensors {
         in_time()?;
         let name = r.string("a tensor name", MAX_NAME)?;
-        if !names.insert(name.clone()) {
+        plain_name(&name, "tensor name")?;
+        if !names.insert(hash_of(&name)) {
             return Err(bad(format!("the tensor {name} twice")));
         }
         let dims = r.u32()?;
@@ -336,23 +357,40 @@ fn read<R: Read>(
         if offset % alignment != 0 {
             return Err(bad(format!("tensor {name}: offset {offset} not aligned")));
         }
-        infos.push((name, offset, bytes));
+        infos.push((infos.len(), offset, bytes));
     }
     let data_start = r.at.div_ceil(alignment) * alignment;
     let data_len = r
         .size
         .checked_sub(data_start)
         .ok_or_else(|| bad("the data section starts after the end of the file"))?;
-    for (name, offset, bytes) in &infos {
+    for (index, offset, bytes) in &infos {
         if offset.checked_add(*bytes).is_none_or(|end| end > data_len) {
             return Err(bad(format!(
-                "tensor {name} lies outside the data section ({bytes} bytes at {offset} of {data_len})"
+                "tensor {index} lies outside the data section ({bytes} bytes at {offset} of {data_len})"
             )));
         }
     }
     let rest = r.left();
     r.skip(rest)?;
     Ok(summary)
+}
+
+/// A key or tensor name must be text without control characters: llama.cpp compares keys
+/// as C strings, so `tokenizer.chat_template\0x` would be the template key, unchecked.
+fn plain_name(name: &str, what: &str) -> Result<(), Refusal> {
+    if name.chars().any(char::is_control) {
+        return Err(bad(format!("a {what} with a control character: {name:?}")));
+    }
+    Ok(())
+}
+
+fn hash_of(name: &str) -> u64 {
+    use std::hash::BuildHasher;
+    thread_local! {
+        static KEYS: std::collections::hash_map::RandomState = std::collections::hash_map::RandomState::new();
+    }
+    KEYS.with(|k| k.hash_one(name))
 }
 
 /// Reads a GGUF file's header from `bytes` (for `sluice-inspect` and tests).
@@ -362,6 +400,7 @@ pub fn summary(bytes: &[u8]) -> Result<Summary, Refusal> {
             inner: bytes,
             at: 0,
             size: bytes.len() as u64,
+            big_endian: false,
         },
         &|| Ok(()),
     )

@@ -265,9 +265,12 @@ fn check_external(entry: &[(u64, String)]) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// Whether `head` parses as the first fields of a `ModelProto` (each field number with the
-/// wire type the schema gives it), at least one whole field.
+/// Whether `head` (a file's first bytes: the whole file if shorter than 512) parses as the
+/// first fields of a `ModelProto`: each field number with the wire type the schema gives
+/// it, at least two whole fields, and lengths that fit in the file (a text file starting
+/// `r` reads as field 14 for one byte, and fails at once after).
 fn starts_like_a_model(head: &[u8]) -> bool {
+    let whole_file = head.len() < crate::sniff::SNIFF_LEN;
     let mut at = 0usize;
     let mut fields = 0;
     let varint = |at: &mut usize| -> Option<u64> {
@@ -284,7 +287,7 @@ fn starts_like_a_model(head: &[u8]) -> bool {
     };
     while at < head.len() {
         let Some(tag) = varint(&mut at) else {
-            return fields > 0;
+            return !whole_file && fields >= 2;
         };
         let expected = match tag >> 3 {
             1 | 5 => 0,
@@ -294,19 +297,21 @@ fn starts_like_a_model(head: &[u8]) -> bool {
         if tag & 7 != expected {
             return false;
         }
-        if expected == 0 {
-            if varint(&mut at).is_none() {
-                return fields > 0;
-            }
-        } else {
-            let Some(len) = varint(&mut at) else {
-                return fields > 0;
+        let value = varint(&mut at);
+        if expected == 2 {
+            let Some(len) = value else {
+                return !whole_file && fields >= 2;
             };
             at = at.saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
+            if at > head.len() {
+                return !whole_file && fields >= 2;
+            }
+        } else if value.is_none() {
+            return !whole_file && fields >= 2;
         }
         fields += 1;
     }
-    fields > 0
+    fields >= 2
 }
 
 #[cfg(test)]
@@ -371,6 +376,10 @@ mod tests {
         assert!(starts_like_a_model(&model("w", "")));
         assert!(!starts_like_a_model(b"The quick brown fox"));
         assert!(!starts_like_a_model(b"{\"a\": 1}"));
+        assert!(
+            !starts_like_a_model(b"run 7"),
+            "a field longer than the file"
+        );
     }
 
     #[test]

@@ -188,16 +188,16 @@ enum Value {
     Other,
 }
 
-/// The unpickler's stack machine over reduced values.
+/// One interpretation of the unpickler's stack machine, over reduced values.
 #[derive(Debug, Default)]
-struct Machine {
+struct State {
     stack: Vec<Value>,
     metastack: Vec<Vec<Value>>,
     memo: HashMap<u64, Value>,
     values: usize,
 }
 
-impl Machine {
+impl State {
     fn push(&mut self, value: Value) -> Result<(), Refusal> {
         self.values += 1;
         if self.values > MAX_VALUES {
@@ -260,6 +260,15 @@ impl Machine {
         Ok(())
     }
 
+    /// POP: the top item, or the mark when the stack since it is empty.
+    fn pop_or_mark(&mut self, at: u64) -> Result<(), Refusal> {
+        if self.stack.is_empty() {
+            self.pop_mark(at).map(drop)
+        } else {
+            self.pop(at).map(drop)
+        }
+    }
+
     fn memo_get(&mut self, key: u64, at: u64) -> Result<(), Refusal> {
         let value = self
             .memo
@@ -270,6 +279,127 @@ impl Machine {
                 why: "memo key never stored",
             })?;
         self.push(value)
+    }
+}
+
+/// The unpickler's stack machine, under every interpretation still alive. A later pickle of
+/// a file is read by a fresh unpickler (`pickle.load` again: an empty memo) or by the same
+/// one (`Unpickler.load` again: the memo of the pickles before): the opcodes are the same,
+/// the memo differs, so both are run side by side. An interpretation that fails (a memo key
+/// it never stored) ends; the machine fails when all have.
+#[derive(Debug)]
+struct Machine {
+    states: Vec<State>,
+}
+
+impl Machine {
+    /// A fresh unpickler, and one that carries `memo` if given.
+    fn new(carried: Option<HashMap<u64, Value>>) -> Self {
+        let mut states = vec![State::default()];
+        if let Some(memo) = carried {
+            states.push(State {
+                memo,
+                ..State::default()
+            });
+        }
+        Machine { states }
+    }
+
+    /// The memo a next pickle's reused unpickler would carry: the carried interpretation's
+    /// if it lived, else the fresh one's.
+    fn into_memo(mut self) -> Option<HashMap<u64, Value>> {
+        self.states.pop().map(|s| s.memo)
+    }
+
+    /// Runs `f` on every live interpretation; one that fails to parse ends, unless it is the
+    /// last; any other refusal is the file's.
+    fn each(
+        &mut self,
+        mut f: impl FnMut(&mut State) -> Result<(), Refusal>,
+    ) -> Result<(), Refusal> {
+        let mut first_error = None;
+        let mut i = 0;
+        while i < self.states.len() {
+            match f(&mut self.states[i]) {
+                Ok(()) => i += 1,
+                Err(e @ Refusal::PickleMalformed { .. }) => {
+                    first_error.get_or_insert(e);
+                    self.states.remove(i);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match first_error {
+            Some(e) if self.states.is_empty() => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn push(&mut self, value: Value) -> Result<(), Refusal> {
+        self.each(|s| s.push(value.clone()))
+    }
+
+    fn pop(&mut self, at: u64) -> Result<(), Refusal> {
+        self.each(|s| s.pop(at).map(drop))
+    }
+
+    fn pop_n(&mut self, n: usize, at: u64) -> Result<(), Refusal> {
+        self.each(|s| s.pop_n(n, at))
+    }
+
+    fn mark(&mut self) -> Result<(), Refusal> {
+        self.each(State::mark)
+    }
+
+    fn pop_mark(&mut self, at: u64) -> Result<(), Refusal> {
+        self.each(|s| s.pop_mark(at).map(drop))
+    }
+
+    fn pop_or_mark(&mut self, at: u64) -> Result<(), Refusal> {
+        self.each(|s| s.pop_or_mark(at))
+    }
+
+    fn dup(&mut self, at: u64) -> Result<(), Refusal> {
+        self.each(|s| {
+            let top = s.top(at)?;
+            s.push(top)
+        })
+    }
+
+    fn memo_put(&mut self, key: u64, at: u64) -> Result<(), Refusal> {
+        self.each(|s| s.memo_put(key, at))
+    }
+
+    /// MEMOIZE: the key is the memo's length, in each interpretation.
+    fn memoize(&mut self, at: u64) -> Result<(), Refusal> {
+        self.each(|s| {
+            let key = s.memo.len() as u64;
+            s.memo_put(key, at)
+        })
+    }
+
+    fn memo_get(&mut self, key: u64, at: u64) -> Result<(), Refusal> {
+        self.each(|s| s.memo_get(key, at))
+    }
+
+    /// STACK_GLOBAL: `(module, name)` popped in each interpretation, checked by `check`,
+    /// then the callable pushed.
+    fn stack_global(
+        &mut self,
+        at: u64,
+        mut check: impl FnMut(&str, &str) -> Result<(), Refusal>,
+    ) -> Result<(), Refusal> {
+        self.each(|s| {
+            let name = s.pop(at)?;
+            let module = s.pop(at)?;
+            let (Value::Str(module), Value::Str(name)) = (module, name) else {
+                return Err(Refusal::PickleOpaqueImport(
+                    "STACK_GLOBAL on values that are not strings",
+                ));
+            };
+            check(&module, &name)?;
+            s.push(Value::Other)
+        })
     }
 }
 
@@ -364,12 +494,13 @@ pub fn scan(reader: impl Read, allow: &AllowList) -> Result<Scanned, Refusal> {
         at: 0,
     };
     let mut scanned = Scanned::default();
-    scan_one(&mut input, allow, &mut scanned.imports)?;
+    let mut memo = scan_one(&mut input, allow, &mut scanned.imports, None)?;
     scanned.pickles = 1;
     scanned.pickle_bytes = input.at;
     while !input.inner.fill_buf()?.is_empty() {
-        match scan_one(&mut input, allow, &mut scanned.imports) {
-            Ok(()) => {
+        match scan_one(&mut input, allow, &mut scanned.imports, memo) {
+            Ok(carried) => {
+                memo = carried;
                 scanned.pickles += 1;
                 scanned.pickle_bytes = input.at;
             }
@@ -392,7 +523,7 @@ pub fn looks_like_pickle(head: &[u8]) -> bool {
         inner: io::BufReader::new(head),
         at: 0,
     };
-    let mut m = Machine::default();
+    let mut m = Machine::new(None);
     let (nothing, mut imports) = (AllowList::new([]), BTreeSet::new());
     let mut ops = 0;
     loop {
@@ -438,6 +569,17 @@ fn import(
     Ok(())
 }
 
+/// A PUT/GET key as CPython reads it (`PyLong_FromString(s, NULL, 10)`: spaces around it,
+/// a sign, `_` between digits); a negative one is refused by CPython too.
+fn memo_key(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let t = t.strip_prefix('+').unwrap_or(t);
+    if t.starts_with('_') || t.ends_with('_') || t.contains("__") {
+        return None;
+    }
+    t.replace('_', "").parse().ok()
+}
+
 /// Whether `text` is `a.b.c`, each part a Python identifier (a letter or `_`, then letters,
 /// digits or `_`; Unicode letters count, as in Python 3).
 fn is_dotted_identifier(text: &str) -> bool {
@@ -479,13 +621,15 @@ fn number_parses(op: u8, text: &str) -> bool {
         && (digits.len() != t.len() || t.chars().all(|c| c.is_ascii_digit() || c == '_'))
 }
 
-/// One pickle, to its STOP.
+/// One pickle, to its STOP, read by a fresh unpickler and, given the memo of the pickles
+/// before, by a reused one; the memo a next pickle's reused unpickler would carry.
 fn scan_one<R: BufRead>(
     input: &mut Counted<R>,
     allow: &AllowList,
     imports: &mut BTreeSet<String>,
-) -> Result<(), Refusal> {
-    let mut m = Machine::default();
+    carried: Option<HashMap<u64, Value>>,
+) -> Result<Option<HashMap<u64, Value>>, Refusal> {
+    let mut m = Machine::new(carried);
     loop {
         let at = input.at;
         let Some(op) = input.byte()? else {
@@ -495,7 +639,7 @@ fn scan_one<R: BufRead>(
             });
         };
         if step(op, at, input, &mut m, allow, imports)? {
-            return Ok(());
+            return Ok(m.into_memo());
         }
     }
 }
@@ -588,22 +732,15 @@ fn step<R: BufRead>(
         b'N' | 0x88 | 0x89 | b'}' | b']' | b')' | 0x8f | 0x97 => m.push(Value::Other)?,
         // Stack and marks.
         b'(' => m.mark()?,
-        b'0' => {
-            if m.stack.is_empty() {
-                m.pop_mark(at)?;
-            } else {
-                m.pop(at)?;
-            }
-        }
+        b'0' => m.pop_or_mark(at)?,
         b'1' => {
             m.pop_mark(at)?;
         }
         b'2' => {
-            let top = m.top(at)?;
-            m.push(top)?;
+            m.dup(at)?;
         }
         // Containers built from the stack.
-        b'a' | b'b' => m.pop(at).map(drop)?,
+        b'a' | b'b' => m.pop(at)?,
         b's' => m.pop_n(2, at)?,
         b'e' | b'u' | 0x90 => {
             m.pop_mark(at)?;
@@ -639,17 +776,7 @@ fn step<R: BufRead>(
             }
             m.push(Value::Other)?;
         }
-        0x93 => {
-            let name = m.pop(at)?;
-            let module = m.pop(at)?;
-            let (Value::Str(module), Value::Str(name)) = (module, name) else {
-                return Err(Refusal::PickleOpaqueImport(
-                    "STACK_GLOBAL on values that are not strings",
-                ));
-            };
-            import(&module, &name, at, allow, imports)?;
-            m.push(Value::Other)?;
-        }
+        0x93 => m.stack_global(at, |module, name| import(module, name, at, allow, imports))?,
         0x82..=0x84 => {
             return Err(Refusal::PickleOpaqueImport(
                 "the copyreg extension registry (EXT1/EXT2/EXT4)",
@@ -681,7 +808,7 @@ fn step<R: BufRead>(
         b'p' => {
             let key = input
                 .line()?
-                .and_then(|t| t.parse().ok())
+                .and_then(|t| memo_key(&t))
                 .ok_or_else(|| malformed("bad PUT key"))?;
             m.memo_put(key, at)?;
         }
@@ -693,14 +820,11 @@ fn step<R: BufRead>(
             let key = input.le(4)?;
             m.memo_put(key, at)?;
         }
-        0x94 => {
-            let key = m.memo.len() as u64;
-            m.memo_put(key, at)?;
-        }
+        0x94 => m.memoize(at)?,
         b'g' => {
             let key = input
                 .line()?
-                .and_then(|t| t.parse().ok())
+                .and_then(|t| memo_key(&t))
                 .ok_or_else(|| malformed("bad GET key"))?;
             m.memo_get(key, at)?;
         }
@@ -898,6 +1022,26 @@ mod tests {
             scan_bytes(b"\x80\x02}q\x00"),
             Err(Refusal::PickleMalformed { .. })
         ));
+    }
+
+    #[test]
+    fn the_sniffers_opcode_table_is_the_scanners() {
+        for op in 0..=255u8 {
+            let mut bytes = vec![0x80, 2, op];
+            bytes.extend_from_slice(&[0u8; 16]);
+            let unknown = matches!(
+                scan_bytes(&bytes),
+                Err(Refusal::PickleMalformed {
+                    at: 2,
+                    why: "unknown opcode"
+                })
+            );
+            assert_eq!(
+                crate::sniff::is_pickle_opcode(op),
+                !unknown,
+                "opcode {op:#04x}"
+            );
+        }
     }
 
     #[test]

@@ -256,6 +256,22 @@ def onnx_node(op, domain="", attrs=()):
     return pb(1, "x") + pb(2, "y") + pb(4, op) + pb(7, domain) + b"".join(pb(5, a) for a in attrs)
 
 
+def padded_safetensors(header_len, tensors=1):
+    """A safetensors file whose header is exactly `header_len` bytes (padded with spaces)."""
+    st = safetensors({f"t{i:04d}": ("F32", [1], b"\0\0\0\0") for i in range(tensors)})
+    n = struct.unpack("<Q", st[:8])[0]
+    assert n <= header_len, n
+    hdr = st[8:8 + n] + b" " * (header_len - n)
+    return struct.pack("<Q", header_len) + hdr + st[8 + n:]
+
+
+def zstd_raw(data):
+    """A zstd frame of one raw (stored) block: single segment, 1-byte content size."""
+    assert len(data) < 256
+    block = 1 | (len(data) << 3)  # last block, raw
+    return b"\x28\xb5\x2f\xfd" + bytes([0x20, len(data)]) + block.to_bytes(3, "little") + data
+
+
 def main():
     # 1. Pickles naming a callable outside the allow-list, every protocol and opcode.
     for proto in range(6):
@@ -419,6 +435,38 @@ def main():
     bad("compressed/gzip-in-gzip.gz", gzip.compress(gzip.compress(evil)), "gzip within gzip")
     bad("compressed/gzip-torch-zip.pt.gz", gzip.compress(torch_zip(evil)), "a gzip'd torch zip")
 
+    # Found by a red-team pass over the first version of these inspectors (each a class).
+    bad("redteam/proto0-header.pkl", b"\x80\x00cos\ngetcwd\n)R.",
+        "PROTO 0 and 1 are legal: a pickle that starts \\x80\\x00 was not claimed")
+    bad("redteam/proto1-header.pkl", b"\x80\x01cos\ngetcwd\n)R.", "PROTO 1")
+    bad("redteam/put-with-space.pkl", b"Np 0\n0cos\ngetcwd\n(tR.",
+        "a PUT key CPython reads with spaces or _ (PyLong_FromString) made the head 'malformed'")
+    bad("redteam/after-mismodelled.pkl", b"\x80\x02N." + b"Np0_0\n0cos\ngetcwd\n(tR.",
+        "a second pickle the scanner thought malformed was taken for data")
+    bad("redteam/memo-carried.pkl",
+        b"\x80\x04\x8c\x02os\x94\x8c\x06getcwd\x94\x86." + b"\x80\x04h\x00h\x01\x93)R.",
+        "one Unpickler, load() twice: the second pickle reads the first's memo")
+
+    def alone(data, known):
+        flt = [{"id": lzma.FILTER_LZMA1, "dict_size": 1 << 16}]
+        st = bytearray(lzma.compress(data, format=lzma.FORMAT_ALONE, filters=flt))
+        if known:
+            st[5:13] = struct.pack("<Q", len(data))
+        return bytes(st)
+
+    small = bytearray(lzma.compress(evil, format=lzma.FORMAT_ALONE))
+    small[1:5] = struct.pack("<I", 256)
+    bad("redteam/lzma-small-dictionary.joblib", bytes(small),
+        "a .lzma header with a 256-byte dictionary: joblib reads ']\\x00' as lzma whatever follows")
+    bad("redteam/lzma-empty-then-evil.joblib", alone(b"", True) + alone(evil, False),
+        "an empty known-size .lzma stream, then the pickle in a second stream")
+    bad("redteam/joblib-zfile.joblib", b"ZF" + "{:#x}".format(len(evil)).ljust(19).encode() + zlib.compress(evil),
+        "joblib's old ZF format (numpy_pickle_compat.write_zfile)")
+    bad("redteam/zstd-skippable-first.pkl.zst",
+        struct.pack("<II", 0x184D2A5E, 0) + zstd_raw(evil),
+        "a zstd skippable frame first (pzstd writes one): zstd readers skip it")
+    bad("redteam/zstd-plain.pkl.zst", zstd_raw(evil), "a zstd frame")
+
     # Resource attacks on the decompressors: refused before the memory or the disk is spent.
     bad("compressed/gzip-bomb.gz", gzip.compress(b"\0" * (256 << 20), 9),
         "a gzip bomb: 256 MiB of zeros in 250 KiB (expansion bounded by the file's real size)")
@@ -565,18 +613,18 @@ def main():
         ("vocab.txt", "c\nos\nsystem\n"),
     ]:
         good(f"text/{name}", text.encode(), "text: must pass (README: text and CSV fail to parse as a pickle within a few bytes)")
+    good("redteam/gzip-zero-padded.csv.gz", gzip.compress(b"a,b\n1,2\n") + b"\0" * 512,
+         "a gzip padded with zeros (tape and block devices): Python's gzip reads it")
+    good("redteam/zstd-trailing-skippable.csv.zst",
+         zstd_raw(b"a,b\n1,2\n") + struct.pack("<II", 0x184D2A50, 4) + b"seek",
+         "a zstd frame followed by a skippable frame (the seekable format's table)")
+    good("safetensors/header-640.safetensors", padded_safetensors(0x280),
+         "a safetensors header whose length's bytes begin 80 02 (read as PROTO 2 before)")
     good("compressed/text.gz", gzip.compress(b"city,population\nParis,2100000\n"), "a gzip'd CSV")
     good("compressed/dataset.tar.gz", tar_bytes([("data/train.jsonl", b'{"text": "a"}\n')], mode="w:gz"),
          "a dataset tarball")
     # A safetensors header of 40056 bytes: its first bytes (78 9c) are a zlib header too.
-    big = {f"t{i:04d}": ("F32", [1], b"\0\0\0\0") for i in range(400)}
-    st = safetensors(big)
-    n = struct.unpack("<Q", st[:8])[0]
-    pad = 0x9c78 - n
-    assert pad >= 0, n
-    hdr = st[8:8 + n] + b" " * pad
-    good("safetensors/zlib-looking-header.safetensors",
-         struct.pack("<Q", len(hdr)) + hdr + st[8 + n:],
+    good("safetensors/zlib-looking-header.safetensors", padded_safetensors(0x9c78, 400),
          "a safetensors file whose header length's bytes read as a zlib header (78 9c)")
     good("compressed/weights.safetensors.xz",
          lzma.compress(safetensors({"w": ("F32", [2], b"\0" * 8)})), "an xz'd safetensors file")

@@ -212,7 +212,7 @@ fn skip_value<R: Read>(r: &mut Reader<R>, value_type: u32, depth: u32) -> Result
 
 /// (bytes per block, elements per block) of a ggml tensor type; `None`: unknown or removed.
 /// The same table as gguf-py's `GGML_QUANT_SIZES` (checked by `tests/gguf_interop.rs`).
-fn ggml_type(t: u32) -> Option<(u64, u64)> {
+pub fn ggml_type(t: u32) -> Option<(u64, u64)> {
     Some(match t {
         0 => (4, 1),      // F32
         1 => (2, 1),      // F16

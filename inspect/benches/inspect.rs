@@ -9,10 +9,15 @@
 //!   `BINBYTES8` chunks inside a list: what a real checkpoint looks like;
 //! - pickle, opcode-dense: a list of small integers (2 bytes an element, in `APPENDS` batches
 //!   of 1 000 as `pickle` writes them): the worst case;
-//! - safetensors: 1 024 tensors over the whole size; only the header is read.
+//! - safetensors: 1 024 tensors over the whole size; only the header is read;
+//! - GGUF: a ChatML template and 1 024 F16 tensors, through the whole gate (the header
+//!   parsed and checked, the data read to its end);
+//! - ONNX: 256 initializers of raw data in one graph, through the whole gate (the protobuf
+//!   walked, the data skipped).
 
 use std::time::Instant;
 
+use sluice_inspect::policy::Policy;
 use sluice_inspect::{pickle, safetensors};
 
 fn mib_per_s(bytes: usize, secs: f64) -> f64 {
@@ -65,6 +70,71 @@ fn safetensors_file(size: usize) -> Vec<u8> {
     bytes
 }
 
+fn gguf_file(size: usize) -> Vec<u8> {
+    let s = |out: &mut Vec<u8>, text: &[u8]| {
+        out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+        out.extend_from_slice(text);
+    };
+    let tensors = 1024usize;
+    let per = (size / tensors / 64) * 64; // bytes of each F16 tensor, 32-aligned
+    let mut out = b"GGUF".to_vec();
+    out.extend_from_slice(&3u32.to_le_bytes());
+    out.extend_from_slice(&(tensors as u64).to_le_bytes());
+    out.extend_from_slice(&2u64.to_le_bytes());
+    s(&mut out, b"general.architecture");
+    out.extend_from_slice(&8u32.to_le_bytes());
+    s(&mut out, b"llama");
+    s(&mut out, b"tokenizer.chat_template");
+    out.extend_from_slice(&8u32.to_le_bytes());
+    s(
+        &mut out,
+        b"{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}",
+    );
+    for i in 0..tensors {
+        s(&mut out, format!("blk.{i}.weight").as_bytes());
+        out.extend_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(&((per / 2) as u64).to_le_bytes());
+        out.extend_from_slice(&1u32.to_le_bytes()); // F16
+        out.extend_from_slice(&((i * per) as u64).to_le_bytes());
+    }
+    out.resize(out.len().div_ceil(32) * 32, 0);
+    out.resize(out.len() + tensors * per, 0x3c);
+    out
+}
+
+fn onnx_file(size: usize) -> Vec<u8> {
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    fn field(out: &mut Vec<u8>, number: u64, payload: &[u8]) {
+        varint(out, number << 3 | 2);
+        varint(out, payload.len() as u64);
+        out.extend_from_slice(payload);
+    }
+    let tensors = 256usize;
+    let per = size / tensors - 64;
+    let mut graph = Vec::new();
+    let mut node = Vec::new();
+    field(&mut node, 4, b"Add");
+    field(&mut graph, 1, &node);
+    for i in 0..tensors {
+        let mut t = vec![0x08];
+        varint(&mut t, (per / 4) as u64); // dims
+        t.extend_from_slice(&[0x10, 0x01]); // FLOAT
+        field(&mut t, 8, format!("w{i}").as_bytes());
+        field(&mut t, 9, &vec![0x3f; per]); // raw_data
+        field(&mut graph, 5, &t);
+    }
+    let mut model = vec![0x08, 0x08];
+    field(&mut model, 2, b"bench");
+    field(&mut model, 7, &graph);
+    model
+}
+
 fn time<T>(what: &str, bytes: usize, run: impl Fn() -> T) {
     let mut best = f64::MAX;
     for _ in 0..3 {
@@ -108,4 +178,22 @@ fn main() {
     time("safetensors validation", s.len(), || {
         safetensors::validate(&s[..], len)
     });
+    drop(s);
+
+    let Ok(policy) = Policy::parse("quarantine = \"q\"\n") else {
+        unreachable!("the built-in policy parses")
+    };
+    for (what, name, file) in [
+        ("gguf, whole gate", "model.gguf", gguf_file(size)),
+        ("onnx, whole gate", "model.onnx", onnx_file(size)),
+    ] {
+        let len = file.len() as u64;
+        let check = || policy.inspect_all(&mut std::io::Cursor::new(&file[..]), name, len);
+        assert_eq!(
+            check().map_err(|e| e.to_string()).map(|f| f.len()),
+            Ok(1),
+            "{what}"
+        );
+        time(what, file.len(), check);
+    }
 }

@@ -47,6 +47,7 @@ fail() { echo "check-debs.sh: $*" >&2; exit 1; }
 /usr/bin/sluice-send --version | grep -q '^sluice-send ' || fail "sluice-send --version"
 /usr/bin/sluice-recv --version | grep -q '^sluice-recv ' || fail "sluice-recv --version"
 /usr/bin/sluice-approve --version | grep -q '^sluice-approve ' || fail "sluice-approve --version"
+/usr/bin/sluice-inspect --version | grep -q '^sluice-inspect ' || fail "sluice-inspect --version"
 /usr/bin/sluice-audit --version | grep -q '^sluice-audit ' || fail "sluice-audit --version"
 for unit in sluice-send-watch.service sluice-recv.service; do
   out=$(systemd-analyze verify "/lib/systemd/system/$unit" 2>&1) || fail "verify $unit: $out"

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Paths of the two daemons and the approval tool.
+/// Paths of the two daemons and the tools.
 #[derive(Debug)]
 pub struct Binaries {
     /// `sluice-send`.
@@ -26,6 +26,8 @@ pub struct Binaries {
     pub approve: PathBuf,
     /// `sluice-audit`.
     pub audit: PathBuf,
+    /// `sluice-inspect`.
+    pub inspect: PathBuf,
 }
 
 /// The daemons of the current profile, built on first use.
@@ -41,6 +43,7 @@ pub fn binaries() -> &'static Binaries {
             recv: dir.join("sluice-recv"),
             approve: dir.join("sluice-approve"),
             audit: dir.join("sluice-audit"),
+            inspect: dir.join("sluice-inspect"),
         };
         assert!(
             bins.send.exists(),

@@ -45,17 +45,17 @@ if ! command -v garage >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bi
     --features bundled-libs,lmdb --quiet
 fi
 
-# The model formats' own Python writers for the gate's interop tests (inspect/tests/interop.rs),
-# in a virtual environment of their own, pinned.
+# The model formats' own Python writers and the model-signing reference tool, for the gate's
+# interop tests (inspect/tests/interop.rs), in a virtual environment of their own, pinned.
 pyenv=target/pyenv
-if [ ! -x "$pyenv/bin/python3" ] || ! "$pyenv/bin/python3" -c 'import gguf, onnx' 2>/dev/null; then
+if [ ! -x "$pyenv/bin/python3" ] || ! "$pyenv/bin/python3" -c 'import gguf, onnx, model_signing' 2>/dev/null; then
   if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
   fi
-  echo "test.sh: installing gguf and onnx (PyPI) into $pyenv" >&2
+  echo "test.sh: installing gguf, onnx and model-signing (PyPI) into $pyenv" >&2
   python3 -m venv "$pyenv"
   "$pyenv/bin/pip" install --quiet --disable-pip-version-check \
-    gguf==0.19.0 onnx==1.23.2 numpy==2.4.6
+    gguf==0.19.0 onnx==1.23.2 numpy==2.4.6 model-signing==1.1.1 pyopenssl==26.4.0
 fi
 export SLUICE_TEST_PYTHON="$PWD/$pyenv/bin/python3"
 

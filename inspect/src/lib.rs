@@ -30,6 +30,7 @@ pub mod inspector;
 pub mod policy;
 pub mod refusal;
 pub mod rules;
+pub mod signing;
 pub mod sniff;
 pub mod zipmap;
 

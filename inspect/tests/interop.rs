@@ -1,7 +1,8 @@
 //! Models written by the formats' own Python writers pass the gate, and the same models
 //! tampered with the writers' own APIs are refused: gguf-py's `GGUFWriter` (every ggml type
-//! it knows, little- and big-endian) and the `onnx` package (external data beside the model,
-//! and moved out of it). The Python packages are the ones `./test.sh` installs into
+//! it knows, little- and big-endian), the `onnx` package (external data beside the model,
+//! and moved out of it), and `model-signing` (a directory it signs verifies here; a changed
+//! file or another key does not). The Python packages are the ones `./test.sh` installs into
 //! `target/pyenv`; `SLUICE_TEST_PYTHON` names that interpreter.
 
 // Test code: a failed unwrap is a failed test, which is what it should be.
@@ -13,6 +14,7 @@ use std::process::Command;
 
 use sluice_inspect::formats::gguf;
 use sluice_inspect::policy::Policy;
+use sluice_inspect::signing::{self, TrustedKey};
 
 fn python() -> String {
     std::env::var("SLUICE_TEST_PYTHON").unwrap_or_else(|_| {
@@ -128,4 +130,93 @@ onnx.save_model(m2, "moved.onnx")
     }
     let err = verdict(&dir.path().join("moved.onnx"), "moved.onnx").unwrap_err();
     assert!(err.contains("outside the model's directory"), "{err}");
+}
+
+#[test]
+#[ignore = "needs model-signing from PyPI (./test.sh installs it and runs this)"]
+fn a_model_directory_signed_by_model_signing_verifies_here() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    run_python(
+        r#"
+import os, subprocess, sys
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+for name, curve in [("p256", ec.SECP256R1()), ("p384", ec.SECP384R1()), ("other", ec.SECP256R1())]:
+    k = ec.generate_private_key(curve)
+    open(name + ".pem", "wb").write(k.private_bytes(serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    open(name + ".pub", "wb").write(k.public_key().public_bytes(serialization.Encoding.PEM,
+        serialization.PublicFormat.SubjectPublicKeyInfo))
+for name in ["p256", "p384"]:
+    os.makedirs(f"{name}/model/sub")
+    open(f"{name}/model/config.json", "w").write("{}")
+    open(f"{name}/model/w.safetensors", "wb").write(os.urandom(4096))
+    open(f"{name}/model/sub/tok.txt", "w").write("a b c")
+    subprocess.run([sys.executable, "-m", "model_signing", "sign", "key", f"{name}/model",
+        "--private_key", f"{name}.pem", "--signature", f"{name}/model/model.sig"], check=True,
+        capture_output=True)
+"#,
+        dir.path(),
+    );
+    let key = |name: &str| {
+        let pem = std::fs::read_to_string(dir.path().join(format!("{name}.pub"))).unwrap();
+        TrustedKey::from_pem(name, &pem).unwrap()
+    };
+    for curve in ["p256", "p384"] {
+        let model = dir.path().join(curve).join("model");
+        let bundle = std::fs::read(model.join("model.sig")).unwrap();
+        let signed = signing::verify(&bundle, &[key("other"), key(curve)]).unwrap();
+        assert_eq!(signed.signer, curve);
+        let mut present = std::collections::BTreeMap::new();
+        for name in ["config.json", "w.safetensors", "sub/tok.txt", "model.sig"] {
+            let data = std::fs::read(model.join(name)).unwrap();
+            present.insert(name.to_string(), sha2::Sha256::digest(&data).into());
+        }
+        assert_eq!(signing::check_files(&signed, &present, "model.sig"), Ok(()));
+        present.insert("w.safetensors".into(), [0; 32]);
+        assert_eq!(
+            signing::check_files(&signed, &present, "model.sig").unwrap_err(),
+            "model file changed since signing: w.safetensors"
+        );
+        assert_eq!(
+            signing::verify(&bundle, &[key("other")]).unwrap_err(),
+            "model signed by an untrusted key"
+        );
+    }
+    // The other way: a bundle Sluice writes verifies in model-signing, and a file changed
+    // after signing fails there too.
+    let model = dir.path().join("p256").join("model");
+    let mut files = std::collections::BTreeMap::new();
+    for name in ["config.json", "w.safetensors", "sub/tok.txt"] {
+        let data = std::fs::read(model.join(name)).unwrap();
+        files.insert(name.to_string(), sha2::Sha256::digest(&data).into());
+    }
+    let pem = std::fs::read_to_string(dir.path().join("p256.pem")).unwrap();
+    let ignore: Vec<String> = [".git", ".gitattributes", ".github", ".gitignore"]
+        .map(String::from)
+        .to_vec();
+    let ours = signing::sign(&files, "model", &pem, &ignore).unwrap();
+    std::fs::write(model.join("model.sig"), &ours).unwrap();
+    let verify = |expect_ok: bool| {
+        let out = Command::new(python())
+            .args(["-m", "model_signing", "verify", "key"])
+            .arg(&model)
+            .arg("--signature")
+            .arg(model.join("model.sig"))
+            .arg("--public_key")
+            .arg(dir.path().join("p256.pub"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.success(),
+            expect_ok,
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    verify(true);
+    std::fs::write(model.join("config.json"), "{\"changed\": 1}").unwrap();
+    verify(false);
 }

@@ -74,6 +74,11 @@ pub struct Args {
     /// (the receiver's check is the one that counts); nothing is sent if one is refused.
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
+    /// Sign each directory given as a model (OpenSSF model signing, the key method): writes
+    /// DIR/model.sig, verifiable with `model_signing verify key`, before sending. KEY.pem: a
+    /// P-256 private key (PKCS#8 PEM).
+    #[arg(long, value_name = "KEY.pem")]
+    pub sign_model: Option<PathBuf>,
     /// Files and directories to send, s3://BUCKET/PREFIX (its objects, as a tree named after
     /// the prefix's last part; the store's settings as the receiver's: the config file's [s3]
     /// table over the AWS variables), or `-` for stdin.
@@ -111,6 +116,8 @@ pub struct Options {
     pub approval: Option<ApprovalOptions>,
     /// The content policy checked before sending, if any.
     pub policy: Option<PathBuf>,
+    /// The key each directory sent is signed with as a model, if any.
+    pub sign_model: Option<PathBuf>,
     /// What to send.
     pub paths: Vec<PathBuf>,
     /// The config file's `[s3]` table, for `s3://` paths (over the AWS variables).
@@ -282,6 +289,13 @@ pub fn resolve_watch(args: WatchArgs) -> Result<WatchOptions, UsageError> {
             "watch does not check a content policy yet (the receiver's --policy does)".into(),
         ));
     }
+    if send.sign_model.is_some() {
+        return Err(UsageError(
+            "watch does not sign models (anyone who can write the outbox would have them \
+             signed): sign with sluice-send --sign-model one-shot"
+                .into(),
+        ));
+    }
     let state = send.state.clone().ok_or_else(|| {
         UsageError("--state is required: the directory of the outbox journal".into())
     })?;
@@ -397,6 +411,7 @@ fn resolve_in(layers: Layers<'_>, args: Args, paths_required: bool) -> Result<Op
     Ok(Options {
         approval,
         policy: layers.path("policy", args.policy)?,
+        sign_model: layers.path("sign-model", args.sign_model)?,
         shared,
         recipients,
         sign_key,

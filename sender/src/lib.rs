@@ -30,6 +30,7 @@ pub mod cli;
 pub mod counters;
 pub mod encode;
 mod error;
+pub mod model_sign;
 pub mod objects;
 pub mod outcome;
 mod send_loop;
@@ -242,6 +243,9 @@ fn prepare(options: &Options) -> Result<Prepared, Error> {
     // the link is opened.
     let stores = objects::s3::Stores::connect(&options.paths, &options.s3)
         .map_err(|e| Error::Usage(config::UsageError(e)))?;
+    if let Some(key) = &options.sign_model {
+        sign_models(key, &options.paths)?;
+    }
     let (objects, skipped) =
         objects::enumerate_with(&options.paths, options.name.as_deref(), &stores);
     let approval = match &options.approval {
@@ -265,6 +269,26 @@ fn prepare(options: &Options) -> Result<Prepared, Error> {
         objects,
         skipped,
     })
+}
+
+/// `--sign-model`: each directory given is signed as a model (`DIR/model.sig`) before it is
+/// listed, so the signature is sent with it. Anything but a local directory is a usage error.
+fn sign_models(key: &std::path::Path, paths: &[std::path::PathBuf]) -> Result<(), Error> {
+    let usage = |text: String| Error::Usage(config::UsageError(text));
+    let pem = std::fs::read_to_string(key)
+        .map_err(|e| usage(format!("--sign-model {}: {e}", key.display())))?;
+    for path in paths {
+        if !std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+            return Err(usage(format!(
+                "--sign-model signs directories (a model is a directory): {} is not one",
+                path.display()
+            )));
+        }
+        let files = model_sign::sign_directory(path, &pem)
+            .map_err(|e| usage(format!("--sign-model {}: {e}", path.display())))?;
+        tracing::info!(model = %path.display(), files, key = %key.display(), "model signed");
+    }
+    Ok(())
 }
 
 fn log_skipped(s: &Skipped) {

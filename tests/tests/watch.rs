@@ -536,6 +536,17 @@ fn a_missing_or_wrong_outbox_is_a_configuration_error_exit_2() {
         "{}",
         stopped.log
     );
+    // Whoever can write the outbox would have their files signed as models: refused.
+    let outbox = s.tmp.path().join("outbox-sign");
+    std::fs::create_dir(&outbox).unwrap();
+    let stopped =
+        watch(&s, &outbox, port, &["--sign-model", "k.pem"]).finish(Duration::from_secs(20));
+    assert_eq!(stopped.code(), 2, "{}", stopped.log);
+    assert!(
+        stopped.log.contains("watch does not sign models"),
+        "{}",
+        stopped.log
+    );
 }
 
 /// The red team's variant of finding 3: a writer made `OUTBOX/.sent` (a plain directory,

@@ -1,13 +1,17 @@
 //! `sluice-inspect FILE|DIR...`: what the gate decides of each file, and which formats it
-//! checked it as, so a reviewer on the low side sees what the receiver will decide. Exit 0
-//! when every file is admitted, 1 when one is refused, 2 on a usage error.
+//! checked it as, so a reviewer on the low side sees what the receiver will decide. With
+//! `--model-key PEM`, a directory argument is also a signed model: its `model.sig`
+//! (OpenSSF model signing) must verify with one of the keys and list exactly its files.
+//! Exit 0 when everything is admitted, 1 when something is refused, 2 on a usage error.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
+use sha2::{Digest, Sha256};
 use sluice_inspect::policy::Policy;
+use sluice_inspect::signing::{self, TrustedKey};
 
 /// Checks files as the receiver's content gate would.
 #[derive(Debug, Parser)]
@@ -19,6 +23,10 @@ struct Args {
     /// One JSON object per file instead of a line of text.
     #[arg(long)]
     json: bool,
+    /// A public key (PEM, P-256 or P-384) models may be signed with; each directory argument
+    /// must then hold a `model.sig` that verifies with one and lists exactly its files.
+    #[arg(long = "model-key", value_name = "PEM")]
+    model_keys: Vec<PathBuf>,
     /// Files, or directories walked (their files are named by their path below the directory,
     /// as the receiver names a file by its path in the transfer).
     #[arg(required = true)]
@@ -38,8 +46,26 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let mut keys = Vec::new();
+    for path in &args.model_keys {
+        let key = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| TrustedKey::from_pem(&path.display().to_string(), &pem));
+        match key {
+            Ok(key) => keys.push(key),
+            Err(e) => {
+                eprintln!("sluice-inspect: --model-key {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
     let mut refused = false;
     for root in &args.paths {
+        if !keys.is_empty() && root.is_dir() {
+            let verdict = signature(root, &keys);
+            refused |= verdict.is_err();
+            print_signature(root, &verdict, args.json);
+        }
         let mut files = Vec::new();
         if let Err(e) = walk(root, root, &mut files) {
             eprintln!("sluice-inspect: {}: {e}", root.display());
@@ -75,6 +101,38 @@ fn walk(root: &Path, path: &Path, files: &mut Vec<(PathBuf, String)>) -> std::io
         files.push((path.to_path_buf(), name.unwrap_or_default()));
     }
     Ok(())
+}
+
+/// Whether the model directory `dir` is signed by one of `keys`: its `model.sig` verified
+/// and holding exactly its files (`signed by KEY`), or why not.
+fn signature(dir: &Path, keys: &[TrustedKey]) -> Result<String, String> {
+    let bundle =
+        std::fs::read(dir.join("model.sig")).map_err(|_| "model signature missing".to_string())?;
+    let signed = signing::verify(&bundle, keys)?;
+    let mut files = Vec::new();
+    walk(dir, dir, &mut files).map_err(|e| e.to_string())?;
+    let mut present = std::collections::BTreeMap::new();
+    for (path, name) in files {
+        let data = std::fs::read(&path).map_err(|e| format!("{name}: {e}"))?;
+        present.insert(name, Sha256::digest(&data).into());
+    }
+    signing::check_files(&signed, &present, "model.sig")?;
+    Ok(signed.signer)
+}
+
+fn print_signature(dir: &Path, verdict: &Result<String, String>, json: bool) {
+    match (verdict, json) {
+        (Ok(signer), true) => println!(
+            "{}",
+            serde_json::json!({"path": dir.to_string_lossy(), "verdict": "admitted", "signer": signer})
+        ),
+        (Err(reason), true) => println!(
+            "{}",
+            serde_json::json!({"path": dir.to_string_lossy(), "verdict": "refused", "reason": reason})
+        ),
+        (Ok(signer), false) => println!("{}: model signed by {signer}", dir.display()),
+        (Err(reason), false) => println!("{}: refused: {reason}", dir.display()),
+    }
 }
 
 /// The formats that checked the file, or why it is refused.

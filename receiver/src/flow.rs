@@ -61,6 +61,25 @@ struct Status {
     kernel_drops: Option<u64>,
 }
 
+/// A socket's drop count widened to 64 bits: the kernel keeps it in 32 (`sk_drops`, printed
+/// as `%u` in `/proc/net/udp`), so it wraps after 2^32 drops; the increments are summed.
+#[derive(Debug, Default)]
+struct KernelDrops {
+    last: u32,
+    total: u64,
+}
+
+impl KernelDrops {
+    /// The running total after a reading of `raw`.
+    fn total(&mut self, raw: u64) -> u64 {
+        // The low 32 bits are the counter (a wider reading is taken as it is, modulo 2^32).
+        let raw = raw as u32;
+        self.total += u64::from(raw.wrapping_sub(self.last));
+        self.last = raw;
+        self.total
+    }
+}
+
 fn lock(status: &Mutex<Status>) -> MutexGuard<'_, Status> {
     status.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -229,6 +248,7 @@ impl Flow {
         let mut batch = fresh(&self.spare);
         // Items taken from the link since the last batch was handed on.
         let mut received = 0u64;
+        let mut drops = KernelDrops::default();
         let mut probe = tokio::time::interval(KERNEL_DROPS_EVERY);
         probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -253,8 +273,8 @@ impl Flow {
                     }
                 }
                 _ = probe.tick() => {
-                    let drops = self.link.kernel_drops();
-                    lock(&self.status).kernel_drops = drops;
+                    let total = self.link.kernel_drops().map(|raw| drops.total(raw));
+                    lock(&self.status).kernel_drops = total;
                     // Refused datagrams held back are counted at least once a second.
                     if received > 0 {
                         let held = std::mem::replace(&mut batch, fresh(&self.spare));
@@ -318,4 +338,18 @@ fn fresh(spare: &flume::Receiver<VerifiedFrames>) -> VerifiedFrames {
 /// task is gone.
 async fn hand_on(out: &mpsc::Sender<FlowMsg>, batch: VerifiedFrames, received: u64) -> bool {
     out.send(FlowMsg::Frames { batch, received }).await.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wrapping_kernel_drop_counter_keeps_counting() {
+        let mut drops = KernelDrops::default();
+        assert_eq!(drops.total(10), 10);
+        assert_eq!(drops.total(u64::from(u32::MAX)), u64::from(u32::MAX));
+        assert_eq!(drops.total(4), u64::from(u32::MAX) + 5);
+        assert_eq!(drops.total(4), u64::from(u32::MAX) + 5);
+    }
 }

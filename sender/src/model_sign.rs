@@ -13,6 +13,7 @@ use std::io::Read;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
+use sluice_common::beneath::Dir;
 use sluice_inspect::signing;
 
 /// The signature's name in the model directory.
@@ -22,6 +23,9 @@ const IGNORED: &[&str] = &[".git", ".github", ".gitattributes", ".gitignore"];
 
 /// Signs the directory `dir` with the private key in `key_pem`; the number of files signed.
 pub fn sign_directory(dir: &Path, key_pem: &str) -> Result<usize, String> {
+    // Files are listed by path, then opened from the directory's fd one component at a time,
+    // never through a symlink another user swapped in (`beneath`).
+    let root = Dir::open(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut files = BTreeMap::new();
     let walker = walkdir::WalkDir::new(dir)
         .follow_links(false)
@@ -38,7 +42,8 @@ pub fn sign_directory(dir: &Path, key_pem: &str) -> Result<usize, String> {
             .ok_or_else(|| format!("{}: a name that is not UTF-8", entry.path().display()))?
             .to_string();
         let kind = entry.file_type();
-        if kind.is_dir() {
+        // The old signature, whatever it is, is replaced (never read, never followed).
+        if kind.is_dir() || relative == SIGNATURE {
             continue;
         }
         if !kind.is_file() {
@@ -47,10 +52,8 @@ pub fn sign_directory(dir: &Path, key_pem: &str) -> Result<usize, String> {
                 entry.path().display()
             ));
         }
-        if relative == SIGNATURE {
-            continue;
-        }
-        files.insert(relative, digest(entry.path())?);
+        let digest = digest(&root, &relative)?;
+        files.insert(relative, digest);
     }
     let model_name = dir
         .file_name()
@@ -59,20 +62,40 @@ pub fn sign_directory(dir: &Path, key_pem: &str) -> Result<usize, String> {
         .to_string();
     let ignore: Vec<String> = IGNORED.iter().map(|s| (*s).to_string()).collect();
     let bundle = signing::sign(&files, &model_name, key_pem, &ignore)?;
-    // Written beside, then renamed over: a reader sees the old signature or the new one.
-    let temporary = dir.join(".model.sig.sluice-tmp");
-    std::fs::write(&temporary, &bundle).map_err(|e| format!("{}: {e}", temporary.display()))?;
-    std::fs::rename(&temporary, dir.join(SIGNATURE))
-        .map_err(|e| format!("{}: {e}", dir.join(SIGNATURE).display()))?;
+    // Written beside (a new file: never through a name another user planted), then renamed
+    // over: a reader sees the old signature or the new one.
+    let shown = |e: std::io::Error| format!("{}: {e}", dir.join(SIGNATURE).display());
+    let _ = root.remove_file(TEMPORARY);
+    let mut file = root.create_file(TEMPORARY, 0o644).map_err(shown)?;
+    std::io::Write::write_all(&mut file, &bundle).map_err(shown)?;
+    file.sync_all().map_err(shown)?;
+    root.rename(TEMPORARY, &root, SIGNATURE).map_err(shown)?;
     Ok(files.len())
 }
 
+/// Where the signature is written before it is renamed into place.
+const TEMPORARY: &str = ".model.sig.sluice-tmp";
+
 fn is_ignored(name: Option<&str>) -> bool {
-    name.is_some_and(|n| IGNORED.contains(&n) || n == ".model.sig.sluice-tmp")
+    name.is_some_and(|n| IGNORED.contains(&n) || n == TEMPORARY)
 }
 
-fn digest(path: &Path) -> Result<[u8; 32], String> {
-    let mut file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+/// The SHA-256 of the regular file at `relative` below `root`.
+fn digest(root: &Dir, relative: &str) -> Result<[u8; 32], String> {
+    let shown = |e: std::io::Error| format!("{relative}: {e}");
+    let components: Vec<&str> = relative.split('/').collect();
+    let (name, parents) = components
+        .split_last()
+        .ok_or_else(|| "an empty name".to_string())?;
+    let parent = if parents.is_empty() {
+        root.try_clone().map_err(shown)?
+    } else {
+        root.walk(parents, None, Path::new(relative))
+            .map_err(|e| format!("{relative}: {e}"))?
+            .0
+    };
+    let (mut file, _) = parent.open_regular(name).map_err(shown)?;
+    let path = Path::new(relative);
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -112,8 +135,9 @@ mod tests {
         let signed = signing::verify(&bundle, &[trusted]).unwrap();
         let present = |m: &Path| {
             let mut p = BTreeMap::new();
+            let root = Dir::open(m).unwrap();
             for name in ["config.json", "sub/w.safetensors", ".git/HEAD", SIGNATURE] {
-                p.insert(name.to_string(), digest(&m.join(name)).unwrap());
+                p.insert(name.to_string(), digest(&root, name).unwrap());
             }
             p
         };
@@ -133,5 +157,28 @@ mod tests {
             .unwrap_err()
             .contains("a symlink or special file"));
         assert!(sign_directory(&model, "not a key").is_err());
+    }
+
+    /// Another user who can write the model directory plants symlinks where the signature
+    /// is written: the files they point at are never written.
+    #[test]
+    fn symlinks_planted_where_the_signature_goes_are_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("m");
+        std::fs::create_dir(&model).unwrap();
+        std::fs::write(model.join("w.bin"), b"w").unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, model.join(TEMPORARY)).unwrap();
+        std::os::unix::fs::symlink(&victim, model.join(SIGNATURE)).unwrap();
+        let key = p256::ecdsa::SigningKey::from_bytes(&[4u8; 32].into()).unwrap();
+        let pem = key.to_pkcs8_pem(LineEnding::LF).unwrap();
+        assert_eq!(sign_directory(&model, &pem).unwrap(), 1);
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        let sig = std::fs::symlink_metadata(model.join(SIGNATURE)).unwrap();
+        assert!(
+            sig.is_file(),
+            "model.sig is the new file, not the planted link"
+        );
     }
 }

@@ -30,12 +30,31 @@
 
 use std::collections::HashSet;
 
+/// Longest template checked (real ones are a few KiB to a few tens of KiB).
+pub const MAX_TEMPLATE: usize = 256 << 10;
+/// Most tokens in one tag: the checks scan forward from brackets, so a tag's cost grows
+/// with the square of its length.
+const MAX_TAG_TOKENS: usize = 4096;
+/// Passes over the template to settle which names hold built strings (real templates
+/// settle in two or three).
+const MAX_TAINT_PASSES: usize = 64;
+
 /// Why a template is refused, or `Ok`.
 pub fn check(template: &str) -> Result<(), String> {
+    if template.len() > MAX_TEMPLATE {
+        return Err(format!(
+            "a template of {} bytes (at most {MAX_TEMPLATE})",
+            template.len()
+        ));
+    }
     let mut parsed = Vec::new();
     for tag in tags(template)? {
         if tag.kind != TagKind::Comment {
-            parsed.push((tag.kind, tokenize(tag.body)?));
+            let tokens = tokenize(tag.body)?;
+            if tokens.len() > MAX_TAG_TOKENS {
+                return Err(format!("a tag of more than {MAX_TAG_TOKENS} tokens"));
+            }
+            parsed.push((tag.kind, tokens));
         }
     }
     // Which names may hold a built string, wherever they are read: a macro's body runs
@@ -43,14 +62,19 @@ pub fn check(template: &str) -> Result<(), String> {
     // new name is found, then checked.
     let macros = macro_params(&parsed);
     let mut tainted: HashSet<String> = ALWAYS_TAINTED.iter().map(|n| (*n).to_string()).collect();
-    loop {
+    let mut settled = false;
+    for _ in 0..MAX_TAINT_PASSES {
         let before = tainted.len();
         for (kind, tokens) in &parsed {
             taint(*kind, tokens, &macros, &mut tainted);
         }
         if tainted.len() == before {
+            settled = true;
             break;
         }
+    }
+    if !settled {
+        return Err("names set from one another too many times over to follow".into());
     }
     for (kind, tokens) in &parsed {
         match kind {
@@ -561,6 +585,21 @@ mod tests {
         ] {
             assert_eq!(check(t), Ok(()), "{t}");
         }
+    }
+
+    #[test]
+    fn templates_that_would_cost_too_much_to_check_are_refused() {
+        let long = "x".repeat(MAX_TEMPLATE + 1);
+        assert!(check(&long).unwrap_err().contains("a template of"));
+        let brackets = format!("{{{{ {}{} }}}}", "[".repeat(3000), "]".repeat(3000));
+        assert!(check(&brackets).unwrap_err().contains("tokens"));
+        // A chain of sets, each reading the next one down: one more name per pass.
+        let mut chain = String::from("{{ x[a0] }}");
+        for i in 0..100 {
+            chain.push_str(&format!("{{% set a{i} = a{} %}}", i + 1));
+        }
+        chain.push_str("{% set a100 = 'a' ~ 'b' %}");
+        assert!(check(&chain).unwrap_err().contains("too many times"));
     }
 
     #[test]

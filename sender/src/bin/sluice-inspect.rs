@@ -5,6 +5,7 @@
 //! Exit 0 when everything is admitted, 1 when something is refused, 2 on a usage error.
 
 use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -106,15 +107,22 @@ fn walk(root: &Path, path: &Path, files: &mut Vec<(PathBuf, String)>) -> std::io
 /// Whether the model directory `dir` is signed by one of `keys`: its `model.sig` verified
 /// and holding exactly its files (`signed by KEY`), or why not.
 fn signature(dir: &Path, keys: &[TrustedKey]) -> Result<String, String> {
-    let bundle =
-        std::fs::read(dir.join("model.sig")).map_err(|_| "model signature missing".to_string())?;
+    let mut bundle = Vec::new();
+    open_regular(&dir.join("model.sig"))
+        .map_err(|_| "model signature missing".to_string())?
+        .0
+        .take(signing::MAX_BUNDLE as u64 + 1)
+        .read_to_end(&mut bundle)
+        .map_err(|e| format!("model.sig: {e}"))?;
     let signed = signing::verify(&bundle, keys)?;
     let mut files = Vec::new();
     walk(dir, dir, &mut files).map_err(|e| e.to_string())?;
     let mut present = std::collections::BTreeMap::new();
     for (path, name) in files {
-        let data = std::fs::read(&path).map_err(|e| format!("{name}: {e}"))?;
-        present.insert(name, Sha256::digest(&data).into());
+        let (mut file, _) = open_regular(&path).map_err(|e| format!("{name}: {e}"))?;
+        let mut hasher = Sha256::new();
+        std::io::copy(&mut file, &mut hasher).map_err(|e| format!("{name}: {e}"))?;
+        present.insert(name, hasher.finalize().into());
     }
     signing::check_files(&signed, &present, "model.sig")?;
     Ok(signed.signer)
@@ -135,16 +143,29 @@ fn print_signature(dir: &Path, verdict: &Result<String, String>, json: bool) {
     }
 }
 
-/// The formats that checked the file, or why it is refused.
-fn verdict(policy: &Policy, path: &Path, name: &str) -> Result<Vec<&'static str>, String> {
-    let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+/// `path` opened for reading if it is a regular file: never through a symlink, never waiting
+/// on a FIFO, and judged by `fstat` on the very fd read (a file swapped after the listing is
+/// seen as what it is).
+fn open_regular(path: &Path) -> Result<(File, std::fs::Metadata), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
     if !meta.is_file() {
         return Err("not a regular file".into());
     }
+    Ok((file, meta))
+}
+
+/// The formats that checked the file, or why it is refused.
+fn verdict(policy: &Policy, path: &Path, name: &str) -> Result<Vec<&'static str>, String> {
+    let (mut file, meta) = open_regular(path)?;
     policy
         .check_name_and_size(name, meta.len())
         .map_err(|e| e.to_string())?;
-    let mut file = File::open(path).map_err(|e| e.to_string())?;
     policy
         .inspect_all(&mut file, name, meta.len())
         .map_err(|e| e.to_string())

@@ -14,6 +14,8 @@
 //! - [`clock`]: the time one file's inspection may take;
 //! - [`policy`]: `policy.toml` and the order of the checks (names, size, type, inspector,
 //!   external scanner); [`rules`]: its name rules;
+//! - [`signing`]: OpenSSF model-signing bundles, verified offline; [`model_trust`]: which keys
+//!   may sign which models (`[signing]`);
 //! - [`bounds`]: what one file's archives may use; [`refusal`]: why a file was refused.
 //!
 //! Each format is an [`inspector::Inspector`]: a new one (GGUF, ONNX, OCI layers) is one new
@@ -27,6 +29,7 @@ pub mod bounds;
 pub mod clock;
 pub mod formats;
 pub mod inspector;
+pub mod model_trust;
 pub mod policy;
 pub mod refusal;
 pub mod rules;

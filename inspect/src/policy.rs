@@ -11,6 +11,9 @@
 //! pickle = "scan"            # refuse | scan | allow
 //! pickle_allow = ["mylib.layers.Dense"]   # more callables a scanned pickle may import
 //! safetensors = "validate"   # validate | allow
+//! [signing]                  # signed models: see `model_trust`
+//! models = "require"
+//! keys = ["/etc/sluice/model-signers/ml-team.pem"]
 //! [scan]
 //! command = ["clamscan", "--no-summary", "-d", "/var/lib/sluice/sigs", "{path}"]
 //! timeout = "120s"
@@ -30,6 +33,7 @@ use crate::bounds;
 use crate::clock;
 use crate::formats::{self, Models};
 use crate::inspector::{Inspector, Nested};
+use crate::model_trust::{Mode, ModelTrust, SigningFile};
 use crate::refusal::Refusal;
 use crate::rules::Rules;
 
@@ -53,6 +57,7 @@ struct PolicyFile {
     #[serde(default)]
     models: Models,
     scan: Option<ScanFile>,
+    signing: Option<SigningFile>,
 }
 
 /// An external scanner: `argv` with `{path}` replaced by the file's path; exit 0 = clean,
@@ -75,11 +80,18 @@ pub struct Policy {
     /// The formats looked into, in the order they are asked.
     inspectors: Vec<Box<dyn Inspector>>,
     scan: Option<ScanCommand>,
+    /// `[signing]`, unless it is off.
+    signing: Option<ModelTrust>,
 }
 
 impl Policy {
-    /// Parses `text`, the contents of `path` (for messages).
+    /// Parses `text` (key files named relative to the current directory).
     pub fn parse(text: &str) -> Result<Policy, String> {
+        Policy::parse_at(text, Path::new("."))
+    }
+
+    /// Parses `text`, the contents of a policy file in `base` (key files are read from there).
+    pub fn parse_at(text: &str, base: &Path) -> Result<Policy, String> {
         let file: PolicyFile = toml::from_str(text).map_err(|e| e.message().to_string())?;
         let max_file_size = file
             .max_file_size
@@ -117,6 +129,11 @@ impl Policy {
             })
             .transpose()?;
         let inspectors = formats::inspectors(&file.models);
+        let signing = file
+            .signing
+            .map(|s| ModelTrust::load(s, base))
+            .transpose()?
+            .filter(|t| t.mode != Mode::Off);
         Ok(Policy {
             quarantine: file.quarantine,
             max_file_size,
@@ -125,13 +142,20 @@ impl Policy {
             deny,
             inspectors,
             scan,
+            signing,
         })
     }
 
     /// Loads `path`.
     pub fn load(path: &Path) -> Result<Policy, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Policy::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+        let base = path.parent().unwrap_or(Path::new("."));
+        Policy::parse_at(&text, base).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// `[signing]`: what models must carry, unless it is off.
+    pub fn model_trust(&self) -> Option<&ModelTrust> {
+        self.signing.as_ref()
     }
 
     /// The longest one file's inspection may take (`inspect_timeout`).
@@ -149,7 +173,13 @@ impl Policy {
         if let Some(pattern) = self.deny.first_match(path) {
             return Err(Refusal::Denied(pattern.to_string()));
         }
-        if let Some(allow) = &self.allow {
+        // A model's signature is let through `allow` when signatures are looked for: without
+        // it no model could pass.
+        let signature = self
+            .signing
+            .as_ref()
+            .is_some_and(|t| t.signature_of(path).is_some());
+        if let Some(allow) = self.allow.as_ref().filter(|_| !signature) {
             if allow.first_match(path).is_none() {
                 return Err(Refusal::NotAllowed);
             }
@@ -288,6 +318,20 @@ pickle_allow = ["mylib.Layer"]
             "denied by the name rule \"secret/*\""
         );
         assert_eq!(refused("model.bin", 1), "not on the allow list");
+        assert_eq!(refused("m/model.sig", 1), "not on the allow list");
+        // With [signing], a model's signature passes `allow` (never `deny`).
+        let dir = tempfile::tempdir().unwrap();
+        let key = p256::ecdsa::SigningKey::from_bytes(&[1u8; 32].into()).unwrap();
+        let pem = p256::pkcs8::EncodePublicKey::to_public_key_pem(
+            key.verifying_key(),
+            p256::pkcs8::LineEnding::LF,
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("k.pem"), pem).unwrap();
+        let signing = format!("{POLICY}[signing]\nmodels = \"require\"\nkeys = [\"k.pem\"]\n");
+        let p = Policy::parse_at(&signing, dir.path()).unwrap();
+        assert!(p.check_name_and_size("m/model.sig", 1).is_ok());
+        assert!(p.check_name_and_size("secret/model.sig", 1).is_err());
         assert_eq!(
             refused("big.txt", 2 << 20),
             "larger than max_file_size (2097152 > 1048576 bytes)"

@@ -26,6 +26,8 @@ use sha2::{Digest, Sha256};
 
 /// Largest bundle read (real ones are a few KiB, plus 100 bytes per file).
 pub const MAX_BUNDLE: usize = 16 << 20;
+/// How [`check_files`] begins the error for a signed file that is not there.
+pub const MISSING: &str = "model file missing since signing";
 /// The statement's predicate type this checks.
 const PREDICATE_V1: &str = "https://model_signing/signature/v1.0";
 const IN_TOTO: &str = "application/vnd.in-toto+json";
@@ -318,7 +320,7 @@ pub fn check_files(
         }
     }
     if let Some(path) = signed.files.keys().find(|p| !present.contains_key(*p)) {
-        return Err(format!("model file missing since signing: {path}"));
+        return Err(format!("{MISSING}: {path}"));
     }
     Ok(())
 }

@@ -7,7 +7,7 @@
 //! `DeliveryStats` is declared here, beside the counters it feeds, so that this module (used
 //! by the link task, the sink and the report) depends on no other module of the receiver.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -36,6 +36,9 @@ pub struct Counters {
     objects_delivered: AtomicU64,
     objects_already_delivered: AtomicU64,
     objects_failed: AtomicU64,
+    files_held: AtomicU64,
+    /// Models delivered, by the key that signed them.
+    models_delivered: Mutex<Vec<(String, u64)>>,
     objects_lost_whole: AtomicU64,
     bytes_delivered: AtomicU64,
     sender_frames_sent: AtomicU64,
@@ -61,6 +64,10 @@ pub(crate) struct DeliveryStats {
     pub objects_delivered: u64,
     pub objects_already_delivered: u64,
     pub objects_failed: u64,
+    /// Files that began to wait for their model's signature (`[signing]`).
+    pub files_held: u64,
+    /// Models delivered whole with their signature, by the key that signed them.
+    pub models_delivered: BTreeMap<String, u64>,
     /// Of `objects_failed`: announced, and not one frame of them arrived.
     pub objects_lost_whole: u64,
     pub bytes_delivered: u64,
@@ -92,6 +99,10 @@ pub struct Snapshot {
     pub objects_delivered: u64,
     pub objects_already_delivered: u64,
     pub objects_failed: u64,
+    /// Files that began to wait for their model's signature.
+    pub files_held: u64,
+    /// Models delivered, by the key that signed them.
+    pub models_delivered: Vec<(String, u64)>,
     /// Of `objects_failed`: announced, and not one frame of them arrived.
     pub objects_lost_whole: u64,
     pub bytes_delivered: u64,
@@ -143,6 +154,8 @@ impl Counters {
             objects_delivered: AtomicU64::new(0),
             objects_already_delivered: AtomicU64::new(0),
             objects_failed: AtomicU64::new(0),
+            files_held: AtomicU64::new(0),
+            models_delivered: Mutex::new(Vec::new()),
             objects_lost_whole: AtomicU64::new(0),
             bytes_delivered: AtomicU64::new(0),
             sender_frames_sent: AtomicU64::new(0),
@@ -229,6 +242,17 @@ impl Counters {
             stats.objects_already_delivered,
         );
         set(&self.objects_failed, stats.objects_failed);
+        set(&self.files_held, stats.files_held);
+        if !stats.models_delivered.is_empty() {
+            *self
+                .models_delivered
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = stats
+                .models_delivered
+                .iter()
+                .map(|(k, n)| (k.clone(), *n))
+                .collect();
+        }
         set(&self.objects_lost_whole, stats.objects_lost_whole);
         set(&self.bytes_delivered, stats.bytes_delivered);
         set(&self.sender_frames_sent, stats.sender_frames.values().sum());
@@ -271,6 +295,12 @@ impl Counters {
             objects_delivered: get(&self.objects_delivered),
             objects_already_delivered: get(&self.objects_already_delivered),
             objects_failed: get(&self.objects_failed),
+            files_held: get(&self.files_held),
+            models_delivered: self
+                .models_delivered
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             objects_lost_whole: get(&self.objects_lost_whole),
             bytes_delivered: get(&self.bytes_delivered),
             sender_frames_sent: get(&self.sender_frames_sent),
@@ -313,6 +343,18 @@ impl Counters {
                     ),
                     ("lost_whole", s.objects_lost_whole),
                 ],
+            ),
+            Metric::counter(
+                "sluice_model_files_held",
+                "Files that began to wait for their model's signature ([signing] in --policy); \
+                 each is counted again in sluice_objects when it is delivered or refused.",
+                s.files_held,
+            ),
+            Metric::counter_by(
+                "sluice_models_delivered",
+                "Signed models delivered whole, by the key that signed them.",
+                "signer",
+                s.models_delivered.clone(),
             ),
             Metric::counter_by(
                 "sluice_bytes",

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use sluice_common::envelope::Opened;
 use sluice_common::keys::KeyId;
-use sluice_protocol::manifest::Manifest;
+use sluice_protocol::manifest::{self, Manifest};
 use sluice_protocol::rx::{Census, Missing, PartialBlock, ReadyBlock};
 use sluice_protocol::wire::{AuditHead, BlockKey, BlockKind, Heartbeat, RelayStatus};
 use tokio::sync::OwnedSemaphorePermit;
@@ -112,6 +112,24 @@ pub(crate) enum Reply {
     Finished(ObjectKey),
     /// A publish failed.
     PublishFailed(ObjectKey, Failure),
+    /// Files that waited for their model's signature, placed or refused (their objects were
+    /// done when they began to wait).
+    Released(Vec<Released>),
+}
+
+/// A file that waited for its model's signature (`models`), now placed or refused.
+#[derive(Debug)]
+pub(crate) struct Released {
+    /// The object that brought it.
+    pub obj: ObjectKey,
+    pub entry: manifest::Entry,
+    /// The key that signed its manifest, and the approvers counted for it.
+    pub signer: KeyId,
+    pub approvers: Vec<KeyId>,
+    /// Placed, signed by the model key named; or why it was refused.
+    pub result: Result<String, Failure>,
+    /// The model's signature (its release delivers the model whole).
+    pub is_signature: bool,
 }
 
 /// A published object: what became of each of its entries, and the bytes written.
@@ -128,6 +146,8 @@ pub(crate) enum EntryOutcome {
     Delivered(usize),
     /// Its content already sat at its path: not written again.
     AlreadyThere(usize),
+    /// Waiting in the state directory for its model's signature (`models`).
+    Held(usize),
     Failed(usize, Failure),
 }
 
@@ -900,7 +920,54 @@ impl Delivery {
                 self.publish_answered(obj);
                 self.fail(obj, failure);
             }
+            Reply::Released(released) => {
+                for file in released {
+                    self.on_released(file, now);
+                }
+            }
         }
+    }
+
+    /// A held file placed or refused: counted as its object's outcome would have been.
+    fn on_released(&mut self, file: Released, now: Instant) {
+        let Released {
+            obj,
+            entry,
+            signer,
+            approvers,
+            result,
+            is_signature,
+        } = file;
+        let outcome = match result {
+            Ok(model_signer) => {
+                if is_signature {
+                    *self
+                        .stats
+                        .models_delivered
+                        .entry(model_signer.clone())
+                        .or_default() += 1;
+                }
+                self.stats.objects_delivered += 1;
+                self.stats.bytes_delivered += entry.size;
+                self.stats.last_delivery = Some(now);
+                Outcome::Released {
+                    obj,
+                    entry,
+                    signer,
+                    approvers,
+                    model_signer,
+                }
+            }
+            Err(failure) => {
+                self.stats.objects_failed += 1;
+                Outcome::Failed {
+                    obj,
+                    path: Some(entry.path),
+                    failure,
+                }
+            }
+        };
+        self.push(Action::Emit(outcome));
     }
 
     /// The publisher answered for `obj`: its bytes no longer wait in the state directory
@@ -1094,6 +1161,17 @@ impl Delivery {
                     Outcome::AlreadyDelivered {
                         obj,
                         manifest: Some((manifest.clone(), entry)),
+                    }
+                }
+                EntryOutcome::Held(entry) => {
+                    self.stats.files_held += 1;
+                    Outcome::Held {
+                        obj,
+                        path: manifest
+                            .entries
+                            .get(entry)
+                            .map(|e| e.path.clone())
+                            .unwrap_or_default(),
                     }
                 }
                 EntryOutcome::Failed(entry, failure) => {
@@ -1438,6 +1516,8 @@ mod tests {
                 }
                 Action::Emit(Outcome::Failed { failure, .. }) => format!("failed: {failure}"),
                 Action::Emit(Outcome::LostWhole { count, .. }) => format!("lost-whole {count}"),
+                Action::Emit(Outcome::Held { path, .. }) => format!("held {path}"),
+                Action::Emit(Outcome::Released { entry, .. }) => format!("released {}", entry.path),
                 Action::Notice(n) => format!("notice {n:?}").chars().take(20).collect(),
             })
             .collect()

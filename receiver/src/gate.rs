@@ -144,6 +144,22 @@ pub(crate) fn pass(ctx: &Context, e: &Entry, staged: StagedFile) -> Result<Stage
     })
 }
 
+/// Refuses a staged file for a reason found beside the content checks (its model's
+/// signature, `models`): into the quarantine like any refusal, or removed if even that fails.
+pub(crate) fn refuse(ctx: &Context, e: &Entry, staged: StagedFile, reason: String) -> Failure {
+    let quarantined = match &ctx.gate {
+        Some(gate) => quarantine(gate, ctx, e, &staged, &reason).map_err(|err| err.to_string()),
+        None => Err("no --policy quarantine".to_string()),
+    };
+    if quarantined.is_err() {
+        staged.discard(ctx);
+    }
+    Failure::Refused {
+        reason,
+        quarantined,
+    }
+}
+
 /// Every check of the policy on the staged file of entry `e`.
 fn check(
     gate: &ContentPolicy,
@@ -168,7 +184,7 @@ fn quarantine(
     ctx: &Context,
     e: &Entry,
     staged: &StagedFile,
-    reason: &Refusal,
+    reason: &dyn std::fmt::Display,
 ) -> io::Result<PathBuf> {
     let reason = format!(
         "refused: {reason}\npath: {}\nsize: {}\nsha256: {}\ntime: {}\n",

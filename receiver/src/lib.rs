@@ -27,7 +27,8 @@
 //! - `flow`: one task per link, verifying its frames. `link_task`: verified frames to
 //!   assembler events. `delivery`: the object table and its rules;
 //!   `dispatch`: the thread that drives it. `workers`: the decoder pool. `publisher`,
-//!   `publish`: turning objects into files. [`state`]: the restart-safe state directory;
+//!   `publish`: turning objects into files; `gate`: the content policy; `models`, `held`:
+//!   files that wait for their model's signature (`[signing]`). [`state`]: the restart-safe state directory;
 //!   [`footprint`]: what an incomplete object holds there as `du` counts it (`--max-state`).
 //!   [`segment`]: a stored segment and its record there. [`object`]: the key every module
 //!   names an object by.
@@ -52,8 +53,10 @@ mod flow;
 pub mod footprint;
 mod gate;
 mod heads;
+mod held;
 mod link_health;
 mod link_task;
+mod models;
 pub mod object;
 pub mod outcome;
 mod publish;

@@ -38,6 +38,19 @@ pub enum Outcome {
         obj: ObjectKey,
         manifest: Option<(Arc<Manifest>, usize)>,
     },
+    /// Waiting in the state directory for its model's signature (`[signing]`); a later
+    /// `Released` or `Failed` names it again.
+    Held { obj: ObjectKey, path: String },
+    /// A file that waited for its model's signature, delivered with its model.
+    Released {
+        obj: ObjectKey,
+        entry: Entry,
+        /// The key that signed its manifest, and the approvers counted for it.
+        signer: KeyId,
+        approvers: Vec<KeyId>,
+        /// The trusted key that signed the model (its name in `[signing] keys`).
+        model_signer: String,
+    },
     /// Refused, failed, or left incomplete.
     Failed {
         obj: ObjectKey,
@@ -117,6 +130,28 @@ impl Subscriber<Outcome> for AuditTrail {
                 obj,
                 manifest: None,
             } => Event::new("already_delivered").with("object", obj.to_string()),
+            Outcome::Held { obj, path } => Event::new("held")
+                .with("object", obj.to_string())
+                .with("path", path.clone())
+                .with("reason", "waiting for its model's signature"),
+            Outcome::Released {
+                obj,
+                entry: e,
+                signer,
+                approvers,
+                model_signer,
+            } => entry("delivered", obj, e)
+                .with("signer", signer.to_string())
+                .with(
+                    "approvers",
+                    self.policy.is_some().then(|| {
+                        approvers
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                    }),
+                )
+                .with("model_signer", model_signer.clone()),
             Outcome::Failed { obj, path, failure } => Event::new("failed")
                 .with("object", obj.to_string())
                 .with("path", path.clone())
@@ -241,6 +276,27 @@ impl Subscriber<Outcome> for LogLine {
             } => {
                 tracing::info!(object = %obj, "already delivered {obj} (by an earlier pass or run)")
             }
+            Outcome::Held { obj, path } => tracing::info!(
+                object = %obj,
+                path = %paths::escaped(path),
+                "held {}: waiting for its model's signature",
+                paths::escaped(path)
+            ),
+            Outcome::Released {
+                obj,
+                entry: e,
+                model_signer,
+                ..
+            } => tracing::info!(
+                object = %obj,
+                path = %paths::escaped(&e.path),
+                kind = ?e.kind,
+                sha256 = %sha256_of(e),
+                size = e.size,
+                model_signer = %model_signer,
+                "delivered {} (model signed by {model_signer})",
+                paths::escaped(&e.path)
+            ),
             Outcome::Failed {
                 obj,
                 path: Some(p),
@@ -310,7 +366,10 @@ impl Subscriber<Outcome> for FailureList {
                     self.add(obj, None, &Failure::LostWhole);
                 }
             }
-            Outcome::Delivered { .. } | Outcome::AlreadyDelivered { .. } => {}
+            Outcome::Delivered { .. }
+            | Outcome::AlreadyDelivered { .. }
+            | Outcome::Held { .. }
+            | Outcome::Released { .. } => {}
         }
     }
 }

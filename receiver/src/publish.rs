@@ -353,6 +353,11 @@ pub(crate) struct StagedFile {
 }
 
 impl StagedFile {
+    /// `file`, open, at `name` in the staging directory.
+    pub fn new(name: String, file: File) -> Self {
+        StagedFile { name, file }
+    }
+
     /// Its name in the staging directory.
     pub fn name(&self) -> &str {
         &self.name

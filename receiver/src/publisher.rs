@@ -20,18 +20,27 @@
 //! With `--policy`, a verified file goes to the inspectors (`gate::Inspectors`, threads of
 //! their own) instead of being placed at once; the publisher goes on with other jobs, and
 //! places the file when its verdict comes back (its freshness checked again then).
+//!
+//! With `[signing]` in the policy, a file that passed the gate may have to wait for its
+//! model's signature instead (`models` decides, `held` keeps it): its object is done, and the
+//! file is placed or refused later, when the signature and every signed file are in, or
+//! when it has waited too long (checked at start and at each job).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use sluice_common::approval;
 use sluice_common::keys::KeyId;
-use sluice_protocol::manifest::{EntryKind, Manifest};
+use sluice_inspect::model_trust::ModelTrust;
+use sluice_inspect::signing;
+use sluice_protocol::manifest::{Entry, EntryKind, Manifest};
 
 use crate::context::{self, Context};
-use crate::delivery::{Committed, EntryOutcome, Input, PublishJob, Reply};
+use crate::delivery::{Committed, EntryOutcome, Input, PublishJob, Released, Reply};
 use crate::failure::Failure;
 use crate::gate::{self, Inspected, Inspection, Inspectors};
+use crate::held::{self, HeldMeta};
+use crate::models::{Arrival, ModelHold, Verdict};
 use crate::object::ObjectKey;
 use crate::publish::{self, Content, Signed, StagedFile};
 use crate::records::Finished;
@@ -39,6 +48,8 @@ use crate::sink::{Placed, Sink};
 
 /// Content files hashed ahead of their manifest at once.
 const MAX_EARLY_HASHING: usize = 8;
+/// Signatures kept as checked at once (each holds its model's list of files).
+const MAX_VERIFIED: usize = 64;
 /// Published objects whose directories are fsynced together at most (when no job is
 /// waiting, they are committed at once).
 const MAX_UNCOMMITTED: usize = 64;
@@ -76,6 +87,33 @@ fn job<E>(received: Result<PublishJob, E>) -> Next {
     received.map_or(Next::JobsOver, Next::Job)
 }
 
+/// What became of a file that passed the gate.
+enum Placing {
+    Placed(Placed),
+    /// Waiting for its model's signature.
+    Held,
+}
+
+/// `[signing]`, if the policy has it (and it is not off).
+fn model_trust(ctx: &Context) -> Option<&ModelTrust> {
+    ctx.gate.as_ref().and_then(|gate| gate.policy.model_trust())
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `name` in directory `dir` (`""`: the top).
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
 /// A published object waiting for its commit.
 struct Uncommitted {
     obj: ObjectKey,
@@ -102,6 +140,16 @@ struct Publisher {
     inspectors: Option<Inspectors>,
     /// Objects with files at the inspectors.
     inspecting: HashMap<ObjectKey, Inspecting>,
+    /// Files waiting for their model's signature (`[signing]`), and the next id for one.
+    models: ModelHold,
+    next_held: u64,
+    /// Held files placed or refused since the last commit: their outcomes, their records,
+    /// and the ids to forget once those are durable.
+    released: Vec<Released>,
+    released_finished: Vec<Finished>,
+    forget: Vec<u64>,
+    /// Signatures held, as checked (by held id).
+    verified: HashMap<u64, Result<signing::Signed, String>>,
 }
 
 /// Starts the publisher; it runs until `jobs` closes, then commits what is left.
@@ -133,6 +181,12 @@ pub(crate) fn spawn(
                 pending_sequences: HashMap::new(),
                 inspectors,
                 inspecting: HashMap::new(),
+                models: ModelHold::default(),
+                next_held: 0,
+                released: Vec::new(),
+                released_finished: Vec::new(),
+                forget: Vec::new(),
+                verified: HashMap::new(),
             };
             publisher.run(&jobs);
         })
@@ -157,6 +211,7 @@ impl Inspecting {
         self.entries.sort_by_key(|o| match o {
             EntryOutcome::Delivered(i)
             | EntryOutcome::AlreadyThere(i)
+            | EntryOutcome::Held(i)
             | EntryOutcome::Failed(i, _) => *i,
         });
         Uncommitted {
@@ -174,6 +229,7 @@ impl Publisher {
         if let Some(quarantine) = self.ctx.gate.as_ref().and_then(|gate| gate.store()) {
             quarantine.abort_unfinished(self.ctx.state.records());
         }
+        self.resume_held();
         let mut jobs_open = true;
         while let Some(next) = self.next(jobs, &mut jobs_open) {
             match next {
@@ -198,7 +254,7 @@ impl Publisher {
             .as_ref()
             .filter(|_| !self.inspecting.is_empty())
             .map(|inspectors| &inspectors.done);
-        if !self.uncommitted.is_empty() {
+        if !self.uncommitted.is_empty() || !self.released.is_empty() {
             if *jobs_open {
                 match jobs.try_recv() {
                     Ok(job) => return Some(Next::Job(job)),
@@ -243,6 +299,7 @@ impl Publisher {
     }
 
     fn handle(&mut self, job: PublishJob) {
+        self.expire_held();
         match job {
             PublishJob::StoreManifest { obj, envelope } => {
                 let result = self.ctx.state.store_manifest(obj, &envelope).map_err(|e| {
@@ -426,13 +483,13 @@ impl Publisher {
         // Without the inspection threads, the gate (if any) runs here.
         let staged = staged
             .and_then(|staged| gate::pass(&self.ctx, e, staged))
-            .and_then(|staged| self.sink.place(&self.ctx, staged, e, signed));
+            .and_then(|staged| self.place(obj, staged, e, signed));
+        let mut finished = Finished {
+            obj,
+            deliveries: Vec::new(),
+        };
         match staged {
-            Ok(published) => {
-                let mut finished = Finished {
-                    obj,
-                    deliveries: Vec::new(),
-                };
+            Ok(Placing::Placed(published)) => {
                 let bytes = self.published(&e.path, signed, published, &mut finished);
                 self.queue(Uncommitted {
                     obj,
@@ -441,6 +498,12 @@ impl Publisher {
                     entries: vec![EntryOutcome::Delivered(0)],
                 });
             }
+            Ok(Placing::Held) => self.queue(Uncommitted {
+                obj,
+                bytes: 0,
+                finished,
+                entries: vec![EntryOutcome::Held(0)],
+            }),
             Err(failure) => self.reply(Reply::PublishFailed(obj, failure)),
         }
     }
@@ -463,6 +526,13 @@ impl Publisher {
         let mut bytes = 0;
         let mut staged: Vec<(usize, StagedFile)> = Vec::new();
         let mut offset = 0usize;
+        // A model's file anywhere in the pack makes its directory a model before any of the
+        // pack's files is placed, whatever order they come back from the gate in.
+        if let Some(trust) = model_trust(&self.ctx) {
+            for e in &manifest.entries {
+                self.models.announce(trust, &e.path);
+            }
+        }
         for (i, e) in manifest.entries.iter().enumerate() {
             let len = usize::try_from(e.size).unwrap_or(usize::MAX);
             let content = inline
@@ -524,14 +594,16 @@ impl Publisher {
                         Err(failure) => Err(failure),
                     }
                 }
-                None => gate::pass(&self.ctx, e, file)
-                    .and_then(|file| self.sink.place(&self.ctx, file, e, signed)),
+                None => {
+                    gate::pass(&self.ctx, e, file).and_then(|file| self.place(obj, file, e, signed))
+                }
             };
             match placed {
-                Ok(published) => {
+                Ok(Placing::Placed(published)) => {
                     bytes += self.published(&e.path, signed, published, &mut finished);
                     outcomes.push(EntryOutcome::Delivered(i));
                 }
+                Ok(Placing::Held) => outcomes.push(EntryOutcome::Held(i)),
                 Err(failure) => outcomes.push(EntryOutcome::Failed(i, failure)),
             }
         }
@@ -557,7 +629,7 @@ impl Publisher {
         } = inspected;
         // Something newer for the path may have been placed while this file was inspected.
         let placed = verdict.and_then(|staged| match self.check_fresh(&entry.path, &signed) {
-            Ok(()) => self.sink.place(&self.ctx, staged, &entry, &signed),
+            Ok(()) => self.place(obj, staged, &entry, &signed),
             Err(failure) => {
                 staged.discard(&self.ctx);
                 Err(failure)
@@ -567,11 +639,12 @@ impl Publisher {
             return;
         };
         match placed {
-            Ok(published) => {
+            Ok(Placing::Placed(published)) => {
                 inspecting.bytes +=
                     self.published(&entry.path, &signed, published, &mut inspecting.finished);
                 inspecting.entries.push(EntryOutcome::Delivered(index));
             }
+            Ok(Placing::Held) => inspecting.entries.push(EntryOutcome::Held(index)),
             // A segmented file fails as an object, as it would have without the gate's
             // threads.
             Err(failure) if inspecting.single => {
@@ -600,17 +673,21 @@ impl Publisher {
     /// in one durable transaction, and tells the delivery core: an entry counts as delivered
     /// only once its directory entry and its record are durable.
     fn commit(&mut self) {
-        if self.uncommitted.is_empty() {
+        if self.uncommitted.is_empty() && self.released.is_empty() {
             return;
         }
         self.sink.commit(&self.ctx);
         let batch = std::mem::take(&mut self.uncommitted);
         self.pending_sequences.clear();
-        let finished: Vec<Finished> = batch.iter().map(|u| u.finished.clone()).collect();
+        let mut finished: Vec<Finished> = batch.iter().map(|u| u.finished.clone()).collect();
+        finished.append(&mut self.released_finished);
         if let Err(e) = self.ctx.state.records().commit(&finished) {
             // The files are in place and durable; only the records are missing, so a replay
             // of them could be delivered again. Say so loudly.
             tracing::error!("cannot record {} deliveries: {e}", finished.len());
+        }
+        for id in self.forget.drain(..) {
+            held::forget(&self.ctx, id);
         }
         let mut done = Vec::with_capacity(batch.len());
         for published in batch {
@@ -622,6 +699,216 @@ impl Publisher {
                 entries: published.entries,
             });
         }
-        self.reply(Reply::Committed(done));
+        if !done.is_empty() {
+            self.reply(Reply::Committed(done));
+        }
+        // After the objects that brought them: a file's "held" comes before its release.
+        let released = std::mem::take(&mut self.released);
+        if !released.is_empty() {
+            self.reply(Reply::Released(released));
+        }
+    }
+}
+
+/// Signed models: files that wait for their model's signature, and what becomes of them.
+impl Publisher {
+    /// Places a file that passed the gate, unless its model's signature must come first
+    /// (`[signing]`): then it waits in the state directory, and its model is looked at again.
+    fn place(
+        &mut self,
+        obj: ObjectKey,
+        staged: StagedFile,
+        e: &Entry,
+        signed: &Signed,
+    ) -> Result<Placing, Failure> {
+        let ctx = self.ctx.clone();
+        let Some(trust) = model_trust(&ctx) else {
+            return self
+                .sink
+                .place(&ctx, staged, e, signed)
+                .map(Placing::Placed);
+        };
+        let records = ctx.state.records();
+        let signed_before = |dir: &str| {
+            records
+                .latest(&join(dir, &trust.signature))
+                .is_ok_and(|d| d.is_some())
+        };
+        match self.models.arrive(trust, &e.path, e.size, signed_before) {
+            Arrival::Place => self
+                .sink
+                .place(&ctx, staged, e, signed)
+                .map(Placing::Placed),
+            Arrival::Refuse(reason) => Err(gate::refuse(&ctx, e, staged, reason)),
+            Arrival::Hold => {
+                let id = self.next_held;
+                self.next_held += 1;
+                let meta = HeldMeta {
+                    session: obj.session.0,
+                    object: obj.object.0,
+                    entry: e.clone(),
+                    signer: signed.signer,
+                    sequence: signed.sequence,
+                    approvers: signed.approvers.iter().map(|k| k.0).collect(),
+                    since: now_secs(),
+                };
+                match self.models.held_at(&e.path) {
+                    // The same file again (another pass): it already waits.
+                    Some((_, sha)) if sha == e.sha256 => {
+                        staged.discard(&ctx);
+                        return Ok(Placing::Held);
+                    }
+                    Some((old, _)) => {
+                        let why = "replaced by another version while waiting for its model's \
+                                   signature";
+                        self.release(trust, vec![old], &Err(why.to_string()));
+                    }
+                    None => {}
+                }
+                held::hold(&ctx, staged, id, &meta).map_err(|err| {
+                    Failure::Io(format!(
+                        "cannot keep {} for its model's signature: {err}",
+                        e.path
+                    ))
+                })?;
+                self.models.insert(trust, id, meta.held());
+                let model = trust
+                    .signature_of(&e.path)
+                    .or_else(|| self.models.model_of(&e.path))
+                    .map(str::to_string);
+                if let Some(dir) = model {
+                    self.settle(trust, &dir);
+                }
+                Ok(Placing::Held)
+            }
+        }
+    }
+
+    /// What the model at `dir` (its signature held) comes to now. A signature is read and
+    /// checked once, not again at each of its files.
+    fn evaluate(&mut self, trust: &ModelTrust, dir: &str) -> Verdict {
+        let ctx = self.ctx.clone();
+        let cache = &mut self.verified;
+        let verify = |id: u64| {
+            if let Some(known) = cache.get(&id) {
+                return known.clone();
+            }
+            let result = held::read(&ctx, id, signing::MAX_BUNDLE)
+                .map_err(|e| format!("model signature unreadable: {e}"))
+                .and_then(|bundle| trust.verify(dir, &bundle));
+            if cache.len() >= MAX_VERIFIED {
+                cache.clear();
+            }
+            cache.insert(id, result.clone());
+            result
+        };
+        let records = ctx.state.records();
+        let delivered = |path: &str| records.latest(path).ok().flatten().map(|d| d.sha256);
+        self.models.evaluate(trust, dir, verify, delivered)
+    }
+
+    /// Releases or refuses the model at `dir` if its signature and files allow.
+    fn settle(&mut self, trust: &ModelTrust, dir: &str) {
+        match self.evaluate(trust, dir) {
+            Verdict::Wait(_) => {}
+            Verdict::Release { ids, signer } => self.release(trust, ids, &Ok(signer)),
+            Verdict::Refuse { ids, reason } => {
+                self.models.refuse_model(dir, &reason);
+                self.release(trust, ids, &Err(reason));
+            }
+        }
+    }
+
+    /// Places (signed by the model key named) or refuses held files, in order.
+    fn release(&mut self, trust: &ModelTrust, ids: Vec<u64>, result: &Result<String, String>) {
+        let ctx = self.ctx.clone();
+        for id in ids {
+            let (staged, meta) = match held::take(&ctx, id) {
+                Ok(taken) => taken,
+                Err(err) => {
+                    // Kept as it is: the next start tries again.
+                    tracing::error!("cannot take held file {id} back: {err}");
+                    continue;
+                }
+            };
+            self.models.remove(trust, id);
+            self.verified.remove(&id);
+            self.forget.push(id);
+            let signed = meta.signed();
+            let e = &meta.entry;
+            let outcome = match result {
+                Ok(model_signer) => match self.check_fresh(&e.path, &signed) {
+                    Ok(()) => self.sink.place(&ctx, staged, e, &signed).map(|placed| {
+                        let mut finished = Finished {
+                            obj: meta.obj(),
+                            deliveries: Vec::new(),
+                        };
+                        self.published(&e.path, &signed, placed, &mut finished);
+                        self.released_finished.push(finished);
+                        model_signer.clone()
+                    }),
+                    Err(failure) => {
+                        staged.discard(&ctx);
+                        Err(failure)
+                    }
+                },
+                Err(reason) => Err(gate::refuse(&ctx, e, staged, reason.clone())),
+            };
+            self.released.push(Released {
+                obj: meta.obj(),
+                is_signature: trust.signature_of(&e.path).is_some(),
+                entry: meta.entry.clone(),
+                signer: KeyId(meta.signer),
+                approvers: meta.approvers.iter().map(|k| KeyId(*k)).collect(),
+                result: outcome,
+            });
+        }
+    }
+
+    /// The files an earlier run left waiting; models whose wait is over are refused.
+    fn resume_held(&mut self) {
+        let ctx = self.ctx.clone();
+        let Some(trust) = model_trust(&ctx) else {
+            return;
+        };
+        match held::scan(&ctx) {
+            Ok(found) => {
+                self.next_held = found.iter().map(|(id, _)| id + 1).max().unwrap_or(0);
+                if !found.is_empty() {
+                    tracing::info!(
+                        files = found.len(),
+                        "files waiting for their model's signature since an earlier run"
+                    );
+                }
+                let found = found.iter().map(|(id, m)| (*id, m.held()));
+                self.models = ModelHold::resume(trust, found);
+            }
+            Err(e) => tracing::error!("cannot read the held files: {e}"),
+        }
+        self.expire_held();
+    }
+
+    /// Refuses the files that waited longer than `[signing] wait`.
+    fn expire_held(&mut self) {
+        let ctx = self.ctx.clone();
+        let Some(trust) = model_trust(&ctx) else {
+            return;
+        };
+        let now = now_secs();
+        let due = self
+            .models
+            .oldest()
+            .is_some_and(|since| since.saturating_add(trust.wait.as_secs()) <= now);
+        if !due {
+            return;
+        }
+        for (model, ids) in self.models.expired(trust, now) {
+            let reason = match model.map(|dir| self.evaluate(trust, &dir)) {
+                None => "model signature missing".to_string(),
+                Some(Verdict::Wait(why)) => format!("model incomplete when its wait ended: {why}"),
+                Some(_) => "model incomplete when its wait ended".to_string(),
+            };
+            self.release(trust, ids, &Err(reason));
+        }
     }
 }

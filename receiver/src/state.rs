@@ -12,6 +12,8 @@
 //!                                 segment decrypted straight to its offset, renamed into
 //!                                 --out when complete (when the state directory is on another
 //!                                 file system than --out: <out>/.sluice-state/staging instead)
+//!   staging/held/                 files waiting for their model's signature (`[signing]`):
+//!                                 <id> and <id>.meta (JSON: the entry, its signer), see `held`
 //!   objects/<session>-<object>/   one in-progress object (session: 16 hex digits, object: decimal)
 //!       manifest                  the verified, decrypted SignedManifest envelope (postcard)
 //!       segments                  one 56-byte record per segment in the content file, appended:
@@ -61,6 +63,8 @@ const VERSION_1_TEXT: &str = "sluice-state 1\n";
 const VERSION_2_TEXT: &str = "sluice-state 2\n";
 /// Version 2: the header holds the wire-v2 segment size.
 const PARTIAL_MAGIC: [u8; 8] = *b"SLPART\0\x02";
+/// The subdirectory of `staging/` where files wait for their model's signature.
+const HELD: &str = "held";
 /// In-progress objects untouched for this long are removed at start.
 pub const PRUNE_AFTER: Duration = Duration::from_secs(14 * 24 * 3600);
 
@@ -148,6 +152,8 @@ pub struct StateDir {
     objects: Dir,
     /// Content files, renamed from here into `--out`: on its file system.
     staging: Dir,
+    /// `staging/held/`: files waiting for their model's signature (see `held`).
+    held: Dir,
     records: Records,
     /// Writers of one content file take turns here, not at the kernel's inode lock: a decoder
     /// waiting there spins for the whole of the other's copy (measured: two threads writing
@@ -181,6 +187,7 @@ impl StateDir {
         let tmp = private_subdir(&root, path, "tmp")?;
         let objects = private_subdir(&root, path, "objects")?;
         let staging = staging_dir(&root, path, out, out_path)?;
+        let held = private_subdir(&staging, &path.join("staging"), HELD)?;
         let records_file = root
             .open_rw("records.redb", 0o600)
             .map_err(io_err(format!("cannot open {shown}/records.redb")))?;
@@ -191,6 +198,7 @@ impl StateDir {
             tmp,
             objects,
             staging,
+            held,
             records,
             content_writes: Default::default(),
             counter: AtomicU64::new(0),
@@ -213,6 +221,12 @@ impl StateDir {
     /// `--out`.
     pub fn staging(&self) -> &Dir {
         &self.staging
+    }
+
+    /// Where files wait for their model's signature (in the staging directory: renamed from
+    /// and back to it).
+    pub fn held(&self) -> &Dir {
+        &self.held
     }
 
     /// The allocation unit of the file systems holding the state and staging directories
@@ -421,7 +435,7 @@ impl StateDir {
             .map(|(obj, _)| Self::content_name(*obj))
             .collect();
         for name in self.staging.names()? {
-            if !keep.contains(&name) {
+            if !keep.contains(&name) && name != HELD {
                 self.staging.remove_all(&name)?;
             }
         }

@@ -204,8 +204,10 @@ impl ModelTrust {
         }
     }
 
-    /// Verifies the signature of the model at `dir` with the keys that may sign it. Errors
-    /// are the refusal's text (`model signed by an untrusted key`, …).
+    /// Verifies the signature of the model at `dir` with the keys that may sign it, and that
+    /// it names that directory (the reference tool signs a model under its directory's name):
+    /// a model's signature cannot be replayed for another directory. Errors are the refusal's
+    /// text (`model signed by an untrusted key`, …).
     pub fn verify(&self, dir: &str, bundle: &[u8]) -> Result<Signed, String> {
         let keys: Vec<TrustedKey> = self
             .keys
@@ -217,7 +219,15 @@ impl ModelTrust {
             })
             .map(|k| k.key.clone())
             .collect();
-        signing::verify(bundle, &keys)
+        let signed = signing::verify(bundle, &keys)?;
+        let name = dir.rsplit('/').next().unwrap_or(dir);
+        if signed.name != name {
+            return Err(format!(
+                "model signature names model {:?}, not its directory {name:?}",
+                signed.name
+            ));
+        }
+        Ok(signed)
     }
 }
 
@@ -260,6 +270,11 @@ mod tests {
         assert_eq!(
             t.verify("internal/m", &bundle).unwrap_err(),
             "model signed by an untrusted key"
+        );
+        // Replayed for another directory.
+        assert_eq!(
+            t.verify("vendor/other", &bundle).unwrap_err(),
+            "model signature names model \"m\", not its directory \"other\""
         );
         assert!(t.is_model_file("a/b/w.gguf") && !t.is_model_file("a/config.json"));
         assert_eq!(t.signature_of("a/b/model.sig"), Some("a/b"));

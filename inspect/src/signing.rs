@@ -81,10 +81,27 @@ impl TrustedKey {
 pub struct Signed {
     /// The trusted key's name.
     pub signer: String,
+    /// The model's name (the statement's subject: the reference tool writes the directory's
+    /// name).
+    pub name: String,
     /// Every signed file, by its path in the model directory.
     pub files: BTreeMap<String, [u8; 32]>,
     /// Paths the signer left out (a directory leaves out what is below it).
     pub ignore_paths: Vec<String>,
+}
+
+impl Signed {
+    /// Whether the signer left `path` out (`ignore_paths`: a directory leaves out what is
+    /// below it). Such a file is neither required nor vouched for.
+    pub fn ignores(&self, path: &str) -> bool {
+        self.ignore_paths.iter().any(|p| {
+            let p = p.trim_end_matches('/');
+            path == p
+                || path
+                    .strip_prefix(p)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -119,6 +136,8 @@ struct Statement {
 
 #[derive(Deserialize)]
 struct Subject {
+    #[serde(default)]
+    name: String,
     digest: BTreeMap<String, String>,
 }
 
@@ -235,6 +254,11 @@ pub fn verify(bundle: &[u8], keys: &[TrustedKey]) -> Result<Signed, String> {
     }
     Ok(Signed {
         signer: signer.name.clone(),
+        name: statement
+            .subject
+            .first()
+            .map(|s| s.name.clone())
+            .unwrap_or_default(),
         files,
         ignore_paths: serialization.ignore_paths.clone(),
     })
@@ -299,16 +323,7 @@ pub fn check_files(
     present: &BTreeMap<String, [u8; 32]>,
     bundle_name: &str,
 ) -> Result<(), String> {
-    let ignored = |path: &str| {
-        path == bundle_name
-            || signed.ignore_paths.iter().any(|p| {
-                let p = p.trim_end_matches('/');
-                path == p
-                    || path
-                        .strip_prefix(p)
-                        .is_some_and(|rest| rest.starts_with('/'))
-            })
-    };
+    let ignored = |path: &str| path == bundle_name || signed.ignores(path);
     for (path, digest) in present {
         if ignored(path) {
             continue;

@@ -453,3 +453,32 @@ impl Default for Counters {
         Self::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn models_delivered_are_served_by_the_key_that_signed_them() {
+        let counters = Arc::new(Counters::new());
+        let mut stats = DeliveryStats {
+            files_held: 3,
+            ..DeliveryStats::default()
+        };
+        stats
+            .models_delivered
+            .insert("signers/ml-team.pem".into(), 2);
+        counters.record_delivery(&stats);
+        let source: sluice_common::metrics::Source = {
+            let counters = counters.clone();
+            Arc::new(move || counters.metrics())
+        };
+        let text = sluice_common::metrics::render(&source);
+        assert!(
+            text.contains("sluice_models_delivered_total{signer=\"signers/ml-team.pem\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("sluice_model_files_held_total 3"), "{text}");
+    }
+}

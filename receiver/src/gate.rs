@@ -168,7 +168,7 @@ fn check(
     staged: &StagedFile,
 ) -> Result<(), Refusal> {
     gate.policy.check_name_and_size(&e.path, e.size)?;
-    let mut file = ctx.state.staging().open_file(staged.name())?;
+    let mut file = staged.dir(ctx).open_file(staged.name())?;
     gate.policy.inspect(&mut file, &e.path, e.size)?;
     if let Some(command) = gate.policy.scan_command() {
         // The scanner opens the very file this fd holds, whatever happens to names.
@@ -237,7 +237,7 @@ fn quarantine_in_store(
         })
         .take(1024)
         .collect();
-    let file = ctx.state.staging().open_file(staged.name())?;
+    let file = staged.dir(ctx).open_file(staged.name())?;
     uploader
         .upload(
             ctx.state.records(),
@@ -254,7 +254,7 @@ fn quarantine_in_store(
             )
         })
         .map_err(|attempt| io::Error::other(attempt.to_string()))?;
-    let _ = ctx.state.staging().remove_file(staged.name());
+    let _ = staged.dir(ctx).remove_file(staged.name());
     Ok(PathBuf::from(format!("s3://{}/{file_key}", target.bucket)))
 }
 
@@ -279,7 +279,7 @@ fn quarantine_in_dir(
             .map_err(io::Error::other)?,
     };
     beneath::set_mode(staged.file(), 0o600)?;
-    if let Err(err) = ctx.state.staging().rename(staged.name(), &dir, name) {
+    if let Err(err) = staged.dir(ctx).rename(staged.name(), &dir, name) {
         // Another file system: copy through the fd, then drop the staged file.
         if err.raw_os_error() != Some(rustix::io::Errno::XDEV.raw_os_error()) {
             return Err(err);
@@ -287,11 +287,11 @@ fn quarantine_in_dir(
         let temporary = format!(".{name}.sluice-new");
         let _ = dir.remove_file(&temporary);
         let mut copy = dir.create_file(&temporary, 0o600)?;
-        let mut from = ctx.state.staging().open_file(staged.name())?;
+        let mut from = staged.dir(ctx).open_file(staged.name())?;
         io::copy(&mut from, &mut copy)?;
         copy.sync_all()?;
         dir.rename(&temporary, &dir, name)?;
-        let _ = ctx.state.staging().remove_file(staged.name());
+        let _ = staged.dir(ctx).remove_file(staged.name());
     }
     let reason_name = format!("{name}.reason");
     let temporary = format!(".{reason_name}.sluice-new");

@@ -4,6 +4,7 @@
 //! durable before the object that brought the file is recorded done, and read back at start:
 //! a file waits across restarts. `models` decides; this only keeps the bytes.
 
+use std::collections::HashSet;
 use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
@@ -64,7 +65,7 @@ fn meta_name(id: u64) -> String {
 /// the two renames) or metadata without its file (placed, not yet forgotten) is removed.
 pub(crate) fn scan(ctx: &Context) -> io::Result<Vec<(u64, HeldMeta)>> {
     let dir = ctx.state.held();
-    let names = dir.names()?;
+    let names: HashSet<String> = dir.names()?.into_iter().collect();
     let mut found = Vec::new();
     for name in &names {
         let Some(id) = name
@@ -82,15 +83,27 @@ pub(crate) fn scan(ctx: &Context) -> io::Result<Vec<(u64, HeldMeta)>> {
             None => dir.remove_file(name)?,
         }
     }
+    let kept: HashSet<u64> = found.iter().map(|(id, _)| *id).collect();
     for name in &names {
-        let orphan = name
-            .parse::<u64>()
-            .is_ok_and(|id| !found.iter().any(|(f, _)| *f == id));
+        let orphan = name.parse::<u64>().is_ok_and(|id| !kept.contains(&id));
         if orphan || name.ends_with(".tmp") {
             dir.remove_file(name)?;
         }
     }
+    found.sort_by_key(|(id, _)| *id);
     Ok(found)
+}
+
+/// An id no file in `held/` has (one past the largest), even where [`scan`] failed.
+pub(crate) fn next_id(ctx: &Context) -> io::Result<u64> {
+    Ok(ctx
+        .state
+        .held()
+        .names()?
+        .iter()
+        .filter_map(|n| n.split('.').next()?.parse::<u64>().ok())
+        .max()
+        .map_or(0, |id| id.saturating_add(1)))
 }
 
 fn read_meta(ctx: &Context, id: u64) -> io::Result<HeldMeta> {
@@ -136,16 +149,14 @@ pub(crate) fn read(ctx: &Context, id: u64, max: usize) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// The held file `id` back in the staging directory, to be placed or quarantined; its
-/// metadata stays until [`forget`] (after the commit that records the outcome).
+/// The held file `id`, to be placed or quarantined straight from `held/`; its metadata
+/// stays until [`forget`] (after the commit that records the outcome), so a crash before
+/// then finds the file again, or its metadata alone (then dropped: the file was placed).
 pub(crate) fn take(ctx: &Context, id: u64) -> io::Result<(StagedFile, HeldMeta)> {
     let meta = read_meta(ctx, id)?;
-    let name = ctx.state.unique_name("held");
-    ctx.state
-        .held()
-        .rename(&id.to_string(), ctx.state.staging(), &name)?;
-    let file = ctx.state.staging().open_file(&name)?;
-    Ok((StagedFile::new(name, file), meta))
+    let name = id.to_string();
+    let file = ctx.state.held().open_file(&name)?;
+    Ok((StagedFile::held(name, file), meta))
 }
 
 /// Drops what is left of held file `id`.

@@ -60,9 +60,14 @@ pub(crate) enum Arrival {
 pub(crate) enum Verdict {
     /// Signed files are still to come (why: the first one missing, or no signature yet).
     Wait(String),
-    /// Every file of the model is here: deliver these (the signature last), signed by
-    /// `signer`.
-    Release { ids: Vec<u64>, signer: String },
+    /// Every file of the model is here: deliver `ids` (the signature last), signed by
+    /// `signer`; `unsigned` are files the signature says it leaves out (`ignore_paths`, such
+    /// as `.git`): never delivered as part of a signed model, refused on their own.
+    Release {
+        ids: Vec<u64>,
+        signer: String,
+        unsigned: Vec<(u64, String)>,
+    },
     /// The model is refused: these files, for this reason.
     Refuse { ids: Vec<u64>, reason: String },
 }
@@ -187,6 +192,11 @@ impl ModelHold {
         Some(file)
     }
 
+    /// The directories of the signatures waiting.
+    pub fn signature_dirs(&self) -> Vec<String> {
+        self.signatures.keys().cloned().collect()
+    }
+
     /// The nearest directory above `path` with a signature waiting.
     pub fn model_of<'p>(&self, path: &'p str) -> Option<&'p str> {
         ancestors(path).find(|dir| self.signatures.contains_key(*dir))
@@ -201,7 +211,22 @@ impl ModelHold {
         size: u64,
         signed_before: impl Fn(&str) -> bool,
     ) -> Arrival {
-        let signature = trust.signature_of(path).is_some();
+        let signature = trust.signature_of(path);
+        if let Some(dir) = signature {
+            if dir.is_empty() {
+                return Arrival::Refuse(format!(
+                    "a model signature at the top names no model directory: {path}"
+                ));
+            }
+            // Inside a model signed already, a signature is one of its files: it cannot take
+            // a subdirectory over from the model's own signature.
+            let outer =
+                ancestors(dir).find(|a| self.signatures.contains_key(*a) || signed_before(a));
+            if outer.is_some() || trust.in_model_dir(dir) {
+                return Arrival::Refuse(format!("a model signature inside another model: {path}"));
+            }
+        }
+        let signature = signature.is_some();
         if !signature && self.model_of(path).is_none() {
             // A file of a model refused this run is refused with it.
             if let Some(reason) = ancestors(path).find_map(|dir| self.refused.get(dir)) {
@@ -214,6 +239,9 @@ impl ModelHold {
                 && (trust.is_model_file(path)
                     || trust.in_model_dir(path)
                     || ancestors(path).any(|dir| self.announced.contains(dir))
+                    // Once no more model directories can be remembered, every file is
+                    // taken for a model's (fail closed).
+                    || self.announced.len() >= MAX_REMEMBERED
                     || ancestors(path).any(&signed_before)));
         if !hold {
             return Arrival::Place;
@@ -250,13 +278,15 @@ impl ModelHold {
     }
 
     /// Holds the model at `dir` to its signature: `verify` checks the held bundle of that id;
-    /// `delivered` gives the digest delivered before at a path.
+    /// `delivered` lists the files delivered before under `dir` (path, SHA-256). The model
+    /// goes out only as exactly its signed files: a file under `dir` delivered before and not
+    /// signed, or held and neither signed nor left out by the signature, refuses it.
     pub fn evaluate(
         &self,
         trust: &ModelTrust,
         dir: &str,
         verify: impl FnOnce(u64) -> Result<Signed, String>,
-        delivered: impl Fn(&str) -> Option<[u8; 32]>,
+        delivered: impl FnOnce() -> Result<Vec<(String, [u8; 32])>, String>,
     ) -> Verdict {
         let Some(&signature) = self.signatures.get(dir) else {
             return Verdict::Wait("model signature missing".to_string());
@@ -270,30 +300,60 @@ impl ModelHold {
             Ok(signed) => signed,
             Err(reason) => return Verdict::Refuse { ids, reason },
         };
-        let mut present: BTreeMap<String, [u8; 32]> = ids
-            .iter()
-            .filter(|id| **id != signature)
-            .filter_map(|id| self.held.get(id))
-            .map(|f| (relative(&f.path, dir).to_string(), f.sha256))
-            .collect();
-        for (name, digest) in &signed.files {
-            if present.contains_key(name) {
+        let mut present: BTreeMap<String, [u8; 32]> = BTreeMap::new();
+        let mut unsigned = Vec::new();
+        let mut release = Vec::with_capacity(ids.len());
+        for &id in &ids {
+            let Some(f) = self.held.get(&id) else {
                 continue;
-            }
-            let path = if dir.is_empty() {
-                name.clone()
-            } else {
-                format!("{dir}/{name}")
             };
-            // Delivered before with another digest: the signed version may still come.
-            if delivered(&path) == Some(*digest) {
-                present.insert(name.clone(), *digest);
+            let name = relative(&f.path, dir);
+            if id == signature || signed.files.contains_key(name) {
+                present.insert(name.to_string(), f.sha256);
+                release.push(id);
+            } else if signed.ignores(name) {
+                unsigned.push((
+                    id,
+                    format!("model file not signed (its signature leaves it out): {name}"),
+                ));
+            } else {
+                return Verdict::Refuse {
+                    ids,
+                    reason: format!("model file not signed: {name}"),
+                };
             }
         }
+        let before = match delivered() {
+            Ok(before) => before,
+            Err(reason) => return Verdict::Refuse { ids, reason },
+        };
+        for (path, digest) in before {
+            let name = relative(&path, dir);
+            if present.contains_key(name) || name == trust.signature {
+                continue;
+            }
+            match signed.files.get(name) {
+                Some(d) if *d == digest => {
+                    present.insert(name.to_string(), digest);
+                }
+                // Another version delivered before: the signed one may still come.
+                Some(_) => {}
+                None => {
+                    return Verdict::Refuse {
+                        ids,
+                        reason: format!(
+                            "model file not signed: {name} (delivered before its signature)"
+                        ),
+                    }
+                }
+            }
+        }
+        present.remove(&trust.signature);
         match signing::check_files(&signed, &present, &trust.signature) {
             Ok(()) => Verdict::Release {
-                ids,
+                ids: release,
                 signer: signed.signer,
+                unsigned,
             },
             Err(reason) if reason.starts_with(signing::MISSING) => Verdict::Wait(reason),
             Err(reason) => Verdict::Refuse { ids, reason },
@@ -306,7 +366,7 @@ impl ModelHold {
     pub fn expired(&self, trust: &ModelTrust, now: u64) -> Vec<(Option<String>, Vec<u64>)> {
         let wait = trust.wait.as_secs();
         let mut expired: Vec<(Option<String>, Vec<u64>)> = Vec::new();
-        let mut models: Vec<&str> = Vec::new();
+        let mut models: BTreeSet<&str> = BTreeSet::new();
         for (since, id) in &self.by_age {
             if since.saturating_add(wait) > now {
                 break;
@@ -315,8 +375,9 @@ impl ModelHold {
                 continue;
             };
             match self.model_of(&f.path) {
-                Some(dir) if !models.contains(&dir) => models.push(dir),
-                Some(_) => {}
+                Some(dir) => {
+                    models.insert(dir);
+                }
                 None => expired.push((None, vec![*id])),
             }
         }
@@ -394,7 +455,8 @@ mod tests {
     }
 
     const NEVER: fn(&str) -> bool = |_| false;
-    const NOTHING: fn(&str) -> Option<[u8; 32]> = |_| None;
+    type Delivered = Result<Vec<(String, [u8; 32])>, String>;
+    const NOTHING: fn() -> Delivered = || Ok(Vec::new());
 
     #[test]
     fn under_require_a_model_waits_whole_for_its_signature_then_goes_out_with_it() {
@@ -433,7 +495,8 @@ mod tests {
             hold.evaluate(trust, "m", verify(bundle(&f.key, &files)), NOTHING),
             Verdict::Release {
                 ids: vec![2, 1, 3],
-                signer: "team.pem".into()
+                signer: "team.pem".into(),
+                unsigned: vec![]
             }
         );
         // A file signed but not yet here: wait; delivered before with its digest: go.
@@ -448,12 +511,12 @@ mod tests {
             hold.evaluate(trust, "m", verify(b.clone()), NOTHING),
             waiting
         );
-        let before = |p: &str| (p == "m/t.json").then(|| digest("t"));
+        let before = || Ok(vec![("m/t.json".to_string(), digest("t"))]);
         assert!(matches!(
             hold.evaluate(trust, "m", verify(b.clone()), before),
             Verdict::Release { .. }
         ));
-        let older = |p: &str| (p == "m/t.json").then(|| digest("old"));
+        let older = || Ok(vec![("m/t.json".to_string(), digest("old"))]);
         assert_eq!(hold.evaluate(trust, "m", verify(b), older), waiting);
         // Any model file of a model signed before waits for a new signature.
         let mut hold = ModelHold::default();
@@ -565,6 +628,77 @@ mod tests {
                 reason: format!("model signature lists more than {MAX_MODEL_FILES} files")
             }
         );
+    }
+
+    #[test]
+    fn a_model_goes_out_as_exactly_its_signed_files() {
+        let f = fixture("require");
+        let trust = f.policy.model_trust().unwrap();
+        let mut hold = ModelHold::default();
+        hold.insert(trust, 1, held("m/w.gguf", "weights", 0));
+        hold.insert(trust, 2, held("m/.git/config", "[core]", 0));
+        hold.insert(trust, 3, held("m/model.sig", "sig", 0));
+        let files = [("w.gguf", "weights")];
+        let keyfile = f.key.clone();
+        let b = signing::sign(
+            &files
+                .iter()
+                .map(|(n, c)| (n.to_string(), digest(c)))
+                .collect(),
+            "m",
+            &keyfile,
+            &[".git".to_string()],
+        )
+        .unwrap();
+        // What the signature leaves out is not delivered with the model.
+        assert_eq!(
+            hold.evaluate(trust, "m", |_| trust.verify("m", &b), NOTHING),
+            Verdict::Release {
+                ids: vec![1, 3],
+                signer: "team.pem".into(),
+                unsigned: vec![(
+                    2,
+                    "model file not signed (its signature leaves it out): .git/config".into()
+                )]
+            }
+        );
+        // A file delivered into the directory before, and not signed, refuses the model.
+        let planted = || Ok(vec![("m/modeling_evil.py".to_string(), digest("x"))]);
+        assert_eq!(
+            hold.evaluate(trust, "m", |_| trust.verify("m", &b), planted),
+            Verdict::Refuse {
+                ids: vec![2, 1, 3],
+                reason: "model file not signed: modeling_evil.py (delivered before its signature)"
+                    .into()
+            }
+        );
+    }
+
+    #[test]
+    fn signatures_at_the_top_or_inside_another_model_are_refused_and_a_full_memory_holds_all() {
+        let f = fixture("require");
+        let trust = f.policy.model_trust().unwrap();
+        let mut hold = ModelHold::default();
+        assert!(matches!(
+            hold.arrive(trust, "model.sig", 1, NEVER),
+            Arrival::Refuse(r) if r.contains("at the top")
+        ));
+        hold.insert(trust, 1, held("m/model.sig", "s", 0));
+        assert!(matches!(
+            hold.arrive(trust, "m/sub/model.sig", 1, NEVER),
+            Arrival::Refuse(r) if r.contains("inside another model")
+        ));
+        let delivered_m = |dir: &str| dir == "m";
+        let hold = ModelHold::default();
+        assert!(matches!(
+            hold.arrive(trust, "m/sub/model.sig", 1, delivered_m),
+            Arrival::Refuse(_)
+        ));
+        let mut hold = ModelHold::default();
+        for i in 0..MAX_REMEMBERED {
+            hold.announce(trust, &format!("d{i}/w.gguf"));
+        }
+        assert_eq!(hold.arrive(trust, "data/a.csv", 1, NEVER), Arrival::Hold);
     }
 
     #[test]

@@ -350,12 +350,29 @@ pub(crate) fn precheck(ctx: &Context, e: &Entry) -> Result<(), Failure> {
 pub(crate) struct StagedFile {
     name: String,
     file: File,
+    /// In the state directory's `held/` rather than the staging directory (see `held`).
+    held: bool,
 }
 
 impl StagedFile {
-    /// `file`, open, at `name` in the staging directory.
-    pub fn new(name: String, file: File) -> Self {
-        StagedFile { name, file }
+    /// `file`, open, at `name` in the directory of files waiting for their model's
+    /// signature (see `held`): placed or quarantined straight from there.
+    pub fn held(name: String, file: File) -> Self {
+        StagedFile {
+            name,
+            file,
+            held: true,
+        }
+    }
+
+    /// The directory it is in: the staging directory, or `held/` beside it (same file
+    /// system).
+    pub fn dir<'c>(&self, ctx: &'c Context) -> &'c Dir {
+        if self.held {
+            ctx.state.held()
+        } else {
+            ctx.state.staging()
+        }
     }
 
     /// Its name in the staging directory.
@@ -370,7 +387,7 @@ impl StagedFile {
 
     /// Removes it (its entry failed).
     pub fn discard(self, ctx: &Context) {
-        let _ = ctx.state.staging().remove_file(&self.name);
+        let _ = self.dir(ctx).remove_file(&self.name);
     }
 }
 
@@ -408,7 +425,11 @@ pub(crate) fn stage_inline(
             )));
         }
     };
-    let staged = StagedFile { name, file };
+    let staged = StagedFile {
+        name,
+        file,
+        held: false,
+    };
     if let Err(failure) = apply_file_meta(ctx, &staged.file, e) {
         staged.discard(ctx);
         return Err(failure);
@@ -429,7 +450,7 @@ pub(crate) fn place(
         let (parent, name, created) = parent_of(ctx, &e.path, true)?;
         check_target(&parent, name, &e.path, false)?;
         with_writable_dir(&parent, || {
-            ctx.state.staging().rename(&staged.name, &parent, name)
+            staged.dir(ctx).rename(&staged.name, &parent, name)
         })
         .map_err(io_failure(format!("cannot rename into {}", e.path)))?;
         Ok((parent, created))
@@ -569,6 +590,7 @@ impl Content {
         Ok(StagedFile {
             name: StateDir::content_name(self.obj),
             file: self.file,
+            held: false,
         })
     }
 }

@@ -40,7 +40,7 @@ use crate::delivery::{Committed, EntryOutcome, Input, PublishJob, Released, Repl
 use crate::failure::Failure;
 use crate::gate::{self, Inspected, Inspection, Inspectors};
 use crate::held::{self, HeldMeta};
-use crate::models::{Arrival, ModelHold, Verdict};
+use crate::models::{Arrival, ModelHold, Verdict, MAX_MODEL_FILES};
 use crate::object::ObjectKey;
 use crate::publish::{self, Content, Signed, StagedFile};
 use crate::records::Finished;
@@ -149,7 +149,7 @@ struct Publisher {
     released_finished: Vec<Finished>,
     forget: Vec<u64>,
     /// Signatures held, as checked (by held id).
-    verified: HashMap<u64, Result<signing::Signed, String>>,
+    verified: HashMap<u64, Arc<Result<signing::Signed, String>>>,
 }
 
 /// Starts the publisher; it runs until `jobs` closes, then commits what is left.
@@ -546,7 +546,17 @@ impl Publisher {
             let result = self
                 .check_fresh(&e.path, signed)
                 .and_then(|()| match e.kind {
-                    EntryKind::Directory => self.sink.place_dir(&self.ctx, e, signed).map(Some),
+                    EntryKind::Directory => {
+                        // A directory by a signature's name would pass for one delivered.
+                        let trust = model_trust(&self.ctx);
+                        if trust.is_some_and(|t| t.signature_of(&e.path).is_some()) {
+                            return Err(Failure::PathRefused {
+                                path: e.path.clone(),
+                                error: "a directory named as a model signature".into(),
+                            });
+                        }
+                        self.sink.place_dir(&self.ctx, e, signed).map(Some)
+                    }
                     EntryKind::File => {
                         self.sink.precheck(&self.ctx, e)?;
                         let file = publish::stage_inline(&self.ctx, e, content)?;
@@ -728,12 +738,7 @@ impl Publisher {
                 .place(&ctx, staged, e, signed)
                 .map(Placing::Placed);
         };
-        let records = ctx.state.records();
-        let signed_before = |dir: &str| {
-            records
-                .latest(&join(dir, &trust.signature))
-                .is_ok_and(|d| d.is_some())
-        };
+        let signed_before = |dir: &str| signature_delivered(&ctx, trust, dir);
         match self.models.arrive(trust, &e.path, e.size, signed_before) {
             Arrival::Place => self
                 .sink
@@ -741,6 +746,19 @@ impl Publisher {
                 .map(Placing::Placed),
             Arrival::Refuse(reason) => Err(gate::refuse(&ctx, e, staged, reason)),
             Arrival::Hold => {
+                match self.models.held_at(&e.path) {
+                    // The same file again (another pass): it already waits.
+                    Some((_, sha)) if sha == e.sha256 => {
+                        staged.discard(&ctx);
+                        return Ok(Placing::Held);
+                    }
+                    Some((old, _)) => {
+                        let why = "replaced by another version while waiting for its model's \
+                                   signature";
+                        self.refuse_held(trust, vec![(old, why.to_string())]);
+                    }
+                    None => {}
+                }
                 let id = self.next_held;
                 self.next_held += 1;
                 let meta = HeldMeta {
@@ -752,19 +770,6 @@ impl Publisher {
                     approvers: signed.approvers.iter().map(|k| k.0).collect(),
                     since: now_secs(),
                 };
-                match self.models.held_at(&e.path) {
-                    // The same file again (another pass): it already waits.
-                    Some((_, sha)) if sha == e.sha256 => {
-                        staged.discard(&ctx);
-                        return Ok(Placing::Held);
-                    }
-                    Some((old, _)) => {
-                        let why = "replaced by another version while waiting for its model's \
-                                   signature";
-                        self.release(trust, vec![old], &Err(why.to_string()));
-                    }
-                    None => {}
-                }
                 held::hold(&ctx, staged, id, &meta).map_err(|err| {
                     Failure::Io(format!(
                         "cannot keep {} for its model's signature: {err}",
@@ -791,19 +796,33 @@ impl Publisher {
         let cache = &mut self.verified;
         let verify = |id: u64| {
             if let Some(known) = cache.get(&id) {
-                return known.clone();
+                return known.as_ref().clone();
             }
             let result = held::read(&ctx, id, signing::MAX_BUNDLE)
                 .map_err(|e| format!("model signature unreadable: {e}"))
                 .and_then(|bundle| trust.verify(dir, &bundle));
             if cache.len() >= MAX_VERIFIED {
-                cache.clear();
+                // Any one: it is read and checked again if its model is looked at again.
+                let evicted = cache.keys().next().copied();
+                evicted.map(|k| cache.remove(&k));
             }
-            cache.insert(id, result.clone());
+            cache.insert(id, Arc::new(result.clone()));
             result
         };
-        let records = ctx.state.records();
-        let delivered = |path: &str| records.latest(path).ok().flatten().map(|d| d.sha256);
+        let delivered = || {
+            let prefix = format!("{dir}/");
+            let before = ctx
+                .state
+                .records()
+                .latest_under(&prefix, MAX_MODEL_FILES + 1)
+                .map_err(|e| format!("cannot read the records: {e}"))?;
+            if before.len() > MAX_MODEL_FILES {
+                return Err(format!(
+                    "more than {MAX_MODEL_FILES} files delivered under the model's directory"
+                ));
+            }
+            Ok(before.into_iter().map(|(p, d)| (p, d.sha256)).collect())
+        };
         self.models.evaluate(trust, dir, verify, delivered)
     }
 
@@ -811,69 +830,123 @@ impl Publisher {
     fn settle(&mut self, trust: &ModelTrust, dir: &str) {
         match self.evaluate(trust, dir) {
             Verdict::Wait(_) => {}
-            Verdict::Release { ids, signer } => self.release(trust, ids, &Ok(signer)),
+            Verdict::Release {
+                ids,
+                signer,
+                unsigned,
+            } => {
+                self.refuse_held(trust, unsigned);
+                self.release(trust, dir, ids, &signer);
+            }
             Verdict::Refuse { ids, reason } => {
                 self.models.refuse_model(dir, &reason);
-                self.release(trust, ids, &Err(reason));
+                let refused = ids.into_iter().map(|id| (id, reason.clone())).collect();
+                self.refuse_held(trust, refused);
             }
         }
     }
 
-    /// Places (signed by the model key named) or refuses held files, in order.
-    fn release(&mut self, trust: &ModelTrust, ids: Vec<u64>, result: &Result<String, String>) {
+    /// Places the held files of a model signed by `model_signer`, in order (the signature
+    /// last). If one cannot be placed the rest are refused, so a signature never goes out
+    /// without its files; if the object store is down, the rest wait for the next start.
+    fn release(&mut self, trust: &ModelTrust, dir: &str, ids: Vec<u64>, model_signer: &str) {
         let ctx = self.ctx.clone();
-        for id in ids {
+        let mut ids = ids.into_iter();
+        while let Some(id) = ids.next() {
             let (staged, meta) = match held::take(&ctx, id) {
                 Ok(taken) => taken,
                 Err(err) => {
                     // Kept as it is: the next start tries again.
-                    tracing::error!("cannot take held file {id} back: {err}");
-                    continue;
+                    tracing::error!("cannot read held file {id}: {err}");
+                    return;
                 }
             };
-            self.models.remove(trust, id);
-            self.verified.remove(&id);
-            self.forget.push(id);
             let signed = meta.signed();
             let e = &meta.entry;
-            let outcome = match result {
-                Ok(model_signer) => match self.check_fresh(&e.path, &signed) {
-                    Ok(()) => self.sink.place(&ctx, staged, e, &signed).map(|placed| {
-                        let mut finished = Finished {
-                            obj: meta.obj(),
-                            deliveries: Vec::new(),
-                        };
-                        self.published(&e.path, &signed, placed, &mut finished);
-                        self.released_finished.push(finished);
-                        model_signer.clone()
-                    }),
-                    Err(failure) => {
-                        staged.discard(&ctx);
-                        Err(failure)
-                    }
-                },
-                Err(reason) => Err(gate::refuse(&ctx, e, staged, reason.clone())),
+            let placed = match self.check_fresh(&e.path, &signed) {
+                Ok(()) => self.sink.place(&ctx, staged, e, &signed),
+                Err(failure) => Err(gate::refuse(&ctx, e, staged, failure.to_string())),
             };
-            self.released.push(Released {
-                obj: meta.obj(),
-                is_signature: trust.signature_of(&e.path).is_some(),
-                entry: meta.entry.clone(),
-                signer: KeyId(meta.signer),
-                approvers: meta.approvers.iter().map(|k| KeyId(*k)).collect(),
-                result: outcome,
-            });
+            let failure = match placed {
+                Ok(placed) => {
+                    let mut finished = Finished {
+                        obj: meta.obj(),
+                        deliveries: Vec::new(),
+                    };
+                    self.published(&e.path, &signed, placed, &mut finished);
+                    self.released_finished.push(finished);
+                    self.forget_held(trust, id);
+                    self.released
+                        .push(released(trust, &meta, Ok(model_signer.to_string())));
+                    continue;
+                }
+                Err(failure) => failure,
+            };
+            if matches!(failure, Failure::StoreUnavailable(_)) {
+                // The file is still in held/: it and the rest go out when the store is back.
+                tracing::warn!("model {dir} waits for the object store: {failure}");
+                return;
+            }
+            self.forget_held(trust, id);
+            let reason = format!(
+                "model incomplete: {} could not be placed ({failure})",
+                e.path
+            );
+            self.released.push(released(trust, &meta, Err(failure)));
+            let rest = ids.map(|id| (id, reason.clone())).collect();
+            self.refuse_held(trust, rest);
+            return;
         }
     }
 
-    /// The files an earlier run left waiting; models whose wait is over are refused.
+    /// Refuses held files into the quarantine, each for its reason.
+    fn refuse_held(&mut self, trust: &ModelTrust, files: Vec<(u64, String)>) {
+        let ctx = self.ctx.clone();
+        for (id, reason) in files {
+            let (staged, meta) = match held::take(&ctx, id) {
+                Ok(taken) => taken,
+                Err(err) => {
+                    tracing::error!("cannot read held file {id}: {err}");
+                    continue;
+                }
+            };
+            let failure = gate::refuse(&ctx, &meta.entry, staged, reason);
+            self.forget_held(trust, id);
+            self.released.push(released(trust, &meta, Err(failure)));
+        }
+    }
+
+    /// Drops held file `id` from the hold; its metadata goes at the next commit.
+    fn forget_held(&mut self, trust: &ModelTrust, id: u64) {
+        self.models.remove(trust, id);
+        self.verified.remove(&id);
+        self.forget.push(id);
+    }
+
+    /// The files an earlier run left waiting: models complete by now go out, those whose wait
+    /// is over are refused.
     fn resume_held(&mut self) {
         let ctx = self.ctx.clone();
+        self.next_held = match held::next_id(&ctx) {
+            Ok(id) => id,
+            Err(e) => {
+                // Holding would risk an id in use: hold nothing this run.
+                tracing::error!("cannot read the held files: {e}");
+                u64::MAX
+            }
+        };
         let Some(trust) = model_trust(&ctx) else {
+            if self.next_held > 0 {
+                tracing::warn!(
+                    "files wait for their model's signature in {}/staging/held but [signing] \
+                     is off in the policy: they stay there until it is on again",
+                    ctx.state.path().display()
+                );
+            }
             return;
         };
         match held::scan(&ctx) {
             Ok(found) => {
-                self.next_held = found.iter().map(|(id, _)| id + 1).max().unwrap_or(0);
                 if !found.is_empty() {
                     tracing::info!(
                         files = found.len(),
@@ -885,10 +958,14 @@ impl Publisher {
             }
             Err(e) => tracing::error!("cannot read the held files: {e}"),
         }
+        for dir in self.models.signature_dirs() {
+            self.settle(trust, &dir);
+        }
         self.expire_held();
     }
 
-    /// Refuses the files that waited longer than `[signing] wait`.
+    /// Refuses the files that waited longer than `[signing] wait` (a model complete by then
+    /// goes out instead).
     fn expire_held(&mut self) {
         let ctx = self.ctx.clone();
         let Some(trust) = model_trust(&ctx) else {
@@ -903,12 +980,40 @@ impl Publisher {
             return;
         }
         for (model, ids) in self.models.expired(trust, now) {
-            let reason = match model.map(|dir| self.evaluate(trust, &dir)) {
+            let reason = match model {
                 None => "model signature missing".to_string(),
-                Some(Verdict::Wait(why)) => format!("model incomplete when its wait ended: {why}"),
-                Some(_) => "model incomplete when its wait ended".to_string(),
+                Some(dir) => match self.evaluate(trust, &dir) {
+                    Verdict::Wait(why) => format!("model incomplete when its wait ended: {why}"),
+                    Verdict::Refuse { reason, .. } => reason,
+                    Verdict::Release { .. } => {
+                        self.settle(trust, &dir);
+                        continue;
+                    }
+                },
             };
-            self.release(trust, ids, &Err(reason));
+            let refused = ids.into_iter().map(|id| (id, reason.clone())).collect();
+            self.refuse_held(trust, refused);
         }
+    }
+}
+
+/// Whether a model's signature was delivered at `dir` before (a file, not a directory of
+/// that name).
+fn signature_delivered(ctx: &Context, trust: &ModelTrust, dir: &str) -> bool {
+    ctx.state
+        .records()
+        .latest(&join(dir, &trust.signature))
+        .is_ok_and(|d| d.is_some_and(|d| !d.directory))
+}
+
+/// The outcome of a held file placed (signed by the model key named) or refused.
+fn released(trust: &ModelTrust, meta: &HeldMeta, result: Result<String, Failure>) -> Released {
+    Released {
+        obj: meta.obj(),
+        is_signature: trust.signature_of(&meta.entry.path).is_some(),
+        entry: meta.entry.clone(),
+        signer: KeyId(meta.signer),
+        approvers: meta.approvers.iter().map(|k| KeyId(*k)).collect(),
+        result,
     }
 }

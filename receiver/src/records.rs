@@ -147,6 +147,30 @@ impl Records {
         postcard::from_bytes(bytes.value()).map(Some).map_err(err)
     }
 
+    /// The files (not directories) last delivered at paths starting with `prefix`, in path
+    /// order, at most `limit` of them.
+    pub fn latest_under(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Delivery)>, RecordsError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let latest = txn.open_table(LATEST).map_err(err)?;
+        let mut found = Vec::new();
+        for row in latest.range(prefix..).map_err(err)? {
+            let (path, bytes) = row.map_err(err)?;
+            let path = path.value();
+            if !path.starts_with(prefix) || found.len() >= limit {
+                break;
+            }
+            let delivery: Delivery = postcard::from_bytes(bytes.value()).map_err(err)?;
+            if !delivery.directory {
+                found.push((path.to_string(), delivery));
+            }
+        }
+        Ok(found)
+    }
+
     /// The highest sequence `signer` delivered at `path`.
     pub fn sequence(&self, signer: u64, path: &str) -> Result<Option<u64>, RecordsError> {
         let txn = self.db.begin_read().map_err(err)?;

@@ -281,6 +281,47 @@ fn tampered_or_foreign_signed_models_are_refused_whole() {
 }
 
 #[test]
+fn a_file_planted_ahead_of_a_model_or_a_signature_moved_to_another_directory_refuses_it() {
+    let b = Bench::new("1h");
+    // B sends a code file alone into a directory no model is known in yet: it goes out as an
+    // ordinary file, and the model signed without it is then refused, not vouched for.
+    let planted = b.s.src.join("pre/llama");
+    write(&planted.join("modeling_evil.py"), b"import os\n");
+    let signed = model(&b.s.src, "llama", "{}");
+    sign_only(&b, &b.team_key, &signed);
+    // A signature made for one directory, sent with another's files.
+    let original = model(&b.s.src.join("orig"), "phi", "{}");
+    sign_only(&b, &b.team_key, &original);
+    let moved = b.s.src.join("moved/qwen2");
+    std::fs::create_dir_all(&moved).unwrap();
+    for f in ["model.safetensors", "config.json", "model.sig"] {
+        std::fs::copy(original.join(f), moved.join(f)).unwrap();
+    }
+    write(&moved.join("tokenizer/vocab.txt"), b"a\nb\n");
+    b.transfer(&[(&[], &[&planted])], 0);
+    let got = b.transfer(&[(&[], &[&signed, &moved])], 3);
+    assert_eq!(
+        files_under(&b.out("llama")),
+        ["modeling_evil.py"],
+        "{}",
+        got.log
+    );
+    assert_eq!(files_under(&b.out("qwen2")), [] as [String; 0]);
+    let reason = b.reason("llama/model.safetensors");
+    assert!(
+        reason.contains("model file not signed: modeling_evil.py (delivered before its signature)"),
+        "{reason}\n{}",
+        got.log
+    );
+    let reason = b.reason("qwen2/config.json");
+    assert!(
+        reason.contains("model signature names model \"phi\", not its directory \"qwen2\""),
+        "{reason}\n{}",
+        got.log
+    );
+}
+
+#[test]
 fn files_wait_across_restarts_for_a_later_signature_and_a_delivered_model_stays_signed() {
     let b = Bench::new("1h");
     let dir = model(&b.s.src, "qwen", "{\"layers\":4}");

@@ -171,9 +171,8 @@ impl S3Sink {
             );
         }
         // The staged file was written through a write-only fd: read it through a new one.
-        let file = ctx
-            .state
-            .staging()
+        let file = staged
+            .dir(ctx)
             .open_file(staged.name())
             .map_err(|err| Attempt::Refused(format!("cannot open the staged file: {err}")))?;
         self.uploader

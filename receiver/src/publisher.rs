@@ -760,7 +760,12 @@ impl Publisher {
                     None => {}
                 }
                 let id = self.next_held;
-                self.next_held += 1;
+                let Some(next) = id.checked_add(1) else {
+                    let why = "files cannot wait for their model's signature this run (the \
+                               held files could not be read at start)";
+                    return Err(gate::refuse(&ctx, e, staged, why.to_string()));
+                };
+                self.next_held = next;
                 let meta = HeldMeta {
                     session: obj.session.0,
                     object: obj.object.0,

@@ -893,9 +893,20 @@ impl Delivery {
             }
             Reply::ManifestStored(obj, result) => {
                 self.answered(1);
-                self.dequeue(obj);
-                if let Err(failure) = result {
-                    self.fail(obj, failure);
+                let publishing = self
+                    .objects
+                    .get(&obj)
+                    .is_some_and(|e| e.status == Status::Publishing);
+                if !publishing {
+                    self.dequeue(obj);
+                }
+                match result {
+                    // Being published: the manifest mattered only if it is stopped.
+                    Err(failure) if publishing => {
+                        tracing::warn!(object = %obj, "{failure}");
+                    }
+                    Err(failure) => self.fail(obj, failure),
+                    Ok(()) => {}
                 }
             }
             Reply::Committed(published) => {
@@ -1084,7 +1095,15 @@ impl Delivery {
                 .try_for_each(|segment| check_segment(&manifest, segment)),
         };
         match checked.map(|()| entry.is_complete()) {
-            Ok(true) => self.publish(obj, false, Vec::new()),
+            Ok(true) => {
+                // Kept all the same: a publish that waits (an object store down) and is
+                // stopped leaves the object for the next start, which needs its manifest.
+                self.push(Action::Publish(PublishJob::StoreManifest {
+                    obj,
+                    envelope: opened.envelope,
+                }));
+                self.publish(obj, false, Vec::new());
+            }
             Ok(false) => {
                 let bytes = opened.envelope.len() as u64;
                 self.queue(obj, bytes);
@@ -1521,6 +1540,35 @@ mod tests {
                 Action::Notice(n) => format!("notice {n:?}").chars().take(20).collect(),
             })
             .collect()
+    }
+
+    #[test]
+    fn a_manifest_that_completes_its_object_is_kept_before_the_publish() {
+        // A publish that waits for an object store and is stopped leaves the object for the
+        // next start: without its manifest kept, that start could not publish it.
+        let mut d = Delivery::default();
+        link(
+            &mut d,
+            LinkEvent::BlockStarted(key(BlockKind::Data, 0)),
+            false,
+        );
+        let (block, permit) = ready(BlockKind::Data, 0);
+        link(&mut d, LinkEvent::BlockReady(block, permit), false);
+        stored(&mut d, 0, [1; 32]);
+        let _ = actions(&mut d);
+        opened(&mut d, manifest(&[[1; 32]]));
+        assert_eq!(actions(&mut d), ["store-manifest", "publish false 0"]);
+        // Its failure, the publish under way, does not fail the object.
+        d.handle_reply(
+            Reply::ManifestStored(OBJ, Err(Failure::Io("disk full".into()))),
+            Instant::now(),
+        );
+        assert_eq!(d.stats().objects_failed, 0);
+        d.handle_reply(
+            committed(OBJ, 20, vec![EntryOutcome::Delivered(0)]),
+            Instant::now(),
+        );
+        assert_eq!(actions(&mut d), ["delivered 0"]);
     }
 
     #[test]

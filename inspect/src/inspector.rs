@@ -21,6 +21,7 @@ use std::time::Duration;
 use crate::bounds::{self, Budget};
 use crate::clock::{Clock, Timed};
 use crate::refusal::Refusal;
+use crate::report::Findings;
 use crate::rules::Rules;
 use crate::sniff::{self, Kind, Kinds};
 use crate::zipmap::{self, Kept};
@@ -80,6 +81,8 @@ pub struct Nested<'a> {
     clock: Clock,
     /// Data ranges of the regular members of the tar walked last.
     tar_members: Vec<(u64, u64)>,
+    /// What the inspectors found, for the file's report.
+    findings: Findings,
 }
 
 impl<'a> Nested<'a> {
@@ -97,7 +100,20 @@ impl<'a> Nested<'a> {
             budget: Budget::new(max_expanded),
             clock: Clock::new(timeout),
             tar_members: Vec::new(),
+            findings: Findings::default(),
         }
+    }
+
+    /// Notes what `format` found in `at` (the file or `archive!member`) for the file's
+    /// report: a JSON object of facts (bounded: past [`crate::report::MAX_FINDINGS`] only
+    /// counted).
+    pub fn note(&mut self, at: &str, format: &'static str, facts: serde_json::Value) {
+        self.findings.note(at, format, facts);
+    }
+
+    /// The findings noted, and how many were not kept.
+    pub(crate) fn into_findings(self) -> (Vec<crate::report::Finding>, u64) {
+        (self.findings.kept, self.findings.dropped)
     }
 
     /// Bytes this file's members (and compressed contents) may still expand to.

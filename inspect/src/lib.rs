@@ -16,7 +16,8 @@
 //!   external scanner); [`rules`]: its name rules;
 //! - [`signing`]: OpenSSF model-signing bundles, verified offline; [`model_trust`]: which keys
 //!   may sign which models (`[signing]`);
-//! - [`bounds`]: what one file's archives may use; [`refusal`]: why a file was refused.
+//! - [`bounds`]: what one file's archives may use; [`refusal`]: why a file was refused;
+//!   [`report`]: what the gate saw in a file (formats, imports, tensors), as text or JSON.
 //!
 //! Each format is an [`inspector::Inspector`]: a new one (GGUF, ONNX, OCI layers) is one new
 //! file and one line in [`formats`]. A file is checked by every inspector that claims it, as
@@ -32,6 +33,7 @@ pub mod inspector;
 pub mod model_trust;
 pub mod policy;
 pub mod refusal;
+pub mod report;
 pub mod rules;
 pub mod signing;
 pub mod sniff;

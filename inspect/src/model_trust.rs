@@ -13,10 +13,13 @@
 //!   "/etc/sluice/model-signers/ml-team.pem",               # any model
 //!   { file = "/etc/sluice/model-signers/vendor.pem", paths = ["vendor/**"] },
 //! ]
+//! certificates = [                # CAs whose code-signing certificates sign models
+//!   { file = "/etc/sluice/model-signers/org-ca.pem", paths = ["models/**"] },
+//! ]
 //! ```
 //!
-//! A key's `paths` match the model directory's relative path; a key without them signs any
-//! model. Relative key files are read from the policy file's directory.
+//! A key's (or CA's) `paths` match the model directory's relative path; one without them
+//! signs any model. Relative files are read from the policy file's directory.
 //!
 //! A directory is a model when it is named by `model_dirs`, or when a file of a
 //! `model_files` kind (or a signature) arrives in it. The first holds from a model's first
@@ -93,16 +96,42 @@ pub(crate) struct SigningFile {
     max_held: Option<String>,
     #[serde(default)]
     keys: Vec<KeyEntry>,
+    #[serde(default)]
+    certificates: Vec<KeyEntry>,
 }
 
-/// A trusted key and the models it may sign (`None`: any).
+/// A trusted key or CA and the models it may sign (`None`: any).
 #[derive(Debug)]
 struct ScopedKey {
     key: TrustedKey,
     paths: Option<Rules>,
 }
 
-/// `[signing]`, loaded: the keys read and checked.
+impl ScopedKey {
+    /// A `keys` or `certificates` entry (`what`), its PEM file read relative to `base` with
+    /// `parse`.
+    fn load(
+        entry: KeyEntry,
+        base: &Path,
+        what: &str,
+        parse: fn(&str, &str) -> Result<TrustedKey, String>,
+    ) -> Result<ScopedKey, String> {
+        let (name, paths) = match entry {
+            KeyEntry::File(name) => (name, Vec::new()),
+            KeyEntry::Scoped { file, paths } => (file, paths),
+        };
+        let path = base.join(&name);
+        let pem = std::fs::read_to_string(&path)
+            .map_err(|e| format!("[signing] {what} {}: {e}", path.display()))?;
+        let key = parse(&name, &pem).map_err(|e| format!("[signing] {e}"))?;
+        let paths = (!paths.is_empty())
+            .then(|| Rules::new(&paths, &format!("[signing] {what} paths")))
+            .transpose()?;
+        Ok(ScopedKey { key, paths })
+    }
+}
+
+/// `[signing]`, loaded: the keys and CAs read and checked.
 #[derive(Debug)]
 pub struct ModelTrust {
     pub mode: Mode,
@@ -146,23 +175,19 @@ impl ModelTrust {
             Some(s) => sluice_common::units::parse_bytes(&s)
                 .map_err(|_| format!("[signing] max_held {s:?}: expected a size, e.g. 64GiB"))?,
         };
-        let mut keys = Vec::new();
-        for entry in file.keys {
-            let (name, paths) = match entry {
-                KeyEntry::File(name) => (name, Vec::new()),
-                KeyEntry::Scoped { file, paths } => (file, paths),
-            };
-            let path = base.join(&name);
-            let pem = std::fs::read_to_string(&path)
-                .map_err(|e| format!("[signing] key {}: {e}", path.display()))?;
-            let key = TrustedKey::from_pem(&name, &pem).map_err(|e| format!("[signing] {e}"))?;
-            let paths = (!paths.is_empty())
-                .then(|| Rules::new(&paths, "[signing] key paths"))
-                .transpose()?;
-            keys.push(ScopedKey { key, paths });
-        }
+        let keys =
+            file.keys
+                .into_iter()
+                .map(|entry| ScopedKey::load(entry, base, "key", TrustedKey::from_pem))
+                .chain(file.certificates.into_iter().map(|entry| {
+                    ScopedKey::load(entry, base, "certificate", TrustedKey::from_ca_pem)
+                }))
+                .collect::<Result<Vec<_>, _>>()?;
         if file.models != Mode::Off && keys.is_empty() {
-            return Err("[signing] models = \"require\" or \"verify\" needs keys".to_string());
+            return Err(
+                "[signing] models = \"require\" or \"verify\" needs keys or certificates"
+                    .to_string(),
+            );
         }
         Ok(ModelTrust {
             mode: file.models,
@@ -204,7 +229,7 @@ impl ModelTrust {
         }
     }
 
-    /// Verifies the signature of the model at `dir` with the keys that may sign it, and that
+    /// Verifies the signature of the model at `dir` with the keys and CAs that may sign it, and that
     /// it names that directory (the reference tool signs a model under its directory's name):
     /// a model's signature cannot be replayed for another directory. Errors are the refusal's
     /// text (`model signed by an untrusted key`, …).
@@ -296,7 +321,14 @@ mod tests {
     fn bad_settings_are_refused_with_the_setting_named() {
         let dir = tempfile::tempdir().unwrap();
         let cases = [
-            ("[signing]\nmodels = \"require\"\n", "needs keys"),
+            (
+                "[signing]\nmodels = \"require\"\n",
+                "needs keys or certificates",
+            ),
+            (
+                "[signing]\ncertificates = [\"gone.pem\"]\n",
+                "certificate /",
+            ),
             ("[signing]\nmodels = \"maybe\"\n", "models"),
             ("[signing]\nkeys = [\"missing.pem\"]\n", "missing.pem"),
             ("[signing]\nsignature = \"../x\"\n", "plain file name"),
@@ -307,6 +339,8 @@ mod tests {
             assert!(e.contains(phrase), "{text}: {e}");
         }
         std::fs::write(dir.path().join("junk.pem"), "not a key").unwrap();
+        let e = trust("[signing]\ncertificates = [\"junk.pem\"]\n", dir.path()).unwrap_err();
+        assert!(e.contains("junk.pem: no PEM certificate"), "{e}");
         let e = trust("[signing]\nkeys = [\"junk.pem\"]\n", dir.path()).unwrap_err();
         assert!(e.contains("not a PEM public key"), "{e}");
     }

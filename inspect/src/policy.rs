@@ -35,6 +35,7 @@ use crate::formats::{self, Models};
 use crate::inspector::{Inspector, Nested};
 use crate::model_trust::{Mode, ModelTrust, SigningFile};
 use crate::refusal::Refusal;
+use crate::report::Report;
 use crate::rules::Rules;
 
 #[derive(Debug, Deserialize)]
@@ -209,8 +210,40 @@ impl Policy {
         path: &str,
         size: u64,
     ) -> Result<Vec<&'static str>, Refusal> {
+        self.nested().file(file, path, size)
+    }
+
+    /// Name rules, size, and the inspectors on `file`, as [`Policy::inspect_all`]; the
+    /// verdict with what the inspectors found on the way (a refused file's report holds what
+    /// was found before the refusal).
+    pub fn report(&self, file: &mut (impl Read + Seek), path: &str, size: u64) -> Report {
+        let mut nested = self.nested();
+        let verdict = self
+            .check_name_and_size(path, size)
+            .and_then(|()| nested.file(file, path, size));
+        let (findings, findings_dropped) = nested.into_findings();
+        let (formats, reason) = match verdict {
+            Ok(formats) => (formats, None),
+            Err(refusal) => (Vec::new(), Some(refusal.to_string())),
+        };
+        Report {
+            path: path.to_string(),
+            size,
+            verdict: if reason.is_none() {
+                "admitted"
+            } else {
+                "refused"
+            },
+            reason,
+            formats,
+            findings,
+            findings_dropped,
+        }
+    }
+
+    fn nested(&self) -> Nested<'_> {
         let max = self.max_file_size.unwrap_or(bounds::DEFAULT_MAX_EXPANDED);
-        Nested::new(&self.inspectors, &self.deny, max, self.inspect_timeout).file(file, path, size)
+        Nested::new(&self.inspectors, &self.deny, max, self.inspect_timeout)
     }
 }
 
@@ -526,6 +559,53 @@ pickle_allow = ["mylib.Layer"]
             check(&p, &nested, "bundle.tar").unwrap_err(),
             "archive refused: bundle.tar!inner.zip!archive/data.pkl: pickle imports posix.system (not on the allow-list)"
         );
+    }
+
+    #[test]
+    fn the_report_says_what_each_format_found_in_the_file_and_its_members() {
+        let p = Policy::parse("quarantine = \"q\"\n").unwrap();
+        let header = r#"{"w":{"dtype":"BF16","shape":[2],"data_offsets":[0,4]}}"#;
+        let mut tensors = (header.len() as u64).to_le_bytes().to_vec();
+        tensors.extend_from_slice(header.as_bytes());
+        tensors.extend_from_slice(&[0; 4]);
+        let checkpoint = zip_of(&[("archive/data.pkl", TENSOR), ("w.safetensors", &tensors)]);
+        let report = |bytes: &[u8], name: &str| {
+            p.report(&mut Cursor::new(bytes.to_vec()), name, bytes.len() as u64)
+        };
+        let r = report(&checkpoint, "model.pt");
+        assert_eq!(
+            (r.verdict, r.formats.as_slice()),
+            ("admitted", &["zip"][..])
+        );
+        let found: Vec<(&str, &str, String)> = r
+            .findings
+            .iter()
+            .map(|f| (f.at.as_str(), f.format, f.facts.to_string()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (
+                    "model.pt!archive/data.pkl",
+                    "pickle",
+                    r#"{"imports":["collections.OrderedDict","torch._utils._rebuild_tensor_v2"],"pickles":1}"#
+                        .to_string()
+                ),
+                (
+                    "model.pt!w.safetensors",
+                    "safetensors",
+                    r#"{"data_bytes":4,"dtypes":{"BF16":1},"tensors":1}"#.to_string()
+                ),
+            ]
+        );
+        // Refused: the reason, and what was found before it.
+        let evil = zip_of(&[("a/data.pkl", TENSOR), ("b/data.pkl", EVIL)]);
+        let r = report(&evil, "model.pt");
+        assert_eq!(r.verdict, "refused");
+        assert!(r.reason.as_deref().unwrap().contains("posix.system"));
+        assert_eq!(r.findings.len(), 1);
+        assert_eq!(r.findings[0].at, "model.pt!a/data.pkl");
+        assert!(r.text().starts_with("model.pt: refused: archive refused"));
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Signed models, verified offline: the OpenSSF model-signing format (v1.0, what the
 //! `model-signing` package writes). A model directory is signed as a whole — every file's
 //! SHA-256 in one in-toto statement — in a Sigstore bundle whose DSSE envelope carries the
-//! signature; this checks the "key" method (ECDSA P-256 or P-384 public keys, PEM).
+//! signature; this checks the "key" method (ECDSA P-256 or P-384 public keys, PEM) and the
+//! "certificate" method (the bundle carries the signing certificate and its chain, which must
+//! lead to a trusted CA; see [`TrustedKey::from_ca_pem`]).
 //!
 //! ```text
 //!  bundle (JSON) ─ dsseEnvelope ─ payloadType "application/vnd.in-toto+json"
@@ -32,7 +34,13 @@ pub const MISSING: &str = "model file missing since signing";
 const PREDICATE_V1: &str = "https://model_signing/signature/v1.0";
 const IN_TOTO: &str = "application/vnd.in-toto+json";
 
-/// A public key models may be signed with, and the name it is known by (for the audit log).
+/// Most certificates a bundle's chain is read with (leaf and intermediates).
+const MAX_CHAIN: usize = 8;
+/// id-kp-codeSigning (1.3.6.1.5.5.7.3.3), DER contents.
+const CODE_SIGNING: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x03];
+
+/// What models may be signed with — a public key, or a CA whose certificates' keys sign —
+/// and the name it is known by (for the audit log).
 #[derive(Debug, Clone)]
 pub struct TrustedKey {
     pub name: String,
@@ -43,6 +51,9 @@ pub struct TrustedKey {
 enum Key {
     P256(p256::ecdsa::VerifyingKey),
     P384(p384::ecdsa::VerifyingKey),
+    /// Every certificate of a CA file, each a trust anchor (as the reference tool puts each
+    /// one in its store).
+    Ca(Vec<rustls_pki_types::TrustAnchor<'static>>),
 }
 
 impl TrustedKey {
@@ -64,7 +75,30 @@ impl TrustedKey {
         })
     }
 
+    /// A CA file (PEM, one or more certificates: a root and perhaps intermediates, each
+    /// trusted), named `name`: a model signed with a certificate that chains to one of them
+    /// is signed by that certificate's subject.
+    pub fn from_ca_pem(name: &str, pem: &str) -> Result<TrustedKey, String> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::CertificateDer;
+        let mut anchors = Vec::new();
+        for (i, cert) in CertificateDer::pem_slice_iter(pem.as_bytes()).enumerate() {
+            let cert = cert.map_err(|e| format!("{name}: certificate {}: {e}", i + 1))?;
+            let anchor = webpki::anchor_from_trusted_cert(&cert)
+                .map_err(|e| format!("{name}: certificate {}: {e}", i + 1))?;
+            anchors.push(anchor.to_owned());
+        }
+        if anchors.is_empty() {
+            return Err(format!("{name}: no PEM certificate in it"));
+        }
+        Ok(TrustedKey {
+            name: name.to_string(),
+            key: Key::Ca(anchors),
+        })
+    }
+
     /// Whether `sig` (DER) is this key's ECDSA signature of `message` (the curve's hash).
+    /// A CA verifies nothing by itself: see [`certificate_signer`].
     fn verifies(&self, message: &[u8], sig: &[u8]) -> bool {
         use p256::ecdsa::signature::Verifier;
         match &self.key {
@@ -72,8 +106,79 @@ impl TrustedKey {
                 .is_ok_and(|s| k.verify(message, &s).is_ok()),
             Key::P384(k) => p384::ecdsa::DerSignature::from_bytes(sig)
                 .is_ok_and(|s| k.verify(message, &s).is_ok()),
+            Key::Ca(_) => false,
         }
     }
+}
+
+/// The signer of `message` by `sig` under the certificate method: `chain[0]` is the signing
+/// certificate, the rest intermediates. As the reference tool checks it — the chain valid at
+/// the certificate's start (a bundle carries no trusted time), and the certificate's key
+/// verifying the signature — and stricter: a certificate (or CA) that lists extended key
+/// usages must list code signing, and one that lists key usages must allow digital
+/// signatures (a CA's TLS server certificates sign no model). Names the signer
+/// `SUBJECT (CA file)`.
+fn certificate_signer(
+    ca: &TrustedKey,
+    chain: &[rustls_pki_types::CertificateDer<'_>],
+    message: &[u8],
+    sig: &[u8],
+) -> Result<String, String> {
+    use x509_cert::der::{Decode, Encode};
+    use x509_cert::ext::pkix::{ExtendedKeyUsage, KeyUsage};
+    let Key::Ca(anchors) = &ca.key else {
+        return Err("not a CA".into());
+    };
+    let (leaf_der, intermediates) = chain.split_first().ok_or("no certificate")?;
+    let leaf = x509_cert::Certificate::from_der(leaf_der)
+        .map_err(|e| format!("the signing certificate is unreadable ({e})"))?;
+    let tbs = &leaf.tbs_certificate;
+    let subject = tbs.subject.to_string();
+    let start = tbs.validity.not_before.to_unix_duration();
+    let ee = webpki::EndEntityCert::try_from(leaf_der)
+        .map_err(|e| format!("{subject}: unreadable ({e})"))?;
+    ee.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        anchors,
+        intermediates,
+        rustls_pki_types::UnixTime::since_unix_epoch(start),
+        webpki::KeyUsage::required_if_present(CODE_SIGNING),
+        None,
+        None,
+    )
+    .map_err(|e| match e {
+        webpki::Error::RequiredEkuNotFoundContext(_) => {
+            format!("{subject}: not a certificate for code signing (its extended key usages)")
+        }
+        e => format!("{subject}: no valid chain to {} ({e:?})", ca.name),
+    })?;
+    let usage = tbs.get::<KeyUsage>().ok().flatten().map(|(_, u)| u);
+    let extended = tbs.get::<ExtendedKeyUsage>().ok().flatten();
+    if usage.is_some_and(|u| !u.digital_signature()) || (usage.is_none() && extended.is_none()) {
+        return Err(format!("{subject}: not a certificate for signing"));
+    }
+    let spki = tbs
+        .subject_public_key_info
+        .to_der()
+        .map_err(|e| format!("{subject}: {e}"))?;
+    let key = {
+        use p256::pkcs8::DecodePublicKey;
+        if let Ok(k) = p256::ecdsa::VerifyingKey::from_public_key_der(&spki) {
+            Key::P256(k)
+        } else if let Ok(k) = p384::ecdsa::VerifyingKey::from_public_key_der(&spki) {
+            Key::P384(k)
+        } else {
+            return Err(format!("{subject}: not a P-256 or P-384 key"));
+        }
+    };
+    let signer = TrustedKey {
+        name: format!("{subject} ({})", ca.name),
+        key,
+    };
+    if !signer.verifies(message, sig) {
+        return Err(format!("{subject}: the signature is not its key's"));
+    }
+    Ok(signer.name)
 }
 
 /// What a verified bundle says: who signed, and the files with their digests.
@@ -108,7 +213,29 @@ impl Signed {
 #[serde(rename_all = "camelCase")]
 struct Bundle {
     media_type: String,
+    #[serde(default)]
+    verification_material: Material,
     dsse_envelope: Envelope,
+}
+
+/// The certificates a bundle carries (the certificate method): a chain (what the reference
+/// tool writes) or a lone certificate.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Material {
+    x509_certificate_chain: Option<CertificateChain>,
+    certificate: Option<RawCertificate>,
+}
+
+#[derive(Deserialize)]
+struct CertificateChain {
+    certificates: Vec<RawCertificate>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawCertificate {
+    raw_bytes: String,
 }
 
 #[derive(Deserialize)]
@@ -210,12 +337,60 @@ pub fn verify(bundle: &[u8], keys: &[TrustedKey]) -> Result<Signed, String> {
         .decode(&envelope.payload)
         .map_err(|_| unreadable("the payload is not base64"))?;
     let message = pae(&envelope.payload_type, &payload);
-    let signer = envelope
+    let material = bundle.verification_material;
+    let raw: Vec<RawCertificate> = match (material.x509_certificate_chain, material.certificate) {
+        (Some(chain), _) => chain.certificates,
+        (None, Some(leaf)) => vec![leaf],
+        (None, None) => Vec::new(),
+    };
+    if raw.len() > MAX_CHAIN {
+        return Err(unreadable(&format!("more than {MAX_CHAIN} certificates")));
+    }
+    let chain = raw
+        .iter()
+        .map(|c| {
+            b64.decode(&c.raw_bytes)
+                .map(rustls_pki_types::CertificateDer::from)
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| unreadable("a certificate is not base64"))?;
+    let signatures: Vec<Vec<u8>> = envelope
         .signatures
         .iter()
         .filter_map(|s| b64.decode(&s.sig).ok())
-        .find_map(|sig| keys.iter().find(|k| k.verifies(&message, &sig)))
-        .ok_or_else(|| "model signed by an untrusted key".to_string())?;
+        .collect();
+    let signer = if chain.is_empty() {
+        signatures
+            .iter()
+            .find_map(|sig| keys.iter().find(|k| k.verifies(&message, sig)))
+            .map(|k| k.name.clone())
+            .ok_or_else(|| "model signed by an untrusted key".to_string())?
+    } else {
+        let cas: Vec<&TrustedKey> = keys
+            .iter()
+            .filter(|k| matches!(k.key, Key::Ca(_)))
+            .collect();
+        // Why the last CA refused, for the refusal.
+        let mut why = if cas.is_empty() {
+            "no CA is trusted for this model"
+        } else {
+            "no signature"
+        }
+        .to_string();
+        let mut found = None;
+        'search: for sig in &signatures {
+            for ca in &cas {
+                match certificate_signer(ca, &chain, &message, sig) {
+                    Ok(name) => {
+                        found = Some(name);
+                        break 'search;
+                    }
+                    Err(e) => why = e,
+                }
+            }
+        }
+        found.ok_or_else(|| format!("model signed by an untrusted certificate: {why}"))?
+    };
     // Only what the signature covers is read from here on.
     let statement: Statement = serde_json::from_slice(&payload)
         .map_err(|e| unreadable(&format!("not a statement ({e})")))?;
@@ -253,7 +428,7 @@ pub fn verify(bundle: &[u8], keys: &[TrustedKey]) -> Result<Signed, String> {
         return Err(unreadable("the subject digest is not the files' digests"));
     }
     Ok(Signed {
-        signer: signer.name.clone(),
+        signer,
         name: statement
             .subject
             .first()
@@ -312,6 +487,50 @@ pub fn sign(
             "signatures": [{"sig": b64.encode(sig.as_bytes()), "keyid": ""}]},
     }))
     .map_err(|e| e.to_string())
+}
+
+/// A bundle [`sign`] wrote with the private key `key_pem`, made a certificate-method bundle:
+/// it carries `chain_pem` — the key's certificate, then its intermediates — as
+/// `model-signing sign certificate` writes it (verifiable by `model_signing verify
+/// certificate` and by a receiver trusting the root in `[signing] certificates`). The
+/// signature is unchanged: it covers the statement only.
+pub fn with_certificates(bundle: &[u8], key_pem: &str, chain_pem: &str) -> Result<Vec<u8>, String> {
+    use p256::pkcs8::{DecodePrivateKey, DecodePublicKey};
+    use rustls_pki_types::pem::PemObject;
+    use x509_cert::der::{Decode, Encode};
+    let chain = rustls_pki_types::CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not PEM certificates ({e})"))?;
+    let leaf = chain.first().ok_or("no PEM certificate in it")?;
+    if chain.len() > MAX_CHAIN {
+        return Err(format!("more than {MAX_CHAIN} certificates"));
+    }
+    let spki = x509_cert::Certificate::from_der(leaf)
+        .and_then(|c| c.tbs_certificate.subject_public_key_info.to_der())
+        .map_err(|e| format!("the first certificate is unreadable ({e})"))?;
+    let key = p256::ecdsa::SigningKey::from_pkcs8_pem(key_pem)
+        .map_err(|_| "not a PEM (PKCS#8) private key of curve P-256".to_string())?;
+    if p256::ecdsa::VerifyingKey::from_public_key_der(&spki).ok() != Some(*key.verifying_key()) {
+        return Err("the first certificate is not the signing key's".into());
+    }
+    with_chain(bundle, &chain)
+}
+
+/// `bundle` carrying `chain` as its verification material, as the reference tool writes it.
+fn with_chain(
+    bundle: &[u8],
+    chain: &[rustls_pki_types::CertificateDer<'_>],
+) -> Result<Vec<u8>, String> {
+    let mut json: serde_json::Value =
+        serde_json::from_slice(bundle).map_err(|e| format!("not a bundle ({e})"))?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let certificates: Vec<_> = chain
+        .iter()
+        .map(|c| serde_json::json!({ "rawBytes": b64.encode(c.as_ref()) }))
+        .collect();
+    json["verificationMaterial"] = serde_json::json!({
+        "x509CertificateChain": { "certificates": certificates }, "tlogEntries": [] });
+    serde_json::to_vec(&json).map_err(|e| e.to_string())
 }
 
 /// Holds a model directory's files (`present`: path in the directory → SHA-256) to what was
@@ -411,5 +630,228 @@ mod tests {
         assert!(verify(b"{}", &[])
             .unwrap_err()
             .starts_with("model signature unreadable"));
+    }
+
+    /// A CA (self-signed, or issued by `by`) and its PEM; CAs may sign certificates only.
+    fn ca(
+        name: &str,
+        by: Option<&rcgen::CertifiedIssuer<'static, rcgen::KeyPair>>,
+    ) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+        let key = rcgen::KeyPair::generate().unwrap();
+        match by {
+            None => rcgen::CertifiedIssuer::self_signed(params, key).unwrap(),
+            Some(issuer) => rcgen::CertifiedIssuer::signed_by(params, key, issuer).unwrap(),
+        }
+    }
+
+    /// A signing certificate named `name` with these usages, issued by `issuer`, and its key.
+    fn leaf(
+        name: &str,
+        issuer: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+        usages: Vec<rcgen::KeyUsagePurpose>,
+        extended: Vec<rcgen::ExtendedKeyUsagePurpose>,
+    ) -> (rcgen::Certificate, rcgen::KeyPair) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = usages;
+        params.extended_key_usages = extended;
+        let key = rcgen::KeyPair::generate().unwrap();
+        (params.signed_by(&key, issuer).unwrap(), key)
+    }
+
+    /// A bundle of `files` signed with `key`, carrying `chain` as the reference tool's
+    /// certificate method writes it (the chain's first certificate need not be `key`'s).
+    fn certificate_bundle(
+        key: &rcgen::KeyPair,
+        chain: &[&rustls_pki_types::CertificateDer<'_>],
+        files: &[(&str, &[u8])],
+    ) -> Vec<u8> {
+        let signed = sign(&present(files), "model", &key.serialize_pem(), &[]).unwrap();
+        let chain: Vec<_> = chain.iter().map(|c| (*c).clone()).collect();
+        with_chain(&signed, &chain).unwrap()
+    }
+
+    #[test]
+    fn a_certificate_signs_a_model_only_if_it_chains_to_a_trusted_ca_and_may_sign() {
+        use rcgen::{ExtendedKeyUsagePurpose as Eku, KeyUsagePurpose as Ku};
+        let root = ca("Example Root", None);
+        let intermediate = ca("Example Models CA", Some(&root));
+        let other_root = ca("Other Root", None);
+        let trusted = TrustedKey::from_ca_pem("root.pem", &root.pem()).unwrap();
+        let other = TrustedKey::from_ca_pem("other.pem", &other_root.pem()).unwrap();
+        let files: &[(&str, &[u8])] = &[("w.safetensors", b"weights")];
+        let (cert, cert_key) = leaf("ml-team", &intermediate, vec![Ku::DigitalSignature], vec![]);
+        let good = certificate_bundle(&cert_key, &[cert.der(), intermediate.der()], files);
+        let signed = verify(&good, &[other.clone(), trusted.clone()]).unwrap();
+        assert_eq!(signed.signer, "CN=ml-team (root.pem)");
+        // What `with_certificates` writes is the same, and refuses a certificate of another
+        // key.
+        let by_key = sign(&present(files), "model", &cert_key.serialize_pem(), &[]).unwrap();
+        let chain_pem = cert.pem() + &intermediate.pem();
+        let made = with_certificates(&by_key, &cert_key.serialize_pem(), &chain_pem).unwrap();
+        assert_eq!(
+            verify(&made, std::slice::from_ref(&trusted)),
+            Ok(signed.clone())
+        );
+        let stranger_pem = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        assert_eq!(
+            with_certificates(&by_key, &stranger_pem, &chain_pem).unwrap_err(),
+            "the first certificate is not the signing key's"
+        );
+        assert_eq!(check_files(&signed, &present(files), "model.sig"), Ok(()));
+
+        let refused = |bundle: &[u8], trust: &[TrustedKey]| verify(bundle, trust).unwrap_err();
+        let e = refused(&good, std::slice::from_ref(&other));
+        assert!(
+            e.starts_with(
+                "model signed by an untrusted certificate: CN=ml-team: no valid chain to other.pem"
+            ),
+            "{e}"
+        );
+        // A trusted CA's certificate does not stand in for a key, nor a key for a CA.
+        let (_, plain) = key(7);
+        assert_eq!(
+            refused(&good, std::slice::from_ref(&plain)),
+            "model signed by an untrusted certificate: no CA is trusted for this model"
+        );
+        // The intermediate left out of the chain: no path to the root.
+        let e = refused(
+            &certificate_bundle(&cert_key, &[cert.der()], files),
+            std::slice::from_ref(&trusted),
+        );
+        assert!(
+            e.contains("CN=ml-team: no valid chain to root.pem (UnknownIssuer)"),
+            "{e}"
+        );
+        // Signed with another key than the certificate's.
+        let stranger = rcgen::KeyPair::generate().unwrap();
+        let e = refused(
+            &certificate_bundle(&stranger, &[cert.der(), intermediate.der()], files),
+            std::slice::from_ref(&trusted),
+        );
+        assert!(
+            e.ends_with("CN=ml-team: the signature is not its key's"),
+            "{e}"
+        );
+        // The CA's TLS server certificate, and a certificate for encryption only.
+        let (tls, tls_key) = leaf(
+            "gw",
+            &intermediate,
+            vec![Ku::DigitalSignature],
+            vec![Eku::ServerAuth],
+        );
+        let e = refused(
+            &certificate_bundle(&tls_key, &[tls.der(), intermediate.der()], files),
+            std::slice::from_ref(&trusted),
+        );
+        assert!(
+            e.ends_with("CN=gw: not a certificate for code signing (its extended key usages)"),
+            "{e}"
+        );
+        let (enc, enc_key) = leaf("enc", &intermediate, vec![Ku::KeyEncipherment], vec![]);
+        let e = refused(
+            &certificate_bundle(&enc_key, &[enc.der(), intermediate.der()], files),
+            std::slice::from_ref(&trusted),
+        );
+        assert!(e.ends_with("CN=enc: not a certificate for signing"), "{e}");
+        // A code-signing certificate without key usages passes, as in the reference tool.
+        let (code, code_key) = leaf("builder", &intermediate, vec![], vec![Eku::CodeSigning]);
+        let b = certificate_bundle(&code_key, &[code.der(), intermediate.der()], files);
+        assert_eq!(
+            verify(&b, std::slice::from_ref(&trusted)).unwrap().signer,
+            "CN=builder (root.pem)"
+        );
+        // A signing certificate cannot issue another one.
+        let (fake, fake_key) = {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, "fake");
+            params.key_usages = vec![Ku::DigitalSignature];
+            let issuer = rcgen::Issuer::new(
+                {
+                    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+                    p.distinguished_name
+                        .push(rcgen::DnType::CommonName, "ml-team");
+                    p
+                },
+                cert_key,
+            );
+            let fake_key = rcgen::KeyPair::generate().unwrap();
+            (params.signed_by(&fake_key, &issuer).unwrap(), fake_key)
+        };
+        let e = refused(
+            &certificate_bundle(
+                &fake_key,
+                &[fake.der(), cert.der(), intermediate.der()],
+                files,
+            ),
+            std::slice::from_ref(&trusted),
+        );
+        assert!(
+            e.contains("CN=fake: no valid chain to root.pem (EndEntityUsedAsCa)"),
+            "{e}"
+        );
+        // Validity is checked when the certificate began, as the reference tool does (a
+        // bundle carries no trusted time): a certificate since expired still verifies; one
+        // issued by an intermediate already expired then does not.
+        let dated = |name: &str, from: i32, to: i32| {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            params.not_before = rcgen::date_time_ymd(from, 1, 1);
+            params.not_after = rcgen::date_time_ymd(to, 1, 1);
+            params
+        };
+        let (old, old_key) = {
+            let mut params = dated("2019-release", 2019, 2020);
+            params.key_usages = vec![Ku::DigitalSignature];
+            let key = rcgen::KeyPair::generate().unwrap();
+            (params.signed_by(&key, &intermediate).unwrap(), key)
+        };
+        let b = certificate_bundle(&old_key, &[old.der(), intermediate.der()], files);
+        assert_eq!(
+            verify(&b, std::slice::from_ref(&trusted)).unwrap().signer,
+            "CN=2019-release (root.pem)"
+        );
+        let lapsed = {
+            let mut params = dated("Lapsed CA", 2010, 2012);
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params.key_usages = vec![Ku::KeyCertSign];
+            rcgen::CertifiedIssuer::signed_by(params, rcgen::KeyPair::generate().unwrap(), &root)
+                .unwrap()
+        };
+        let (late, late_key) = {
+            let mut params = dated("late", 2019, 2030);
+            params.key_usages = vec![Ku::DigitalSignature];
+            let key = rcgen::KeyPair::generate().unwrap();
+            (params.signed_by(&key, &lapsed).unwrap(), key)
+        };
+        let e = refused(
+            &certificate_bundle(&late_key, &[late.der(), lapsed.der()], files),
+            std::slice::from_ref(&trusted),
+        );
+        assert!(
+            e.contains("CN=late: no valid chain to root.pem (CertExpired"),
+            "{e}"
+        );
+        // Bounds: a chain too long, and a CA file without a certificate.
+        let long: Vec<_> = std::iter::repeat_n(intermediate.der(), 9).collect();
+        assert!(
+            refused(&certificate_bundle(&code_key, &long, files), &[trusted])
+                .contains("more than 8 certificates")
+        );
+        assert!(TrustedKey::from_ca_pem("x.pem", "junk")
+            .unwrap_err()
+            .contains("no PEM certificate"));
     }
 }

@@ -220,3 +220,149 @@ for name in ["p256", "p384"]:
     std::fs::write(model.join("config.json"), "{\"changed\": 1}").unwrap();
     verify(false);
 }
+
+#[test]
+#[ignore = "needs model-signing from PyPI (./test.sh installs it and runs this)"]
+fn a_model_signed_with_a_certificate_by_model_signing_verifies_under_its_ca_only() {
+    let dir = tempfile::tempdir().unwrap();
+    // A root, an intermediate, and two signing certificates under it: one for code signing
+    // (what the reference tool's certificate method expects) and a TLS server's.
+    run_python(
+        r#"
+import datetime, os, subprocess, sys
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID, ExtendedKeyUsageOID
+now = datetime.datetime.now(datetime.timezone.utc)
+def cert(name, key, issuer_name, issuer_key, ca, usage=None, eku=None):
+    b = (x509.CertificateBuilder()
+         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+         .issuer_name(issuer_name).public_key(key.public_key())
+         .serial_number(x509.random_serial_number())
+         .not_valid_before(now - datetime.timedelta(days=1))
+         .not_valid_after(now + datetime.timedelta(days=30))
+         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if ca:
+        b = b.add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+    if usage:
+        b = b.add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
+    if eku:
+        b = b.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
+    return b.sign(issuer_key, hashes.SHA256())
+def name(n): return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, n)])
+def write(path, c): open(path, "wb").write(c.public_bytes(serialization.Encoding.PEM))
+def keyfile(path, k): open(path, "wb").write(k.private_bytes(serialization.Encoding.PEM,
+    serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+root_k, other_k, int_k = (ec.generate_private_key(ec.SECP384R1()) for _ in range(3))
+write("root.pem", cert("Example Root", root_k, name("Example Root"), root_k, True))
+write("other-root.pem", cert("Other Root", other_k, name("Other Root"), other_k, True))
+inter = cert("Example Models CA", int_k, name("Example Root"), root_k, True)
+write("intermediate.pem", inter)
+for leaf, eku in [("ml-team", [ExtendedKeyUsageOID.CODE_SIGNING]), ("gw", [ExtendedKeyUsageOID.SERVER_AUTH])]:
+    k = ec.generate_private_key(ec.SECP256R1())
+    keyfile(leaf + ".key", k)
+    write(leaf + ".crt", cert(leaf, k, name("Example Models CA"), int_k, False, True, eku))
+    os.makedirs(f"{leaf}/model")
+    open(f"{leaf}/model/config.json", "w").write("{}")
+    open(f"{leaf}/model/w.safetensors", "wb").write(os.urandom(4096))
+    subprocess.run([sys.executable, "-m", "model_signing", "sign", "certificate", f"{leaf}/model",
+        "--private_key", leaf + ".key", "--signing_certificate", leaf + ".crt",
+        "--certificate_chain", "intermediate.pem", "--signature", f"{leaf}/model/model.sig"],
+        check=True, capture_output=True)
+"#,
+        dir.path(),
+    );
+    let policy = |ca: &str| {
+        Policy::parse_at(
+            &format!(
+                "quarantine = \"q\"\n[signing]\nmodels = \"require\"\n\
+                 certificates = [{{ file = \"{ca}\", paths = [\"ml-team/*\", \"gw/*\"] }}]\n"
+            ),
+            dir.path(),
+        )
+        .unwrap()
+    };
+    let trusted = policy("root.pem");
+    let foreign = policy("other-root.pem");
+    let model = dir.path().join("ml-team").join("model");
+    let bundle = std::fs::read(model.join("model.sig")).unwrap();
+    let trust = trusted.model_trust().unwrap();
+    let signed = trust.verify("ml-team/model", &bundle).unwrap();
+    assert_eq!(signed.signer, "CN=ml-team (root.pem)");
+    let mut present = std::collections::BTreeMap::new();
+    for name in ["config.json", "w.safetensors"] {
+        let data = std::fs::read(model.join(name)).unwrap();
+        present.insert(
+            name.to_string(),
+            <sha2::Sha256 as sha2::Digest>::digest(&data).into(),
+        );
+    }
+    assert_eq!(signing::check_files(&signed, &present, "model.sig"), Ok(()));
+    present.insert("w.safetensors".into(), [0; 32]);
+    assert_eq!(
+        signing::check_files(&signed, &present, "model.sig").unwrap_err(),
+        "model file changed since signing: w.safetensors"
+    );
+    // Under another CA, and outside the CA's paths.
+    let e = foreign
+        .model_trust()
+        .unwrap()
+        .verify("ml-team/model", &bundle)
+        .unwrap_err();
+    assert!(
+        e.starts_with("model signed by an untrusted certificate: CN=ml-team: no valid chain to other-root.pem"),
+        "{e}"
+    );
+    let e = trust.verify("elsewhere/model", &bundle).unwrap_err();
+    assert_eq!(
+        e,
+        "model signed by an untrusted certificate: no CA is trusted for this model"
+    );
+    // The reference tool agrees on both, by the same CA files.
+    let reference = |ca: &str| {
+        Command::new(python())
+            .args(["-m", "model_signing", "verify", "certificate"])
+            .arg(&model)
+            .arg("--signature")
+            .arg(model.join("model.sig"))
+            .arg("--certificate_chain")
+            .arg(dir.path().join(ca))
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(reference("root.pem"));
+    assert!(!reference("other-root.pem"));
+    // The other way: what `sluice-send --sign-model-cert` writes verifies in the reference
+    // tool, and under another root fails there too.
+    let mut files = std::collections::BTreeMap::new();
+    for name in ["config.json", "w.safetensors"] {
+        let data = std::fs::read(model.join(name)).unwrap();
+        files.insert(
+            name.to_string(),
+            <sha2::Sha256 as sha2::Digest>::digest(&data).into(),
+        );
+    }
+    let key = std::fs::read_to_string(dir.path().join("ml-team.key")).unwrap();
+    let chain = std::fs::read_to_string(dir.path().join("ml-team.crt")).unwrap()
+        + &std::fs::read_to_string(dir.path().join("intermediate.pem")).unwrap();
+    let ours = signing::sign(&files, "model", &key, &[]).unwrap();
+    let ours = signing::with_certificates(&ours, &key, &chain).unwrap();
+    std::fs::write(model.join("model.sig"), &ours).unwrap();
+    assert!(reference("root.pem"));
+    assert!(!reference("other-root.pem"));
+    assert_eq!(
+        trust.verify("ml-team/model", &ours).unwrap().signer,
+        "CN=ml-team (root.pem)"
+    );
+    // Stricter than the reference tool: a TLS server's certificate under the same CA signs
+    // no model here.
+    let gw = std::fs::read(dir.path().join("gw/model/model.sig")).unwrap();
+    let e = trust.verify("gw/model", &gw).unwrap_err();
+    assert!(
+        e.ends_with("CN=gw: not a certificate for code signing (its extended key usages)"),
+        "{e}"
+    );
+}

@@ -87,6 +87,8 @@ pub enum Failure {
     Refused {
         reason: String,
         quarantined: Result<std::path::PathBuf, String>,
+        /// The inspectors' report was kept beside the quarantined file (`NAME.report.json`).
+        report: bool,
     },
 }
 
@@ -161,6 +163,7 @@ impl fmt::Display for Failure {
             Failure::Refused {
                 reason,
                 quarantined: Ok(at),
+                ..
             } => write!(
                 f,
                 "refused by policy: {reason} (quarantined: {})",
@@ -169,6 +172,7 @@ impl fmt::Display for Failure {
             Failure::Refused {
                 reason,
                 quarantined: Err(why),
+                ..
             } => write!(
                 f,
                 "refused by policy: {reason} (not quarantined: {why}; removed)"

@@ -1,6 +1,7 @@
 //! The content-policy gate (`--policy`): every file, verified and staged, is checked before
 //! it is placed in `--out`; one that fails goes to the quarantine instead, under its relative
-//! path, with `NAME.reason` beside it saying which rule refused it: a directory (mode 0600
+//! path, with `NAME.reason` beside it saying which rule refused it and `NAME.report.json`
+//! saying what the inspectors found (`sluice_inspect::report`): a directory (mode 0600
 //! files), or a prefix in an object store (the reason also in the object's `sluice-refused`
 //! metadata).
 //!
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use object_store::{Attribute, Attributes};
 use sluice_common::beneath::{self, Dir};
 use sluice_inspect::policy;
+use sluice_inspect::report::Report;
 use sluice_inspect::Refusal;
 use sluice_protocol::manifest::Entry;
 
@@ -131,15 +133,17 @@ pub(crate) fn pass(ctx: &Context, e: &Entry, staged: StagedFile) -> Result<Stage
     let Some(gate) = &ctx.gate else {
         return Ok(staged);
     };
-    let Err(refusal) = check(gate, ctx, e, &staged) else {
+    let Err((reason, report)) = check(gate, ctx, e, &staged) else {
         return Ok(staged);
     };
-    let quarantined = quarantine(gate, ctx, e, &staged, &refusal).map_err(|err| err.to_string());
+    let quarantined = quarantine(gate, ctx, e, &staged, &reason, report.as_deref())
+        .map_err(|err| err.to_string());
     if quarantined.is_err() {
         staged.discard(ctx);
     }
     Err(Failure::Refused {
-        reason: refusal.to_string(),
+        report: report.is_some() && quarantined.is_ok(),
+        reason,
         quarantined,
     })
 }
@@ -148,7 +152,9 @@ pub(crate) fn pass(ctx: &Context, e: &Entry, staged: StagedFile) -> Result<Stage
 /// signature, `models`): into the quarantine like any refusal, or removed if even that fails.
 pub(crate) fn refuse(ctx: &Context, e: &Entry, staged: StagedFile, reason: String) -> Failure {
     let quarantined = match &ctx.gate {
-        Some(gate) => quarantine(gate, ctx, e, &staged, &reason).map_err(|err| err.to_string()),
+        Some(gate) => {
+            quarantine(gate, ctx, e, &staged, &reason, None).map_err(|err| err.to_string())
+        }
         None => Err("no --policy quarantine".to_string()),
     };
     if quarantined.is_err() {
@@ -157,34 +163,49 @@ pub(crate) fn refuse(ctx: &Context, e: &Entry, staged: StagedFile, reason: Strin
     Failure::Refused {
         reason,
         quarantined,
+        report: false,
     }
 }
 
-/// Every check of the policy on the staged file of entry `e`.
+/// Every check of the policy on the staged file of entry `e`; a refusal comes with the
+/// inspectors' report (what they found), unless the staged file could not even be opened.
 fn check(
     gate: &ContentPolicy,
     ctx: &Context,
     e: &Entry,
     staged: &StagedFile,
-) -> Result<(), Refusal> {
-    gate.policy.check_name_and_size(&e.path, e.size)?;
-    let mut file = staged.dir(ctx).open_file(staged.name())?;
-    gate.policy.inspect(&mut file, &e.path, e.size)?;
+) -> Result<(), (String, Option<Box<Report>>)> {
+    let mut file = staged
+        .dir(ctx)
+        .open_file(staged.name())
+        .map_err(|err| (Refusal::from(err).to_string(), None))?;
+    let mut report = Box::new(gate.policy.report(&mut file, &e.path, e.size));
+    if let Some(reason) = &report.reason {
+        return Err((reason.clone(), Some(report)));
+    }
     if let Some(command) = gate.policy.scan_command() {
         // The scanner opens the very file this fd holds, whatever happens to names.
         let by_fd = format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd());
-        policy::run_scanner(command, Path::new(&by_fd))?;
+        if let Err(refusal) = policy::run_scanner(command, Path::new(&by_fd)) {
+            let reason = refusal.to_string();
+            report.verdict = "refused";
+            report.reason = Some(reason.clone());
+            return Err((reason, Some(report)));
+        }
     }
     Ok(())
 }
 
-/// Puts a refused staged file in the quarantine, with the reason beside it.
+/// Puts a refused staged file in the quarantine, with the reason beside it (`NAME.reason`)
+/// and the inspectors' report if there is one (`NAME.report.json`, what `sluice-inspect
+/// --json` prints).
 fn quarantine(
     gate: &ContentPolicy,
     ctx: &Context,
     e: &Entry,
     staged: &StagedFile,
-    reason: &dyn std::fmt::Display,
+    reason: &str,
+    report: Option<&Report>,
 ) -> io::Result<PathBuf> {
     let reason = format!(
         "refused: {reason}\npath: {}\nsize: {}\nsha256: {}\ntime: {}\n",
@@ -193,25 +214,40 @@ fn quarantine(
         hex::encode(e.sha256),
         humantime::format_rfc3339_seconds(std::time::SystemTime::now())
     );
+    let mut beside = vec![(REASON, reason.into_bytes())];
+    if let Some(report) = report {
+        beside.push((
+            REPORT,
+            serde_json::to_vec_pretty(report).map_err(io::Error::other)?,
+        ));
+    }
     match &gate.quarantine {
-        Quarantine::Dir { dir, path } => quarantine_in_dir(dir, path, ctx, e, staged, &reason),
-        Quarantine::Store(uploader) => quarantine_in_store(uploader, ctx, e, staged, &reason),
+        Quarantine::Dir { dir, path } => quarantine_in_dir(dir, path, ctx, e, staged, &beside),
+        Quarantine::Store(uploader) => quarantine_in_store(uploader, ctx, e, staged, &beside),
     }
 }
 
-/// Uploads a refused staged file to `PREFIX/<e.path>` and its reason to
-/// `PREFIX/<e.path>.reason` (one try: a store that is down costs the quarantined copy, never
-/// the refusal), then drops the staged file.
+/// What a quarantined file's reason and report are named by: `NAME` + this.
+const REASON: &str = ".reason";
+pub(crate) const REPORT: &str = ".report.json";
+
+/// Uploads a refused staged file to `PREFIX/<e.path>` and what goes beside it (its reason
+/// first) to `PREFIX/<e.path>.reason`, … (one try: a store that is down costs the
+/// quarantined copy, never the refusal), then drops the staged file.
 fn quarantine_in_store(
     uploader: &Uploader,
     ctx: &Context,
     e: &Entry,
     staged: &StagedFile,
-    reason: &str,
+    beside: &[(&str, Vec<u8>)],
 ) -> io::Result<PathBuf> {
     let target = uploader.target();
     let key = |path: &str| target.key(path).map_err(io::Error::other);
-    let (file_key, reason_key) = (key(&e.path)?, key(&format!("{}.reason", e.path))?);
+    let file_key = key(&e.path)?;
+    let reason = beside
+        .first()
+        .map(|(_, text)| String::from_utf8_lossy(text).into_owned())
+        .unwrap_or_default();
     let attributes = |refused: &str| {
         Attributes::from_iter([
             (
@@ -246,27 +282,29 @@ fn quarantine_in_store(
             &file_key,
             attributes(&refused),
         )
-        .and_then(|()| {
-            uploader.put(
-                &reason_key,
-                reason.as_bytes().to_vec(),
+        .map_err(|attempt| io::Error::other(attempt.to_string()))?;
+    for (suffix, bytes) in beside {
+        uploader
+            .put(
+                &key(&format!("{}{suffix}", e.path))?,
+                bytes.clone(),
                 attributes(&refused),
             )
-        })
-        .map_err(|attempt| io::Error::other(attempt.to_string()))?;
+            .map_err(|attempt| io::Error::other(attempt.to_string()))?;
+    }
     let _ = staged.dir(ctx).remove_file(staged.name());
     Ok(PathBuf::from(format!("s3://{}/{file_key}", target.bucket)))
 }
 
-/// Moves a refused staged file to `quarantine/<e.path>` (mode 0600) and writes the reason
-/// beside it (`<name>.reason`).
+/// Moves a refused staged file to `quarantine/<e.path>` (mode 0600) and writes what goes
+/// beside it (`<name>.reason`, `<name>.report.json`).
 fn quarantine_in_dir(
     quarantine: &Dir,
     quarantine_path: &Path,
     ctx: &Context,
     e: &Entry,
     staged: &StagedFile,
-    reason: &str,
+    beside: &[(&str, Vec<u8>)],
 ) -> io::Result<PathBuf> {
     let components: Vec<&str> = e.path.split('/').collect();
     let Some((name, parents)) = components.split_last() else {
@@ -293,12 +331,14 @@ fn quarantine_in_dir(
         dir.rename(&temporary, &dir, name)?;
         let _ = staged.dir(ctx).remove_file(staged.name());
     }
-    let reason_name = format!("{name}.reason");
-    let temporary = format!(".{reason_name}.sluice-new");
-    let _ = dir.remove_file(&temporary);
-    let mut file = dir.create_file(&temporary, 0o600)?;
-    file.write_all(reason.as_bytes())?;
-    file.sync_all()?;
-    dir.rename(&temporary, &dir, &reason_name)?;
+    for (suffix, bytes) in beside {
+        let beside_name = format!("{name}{suffix}");
+        let temporary = format!(".{beside_name}.sluice-new");
+        let _ = dir.remove_file(&temporary);
+        let mut file = dir.create_file(&temporary, 0o600)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        dir.rename(&temporary, &dir, &beside_name)?;
+    }
     Ok(quarantine_path.join(&e.path))
 }

@@ -155,7 +155,8 @@ impl Subscriber<Outcome> for AuditTrail {
             Outcome::Failed { obj, path, failure } => Event::new("failed")
                 .with("object", obj.to_string())
                 .with("path", path.clone())
-                .with("reason", failure.to_string()),
+                .with("reason", failure.to_string())
+                .with("report", report_of(failure)),
             Outcome::LostWhole { first, count } => {
                 Event::new("lost_whole").with("count", *count).with(
                     "first",
@@ -164,6 +165,18 @@ impl Subscriber<Outcome> for AuditTrail {
             }
         };
         self.log.record(event);
+    }
+}
+
+/// Where a refused file's report was kept (beside its quarantined copy), if it was.
+fn report_of(failure: &Failure) -> Option<String> {
+    match failure {
+        Failure::Refused {
+            quarantined: Ok(at),
+            report: true,
+            ..
+        } => Some(format!("{}{}", at.display(), crate::gate::REPORT)),
+        _ => None,
     }
 }
 

@@ -79,6 +79,11 @@ pub struct Args {
     /// P-256 private key (PKCS#8 PEM).
     #[arg(long, value_name = "KEY.pem")]
     pub sign_model: Option<PathBuf>,
+    /// With --sign-model: sign with the certificate method instead. CERT.pem holds the key's
+    /// certificate, then its intermediates; receivers trust the root (`[signing]
+    /// certificates`), `model_signing verify certificate` verifies it.
+    #[arg(long, value_name = "CERT.pem")]
+    pub sign_model_cert: Option<PathBuf>,
     /// Files and directories to send, s3://BUCKET/PREFIX (its objects, as a tree named after
     /// the prefix's last part; the store's settings as the receiver's: the config file's [s3]
     /// table over the AWS variables), or `-` for stdin.
@@ -118,6 +123,8 @@ pub struct Options {
     pub policy: Option<PathBuf>,
     /// The key each directory sent is signed with as a model, if any.
     pub sign_model: Option<PathBuf>,
+    /// That key's certificate and intermediates (the certificate method), if any.
+    pub sign_model_cert: Option<PathBuf>,
     /// What to send.
     pub paths: Vec<PathBuf>,
     /// The config file's `[s3]` table, for `s3://` paths (over the AWS variables).
@@ -408,10 +415,18 @@ fn resolve_in(layers: Layers<'_>, args: Args, paths_required: bool) -> Result<Op
         args.approval_policy,
         args.approval_sig,
     )?;
+    let sign_model = layers.path("sign-model", args.sign_model)?;
+    let sign_model_cert = layers.path("sign-model-cert", args.sign_model_cert)?;
+    if sign_model_cert.is_some() && sign_model.is_none() {
+        return Err(UsageError(
+            "--sign-model-cert is the certificate of the --sign-model key: give both".into(),
+        ));
+    }
     Ok(Options {
         approval,
         policy: layers.path("policy", args.policy)?,
-        sign_model: layers.path("sign-model", args.sign_model)?,
+        sign_model,
+        sign_model_cert,
         shared,
         recipients,
         sign_key,

@@ -244,7 +244,7 @@ fn prepare(options: &Options) -> Result<Prepared, Error> {
     let stores = objects::s3::Stores::connect(&options.paths, &options.s3)
         .map_err(|e| Error::Usage(config::UsageError(e)))?;
     if let Some(key) = &options.sign_model {
-        sign_models(key, &options.paths)?;
+        sign_models(key, options.sign_model_cert.as_deref(), &options.paths)?;
     }
     let (objects, skipped) =
         objects::enumerate_with(&options.paths, options.name.as_deref(), &stores);
@@ -272,11 +272,22 @@ fn prepare(options: &Options) -> Result<Prepared, Error> {
 }
 
 /// `--sign-model`: each directory given is signed as a model (`DIR/model.sig`) before it is
-/// listed, so the signature is sent with it. Anything but a local directory is a usage error.
-fn sign_models(key: &std::path::Path, paths: &[std::path::PathBuf]) -> Result<(), Error> {
+/// listed, so the signature is sent with it — with the key's certificate chain if `cert` is
+/// given. Anything but a local directory is a usage error.
+fn sign_models(
+    key: &std::path::Path,
+    cert: Option<&std::path::Path>,
+    paths: &[std::path::PathBuf],
+) -> Result<(), Error> {
     let usage = |text: String| Error::Usage(config::UsageError(text));
     let pem = std::fs::read_to_string(key)
         .map_err(|e| usage(format!("--sign-model {}: {e}", key.display())))?;
+    let chain = cert
+        .map(|c| {
+            std::fs::read_to_string(c)
+                .map_err(|e| usage(format!("--sign-model-cert {}: {e}", c.display())))
+        })
+        .transpose()?;
     for path in paths {
         if !std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
             return Err(usage(format!(
@@ -284,7 +295,7 @@ fn sign_models(key: &std::path::Path, paths: &[std::path::PathBuf]) -> Result<()
                 path.display()
             )));
         }
-        let files = model_sign::sign_directory(path, &pem)
+        let files = model_sign::sign_directory(path, &pem, chain.as_deref())
             .map_err(|e| usage(format!("--sign-model {}: {e}", path.display())))?;
         tracing::info!(model = %path.display(), files, key = %key.display(), "model signed");
     }

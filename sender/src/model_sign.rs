@@ -21,8 +21,9 @@ pub const SIGNATURE: &str = "model.sig";
 /// What the reference tool leaves out by default.
 const IGNORED: &[&str] = &[".git", ".github", ".gitattributes", ".gitignore"];
 
-/// Signs the directory `dir` with the private key in `key_pem`; the number of files signed.
-pub fn sign_directory(dir: &Path, key_pem: &str) -> Result<usize, String> {
+/// Signs the directory `dir` with the private key in `key_pem` (and its certificate chain,
+/// `chain_pem`, for the certificate method); the number of files signed.
+pub fn sign_directory(dir: &Path, key_pem: &str, chain_pem: Option<&str>) -> Result<usize, String> {
     // Files are listed by path, then opened from the directory's fd one component at a time,
     // never through a symlink another user swapped in (`beneath`).
     let root = Dir::open(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -61,7 +62,11 @@ pub fn sign_directory(dir: &Path, key_pem: &str) -> Result<usize, String> {
         .unwrap_or("model")
         .to_string();
     let ignore: Vec<String> = IGNORED.iter().map(|s| (*s).to_string()).collect();
-    let bundle = signing::sign(&files, &model_name, key_pem, &ignore)?;
+    let mut bundle = signing::sign(&files, &model_name, key_pem, &ignore)?;
+    if let Some(chain) = chain_pem {
+        bundle = signing::with_certificates(&bundle, key_pem, chain)
+            .map_err(|e| format!("--sign-model-cert: {e}"))?;
+    }
     // Written beside (a new file: never through a name another user planted), then renamed
     // over: a reader sees the old signature or the new one.
     let shown = |e: std::io::Error| format!("{}: {e}", dir.join(SIGNATURE).display());
@@ -125,7 +130,7 @@ mod tests {
         std::fs::write(model.join(".git/HEAD"), "ref").unwrap();
         let key = p256::ecdsa::SigningKey::from_bytes(&[3u8; 32].into()).unwrap();
         let pem = key.to_pkcs8_pem(LineEnding::LF).unwrap();
-        assert_eq!(sign_directory(&model, &pem).unwrap(), 2);
+        assert_eq!(sign_directory(&model, &pem, None).unwrap(), 2);
         let public = key
             .verifying_key()
             .to_public_key_pem(LineEnding::LF)
@@ -151,12 +156,12 @@ mod tests {
             "model file changed since signing: config.json"
         );
         // Signing again covers the change; a symlink refuses the directory.
-        assert_eq!(sign_directory(&model, &pem).unwrap(), 2);
+        assert_eq!(sign_directory(&model, &pem, None).unwrap(), 2);
         std::os::unix::fs::symlink("/etc/passwd", model.join("link")).unwrap();
-        assert!(sign_directory(&model, &pem)
+        assert!(sign_directory(&model, &pem, None)
             .unwrap_err()
             .contains("a symlink or special file"));
-        assert!(sign_directory(&model, "not a key").is_err());
+        assert!(sign_directory(&model, "not a key", None).is_err());
     }
 
     /// Another user who can write the model directory plants symlinks where the signature
@@ -173,7 +178,7 @@ mod tests {
         std::os::unix::fs::symlink(&victim, model.join(SIGNATURE)).unwrap();
         let key = p256::ecdsa::SigningKey::from_bytes(&[4u8; 32].into()).unwrap();
         let pem = key.to_pkcs8_pem(LineEnding::LF).unwrap();
-        assert_eq!(sign_directory(&model, &pem).unwrap(), 1);
+        assert_eq!(sign_directory(&model, &pem, None).unwrap(), 1);
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
         let sig = std::fs::symlink_metadata(model.join(SIGNATURE)).unwrap();
         assert!(

@@ -16,6 +16,11 @@ fn a_reviewer_sees_each_files_verdict_and_the_exit_status_says_if_one_is_refused
     std::fs::create_dir(&model).unwrap();
     std::fs::write(model.join("train.csv"), "city,population\nParis,2100000\n").unwrap();
     std::fs::write(model.join("weights.bin"), b"\x80\x02cos\ngetcwd\n)R.").unwrap();
+    let header = r#"{"w":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}}"#;
+    let mut tensors = (header.len() as u64).to_le_bytes().to_vec();
+    tensors.extend_from_slice(header.as_bytes());
+    tensors.extend_from_slice(&[0; 4]);
+    std::fs::write(model.join("w.safetensors"), tensors).unwrap();
     let run = |args: &[&str]| {
         let out = Command::new(&binaries().inspect)
             .args(args)
@@ -27,6 +32,14 @@ fn a_reviewer_sees_each_files_verdict_and_the_exit_status_says_if_one_is_refused
     let (code, text) = run(&[dir_arg]);
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("train.csv: admitted\n"), "{text}");
+    // What each format found, under its verdict.
+    assert!(
+        text.contains(
+            "w.safetensors: admitted (safetensors)\n  w.safetensors [safetensors] \
+             data_bytes 4, dtypes {\"F16\":1}, tensors 1\n"
+        ),
+        "{text}"
+    );
     assert!(
         text.contains("weights.bin: refused: pickle imports os.getcwd (not on the allow-list)"),
         "{text}"
@@ -37,7 +50,15 @@ fn a_reviewer_sees_each_files_verdict_and_the_exit_status_says_if_one_is_refused
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(verdicts.len(), 2);
+    assert_eq!(verdicts.len(), 3);
+    let tensors = verdicts
+        .iter()
+        .find(|v| v["formats"][0] == "safetensors")
+        .unwrap();
+    assert_eq!(
+        tensors["findings"][0]["facts"]["dtypes"]["F16"], 1,
+        "{tensors}"
+    );
     assert!(verdicts
         .iter()
         .any(|v| v["verdict"] == "refused" && v["reason"].as_str().unwrap().contains("os.getcwd")));

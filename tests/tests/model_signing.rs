@@ -54,6 +54,14 @@ fn write(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap();
 }
 
+/// The files of a [`model`] once signed.
+const MODEL_FILES: [&str; 4] = [
+    "model.safetensors",
+    "config.json",
+    "tokenizer/vocab.txt",
+    "model.sig",
+];
+
 /// A model directory `name` under `root`.
 fn model(root: &Path, name: &str, config: &str) -> PathBuf {
     let dir = root.join(name);
@@ -140,6 +148,17 @@ impl Bench {
         got
     }
 
+    /// Every file of the model `name` (from `src`) is in `--out`, as it was signed.
+    fn assert_delivered_whole(&self, name: &str, src: &Path, log: &str) {
+        for f in MODEL_FILES {
+            assert_eq!(
+                std::fs::read(self.out(&format!("{name}/{f}"))).unwrap(),
+                std::fs::read(src.join(f)).unwrap(),
+                "{name}/{f}\n{log}"
+            );
+        }
+    }
+
     fn out(&self, path: &str) -> PathBuf {
         self.s.out.join(path)
     }
@@ -179,19 +198,7 @@ fn a_signed_model_is_delivered_whole_and_an_unsigned_one_waits() {
         ],
         0,
     );
-    for f in [
-        "model.safetensors",
-        "config.json",
-        "tokenizer/vocab.txt",
-        "model.sig",
-    ] {
-        assert_eq!(
-            std::fs::read(b.out(&format!("llama/{f}"))).unwrap(),
-            std::fs::read(signed.join(f)).unwrap(),
-            "llama/{f}\n{}",
-            got.log
-        );
-    }
+    b.assert_delivered_whole("llama", &signed, &got.log);
     assert!(got
         .log
         .contains("delivered llama/config.json (model signed by model-keys/ml-team.pem)"));
@@ -260,12 +267,7 @@ fn tampered_or_foreign_signed_models_are_refused_whole() {
     for model in ["tampered", "foreign"] {
         assert_eq!(files_under(&b.out(model)), [] as [String; 0], "{}", got.log);
     }
-    for f in [
-        "model.safetensors",
-        "config.json",
-        "tokenizer/vocab.txt",
-        "model.sig",
-    ] {
+    for f in MODEL_FILES {
         let reason = b.reason(&format!("tampered/{f}"));
         assert!(
             reason.contains("refused: model file changed since signing: config.json"),
@@ -278,6 +280,122 @@ fn tampered_or_foreign_signed_models_are_refused_whole() {
             "foreign/{f}: {reason}"
         );
     }
+}
+
+/// A CA named `name` (self-signed) that may issue certificates.
+fn certificate_authority(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
+}
+
+/// A code-signing certificate `name` issued by `ca`, written to `dir` as `name.key` (PKCS#8)
+/// and `name.crt`; their paths.
+fn code_signer(
+    dir: &Path,
+    name: &str,
+    ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+) -> (PathBuf, PathBuf) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::CodeSigning];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, ca).unwrap();
+    let (key_path, cert_path) = (
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.crt")),
+    );
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    (key_path, cert_path)
+}
+
+#[test]
+fn a_model_signed_with_a_certificate_of_a_trusted_ca_is_delivered_and_one_of_another_ca_refused() {
+    let b = Bench::new("1h");
+    let keys = b.s.tmp.path().join("model-keys");
+    let org = certificate_authority("Example Org CA");
+    let rogue_ca = certificate_authority("Rogue CA");
+    std::fs::write(keys.join("org-ca.pem"), org.pem()).unwrap();
+    let mut policy = std::fs::read_to_string(&b.policy).unwrap();
+    policy.push_str("certificates = [\"model-keys/org-ca.pem\"]\n");
+    std::fs::write(&b.policy, policy).unwrap();
+    let (release_key, release_cert) = code_signer(&keys, "ml-release", &org);
+    let (rogue_key, rogue_cert) = code_signer(&keys, "ml-release-2", &rogue_ca);
+    let good = model(&b.s.src, "qwen", "{\"layers\":4}");
+    let bad = model(&b.s.src, "phi", "{}");
+    for (dir, key, cert) in [
+        (&good, &release_key, &release_cert),
+        (&bad, &rogue_key, &rogue_cert),
+    ] {
+        let link = format!("udp://127.0.0.1:{}", free_udp_port());
+        let out = binaries::sender_cmd(&link, &b.s.keys)
+            .arg("--sign-model")
+            .arg(key)
+            .arg("--sign-model-cert")
+            .arg(cert)
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", output_text(&out));
+    }
+    // What the low side's reviewer sees, with the CA the receiver trusts.
+    let inspect = |dir: &Path| {
+        let out = std::process::Command::new(&binaries::binaries().inspect)
+            .arg("--model-ca")
+            .arg(keys.join("org-ca.pem"))
+            .arg(dir)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = inspect(&good);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("qwen: model signed by CN=ml-release ("),
+        "{text}"
+    );
+    let (code, text) = inspect(&bad);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("refused: model signed by an untrusted certificate"),
+        "{text}"
+    );
+
+    let got = b.transfer(&[(&[], &[&good, &bad])], 3);
+    b.assert_delivered_whole("qwen", &good, &got.log);
+    for f in MODEL_FILES {
+        let reason = b.reason(&format!("phi/{f}"));
+        assert!(
+            reason.contains(
+                "refused: model signed by an untrusted certificate: CN=ml-release-2: \
+                 no valid chain to model-keys/org-ca.pem (UnknownIssuer)"
+            ),
+            "phi/{f}: {reason}\n{}",
+            got.log
+        );
+    }
+    assert_eq!(files_under(&b.out("phi")), [] as [String; 0]);
+    assert!(
+        got.log.contains(
+            "delivered qwen/config.json (model signed by CN=ml-release (model-keys/org-ca.pem))"
+        ),
+        "{}",
+        got.log
+    );
+    assert!(b
+        .audit()
+        .contains("\"model_signer\":\"CN=ml-release (model-keys/org-ca.pem)\""));
 }
 
 #[test]

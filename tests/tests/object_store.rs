@@ -483,6 +483,11 @@ fn a_refused_file_goes_to_a_quarantine_in_the_store_never_to_the_delivered_prefi
         .into_owned();
     assert!(reason.contains("pickle imports posix.system"), "{reason}");
     assert!(reason.contains(&sha256_hex(&evil)), "{reason}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&quarantined["quarantine/models/evil.pkl.report.json"].bytes)
+            .unwrap();
+    assert_eq!(report["verdict"], "refused");
+    assert!(report["reason"].as_str().unwrap().contains("posix.system"));
 
     // A quarantine inside the delivered prefix is refused at start.
     std::fs::write(&policy, "quarantine = \"s3://sluice-in/landing/q\"\n").unwrap();

@@ -225,7 +225,13 @@ fn only_what_passes_inspection_is_delivered_the_rest_is_quarantined_with_its_rea
     ];
     let mut expected: Vec<String> = refused
         .iter()
-        .flat_map(|(p, _)| [p.to_string(), format!("{p}.reason")])
+        .flat_map(|(p, _)| {
+            [
+                p.to_string(),
+                format!("{p}.reason"),
+                format!("{p}.report.json"),
+            ]
+        })
         .collect();
     expected.sort();
     assert_eq!(files_under(&quarantine), expected);
@@ -233,6 +239,26 @@ fn only_what_passes_inspection_is_delivered_the_rest_is_quarantined_with_its_rea
     for (path, phrase) in refused {
         let reason = std::fs::read_to_string(quarantine.join(format!("{path}.reason"))).unwrap();
         assert!(reason.contains(phrase), "{path}: {reason}");
+        // The gate's report beside it, as `sluice-inspect --json` prints it, named by the
+        // audit record.
+        let report_path = quarantine.join(format!("{path}.report.json"));
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+        assert_eq!(report["path"], path);
+        assert_eq!(report["verdict"], "refused");
+        assert!(
+            report["reason"].as_str().unwrap().contains(phrase),
+            "{report}"
+        );
+        assert!(report["findings"].is_array(), "{report}");
+        let named = serde_json::to_string(&report_path.display().to_string()).unwrap();
+        assert!(
+            audit
+                .lines()
+                .any(|l| l.contains(path) && l.contains(&format!("\"report\":{named}"))),
+            "no audit record names {}",
+            report_path.display()
+        );
         assert_eq!(
             std::fs::read(quarantine.join(path)).unwrap(),
             std::fs::read(s.src.join(path)).unwrap(),

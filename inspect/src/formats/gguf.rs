@@ -63,7 +63,15 @@ impl Inspector for GgufInspector {
             size,
             big_endian: false,
         };
-        read(&mut r, &|| nested.clock().check(path)).map(drop)
+        let summary = read(&mut r, &|| nested.clock().check(path))?;
+        nested.note(
+            path,
+            "gguf",
+            serde_json::json!({"version": summary.version, "tensors": summary.tensors,
+                "metadata_keys": summary.keys,
+                "chat_templates_checked": summary.templates.iter().take(32).collect::<Vec<_>>()}),
+        );
+        Ok(())
     }
 }
 

@@ -37,7 +37,13 @@ impl Inspector for NumpyInspector {
         nested: &mut Nested<'_>,
     ) -> Result<(), Refusal> {
         // Right after the header comes the data: for objects, a pickle.
-        if Header::read(&mut *file)?.holds_objects {
+        let header = Header::read(&mut *file)?;
+        nested.note(
+            path,
+            "numpy",
+            serde_json::json!({"object_array": header.holds_objects}),
+        );
+        if header.holds_objects {
             self.pickle.inspect(file, path, size, nested)?;
         }
         Ok(())

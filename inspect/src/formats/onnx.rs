@@ -77,6 +77,12 @@ impl Inspector for OnnxInspector {
                 return Err(bad(format!("a custom operator domain {domain:?}")));
             }
         }
+        nested.note(
+            path,
+            "onnx",
+            serde_json::json!({"custom_operator_domains":
+                walker.found.custom_domains.iter().take(32).collect::<Vec<_>>()}),
+        );
         Ok(())
     }
 }

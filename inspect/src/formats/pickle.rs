@@ -158,14 +158,25 @@ impl Inspector for PickleInspector {
     fn inspect(
         &self,
         file: &mut dyn Read,
-        _path: &str,
+        path: &str,
         _size: u64,
-        _nested: &mut Nested<'_>,
+        nested: &mut Nested<'_>,
     ) -> Result<(), Refusal> {
         match self.rule {
-            PickleRule::Allow => Ok(()),
+            PickleRule::Allow => {
+                nested.note(path, "pickle", serde_json::json!({"scanned": false}));
+                Ok(())
+            }
             PickleRule::Refuse => Err(Refusal::PickleRefused),
-            PickleRule::Scan => scan(file, &self.allow).map(drop),
+            PickleRule::Scan => {
+                let scanned = scan(file, &self.allow)?;
+                nested.note(
+                    path,
+                    "pickle",
+                    serde_json::json!({"pickles": scanned.pickles, "imports": scanned.imports}),
+                );
+                Ok(())
+            }
         }
     }
 }

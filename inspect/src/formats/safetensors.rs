@@ -39,11 +39,18 @@ impl Inspector for SafetensorsInspector {
     fn inspect(
         &self,
         file: &mut dyn Read,
-        _path: &str,
+        path: &str,
         size: u64,
-        _nested: &mut Nested<'_>,
+        nested: &mut Nested<'_>,
     ) -> Result<(), Refusal> {
-        validate(file, size).map(drop)
+        let valid = validate(file, size)?;
+        nested.note(
+            path,
+            "safetensors",
+            serde_json::json!({"tensors": valid.tensors, "dtypes": valid.dtypes,
+                "data_bytes": valid.data_len}),
+        );
+        Ok(())
     }
 }
 
@@ -59,6 +66,8 @@ pub struct Validated {
     pub tensors: usize,
     /// Bytes of the data section.
     pub data_len: u64,
+    /// Tensors per dtype.
+    pub dtypes: std::collections::BTreeMap<String, usize>,
 }
 
 /// Bytes per element of a safetensors dtype.
@@ -138,6 +147,7 @@ struct Range {
 fn check_entries(entries: &[(String, Value)], data_len: u64) -> Result<Validated, Refusal> {
     let mut names = BTreeSet::new();
     let mut ranges = Vec::with_capacity(entries.len());
+    let mut dtypes = std::collections::BTreeMap::new();
     for (name, value) in entries {
         if !names.insert(name.as_str()) {
             return Err(invalid(format!("{name:?} appears twice")));
@@ -152,6 +162,9 @@ fn check_entries(entries: &[(String, Value)], data_len: u64) -> Result<Validated
             continue;
         }
         ranges.push(tensor_range(name, value)?);
+        if let Some(dtype) = value.get("dtype").and_then(Value::as_str) {
+            *dtypes.entry(dtype.to_string()).or_insert(0) += 1;
+        }
     }
     ranges.sort_by_key(|r| (r.begin, r.end));
     let mut next = 0u64;
@@ -173,6 +186,7 @@ fn check_entries(entries: &[(String, Value)], data_len: u64) -> Result<Validated
     Ok(Validated {
         tensors: ranges.len(),
         data_len,
+        dtypes,
     })
 }
 
@@ -245,7 +259,8 @@ mod tests {
             check(&file(GOOD, 30)).unwrap(),
             Validated {
                 tensors: 2,
-                data_len: 30
+                data_len: 30,
+                dtypes: [("F16".to_string(), 1), ("F32".to_string(), 1)].into(),
             }
         );
         // Padding spaces after the JSON are allowed, as the format says.

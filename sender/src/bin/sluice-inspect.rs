@@ -1,7 +1,10 @@
-//! `sluice-inspect FILE|DIR...`: what the gate decides of each file, and which formats it
-//! checked it as, so a reviewer on the low side sees what the receiver will decide. With
-//! `--model-key PEM`, a directory argument is also a signed model: its `model.sig`
-//! (OpenSSF model signing) must verify with one of the keys and list exactly its files.
+//! `sluice-inspect FILE|DIR...`: what the gate decides of each file, which formats it checked
+//! it as and what each found (pickle imports, tensors and dtypes, GGUF chat templates, ONNX
+//! operator domains), so a reviewer on the low side sees what the receiver will decide; the
+//! receiver keeps the same report beside a quarantined file (`NAME.report.json`). With
+//! `--model-key PEM` or `--model-ca PEM`, a directory argument is also a signed model: its
+//! `model.sig` (OpenSSF model signing) must verify with one of the keys, or carry a
+//! certificate issued under one of the CAs, and list exactly its files.
 //! Exit 0 when everything is admitted, 1 when something is refused, 2 on a usage error.
 
 use std::fs::File;
@@ -12,6 +15,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use sha2::{Digest, Sha256};
 use sluice_inspect::policy::Policy;
+use sluice_inspect::report::Report;
 use sluice_inspect::signing::{self, TrustedKey};
 
 /// Checks files as the receiver's content gate would.
@@ -21,13 +25,18 @@ struct Args {
     /// The receiver's `policy.toml` (default: the built-in rules, no name rules).
     #[arg(long)]
     policy: Option<PathBuf>,
-    /// One JSON object per file instead of a line of text.
+    /// One JSON object per file (the report the receiver keeps beside a quarantined file)
+    /// instead of text.
     #[arg(long)]
     json: bool,
     /// A public key (PEM, P-256 or P-384) models may be signed with; each directory argument
     /// must then hold a `model.sig` that verifies with one and lists exactly its files.
     #[arg(long = "model-key", value_name = "PEM")]
     model_keys: Vec<PathBuf>,
+    /// A CA (PEM certificates) whose code-signing certificates may sign models (the
+    /// reference tool's certificate method).
+    #[arg(long = "model-ca", value_name = "PEM")]
+    model_cas: Vec<PathBuf>,
     /// Files, or directories walked (their files are named by their path below the directory,
     /// as the receiver names a file by its path in the transfer).
     #[arg(required = true)]
@@ -48,14 +57,20 @@ fn main() -> ExitCode {
         }
     };
     let mut keys = Vec::new();
-    for path in &args.model_keys {
+    type Parse = fn(&str, &str) -> Result<TrustedKey, String>;
+    let trust = (args.model_keys.iter())
+        .map(|p| (p, "--model-key", TrustedKey::from_pem as Parse))
+        .chain(
+            (args.model_cas.iter()).map(|p| (p, "--model-ca", TrustedKey::from_ca_pem as Parse)),
+        );
+    for (path, flag, parse) in trust {
         let key = std::fs::read_to_string(path)
             .map_err(|e| e.to_string())
-            .and_then(|pem| TrustedKey::from_pem(&path.display().to_string(), &pem));
+            .and_then(|pem| parse(&path.display().to_string(), &pem));
         match key {
             Ok(key) => keys.push(key),
             Err(e) => {
-                eprintln!("sluice-inspect: --model-key {}: {e}", path.display());
+                eprintln!("sluice-inspect: {flag} {}: {e}", path.display());
                 return ExitCode::from(2);
             }
         }
@@ -73,9 +88,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
         for (path, name) in files {
-            let verdict = verdict(&policy, &path, &name);
-            refused |= verdict.is_err();
-            print(&path, &verdict, args.json);
+            let report = report(&policy, &path, &name);
+            refused |= !report.admitted();
+            print(&report, args.json);
         }
     }
     ExitCode::from(u8::from(refused))
@@ -160,33 +175,33 @@ fn open_regular(path: &Path) -> Result<(File, std::fs::Metadata), String> {
     Ok((file, meta))
 }
 
-/// The formats that checked the file, or why it is refused.
-fn verdict(policy: &Policy, path: &Path, name: &str) -> Result<Vec<&'static str>, String> {
-    let (mut file, meta) = open_regular(path)?;
-    policy
-        .check_name_and_size(name, meta.len())
-        .map_err(|e| e.to_string())?;
-    policy
-        .inspect_all(&mut file, name, meta.len())
-        .map_err(|e| e.to_string())
+/// The gate's report on the file at `path`, named `name` (as the receiver names it).
+fn report(policy: &Policy, path: &Path, name: &str) -> Report {
+    match open_regular(path) {
+        Ok((mut file, meta)) => {
+            let mut report = policy.report(&mut file, name, meta.len());
+            report.path = path.to_string_lossy().into_owned();
+            report
+        }
+        Err(reason) => Report {
+            path: path.to_string_lossy().into_owned(),
+            size: 0,
+            verdict: "refused",
+            reason: Some(reason),
+            formats: Vec::new(),
+            findings: Vec::new(),
+            findings_dropped: 0,
+        },
+    }
 }
 
-fn print(path: &Path, verdict: &Result<Vec<&'static str>, String>, json: bool) {
+fn print(report: &Report, json: bool) {
     if json {
-        let value = match verdict {
-            Ok(formats) => serde_json::json!({
-                "path": path.to_string_lossy(), "verdict": "admitted", "formats": formats,
-            }),
-            Err(reason) => serde_json::json!({
-                "path": path.to_string_lossy(), "verdict": "refused", "reason": reason,
-            }),
-        };
-        println!("{value}");
-    } else {
-        match verdict {
-            Ok(formats) if formats.is_empty() => println!("{}: admitted", path.display()),
-            Ok(formats) => println!("{}: admitted ({})", path.display(), formats.join(", ")),
-            Err(reason) => println!("{}: refused: {reason}", path.display()),
+        match serde_json::to_string(report) {
+            Ok(line) => println!("{line}"),
+            Err(e) => eprintln!("sluice-inspect: {}: {e}", report.path),
         }
+    } else {
+        println!("{}", report.text());
     }
 }

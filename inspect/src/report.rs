@@ -9,6 +9,12 @@ use serde_json::Value;
 
 /// Most findings kept for one file (an archive of many models): beyond, only counted.
 pub const MAX_FINDINGS: usize = 1000;
+/// Most bytes of findings kept for one file (as JSON): beyond, only counted.
+pub const MAX_FINDINGS_BYTES: usize = 1 << 20;
+/// Longest text kept in a finding (a name, a key, an archive member's path), in bytes.
+pub const MAX_TEXT: usize = 256;
+/// Most items kept in a list of a finding.
+pub const MAX_ITEMS: usize = 32;
 
 /// One format's findings on the file or one of its archive members.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -87,24 +93,67 @@ fn short(v: &Value) -> String {
     }
 }
 
-/// The findings of one file's inspection, bounded.
+/// The findings of one file's inspection, bounded: what a file's author chose (member names,
+/// template keys, operator domains) is escaped and clipped, so a report never holds more than
+/// [`MAX_FINDINGS`] findings or [`MAX_FINDINGS_BYTES`] bytes, nor a control character.
 #[derive(Debug, Default)]
 pub(crate) struct Findings {
     pub kept: Vec<Finding>,
     pub dropped: u64,
+    bytes: usize,
 }
 
 impl Findings {
     pub fn note(&mut self, at: &str, format: &'static str, facts: Value) {
-        if self.kept.len() < MAX_FINDINGS {
-            self.kept.push(Finding {
-                at: at.to_string(),
-                format,
-                facts,
-            });
+        let finding = Finding {
+            at: clip(at, 4 * MAX_TEXT),
+            format,
+            facts: bounded(facts),
+        };
+        let size = finding.at.len() + finding.facts.to_string().len();
+        if self.kept.len() < MAX_FINDINGS && self.bytes + size <= MAX_FINDINGS_BYTES {
+            self.bytes += size;
+            self.kept.push(finding);
         } else {
             self.dropped += 1;
         }
+    }
+}
+
+/// `text` escaped (control and look-alike characters) and cut at `max` bytes, `…` marking
+/// the cut: for text a file's or certificate's author chose.
+pub(crate) fn clip(text: &str, max: usize) -> String {
+    // Escaping only grows text: escape no more than the first `max` bytes of it.
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut shown = sluice_common::paths::escaped(text.get(..end).unwrap_or_default());
+    let mut cut = shown.len().min(max);
+    while !shown.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    if cut < shown.len() || end < text.len() {
+        shown.truncate(cut);
+        shown.push('…');
+    }
+    shown
+}
+
+/// `value` with every text clipped to [`MAX_TEXT`] and every list and map to [`MAX_ITEMS`].
+fn bounded(value: Value) -> Value {
+    match value {
+        Value::String(s) => Value::String(clip(&s, MAX_TEXT)),
+        Value::Array(items) => {
+            Value::Array(items.into_iter().take(MAX_ITEMS).map(bounded).collect())
+        }
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .take(MAX_ITEMS)
+                .map(|(k, v)| (clip(&k, MAX_TEXT), bounded(v)))
+                .collect(),
+        ),
+        other => other,
     }
 }
 
@@ -123,6 +172,42 @@ mod tests {
             );
         }
         assert_eq!((f.kept.len(), f.dropped), (MAX_FINDINGS, 5));
+        // Names an author chose: escaped and clipped; lists cut; bytes bounded.
+        let mut g = Findings::default();
+        let key = format!("tokenizer.chat_template.\u{202e}{}", "k".repeat(70_000));
+        let keys: Vec<String> = (0..100).map(|i| format!("{key}{i}")).collect();
+        g.note(
+            &"m/".repeat(10_000),
+            "gguf",
+            serde_json::json!({"chat_templates_checked": keys}),
+        );
+        let kept = &g.kept[0];
+        assert!(kept.at.len() <= 4 * MAX_TEXT + 3);
+        let listed = kept.facts["chat_templates_checked"].as_array().unwrap();
+        assert_eq!(listed.len(), MAX_ITEMS);
+        let first = listed[0].as_str().unwrap();
+        assert!(
+            first.len() <= MAX_TEXT + 3 && !first.contains('\u{202e}'),
+            "{first}"
+        );
+        let long: Vec<String> = keys
+            .iter()
+            .take(MAX_ITEMS)
+            .map(|k| k[..300].to_string())
+            .collect();
+        for _ in 0..MAX_FINDINGS {
+            g.note(
+                "x",
+                "gguf",
+                serde_json::json!({ "chat_templates_checked": long }),
+            );
+        }
+        assert!(
+            g.bytes <= MAX_FINDINGS_BYTES && g.dropped > 0,
+            "{} {}",
+            g.bytes,
+            g.dropped
+        );
         let report = Report {
             path: "a.zip".into(),
             size: 9,

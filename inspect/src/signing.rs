@@ -36,6 +36,10 @@ const IN_TOTO: &str = "application/vnd.in-toto+json";
 
 /// Most certificates a bundle's chain is read with (leaf and intermediates).
 const MAX_CHAIN: usize = 8;
+/// Largest certificate read (DER); real ones are 0.5–2 KiB.
+const MAX_CERTIFICATE: usize = 64 << 10;
+/// Most signatures a bundle may carry (the reference tool writes and reads one).
+const MAX_SIGNATURES: usize = 4;
 /// id-kp-codeSigning (1.3.6.1.5.5.7.3.3), DER contents.
 const CODE_SIGNING: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x03];
 
@@ -83,9 +87,22 @@ impl TrustedKey {
         use rustls_pki_types::CertificateDer;
         let mut anchors = Vec::new();
         for (i, cert) in CertificateDer::pem_slice_iter(pem.as_bytes()).enumerate() {
-            let cert = cert.map_err(|e| format!("{name}: certificate {}: {e}", i + 1))?;
-            let anchor = webpki::anchor_from_trusted_cert(&cert)
-                .map_err(|e| format!("{name}: certificate {}: {e}", i + 1))?;
+            use x509_cert::der::Decode;
+            let which = |why: String| format!("{name}: certificate {}: {why}", i + 1);
+            let cert = cert.map_err(|e| which(e.to_string()))?;
+            let parsed =
+                x509_cert::Certificate::from_der(&cert).map_err(|e| which(e.to_string()))?;
+            let is_ca = parsed
+                .tbs_certificate
+                .get::<x509_cert::ext::pkix::BasicConstraints>()
+                .is_ok_and(|c| c.is_some_and(|(_, c)| c.ca));
+            if !is_ca {
+                return Err(which(
+                    "not a CA certificate (basic constraints without cA)".into(),
+                ));
+            }
+            let anchor =
+                webpki::anchor_from_trusted_cert(&cert).map_err(|e| which(error_name(&e)))?;
             anchors.push(anchor.to_owned());
         }
         if anchors.is_empty() {
@@ -98,7 +115,7 @@ impl TrustedKey {
     }
 
     /// Whether `sig` (DER) is this key's ECDSA signature of `message` (the curve's hash).
-    /// A CA verifies nothing by itself: see [`certificate_signer`].
+    /// A CA verifies nothing by itself: see [`certified_key`].
     fn verifies(&self, message: &[u8], sig: &[u8]) -> bool {
         use p256::ecdsa::signature::Verifier;
         match &self.key {
@@ -111,19 +128,17 @@ impl TrustedKey {
     }
 }
 
-/// The signer of `message` by `sig` under the certificate method: `chain[0]` is the signing
-/// certificate, the rest intermediates. As the reference tool checks it — the chain valid at
-/// the certificate's start (a bundle carries no trusted time), and the certificate's key
-/// verifying the signature — and stricter: a certificate (or CA) that lists extended key
-/// usages must list code signing, and one that lists key usages must allow digital
-/// signatures (a CA's TLS server certificates sign no model). Names the signer
-/// `SUBJECT (CA file)`.
-fn certificate_signer(
+/// The key of the signing certificate `chain[0]` (the rest: intermediates) if the chain
+/// leads to `ca`, named `SUBJECT (CA file)`, and the subject; or why not, naming the subject. As the reference
+/// tool checks it — the chain valid at the certificate's start (a bundle carries no trusted
+/// time) — and stricter: every certificate of the chain that lists extended key usages must
+/// list code signing, the signing certificate must list it, and its key usages, if listed,
+/// must allow digital signatures (the CA's TLS, VPN or mail certificates sign no model).
+/// Checked once per CA, whatever the number of signatures.
+fn certified_key(
     ca: &TrustedKey,
     chain: &[rustls_pki_types::CertificateDer<'_>],
-    message: &[u8],
-    sig: &[u8],
-) -> Result<String, String> {
+) -> Result<(TrustedKey, String), String> {
     use x509_cert::der::{Decode, Encode};
     use x509_cert::ext::pkix::{ExtendedKeyUsage, KeyUsage};
     let Key::Ca(anchors) = &ca.key else {
@@ -133,15 +148,16 @@ fn certificate_signer(
     let leaf = x509_cert::Certificate::from_der(leaf_der)
         .map_err(|e| format!("the signing certificate is unreadable ({e})"))?;
     let tbs = &leaf.tbs_certificate;
-    let subject = tbs.subject.to_string();
+    let subject = shown(&tbs.subject.to_string());
     let start = tbs.validity.not_before.to_unix_duration();
     let ee = webpki::EndEntityCert::try_from(leaf_der)
-        .map_err(|e| format!("{subject}: unreadable ({e})"))?;
+        .map_err(|e| format!("{subject}: unreadable ({})", error_name(&e)))?;
     ee.verify_for_usage(
         webpki::ALL_VERIFICATION_ALGS,
         anchors,
         intermediates,
         rustls_pki_types::UnixTime::since_unix_epoch(start),
+        // On every certificate of the chain that lists them (a CA usually does not).
         webpki::KeyUsage::required_if_present(CODE_SIGNING),
         None,
         None,
@@ -150,12 +166,25 @@ fn certificate_signer(
         webpki::Error::RequiredEkuNotFoundContext(_) => {
             format!("{subject}: not a certificate for code signing (its extended key usages)")
         }
-        e => format!("{subject}: no valid chain to {} ({e:?})", ca.name),
+        e => format!(
+            "{subject}: no valid chain to {} ({})",
+            ca.name,
+            error_name(&e)
+        ),
     })?;
-    let usage = tbs.get::<KeyUsage>().ok().flatten().map(|(_, u)| u);
-    let extended = tbs.get::<ExtendedKeyUsage>().ok().flatten();
-    if usage.is_some_and(|u| !u.digital_signature()) || (usage.is_none() && extended.is_none()) {
-        return Err(format!("{subject}: not a certificate for signing"));
+    // The signing certificate itself must list code signing.
+    let code_signing = tbs.get::<ExtendedKeyUsage>().is_ok_and(|eku| {
+        eku.is_some_and(|(_, eku)| eku.0.iter().any(|oid| oid.as_bytes() == CODE_SIGNING))
+    });
+    if !code_signing {
+        return Err(format!(
+            "{subject}: not a certificate for code signing (its extended key usages)"
+        ));
+    }
+    match tbs.get::<KeyUsage>() {
+        Ok(None) => {}
+        Ok(Some((_, usage))) if usage.digital_signature() => {}
+        _ => return Err(format!("{subject}: not a certificate for signing")),
     }
     let spki = tbs
         .subject_public_key_info
@@ -171,14 +200,24 @@ fn certificate_signer(
             return Err(format!("{subject}: not a P-256 or P-384 key"));
         }
     };
-    let signer = TrustedKey {
+    let key = TrustedKey {
         name: format!("{subject} ({})", ca.name),
         key,
     };
-    if !signer.verifies(message, sig) {
-        return Err(format!("{subject}: the signature is not its key's"));
-    }
-    Ok(signer.name)
+    Ok((key, subject))
+}
+
+/// A certificate's subject as messages show it: escaped, at most 256 bytes (the subject is
+/// chosen by whoever made the certificate, trusted or not).
+fn shown(subject: &str) -> String {
+    crate::report::clip(subject, 256)
+}
+
+/// A webpki error's name, without the context it carries (parts of the certificate).
+fn error_name(e: &webpki::Error) -> String {
+    let text = format!("{e:?}");
+    let name = text.split(['(', '{', ' ']).next().unwrap_or_default();
+    name.chars().take(64).collect()
 }
 
 /// What a verified bundle says: who signed, and the files with their digests.
@@ -346,14 +385,21 @@ pub fn verify(bundle: &[u8], keys: &[TrustedKey]) -> Result<Signed, String> {
     if raw.len() > MAX_CHAIN {
         return Err(unreadable(&format!("more than {MAX_CHAIN} certificates")));
     }
-    let chain = raw
-        .iter()
-        .map(|c| {
-            b64.decode(&c.raw_bytes)
-                .map(rustls_pki_types::CertificateDer::from)
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| unreadable("a certificate is not base64"))?;
+    if envelope.signatures.len() > MAX_SIGNATURES {
+        return Err(unreadable(&format!(
+            "more than {MAX_SIGNATURES} signatures"
+        )));
+    }
+    let mut chain = Vec::with_capacity(raw.len());
+    for c in &raw {
+        let der = b64
+            .decode(&c.raw_bytes)
+            .map_err(|_| unreadable("a certificate is not base64"))?;
+        if der.len() > MAX_CERTIFICATE {
+            return Err(unreadable("a certificate larger than 64 KiB"));
+        }
+        chain.push(rustls_pki_types::CertificateDer::from(der));
+    }
     let signatures: Vec<Vec<u8>> = envelope
         .signatures
         .iter()
@@ -378,15 +424,14 @@ pub fn verify(bundle: &[u8], keys: &[TrustedKey]) -> Result<Signed, String> {
         }
         .to_string();
         let mut found = None;
-        'search: for sig in &signatures {
-            for ca in &cas {
-                match certificate_signer(ca, &chain, &message, sig) {
-                    Ok(name) => {
-                        found = Some(name);
-                        break 'search;
-                    }
-                    Err(e) => why = e,
+        for ca in &cas {
+            match certified_key(ca, &chain) {
+                Ok((leaf, _)) if signatures.iter().any(|sig| leaf.verifies(&message, sig)) => {
+                    found = Some(leaf.name);
+                    break;
                 }
+                Ok((_, subject)) => why = format!("{subject}: the signature is not its key's"),
+                Err(e) => why = e,
             }
         }
         found.ok_or_else(|| format!("model signed by an untrusted certificate: {why}"))?
@@ -686,89 +731,101 @@ mod tests {
         let intermediate = ca("Example Models CA", Some(&root));
         let other_root = ca("Other Root", None);
         let trusted = TrustedKey::from_ca_pem("root.pem", &root.pem()).unwrap();
+        let only = std::slice::from_ref(&trusted);
         let other = TrustedKey::from_ca_pem("other.pem", &other_root.pem()).unwrap();
         let files: &[(&str, &[u8])] = &[("w.safetensors", b"weights")];
-        let (cert, cert_key) = leaf("ml-team", &intermediate, vec![Ku::DigitalSignature], vec![]);
+        let code_signing = |name: &str| {
+            leaf(
+                name,
+                &intermediate,
+                vec![Ku::DigitalSignature],
+                vec![Eku::CodeSigning],
+            )
+        };
+        let (cert, cert_key) = code_signing("ml-team");
         let good = certificate_bundle(&cert_key, &[cert.der(), intermediate.der()], files);
         let signed = verify(&good, &[other.clone(), trusted.clone()]).unwrap();
         assert_eq!(signed.signer, "CN=ml-team (root.pem)");
+        assert_eq!(check_files(&signed, &present(files), "model.sig"), Ok(()));
         // What `with_certificates` writes is the same, and refuses a certificate of another
         // key.
         let by_key = sign(&present(files), "model", &cert_key.serialize_pem(), &[]).unwrap();
         let chain_pem = cert.pem() + &intermediate.pem();
         let made = with_certificates(&by_key, &cert_key.serialize_pem(), &chain_pem).unwrap();
-        assert_eq!(
-            verify(&made, std::slice::from_ref(&trusted)),
-            Ok(signed.clone())
-        );
+        assert_eq!(verify(&made, only), Ok(signed.clone()));
         let stranger_pem = rcgen::KeyPair::generate().unwrap().serialize_pem();
         assert_eq!(
             with_certificates(&by_key, &stranger_pem, &chain_pem).unwrap_err(),
             "the first certificate is not the signing key's"
         );
-        assert_eq!(check_files(&signed, &present(files), "model.sig"), Ok(()));
 
         let refused = |bundle: &[u8], trust: &[TrustedKey]| verify(bundle, trust).unwrap_err();
+        let untrusted = "model signed by an untrusted certificate: ";
         let e = refused(&good, std::slice::from_ref(&other));
-        assert!(
-            e.starts_with(
-                "model signed by an untrusted certificate: CN=ml-team: no valid chain to other.pem"
-            ),
-            "{e}"
+        assert_eq!(
+            e,
+            format!("{untrusted}CN=ml-team: no valid chain to other.pem (UnknownIssuer)")
         );
         // A trusted CA's certificate does not stand in for a key, nor a key for a CA.
         let (_, plain) = key(7);
         assert_eq!(
             refused(&good, std::slice::from_ref(&plain)),
-            "model signed by an untrusted certificate: no CA is trusted for this model"
+            format!("{untrusted}no CA is trusted for this model")
         );
         // The intermediate left out of the chain: no path to the root.
-        let e = refused(
-            &certificate_bundle(&cert_key, &[cert.der()], files),
-            std::slice::from_ref(&trusted),
-        );
-        assert!(
-            e.contains("CN=ml-team: no valid chain to root.pem (UnknownIssuer)"),
-            "{e}"
+        let e = refused(&certificate_bundle(&cert_key, &[cert.der()], files), only);
+        assert_eq!(
+            e,
+            format!("{untrusted}CN=ml-team: no valid chain to root.pem (UnknownIssuer)")
         );
         // Signed with another key than the certificate's.
         let stranger = rcgen::KeyPair::generate().unwrap();
         let e = refused(
             &certificate_bundle(&stranger, &[cert.der(), intermediate.der()], files),
-            std::slice::from_ref(&trusted),
+            only,
         );
-        assert!(
-            e.ends_with("CN=ml-team: the signature is not its key's"),
-            "{e}"
+        assert_eq!(
+            e,
+            format!("{untrusted}CN=ml-team: the signature is not its key's")
         );
-        // The CA's TLS server certificate, and a certificate for encryption only.
-        let (tls, tls_key) = leaf(
-            "gw",
-            &intermediate,
-            vec![Ku::DigitalSignature],
-            vec![Eku::ServerAuth],
-        );
-        let e = refused(
-            &certificate_bundle(&tls_key, &[tls.der(), intermediate.der()], files),
-            std::slice::from_ref(&trusted),
-        );
-        assert!(
-            e.ends_with("CN=gw: not a certificate for code signing (its extended key usages)"),
-            "{e}"
-        );
-        let (enc, enc_key) = leaf("enc", &intermediate, vec![Ku::KeyEncipherment], vec![]);
-        let e = refused(
-            &certificate_bundle(&enc_key, &[enc.der(), intermediate.der()], files),
-            std::slice::from_ref(&trusted),
-        );
-        assert!(e.ends_with("CN=enc: not a certificate for signing"), "{e}");
-        // A code-signing certificate without key usages passes, as in the reference tool.
+        // The CA's other certificates: a TLS server's, one with no extended key usage (a
+        // device or VPN certificate), one for encryption only.
+        let usages = [
+            ("gw", vec![Ku::DigitalSignature], vec![Eku::ServerAuth]),
+            ("device", vec![Ku::DigitalSignature], vec![]),
+            ("enc", vec![Ku::KeyEncipherment], vec![Eku::CodeSigning]),
+        ];
+        for (name, ku, eku) in usages {
+            let (c, k) = leaf(name, &intermediate, ku, eku);
+            let e = refused(
+                &certificate_bundle(&k, &[c.der(), intermediate.der()], files),
+                only,
+            );
+            let why = if name == "enc" {
+                "not a certificate for signing"
+            } else {
+                "not a certificate for code signing (its extended key usages)"
+            };
+            assert_eq!(e, format!("{untrusted}CN={name}: {why}"));
+        }
+        // A code-signing certificate without key usages passes, as in the reference tool;
+        // and one issued by the root itself, carried as the bundle's lone `certificate`.
         let (code, code_key) = leaf("builder", &intermediate, vec![], vec![Eku::CodeSigning]);
         let b = certificate_bundle(&code_key, &[code.der(), intermediate.der()], files);
-        assert_eq!(
-            verify(&b, std::slice::from_ref(&trusted)).unwrap().signer,
-            "CN=builder (root.pem)"
+        assert_eq!(verify(&b, only).unwrap().signer, "CN=builder (root.pem)");
+        let (direct, direct_key) = leaf(
+            "direct",
+            &root,
+            vec![Ku::DigitalSignature],
+            vec![Eku::CodeSigning],
         );
+        let mut lone: serde_json::Value =
+            serde_json::from_slice(&certificate_bundle(&direct_key, &[direct.der()], files))
+                .unwrap();
+        let raw = lone["verificationMaterial"]["x509CertificateChain"]["certificates"][0].clone();
+        lone["verificationMaterial"] = serde_json::json!({ "certificate": raw });
+        let lone = serde_json::to_vec(&lone).unwrap();
+        assert_eq!(verify(&lone, only).unwrap().signer, "CN=direct (root.pem)");
         // A signing certificate cannot issue another one.
         let (fake, fake_key) = {
             let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -776,15 +833,11 @@ mod tests {
                 .distinguished_name
                 .push(rcgen::DnType::CommonName, "fake");
             params.key_usages = vec![Ku::DigitalSignature];
-            let issuer = rcgen::Issuer::new(
-                {
-                    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-                    p.distinguished_name
-                        .push(rcgen::DnType::CommonName, "ml-team");
-                    p
-                },
-                cert_key,
-            );
+            params.extended_key_usages = vec![Eku::CodeSigning];
+            let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.distinguished_name
+                .push(rcgen::DnType::CommonName, "ml-team");
+            let issuer = rcgen::Issuer::new(p, cert_key);
             let fake_key = rcgen::KeyPair::generate().unwrap();
             (params.signed_by(&fake_key, &issuer).unwrap(), fake_key)
         };
@@ -794,64 +847,119 @@ mod tests {
                 &[fake.der(), cert.der(), intermediate.der()],
                 files,
             ),
-            std::slice::from_ref(&trusted),
+            only,
         );
-        assert!(
-            e.contains("CN=fake: no valid chain to root.pem (EndEntityUsedAsCa)"),
-            "{e}"
+        assert_eq!(
+            e,
+            format!("{untrusted}CN=fake: no valid chain to root.pem (EndEntityUsedAsCa)")
         );
         // Validity is checked when the certificate began, as the reference tool does (a
         // bundle carries no trusted time): a certificate since expired still verifies; one
         // issued by an intermediate already expired then does not.
-        let dated = |name: &str, from: i32, to: i32| {
+        let dated = |name: &str, from: i32, to: i32, is_ca: bool| {
             let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
             params
                 .distinguished_name
                 .push(rcgen::DnType::CommonName, name);
             params.not_before = rcgen::date_time_ymd(from, 1, 1);
             params.not_after = rcgen::date_time_ymd(to, 1, 1);
+            if is_ca {
+                params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+                params.key_usages = vec![Ku::KeyCertSign];
+            } else {
+                params.key_usages = vec![Ku::DigitalSignature];
+                params.extended_key_usages = vec![Eku::CodeSigning];
+            }
             params
         };
-        let (old, old_key) = {
-            let mut params = dated("2019-release", 2019, 2020);
-            params.key_usages = vec![Ku::DigitalSignature];
-            let key = rcgen::KeyPair::generate().unwrap();
-            (params.signed_by(&key, &intermediate).unwrap(), key)
-        };
+        let old_key = rcgen::KeyPair::generate().unwrap();
+        let old = dated("2019-release", 2019, 2020, false)
+            .signed_by(&old_key, &intermediate)
+            .unwrap();
         let b = certificate_bundle(&old_key, &[old.der(), intermediate.der()], files);
         assert_eq!(
-            verify(&b, std::slice::from_ref(&trusted)).unwrap().signer,
+            verify(&b, only).unwrap().signer,
             "CN=2019-release (root.pem)"
         );
-        let lapsed = {
-            let mut params = dated("Lapsed CA", 2010, 2012);
-            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-            params.key_usages = vec![Ku::KeyCertSign];
-            rcgen::CertifiedIssuer::signed_by(params, rcgen::KeyPair::generate().unwrap(), &root)
-                .unwrap()
-        };
-        let (late, late_key) = {
-            let mut params = dated("late", 2019, 2030);
-            params.key_usages = vec![Ku::DigitalSignature];
-            let key = rcgen::KeyPair::generate().unwrap();
-            (params.signed_by(&key, &lapsed).unwrap(), key)
-        };
+        let lapsed = rcgen::CertifiedIssuer::signed_by(
+            dated("Lapsed CA", 2010, 2012, true),
+            rcgen::KeyPair::generate().unwrap(),
+            &root,
+        )
+        .unwrap();
+        let late_key = rcgen::KeyPair::generate().unwrap();
+        let late = dated("late", 2019, 2030, false)
+            .signed_by(&late_key, &lapsed)
+            .unwrap();
         let e = refused(
             &certificate_bundle(&late_key, &[late.der(), lapsed.der()], files),
-            std::slice::from_ref(&trusted),
+            only,
         );
-        assert!(
-            e.contains("CN=late: no valid chain to root.pem (CertExpired"),
-            "{e}"
+        assert_eq!(
+            e,
+            format!("{untrusted}CN=late: no valid chain to root.pem (CertExpired)")
         );
-        // Bounds: a chain too long, and a CA file without a certificate.
-        let long: Vec<_> = std::iter::repeat_n(intermediate.der(), 9).collect();
-        assert!(
-            refused(&certificate_bundle(&code_key, &long, files), &[trusted])
-                .contains("more than 8 certificates")
-        );
+        // A CA file holds CAs only, and a file without a certificate is refused.
+        assert!(TrustedKey::from_ca_pem("leaf.pem", &cert.pem())
+            .unwrap_err()
+            .contains("leaf.pem: certificate 1: not a CA certificate"));
         assert!(TrustedKey::from_ca_pem("x.pem", "junk")
             .unwrap_err()
             .contains("no PEM certificate"));
+    }
+
+    #[test]
+    fn bundles_are_bounded_before_any_certificate_or_signature_is_checked() {
+        use rcgen::{ExtendedKeyUsagePurpose as Eku, KeyUsagePurpose as Ku};
+        let root = ca("Example Root", None);
+        let trusted = TrustedKey::from_ca_pem("root.pem", &root.pem()).unwrap();
+        let only = std::slice::from_ref(&trusted);
+        let files: &[(&str, &[u8])] = &[("w.safetensors", b"weights")];
+        let (cert, key) = leaf(
+            "ml-team",
+            &root,
+            vec![Ku::DigitalSignature],
+            vec![Eku::CodeSigning],
+        );
+        let good = certificate_bundle(&key, &[cert.der()], files);
+        let unreadable = |why: &str| format!("model signature unreadable: {why}");
+        // A chain too long.
+        let long: Vec<_> = std::iter::repeat_n(cert.der(), 9).collect();
+        assert_eq!(
+            verify(&certificate_bundle(&key, &long, files), only).unwrap_err(),
+            unreadable("more than 8 certificates")
+        );
+        // Signatures by the thousand (each would be tried).
+        let mut many: serde_json::Value = serde_json::from_slice(&good).unwrap();
+        let one = many["dsseEnvelope"]["signatures"][0].clone();
+        many["dsseEnvelope"]["signatures"] = serde_json::Value::Array(vec![one; 5]);
+        assert_eq!(
+            verify(&serde_json::to_vec(&many).unwrap(), only).unwrap_err(),
+            unreadable("more than 4 signatures")
+        );
+        // A certificate over 64 KiB, and a subject chosen to flood the refusal: it is shown
+        // escaped and cut at 256 bytes.
+        let named = |cn: String| {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, cn);
+            params.key_usages = vec![Ku::DigitalSignature];
+            params.extended_key_usages = vec![Eku::CodeSigning];
+            let key = rcgen::KeyPair::generate().unwrap();
+            let stranger = ca("Stranger CA", None);
+            (params.signed_by(&key, &stranger).unwrap(), key)
+        };
+        let (huge, huge_key) = named("x".repeat(70_000));
+        assert_eq!(
+            verify(&certificate_bundle(&huge_key, &[huge.der()], files), only).unwrap_err(),
+            unreadable("a certificate larger than 64 KiB")
+        );
+        let (loud, loud_key) = named("\u{202e}line\n".repeat(4000));
+        let e = verify(&certificate_bundle(&loud_key, &[loud.der()], files), only).unwrap_err();
+        assert!(
+            e.len() < 512 && e.contains('…') && !e.contains('\n') && !e.contains('\u{202e}'),
+            "{e}"
+        );
     }
 }

@@ -259,8 +259,10 @@ write("root.pem", cert("Example Root", root_k, name("Example Root"), root_k, Tru
 write("other-root.pem", cert("Other Root", other_k, name("Other Root"), other_k, True))
 inter = cert("Example Models CA", int_k, name("Example Root"), root_k, True)
 write("intermediate.pem", inter)
-for leaf, eku in [("ml-team", [ExtendedKeyUsageOID.CODE_SIGNING]), ("gw", [ExtendedKeyUsageOID.SERVER_AUTH])]:
-    k = ec.generate_private_key(ec.SECP256R1())
+for leaf, eku, curve in [("ml-team", [ExtendedKeyUsageOID.CODE_SIGNING], ec.SECP256R1()),
+                         ("ml-384", [ExtendedKeyUsageOID.CODE_SIGNING], ec.SECP384R1()),
+                         ("gw", [ExtendedKeyUsageOID.SERVER_AUTH], ec.SECP256R1())]:
+    k = ec.generate_private_key(curve)
     keyfile(leaf + ".key", k)
     write(leaf + ".crt", cert(leaf, k, name("Example Models CA"), int_k, False, True, eku))
     os.makedirs(f"{leaf}/model")
@@ -277,7 +279,7 @@ for leaf, eku in [("ml-team", [ExtendedKeyUsageOID.CODE_SIGNING]), ("gw", [Exten
         Policy::parse_at(
             &format!(
                 "quarantine = \"q\"\n[signing]\nmodels = \"require\"\n\
-                 certificates = [{{ file = \"{ca}\", paths = [\"ml-team/*\", \"gw/*\"] }}]\n"
+                 certificates = [{{ file = \"{ca}\", paths = [\"ml-*/*\", \"gw/*\"] }}]\n"
             ),
             dir.path(),
         )
@@ -303,6 +305,12 @@ for leaf, eku in [("ml-team", [ExtendedKeyUsageOID.CODE_SIGNING]), ("gw", [Exten
     assert_eq!(
         signing::check_files(&signed, &present, "model.sig").unwrap_err(),
         "model file changed since signing: w.safetensors"
+    );
+    // A P-384 signing certificate (its signature over SHA-384).
+    let p384 = std::fs::read(dir.path().join("ml-384/model/model.sig")).unwrap();
+    assert_eq!(
+        trust.verify("ml-384/model", &p384).unwrap().signer,
+        "CN=ml-384 (root.pem)"
     );
     // Under another CA, and outside the CA's paths.
     let e = foreign

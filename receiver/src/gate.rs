@@ -136,15 +136,14 @@ pub(crate) fn pass(ctx: &Context, e: &Entry, staged: StagedFile) -> Result<Stage
     let Err((reason, report)) = check(gate, ctx, e, &staged) else {
         return Ok(staged);
     };
-    let quarantined = quarantine(gate, ctx, e, &staged, &reason, report.as_deref())
-        .map_err(|err| err.to_string());
+    let quarantined = quarantine(gate, ctx, e, &staged, &reason, report.as_deref());
     if quarantined.is_err() {
         staged.discard(ctx);
     }
     Err(Failure::Refused {
-        report: report.is_some() && quarantined.is_ok(),
+        report: quarantined.as_ref().is_ok_and(|q| q.report),
         reason,
-        quarantined,
+        quarantined: quarantined.map(|q| q.at).map_err(|err| err.to_string()),
     })
 }
 
@@ -152,9 +151,9 @@ pub(crate) fn pass(ctx: &Context, e: &Entry, staged: StagedFile) -> Result<Stage
 /// signature, `models`): into the quarantine like any refusal, or removed if even that fails.
 pub(crate) fn refuse(ctx: &Context, e: &Entry, staged: StagedFile, reason: String) -> Failure {
     let quarantined = match &ctx.gate {
-        Some(gate) => {
-            quarantine(gate, ctx, e, &staged, &reason, None).map_err(|err| err.to_string())
-        }
+        Some(gate) => quarantine(gate, ctx, e, &staged, &reason, None)
+            .map(|q| q.at)
+            .map_err(|err| err.to_string()),
         None => Err("no --policy quarantine".to_string()),
     };
     if quarantined.is_err() {
@@ -196,9 +195,16 @@ fn check(
     Ok(())
 }
 
+/// Where a refused file went, and whether its report is beside it.
+struct Quarantined {
+    at: PathBuf,
+    report: bool,
+}
+
 /// Puts a refused staged file in the quarantine, with the reason beside it (`NAME.reason`)
 /// and the inspectors' report if there is one (`NAME.report.json`, what `sluice-inspect
-/// --json` prints).
+/// --json` prints). Once the file is in, what goes beside it is written as well as it can
+/// be: a failure is logged, never undoes the quarantine.
 fn quarantine(
     gate: &ContentPolicy,
     ctx: &Context,
@@ -206,7 +212,7 @@ fn quarantine(
     staged: &StagedFile,
     reason: &str,
     report: Option<&Report>,
-) -> io::Result<PathBuf> {
+) -> io::Result<Quarantined> {
     let reason = format!(
         "refused: {reason}\npath: {}\nsize: {}\nsha256: {}\ntime: {}\n",
         e.path,
@@ -216,34 +222,69 @@ fn quarantine(
     );
     let mut beside = vec![(REASON, reason.into_bytes())];
     if let Some(report) = report {
-        beside.push((
-            REPORT,
-            serde_json::to_vec_pretty(report).map_err(io::Error::other)?,
-        ));
+        match serde_json::to_vec_pretty(report) {
+            Ok(json) => beside.push((REPORT, json)),
+            Err(err) => tracing::warn!(path = %e.path, "report not kept: {err}"),
+        }
     }
-    match &gate.quarantine {
-        Quarantine::Dir { dir, path } => quarantine_in_dir(dir, path, ctx, e, staged, &beside),
-        Quarantine::Store(uploader) => quarantine_in_store(uploader, ctx, e, staged, &beside),
+    let stored = stored_path(&e.path);
+    let (at, written) = match &gate.quarantine {
+        Quarantine::Dir { dir, path } => {
+            quarantine_in_dir(dir, path, ctx, &stored, staged, &beside)?
+        }
+        Quarantine::Store(uploader) => {
+            quarantine_in_store(uploader, ctx, e, &stored, staged, &beside)?
+        }
+    };
+    for ((suffix, _), result) in beside.iter().zip(&written) {
+        if let Err(err) = result {
+            tracing::warn!(path = %e.path, "quarantined, but its {suffix} file was not written: {err}");
+        }
     }
+    Ok(Quarantined {
+        at,
+        report: written.get(1).is_some_and(Result::is_ok),
+    })
 }
 
 /// What a quarantined file's reason and report are named by: `NAME` + this.
 const REASON: &str = ".reason";
 pub(crate) const REPORT: &str = ".report.json";
 
-/// Uploads a refused staged file to `PREFIX/<e.path>` and what goes beside it (its reason
-/// first) to `PREFIX/<e.path>.reason`, … (one try: a store that is down costs the
-/// quarantined copy, never the refusal), then drops the staged file.
+/// The path a refused file is kept under: its own, unless its name ends like a reason or a
+/// report — then `.refused` is added, so a sender's file never takes the place of what the
+/// gate wrote beside another.
+fn stored_path(path: &str) -> String {
+    if path.ends_with(REASON) || path.ends_with(REPORT) {
+        format!("{path}.refused")
+    } else {
+        path.to_string()
+    }
+}
+
+/// A short name to write `name` under before it is renamed into place (the name itself may
+/// be as long as a name can be).
+fn temporary_for(name: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(name.as_bytes());
+    format!(".sluice-{}.tmp", hex::encode(&digest[..8]))
+}
+
+/// Uploads a refused staged file to `PREFIX/<stored>` and what goes beside it (its reason
+/// first) to `PREFIX/<stored>.reason`, … (one try: a store that is down costs the
+/// quarantined copy, never the refusal), then drops the staged file. Where it went, and
+/// how each upload beside it went.
 fn quarantine_in_store(
     uploader: &Uploader,
     ctx: &Context,
     e: &Entry,
+    stored: &str,
     staged: &StagedFile,
     beside: &[(&str, Vec<u8>)],
-) -> io::Result<PathBuf> {
+) -> io::Result<(PathBuf, Vec<io::Result<()>>)> {
     let target = uploader.target();
     let key = |path: &str| target.key(path).map_err(io::Error::other);
-    let file_key = key(&e.path)?;
+    let file_key = key(stored)?;
     let reason = beside
         .first()
         .map(|(_, text)| String::from_utf8_lossy(text).into_owned())
@@ -283,30 +324,37 @@ fn quarantine_in_store(
             attributes(&refused),
         )
         .map_err(|attempt| io::Error::other(attempt.to_string()))?;
-    for (suffix, bytes) in beside {
-        uploader
-            .put(
-                &key(&format!("{}{suffix}", e.path))?,
-                bytes.clone(),
-                attributes(&refused),
-            )
-            .map_err(|attempt| io::Error::other(attempt.to_string()))?;
-    }
+    let written = beside
+        .iter()
+        .map(|(suffix, bytes)| {
+            uploader
+                .put(
+                    &key(&format!("{stored}{suffix}"))?,
+                    bytes.clone(),
+                    attributes(&refused),
+                )
+                .map_err(|attempt| io::Error::other(attempt.to_string()))
+        })
+        .collect();
     let _ = staged.dir(ctx).remove_file(staged.name());
-    Ok(PathBuf::from(format!("s3://{}/{file_key}", target.bucket)))
+    Ok((
+        PathBuf::from(format!("s3://{}/{file_key}", target.bucket)),
+        written,
+    ))
 }
 
-/// Moves a refused staged file to `quarantine/<e.path>` (mode 0600) and writes what goes
-/// beside it (`<name>.reason`, `<name>.report.json`).
+/// Moves a refused staged file to `quarantine/<stored>` (mode 0600) and writes what goes
+/// beside it (`<name>.reason`, `<name>.report.json`). Where it went, and how each file
+/// beside it went.
 fn quarantine_in_dir(
     quarantine: &Dir,
     quarantine_path: &Path,
     ctx: &Context,
-    e: &Entry,
+    stored: &str,
     staged: &StagedFile,
     beside: &[(&str, Vec<u8>)],
-) -> io::Result<PathBuf> {
-    let components: Vec<&str> = e.path.split('/').collect();
+) -> io::Result<(PathBuf, Vec<io::Result<()>>)> {
+    let components: Vec<&str> = stored.split('/').collect();
     let Some((name, parents)) = components.split_last() else {
         return Err(io::Error::other("empty path"));
     };
@@ -322,7 +370,7 @@ fn quarantine_in_dir(
         if err.raw_os_error() != Some(rustix::io::Errno::XDEV.raw_os_error()) {
             return Err(err);
         }
-        let temporary = format!(".{name}.sluice-new");
+        let temporary = temporary_for(name);
         let _ = dir.remove_file(&temporary);
         let mut copy = dir.create_file(&temporary, 0o600)?;
         let mut from = staged.dir(ctx).open_file(staged.name())?;
@@ -331,14 +379,22 @@ fn quarantine_in_dir(
         dir.rename(&temporary, &dir, name)?;
         let _ = staged.dir(ctx).remove_file(staged.name());
     }
-    for (suffix, bytes) in beside {
-        let beside_name = format!("{name}{suffix}");
-        let temporary = format!(".{beside_name}.sluice-new");
+    let write = |beside_name: &str, bytes: &[u8]| -> io::Result<()> {
+        let temporary = temporary_for(beside_name);
         let _ = dir.remove_file(&temporary);
         let mut file = dir.create_file(&temporary, 0o600)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        dir.rename(&temporary, &dir, &beside_name)?;
-    }
-    Ok(quarantine_path.join(&e.path))
+        let written = file
+            .write_all(bytes)
+            .and_then(|()| file.sync_all())
+            .and_then(|()| dir.rename(&temporary, &dir, beside_name));
+        if written.is_err() {
+            let _ = dir.remove_file(&temporary);
+        }
+        written
+    };
+    let written = beside
+        .iter()
+        .map(|(suffix, bytes)| write(&format!("{name}{suffix}"), bytes))
+        .collect();
+    Ok((quarantine_path.join(stored), written))
 }

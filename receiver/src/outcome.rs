@@ -152,11 +152,16 @@ impl Subscriber<Outcome> for AuditTrail {
                     }),
                 )
                 .with("model_signer", model_signer.clone()),
-            Outcome::Failed { obj, path, failure } => Event::new("failed")
-                .with("object", obj.to_string())
-                .with("path", path.clone())
-                .with("reason", failure.to_string())
-                .with("report", report_of(failure)),
+            Outcome::Failed { obj, path, failure } => {
+                let event = Event::new("failed")
+                    .with("object", obj.to_string())
+                    .with("path", path.clone())
+                    .with("reason", failure.to_string());
+                match report_of(failure) {
+                    Some(report) => event.with("report", report),
+                    None => event,
+                }
+            }
             Outcome::LostWhole { first, count } => {
                 Event::new("lost_whole").with("count", *count).with(
                     "first",

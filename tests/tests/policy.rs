@@ -106,6 +106,11 @@ fn only_what_passes_inspection_is_delivered_the_rest_is_quarantined_with_its_rea
         &safetensors(&[("a", 64, (0, 256))], 200),
     );
     write(&src.join("evil.pkl"), &evil);
+    // Named to take the place of the report the gate writes beside evil.pkl; and named so
+    // long that nothing fits beside it.
+    write(&src.join("evil.pkl.report.json"), &evil);
+    let long = format!("{}.pkl", "n".repeat(247));
+    write(&src.join(&long), &evil);
     // The same pickle under a safe-looking name.
     write(&src.join("renamed/weights.safetensors"), &evil);
     write(&src.join("plain.pkl"), &plain);
@@ -233,8 +238,27 @@ fn only_what_passes_inspection_is_delivered_the_rest_is_quarantined_with_its_rea
             ]
         })
         .collect();
+    // Kept under another name, so the gate's report on evil.pkl stays what it wrote.
+    let renamed = "models/evil.pkl.report.json.refused";
+    expected.extend(
+        [
+            renamed,
+            &format!("{renamed}.reason"),
+            &format!("{renamed}.report.json"),
+        ]
+        .map(String::from),
+    );
+    assert_eq!(std::fs::read(quarantine.join(renamed)).unwrap(), evil);
+    // Quarantined all the same, the log saying what could not be written beside it.
+    expected.push(format!("models/{long}"));
     expected.sort();
     assert_eq!(files_under(&quarantine), expected);
+    assert!(
+        got.log
+            .contains("quarantined, but its .reason file was not written"),
+        "{}",
+        got.log
+    );
     let audit = std::fs::read_to_string(s.state.join("audit.log")).unwrap();
     for (path, phrase) in refused {
         let reason = std::fs::read_to_string(quarantine.join(format!("{path}.reason"))).unwrap();

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# Builds the three .deb packages with cargo-deb (sluice-send, sluice-recv, and sluice-audit,
-# which both depend on), installs them on this machine with dpkg -i, and checks what an
-# operator would: the binaries run, systemd accepts the installed units, the
-# sluice user and the directories exist with the right owners and modes. Then removes them
-# (purge) and the user, leaving the machine as it was. Needs root. .ci/run calls it.
+# Builds the three .deb packages as a release is built (packaging/build-debs.sh: sluice-send,
+# sluice-recv, and sluice-audit, which both depend on), installs them on this machine with
+# dpkg -i, and checks what an operator would: the binaries run and list what is inside them,
+# each package carries its SBOMs, systemd accepts the installed units, the sluice user and
+# the directories exist with the right owners and modes. Then removes them (purge) and the
+# user, leaving the machine as it was. Needs root. .ci/run calls it.
 #
 #   packaging/check-debs.sh            # build, install, check, remove
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 [ "$(id -u)" = 0 ] || { echo "check-debs.sh: needs root (dpkg -i)" >&2; exit 1; }
-command -v cargo-deb >/dev/null 2>&1 || cargo install cargo-deb --locked --version 3.8.0
 # systemd-analyze for the unit checks, adduser for the postinst (and the cleanup).
 need=()
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
@@ -23,13 +23,8 @@ fi
 had_user=no
 getent passwd sluice >/dev/null && had_user=yes
 
-debs=()
-for package in sluice-sender sluice-receiver sluice-common; do
-  # Stripped binaries; their debug symbols go to a separate -dbgsym .ddeb, as Debian does.
-  deb=$(cargo deb -p "$package" --locked --dbgsym 2>/dev/null | tail -n 1)
-  [ -f "$deb" ] || { echo "check-debs.sh: cargo deb -p $package made no package" >&2; exit 1; }
-  debs+=("$deb")
-done
+mapfile -t debs < <(packaging/build-debs.sh)
+[ ${#debs[@]} = 3 ] || { echo "check-debs.sh: build-debs.sh made ${#debs[@]} packages" >&2; exit 1; }
 
 cleanup() {
   dpkg --purge sluice-send sluice-recv sluice-audit >/dev/null 2>&1 || true
@@ -49,6 +44,31 @@ fail() { echo "check-debs.sh: $*" >&2; exit 1; }
 /usr/bin/sluice-approve --version | grep -q '^sluice-approve ' || fail "sluice-approve --version"
 /usr/bin/sluice-inspect --version | grep -q '^sluice-inspect ' || fail "sluice-inspect --version"
 /usr/bin/sluice-audit --version | grep -q '^sluice-audit ' || fail "sluice-audit --version"
+# What is inside each installed binary, as an auditor reads it: the dependency list cargo
+# auditable embedded (a zlib-compressed JSON in the .dep-v0 section), and the SBOM shipped
+# beside it; both must name the crates the binary is built from.
+for pair in sluice-send:sluice-send sluice-approve:sluice-send sluice-inspect:sluice-send \
+            sluice-recv:sluice-recv sluice-audit:sluice-audit; do
+  bin=${pair%%:*} package=${pair##*:}
+  deps=$(python3 - "/usr/bin/$bin" <<'PY'
+import json, subprocess, sys, tempfile, zlib
+with tempfile.NamedTemporaryFile() as section:
+    subprocess.run(["objcopy", "--dump-section", ".dep-v0=" + section.name, sys.argv[1],
+                    "/dev/null"], check=True)
+    packages = json.loads(zlib.decompress(open(section.name, "rb").read()))["packages"]
+print(" ".join(sorted(p["name"] for p in packages)))
+PY
+) || fail "$bin: no dependency list embedded (.dep-v0)"
+  sbom=/usr/share/doc/$package/sbom/$bin.cdx.json
+  [ -f "$sbom" ] || fail "$bin: no SBOM at $sbom"
+  for crate in sluice-protocol sluice-common tokio sha2; do
+    grep -qw "$crate" <<<"$deps" || fail "$bin: $crate not in its embedded dependency list"
+  done
+  # (sluice-audit's own crate is sluice-common: the SBOM's subject, not a component of it.)
+  for crate in sluice-protocol tokio sha2; do
+    grep -q "\"name\": \"$crate\"" "$sbom" || fail "$bin: $crate not in $sbom"
+  done
+done
 for unit in sluice-send-watch.service sluice-recv.service; do
   out=$(systemd-analyze verify "/lib/systemd/system/$unit" 2>&1) || fail "verify $unit: $out"
   [ -z "$out" ] || fail "verify $unit: $out"

@@ -152,6 +152,23 @@ pub struct Approved {
     pub carried: Approval,
 }
 
+/// Why a request did not pass. `pending` when only approvals are missing: more signatures may
+/// still come (the watch daemon keeps such a request waiting; anything else is final).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotApproved {
+    pub pending: bool,
+    pub reason: String,
+}
+
+impl NotApproved {
+    fn refused(reason: impl std::fmt::Display) -> NotApproved {
+        NotApproved {
+            pending: false,
+            reason: reason.to_string(),
+        }
+    }
+}
+
 /// The quorum over the request, its expiry, and (given the objects found and what was skipped)
 /// its files.
 fn evaluate(
@@ -160,13 +177,6 @@ fn evaluate(
 ) -> Result<Approved, String> {
     let shown = options.request.display().to_string();
     let bytes = std::fs::read(&options.request).map_err(|e| format!("cannot read {shown}: {e}"))?;
-    if bytes.len() > MAX_REQUEST_LEN {
-        return Err(format!(
-            "{shown} is longer than the {MAX_REQUEST_LEN} bytes a request may have"
-        ));
-    }
-    let text = std::str::from_utf8(&bytes).map_err(|_| format!("{shown} is not UTF-8"))?;
-    let request = Request::parse(text, &shown).map_err(|e| e.to_string())?;
     let policy = Policy::load(&options.policy).map_err(|e| e.to_string())?;
     let signature_files = if options.signatures.is_empty() {
         approval::signatures_beside(&options.request).map_err(|e| e.to_string())?
@@ -178,13 +188,6 @@ fn evaluate(
         signatures
             .push(std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?);
     }
-    // They travel in every manifest: the limits are the manifest's.
-    if signatures.len() > MAX_APPROVAL_SIGNATURES {
-        return Err(format!(
-            "{} signature files; at most {MAX_APPROVAL_SIGNATURES} travel with an export",
-            signatures.len()
-        ));
-    }
     if let Some((path, _)) = signature_files
         .iter()
         .zip(&signatures)
@@ -195,16 +198,53 @@ fn evaluate(
             path.display()
         ));
     }
-    let approvers = policy
-        .check_quorum(&bytes, &signatures)
-        .map_err(|e| e.to_string())?;
+    evaluate_bytes(&policy, bytes, &shown, signatures, found).map_err(|e| e.reason)
+}
+
+/// [`evaluate`] on a request's bytes and its signatures' (`shown` names the request in
+/// messages). Every check but the quorum comes first, so a request that is expired, malformed
+/// or does not match its files is refused for that, never left waiting for approvals that
+/// could not help it.
+pub fn evaluate_bytes(
+    policy: &Policy,
+    bytes: Vec<u8>,
+    shown: &str,
+    signatures: Vec<Vec<u8>>,
+    found: Option<(&[SourceObject], &[Skipped])>,
+) -> Result<Approved, NotApproved> {
+    if bytes.len() > MAX_REQUEST_LEN {
+        return Err(NotApproved::refused(format!(
+            "{shown} is longer than the {MAX_REQUEST_LEN} bytes a request may have"
+        )));
+    }
+    // They travel in every manifest: the limits are the manifest's.
+    if signatures.len() > MAX_APPROVAL_SIGNATURES {
+        return Err(NotApproved::refused(format!(
+            "{} signature files; at most {MAX_APPROVAL_SIGNATURES} travel with an export",
+            signatures.len()
+        )));
+    }
+    if signatures.iter().any(|s| s.len() > MAX_SIGNATURE_LEN) {
+        return Err(NotApproved::refused(format!(
+            "a signature is longer than a minisign signature ({MAX_SIGNATURE_LEN} bytes at most)"
+        )));
+    }
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| NotApproved::refused(format!("{shown} is not UTF-8")))?;
+    let request = Request::parse(text, shown).map_err(NotApproved::refused)?;
     request
         .check_not_expired(SystemTime::now())
-        .map_err(|e| e.to_string())?;
+        .map_err(NotApproved::refused)?;
     if let Some((objects, skipped)) = found {
-        let files = digests(objects, skipped)?;
-        request.check_files(&files).map_err(|e| e.to_string())?;
+        let files = digests(objects, skipped).map_err(NotApproved::refused)?;
+        request.check_files(&files).map_err(NotApproved::refused)?;
     }
+    let approvers = policy
+        .check_quorum(&bytes, &signatures)
+        .map_err(|e| NotApproved {
+            pending: matches!(e, ApprovalError::Quorum { .. }),
+            reason: e.to_string(),
+        })?;
     Ok(Approved {
         request,
         threshold: policy.threshold,

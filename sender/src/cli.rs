@@ -202,8 +202,10 @@ pub struct ApprovalOptions {
 /// Checked options of the watch daemon.
 #[derive(Debug, Clone)]
 pub struct WatchOptions {
-    /// How to send (paths unused).
+    /// How to send (paths unused). Its `policy`, if any, is checked on every item.
     pub send: Options,
+    /// approvals.toml: with it, every item is an export request shipped once approved.
+    pub approval_policy: Option<PathBuf>,
     pub outbox: PathBuf,
     /// Where the journal (and the manifest sequence) live.
     pub state: PathBuf,
@@ -242,7 +244,7 @@ fn duration(text: &str) -> Option<std::time::Duration> {
 }
 
 /// Merges the config file under the command line and checks every value of `watch`.
-pub fn resolve_watch(args: WatchArgs) -> Result<WatchOptions, UsageError> {
+pub fn resolve_watch(mut args: WatchArgs) -> Result<WatchOptions, UsageError> {
     let file = config::load_file::<WatchArgs>(args.send.shared.config.as_deref())?;
     let layers = Layers::new(file.as_ref());
     if args.send.paths.iter().any(|p| crate::objects::s3::is_s3(p)) {
@@ -285,17 +287,17 @@ pub fn resolve_watch(args: WatchArgs) -> Result<WatchOptions, UsageError> {
         None => std::time::Duration::from_secs(2),
         Some(v) => v.parse("a duration, e.g. 2s or 500ms", duration)?,
     };
+    let approval_policy = layers.path("approval-policy", args.send.approval_policy.take())?;
+    let request = layers.path("approval", args.send.approval.take())?;
+    let signatures = layers.paths("approval-sig", std::mem::take(&mut args.send.approval_sig))?;
+    if request.is_some() || !signatures.is_empty() {
+        return Err(UsageError(
+            "watch takes each export request from its outbox item (request.toml and its \
+             *.minisig beside the files): --approval and --approval-sig are for one-shot sends"
+                .into(),
+        ));
+    }
     let send = resolve_in(layers, args.send, false)?;
-    if send.approval.is_some() {
-        return Err(UsageError(
-            "watch does not check export approvals yet: send approved exports one-shot".into(),
-        ));
-    }
-    if send.policy.is_some() {
-        return Err(UsageError(
-            "watch does not check a content policy yet (the receiver's --policy does)".into(),
-        ));
-    }
     if send.sign_model.is_some() {
         return Err(UsageError(
             "watch does not sign models (anyone who can write the outbox would have them \
@@ -308,6 +310,7 @@ pub fn resolve_watch(args: WatchArgs) -> Result<WatchOptions, UsageError> {
     })?;
     Ok(WatchOptions {
         send,
+        approval_policy,
         outbox,
         state,
         after,
@@ -409,12 +412,16 @@ fn resolve_in(layers: Layers<'_>, args: Args, paths_required: bool) -> Result<Op
             Some(v.text)
         }
     };
-    let approval = resolve_approval(
-        &layers,
-        args.approval,
-        args.approval_policy,
-        args.approval_sig,
-    )?;
+    // The watch daemon takes each request from its outbox item (see `resolve_watch`).
+    let approval = match paths_required {
+        true => resolve_approval(
+            &layers,
+            args.approval,
+            args.approval_policy,
+            args.approval_sig,
+        )?,
+        false => None,
+    };
     let sign_model = layers.path("sign-model", args.sign_model)?;
     let sign_model_cert = layers.path("sign-model-cert", args.sign_model_cert)?;
     if sign_model_cert.is_some() && sign_model.is_none() {

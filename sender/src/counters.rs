@@ -28,6 +28,10 @@ pub struct Counters {
     /// Gauges of the watch daemon: items in the outbox not yet sent, and their bytes.
     outbox_items: AtomicU64,
     outbox_bytes: AtomicU64,
+    /// Export requests in the outbox waiting for approvals (a gauge), and items the daemon's
+    /// checks refused and moved aside (a counter).
+    outbox_pending: AtomicU64,
+    outbox_refused: AtomicU64,
 }
 
 /// The counters at one moment.
@@ -83,6 +87,16 @@ impl Counters {
         set(&self.blocks, stats.blocks);
     }
 
+    /// Export requests waiting for approvals, now.
+    pub(crate) fn set_pending_approval(&self, items: u64) {
+        self.outbox_pending.store(items, Ordering::Relaxed);
+    }
+
+    /// One more item refused by the daemon's checks.
+    pub(crate) fn count_refused_item(&self) {
+        self.outbox_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The watch daemon's outbox, now.
     pub(crate) fn set_outbox(&self, items: u64, bytes: u64) {
         self.outbox_items.store(items, Ordering::Relaxed);
@@ -129,6 +143,16 @@ impl Counters {
                 "sluice_outbox_bytes",
                 "File bytes of the items in the watched outbox not yet sent.",
                 get(&self.outbox_bytes) as f64,
+            ),
+            Metric::gauge(
+                "sluice_outbox_pending_approval",
+                "Export requests in the watched outbox waiting for approvals.",
+                get(&self.outbox_pending) as f64,
+            ),
+            Metric::counter(
+                "sluice_outbox_refused",
+                "Outbox items refused by the approval or content checks and moved aside.",
+                get(&self.outbox_refused),
             ),
         ]
     }

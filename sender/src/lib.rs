@@ -435,10 +435,26 @@ fn keygen(args: Vec<OsString>) -> ExitStatus {
 /// refused ones are logged with their rule, and nothing is sent if there is one. (Stdin is
 /// not inspected here: it is read once, while sending.)
 fn preflight_policy(path: &std::path::Path, objects: &[SourceObject]) -> Result<(), Error> {
-    use sluice_inspect::policy::{self, Policy};
-    let policy = Policy::load(path)
-        .map_err(|e| Error::Usage(sluice_common::config::UsageError(format!("--policy: {e}"))))?;
-    let mut refused = 0;
+    match check_policy(&load_policy(path)?, objects).len() {
+        0 => Ok(()),
+        n => Err(Error::PolicyRefused(n)),
+    }
+}
+
+/// The content policy at `path` (`--policy`); a bad one is a usage error.
+fn load_policy(path: &std::path::Path) -> Result<sluice_inspect::policy::Policy, Error> {
+    sluice_inspect::policy::Policy::load(path)
+        .map_err(|e| Error::Usage(sluice_common::config::UsageError(format!("--policy: {e}"))))
+}
+
+/// The files of `objects` `policy` refuses, each with its reason (and logged), as the
+/// receiver's gate would refuse them.
+fn check_policy(
+    policy: &sluice_inspect::policy::Policy,
+    objects: &[SourceObject],
+) -> Vec<(String, String)> {
+    use sluice_inspect::policy;
+    let mut refused = Vec::new();
     for object in objects {
         let size = object.size.unwrap_or(0);
         // Inspected and scanned through one fd, opened as the encoder opens it (never through
@@ -477,13 +493,10 @@ fn preflight_policy(path: &std::path::Path, objects: &[SourceObject]) -> Result<
             });
         if let Err(reason) = checked {
             tracing::error!(path = %object.path, "refused by policy: {reason}");
-            refused += 1;
+            refused.push((object.path.clone(), reason.to_string()));
         }
     }
-    match refused {
-        0 => Ok(()),
-        n => Err(Error::PolicyRefused(n)),
-    }
+    refused
 }
 
 /// Key ids as the audit log and the log lines show them.

@@ -173,6 +173,21 @@ pub fn count_files(root: &Path) -> usize {
         .count()
 }
 
+/// Regular files under `root` (none if it is missing) whose bytes contain `needle`: where a
+/// marker put in a file that must never cross could have landed.
+pub fn find_bytes(root: &Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    walkdir::WalkDir::new(root)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .filter(|e| {
+            std::fs::read(e.path())
+                .is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+        })
+        .map(|e| e.path().to_path_buf())
+        .collect()
+}
+
 /// SHA-256 of a file, read in chunks.
 pub fn sha256_file(path: &Path) -> io::Result<[u8; 32]> {
     let mut file = File::open(path)?;

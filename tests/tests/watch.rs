@@ -724,3 +724,357 @@ fn an_item_whose_frames_are_all_lost_is_reported_lost_whole_and_alone() {
     assert!(lost[0].contains("/1\""), "{}", got.log);
     assert_eq!(got.code(), 3, "{}", got.log);
 }
+
+/// The JSON log lines of `log` whose message starts with `start`, for item `item`.
+fn item_lines(log: &str, item: &str, start: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            v["item"].as_str() == Some(item)
+                && v["message"].as_str().is_some_and(|m| m.starts_with(start))
+        })
+        .collect()
+}
+
+/// Waits until `ok` holds for the daemon's log (or 60 s), both daemons running.
+fn wait_for_log(what: &str, daemon: &mut Proc, other: &mut Proc, ok: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = daemon.log();
+        if ok(&log) {
+            return;
+        }
+        assert!(
+            daemon.running() && other.running(),
+            "{what}:\n{log}\n---\n{}",
+            other.log()
+        );
+        assert!(Instant::now() < deadline, "{what}: not within 60 s:\n{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What `OUTBOX/.refused` holds for `item`: the reason written beside it (none if not there).
+fn refused_reason(outbox: &Path, item: &str) -> Option<String> {
+    let dir = outbox.join(".refused");
+    names(&dir)
+        .into_iter()
+        .find(|n| n.ends_with(&format!("-{item}.reason")))
+        .map(|n| std::fs::read_to_string(dir.join(n)).unwrap())
+}
+
+/// Issue 29, part 1: the daemon ships approved exports. Each item is a request directory
+/// (`request.toml`, its `*.minisig`, the files under the names it gives): with one of the two
+/// approvals the policy needs it waits in the outbox (log, `/metrics`, nothing on the link),
+/// and it ships — its files only, not the request — when the second `.minisig` is dropped in;
+/// the receiver checks the approval again from its own policy. The attacks of a writer of the
+/// outbox: a file added to an approved request, a file changed after approval, and a plain
+/// file, are each moved to `OUTBOX/.refused` with their reason; a request signed by a key the
+/// policy does not hold (and one approver) waits, the untrusted key named; none of their
+/// bytes crosses.
+#[test]
+#[ignore = "needs minisign (./test.sh installs it and runs this)"]
+fn an_export_request_waits_for_its_quorum_in_the_outbox_and_only_approved_files_ship() {
+    use sluice_tests::minisign::{key_id, keypair, sign};
+    sluice_tests::require::tool("minisign", "minisign");
+    let s = Setup::new();
+    let dir = s.tmp.path();
+    for name in ["alice", "bob", "carol", "mallory"] {
+        keypair(dir, name);
+    }
+    let policy = "threshold = 2\napprovers = [\"alice.pub\", \"bob.pub\", \"carol.pub\"]\n";
+    std::fs::write(dir.join("approvals.toml"), policy).unwrap();
+    std::fs::write(dir.join("recv-approvals.toml"), policy).unwrap();
+    let approvals = dir.join("approvals.toml");
+
+    // A request item, made in a staging directory, as README says: the request, then the
+    // files under the names it gives them.
+    let make_item = |item: &str, files: &[(&str, &[u8])], signers: &[&str]| -> PathBuf {
+        let staged = dir.join("staging").join(item);
+        for (name, bytes) in files {
+            let path = staged.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, bytes).unwrap();
+        }
+        let made = std::process::Command::new(&binaries::binaries().approve)
+            .current_dir(&staged)
+            .args([
+                "request",
+                "report",
+                "--purpose",
+                item,
+                "--out",
+                "request.toml",
+            ])
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{made:?}");
+        for signer in signers {
+            sign(
+                dir,
+                &format!("{signer}.key"),
+                staged.join("request.toml").to_str().unwrap(),
+                staged
+                    .join(format!("request.toml.{signer}.minisig"))
+                    .to_str()
+                    .unwrap(),
+            );
+        }
+        staged
+    };
+    let approved: &[(&str, &[u8])] = &[
+        ("report/eval.json", b"{\"accuracy\": 0.91}"),
+        ("report/summary.txt", b"all good"),
+    ];
+    make_item("q3", approved, &["alice"]);
+    // Approved by two, then a file added, or one changed, after the signatures.
+    let added = make_item("added", approved, &["alice", "bob"]);
+    std::fs::write(added.join("report/weights.bin"), b"WEIGHTS-ADDED").unwrap();
+    let changed = make_item("changed", approved, &["alice", "bob"]);
+    std::fs::write(changed.join("report/summary.txt"), b"WEIGHTS-CHANGED").unwrap();
+    // Signed twice, by a key the policy does not hold and by one approver.
+    make_item(
+        "forged",
+        &[("report/model.bin", b"WEIGHTS-FORGED")],
+        &["mallory", "alice"],
+    );
+    std::fs::write(dir.join("staging/plain.txt"), b"WEIGHTS-PLAIN").unwrap();
+
+    let outbox = outbox(&s);
+    let port = free_udp_port();
+    let recv_policy = dir.join("recv-approvals.toml");
+    let mut recv = s.receiver(
+        port,
+        30,
+        &["--approval-policy", recv_policy.to_str().unwrap()],
+    );
+    let metrics = free_tcp_addr();
+    let mut daemon = watch(
+        &s,
+        &outbox,
+        port,
+        &[
+            "--rate",
+            "10MB",
+            "--approval-policy",
+            approvals.to_str().unwrap(),
+            "--metrics",
+            &metrics.to_string(),
+        ],
+    );
+    for item in ["q3", "added", "changed", "forged", "plain.txt"] {
+        std::fs::rename(dir.join("staging").join(item), outbox.join(item)).unwrap();
+    }
+    wait_for_log(
+        "q3 pending, the others refused",
+        &mut daemon,
+        &mut recv,
+        |log| {
+            !item_lines(log, "q3", "waiting for approval").is_empty()
+                && !item_lines(log, "forged", "waiting for approval").is_empty()
+                && ["added", "changed", "plain.txt"]
+                    .iter()
+                    .all(|i| refused_reason(&outbox, i).is_some())
+        },
+    );
+    let waiting = item_lines(&daemon.log(), "q3", "waiting for approval");
+    assert!(
+        waiting[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not approved: 1 of 2 approvals"),
+        "{waiting:?}"
+    );
+    let forged = item_lines(&daemon.log(), "forged", "waiting for approval");
+    let forged = forged[0]["message"].as_str().unwrap();
+    assert!(
+        forged.contains("1 of 2 approvals")
+            && forged.contains(&format!("untrusted key {}", key_id(dir, "mallory"))),
+        "{forged}"
+    );
+    for (item, reason) in [
+        ("added", "not in the approved request: report/weights.bin"),
+        ("changed", "changed since approval: report/summary.txt"),
+        ("plain.txt", "not a request"),
+    ] {
+        let said = refused_reason(&outbox, item).unwrap();
+        assert!(said.contains(reason), "{item}: {said}");
+        assert!(
+            !item_lines(&daemon.log(), item, "refused").is_empty(),
+            "{item}:\n{}",
+            daemon.log()
+        );
+    }
+    let page = scrape(metrics).unwrap();
+    assert_eq!(
+        value(&page, "sluice_outbox_pending_approval"),
+        Some(2.0),
+        "{page}"
+    );
+    assert_eq!(
+        value(&page, "sluice_outbox_refused_total"),
+        Some(3.0),
+        "{page}"
+    );
+    // Still waiting a rescan later; nothing of any item crossed.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(names(&outbox), [".refused", ".sent", "forged", "q3"]);
+    assert!(names(&s.out).is_empty(), "{:?}", names(&s.out));
+
+    // Bob approves: his signature is dropped into the item, and it ships.
+    sign(
+        dir,
+        "bob.key",
+        outbox.join("q3/request.toml").to_str().unwrap(),
+        dir.join("bob.minisig").to_str().unwrap(),
+    );
+    std::fs::rename(
+        dir.join("bob.minisig"),
+        outbox.join("q3/request.toml.bob.minisig"),
+    )
+    .unwrap();
+    wait_until(
+        "q3 delivered",
+        &mut [&mut daemon, &mut recv],
+        Duration::from_secs(60),
+        || {
+            sent_items(&outbox) == ["q3"]
+                && approved.iter().all(|(name, bytes)| {
+                    std::fs::read(s.out.join(name)).ok().as_deref() == Some(*bytes)
+                })
+        },
+    );
+    // The files only, under the request's names: not the request, not the signatures.
+    assert_eq!(names(&s.out), ["report"]);
+    assert_eq!(names(&s.out.join("report")), ["eval.json", "summary.txt"]);
+    let page = scrape(metrics).unwrap();
+    assert_eq!(
+        value(&page, "sluice_outbox_pending_approval"),
+        Some(1.0),
+        "{page}"
+    );
+    std::thread::sleep(HEARTBEATS);
+    sigterm(&daemon);
+    let stopped = daemon.finish(Duration::from_secs(20));
+    assert_eq!(stopped.code(), 0, "{}", stopped.log);
+    let got = recv.finish(Duration::from_secs(60));
+    assert_exit(&got, 0, "sluice-recv");
+    for leaked in [
+        "WEIGHTS-ADDED",
+        "WEIGHTS-CHANGED",
+        "WEIGHTS-FORGED",
+        "WEIGHTS-PLAIN",
+    ] {
+        assert!(
+            tree::find_bytes(&s.out, leaked.as_bytes()).is_empty()
+                && tree::find_bytes(&s.state, leaked.as_bytes()).is_empty(),
+            "{leaked} crossed"
+        );
+    }
+    // The receiver checked the approval itself: its audit log names both approvers.
+    let mut approvers = vec![key_id(dir, "alice"), key_id(dir, "bob")];
+    approvers.sort();
+    let audit = std::fs::read_to_string(s.state.join("audit.log")).unwrap();
+    let delivered: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["event"] == "delivered" && r["path"] == "report/eval.json")
+        .collect();
+    assert_eq!(delivered.len(), 1, "{audit}");
+    let mut ids: Vec<String> = delivered[0]["approvers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, approvers);
+    // The daemon's own audit log: the pending requests, the three refusals, the approval.
+    let send_audit = std::fs::read_to_string(s.tmp.path().join("send-state/audit.log")).unwrap();
+    let events = |event: &str| {
+        send_audit
+            .lines()
+            .filter(|l| l.contains(&format!("\"event\":\"{event}\"")))
+            .count()
+    };
+    assert_eq!(events("refused"), 3, "{send_audit}");
+    assert!(events("pending") >= 2, "{send_audit}");
+    assert_eq!(events("approval_checked"), 1, "{send_audit}");
+}
+
+/// `sluice-send watch --policy`: an item holding a file the receiver's content policy would
+/// refuse (a pickle that runs a shell command, a denied name) is moved to `OUTBOX/.refused`
+/// with the reason, nothing of it sent; a clean item beside it ships.
+#[test]
+fn an_outbox_item_the_content_policy_refuses_is_moved_aside_whole_and_never_sent() {
+    let s = Setup::new();
+    let dir = s.tmp.path();
+    let policy = dir.join("policy.toml");
+    // The receiver's policy, copied to the low side (its quarantine is the receiver's).
+    std::fs::write(
+        &policy,
+        format!(
+            "quarantine = {:?}\ndeny = [\"*.exe\"]\n[models]\npickle = \"scan\"\n",
+            dir.join("quarantine").display().to_string()
+        ),
+    )
+    .unwrap();
+    let staging = dir.join("staging");
+    std::fs::create_dir_all(staging.join("checkpoint")).unwrap();
+    // Protocol 0: GLOBAL posix.system, called with "id".
+    std::fs::write(
+        staging.join("checkpoint/model.pkl"),
+        b"cposix\nsystem\n(S'id'\ntR.",
+    )
+    .unwrap();
+    std::fs::write(staging.join("checkpoint/notes.txt"), b"EVIL-NOTES").unwrap();
+    std::fs::write(staging.join("tool.exe"), b"MZ\x90\x00EVIL-TOOL").unwrap();
+    std::fs::write(staging.join("clean.txt"), b"fine to send").unwrap();
+    let outbox = outbox(&s);
+    let port = free_udp_port();
+    let mut recv = s.receiver(port, 30, &[]);
+    let mut daemon = watch(
+        &s,
+        &outbox,
+        port,
+        &["--rate", "10MB", "--policy", policy.to_str().unwrap()],
+    );
+    for item in ["checkpoint", "tool.exe", "clean.txt"] {
+        std::fs::rename(staging.join(item), outbox.join(item)).unwrap();
+    }
+    wait_until(
+        "clean.txt delivered, the others refused",
+        &mut [&mut daemon, &mut recv],
+        Duration::from_secs(60),
+        || {
+            s.out.join("clean.txt").exists()
+                && refused_reason(&outbox, "checkpoint").is_some()
+                && refused_reason(&outbox, "tool.exe").is_some()
+        },
+    );
+    let reason = refused_reason(&outbox, "checkpoint").unwrap();
+    assert!(
+        reason.contains("checkpoint/model.pkl") && reason.contains("posix.system"),
+        "{reason}"
+    );
+    assert!(
+        refused_reason(&outbox, "tool.exe")
+            .unwrap()
+            .contains("tool.exe"),
+        "{:?}",
+        refused_reason(&outbox, "tool.exe")
+    );
+    std::thread::sleep(HEARTBEATS);
+    sigterm(&daemon);
+    let stopped = daemon.finish(Duration::from_secs(20));
+    assert_eq!(stopped.code(), 0, "{}", stopped.log);
+    let got = recv.finish(Duration::from_secs(60));
+    assert_exit(&got, 0, "sluice-recv");
+    assert_eq!(names(&s.out), ["clean.txt"]);
+    for leaked in ["EVIL-NOTES", "EVIL-TOOL", "posix"] {
+        assert!(
+            tree::find_bytes(&s.state, leaked.as_bytes()).is_empty(),
+            "{leaked} crossed"
+        );
+    }
+}

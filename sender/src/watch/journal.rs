@@ -6,6 +6,7 @@
 //!   {"item":"report.pdf","fingerprint":"…","state":"sent"}      every pass left the link
 //!   {"item":"report.pdf","fingerprint":"…","state":"done"}      moved to --sent or deleted
 //!   {"item":"bad","fingerprint":"…","state":"failed"}           not sent; retried once changed
+//!   {"item":"q3","fingerprint":"…","state":"pending"}           a request short of approvals
 //! ```
 //!
 //! One JSON line per change, appended and fsynced before the daemon acts on it. At restart an
@@ -35,6 +36,8 @@ pub enum State {
     Sending,
     Sent,
     Failed,
+    /// An export request not (yet) approved: looked at again once it changes.
+    Pending,
     Done,
 }
 
@@ -143,6 +146,11 @@ impl Journal {
     }
 
     /// What the journal says about `item`.
+    /// How many open items are in `state`.
+    pub fn count(&self, state: State) -> u64 {
+        self.open.values().filter(|(_, r)| r.state == state).count() as u64
+    }
+
     pub fn get(&self, item: &str) -> Option<&Record> {
         self.open.get(item).map(|(_, record)| record)
     }

@@ -20,17 +20,20 @@
 
 pub mod journal;
 pub mod outbox;
+pub mod request;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use sluice_common::audit::{AuditLog, Event};
 use sluice_common::beneath::{Dir, Kind};
 use sluice_common::config::UsageError;
 use sluice_common::sequence::Sequence;
 use sluice_common::service::{Progress, Stage};
 
+use crate::approve::NotApproved;
 use crate::counters::Counters;
 use crate::encode::{self, EncodeConfig, Passed, Produced};
 use crate::error::Error;
@@ -57,6 +60,20 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
     let watch_error = |what: String| move |e: std::io::Error| Error::Watch(format!("{what}: {e}"));
+    // Configuration first: a bad policy stops the daemon before it opens anything.
+    let approvals = options
+        .approval_policy
+        .as_deref()
+        .map(sluice_common::approval::Policy::load)
+        .transpose()
+        .map_err(|e| Error::Usage(UsageError(format!("--approval-policy: {e}"))))?;
+    let content = options
+        .send
+        .policy
+        .as_deref()
+        .map(crate::load_policy)
+        .transpose()?;
+    let gated = approvals.is_some() || content.is_some();
     let Ends {
         recipients,
         signer,
@@ -64,7 +81,11 @@ pub async fn run(
         mut link,
         metrics,
     } = Ends::open(&options.send).await?;
-    let Dirs { outbox, sent } = prepare_dirs(&options)?;
+    let Dirs {
+        outbox,
+        sent,
+        refused,
+    } = prepare_dirs(&options, gated)?;
     let journal = Journal::open(&options.state).map_err(watch_error(format!(
         "cannot open the journal in --state {}",
         options.state.display()
@@ -85,6 +106,8 @@ pub async fn run(
         rate = %Session::rate_text(&options.send),
         passes = options.send.passes,
         settle = ?options.settle,
+        approvals = approvals.is_some(),
+        policy = content.is_some(),
         "watching"
     );
 
@@ -117,14 +140,24 @@ pub async fn run(
     let progress = Arc::new(Progress::default());
     let mut config = config;
     config.watched = Some(progress.stage("the encoder"));
+    let checks = Checks {
+        approvals,
+        content,
+        audit: audit.clone(),
+    };
     let encoder = std::thread::Builder::new()
         .name("sluice-encode".into())
-        .spawn(move || encoder(config, sequence, spool_base, jobs_rx, blocks_tx, encoded_tx))
+        .spawn(move || {
+            encoder(
+                config, checks, sequence, spool_base, jobs_rx, blocks_tx, encoded_tx,
+            )
+        })
         .map_err(Error::Thread)?;
     let coordinator = Coordinator {
         outbox: options.outbox.clone(),
         dir: outbox,
         after: sent,
+        refused,
         stage: progress.stage("the outbox coordinator"),
         keep_sent: options.keep_sent,
         settling: Settling::new(options.settle),
@@ -136,6 +169,7 @@ pub async fn run(
         encoding: false,
         stuck: BTreeSet::new(),
         strange: BTreeSet::new(),
+        audit: audit.clone(),
     };
     let channels = Channels {
         fs: fs_rx,
@@ -197,13 +231,20 @@ struct Dirs {
     outbox: Arc<Dir>,
     /// `None` with `--delete-after-send`.
     sent: Option<Dir>,
+    /// `OUTBOX/.refused`, where requests and items the checks refuse are moved with their
+    /// reason (`None` without `--approval-policy` or `--policy`).
+    refused: Option<Dir>,
 }
+
+/// The refused items' directory in the outbox.
+pub const REFUSED_DIR: &str = ".refused";
 
 /// Opens `--outbox`, creates and opens the `--sent` directory and checks it is on the outbox's
 /// file system (items are renamed into it). A sent directory inside the outbox (the default,
 /// `OUTBOX/.sent`) is in a directory other users write to: it is made (mode 0700) and opened
-/// from the outbox's fd and never followed, so one planted as a symlink is refused.
-fn prepare_dirs(options: &WatchOptions) -> Result<Dirs, Error> {
+/// from the outbox's fd and never followed, so one planted as a symlink is refused. With
+/// `gated` (an approval or content policy), `OUTBOX/.refused` is made the same way.
+fn prepare_dirs(options: &WatchOptions, gated: bool) -> Result<Dirs, Error> {
     // A missing or wrong outbox is configuration (exit 2), like a wrong option.
     let bad_outbox = |e: std::io::Error| {
         let why = match e.kind() {
@@ -218,12 +259,22 @@ fn prepare_dirs(options: &WatchOptions) -> Result<Dirs, Error> {
     };
     let outbox = Dir::open(&options.outbox).map_err(bad_outbox)?;
     let outbox_entry = outbox.stat_self().map_err(bad_outbox)?;
+    let refused = match gated {
+        true => Some(own_dir_in_outbox(&outbox, REFUSED_DIR, &|e| {
+            Error::Watch(format!(
+                "{}: {e}",
+                options.outbox.join(REFUSED_DIR).display()
+            ))
+        })?),
+        false => None,
+    };
     let sent = match &options.after {
         AfterSend::Move(dir) => dir.clone(),
         AfterSend::Delete => {
             return Ok(Dirs {
                 outbox: Arc::new(outbox),
                 sent: None,
+                refused,
             })
         }
     };
@@ -242,37 +293,13 @@ fn prepare_dirs(options: &WatchOptions) -> Result<Dirs, Error> {
                     sent.display()
                 ))));
             }
-            outbox
-                .create_dir(name, 0o700)
-                .and_then(|_| outbox.open_dir(name))
-                .map_err(|e| match outbox.stat(name) {
-                    Ok(Some(entry)) if entry.kind == Kind::Symlink => sent_error(
-                        &"is a symlink, which the outbox's writers could have planted; refusing \
-                          to follow it (remove it, or point --sent at a directory outside the \
-                          outbox)",
-                    ),
-                    _ => sent_error(&e),
-                })?
+            own_dir_in_outbox(&outbox, name, &sent_error)?
         }
         _ => std::fs::create_dir_all(&sent)
             .and_then(|()| Dir::open(&sent))
             .map_err(|e| sent_error(&e))?,
     };
     let sent_entry = sent_dir.stat_self().map_err(|e| sent_error(&e))?;
-    if in_outbox {
-        // One a writer made before the daemon first started is theirs: refused, not adopted.
-        let me = rustix::process::geteuid().as_raw();
-        if sent_entry.uid != me {
-            return Err(sent_error(&format!(
-                "is owned by uid {}, not by this daemon's user (uid {me}): a writer may have made \
-                 it; remove it and the daemon makes its own",
-                sent_entry.uid
-            )));
-        }
-        if sent_entry.mode & 0o077 != 0 {
-            sent_dir.set_mode(0o700).map_err(|e| sent_error(&e))?;
-        }
-    }
     if sent_entry.device != outbox_entry.device {
         return Err(Error::Watch(format!(
             "--sent {} is on another file system than --outbox {}: items are renamed into it, \
@@ -284,13 +311,49 @@ fn prepare_dirs(options: &WatchOptions) -> Result<Dirs, Error> {
     Ok(Dirs {
         outbox: Arc::new(outbox),
         sent: Some(sent_dir),
+        refused,
     })
+}
+
+/// The daemon's own directory `name` in the outbox, a directory other users write to: made
+/// (mode 0700) and opened from the outbox's fd, never followed (one planted as a symlink is
+/// refused), and refused if another user made it before the daemon first started.
+fn own_dir_in_outbox(
+    outbox: &Dir,
+    name: &str,
+    error: &dyn Fn(&dyn std::fmt::Display) -> Error,
+) -> Result<Dir, Error> {
+    let dir = outbox
+        .create_dir(name, 0o700)
+        .and_then(|_| outbox.open_dir(name))
+        .map_err(|e| match outbox.stat(name) {
+            Ok(Some(entry)) if entry.kind == Kind::Symlink => error(
+                &"is a symlink, which the outbox's writers could have planted; refusing to \
+                  follow it (remove it, or point --sent at a directory outside the outbox)",
+            ),
+            _ => error(&e),
+        })?;
+    let entry = dir.stat_self().map_err(|e| error(&e))?;
+    // One a writer made before the daemon first started is theirs: refused, not adopted.
+    let me = rustix::process::geteuid().as_raw();
+    if entry.uid != me {
+        return Err(error(&format!(
+            "is owned by uid {}, not by this daemon's user (uid {me}): a writer may have made \
+             it; remove it and the daemon makes its own",
+            entry.uid
+        )));
+    }
+    if entry.mode & 0o077 != 0 {
+        dir.set_mode(0o700).map_err(|e| error(&e))?;
+    }
+    Ok(dir)
 }
 
 /// One item for the encoder thread: the listing that settled.
 #[derive(Debug)]
 struct Job {
     token: u64,
+    name: String,
     listing: Listing,
 }
 
@@ -300,11 +363,78 @@ struct Encoded {
     token: u64,
     /// Why the encode pipeline stopped, if it did.
     error: Option<String>,
+    /// Not sent at all: why (waiting for approvals, or refused by a check).
+    held: Option<NotApproved>,
+}
+
+/// What every item must pass before its first frame: the export approval (with
+/// `--approval-policy`, each item is a request, see [`request`]) and the content policy.
+struct Checks {
+    approvals: Option<sluice_common::approval::Policy>,
+    content: Option<sluice_inspect::policy::Policy>,
+    audit: Arc<AuditLog>,
+}
+
+impl Checks {
+    fn gated(&self) -> bool {
+        self.approvals.is_some() || self.content.is_some()
+    }
+
+    /// The listing to send and the approval its manifests carry, or why nothing of the item
+    /// may be sent (read on the encoder's thread: hashing and inspecting read every file).
+    fn admit(
+        &self,
+        name: &str,
+        listing: Listing,
+    ) -> Result<(Listing, Option<sluice_protocol::manifest::Approval>), NotApproved> {
+        let (listing, approval) = match &self.approvals {
+            None => (listing, None),
+            Some(policy) => {
+                let (listing, approved) = request::admit(policy, name, listing)?;
+                let approvers: Vec<String> =
+                    approved.approvers.iter().map(ToString::to_string).collect();
+                tracing::info!(item = %name, approvers = %approvers.join(","), "export approved");
+                self.audit.record(
+                    Event::new("approval_checked")
+                        .with("item", name)
+                        .with(
+                            "request_sha256",
+                            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                                &approved.carried.request,
+                            )),
+                        )
+                        .with("purpose", approved.request.purpose.clone())
+                        .with("requester", approved.request.requester.clone())
+                        .with("expires", approved.request.expires.clone())
+                        .with("threshold", approved.threshold as u64)
+                        .with("approvers", approvers),
+                );
+                (listing, Some(approved.carried))
+            }
+        };
+        if let Some(policy) = &self.content {
+            let refused = crate::check_policy(policy, &listing.objects);
+            if let Some((path, reason)) = refused.first() {
+                return Err(NotApproved {
+                    pending: false,
+                    reason: format!(
+                        "refused by the content policy: {path}: {reason}{}",
+                        match refused.len() {
+                            1 => String::new(),
+                            n => format!(" (and {} more, see the log)", n - 1),
+                        }
+                    ),
+                });
+            }
+        }
+        Ok((listing, approval))
+    }
 }
 
 /// Encodes one item at a time into the send loop's channel, each followed by its barrier.
 fn encoder(
     mut config: EncodeConfig,
+    checks: Checks,
     mut sequence: Sequence,
     spool_base: Option<PathBuf>,
     jobs: flume::Receiver<Job>,
@@ -312,7 +442,28 @@ fn encoder(
     encoded: flume::Sender<Encoded>,
 ) {
     for job in jobs.iter() {
-        let Listing { objects, skipped } = job.listing;
+        // Nothing of an item leaves before all of it passed: held items get no barrier (no
+        // frame of theirs is in flight), only the coordinator's word.
+        let (listing, approval) = match checks.admit(&job.name, job.listing) {
+            Ok(admitted) => admitted,
+            Err(held) => {
+                let word = Encoded {
+                    token: job.token,
+                    error: None,
+                    held: Some(held),
+                };
+                if encoded.send(word).is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        if checks.gated() {
+            let bytes: u64 = listing.objects.iter().filter_map(|o| o.size).sum();
+            tracing::info!(item = %job.name, bytes, "sending item");
+        }
+        config.approval = approval;
+        let Listing { objects, skipped } = listing;
         let mut error = None;
         for s in skipped {
             if blocks.send(Produced::NotSent(s)).is_err() {
@@ -351,6 +502,7 @@ fn encoder(
             .send(Encoded {
                 token: job.token,
                 error,
+                held: None,
             })
             .is_err()
         {
@@ -393,6 +545,8 @@ struct Coordinator {
     dir: Arc<Dir>,
     /// Where sent items go (`None`: deleted).
     after: Option<Dir>,
+    /// Where refused items go, with their reason (`None`: no checks configured).
+    refused: Option<Dir>,
     /// Marks each turn of the loop for the watchdog.
     stage: Stage,
     keep_sent: Option<Duration>,
@@ -409,6 +563,7 @@ struct Coordinator {
     stuck: BTreeSet<String>,
     /// Names already warned about (not UTF-8, not a file or directory).
     strange: BTreeSet<String>,
+    audit: Arc<AuditLog>,
 }
 
 impl Coordinator {
@@ -456,6 +611,14 @@ impl Coordinator {
                     rescan_at = rescan_at.min(Instant::now() + EVENT_DEBOUNCE);
                 }
                 Wake::Fs(_) => {}
+                Wake::Encoded(Encoded {
+                    token,
+                    held: Some(held),
+                    ..
+                }) => {
+                    self.encoding = false;
+                    self.hold(token, held)?;
+                }
                 Wake::Encoded(encoded) => {
                     self.encoding = false;
                     if let Some(item) = self.in_flight.iter_mut().find(|i| i.token == encoded.token)
@@ -489,7 +652,7 @@ impl Coordinator {
                         self.settling.observe(&name, look, identity, now);
                     }
                 }
-                (State::Failed, Some(_)) if same => {}
+                (State::Failed | State::Pending, Some(_)) if same => {}
                 // Gone, or changed since: a new item if it is there at all.
                 _ => self.journal_record(&name, &record.fingerprint, State::Done)?,
             }
@@ -602,10 +765,11 @@ impl Coordinator {
             let Some(look) = self.list(&name).map(|listing| listing.look()) else {
                 continue;
             };
-            let failed_as_is = self
-                .journal
-                .get(&name)
-                .is_some_and(|r| r.state == State::Failed && r.fingerprint == look.fingerprint);
+            // Failed, or waiting for approvals: looked at again once it changes.
+            let failed_as_is = self.journal.get(&name).is_some_and(|r| {
+                matches!(r.state, State::Failed | State::Pending)
+                    && r.fingerprint == look.fingerprint
+            });
             if !failed_as_is {
                 self.settling
                     .observe(&name, look, outbox::identity(&entry), now);
@@ -637,8 +801,19 @@ impl Coordinator {
         self.journal_record(&name, &look.fingerprint, State::Sending)?;
         self.next_token += 1;
         let token = self.next_token;
-        tracing::info!(item = %name, bytes = look.bytes, "sending item");
-        let job = Job { token, listing };
+        // Held back by a check, an item is never said to be sending.
+        let gated = self.refused.is_some();
+        let doing = if gated {
+            "checking item"
+        } else {
+            "sending item"
+        };
+        tracing::info!(item = %name, bytes = look.bytes, "{doing}");
+        let job = Job {
+            token,
+            name: name.clone(),
+            listing,
+        };
         if self.jobs.send(job).is_err() {
             return Err(Error::Watch("the encoder stopped".into()));
         }
@@ -681,10 +856,50 @@ impl Coordinator {
         self.dispose(&item.name, &item.fingerprint)
     }
 
+    /// An item the checks held back, none of it sent: one waiting for approvals stays in the
+    /// outbox until it changes (a signature dropped in); a refused one is moved to
+    /// `OUTBOX/.refused` beside a file saying why.
+    fn hold(&mut self, token: u64, held: NotApproved) -> Result<(), Error> {
+        let Some(at) = self.in_flight.iter().position(|i| i.token == token) else {
+            return Ok(());
+        };
+        let item = self.in_flight.remove(at);
+        if held.pending {
+            tracing::warn!(item = %item.name, "waiting for approval: {}", held.reason);
+            self.audit.record(
+                Event::new("pending")
+                    .with("item", item.name.as_str())
+                    .with("reason", held.reason.as_str()),
+            );
+            return self.journal_record(&item.name, &item.fingerprint, State::Pending);
+        }
+        tracing::error!(item = %item.name, "refused, nothing of it sent: {}", held.reason);
+        self.counters.count_refused_item();
+        self.audit.record(
+            Event::new("refused")
+                .with("item", item.name.as_str())
+                .with("reason", held.reason.as_str()),
+        );
+        let moved = match &self.refused {
+            Some(refused) => move_aside(&self.dir, refused, &item.name, &held.reason),
+            None => Err(std::io::Error::other("no refused directory")),
+        };
+        match moved {
+            Ok(to) => {
+                tracing::info!(item = %item.name, to = %format!("{REFUSED_DIR}/{to}"), "moved aside");
+                self.journal_record(&item.name, &item.fingerprint, State::Done)
+            }
+            Err(e) => {
+                tracing::error!(item = %item.name, "cannot be moved aside: {e}; left in the outbox, looked at again once it changes");
+                self.journal_record(&item.name, &item.fingerprint, State::Failed)
+            }
+        }
+    }
+
     /// Moves a sent item to the sent directory (or deletes it), then closes its journal entry.
     fn dispose(&mut self, name: &str, fingerprint: &Fingerprint) -> Result<(), Error> {
         let result = match &self.after {
-            Some(sent) => move_to_sent(&self.dir, sent, name),
+            Some(sent) => move_to_sent(&self.dir, sent, name).map(drop),
             None => self.dir.remove_all(name),
         };
         match result {
@@ -724,6 +939,8 @@ impl Coordinator {
         items += self.in_flight.len() as u64;
         bytes += self.in_flight.iter().map(|i| i.bytes).sum::<u64>();
         self.counters.set_outbox(items, bytes);
+        self.counters
+            .set_pending_approval(self.journal.count(State::Pending));
     }
 }
 
@@ -746,7 +963,7 @@ fn sent_time(name: &str) -> Option<SystemTime> {
 
 /// Renames the item `name` of the outbox into the sent directory, under its time and name,
 /// never replacing anything there.
-fn move_to_sent(outbox: &Dir, sent: &Dir, name: &str) -> std::io::Result<()> {
+fn move_to_sent(outbox: &Dir, sent: &Dir, name: &str) -> std::io::Result<String> {
     let base = sent_name(name, SystemTime::now());
     for n in 0..1000u32 {
         let to = match n {
@@ -754,7 +971,7 @@ fn move_to_sent(outbox: &Dir, sent: &Dir, name: &str) -> std::io::Result<()> {
             n => format!("{base}.{n}"),
         };
         match outbox.rename_new(name, sent, &to) {
-            Ok(()) => return sent.sync(),
+            Ok(()) => return sent.sync().map(|()| to),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
         }
@@ -762,6 +979,18 @@ fn move_to_sent(outbox: &Dir, sent: &Dir, name: &str) -> std::io::Result<()> {
     Err(std::io::Error::other(
         "too many sent items of that name this second",
     ))
+}
+
+/// Moves the refused item `name` into `refused` (as [`move_to_sent`] names it) and writes
+/// `<that name>.reason` beside it; returns the name it got.
+fn move_aside(outbox: &Dir, refused: &Dir, name: &str, reason: &str) -> std::io::Result<String> {
+    use std::io::Write;
+    let to = move_to_sent(outbox, refused, name)?;
+    let mut file = refused.create_file(&format!("{to}.reason"), 0o600)?;
+    file.write_all(format!("{reason}\n").as_bytes())?;
+    file.sync_all()?;
+    refused.sync()?;
+    Ok(to)
 }
 
 #[cfg(test)]
@@ -796,10 +1025,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let outbox = dir.path().join("outbox");
         std::fs::create_dir_all(&outbox).unwrap();
-        let err = prepare_dirs(&options(&outbox, &outbox.join("sent"))).unwrap_err();
+        let err = prepare_dirs(&options(&outbox, &outbox.join("sent")), false).unwrap_err();
         assert!(err.to_string().contains("would be an item"), "{err}");
-        assert!(prepare_dirs(&options(&outbox, &outbox.join(".done"))).is_ok());
-        assert!(prepare_dirs(&options(&outbox, &dir.path().join("sent"))).is_ok());
+        assert!(prepare_dirs(&options(&outbox, &outbox.join(".done")), false).is_ok());
+        assert!(prepare_dirs(&options(&outbox, &dir.path().join("sent")), false).is_ok());
     }
 
     /// Finding 3 of the second red-team round: a writer planted `OUTBOX/.sent` as a symlink to
@@ -814,10 +1043,10 @@ mod tests {
         std::fs::create_dir_all(&outbox).unwrap();
         std::fs::create_dir_all(&elsewhere).unwrap();
         std::os::unix::fs::symlink(&elsewhere, outbox.join(".sent")).unwrap();
-        let err = prepare_dirs(&options(&outbox, &outbox.join(".sent"))).unwrap_err();
+        let err = prepare_dirs(&options(&outbox, &outbox.join(".sent")), false).unwrap_err();
         assert!(err.to_string().contains("is a symlink"), "{err}");
         std::fs::remove_file(outbox.join(".sent")).unwrap();
-        let dirs = prepare_dirs(&options(&outbox, &outbox.join(".sent"))).unwrap();
+        let dirs = prepare_dirs(&options(&outbox, &outbox.join(".sent")), false).unwrap();
         let mode = std::fs::metadata(outbox.join(".sent"))
             .unwrap()
             .permissions()

@@ -1,0 +1,201 @@
+//! Request items: with `--approval-policy`, each outbox item is an export request — a directory
+//! holding `request.toml` (made by `sluice-approve request`), its approvers' `*.minisig` beside
+//! it, and the files laid out under the names the request gives them:
+//!
+//! ```text
+//!   OUTBOX/q3-eval/request.toml
+//!   OUTBOX/q3-eval/request.toml.alice.minisig
+//!   OUTBOX/q3-eval/report/eval.json          sent as report/eval.json
+//! ```
+//!
+//! The request and its signatures are read from the listing that is then sent (each file
+//! pinned to the inode seen), never sent as files themselves; the files go out under their
+//! names below the item, with the approval in every manifest for the receiver to check again.
+
+use std::io::Read;
+
+use sluice_common::approval::Policy;
+use sluice_protocol::manifest::{MAX_REQUEST_LEN, MAX_SIGNATURE_LEN};
+
+use super::outbox::Listing;
+use crate::approve::{self, Approved, NotApproved};
+use crate::objects::{Source, SourceObject};
+
+/// The request's name in a request item.
+pub const REQUEST_FILE: &str = "request.toml";
+
+/// Splits the listing of the item `name` into its request, its signatures and its files, and
+/// checks them against `policy`: the files to send (named below the item) and the approval,
+/// or why not (pending while only approvals are missing).
+pub fn admit(
+    policy: &Policy,
+    name: &str,
+    listing: Listing,
+) -> Result<(Listing, Approved), NotApproved> {
+    let refused = |reason: String| NotApproved {
+        pending: false,
+        reason,
+    };
+    let below = format!("{name}/");
+    let mut request = None;
+    let mut signatures = Vec::new();
+    let mut files = Vec::new();
+    for mut object in listing.objects {
+        if object.path == name {
+            if matches!(object.source, Source::Directory) {
+                continue;
+            }
+            return Err(refused(format!(
+                "not a request: with --approval-policy an item is a directory holding \
+                 {REQUEST_FILE}, its *.minisig signatures and the files it names"
+            )));
+        }
+        let Some(inside) = object.path.strip_prefix(&below).map(str::to_string) else {
+            return Err(refused(format!("{}: outside the item", object.path)));
+        };
+        if inside == REQUEST_FILE {
+            request = Some(read_bounded(&object, MAX_REQUEST_LEN).map_err(refused)?);
+        } else if !inside.contains('/') && inside.ends_with(".minisig") {
+            signatures.push(read_bounded(&object, MAX_SIGNATURE_LEN).map_err(refused)?);
+        } else {
+            object.path = inside;
+            files.push(object);
+        }
+    }
+    let Some(request) = request else {
+        return Err(refused(format!(
+            "not a request: no {REQUEST_FILE} in it (with --approval-policy every item is an \
+             export request)"
+        )));
+    };
+    let shown = format!("{name}/{REQUEST_FILE}");
+    let approved = approve::evaluate_bytes(
+        policy,
+        request,
+        &shown,
+        signatures,
+        Some((&files, &listing.skipped)),
+    )?;
+    Ok((
+        Listing {
+            objects: files,
+            skipped: listing.skipped,
+        },
+        approved,
+    ))
+}
+
+/// The content of the file `object` as listed, refused beyond `limit` bytes (a request or a
+/// signature is small; a writer's huge one is never read whole).
+fn read_bounded(object: &SourceObject, limit: usize) -> Result<Vec<u8>, String> {
+    let opened = match (&object.source, object.source.open()) {
+        (Source::File(_), Some(opened)) => opened,
+        _ => return Err(format!("{}: not a file", object.path)),
+    };
+    let mut bytes = Vec::new();
+    opened
+        .and_then(|(reader, _)| reader.take(limit as u64 + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("cannot read {}: {e}", object.path))?;
+    if bytes.len() > limit {
+        return Err(format!(
+            "{} is longer than the {limit} bytes it may have",
+            object.path
+        ));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_common::approval::{self, Request, RequestFile};
+    use sluice_common::beneath::Dir;
+    use sluice_common::keys;
+    use std::sync::Arc;
+
+    /// An outbox with one approver's policy (threshold 1) and a request item `q` approving
+    /// `data/a.txt`, signed.
+    fn setup() -> (tempfile::TempDir, Arc<Dir>, Policy) {
+        let tmp = tempfile::tempdir().unwrap();
+        let approver = tmp.path().join("approver");
+        keys::generate_sender_keys(&approver).unwrap();
+        let policy_path = tmp.path().join("approvals.toml");
+        std::fs::write(
+            &policy_path,
+            format!(
+                "threshold = 1\napprovers = [{:?}]\n",
+                approver.join(keys::SENDER_PUB).display().to_string()
+            ),
+        )
+        .unwrap();
+        let item = tmp.path().join("outbox/q");
+        std::fs::create_dir_all(item.join("data")).unwrap();
+        std::fs::write(item.join("data/a.txt"), b"approved").unwrap();
+        let files = vec![RequestFile {
+            path: "data/a.txt".into(),
+            size: 8,
+            sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"approved")),
+        }];
+        let request = Request::new("t", "tester", std::time::Duration::from_secs(3600), files)
+            .unwrap()
+            .to_text()
+            .unwrap();
+        std::fs::write(item.join(REQUEST_FILE), &request).unwrap();
+        let key = std::fs::read_to_string(approver.join(keys::SENDER_KEY)).unwrap();
+        let (_, signature) = approval::sign(&key, request.as_bytes()).unwrap();
+        std::fs::write(item.join("request.toml.minisig"), signature).unwrap();
+        let outbox = Arc::new(Dir::open(&tmp.path().join("outbox")).unwrap());
+        (tmp, outbox, Policy::load(&policy_path).unwrap())
+    }
+
+    fn admit_q(outbox: &Arc<Dir>, policy: &Policy) -> Result<Vec<String>, NotApproved> {
+        let listing = Listing::of(outbox, "q", std::path::Path::new("outbox"));
+        admit(policy, "q", listing)
+            .map(|(listing, _)| listing.objects.into_iter().map(|o| o.path).collect())
+    }
+
+    #[test]
+    fn a_request_item_sends_its_files_under_the_requests_names_and_never_itself() {
+        let (_tmp, outbox, policy) = setup();
+        assert_eq!(admit_q(&outbox, &policy).unwrap(), ["data", "data/a.txt"]);
+    }
+
+    /// A writer of the outbox bends the request item: a request too long to be one (never
+    /// read whole), a signature file too long, a request that is a symlink or a directory.
+    /// Each is refused for good, not left pending.
+    #[test]
+    fn hostile_request_items_are_refused_not_left_waiting() {
+        let (tmp, outbox, policy) = setup();
+        let item = tmp.path().join("outbox/q");
+        let refused = |outbox: &Arc<Dir>| {
+            let err = admit_q(outbox, &policy).unwrap_err();
+            assert!(!err.pending, "{err:?}");
+            err.reason
+        };
+
+        std::fs::write(item.join("extra.minisig"), vec![b'x'; 64 << 10]).unwrap();
+        assert!(refused(&outbox).contains("longer than the 1024 bytes"));
+        std::fs::remove_file(item.join("extra.minisig")).unwrap();
+
+        let request = std::fs::read(item.join(REQUEST_FILE)).unwrap();
+        let mut long = request.clone();
+        long.resize(3 << 20, b'\n');
+        std::fs::write(item.join(REQUEST_FILE), &long).unwrap();
+        assert!(refused(&outbox).contains("longer than the 1048576 bytes"));
+
+        std::fs::write(tmp.path().join("elsewhere.toml"), &request).unwrap();
+        std::fs::remove_file(item.join(REQUEST_FILE)).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("elsewhere.toml"), item.join(REQUEST_FILE))
+            .unwrap();
+        assert!(refused(&outbox).contains("request.toml"));
+
+        std::fs::remove_file(item.join(REQUEST_FILE)).unwrap();
+        std::fs::create_dir(item.join(REQUEST_FILE)).unwrap();
+        assert!(refused(&outbox).contains("request.toml: not a file"));
+
+        // Put right again, it passes: the refusals were about the request, not the setup.
+        std::fs::remove_dir(item.join(REQUEST_FILE)).unwrap();
+        std::fs::write(item.join(REQUEST_FILE), &request).unwrap();
+        assert!(admit_q(&outbox, &policy).is_ok());
+    }
+}

@@ -218,6 +218,27 @@ impl Request {
 pub struct Policy {
     pub threshold: usize,
     approvers: TrustedKeys,
+    /// Approvers' names by key id: the stem of the key file that listed them (`alice` for
+    /// `approvers/alice.pub`); keys given as lines have none.
+    names: BTreeMap<u64, String>,
+}
+
+/// Whose signatures over a request verify, and what was wrong with the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tally {
+    /// Distinct approvers whose signature verifies, by key id.
+    pub signed: Vec<KeyId>,
+    /// Why each other signature counted for nothing.
+    pub problems: Vec<String>,
+    /// Approvers who have not signed (yet).
+    pub missing: Vec<KeyId>,
+    pub threshold: usize,
+}
+
+impl Tally {
+    pub fn met(&self) -> bool {
+        self.signed.len() >= self.threshold
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -240,6 +261,7 @@ impl Policy {
         let file: PolicyFile = toml::from_str(&text).map_err(|e| bad(e.message().to_string()))?;
         let base = path.parent().map_or_else(PathBuf::new, Path::to_path_buf);
         let mut keys = Vec::new();
+        let mut names = BTreeMap::new();
         for entry in &file.approvers {
             match minisign::PublicKey::from_base64(entry.trim()) {
                 Ok(key) => keys.push(key),
@@ -251,11 +273,51 @@ impl Policy {
                             "approver {entry:?} is neither a minisign public key nor a file of them"
                         ))
                     })?;
-                    keys.extend(found.into_iter().map(|(_, key)| key));
+                    let stem = Path::new(entry).file_stem().and_then(|s| s.to_str());
+                    for (id, key) in found {
+                        if let Some(stem) = stem {
+                            names.insert(id.0, stem.to_string());
+                        }
+                        keys.push(key);
+                    }
                 }
             }
         }
-        Policy::new(file.threshold, keys).map_err(bad)
+        let mut policy = Policy::new(file.threshold, keys).map_err(bad)?;
+        policy.names = names;
+        Ok(policy)
+    }
+
+    /// An approver as people read it: `alice (05AC3CCD17626569)`, or the key id alone.
+    pub fn name_of(&self, id: KeyId) -> String {
+        match self.names.get(&id.0) {
+            Some(name) => format!("{name} ({id})"),
+            None => id.to_string(),
+        }
+    }
+
+    /// Whose signatures over `request` (its exact bytes) verify, counted by distinct key.
+    pub fn tally(&self, request: &[u8], signatures: &[Vec<u8>]) -> Tally {
+        let mut valid = BTreeSet::new();
+        let mut problems = Vec::new();
+        for signature in signatures {
+            match self.approvers.verify(request, signature) {
+                Ok(id) => {
+                    valid.insert(id.0);
+                }
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        Tally {
+            signed: valid.iter().copied().map(KeyId).collect(),
+            problems,
+            missing: self
+                .approvers
+                .ids()
+                .filter(|id| !valid.contains(&id.0))
+                .collect(),
+            threshold: self.threshold,
+        }
     }
 
     /// A policy of `threshold` among `keys` (each key counted once).
@@ -283,6 +345,7 @@ impl Policy {
         Ok(Policy {
             threshold,
             approvers,
+            names: BTreeMap::new(),
         })
     }
 
@@ -298,23 +361,14 @@ impl Policy {
         request: &[u8],
         signatures: &[Vec<u8>],
     ) -> Result<Vec<KeyId>, ApprovalError> {
-        let mut valid = BTreeSet::new();
-        let mut problems = Vec::new();
-        for signature in signatures {
-            match self.approvers.verify(request, signature) {
-                Ok(id) => {
-                    valid.insert(id.0);
-                }
-                Err(e) => problems.push(e.to_string()),
-            }
-        }
-        if valid.len() >= self.threshold {
-            Ok(valid.into_iter().map(KeyId).collect())
+        let tally = self.tally(request, signatures);
+        if tally.met() {
+            Ok(tally.signed)
         } else {
             Err(ApprovalError::Quorum {
-                valid: valid.len(),
+                valid: tally.signed.len(),
                 threshold: self.threshold,
-                problems,
+                problems: tally.problems,
             })
         }
     }

@@ -6,6 +6,7 @@
 //! minisign -S -s alice.key -m req.toml -x req.toml.alice.minisig   # each approver, stock minisign
 //! sluice-approve sign req.toml --key bob.key                        # or this, same format
 //! sluice-approve check req.toml --policy approvals.toml [PATH...]   # who approved, quorum met?
+//! sluice-approve show req.toml [--policy approvals.toml]             # a reviewer's view
 //! ```
 //!
 //! A PATH may be `s3://BUCKET/PREFIX` (the store's settings from the AWS variables): its
@@ -23,7 +24,7 @@ use sha2::{Digest, Sha256};
 use sluice_common::approval::{self, ApprovalError, Policy, Request, RequestFile};
 use sluice_common::exit::ExitStatus;
 use sluice_protocol::manifest::{
-    Approval, MAX_APPROVAL_SIGNATURES, MAX_REQUEST_LEN, MAX_SIGNATURE_LEN,
+    Approval, EntryKind, MAX_APPROVAL_SIGNATURES, MAX_REQUEST_LEN, MAX_SIGNATURE_LEN,
 };
 
 use crate::objects::{self, s3::Stores, Skipped, SourceObject};
@@ -82,6 +83,17 @@ enum Command {
         signatures: Vec<PathBuf>,
         paths: Vec<PathBuf>,
     },
+    /// A reviewer's view of a request: purpose, requester, expiry, every file, and (with
+    /// --policy) who has signed and who still may.
+    Show {
+        request: PathBuf,
+        /// approvals.toml: count the signatures beside the request against it.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Signature files (default: REQUEST*.minisig beside the request). Repeatable.
+        #[arg(long = "approval-sig")]
+        signatures: Vec<PathBuf>,
+    },
 }
 
 /// Runs `sluice-approve` with `args` (program name first).
@@ -105,6 +117,11 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
             signatures,
             paths,
         } => check(&request, &policy, signatures, &paths),
+        Command::Show {
+            request,
+            policy,
+            signatures,
+        } => show(&request, policy.as_deref(), signatures),
     };
     match result {
         Ok(()) => ExitStatus::Success.into(),
@@ -148,9 +165,14 @@ pub struct Approved {
     pub threshold: usize,
     /// The approvers whose signatures verified, by key id.
     pub approvers: Vec<sluice_common::keys::KeyId>,
+    /// The same, as people read them (`alice (05AC3CCD17626569)`).
+    pub names: Vec<String>,
     /// The request's exact bytes and the signatures given, as the manifests carry them.
     pub carried: Approval,
 }
+
+/// Files by path: size and SHA-256 (lowercase hex), as read.
+pub type Digests = BTreeMap<String, (u64, String)>;
 
 /// Why a request did not pass. `pending` when only approvals are missing: more signatures may
 /// still come (the watch daemon keeps such a request waiting; anything else is final).
@@ -201,10 +223,31 @@ fn evaluate(
     evaluate_bytes(&policy, bytes, &shown, signatures, found).map_err(|e| e.reason)
 }
 
+/// Who signed a request and who may still: `signed: alice (…); still to sign: 1 more of bob
+/// (…), carol (…)`.
+pub fn who_signed(policy: &Policy, tally: &approval::Tally) -> String {
+    let names = |ids: &[sluice_common::keys::KeyId]| {
+        ids.iter()
+            .map(|id| policy.name_of(*id))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let signed = match tally.signed.is_empty() {
+        true => "nobody yet".to_string(),
+        false => names(&tally.signed),
+    };
+    let needed = tally.threshold.saturating_sub(tally.signed.len());
+    match needed {
+        0 => format!("signed: {signed}"),
+        n => format!(
+            "signed: {signed}; still to sign: {n} more of {}",
+            names(&tally.missing)
+        ),
+    }
+}
+
 /// [`evaluate`] on a request's bytes and its signatures' (`shown` names the request in
-/// messages). Every check but the quorum comes first, so a request that is expired, malformed
-/// or does not match its files is refused for that, never left waiting for approvals that
-/// could not help it.
+/// messages): [`precheck`], then the files' content.
 pub fn evaluate_bytes(
     policy: &Policy,
     bytes: Vec<u8>,
@@ -212,6 +255,49 @@ pub fn evaluate_bytes(
     signatures: Vec<Vec<u8>>,
     found: Option<(&[SourceObject], &[Skipped])>,
 ) -> Result<Approved, NotApproved> {
+    let prechecked = precheck(policy, bytes, shown, signatures, found)?;
+    let files = match found {
+        Some((objects, skipped)) => Some(digests(objects, skipped).map_err(NotApproved::refused)?),
+        None => None,
+    };
+    prechecked.finish(files.as_ref())
+}
+
+/// A request whose every check but its files' content passed.
+#[derive(Debug)]
+pub struct Prechecked {
+    approved: Approved,
+}
+
+impl Prechecked {
+    /// The last check: `files` (path → size and SHA-256 hex, as read) are exactly the
+    /// request's, unchanged.
+    pub fn finish(
+        self,
+        files: Option<&BTreeMap<String, (u64, String)>>,
+    ) -> Result<Approved, NotApproved> {
+        if let Some(files) = files {
+            self.approved
+                .request
+                .check_files(files)
+                .map_err(NotApproved::refused)?;
+        }
+        Ok(self.approved)
+    }
+}
+
+/// Every check that reads no file content, cheapest first: the limits, the request's form and
+/// expiry, the names and listed sizes of what was `found` (a file not in the request, one of
+/// another size, a directory with no approved file below it, an approved file missing, or
+/// anything skipped), and last the quorum — so a request short of approvals (`pending`) costs
+/// no read of its files, and one refused for another reason is never left waiting.
+pub fn precheck(
+    policy: &Policy,
+    bytes: Vec<u8>,
+    shown: &str,
+    signatures: Vec<Vec<u8>>,
+    found: Option<(&[SourceObject], &[Skipped])>,
+) -> Result<Prechecked, NotApproved> {
     if bytes.len() > MAX_REQUEST_LEN {
         return Err(NotApproved::refused(format!(
             "{shown} is longer than the {MAX_REQUEST_LEN} bytes a request may have"
@@ -236,24 +322,81 @@ pub fn evaluate_bytes(
         .check_not_expired(SystemTime::now())
         .map_err(NotApproved::refused)?;
     if let Some((objects, skipped)) = found {
-        let files = digests(objects, skipped).map_err(NotApproved::refused)?;
-        request.check_files(&files).map_err(NotApproved::refused)?;
+        check_listed(&request, objects, skipped).map_err(NotApproved::refused)?;
     }
-    let approvers = policy
-        .check_quorum(&bytes, &signatures)
-        .map_err(|e| NotApproved {
-            pending: matches!(e, ApprovalError::Quorum { .. }),
-            reason: e.to_string(),
-        })?;
-    Ok(Approved {
-        request,
-        threshold: policy.threshold,
-        approvers,
-        carried: Approval {
-            request: bytes,
-            signatures,
+    let tally = policy.tally(&bytes, &signatures);
+    if !tally.met() {
+        let short = ApprovalError::Quorum {
+            valid: tally.signed.len(),
+            threshold: tally.threshold,
+            problems: tally.problems.clone(),
+        };
+        return Err(NotApproved {
+            pending: true,
+            reason: format!("{short}; {}", who_signed(policy, &tally)),
+        });
+    }
+    Ok(Prechecked {
+        approved: Approved {
+            request,
+            threshold: policy.threshold,
+            names: tally.signed.iter().map(|id| policy.name_of(*id)).collect(),
+            approvers: tally.signed,
+            carried: Approval {
+                request: bytes,
+                signatures,
+            },
         },
     })
+}
+
+/// What was found matches the request by name and listed size (content is not read): every
+/// file approved, at its approved size; every directory above an approved file; every approved
+/// file there; nothing skipped. The receiver refuses a directory entry with no approved file
+/// below it, so none is sent.
+fn check_listed(
+    request: &Request,
+    objects: &[SourceObject],
+    skipped: &[Skipped],
+) -> Result<(), String> {
+    if let Some(s) = skipped.first() {
+        return Err(format!("{}: {}", s.path.display(), s.reason));
+    }
+    check_listed_names(request, objects).map_err(|e| e.to_string())
+}
+
+fn check_listed_names(request: &Request, objects: &[SourceObject]) -> Result<(), ApprovalError> {
+    let approved: BTreeMap<&str, u64> = request
+        .files
+        .iter()
+        .map(|f| (f.path.as_str(), f.size))
+        .collect();
+    let mut present = 0;
+    for object in objects {
+        match object.kind() {
+            EntryKind::File => match approved.get(object.path.as_str()) {
+                None => return Err(ApprovalError::NotInRequest(object.path.clone())),
+                Some(size) if object.size.is_some_and(|listed| listed != *size) => {
+                    return Err(ApprovalError::Changed(object.path.clone()))
+                }
+                Some(_) => present += 1,
+            },
+            EntryKind::Directory => {
+                let below = format!("{}/", object.path);
+                if !approved.keys().any(|p| p.starts_with(&below)) {
+                    return Err(ApprovalError::NotInRequest(object.path.clone()));
+                }
+            }
+        }
+    }
+    if present < approved.len() {
+        let found: std::collections::BTreeSet<&str> =
+            objects.iter().map(|o| o.path.as_str()).collect();
+        if let Some(missing) = approved.keys().find(|p| !found.contains(**p)) {
+            return Err(ApprovalError::Missing((*missing).to_string()));
+        }
+    }
+    Ok(())
 }
 
 /// Every file (or stored object) of `objects`, as found (see [`objects::enumerate_with`]) and
@@ -392,17 +535,89 @@ fn check(
     let (found, skipped) = objects::enumerate_with(paths, None, &stores);
     let found = (!paths.is_empty()).then_some((found.as_slice(), skipped.as_slice()));
     let approved = evaluate(&options, found).map_err(|e| (ExitStatus::Failure, e))?;
-    let ids: Vec<String> = approved.approvers.iter().map(ToString::to_string).collect();
     println!(
-        "approved: {} of {} approvals (keys {}); {} files, purpose {:?}, expires {}",
+        "approved: {} of {} approvals ({}); {} files, purpose {:?}, expires {}",
         approved.approvers.len(),
         approved.threshold,
-        ids.join(", "),
+        approved.names.join(", "),
         approved.request.files.len(),
         approved.request.purpose,
         approved.request.expires
     );
     Ok(())
+}
+
+/// `sluice-approve show`: what a reviewer needs before signing, on standard output.
+fn show(request: &Path, policy: Option<&Path>, signatures: Vec<PathBuf>) -> Result<(), Failed> {
+    let shown = request.display().to_string();
+    let bytes = std::fs::read(request).map_err(|e| usage(format!("cannot read {shown}: {e}")))?;
+    if bytes.len() > MAX_REQUEST_LEN {
+        return Err(refused_text(format!(
+            "{shown} is longer than the {MAX_REQUEST_LEN} bytes a request may have"
+        )));
+    }
+    let text =
+        std::str::from_utf8(&bytes).map_err(|_| refused_text(format!("{shown} is not UTF-8")))?;
+    let parsed = Request::parse(text, &shown).map_err(refused)?;
+    let expiry = match parsed.check_not_expired(SystemTime::now()) {
+        Ok(()) => String::new(),
+        Err(_) => "  EXPIRED: no approval of it is valid".into(),
+    };
+    let total: u64 = parsed.files.iter().map(|f| f.size).sum();
+    let mut out = format!(
+        "request    {shown} (sha256 {})\npurpose    {}\nrequester  {}\ncreated    {}\n\
+         expires    {}{expiry}\nfiles      {}, {}\n",
+        hex::encode(Sha256::digest(&bytes)),
+        sluice_common::paths::escaped(&parsed.purpose),
+        sluice_common::paths::escaped(&parsed.requester),
+        parsed.created,
+        parsed.expires,
+        parsed.files.len(),
+        sluice_common::units::Bytes(total),
+    );
+    for file in &parsed.files {
+        out.push_str(&format!(
+            "  {}  {}  sha256 {}\n",
+            sluice_common::paths::escaped(&file.path),
+            sluice_common::units::Bytes(file.size),
+            file.sha256
+        ));
+    }
+    let signature_files = match signatures.is_empty() {
+        true => approval::signatures_beside(request).map_err(|e| usage(e.to_string()))?,
+        false => signatures,
+    };
+    let mut read = Vec::new();
+    for path in &signature_files {
+        let signature = std::fs::read(path)
+            .map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
+        read.push(signature);
+    }
+    match policy {
+        None => out.push_str(&format!(
+            "approvals  {} signature file(s) beside it, not checked: give --policy approvals.toml\n",
+            read.len()
+        )),
+        Some(path) => {
+            let policy = Policy::load(path).map_err(|e| usage(e.to_string()))?;
+            let tally = policy.tally(&bytes, &read);
+            out.push_str(&format!(
+                "approvals  {} of {}: {}\n",
+                tally.signed.len(),
+                tally.threshold,
+                who_signed(&policy, &tally)
+            ));
+            for problem in &tally.problems {
+                out.push_str(&format!("  not counted: {problem}\n"));
+            }
+        }
+    }
+    print!("{out}");
+    Ok(())
+}
+
+fn refused_text(message: String) -> Failed {
+    (ExitStatus::Failure, message)
 }
 
 #[cfg(test)]

@@ -264,7 +264,7 @@ fn plan(objects: &[SourceObject], pack_under: u64, pack_limit: u64) -> Vec<Plann
     for object in objects {
         let small = match object.source {
             Source::Directory => pack_under > 0,
-            Source::File(_) | Source::Object(_) => {
+            Source::File(_) | Source::Object(_) | Source::Held(_) => {
                 object.size.is_some_and(|size| size < pack_under)
             }
             Source::Stdin => false,
@@ -677,7 +677,7 @@ impl Reader<'_> {
             let step = self.config.watched.as_ref().map(Stage::step);
             let read = match &member.source {
                 Source::Directory => Ok(()),
-                source @ (Source::File(_) | Source::Object(_)) => {
+                source @ (Source::File(_) | Source::Object(_) | Source::Held(_)) => {
                     read_member(source, member.size.unwrap_or(0), &mut inline)
                 }
                 Source::Stdin => Err("standard input is never packed".to_string()),

@@ -472,6 +472,7 @@ fn check_policy(
                 copy.rewind()?;
                 Ok(copy)
             }),
+            objects::Source::Held(copy) => Box::new(move || copy.reopen()),
             objects::Source::Directory | objects::Source::Stdin => continue,
         };
         let checked = policy

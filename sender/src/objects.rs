@@ -39,6 +39,8 @@ pub enum Source {
     Directory,
     /// Standard input.
     Stdin,
+    /// A private copy of a file, taken as it was checked (see [`HeldCopy`]).
+    Held(HeldCopy),
 }
 
 impl Source {
@@ -56,6 +58,10 @@ impl Source {
                     .open()
                     .map(|(r, size)| (Box::new(r) as Box<dyn Read + Send>, size)),
             ),
+            Source::Held(copy) => Some(Ok((
+                Box::new(copy.reader()) as Box<dyn Read + Send>,
+                copy.size,
+            ))),
             Source::Directory | Source::Stdin => None,
         }
     }
@@ -67,7 +73,65 @@ impl Source {
             Source::Object(object) => object.shown(),
             Source::Directory => "a directory".into(),
             Source::Stdin => "standard input".into(),
+            Source::Held(copy) => copy.shown.display().to_string(),
         }
+    }
+}
+
+/// A file's content copied by the sender into an unnamed file of its own (`O_TMPFILE` in its
+/// state directory) while it was hashed and checked: what the checks read is what is sent,
+/// whatever a writer does to the original afterwards (rewriting it in place keeps its inode,
+/// which [`FileRef::open`] cannot see).
+#[derive(Debug, Clone)]
+pub struct HeldCopy {
+    file: Arc<File>,
+    size: u64,
+    /// The original's path, for messages.
+    shown: PathBuf,
+}
+
+impl PartialEq for HeldCopy {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.file, &other.file)
+    }
+}
+
+impl Eq for HeldCopy {}
+
+impl HeldCopy {
+    pub fn new(file: File, size: u64, shown: PathBuf) -> HeldCopy {
+        HeldCopy {
+            file: Arc::new(file),
+            size,
+            shown,
+        }
+    }
+
+    /// A reader from its start, with an offset of its own (reads never move another's).
+    fn reader(&self) -> impl Read + Send {
+        struct At {
+            file: Arc<File>,
+            at: u64,
+        }
+        impl Read for At {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                use std::os::unix::fs::FileExt;
+                let n = self.file.read_at(buf, self.at)?;
+                self.at += n as u64;
+                Ok(n)
+            }
+        }
+        At {
+            file: self.file.clone(),
+            at: 0,
+        }
+    }
+
+    /// The copy opened again (its own file description, offset 0), for checks that want a
+    /// `File` of their own.
+    pub fn reopen(&self) -> io::Result<File> {
+        use std::os::fd::AsRawFd;
+        File::open(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
     }
 }
 

@@ -99,6 +99,27 @@ fn a_quorum_of_distinct_approvers_made_with_stock_minisign_is_required() {
         "{}",
         text(&one)
     );
+    // Who signed and who may still, by name (the key file's) and key id.
+    let alice = format!("alice ({})", key_id(dir, "alice"));
+    let carol = format!("carol ({})", key_id(dir, "carol"));
+    assert!(
+        text(&one).contains(&format!("signed: {alice}; still to sign: 1 more of "))
+            && text(&one).contains(&carol),
+        "{}",
+        text(&one)
+    );
+    // The reviewer's view: what the request is, every file, and where the quorum stands.
+    let shown = approve(&["show", "req.toml", "--policy", "approvals.toml"], dir);
+    assert!(shown.status.success(), "{}", text(&shown));
+    for needle in [
+        "purpose    Q3 eval report",
+        "files      2, ",
+        "report/eval.json",
+        "report/summary.txt",
+        &format!("approvals  1 of 2: signed: {alice}; still to sign: 1 more of"),
+    ] {
+        assert!(text(&shown).contains(needle), "{needle}:\n{}", text(&shown));
+    }
 
     // Bob signs with sluice-approve (same format); Debian's minisign accepts it.
     let signed = approve(&["sign", "req.toml", "--key", "bob.key"], dir);
@@ -120,7 +141,10 @@ fn a_quorum_of_distinct_approvers_made_with_stock_minisign_is_required() {
     let two = check(&["report"]);
     assert!(two.status.success(), "{}", text(&two));
     assert!(
-        text(&two).contains("approved: 2 of 2 approvals"),
+        text(&two).contains("approved: 2 of 2 approvals (")
+            && text(&two).contains(&alice)
+            // Bob is listed by his key line: his key id alone.
+            && text(&two).contains(&key_id(dir, "bob")),
         "{}",
         text(&two)
     );

@@ -768,10 +768,10 @@ fn refused_reason(outbox: &Path, item: &str) -> Option<String> {
 /// approvals the policy needs it waits in the outbox (log, `/metrics`, nothing on the link),
 /// and it ships — its files only, not the request — when the second `.minisig` is dropped in;
 /// the receiver checks the approval again from its own policy. The attacks of a writer of the
-/// outbox: a file added to an approved request, a file changed after approval, and a plain
-/// file, are each moved to `OUTBOX/.refused` with their reason; a request signed by a key the
-/// policy does not hold (and one approver) waits, the untrusted key named; none of their
-/// bytes crosses.
+/// outbox: a file added to an approved request, a file changed after approval, a directory
+/// the request never named and a plain file are each moved to `OUTBOX/.refused` with their
+/// reason; a request signed by a key the policy does not hold (and one approver) waits, the
+/// untrusted key named; none of their bytes crosses.
 #[test]
 #[ignore = "needs minisign (./test.sh installs it and runs this)"]
 fn an_export_request_waits_for_its_quorum_in_the_outbox_and_only_approved_files_ship() {
@@ -832,6 +832,9 @@ fn an_export_request_waits_for_its_quorum_in_the_outbox_and_only_approved_files_
     std::fs::write(added.join("report/weights.bin"), b"WEIGHTS-ADDED").unwrap();
     let changed = make_item("changed", approved, &["alice", "bob"]);
     std::fs::write(changed.join("report/summary.txt"), b"WEIGHTS-CHANGED").unwrap();
+    // A directory the request never named carries a name (data) of its own.
+    let dirs = make_item("dirs", approved, &["alice", "bob"]);
+    std::fs::create_dir(dirs.join("report/WEIGHTS-IN-A-NAME")).unwrap();
     // Signed twice, by a key the policy does not hold and by one approver.
     make_item(
         "forged",
@@ -862,7 +865,7 @@ fn an_export_request_waits_for_its_quorum_in_the_outbox_and_only_approved_files_
             &metrics.to_string(),
         ],
     );
-    for item in ["q3", "added", "changed", "forged", "plain.txt"] {
+    for item in ["q3", "added", "changed", "dirs", "forged", "plain.txt"] {
         std::fs::rename(dir.join("staging").join(item), outbox.join(item)).unwrap();
     }
     wait_for_log(
@@ -872,7 +875,7 @@ fn an_export_request_waits_for_its_quorum_in_the_outbox_and_only_approved_files_
         |log| {
             !item_lines(log, "q3", "waiting for approval").is_empty()
                 && !item_lines(log, "forged", "waiting for approval").is_empty()
-                && ["added", "changed", "plain.txt"]
+                && ["added", "changed", "dirs", "plain.txt"]
                     .iter()
                     .all(|i| refused_reason(&outbox, i).is_some())
         },
@@ -895,6 +898,10 @@ fn an_export_request_waits_for_its_quorum_in_the_outbox_and_only_approved_files_
     for (item, reason) in [
         ("added", "not in the approved request: report/weights.bin"),
         ("changed", "changed since approval: report/summary.txt"),
+        (
+            "dirs",
+            "not in the approved request: report/WEIGHTS-IN-A-NAME",
+        ),
         ("plain.txt", "not a request"),
     ] {
         let said = refused_reason(&outbox, item).unwrap();
@@ -913,7 +920,7 @@ fn an_export_request_waits_for_its_quorum_in_the_outbox_and_only_approved_files_
     );
     assert_eq!(
         value(&page, "sluice_outbox_refused_total"),
-        Some(3.0),
+        Some(4.0),
         "{page}"
     );
     // Still waiting a rescan later; nothing of any item crossed.
@@ -989,7 +996,7 @@ fn an_export_request_waits_for_its_quorum_in_the_outbox_and_only_approved_files_
         .collect();
     ids.sort();
     assert_eq!(ids, approvers);
-    // The daemon's own audit log: the pending requests, the three refusals, the approval.
+    // The daemon's own audit log: the pending requests, the four refusals, the approval.
     let send_audit = std::fs::read_to_string(s.tmp.path().join("send-state/audit.log")).unwrap();
     let events = |event: &str| {
         send_audit
@@ -997,7 +1004,7 @@ fn an_export_request_waits_for_its_quorum_in_the_outbox_and_only_approved_files_
             .filter(|l| l.contains(&format!("\"event\":\"{event}\"")))
             .count()
     };
-    assert_eq!(events("refused"), 3, "{send_audit}");
+    assert_eq!(events("refused"), 4, "{send_audit}");
     assert!(events("pending") >= 2, "{send_audit}");
     assert_eq!(events("approval_checked"), 1, "{send_audit}");
 }

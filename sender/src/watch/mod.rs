@@ -18,6 +18,7 @@
 //! The journal (see [`journal`]) makes a `kill -9` cost at most one more sending of the
 //! items that were in flight, never a second sending of a finished one.
 
+pub mod held;
 pub mod journal;
 pub mod outbox;
 pub mod request;
@@ -144,6 +145,8 @@ pub async fn run(
         approvals,
         content,
         audit: audit.clone(),
+        copies_in: options.state.clone(),
+        stage: progress.stage("the outbox checks"),
     };
     let encoder = std::thread::Builder::new()
         .name("sluice-encode".into())
@@ -170,6 +173,7 @@ pub async fn run(
         stuck: BTreeSet::new(),
         strange: BTreeSet::new(),
         audit: audit.clone(),
+        said_pending: std::collections::BTreeMap::new(),
     };
     let channels = Channels {
         fs: fs_rx,
@@ -373,6 +377,10 @@ struct Checks {
     approvals: Option<sluice_common::approval::Policy>,
     content: Option<sluice_inspect::policy::Policy>,
     audit: Arc<AuditLog>,
+    /// Where the files' private copies are made (`--state`).
+    copies_in: PathBuf,
+    /// Marks each chunk copied for the watchdog.
+    stage: Stage,
 }
 
 impl Checks {
@@ -381,19 +389,38 @@ impl Checks {
     }
 
     /// The listing to send and the approval its manifests carry, or why nothing of the item
-    /// may be sent (read on the encoder's thread: hashing and inspecting read every file).
+    /// may be sent. On the encoder's thread: every check that reads no content first (a
+    /// request short of approvals costs no read of its files), then each file read once into
+    /// a private copy ([`held`]), then the checks on the copies, which are what is sent.
     fn admit(
         &self,
         name: &str,
         listing: Listing,
     ) -> Result<(Listing, Option<sluice_protocol::manifest::Approval>), NotApproved> {
-        let (listing, approval) = match &self.approvals {
-            None => (listing, None),
+        if !self.gated() {
+            return Ok((listing, None));
+        }
+        let refused = |reason: String| NotApproved {
+            pending: false,
+            reason,
+        };
+        let (prechecked, listing) = match &self.approvals {
+            None => (None, listing),
             Some(policy) => {
-                let (listing, approved) = request::admit(policy, name, listing)?;
-                let approvers: Vec<String> =
-                    approved.approvers.iter().map(ToString::to_string).collect();
-                tracing::info!(item = %name, approvers = %approvers.join(","), "export approved");
+                let (prechecked, listing) = request::precheck(policy, name, listing)?;
+                (Some(prechecked), listing)
+            }
+        };
+        let Listing { objects, skipped } = listing;
+        let (objects, files) =
+            held::hold(objects, &self.copies_in, Some(&self.stage)).map_err(refused)?;
+        let listing = Listing { objects, skipped };
+        let approval = match prechecked {
+            None => None,
+            Some(prechecked) => {
+                let approved = prechecked.finish(Some(&files))?;
+                let approvers = approved.names.clone();
+                tracing::info!(item = %name, approvers = %approvers.join(", "), "export approved");
                 self.audit.record(
                     Event::new("approval_checked")
                         .with("item", name)
@@ -407,9 +434,16 @@ impl Checks {
                         .with("requester", approved.request.requester.clone())
                         .with("expires", approved.request.expires.clone())
                         .with("threshold", approved.threshold as u64)
-                        .with("approvers", approvers),
+                        .with(
+                            "approvers",
+                            approved
+                                .approvers
+                                .iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>(),
+                        ),
                 );
-                (listing, Some(approved.carried))
+                Some(approved.carried)
             }
         };
         if let Some(policy) = &self.content {
@@ -564,6 +598,9 @@ struct Coordinator {
     /// Names already warned about (not UTF-8, not a file or directory).
     strange: BTreeSet<String>,
     audit: Arc<AuditLog>,
+    /// The reason last logged for each request waiting for approvals (one per item in the
+    /// journal as pending).
+    said_pending: std::collections::BTreeMap<String, String>,
 }
 
 impl Coordinator {
@@ -652,7 +689,15 @@ impl Coordinator {
                         self.settling.observe(&name, look, identity, now);
                     }
                 }
-                (State::Failed | State::Pending, Some(_)) if same => {}
+                // Looked at again: the approval policy may have changed, or the request
+                // expired, while the daemon was stopped.
+                (State::Pending, Some(look)) if same => {
+                    if let Some(identity) = self.identity(&name) {
+                        self.settling.renamed_in(&name, identity, now);
+                        self.settling.observe(&name, look, identity, now);
+                    }
+                }
+                (State::Failed, Some(_)) if same => {}
                 // Gone, or changed since: a new item if it is there at all.
                 _ => self.journal_record(&name, &record.fingerprint, State::Done)?,
             }
@@ -749,6 +794,16 @@ impl Coordinator {
         }
         let present: BTreeSet<String> = names.iter().cloned().collect();
         self.settling.keep_only(&present);
+        // Items that waited (for approvals, or after a failure) and are gone: closed.
+        for (name, record) in self.journal.open_items() {
+            let waiting = matches!(record.state, State::Pending | State::Failed);
+            if waiting && !present.contains(&name) && !self.taken(&name) {
+                self.said_pending.remove(&name);
+                if let Err(e) = self.journal_record(&name, &record.fingerprint, State::Done) {
+                    tracing::error!("{e}");
+                }
+            }
+        }
         for name in names {
             if self.taken(&name) {
                 continue;
@@ -834,6 +889,7 @@ impl Coordinator {
             return Ok(());
         };
         let item = self.in_flight.remove(at);
+        self.said_pending.remove(&item.name);
         let now_look = self.list(&item.name).map(|listing| listing.look());
         if passed.failed > 0 || item.error.is_some() {
             tracing::error!(
@@ -865,14 +921,20 @@ impl Coordinator {
         };
         let item = self.in_flight.remove(at);
         if held.pending {
-            tracing::warn!(item = %item.name, "waiting for approval: {}", held.reason);
-            self.audit.record(
-                Event::new("pending")
-                    .with("item", item.name.as_str())
-                    .with("reason", held.reason.as_str()),
-            );
+            // Said once per reason: a writer touching the item again and again adds no line.
+            if self.said_pending.get(&item.name) != Some(&held.reason) {
+                tracing::warn!(item = %item.name, "waiting for approval: {}", held.reason);
+                self.audit.record(
+                    Event::new("pending")
+                        .with("item", item.name.as_str())
+                        .with("reason", held.reason.as_str()),
+                );
+                self.said_pending
+                    .insert(item.name.clone(), held.reason.clone());
+            }
             return self.journal_record(&item.name, &item.fingerprint, State::Pending);
         }
+        self.said_pending.remove(&item.name);
         tracing::error!(item = %item.name, "refused, nothing of it sent: {}", held.reason);
         self.counters.count_refused_item();
         self.audit.record(
@@ -881,12 +943,18 @@ impl Coordinator {
                 .with("reason", held.reason.as_str()),
         );
         let moved = match &self.refused {
-            Some(refused) => move_aside(&self.dir, refused, &item.name, &held.reason),
+            Some(refused) => move_aside(&self.dir, refused, &item.name),
             None => Err(std::io::Error::other("no refused directory")),
         };
         match moved {
             Ok(to) => {
                 tracing::info!(item = %item.name, to = %format!("{REFUSED_DIR}/{to}"), "moved aside");
+                // Moved: done, whatever becomes of the reason beside it (it is in the log).
+                if let Some(refused) = &self.refused {
+                    if let Err(e) = write_reason(refused, &to, &held.reason) {
+                        tracing::warn!(item = %item.name, "cannot write {to}.reason: {e}");
+                    }
+                }
                 self.journal_record(&item.name, &item.fingerprint, State::Done)
             }
             Err(e) => {
@@ -913,22 +981,25 @@ impl Coordinator {
     }
 
     /// Removes sent items older than `--keep-sent` (by the time in their name).
+    /// Sent items and refused ones (with their reasons) alike.
     fn prune_sent(&self) {
-        let (Some(sent), Some(keep)) = (&self.after, self.keep_sent) else {
+        let Some(keep) = self.keep_sent else {
             return;
         };
-        let Ok(names) = sent.names() else {
-            return;
-        };
-        let now = SystemTime::now();
-        for name in names {
-            let Some(sent_at) = sent_time(&name) else {
+        for dir in [&self.after, &self.refused].into_iter().flatten() {
+            let Ok(names) = dir.names() else {
                 continue;
             };
-            if now.duration_since(sent_at).unwrap_or_default() > keep {
-                // Through the sent directory's fd, never following a link.
-                if let Err(e) = sent.remove_all(&name) {
-                    tracing::warn!(item = %name, "cannot prune a sent item: {e}");
+            let now = SystemTime::now();
+            for name in names {
+                let Some(sent_at) = sent_time(&name) else {
+                    continue;
+                };
+                if now.duration_since(sent_at).unwrap_or_default() > keep {
+                    // Through the directory's fd, never following a link.
+                    if let Err(e) = dir.remove_all(&name) {
+                        tracing::warn!(item = %name, "cannot prune: {e}");
+                    }
                 }
             }
         }
@@ -981,16 +1052,38 @@ fn move_to_sent(outbox: &Dir, sent: &Dir, name: &str) -> std::io::Result<String>
     ))
 }
 
-/// Moves the refused item `name` into `refused` (as [`move_to_sent`] names it) and writes
-/// `<that name>.reason` beside it; returns the name it got.
-fn move_aside(outbox: &Dir, refused: &Dir, name: &str, reason: &str) -> std::io::Result<String> {
+/// Moves the refused item `name` into `refused` as `<time>-<name>` (`.N` added if taken),
+/// under a name whose `.reason` is free too (an item `a.reason` refused the same second as
+/// `a` takes no name from it); returns the name it got.
+fn move_aside(outbox: &Dir, refused: &Dir, name: &str) -> std::io::Result<String> {
+    let base = sent_name(name, SystemTime::now());
+    for n in 0..1000u32 {
+        let to = match n {
+            0 => base.clone(),
+            n => format!("{base}.{n}"),
+        };
+        // Only the daemon writes in its 0700 directory: free now stays free.
+        if refused.stat(&format!("{to}.reason"))?.is_some() {
+            continue;
+        }
+        match outbox.rename_new(name, refused, &to) {
+            Ok(()) => return refused.sync().map(|()| to),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other(
+        "too many refused items of that name this second",
+    ))
+}
+
+/// `<to>.reason` in `refused`: why the item moved there was refused.
+fn write_reason(refused: &Dir, to: &str, reason: &str) -> std::io::Result<()> {
     use std::io::Write;
-    let to = move_to_sent(outbox, refused, name)?;
     let mut file = refused.create_file(&format!("{to}.reason"), 0o600)?;
     file.write_all(format!("{reason}\n").as_bytes())?;
     file.sync_all()?;
-    refused.sync()?;
-    Ok(to)
+    refused.sync()
 }
 
 #[cfg(test)]

@@ -15,23 +15,25 @@
 use std::io::Read;
 
 use sluice_common::approval::Policy;
-use sluice_protocol::manifest::{MAX_REQUEST_LEN, MAX_SIGNATURE_LEN};
+use sluice_protocol::manifest::{MAX_APPROVAL_SIGNATURES, MAX_REQUEST_LEN, MAX_SIGNATURE_LEN};
 
 use super::outbox::Listing;
-use crate::approve::{self, Approved, NotApproved};
+use crate::approve::{self, NotApproved, Prechecked};
 use crate::objects::{Source, SourceObject};
 
 /// The request's name in a request item.
 pub const REQUEST_FILE: &str = "request.toml";
 
 /// Splits the listing of the item `name` into its request, its signatures and its files, and
-/// checks them against `policy`: the files to send (named below the item) and the approval,
-/// or why not (pending while only approvals are missing).
-pub fn admit(
+/// checks them against `policy` as far as no file content is read ([`approve::precheck`]):
+/// the files to send (named below the item) and the request, or why not (pending while only
+/// approvals are missing). The caller reads the files once, and finishes the check on what
+/// it read.
+pub fn precheck(
     policy: &Policy,
     name: &str,
     listing: Listing,
-) -> Result<(Listing, Approved), NotApproved> {
+) -> Result<(Prechecked, Listing), NotApproved> {
     let refused = |reason: String| NotApproved {
         pending: false,
         reason,
@@ -56,6 +58,13 @@ pub fn admit(
         if inside == REQUEST_FILE {
             request = Some(read_bounded(&object, MAX_REQUEST_LEN).map_err(refused)?);
         } else if !inside.contains('/') && inside.ends_with(".minisig") {
+            // Refused at the first beyond the limit: a writer's million files are never read.
+            if signatures.len() == MAX_APPROVAL_SIGNATURES {
+                return Err(refused(format!(
+                    "more than {MAX_APPROVAL_SIGNATURES} signature files; at most \
+                     {MAX_APPROVAL_SIGNATURES} travel with an export"
+                )));
+            }
             signatures.push(read_bounded(&object, MAX_SIGNATURE_LEN).map_err(refused)?);
         } else {
             object.path = inside;
@@ -69,7 +78,7 @@ pub fn admit(
         )));
     };
     let shown = format!("{name}/{REQUEST_FILE}");
-    let approved = approve::evaluate_bytes(
+    let prechecked = approve::precheck(
         policy,
         request,
         &shown,
@@ -77,11 +86,11 @@ pub fn admit(
         Some((&files, &listing.skipped)),
     )?;
     Ok((
+        prechecked,
         Listing {
             objects: files,
             skipped: listing.skipped,
         },
-        approved,
     ))
 }
 
@@ -150,8 +159,10 @@ mod tests {
 
     fn admit_q(outbox: &Arc<Dir>, policy: &Policy) -> Result<Vec<String>, NotApproved> {
         let listing = Listing::of(outbox, "q", std::path::Path::new("outbox"));
-        admit(policy, "q", listing)
-            .map(|(listing, _)| listing.objects.into_iter().map(|o| o.path).collect())
+        let (prechecked, listing) = precheck(policy, "q", listing)?;
+        let files = approve::digests(&listing.objects, &listing.skipped).unwrap();
+        prechecked.finish(Some(&files))?;
+        Ok(listing.objects.into_iter().map(|o| o.path).collect())
     }
 
     #[test]
@@ -193,9 +204,55 @@ mod tests {
         std::fs::create_dir(item.join(REQUEST_FILE)).unwrap();
         assert!(refused(&outbox).contains("request.toml: not a file"));
 
-        // Put right again, it passes: the refusals were about the request, not the setup.
+        // An empty directory carries a name (data) the request never approved.
         std::fs::remove_dir(item.join(REQUEST_FILE)).unwrap();
         std::fs::write(item.join(REQUEST_FILE), &request).unwrap();
+        std::fs::create_dir(item.join("data/exfiltrated-name")).unwrap();
+        assert!(refused(&outbox).contains("not in the approved request: data/exfiltrated-name"));
+        std::fs::remove_dir(item.join("data/exfiltrated-name")).unwrap();
+        // 33 signature files: refused at the 33rd, before it is read.
+        for n in 0..33 {
+            std::fs::write(item.join(format!("s{n}.minisig")), b"x").unwrap();
+        }
+        assert!(refused(&outbox).contains("more than 32 signature files"));
+        for n in 0..33 {
+            std::fs::remove_file(item.join(format!("s{n}.minisig"))).unwrap();
+        }
+
+        // Put right again, it passes: the refusals were about the request, not the setup.
         assert!(admit_q(&outbox, &policy).is_ok());
+    }
+
+    /// A writer's own unsigned request for a 1 TiB (sparse) file waits for approvals at once:
+    /// nothing of the file is read while the quorum is short (reading it would hold the daemon
+    /// for hours). A file whose listed size is not the request's is refused, unread, too.
+    #[test]
+    fn an_unsigned_request_for_a_huge_file_waits_without_its_file_being_read() {
+        let (tmp, outbox, policy) = setup();
+        let item = tmp.path().join("outbox/big");
+        std::fs::create_dir_all(&item).unwrap();
+        let huge = std::fs::File::create(item.join("huge.bin")).unwrap();
+        huge.set_len(1 << 40).unwrap();
+        let files = vec![RequestFile {
+            path: "huge.bin".into(),
+            size: 1 << 40,
+            sha256: "0".repeat(64),
+        }];
+        let request = Request::new("t", "writer", std::time::Duration::from_secs(3600), files)
+            .unwrap()
+            .to_text()
+            .unwrap();
+        std::fs::write(item.join(REQUEST_FILE), &request).unwrap();
+        let listing = Listing::of(&outbox, "big", std::path::Path::new("outbox"));
+        let err = precheck(&policy, "big", listing).unwrap_err();
+        assert!(err.pending, "{err:?}");
+        assert!(err.reason.contains("0 of 1 approvals"), "{}", err.reason);
+        huge.set_len((1 << 40) + 1).unwrap();
+        let listing = Listing::of(&outbox, "big", std::path::Path::new("outbox"));
+        let err = precheck(&policy, "big", listing).unwrap_err();
+        assert!(
+            !err.pending && err.reason.contains("changed since approval"),
+            "{err:?}"
+        );
     }
 }

@@ -21,7 +21,7 @@ src=$PWD
 cargo_home=${CARGO_HOME:-$HOME/.cargo}
 
 # The tools, at the versions this script was written for.
-have() { cargo "$1" --version 2>/dev/null | grep -q "$2"; }
+have() { cargo "$1" --version 2>/dev/null | grep -qwF "$2"; }
 have deb 3.8.0 || cargo install cargo-deb --locked --version 3.8.0 --quiet
 have auditable 0.7.7 || cargo install cargo-auditable --locked --version 0.7.7 --quiet
 have cyclonedx 0.5.9 || cargo install cargo-cyclonedx --locked --version 0.5.9 --quiet
@@ -36,6 +36,8 @@ prefix_map="-ffile-prefix-map=$src=/build/sluice -ffile-prefix-map=$cargo_home=/
 export CFLAGS="${CFLAGS:-} $prefix_map" CXXFLAGS="${CXXFLAGS:-} $prefix_map"
 
 packages=(sluice-sender sluice-receiver sluice-common)
+# Only this build's packages are listed and signed: none left from an earlier version.
+rm -rf target/debian
 cargo auditable build --release --locked "${packages[@]/#/--package=}" >&2
 
 # One SBOM per binary, then made reproducible.

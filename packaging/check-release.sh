@@ -26,6 +26,14 @@ deb=$(ls "$work/tampered"/sluice-recv_*.deb)
 printf 'x' >>"$deb"
 (cd "$work/tampered" && ! sha256sum -c --strict --quiet SHA256SUMS >/dev/null 2>&1) ||
   fail "a changed package passed sha256sum -c"
+# Swapped: another package under the name, its hash rewritten in the list, not re-signed.
+cp -r "$work/files" "$work/swapped"
+deb=$(ls "$work/swapped"/sluice-send_*.deb)
+cp "$work/files"/sluice-audit_*.deb "$deb"
+(cd "$work/swapped" && sed -i "s/^[0-9a-f]\{64\}  $(basename "$deb")\$/$(sha256sum <"$deb" | cut -c1-64)  $(basename "$deb")/" SHA256SUMS &&
+  sha256sum -c --strict --quiet SHA256SUMS >/dev/null) || fail "the swapped package's hash was not rewritten"
+! minisign -Vm "$work/swapped/SHA256SUMS" -p "$work/release.pub" >/dev/null 2>&1 ||
+  fail "a list with a rewritten hash verified"
 minisign -S -s "$work/other.key" -m "$work/tampered/SHA256SUMS" >/dev/null
 ! minisign -Vm "$work/tampered/SHA256SUMS" -p "$work/release.pub" >/dev/null 2>&1 ||
   fail "a list signed by another key verified"

@@ -9,8 +9,10 @@
 #   packaging/reproducible.sh          # exit 0: identical; 1: a difference, named
 set -euo pipefail
 cd "$(dirname "$0")/.."
-src=$PWD
+# The physical path: a checkout reached through a symlink is compiled under this one.
+src=$(pwd -P)
 cargo_home=${CARGO_HOME:-$HOME/.cargo}
+rustup_home=${RUSTUP_HOME:-$HOME/.rustup}
 
 git diff --quiet HEAD -- . ':!target' ||
   { echo "reproducible.sh: the checkout has uncommitted changes: commit them first" >&2; exit 2; }
@@ -27,10 +29,13 @@ status=0
 trap 'if [ "$status" = 0 ]; then rm -rf "$copy"; else echo "reproducible.sh: the second build is kept in $copy" >&2; fi' EXIT
 mkdir "$copy/elsewhere"
 git archive HEAD | tar -x -C "$copy/elsewhere"
-(cd "$copy/elsewhere" && packaging/build-debs.sh >/dev/null)
+# Its own temporary directory too: nothing a build writes there may reach the output.
+mkdir "$copy/tmp"
+(cd "$copy/elsewhere" && TMPDIR="$copy/tmp" packaging/build-debs.sh >/dev/null)
 
 for bin in "${binaries[@]}"; do
-  for path in "$src" "$copy/elsewhere" "$cargo_home"; do
+  # The toolchain's own paths are remapped by rustc; $HOME/ is checked for anything else.
+  for path in "$src" "$copy/elsewhere" "$cargo_home" "$rustup_home/toolchains" "$HOME/"; do
     for tree in "$src" "$copy/elsewhere"; do
       if grep -a -q -F "$path" "$tree/target/release/$bin"; then
         echo "reproducible.sh: $tree/target/release/$bin holds the build path $path" >&2

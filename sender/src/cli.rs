@@ -19,7 +19,9 @@ use sluice_protocol::wire;
     name = "sluice-send",
     version,
     about = "Send files and directory trees across a one-way link (data diode).",
-    after_help = "Key setup: `sluice-send keygen DIR` writes DIR/sender.key, DIR/sender.pub and DIR/link.key."
+    after_help = "Other commands:\n  sluice-send keygen DIR    write DIR/sender.key, DIR/sender.pub and DIR/link.key\n  \
+                  sluice-send watch …       the outbox daemon (sluice-send watch --help)\n  \
+                  sluice-send status …      what the outbox daemon has (sluice-send status --help)"
 )]
 pub struct Args {
     #[command(flatten)]
@@ -156,6 +158,7 @@ const SEGMENT_SIZES: std::ops::RangeInclusive<u64> =
 #[derive(Debug, Parser)]
 #[command(
     name = "sluice-send watch",
+    bin_name = "sluice-send watch",
     version,
     about = "Send every item (top-level file or directory) put into --outbox, once, in \
              arrival order; runs until stopped. Writers rename finished items into the outbox, \

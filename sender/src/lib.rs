@@ -320,12 +320,22 @@ pub fn exit_status(summary: &Summary) -> ExitStatus {
 }
 
 /// Runs `sluice-send` with `args` (program name first) and returns its exit status.
-pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
+pub fn main_with_args(mut args: Vec<OsString>) -> ExitCode {
+    // `sluice-send help` is `--help`, never a file named help.
+    if args.len() == 2 && args[1] == "help" {
+        args[1] = "--help".into();
+    }
     if args.get(1).is_some_and(|a| a == "keygen") {
         return keygen(args[1..].to_vec()).into();
     }
     if args.get(1).is_some_and(|a| a == "watch") {
         return watch_main(args[1..].to_vec());
+    }
+    if args.get(1).is_some_and(|a| a == "status") {
+        return match config::parse(args[1..].to_vec(), watch::status::resolve) {
+            Parsed::Run(options) => watch::status::run(&options).into(),
+            Parsed::Exit(status) => status.into(),
+        };
     }
     let options = match config::parse(args, cli::resolve) {
         Parsed::Run(options) => options,

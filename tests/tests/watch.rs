@@ -923,6 +923,64 @@ fn an_export_request_waits_for_its_quorum_in_the_outbox_and_only_approved_files_
         Some(4.0),
         "{page}"
     );
+    // What an operator sees: `sluice-send status`, beside the running daemon.
+    let status = |extra: &[&str]| {
+        let out = std::process::Command::new(&binaries::binaries().send)
+            .arg("status")
+            .arg("--state")
+            .arg(s.tmp.path().join("send-state"))
+            .arg("--outbox")
+            .arg(&outbox)
+            .arg("--approval-policy")
+            .arg(&approvals)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let json: serde_json::Value = serde_json::from_str(&status(&["--json"])).unwrap();
+    let item = |name: &str| {
+        json["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["item"] == name)
+            .unwrap_or_else(|| panic!("{name} not in {json}"))
+            .clone()
+    };
+    assert_eq!(item("q3")["state"], "pending", "{json}");
+    let detail = item("q3")["detail"].as_str().unwrap().to_string();
+    assert!(
+        detail.contains("1 of 2 approvals")
+            && detail.contains(&format!("signed: alice ({})", key_id(dir, "alice")))
+            && detail.contains("still to sign: 1 more of"),
+        "{detail}"
+    );
+    assert_eq!(item("forged")["state"], "pending", "{json}");
+    let refused: Vec<(String, String)> = json["refused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap().to_string(),
+                r["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(refused.len(), 4, "{json}");
+    assert!(
+        refused
+            .iter()
+            .any(|(n, r)| n.ends_with("-added") && r.contains("report/weights.bin")),
+        "{json}"
+    );
+    let text = status(&[]);
+    assert!(
+        text.contains("waiting for approval: 2") && text.contains("refused: 4"),
+        "{text}"
+    );
     // Still waiting a rescan later; nothing of any item crossed.
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(names(&outbox), [".refused", ".sent", "forged", "q3"]);

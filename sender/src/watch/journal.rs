@@ -55,15 +55,70 @@ pub struct Record {
     pub state: State,
 }
 
+/// The open items of the journal in `dir`, oldest first, read without taking its lock (for
+/// `sluice-send status`, beside a running daemon: a line being written is torn, and ignored).
+pub fn read_open(dir: &Path) -> io::Result<Vec<(String, Record)>> {
+    let file = File::open(dir.join(FILE))?;
+    let lines = io::BufReader::new(file)
+        .lines()
+        .collect::<io::Result<Vec<String>>>()?;
+    let mut replayed = Replayed::default();
+    for line in lines {
+        if let Ok(line) = serde_json::from_str::<Line>(&line) {
+            replayed.apply(line);
+        }
+    }
+    Ok(replayed.items())
+}
+
 /// The journal, locked for as long as it lives.
 #[derive(Debug)]
 pub struct Journal {
     dir: PathBuf,
     file: File,
     lines: usize,
-    /// Items not `done`, in the order they were first journaled.
+    open: Replayed,
+}
+
+/// Items not `done`, in the order they were first journaled.
+#[derive(Debug, Default)]
+struct Replayed {
     open: BTreeMap<String, (u64, Record)>,
     order: u64,
+}
+
+impl Replayed {
+    fn apply(&mut self, line: Line) {
+        if line.state == State::Done {
+            self.open.remove(&line.item);
+            return;
+        }
+        let record = Record {
+            fingerprint: Fingerprint(line.fingerprint),
+            state: line.state,
+        };
+        match self.open.get_mut(&line.item) {
+            Some((_, open)) => *open = record,
+            None => {
+                self.order += 1;
+                self.open.insert(line.item, (self.order, record));
+            }
+        }
+    }
+
+    /// Oldest first.
+    fn items(&self) -> Vec<(String, Record)> {
+        let mut items: Vec<_> = self
+            .open
+            .iter()
+            .map(|(name, (order, record))| (*order, name.clone(), record.clone()))
+            .collect();
+        items.sort_by_key(|(order, _, _)| *order);
+        items
+            .into_iter()
+            .map(|(_, name, record)| (name, record))
+            .collect()
+    }
 }
 
 fn errno(e: rustix::io::Errno) -> io::Error {
@@ -100,59 +155,39 @@ impl Journal {
             dir: dir.to_path_buf(),
             file,
             lines: 0,
-            open: BTreeMap::new(),
-            order: 0,
+            open: Replayed::default(),
         };
-        for line in lines {
-            // A torn or foreign line: what it began was never acted on.
-            if let Ok(line) = serde_json::from_str::<Line>(&line) {
-                journal.apply(line);
-            }
-        }
+        journal.replay(lines);
         journal.compact()?;
         Ok(journal)
     }
 
-    fn apply(&mut self, line: Line) {
-        if line.state == State::Done {
-            self.open.remove(&line.item);
-            return;
-        }
-        let record = Record {
-            fingerprint: Fingerprint(line.fingerprint),
-            state: line.state,
-        };
-        match self.open.get_mut(&line.item) {
-            Some((_, open)) => *open = record,
-            None => {
-                self.order += 1;
-                self.open.insert(line.item, (self.order, record));
+    fn replay(&mut self, lines: Vec<String>) {
+        for line in lines {
+            // A torn or foreign line: what it began was never acted on.
+            if let Ok(line) = serde_json::from_str::<Line>(&line) {
+                self.open.apply(line);
             }
         }
     }
 
     /// Open items, oldest first.
     pub fn open_items(&self) -> Vec<(String, Record)> {
-        let mut items: Vec<_> = self
+        self.open.items()
+    }
+
+    /// How many open items are in `state`.
+    pub fn count(&self, state: State) -> u64 {
+        self.open
             .open
-            .iter()
-            .map(|(name, (order, record))| (*order, name.clone(), record.clone()))
-            .collect();
-        items.sort_by_key(|(order, _, _)| *order);
-        items
-            .into_iter()
-            .map(|(_, name, record)| (name, record))
-            .collect()
+            .values()
+            .filter(|(_, r)| r.state == state)
+            .count() as u64
     }
 
     /// What the journal says about `item`.
-    /// How many open items are in `state`.
-    pub fn count(&self, state: State) -> u64 {
-        self.open.values().filter(|(_, r)| r.state == state).count() as u64
-    }
-
     pub fn get(&self, item: &str) -> Option<&Record> {
-        self.open.get(item).map(|(_, record)| record)
+        self.open.open.get(item).map(|(_, record)| record)
     }
 
     /// Records durably that `item` (as `fingerprint`) is now in `state`.
@@ -172,7 +207,7 @@ impl Journal {
         self.file.write_all(text.as_bytes())?;
         self.file.sync_data()?;
         self.lines += 1;
-        self.apply(line);
+        self.open.apply(line);
         if self.lines > COMPACT_AFTER {
             self.compact()?;
         }

@@ -22,6 +22,7 @@ pub mod held;
 pub mod journal;
 pub mod outbox;
 pub mod request;
+pub mod status;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checks that a release build is reproducible: the commit is built twice with
-# packaging/build-debs.sh — here (unless its packages are already in target/debian) and again
+# packaging/build-debs.sh — here and again
 # from a copy of the commit in another directory, with its own target directory, later — and
 # every release binary, SBOM, .deb and -dbgsym .ddeb must be byte-identical. Before comparing,
 # the binaries are searched for this machine's paths (the checkout, the Cargo home): a
@@ -20,7 +20,9 @@ SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)
 export SOURCE_DATE_EPOCH
 
 binaries=(sluice-send sluice-approve sluice-inspect sluice-recv sluice-audit)
-ls target/debian/*.deb >/dev/null 2>&1 || packaging/build-debs.sh >/dev/null
+# Always built here first (cheap when nothing changed): packages left from another commit
+# must never be what is compared.
+packaging/build-debs.sh >/dev/null
 
 # The second build: the same commit, another directory (another path length), another time.
 copy=$(mktemp -d /tmp/sluice-rebuild.XXXXXX)

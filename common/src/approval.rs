@@ -27,7 +27,10 @@ use crate::keys::{self, KeyId, TrustedKeys};
 use crate::paths;
 
 /// The request format this code writes and reads.
-pub const REQUEST_VERSION: u32 = 1;
+pub const REQUEST_VERSION: u32 = 2;
+/// The request versions this Sluice reads: 1, and 2 (a content report per file may be
+/// embedded).
+const READS: std::ops::RangeInclusive<u32> = 1..=REQUEST_VERSION;
 
 /// Why a request, policy or approval is not acceptable. The `Display` texts are stable
 /// phrases operators and tests match on.
@@ -70,6 +73,28 @@ pub struct RequestFile {
     pub size: u64,
     /// Lowercase hex.
     pub sha256: String,
+    /// What the content gate said of the file when the request was made, for the approvers
+    /// (the requester's tool computed it; `sluice-approve show … PATH` computes it again from
+    /// the files, and the receiver's own gate decides).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<FileReport>,
+}
+
+/// The content gate's report on one file, as a request carries it (bounded: see
+/// `sluice-approve request`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileReport {
+    /// `admitted` or `refused`.
+    pub verdict: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The formats that recognised the file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub formats: Vec<String>,
+    /// What they found, one line each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<String>,
 }
 
 /// What approvers sign.
@@ -148,10 +173,12 @@ impl Request {
             path: shown.into(),
             reason,
         };
-        if self.version != REQUEST_VERSION {
+        if !READS.contains(&self.version) {
             return Err(bad(format!(
-                "version {} (this Sluice reads {REQUEST_VERSION})",
-                self.version
+                "version {} (this Sluice reads {} to {})",
+                self.version,
+                READS.start(),
+                READS.end()
             )));
         }
         for (what, value) in [("created", &self.created), ("expires", &self.expires)] {
@@ -484,6 +511,7 @@ mod tests {
             path: path.into(),
             size: 10,
             sha256: hex::encode([byte; 32]),
+            report: None,
         }
     }
 
@@ -546,7 +574,7 @@ mod tests {
         let base = Request::new("p", "r", Duration::from_secs(60), vec![file("a", 1)]).unwrap();
         for (edit, phrase) in [
             (r#"path = "a""#, r#"path = "../a""#),
-            (r#"version = 1"#, r#"version = 9"#),
+            (r#"version = 2"#, r#"version = 9"#),
             (r#"[[file]]"#, "extra = 1\n[[file]]"),
         ] {
             let text = base.to_text().unwrap().replace(edit, phrase);

@@ -60,6 +60,13 @@ enum Command {
         /// Where to write it.
         #[arg(long)]
         out: PathBuf,
+        /// The receiver's content policy (policy.toml), for the report each file carries
+        /// (default: the gate's defaults, as sluice-inspect without --policy).
+        #[arg(long)]
+        content_policy: Option<PathBuf>,
+        /// Embed no content reports.
+        #[arg(long)]
+        no_report: bool,
     },
     /// Sign a request with a minisign secret key (as `minisign -S` would).
     Sign {
@@ -93,6 +100,12 @@ enum Command {
         /// Signature files (default: REQUEST*.minisig beside the request). Repeatable.
         #[arg(long = "approval-sig")]
         signatures: Vec<PathBuf>,
+        /// The content policy to compute reports with when PATH... is given.
+        #[arg(long)]
+        content_policy: Option<PathBuf>,
+        /// The files: each is hashed and its report computed again, and compared with what
+        /// the request says (a request's reports are the requester's word until then).
+        paths: Vec<PathBuf>,
     },
 }
 
@@ -109,7 +122,24 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
             requester,
             expires,
             out,
-        } => request(&paths, &purpose, requester, &expires, &out),
+            content_policy,
+            no_report,
+        } => {
+            let reports = match no_report {
+                true => Ok(None),
+                false => content_policy_or_default(content_policy.as_deref()).map(Some),
+            };
+            reports.and_then(|reports| {
+                request(
+                    &paths,
+                    &purpose,
+                    requester,
+                    &expires,
+                    &out,
+                    reports.as_ref(),
+                )
+            })
+        }
         Command::Sign { request, key, out } => sign(&request, &key, out),
         Command::Check {
             request,
@@ -121,7 +151,10 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
             request,
             policy,
             signatures,
-        } => show(&request, policy.as_deref(), signatures),
+            content_policy,
+            paths,
+        } => content_policy_or_default(content_policy.as_deref())
+            .and_then(|content| show(&request, policy.as_deref(), signatures, &paths, &content)),
     };
     match result {
         Ok(()) => ExitStatus::Success.into(),
@@ -445,6 +478,7 @@ fn request(
     requester: Option<String>,
     expires: &str,
     out: &Path,
+    reports: Option<&ContentPolicy>,
 ) -> Result<(), Failed> {
     let valid_for = humantime::parse_duration(expires).map_err(|_| {
         usage(format!(
@@ -453,7 +487,7 @@ fn request(
     })?;
     let stores = connect(paths)?;
     let (found, skipped) = objects::enumerate_with(paths, None, &stores);
-    let files = digests(&found, &skipped).map_err(|e| (ExitStatus::Failure, e))?;
+    let files = read_files(&found, &skipped, reports).map_err(|e| (ExitStatus::Failure, e))?;
     let requester = requester.unwrap_or_else(|| {
         let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
         let host = rustix::system::uname()
@@ -462,10 +496,6 @@ fn request(
             .into_owned();
         format!("{user}@{host}")
     });
-    let files = files
-        .into_iter()
-        .map(|(path, (size, sha256))| RequestFile { path, size, sha256 })
-        .collect();
     let request = Request::new(purpose, &requester, valid_for, files).map_err(refused)?;
     let text = request.to_text().map_err(refused)?;
     write_new(out, text.as_bytes())?;
@@ -476,6 +506,130 @@ fn request(
         request.expires
     );
     Ok(())
+}
+
+use sluice_inspect::policy::Policy as ContentPolicy;
+
+/// Report text a request carries at most, all files together (it travels in every manifest,
+/// whose request is at most [`MAX_REQUEST_LEN`]); files past it carry none, and say so.
+const MAX_REPORTS_BYTES: usize = 256 << 10;
+/// Finding lines kept per file.
+const MAX_REPORT_LINES: usize = 16;
+
+/// `--content-policy`, or the gate's defaults.
+fn content_policy_or_default(path: Option<&Path>) -> Result<ContentPolicy, Failed> {
+    match path {
+        Some(path) => ContentPolicy::load(path),
+        None => ContentPolicy::parse("quarantine = \"quarantine\"\n"),
+    }
+    .map_err(|e| usage(format!("--content-policy: {e}")))
+}
+
+/// Every file of `objects` as a request names it: read once each — copied, as found, into an
+/// unnamed temporary file while hashed — and, with `reports`, the gate's report on that very
+/// copy, so the report and the hash are of the same bytes. Refused if anything was skipped.
+fn read_files(
+    objects: &[SourceObject],
+    skipped: &[Skipped],
+    reports: Option<&ContentPolicy>,
+) -> Result<Vec<RequestFile>, String> {
+    if let Some(s) = skipped.first() {
+        return Err(format!("{}: {}", s.path.display(), s.reason));
+    }
+    let mut files = Vec::new();
+    let mut report_bytes = 0;
+    for object in objects {
+        let Some(opened) = object.source.open() else {
+            continue;
+        };
+        let shown = object.source.shown();
+        let cannot = |e: std::io::Error| format!("cannot read {shown}: {e}");
+        let (mut reader, _) = opened.map_err(cannot)?;
+        let mut copy = tempfile::tempfile().map_err(cannot)?;
+        let mut hash = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut size = 0u64;
+        loop {
+            let n = reader.read(&mut buf).map_err(cannot)?;
+            if n == 0 {
+                break;
+            }
+            hash.update(&buf[..n]);
+            std::io::Write::write_all(&mut copy, &buf[..n]).map_err(cannot)?;
+            size += n as u64;
+        }
+        let report = match reports {
+            Some(policy) if report_bytes < MAX_REPORTS_BYTES => {
+                std::io::Seek::rewind(&mut copy).map_err(cannot)?;
+                let report = file_report(&policy.report(&mut copy, &object.path, size));
+                report_bytes += report_len(&report);
+                Some(report)
+            }
+            Some(_) => Some(approval::FileReport {
+                verdict: "not shown".into(),
+                reason: Some(
+                    "the request's reports are full: check this file with sluice-inspect".into(),
+                ),
+                formats: Vec::new(),
+                findings: Vec::new(),
+            }),
+            None => None,
+        };
+        files.push(RequestFile {
+            path: object.path.clone(),
+            size,
+            sha256: hex::encode(hash.finalize()),
+            report,
+        });
+    }
+    if files.is_empty() {
+        return Err("no file to approve".into());
+    }
+    Ok(files)
+}
+
+/// The gate's report as a request carries it: the verdict, the formats, and at most
+/// [`MAX_REPORT_LINES`] finding lines (the report's own text, already escaped and clipped).
+fn file_report(report: &sluice_inspect::report::Report) -> approval::FileReport {
+    let mut lines = report
+        .text()
+        .lines()
+        .skip(1)
+        .map(|l| l.trim().to_string())
+        .collect::<Vec<_>>();
+    if lines.len() > MAX_REPORT_LINES {
+        let more = lines.len() - MAX_REPORT_LINES;
+        lines.truncate(MAX_REPORT_LINES);
+        lines.push(format!("({more} more lines: sluice-inspect shows them)"));
+    }
+    approval::FileReport {
+        verdict: report.verdict.to_string(),
+        reason: report.reason.clone(),
+        formats: report.formats.iter().map(ToString::to_string).collect(),
+        findings: lines,
+    }
+}
+
+fn report_len(report: &approval::FileReport) -> usize {
+    report.verdict.len()
+        + report.reason.as_ref().map_or(0, String::len)
+        + report.formats.iter().map(String::len).sum::<usize>()
+        + report.findings.iter().map(String::len).sum::<usize>()
+}
+
+/// A report as the lines `show` prints under its file.
+fn report_lines(report: &approval::FileReport) -> Vec<String> {
+    let mut head = report.verdict.clone();
+    if !report.formats.is_empty() {
+        head.push_str(&format!(" ({})", report.formats.join(", ")));
+    }
+    if let Some(reason) = &report.reason {
+        head.push_str(&format!(": {reason}"));
+    }
+    std::iter::once(head)
+        .chain(report.findings.iter().cloned())
+        .map(|l| sluice_common::paths::escaped(&l))
+        .collect()
 }
 
 /// The buckets of the `s3://` paths, connected with the AWS variables (a wrong key, a missing
@@ -548,7 +702,13 @@ fn check(
 }
 
 /// `sluice-approve show`: what a reviewer needs before signing, on standard output.
-fn show(request: &Path, policy: Option<&Path>, signatures: Vec<PathBuf>) -> Result<(), Failed> {
+fn show(
+    request: &Path,
+    policy: Option<&Path>,
+    signatures: Vec<PathBuf>,
+    paths: &[PathBuf],
+    content: &ContentPolicy,
+) -> Result<(), Failed> {
     let shown = request.display().to_string();
     let bytes = std::fs::read(request).map_err(|e| usage(format!("cannot read {shown}: {e}")))?;
     if bytes.len() > MAX_REQUEST_LEN {
@@ -575,6 +735,17 @@ fn show(request: &Path, policy: Option<&Path>, signatures: Vec<PathBuf>) -> Resu
         parsed.files.len(),
         sluice_common::units::Bytes(total),
     );
+    // With the files: each read once, hashed and reported on again, and compared.
+    let found = match paths.is_empty() {
+        true => None,
+        false => {
+            let stores = connect(paths)?;
+            let (objects, skipped) = objects::enumerate_with(paths, None, &stores);
+            let files = read_files(&objects, &skipped, Some(content))
+                .map_err(|e| (ExitStatus::Failure, e))?;
+            Some(files)
+        }
+    };
     for file in &parsed.files {
         out.push_str(&format!(
             "  {}  {}  sha256 {}\n",
@@ -582,6 +753,57 @@ fn show(request: &Path, policy: Option<&Path>, signatures: Vec<PathBuf>) -> Resu
             sluice_common::units::Bytes(file.size),
             file.sha256
         ));
+        let now = found
+            .as_ref()
+            .map(|files| files.iter().find(|f| f.path == file.path));
+        let said = file.report.as_ref().map(report_lines);
+        match (&said, &now) {
+            (_, Some(None)) => out.push_str("      MISSING from the files given\n"),
+            (_, Some(Some(now))) if now.sha256 != file.sha256 || now.size != file.size => {
+                out.push_str("      DIFFERS: the file given is not the one approved\n")
+            }
+            (Some(said), Some(Some(now))) => {
+                let computed = now.report.as_ref().map(report_lines);
+                if computed.as_ref() == Some(said) {
+                    out.push_str("      report (checked against the file):\n");
+                } else {
+                    out.push_str("      report as the request says (NOT what the file shows):\n");
+                }
+                for line in said {
+                    out.push_str(&format!("        {line}\n"));
+                }
+                if computed.as_ref() != Some(said) {
+                    out.push_str("      report of the file given:\n");
+                    for line in computed.unwrap_or_default() {
+                        out.push_str(&format!("        {line}\n"));
+                    }
+                }
+            }
+            (Some(said), None) => {
+                out.push_str("      report (the requester's; give the files to check it):\n");
+                for line in said {
+                    out.push_str(&format!("        {line}\n"));
+                }
+            }
+            (None, Some(Some(now))) => {
+                out.push_str("      report of the file given (none in the request):\n");
+                for line in now.report.as_ref().map(report_lines).unwrap_or_default() {
+                    out.push_str(&format!("        {line}\n"));
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    if let Some(files) = &found {
+        for extra in files
+            .iter()
+            .filter(|f| !parsed.files.iter().any(|p| p.path == f.path))
+        {
+            out.push_str(&format!(
+                "  NOT IN THE REQUEST: {}\n",
+                sluice_common::paths::escaped(&extra.path)
+            ));
+        }
     }
     let signature_files = match signatures.is_empty() {
         true => approval::signatures_beside(request).map_err(|e| usage(e.to_string()))?,
@@ -623,6 +845,36 @@ fn refused_text(message: String) -> Failed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file whose report runs long (an archive of many members) carries at most 16 finding
+    /// lines in the request, and says how many more there were.
+    #[test]
+    fn a_files_report_in_a_request_is_bounded() {
+        use sluice_inspect::report::{Finding, Report};
+        let report = Report {
+            path: "big.zip".into(),
+            size: 1,
+            verdict: "admitted",
+            reason: None,
+            formats: vec!["zip"],
+            findings: (0..40)
+                .map(|i| Finding {
+                    at: format!("big.zip!m{i}"),
+                    format: "pickle",
+                    facts: serde_json::json!({ "imports": ["collections.OrderedDict"] }),
+                })
+                .collect(),
+            findings_dropped: 0,
+        };
+        let carried = file_report(&report);
+        assert_eq!(carried.findings.len(), MAX_REPORT_LINES + 1);
+        assert_eq!(
+            carried.findings.last().unwrap(),
+            "(24 more lines: sluice-inspect shows them)"
+        );
+        assert_eq!(carried.formats, ["zip"]);
+        assert!(report_len(&carried) < 4096);
+    }
     use sluice_common::keys;
 
     /// The security review's finding: the approval check listed the paths and hashed what it
@@ -656,7 +908,12 @@ mod tests {
         let files = digests(&objects, &skipped).unwrap();
         let files = files
             .into_iter()
-            .map(|(path, (size, sha256))| RequestFile { path, size, sha256 })
+            .map(|(path, (size, sha256))| RequestFile {
+                path,
+                size,
+                sha256,
+                report: None,
+            })
             .collect();
         let request = Request::new(
             "test",

@@ -442,3 +442,73 @@ fn a_sender_that_skips_or_forges_approval_is_refused_by_the_receiver() {
         got.log
     );
 }
+
+/// Issue 29, part 2: reviewers see what they approve. `sluice-approve request` embeds, per
+/// file, the content gate's report (inside the bytes approvers sign); `show` prints it under
+/// the file. A requester who edits a report to look harmless is caught by `show … PATH`,
+/// which reads the files again: the request's word is printed as NOT what the file shows.
+#[test]
+fn a_request_carries_the_gates_report_and_show_catches_a_forged_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("report")).unwrap();
+    std::fs::write(dir.join("report/eval.json"), b"{\"accuracy\": 0.91}").unwrap();
+    // Protocol 0: GLOBAL posix.system, called with "id".
+    std::fs::write(dir.join("report/model.pkl"), b"cposix\nsystem\n(S'id'\ntR.").unwrap();
+    let made = approve(
+        &[
+            "request",
+            "report",
+            "--purpose",
+            "eval",
+            "--out",
+            "req.toml",
+        ],
+        dir,
+    );
+    assert!(made.status.success(), "{}", text(&made));
+    let request = std::fs::read_to_string(dir.join("req.toml")).unwrap();
+    assert!(
+        request.contains("version = 2")
+            && request.contains("[file.report]")
+            && request.contains("pickle imports posix.system"),
+        "{request}"
+    );
+    let shown = approve(&["show", "req.toml", "report"], dir);
+    assert!(shown.status.success(), "{}", text(&shown));
+    assert!(
+        text(&shown).contains("report (checked against the file):")
+            && text(&shown).contains("refused: pickle imports posix.system")
+            && !text(&shown).contains("NOT what the file shows"),
+        "{}",
+        text(&shown)
+    );
+    // Without the files, the report is shown as the requester's word.
+    let unchecked = approve(&["show", "req.toml"], dir);
+    assert!(
+        text(&unchecked).contains("report (the requester's; give the files to check it)"),
+        "{}",
+        text(&unchecked)
+    );
+    // The requester makes the pickle look harmless.
+    std::fs::write(
+        dir.join("req.toml"),
+        request.replace("verdict = \"refused\"", "verdict = \"admitted\""),
+    )
+    .unwrap();
+    let forged = approve(&["show", "req.toml", "report"], dir);
+    assert!(
+        text(&forged).contains("report as the request says (NOT what the file shows):")
+            && text(&forged).contains("report of the file given:"),
+        "{}",
+        text(&forged)
+    );
+    // A file swapped after the request: named as not the one approved.
+    std::fs::write(dir.join("report/eval.json"), b"{\"accuracy\": 0.99}").unwrap();
+    let swapped = approve(&["show", "req.toml", "report"], dir);
+    assert!(
+        text(&swapped).contains("DIFFERS: the file given is not the one approved"),
+        "{}",
+        text(&swapped)
+    );
+}

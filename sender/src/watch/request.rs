@@ -144,6 +144,7 @@ mod tests {
             path: "data/a.txt".into(),
             size: 8,
             sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"approved")),
+            report: None,
         }];
         let request = Request::new("t", "tester", std::time::Duration::from_secs(3600), files)
             .unwrap()
@@ -237,6 +238,7 @@ mod tests {
             path: "huge.bin".into(),
             size: 1 << 40,
             sha256: "0".repeat(64),
+            report: None,
         }];
         let request = Request::new("t", "writer", std::time::Duration::from_secs(3600), files)
             .unwrap()

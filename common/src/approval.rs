@@ -40,11 +40,13 @@ pub enum ApprovalError {
     Request { path: String, reason: String },
     #[error("approval policy {path}: {reason}")]
     Policy { path: String, reason: String },
-    #[error("not approved: {valid} of {threshold} approvals{}", problems_suffix(.problems))]
+    #[error("not approved: {}{valid} of {threshold} approvals{}", rule_prefix(.rule), problems_suffix(.problems))]
     Quorum {
         valid: usize,
         threshold: usize,
         problems: Vec<String>,
+        /// The rule of `approvals.toml` whose quorum is short (`None`: the default).
+        rule: Option<String>,
     },
     #[error("approval expired at {0}")]
     Expired(String),
@@ -54,6 +56,13 @@ pub enum ApprovalError {
     Missing(String),
     #[error("changed since approval: {0}")]
     Changed(String),
+}
+
+fn rule_prefix(rule: &Option<String>) -> String {
+    match rule {
+        Some(name) => format!("rule {name:?}: "),
+        None => String::new(),
+    }
 }
 
 fn problems_suffix(problems: &[String]) -> String {
@@ -240,7 +249,8 @@ impl Request {
     }
 }
 
-/// Who may approve, and how many must.
+/// Who may approve, and how many must: a default quorum, and rules by kind of file (path
+/// patterns) with quorums of their own.
 #[derive(Debug)]
 pub struct Policy {
     pub threshold: usize,
@@ -248,6 +258,28 @@ pub struct Policy {
     /// Approvers' names by key id: the stem of the key file that listed them (`alice` for
     /// `approvers/alice.pub`); keys given as lines have none.
     names: BTreeMap<u64, String>,
+    rules: Vec<Rule>,
+}
+
+/// `[[rule]]` of `approvals.toml`: files whose path matches `paths` need `threshold` of its
+/// approvers (instead of the default's); a file matching several rules needs them all.
+#[derive(Debug)]
+struct Rule {
+    name: String,
+    /// Each pattern with its matchers (a pattern without `/` also matches the bare name
+    /// anywhere below, as the content policy's name rules do).
+    patterns: Vec<Vec<globset::GlobMatcher>>,
+    threshold: usize,
+    approvers: TrustedKeys,
+}
+
+/// One quorum a request must meet: the default's, or a rule's.
+#[derive(Debug, Clone, Copy)]
+pub struct Requirement<'a> {
+    /// The rule's name (`None`: the default).
+    pub rule: Option<&'a str>,
+    pub threshold: usize,
+    approvers: &'a TrustedKeys,
 }
 
 /// Whose signatures over a request verify, and what was wrong with the others.
@@ -260,6 +292,8 @@ pub struct Tally {
     /// Approvers who have not signed (yet).
     pub missing: Vec<KeyId>,
     pub threshold: usize,
+    /// The rule counted (`None`: the default).
+    pub rule: Option<String>,
 }
 
 impl Tally {
@@ -273,6 +307,81 @@ impl Tally {
 struct PolicyFile {
     threshold: usize,
     approvers: Vec<String>,
+    /// Named lists of approver entries, for rules.
+    #[serde(default)]
+    groups: BTreeMap<String, Vec<String>>,
+    #[serde(default, rename = "rule")]
+    rules: Vec<RuleFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    name: String,
+    paths: Vec<String>,
+    threshold: usize,
+    /// A group's name, or approver entries.
+    approvers: ApproverList,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ApproverList {
+    Group(String),
+    Entries(Vec<String>),
+}
+
+/// Approver entries (key lines, or key files relative to `base`) as keys, each file's keys
+/// named after its stem in `names`.
+fn load_entries(
+    entries: &[String],
+    base: &Path,
+    names: &mut BTreeMap<u64, String>,
+) -> Result<Vec<minisign::PublicKey>, String> {
+    let mut keys = Vec::new();
+    for entry in entries {
+        match minisign::PublicKey::from_base64(entry.trim()) {
+            Ok(key) => keys.push(key),
+            Err(_) => {
+                let text = keys::read_public(&base.join(entry)).map_err(|e| e.to_string())?;
+                let found = keys::parse_public_keys(&text).ok_or_else(|| {
+                    format!(
+                        "approver {entry:?} is neither a minisign public key nor a file of them"
+                    )
+                })?;
+                let stem = Path::new(entry).file_stem().and_then(|s| s.to_str());
+                for (id, key) in found {
+                    if let Some(stem) = stem {
+                        names.insert(id.0, stem.to_string());
+                    }
+                    keys.push(key);
+                }
+            }
+        }
+    }
+    Ok(keys)
+}
+
+/// A quorum's keys, checked as [`Policy::new`] checks the default's.
+fn quorum_keys(threshold: usize, keys: Vec<minisign::PublicKey>) -> Result<TrustedKeys, String> {
+    let approvers = TrustedKeys::from_keys(keys);
+    let ids: Vec<KeyId> = approvers.ids().collect();
+    let distinct: BTreeSet<u64> = ids.iter().map(|id| id.0).collect();
+    if distinct.len() != ids.len() {
+        return Err(
+            "two different approver keys share a key id; refusing an ambiguous policy".into(),
+        );
+    }
+    if threshold == 0 {
+        return Err("threshold must be at least 1".into());
+    }
+    if threshold > ids.len() {
+        return Err(format!(
+            "threshold {threshold} but only {} distinct approver keys",
+            ids.len()
+        ));
+    }
+    Ok(approvers)
 }
 
 impl Policy {
@@ -287,32 +396,121 @@ impl Policy {
         let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
         let file: PolicyFile = toml::from_str(&text).map_err(|e| bad(e.message().to_string()))?;
         let base = path.parent().map_or_else(PathBuf::new, Path::to_path_buf);
-        let mut keys = Vec::new();
         let mut names = BTreeMap::new();
-        for entry in &file.approvers {
-            match minisign::PublicKey::from_base64(entry.trim()) {
-                Ok(key) => keys.push(key),
-                Err(_) => {
-                    let key_path = base.join(entry);
-                    let text = keys::read_public(&key_path).map_err(|e| bad(e.to_string()))?;
-                    let found = keys::parse_public_keys(&text).ok_or_else(|| {
-                        bad(format!(
-                            "approver {entry:?} is neither a minisign public key nor a file of them"
-                        ))
-                    })?;
-                    let stem = Path::new(entry).file_stem().and_then(|s| s.to_str());
-                    for (id, key) in found {
-                        if let Some(stem) = stem {
-                            names.insert(id.0, stem.to_string());
-                        }
-                        keys.push(key);
-                    }
-                }
-            }
-        }
+        let keys = load_entries(&file.approvers, &base, &mut names).map_err(bad)?;
         let mut policy = Policy::new(file.threshold, keys).map_err(bad)?;
+        let mut seen = BTreeSet::new();
+        for rule in &file.rules {
+            let bad_rule = |why: String| bad(format!("rule {:?}: {why}", rule.name));
+            if !seen.insert(rule.name.as_str()) {
+                return Err(bad_rule("named twice".into()));
+            }
+            if rule.paths.is_empty() {
+                return Err(bad_rule("no paths".into()));
+            }
+            let entries = match &rule.approvers {
+                ApproverList::Entries(entries) => entries,
+                ApproverList::Group(group) => file
+                    .groups
+                    .get(group)
+                    .ok_or_else(|| bad_rule(format!("no group {group:?} in [groups]")))?,
+            };
+            let keys = load_entries(entries, &base, &mut names).map_err(bad_rule)?;
+            let approvers = quorum_keys(rule.threshold, keys).map_err(bad_rule)?;
+            let mut patterns = Vec::new();
+            for pattern in &rule.paths {
+                let glob = |p: &str| {
+                    globset::GlobBuilder::new(p)
+                        .literal_separator(true)
+                        .build()
+                        .map(|g| g.compile_matcher())
+                        .map_err(|e| bad_rule(format!("pattern {pattern:?}: {e}")))
+                };
+                let mut matchers = vec![glob(pattern)?];
+                if !pattern.contains('/') {
+                    matchers.push(glob(&format!("**/{pattern}"))?);
+                }
+                patterns.push(matchers);
+            }
+            policy.rules.push(Rule {
+                name: rule.name.clone(),
+                patterns,
+                threshold: rule.threshold,
+                approvers,
+            });
+        }
         policy.names = names;
         Ok(policy)
+    }
+
+    /// The quorums a request naming `paths` must meet, each once: every rule matching one of
+    /// its files, and the default if a file matches no rule (the strictest wins: all must
+    /// hold).
+    pub fn requirements<'a>(
+        &'a self,
+        paths: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<Requirement<'a>> {
+        let mut rules = BTreeSet::new();
+        let mut default = false;
+        for path in paths {
+            let mut matched = false;
+            for (at, rule) in self.rules.iter().enumerate() {
+                if rule
+                    .patterns
+                    .iter()
+                    .any(|m| m.iter().any(|g| g.is_match(path)))
+                {
+                    rules.insert(at);
+                    matched = true;
+                }
+            }
+            default |= !matched;
+        }
+        let mut out: Vec<Requirement<'a>> = Vec::new();
+        if default {
+            out.push(Requirement {
+                rule: None,
+                threshold: self.threshold,
+                approvers: &self.approvers,
+            });
+        }
+        out.extend(rules.into_iter().map(|at| Requirement {
+            rule: Some(self.rules[at].name.as_str()),
+            threshold: self.rules[at].threshold,
+            approvers: &self.rules[at].approvers,
+        }));
+        out
+    }
+
+    /// The tally of each quorum `request` must meet (`bytes`: its exact bytes).
+    pub fn tallies(&self, request: &Request, bytes: &[u8], signatures: &[Vec<u8>]) -> Vec<Tally> {
+        self.requirements(request.files.iter().map(|f| f.path.as_str()))
+            .into_iter()
+            .map(|r| tally_of(r, bytes, signatures))
+            .collect()
+    }
+
+    /// Every quorum `request` must meet is met: the approvers whose signatures count, all
+    /// quorums together; otherwise the first short one, named by its rule.
+    pub fn check_request(
+        &self,
+        request: &Request,
+        bytes: &[u8],
+        signatures: &[Vec<u8>],
+    ) -> Result<Vec<KeyId>, ApprovalError> {
+        let mut signed = BTreeSet::new();
+        for tally in self.tallies(request, bytes, signatures) {
+            if !tally.met() {
+                return Err(ApprovalError::Quorum {
+                    valid: tally.signed.len(),
+                    threshold: tally.threshold,
+                    problems: tally.problems,
+                    rule: tally.rule,
+                });
+            }
+            signed.extend(tally.signed.iter().map(|id| id.0));
+        }
+        Ok(signed.into_iter().map(KeyId).collect())
     }
 
     /// An approver as people read it: `alice (05AC3CCD17626569)`, or the key id alone.
@@ -323,28 +521,18 @@ impl Policy {
         }
     }
 
-    /// Whose signatures over `request` (its exact bytes) verify, counted by distinct key.
+    /// Whose signatures over `request` (its exact bytes) verify for the default quorum,
+    /// counted by distinct key.
     pub fn tally(&self, request: &[u8], signatures: &[Vec<u8>]) -> Tally {
-        let mut valid = BTreeSet::new();
-        let mut problems = Vec::new();
-        for signature in signatures {
-            match self.approvers.verify(request, signature) {
-                Ok(id) => {
-                    valid.insert(id.0);
-                }
-                Err(e) => problems.push(e.to_string()),
-            }
-        }
-        Tally {
-            signed: valid.iter().copied().map(KeyId).collect(),
-            problems,
-            missing: self
-                .approvers
-                .ids()
-                .filter(|id| !valid.contains(&id.0))
-                .collect(),
-            threshold: self.threshold,
-        }
+        tally_of(
+            Requirement {
+                rule: None,
+                threshold: self.threshold,
+                approvers: &self.approvers,
+            },
+            request,
+            signatures,
+        )
     }
 
     /// A policy of `threshold` among `keys` (each key counted once).
@@ -352,27 +540,12 @@ impl Policy {
         threshold: usize,
         keys: impl IntoIterator<Item = minisign::PublicKey>,
     ) -> Result<Policy, String> {
-        let approvers = TrustedKeys::from_keys(keys);
-        let ids: Vec<KeyId> = approvers.ids().collect();
-        let distinct: BTreeSet<u64> = ids.iter().map(|id| id.0).collect();
-        if distinct.len() != ids.len() {
-            return Err(
-                "two different approver keys share a key id; refusing an ambiguous policy".into(),
-            );
-        }
-        if threshold == 0 {
-            return Err("threshold must be at least 1".into());
-        }
-        if threshold > ids.len() {
-            return Err(format!(
-                "threshold {threshold} but only {} distinct approver keys",
-                ids.len()
-            ));
-        }
+        let approvers = quorum_keys(threshold, keys.into_iter().collect())?;
         Ok(Policy {
             threshold,
             approvers,
             names: BTreeMap::new(),
+            rules: Vec::new(),
         })
     }
 
@@ -396,8 +569,32 @@ impl Policy {
                 valid: tally.signed.len(),
                 threshold: self.threshold,
                 problems: tally.problems,
+                rule: None,
             })
         }
+    }
+}
+
+/// Whose signatures over `request` (its exact bytes) verify among `requirement`'s approvers.
+fn tally_of(requirement: Requirement<'_>, request: &[u8], signatures: &[Vec<u8>]) -> Tally {
+    let mut valid = BTreeSet::new();
+    let mut problems = Vec::new();
+    for signature in signatures {
+        match requirement.approvers.verify(request, signature) {
+            Ok(id) => {
+                valid.insert(id.0);
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    Tally {
+        signed: valid.iter().copied().map(KeyId).collect(),
+        problems,
+        missing: (requirement.approvers.ids())
+            .filter(|id| !valid.contains(&id.0))
+            .collect(),
+        threshold: requirement.threshold,
+        rule: requirement.rule.map(str::to_string),
     }
 }
 
@@ -424,8 +621,9 @@ pub fn sign(key_text: &str, request: &[u8]) -> Result<(KeyId, String), String> {
 }
 
 /// What a receiver checks before publishing the entries of an object that came with
-/// `carried` (the approval in its manifest, if any), against its own `policy`: a quorum of
-/// distinct approvers over the request's exact bytes, the request not expired at `now`, and
+/// `carried` (the approval in its manifest, if any), against its own `policy`: every quorum
+/// the request's files need (the default's, each matching rule's) met by distinct approvers
+/// over the request's exact bytes, the request not expired at `now`, and
 /// every file entry listed in the request with the same size and SHA-256 (a directory entry:
 /// some approved file lies below it). Returns the approvers. A manifest's entries may be a
 /// part of the request (the sender cuts an export into objects).
@@ -440,15 +638,13 @@ pub fn check_carried(
             valid: 0,
             threshold: policy.threshold,
             problems: vec!["no approval came with it".into()],
+            rule: None,
         });
     };
-    let approvers = policy.check_quorum(&approval.request, &approval.signatures)?;
-    let shown = "(the approval that came with it)";
-    let text = std::str::from_utf8(&approval.request).map_err(|_| ApprovalError::Request {
-        path: shown.into(),
-        reason: "not UTF-8".into(),
-    })?;
-    let request = Request::parse(text, shown)?;
+    let request = carried_request(approval)?;
+    // The quorums follow from the request's files (rules by kind): from the request signed,
+    // not from this manifest's entries, so every part of an export meets the same ones.
+    let approvers = policy.check_request(&request, &approval.request, &approval.signatures)?;
     request.check_not_expired(now)?;
     let approved: BTreeMap<&str, &RequestFile> =
         request.files.iter().map(|f| (f.path.as_str(), f)).collect();
@@ -475,9 +671,19 @@ pub fn check_carried(
 /// The approvers whose signatures in `carried` verify under `policy` (no other check): what
 /// an audit record names for an entry [`check_carried`] let through.
 pub fn approvers_of(policy: &Policy, carried: &Approval) -> Vec<KeyId> {
-    policy
-        .check_quorum(&carried.request, &carried.signatures)
+    carried_request(carried)
+        .and_then(|request| policy.check_request(&request, &carried.request, &carried.signatures))
         .unwrap_or_default()
+}
+
+/// The request an approval carries, parsed (bounded by the manifest's request limit).
+fn carried_request(approval: &Approval) -> Result<Request, ApprovalError> {
+    let shown = "(the approval that came with it)";
+    let text = std::str::from_utf8(&approval.request).map_err(|_| ApprovalError::Request {
+        path: shown.into(),
+        reason: "not UTF-8".into(),
+    })?;
+    Request::parse(text, shown)
 }
 
 /// The signature files beside a request: `<request file name>*.minisig` in its directory.
@@ -623,6 +829,95 @@ mod tests {
         let two = [sign(&alice, request), sign(&carol, request)];
         let approved = policy.check_quorum(request, &two).unwrap();
         assert_eq!(approved.len(), 2);
+    }
+
+    /// Issue 29, part 3: rules by kind of file. Weights need 2 of the security group, anything
+    /// else 1 of the team; a request holding both needs both quorums, the short one named;
+    /// a file matching two rules needs them both. The receiver's check is the same.
+    #[test]
+    fn rules_by_kind_of_file_each_need_their_own_quorum_and_the_short_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let pairs: Vec<(&str, minisign::KeyPair)> = ["alice", "bob", "carol", "dave"]
+            .into_iter()
+            .map(|n| (n, keypair()))
+            .collect();
+        for (name, pair) in &pairs {
+            let text = pair.pk.to_box().unwrap().to_string();
+            std::fs::write(dir.path().join(format!("{name}.pub")), text).unwrap();
+        }
+        let policy_path = dir.path().join("approvals.toml");
+        std::fs::write(
+            &policy_path,
+            "threshold = 1\napprovers = [\"alice.pub\", \"bob.pub\"]\n\
+             [groups]\nsecurity = [\"carol.pub\", \"dave.pub\"]\n\
+             [[rule]]\nname = \"weights\"\npaths = [\"*.safetensors\", \"checkpoints/**\"]\n\
+             threshold = 2\napprovers = \"security\"\n\
+             [[rule]]\nname = \"big-weights\"\npaths = [\"*.70b.safetensors\"]\n\
+             threshold = 1\napprovers = [\"alice.pub\"]\n",
+        )
+        .unwrap();
+        let policy = Policy::load(&policy_path).unwrap();
+        let key = |name: &str| &pairs.iter().find(|(n, _)| *n == name).unwrap().1;
+        let check = |paths: &[&str], signers: &[&str]| {
+            let files = paths
+                .iter()
+                .enumerate()
+                .map(|(i, p)| file(p, i as u8))
+                .collect();
+            let request = Request::new("p", "r", Duration::from_secs(60), files).unwrap();
+            let bytes = request.to_text().unwrap().into_bytes();
+            let signatures: Vec<Vec<u8>> = signers.iter().map(|s| sign(key(s), &bytes)).collect();
+            policy
+                .check_request(&request, &bytes, &signatures)
+                .map(|ids| ids.len())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(check(&["report.pdf"], &["alice"]), Ok(1));
+        assert!(check(
+            &["report.pdf", "out/model.safetensors"],
+            &["alice", "carol"]
+        )
+        .unwrap_err()
+        .starts_with("not approved: rule \"weights\": 1 of 2 approvals"));
+        // The team's approver counts nothing for the weights rule, and says so.
+        assert!(check(&["out/model.safetensors"], &["alice", "carol"])
+            .unwrap_err()
+            .contains("rule \"weights\": 1 of 2 approvals (signed by untrusted key"));
+        assert_eq!(
+            check(
+                &["report.pdf", "out/model.safetensors"],
+                &["alice", "carol", "dave"]
+            ),
+            Ok(3)
+        );
+        // Only weights: the default's quorum does not apply.
+        assert_eq!(
+            check(&["checkpoints/step-10/w.bin"], &["carol", "dave"]),
+            Ok(2)
+        );
+        // Two rules match: both hold.
+        assert!(check(&["m.70b.safetensors"], &["carol", "dave"])
+            .unwrap_err()
+            .starts_with("not approved: rule \"big-weights\": 0 of 1 approvals"));
+        assert_eq!(
+            check(&["m.70b.safetensors"], &["carol", "dave", "alice"]),
+            Ok(3)
+        );
+        // A policy that cannot mean one thing is refused at load.
+        for (edit, why) in [
+            ("approvers = \"security\"", "approvers = \"nobody\""),
+            ("name = \"big-weights\"", "name = \"weights\""),
+            ("paths = [\"*.70b.safetensors\"]", "paths = []"),
+            ("paths = [\"*.70b.safetensors\"]", "paths = [\"[\"]"),
+            ("threshold = 2", "threshold = 3"),
+        ] {
+            let text = std::fs::read_to_string(&policy_path)
+                .unwrap()
+                .replacen(edit, why, 1);
+            let bad = dir.path().join("bad.toml");
+            std::fs::write(&bad, text).unwrap();
+            assert!(Policy::load(&bad).is_err(), "{why}");
+        }
     }
 
     #[test]

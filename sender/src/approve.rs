@@ -357,24 +357,37 @@ pub fn precheck(
     if let Some((objects, skipped)) = found {
         check_listed(&request, objects, skipped).map_err(NotApproved::refused)?;
     }
-    let tally = policy.tally(&bytes, &signatures);
-    if !tally.met() {
+    // Every quorum the files need (the default's, each matching rule's): the first short one
+    // is the reason, named by its rule.
+    let tallies = policy.tallies(&request, &bytes, &signatures);
+    if let Some(tally) = tallies.iter().find(|t| !t.met()) {
         let short = ApprovalError::Quorum {
             valid: tally.signed.len(),
             threshold: tally.threshold,
             problems: tally.problems.clone(),
+            rule: tally.rule.clone(),
         };
         return Err(NotApproved {
             pending: true,
-            reason: format!("{short}; {}", who_signed(policy, &tally)),
+            reason: format!("{short}; {}", who_signed(policy, tally)),
         });
     }
+    let mut signed: Vec<sluice_common::keys::KeyId> = tallies
+        .iter()
+        .flat_map(|t| t.signed.iter().copied())
+        .collect();
+    signed.sort_by_key(|id| id.0);
+    signed.dedup_by_key(|id| id.0);
     Ok(Prechecked {
         approved: Approved {
             request,
-            threshold: policy.threshold,
-            names: tally.signed.iter().map(|id| policy.name_of(*id)).collect(),
-            approvers: tally.signed,
+            threshold: tallies
+                .iter()
+                .map(|t| t.threshold)
+                .max()
+                .unwrap_or(policy.threshold),
+            names: signed.iter().map(|id| policy.name_of(*id)).collect(),
+            approvers: signed,
             carried: Approval {
                 request: bytes,
                 signatures,
@@ -822,15 +835,21 @@ fn show(
         )),
         Some(path) => {
             let policy = Policy::load(path).map_err(|e| usage(e.to_string()))?;
-            let tally = policy.tally(&bytes, &read);
-            out.push_str(&format!(
-                "approvals  {} of {}: {}\n",
-                tally.signed.len(),
-                tally.threshold,
-                who_signed(&policy, &tally)
-            ));
-            for problem in &tally.problems {
-                out.push_str(&format!("  not counted: {problem}\n"));
+            // One line per quorum the files need: the default's, each matching rule's.
+            for tally in policy.tallies(&parsed, &bytes, &read) {
+                let rule = match &tally.rule {
+                    Some(name) => format!("rule {name:?}, "),
+                    None => String::new(),
+                };
+                out.push_str(&format!(
+                    "approvals  {rule}{} of {}: {}\n",
+                    tally.signed.len(),
+                    tally.threshold,
+                    who_signed(&policy, &tally)
+                ));
+                for problem in &tally.problems {
+                    out.push_str(&format!("  not counted: {problem}\n"));
+                }
             }
         }
     }

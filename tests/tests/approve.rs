@@ -14,6 +14,7 @@ use sluice_tests::minisign::{
     key_id, key_line, keypair as minisign_keypair, sign as minisign_sign,
 };
 use sluice_tests::require;
+use sluice_tests::tree;
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output().unwrap()
@@ -510,5 +511,94 @@ fn a_request_carries_the_gates_report_and_show_catches_a_forged_one() {
         text(&swapped).contains("DIFFERS: the file given is not the one approved"),
         "{}",
         text(&swapped)
+    );
+}
+
+/// Issue 29, part 3: rules by kind. The receiver's `approvals.toml` says weights
+/// (`*.safetensors`) need 3 of the security group; the sender's copy has no such rule (a
+/// mis-configured or patched sender). An export of a report and a model approved by two is
+/// sent, and the receiver refuses all of it, naming the rule; the sender's own check, given
+/// the receiver's policy, refuses it before the link, naming the rule too.
+#[test]
+#[ignore = "needs minisign (./test.sh installs it and runs this)"]
+fn weights_under_a_three_approver_rule_are_refused_with_two_even_from_a_patched_sender() {
+    use sluice_tests::binaries::free_udp_port;
+    use sluice_tests::harness::Setup;
+    require::tool("minisign", "minisign");
+    let s = Setup::new();
+    let dir = s.tmp.path();
+    for name in ["alice", "bob", "carol"] {
+        minisign_keypair(dir, name);
+    }
+    std::fs::write(
+        dir.join("loose.toml"),
+        "threshold = 2\napprovers = [\"alice.pub\", \"bob.pub\", \"carol.pub\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("strict.toml"),
+        "threshold = 1\napprovers = [\"alice.pub\", \"bob.pub\", \"carol.pub\"]\n\
+         [groups]\nsecurity = [\"alice.pub\", \"bob.pub\", \"carol.pub\"]\n\
+         [[rule]]\nname = \"weights\"\npaths = [\"*.safetensors\"]\nthreshold = 3\n\
+         approvers = \"security\"\n",
+    )
+    .unwrap();
+    let export = s.src.join("export");
+    std::fs::create_dir_all(&export).unwrap();
+    std::fs::write(export.join("report.txt"), b"eval: fine").unwrap();
+    std::fs::write(export.join("model.safetensors"), b"WEIGHTS-UNDER-RULE").unwrap();
+    let made = approve(
+        &[
+            "request",
+            export.to_str().unwrap(),
+            "--purpose",
+            "release",
+            "--no-report",
+            "--out",
+            "req.toml",
+        ],
+        dir,
+    );
+    assert!(made.status.success(), "{}", text(&made));
+    minisign_sign(dir, "alice.key", "req.toml", "req.toml.alice.minisig");
+    minisign_sign(dir, "bob.key", "req.toml", "req.toml.bob.minisig");
+
+    let port = free_udp_port();
+    let to: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let send = |policy: &str| {
+        let mut cmd = sluice_tests::binaries::sender_cmd(&format!("udp://{to}"), &s.keys);
+        cmd.current_dir(dir)
+            .args(["--approval", "req.toml", "--approval-policy", policy])
+            .args(["--rate", "10MB"])
+            .arg(&export);
+        run(&mut cmd)
+    };
+    // The sender given the strict policy refuses before the link.
+    let refused = send("strict.toml");
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("not approved: rule \"weights\": 2 of 3 approvals"),
+        "{}",
+        text(&refused)
+    );
+    // The patched one sends; the receiver refuses every entry of the request.
+    let strict = dir.join("strict.toml");
+    let mut recv = s.receiver(port, 3, &["--approval-policy", strict.to_str().unwrap()]);
+    let sent = send("loose.toml");
+    assert!(sent.status.success(), "{}", text(&sent));
+    let got = recv.finish(std::time::Duration::from_secs(60));
+    assert_eq!(got.code(), 3, "{}", got.log);
+    assert!(
+        got.log
+            .contains("not approved: rule \\\"weights\\\": 2 of 3 approvals"),
+        "{}",
+        got.log
+    );
+    assert!(
+        tree::find_bytes(&s.out, b"WEIGHTS-UNDER-RULE").is_empty()
+            && !s.out.join("export/report.txt").exists()
+            && !s.out.join("export/model.safetensors").exists(),
+        "{}",
+        got.log
     );
 }

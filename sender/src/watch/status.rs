@@ -197,12 +197,24 @@ fn who_signed(outbox: &Dir, name: &str, policy: &sluice_common::approval::Policy
         .take(sluice_protocol::manifest::MAX_APPROVAL_SIGNATURES)
         .filter_map(|n| read_small(&item, n).map(String::into_bytes))
         .collect();
-    let tally = policy.tally(request.as_bytes(), &signatures);
+    let parsed = match sluice_common::approval::Request::parse(&request, REQUEST_FILE) {
+        Ok(parsed) => parsed,
+        Err(e) => return e.to_string(),
+    };
+    let tallies = policy.tallies(&parsed, request.as_bytes(), &signatures);
+    // The first quorum still short (the default's, or a rule's), or the last one met.
+    let Some(tally) = tallies.iter().find(|t| !t.met()).or(tallies.last()) else {
+        return "no quorum applies".into();
+    };
+    let rule = match &tally.rule {
+        Some(name) => format!("rule {name:?}: "),
+        None => String::new(),
+    };
     format!(
-        "{} of {} approvals; {}",
+        "{rule}{} of {} approvals; {}",
         tally.signed.len(),
         tally.threshold,
-        crate::approve::who_signed(policy, &tally)
+        crate::approve::who_signed(policy, tally)
     )
 }
 

@@ -89,6 +89,13 @@ pub struct RequestFile {
     pub report: Option<FileReport>,
 }
 
+/// A report's verdicts.
+const REPORT_VERDICTS: [&str; 3] = ["admitted", "refused", "not shown"];
+/// Finding lines (and formats) a carried report may have.
+pub const MAX_REPORT_FINDINGS: usize = 17;
+/// Bytes of one text of a carried report.
+pub const MAX_REPORT_TEXT: usize = 1024;
+
 /// The content gate's report on one file, as a request carries it (bounded: see
 /// `sluice-approve request`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,9 +176,10 @@ impl Request {
 
     /// Parses and checks a request's text (`shown` names it in errors).
     pub fn parse(text: &str, shown: &str) -> Result<Request, ApprovalError> {
+        // toml quotes an unknown key as written: a sender's control characters are escaped.
         let request: Request = toml::from_str(text).map_err(|e| ApprovalError::Request {
             path: shown.into(),
-            reason: e.message().to_string(),
+            reason: paths::escaped(e.message().trim()),
         })?;
         request.check(shown)?;
         Ok(request)
@@ -198,6 +206,22 @@ impl Request {
             return Err(bad("it names no file".into()));
         }
         let mut seen = BTreeSet::new();
+        for report in self.files.iter().filter_map(|f| f.report.as_ref()) {
+            if !REPORT_VERDICTS.contains(&report.verdict.as_str()) {
+                return Err(bad(format!("report verdict {:?}", report.verdict)));
+            }
+            let texts = report
+                .reason
+                .iter()
+                .chain(&report.formats)
+                .chain(&report.findings);
+            if report.findings.len() > MAX_REPORT_FINDINGS
+                || report.formats.len() > MAX_REPORT_FINDINGS
+                || texts.clone().any(|t| t.len() > MAX_REPORT_TEXT)
+            {
+                return Err(bad("a report longer than a request's reports may be".into()));
+            }
+        }
         for file in &self.files {
             paths::validate_object_path(&file.path)
                 .map_err(|e| bad(format!("path {:?}: {e}", file.path)))?;
@@ -394,7 +418,8 @@ impl Policy {
             reason,
         };
         let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-        let file: PolicyFile = toml::from_str(&text).map_err(|e| bad(e.message().to_string()))?;
+        let file: PolicyFile =
+            toml::from_str(&text).map_err(|e| bad(crate::config::toml_error(&text, &e)))?;
         let base = path.parent().map_or_else(PathBuf::new, Path::to_path_buf);
         let mut names = BTreeMap::new();
         let keys = load_entries(&file.approvers, &base, &mut names).map_err(bad)?;
@@ -419,9 +444,16 @@ impl Policy {
             let approvers = quorum_keys(rule.threshold, keys).map_err(bad_rule)?;
             let mut patterns = Vec::new();
             for pattern in &rule.paths {
+                if pattern.starts_with('/') || pattern.ends_with('/') {
+                    return Err(bad_rule(format!(
+                        "pattern {pattern:?}: paths are relative, and name files"
+                    )));
+                }
+                // `M.SafeTensors` is weights too.
                 let glob = |p: &str| {
                     globset::GlobBuilder::new(p)
                         .literal_separator(true)
+                        .case_insensitive(true)
                         .build()
                         .map(|g| g.compile_matcher())
                         .map_err(|e| bad_rule(format!("pattern {pattern:?}: {e}")))
@@ -443,17 +475,15 @@ impl Policy {
         Ok(policy)
     }
 
-    /// The quorums a request naming `paths` must meet, each once: every rule matching one of
-    /// its files, and the default if a file matches no rule (the strictest wins: all must
-    /// hold).
+    /// The quorums a request naming `paths` must meet, each once: the default's always, and
+    /// every rule matching one of its files (the strictest wins: all must hold; a lax rule
+    /// never lets a file past the default).
     pub fn requirements<'a>(
         &'a self,
         paths: impl IntoIterator<Item = &'a str>,
     ) -> Vec<Requirement<'a>> {
         let mut rules = BTreeSet::new();
-        let mut default = false;
         for path in paths {
-            let mut matched = false;
             for (at, rule) in self.rules.iter().enumerate() {
                 if rule
                     .patterns
@@ -461,19 +491,14 @@ impl Policy {
                     .any(|m| m.iter().any(|g| g.is_match(path)))
                 {
                     rules.insert(at);
-                    matched = true;
                 }
             }
-            default |= !matched;
         }
-        let mut out: Vec<Requirement<'a>> = Vec::new();
-        if default {
-            out.push(Requirement {
-                rule: None,
-                threshold: self.threshold,
-                approvers: &self.approvers,
-            });
-        }
+        let mut out = vec![Requirement {
+            rule: None,
+            threshold: self.threshold,
+            approvers: &self.approvers,
+        }];
         out.extend(rules.into_iter().map(|at| Requirement {
             rule: Some(self.rules[at].name.as_str()),
             threshold: self.rules[at].threshold,
@@ -890,13 +915,20 @@ mod tests {
             ),
             Ok(3)
         );
-        // Only weights: the default's quorum does not apply.
+        // Only weights: the default's quorum applies too (a rule adds, never replaces).
+        assert!(check(&["checkpoints/step-10/w.bin"], &["carol", "dave"])
+            .unwrap_err()
+            .starts_with("not approved: 0 of 1 approvals"));
         assert_eq!(
-            check(&["checkpoints/step-10/w.bin"], &["carol", "dave"]),
-            Ok(2)
+            check(&["checkpoints/step-10/w.bin"], &["carol", "dave", "bob"]),
+            Ok(3)
         );
+        // Case does not dodge a rule.
+        assert!(check(&["M.SafeTensors"], &["alice"])
+            .unwrap_err()
+            .contains("rule \"weights\""));
         // Two rules match: both hold.
-        assert!(check(&["m.70b.safetensors"], &["carol", "dave"])
+        assert!(check(&["m.70b.safetensors"], &["bob", "carol", "dave"])
             .unwrap_err()
             .starts_with("not approved: rule \"big-weights\": 0 of 1 approvals"));
         assert_eq!(
@@ -909,6 +941,7 @@ mod tests {
             ("name = \"big-weights\"", "name = \"weights\""),
             ("paths = [\"*.70b.safetensors\"]", "paths = []"),
             ("paths = [\"*.70b.safetensors\"]", "paths = [\"[\"]"),
+            ("paths = [\"*.70b.safetensors\"]", "paths = [\"/abs/*\"]"),
             ("threshold = 2", "threshold = 3"),
         ] {
             let text = std::fs::read_to_string(&policy_path)

@@ -142,6 +142,21 @@ pub struct ConfigFile {
     table: toml::Table,
 }
 
+/// A TOML error as one line naming where it is: `line 3, column 7: invalid string` (toml's
+/// own message spans several lines with a source excerpt).
+pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let gist = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {gist}")
+        }
+        None => gist,
+    }
+}
+
 impl ConfigFile {
     /// Reads `path`; every key must be a long option of `command` (other than `config`).
     pub fn load(path: &Path, command: &clap::Command) -> Result<Self, UsageError> {
@@ -153,9 +168,7 @@ impl ConfigFile {
     /// Parses `text`, the contents of `path`; every key must be a long option of `command`.
     pub fn parse(path: &Path, text: &str, command: &clap::Command) -> Result<Self, UsageError> {
         let fail = |why: String| UsageError(format!("--config {}: {why}", path.display()));
-        // toml's messages span several lines with a source excerpt; keep the gist.
-        let table: toml::Table =
-            toml::from_str(text).map_err(|e| fail(e.message().trim().replace('\n', " ")))?;
+        let table: toml::Table = toml::from_str(text).map_err(|e| fail(toml_error(text, &e)))?;
         let known: Vec<&str> = command
             .get_arguments()
             .filter_map(clap::Arg::get_long)
@@ -523,7 +536,15 @@ pub fn report_clap_error(e: &clap::Error) -> ExitStatus {
                 .find(|l| !l.trim().is_empty())
                 .unwrap_or("error: bad usage")
                 .trim();
-            eprintln!("{line} (see --help)");
+            // clap's "did you mean": `tip: a similar argument exists: '--rate'`.
+            let tip = text
+                .lines()
+                .map(str::trim)
+                .find(|l| l.starts_with("tip: a similar"))
+                .and_then(|l| l.rsplit(": ").next())
+                .map(|similar| format!("; did you mean {similar}?"))
+                .unwrap_or_default();
+            eprintln!("{line}{tip} (see --help)");
             ExitStatus::Usage
         }
     }
@@ -601,5 +622,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("--config ") && !err.contains('\n'), "{err}");
+        // Issue 31, item 5: where the syntax error is.
+        std::fs::write(&path, "# rates\nrate = \"1MB\"\nrate 5\n").unwrap();
+        let err = ConfigFile::load(&path, &Args::command())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(": line 3, column 6: "), "{err}");
     }
 }

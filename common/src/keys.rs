@@ -45,6 +45,17 @@ pub enum KeyError {
     LoosePermissions { path: PathBuf, mode: u32 },
     #[error("{path} already exists; refusing to overwrite a key")]
     Exists { path: PathBuf },
+    #[error("{path} is a directory, not a key file")]
+    Directory { path: PathBuf },
+    #[error(
+        "{path} is a public key; this option takes a secret key file (sender.key, receiver.key)"
+    )]
+    PublicGiven { path: PathBuf },
+    #[error(
+        "{path} is a secret key (an age identity, AGE-SECRET-KEY-1…): --recipient takes the \
+         receiver's public receiver.pub; keep this file on the receiving box only"
+    )]
+    SecretGiven { path: PathBuf },
     #[error("key generation failed: {0}")]
     Generate(String),
 }
@@ -110,7 +121,20 @@ fn write_new(path: &Path, contents: &str, secret: bool) -> Result<(), KeyError> 
 
 /// Reads a secret key file after checking nobody but the owner can touch it.
 fn read_secret(path: &Path) -> Result<String, KeyError> {
+    // What the file is comes first: a public key or a directory given by mistake is named as
+    // such, not met with advice to chmod it.
     let meta = std::fs::metadata(path).map_err(io_err(path))?;
+    if meta.is_dir() {
+        return Err(KeyError::Directory {
+            path: path.to_path_buf(),
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    if looks_public(&text) {
+        return Err(KeyError::PublicGiven {
+            path: path.to_path_buf(),
+        });
+    }
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(KeyError::LoosePermissions {
@@ -118,7 +142,20 @@ fn read_secret(path: &Path) -> Result<String, KeyError> {
             mode,
         });
     }
-    std::fs::read_to_string(path).map_err(io_err(path))
+    Ok(text)
+}
+
+/// A minisign public key file, or age recipients: never a secret.
+fn looks_public(text: &str) -> bool {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    lines
+        .first()
+        .is_some_and(|l| l.starts_with("untrusted comment: minisign public key"))
+        || (!lines.is_empty() && lines.iter().all(|l| l.starts_with("age1")))
 }
 
 /// Reads a public key file (anyone may read it).
@@ -169,7 +206,17 @@ pub fn load_identities(path: &Path) -> Result<Vec<age::x25519::Identity>, KeyErr
 
 /// Loads every `age1…` recipient in a file (comment lines ignored).
 pub fn load_recipients(path: &Path) -> Result<Vec<age::x25519::Recipient>, KeyError> {
+    if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
+        return Err(KeyError::Directory {
+            path: path.to_path_buf(),
+        });
+    }
     let text = read_public(path)?;
+    if text.contains("AGE-SECRET-KEY-") {
+        return Err(KeyError::SecretGiven {
+            path: path.to_path_buf(),
+        });
+    }
     let recipients: Vec<_> = text
         .lines()
         .map(str::trim)
@@ -405,6 +452,47 @@ mod tests {
         assert!(matches!(
             generate_receiver_keys(dir.path()),
             Err(KeyError::Exists { .. })
+        ));
+    }
+
+    /// Issue 31, item 5: a key file given to the wrong option is named for what it is — a
+    /// public key or a directory as a secret key (not "run chmod 600"), a secret key as a
+    /// recipient (called a secret) — before any mode check.
+    #[test]
+    fn a_key_given_to_the_wrong_option_is_named_for_what_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        generate_sender_keys(&dir.path().join("s")).unwrap();
+        generate_receiver_keys(&dir.path().join("r")).unwrap();
+        let public = dir.path().join("s").join(SENDER_PUB);
+        // Public key files are world-readable: still not told to chmod them.
+        std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = SigningKey::load(&public).unwrap_err().to_string();
+        assert!(
+            err.contains("is a public key") && !err.contains("chmod"),
+            "{err}"
+        );
+        let err = SigningKey::load(&dir.path().join("s"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is a directory"), "{err}");
+        let err = match load_identities(&dir.path().join("r").join(RECEIVER_PUB)) {
+            Ok(_) => panic!("a public key loaded as an identity"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("is a public key"), "{err}");
+        let err = load_recipients(&dir.path().join("r").join(RECEIVER_KEY))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("is a secret key") && err.contains("receiver.pub"),
+            "{err}"
+        );
+        // The real thing, with loose permissions, is still refused for them.
+        let secret = dir.path().join("s").join(SENDER_KEY);
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            SigningKey::load(&secret),
+            Err(KeyError::LoosePermissions { .. })
         ));
     }
 

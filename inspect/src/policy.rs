@@ -93,7 +93,8 @@ impl Policy {
 
     /// Parses `text`, the contents of a policy file in `base` (key files are read from there).
     pub fn parse_at(text: &str, base: &Path) -> Result<Policy, String> {
-        let file: PolicyFile = toml::from_str(text).map_err(|e| e.message().to_string())?;
+        let file: PolicyFile =
+            toml::from_str(text).map_err(|e| sluice_common::config::toml_error(text, &e))?;
         let max_file_size = file
             .max_file_size
             .map(|s| {

@@ -178,6 +178,11 @@ fn usage_errors_are_one_line_naming_the_option_with_status_2() {
         (vec!["--identity", "r.key"], "--link is required"),
         (vec!["--link", "tcp://x:1"], "udp://HOST:PORT"),
         ([&common[..], &["--frobnicate"]].concat(), "--frobnicate"),
+        // A typo gets clap's suggestion, on the one line.
+        (
+            [&common[..], &["--max-memroy", "1GiB"]].concat(),
+            "did you mean '--max-memory'?",
+        ),
         (
             vec![
                 "--config",

@@ -509,8 +509,22 @@ fn request(
             .into_owned();
         format!("{user}@{host}")
     });
-    let request = Request::new(purpose, &requester, valid_for, files).map_err(refused)?;
+    let mut request = Request::new(purpose, &requester, valid_for, files).map_err(refused)?;
+    // Without reports, the first version: receivers that read only it take the request.
+    if request.files.iter().all(|f| f.report.is_none()) {
+        request.version = 1;
+    }
     let text = request.to_text().map_err(refused)?;
+    if text.len() > MAX_REQUEST_LEN {
+        return Err((
+            ExitStatus::Failure,
+            format!(
+                "the request would be {} bytes, more than the {MAX_REQUEST_LEN} a request may \
+                 have (it travels in every manifest): split the export, or --no-report",
+                text.len()
+            ),
+        ));
+    }
     write_new(out, text.as_bytes())?;
     println!(
         "wrote {} ({} files, expires {}); approvers sign it with minisign -S",
@@ -782,8 +796,9 @@ fn show(
                 } else {
                     out.push_str("      report as the request says (NOT what the file shows):\n");
                 }
+                // The request's own text is marked as such: it cannot pass for show's lines.
                 for line in said {
-                    out.push_str(&format!("        {line}\n"));
+                    out.push_str(&format!("        │ {line}\n"));
                 }
                 if computed.as_ref() != Some(said) {
                     out.push_str("      report of the file given:\n");
@@ -795,7 +810,7 @@ fn show(
             (Some(said), None) => {
                 out.push_str("      report (the requester's; give the files to check it):\n");
                 for line in said {
-                    out.push_str(&format!("        {line}\n"));
+                    out.push_str(&format!("        │ {line}\n"));
                 }
             }
             (None, Some(Some(now))) => {

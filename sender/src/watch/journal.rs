@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -58,17 +58,23 @@ pub struct Record {
 /// The open items of the journal in `dir`, oldest first, read without taking its lock (for
 /// `sluice-send status`, beside a running daemon: a line being written is torn, and ignored).
 pub fn read_open(dir: &Path) -> io::Result<Vec<(String, Record)>> {
-    let file = File::open(dir.join(FILE))?;
-    let lines = io::BufReader::new(file)
-        .lines()
-        .collect::<io::Result<Vec<String>>>()?;
     let mut replayed = Replayed::default();
-    for line in lines {
-        if let Ok(line) = serde_json::from_str::<Line>(&line) {
-            replayed.apply(line);
-        }
+    for line in read_lines(&mut File::open(dir.join(FILE))?)? {
+        replayed.apply(line);
     }
     Ok(replayed.items())
+}
+
+/// The journal's whole lines, split on bytes: a line torn mid-character (a kill while an item
+/// named in UTF-8 was written) is skipped like any other torn line, never an error.
+fn read_lines(file: &mut File) -> io::Result<Vec<Line>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes
+        .split(|b| *b == b'\n')
+        .filter_map(|line| serde_json::from_slice::<Line>(line).ok())
+        .collect())
 }
 
 /// The journal, locked for as long as it lives.
@@ -148,9 +154,8 @@ impl Journal {
                 )
             },
         )?;
-        let lines = io::BufReader::new(&file)
-            .lines()
-            .collect::<io::Result<Vec<String>>>()?;
+        let mut file = file;
+        let lines = read_lines(&mut file)?;
         let mut journal = Journal {
             dir: dir.to_path_buf(),
             file,
@@ -162,12 +167,10 @@ impl Journal {
         Ok(journal)
     }
 
-    fn replay(&mut self, lines: Vec<String>) {
+    /// A torn or foreign line was skipped: what it began was never acted on.
+    fn replay(&mut self, lines: Vec<Line>) {
         for line in lines {
-            // A torn or foreign line: what it began was never acted on.
-            if let Ok(line) = serde_json::from_str::<Line>(&line) {
-                self.open.apply(line);
-            }
+            self.open.apply(line);
         }
     }
 
@@ -282,7 +285,11 @@ mod tests {
             .unwrap();
         file.write_all(br#"{"item":"b","fingerprint":"2","sta"#)
             .unwrap();
+        // And one cut in the middle of a character of a writer's UTF-8 name.
+        file.write_all(b"\n{\"item\":\"r\xc3").unwrap();
         drop(file);
+        let beside = read_open(dir.path()).unwrap();
+        assert_eq!(beside.len(), 3, "{beside:?}");
 
         let journal = Journal::open(dir.path()).unwrap();
         let open = journal.open_items();

@@ -14,6 +14,7 @@ use super::journal::{self, State};
 use super::request::REQUEST_FILE;
 use super::{outbox, REFUSED_DIR};
 use crate::cli::WatchArgs;
+use sluice_protocol::manifest::MAX_REQUEST_LEN;
 
 /// Sent items listed by name; the others are counted.
 const LATEST_SENT: usize = 5;
@@ -158,7 +159,7 @@ pub fn status(options: &StatusOptions) -> Result<Status, String> {
         let mut names = refused_dir.names().unwrap_or_default();
         names.sort();
         for name in names.iter().filter(|n| !n.ends_with(".reason")) {
-            let reason = read_small(&refused_dir, &format!("{name}.reason"))
+            let reason = read_small(&refused_dir, &format!("{name}.reason"), MAX_REQUEST_LEN)
                 .map(|text| clip(text.trim()))
                 .unwrap_or_else(|| "(no reason file)".into());
             refused.push(Refused {
@@ -167,9 +168,13 @@ pub fn status(options: &StatusOptions) -> Result<Status, String> {
             });
         }
     }
-    let mut sent: Vec<String> = Dir::open(&options.sent)
-        .and_then(|d| d.names())
-        .unwrap_or_default();
+    // The default OUTBOX/.sent through the outbox's fd, never followed (a writer may plant
+    // one while the daemon uses another --sent).
+    let sent_dir = match options.sent == options.outbox.join(".sent") {
+        true => dir.open_dir(".sent"),
+        false => Dir::open(&options.sent),
+    };
+    let mut sent: Vec<String> = sent_dir.and_then(|d| d.names()).unwrap_or_default();
     sent.sort();
     let latest_sent = sent.iter().rev().take(LATEST_SENT).cloned().collect();
     Ok(Status {
@@ -186,7 +191,7 @@ fn who_signed(outbox: &Dir, name: &str, policy: &sluice_common::approval::Policy
     let Ok(item) = outbox.open_dir(name) else {
         return "cannot open the item".into();
     };
-    let Some(request) = read_small(&item, REQUEST_FILE) else {
+    let Some(request) = read_small(&item, REQUEST_FILE, MAX_REQUEST_LEN) else {
         return format!("no readable {REQUEST_FILE}");
     };
     let mut names = item.names().unwrap_or_default();
@@ -195,7 +200,10 @@ fn who_signed(outbox: &Dir, name: &str, policy: &sluice_common::approval::Policy
         .iter()
         .filter(|n| n.ends_with(".minisig"))
         .take(sluice_protocol::manifest::MAX_APPROVAL_SIGNATURES)
-        .filter_map(|n| read_small(&item, n).map(String::into_bytes))
+        .filter_map(|n| {
+            read_small(&item, n, sluice_protocol::manifest::MAX_SIGNATURE_LEN)
+                .map(String::into_bytes)
+        })
         .collect();
     let parsed = match sluice_common::approval::Request::parse(&request, REQUEST_FILE) {
         Ok(parsed) => parsed,
@@ -218,14 +226,12 @@ fn who_signed(outbox: &Dir, name: &str, policy: &sluice_common::approval::Policy
     )
 }
 
-/// A small regular file of `dir` (at most a request's length), never following a link.
-fn read_small(dir: &Dir, name: &str) -> Option<String> {
+/// At most `limit` bytes of the regular file `name` of `dir`, never following a link.
+fn read_small(dir: &Dir, name: &str, limit: usize) -> Option<String> {
     use std::io::Read;
     let (file, _) = dir.open_regular(name).ok()?;
     let mut text = String::new();
-    file.take(sluice_protocol::manifest::MAX_REQUEST_LEN as u64)
-        .read_to_string(&mut text)
-        .ok()?;
+    file.take(limit as u64).read_to_string(&mut text).ok()?;
     Some(text)
 }
 
@@ -254,7 +260,7 @@ fn print_text(status: &Status) {
         for item in items {
             let name = sluice_common::paths::escaped(&item.item);
             match &item.detail {
-                Some(detail) => println!("  {name}  {detail}"),
+                Some(detail) => println!("  {name}  {}", sluice_common::paths::escaped(detail)),
                 None => println!("  {name}"),
             }
         }

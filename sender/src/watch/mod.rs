@@ -73,7 +73,7 @@ pub async fn run(
         .send
         .policy
         .as_deref()
-        .map(crate::load_policy)
+        .map(crate::content::load_policy)
         .transpose()?;
     let gated = approvals.is_some() || content.is_some();
     let Ends {
@@ -448,7 +448,7 @@ impl Checks {
             }
         };
         if let Some(policy) = &self.content {
-            let refused = crate::check_policy(policy, &listing.objects);
+            let refused = crate::content::check_policy(policy, &listing.objects);
             if let Some((path, reason)) = refused.first() {
                 return Err(NotApproved {
                     pending: false,

@@ -573,17 +573,11 @@ fn read_files(
         let cannot = |e: std::io::Error| format!("cannot read {shown}: {e}");
         let (mut reader, _) = opened.map_err(cannot)?;
         let mut copy = tempfile::tempfile().map_err(cannot)?;
-        let mut hash = Sha256::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut size = 0u64;
-        loop {
-            let n = reader.read(&mut buf).map_err(cannot)?;
-            if n == 0 {
-                break;
-            }
-            hash.update(&buf[..n]);
-            std::io::Write::write_all(&mut copy, &buf[..n]).map_err(cannot)?;
-            size += n as u64;
+        let listed = object.size.unwrap_or(u64::MAX);
+        let (size, sha256) =
+            objects::copy_hashing(&mut reader, &mut copy, listed, None).map_err(cannot)?;
+        if size > listed {
+            return Err(format!("{shown} grew while it was being read"));
         }
         let report = match reports {
             Some(policy) if report_bytes < MAX_REPORTS_BYTES => {
@@ -605,7 +599,7 @@ fn read_files(
         files.push(RequestFile {
             path: object.path.clone(),
             size,
-            sha256: hex::encode(hash.finalize()),
+            sha256,
             report,
         });
     }

@@ -4,17 +4,12 @@
 //! A writer who rewrites a file in place after it was read (same inode, same size, the mtime
 //! put back) changes nothing that is sent.
 
-use std::io::{Read, Write};
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
 use sluice_common::service::Stage;
 
 use crate::approve::Digests;
 use crate::objects::{HeldCopy, Source, SourceObject};
-
-/// Bytes copied per watchdog step.
-const CHUNK: usize = 1 << 20;
 
 /// The files of `objects` (path → size and SHA-256 hex, as copied), each object now reading
 /// its copy in `dir`. A file is read up to the size it was listed with, and one byte more to
@@ -34,29 +29,15 @@ pub fn hold(
         };
         let shown = object.source.shown();
         let cannot = |e: std::io::Error| format!("cannot read {shown}: {e}");
-        let (reader, _) = opened.map_err(cannot)?;
-        let mut reader = reader.take(listed.saturating_add(1));
+        let (mut reader, _) = opened.map_err(cannot)?;
         let mut copy = tempfile::tempfile_in(dir)
             .map_err(|e| format!("cannot make a private copy in {}: {e}", dir.display()))?;
-        let mut hash = Sha256::new();
-        let mut size = 0u64;
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            let step = stage.map(Stage::step);
-            let n = reader.read(&mut buf).map_err(cannot)?;
-            if n == 0 {
-                break;
-            }
-            hash.update(&buf[..n]);
-            copy.write_all(&buf[..n])
-                .map_err(|e| format!("cannot copy {shown}: {e}"))?;
-            size += n as u64;
-            drop(step);
-        }
+        let (size, sha256) =
+            crate::objects::copy_hashing(&mut reader, &mut copy, listed, stage).map_err(cannot)?;
         if size > listed {
             return Err(format!("{shown} grew while it was being checked"));
         }
-        files.insert(object.path.clone(), (size, hex::encode(hash.finalize())));
+        files.insert(object.path.clone(), (size, sha256));
         object.size = Some(size);
         object.source = Source::Held(HeldCopy::new(copy, size, shown.into()));
         held.push(object);
@@ -69,6 +50,7 @@ mod tests {
     use super::*;
     use crate::watch::outbox::Listing;
     use sluice_common::beneath::Dir;
+    use std::io::{Read, Write};
     use std::sync::Arc;
 
     /// The review's finding: the checks read a file, then the encoder opened it again; a

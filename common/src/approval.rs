@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use sluice_protocol::manifest::{Approval, Entry, EntryKind};
 
+use crate::budget::{Charge, Demand, Limit};
 use crate::keys::{self, KeyId, TrustedKeys};
 use crate::paths;
 
@@ -283,6 +284,8 @@ pub struct Policy {
     /// `approvers/alice.pub`); keys given as lines have none.
     names: BTreeMap<u64, String>,
     rules: Vec<Rule>,
+    /// What may leave in a day, all exports together.
+    budget: Limit,
 }
 
 /// `[[rule]]` of `approvals.toml`: files whose path matches `paths` need `threshold` of its
@@ -295,6 +298,16 @@ struct Rule {
     patterns: Vec<Vec<globset::GlobMatcher>>,
     threshold: usize,
     approvers: TrustedKeys,
+    /// What may leave in a day of the files it matches.
+    budget: Limit,
+}
+
+impl Rule {
+    fn matches(&self, path: &str) -> bool {
+        self.patterns
+            .iter()
+            .any(|m| m.iter().any(|g| g.is_match(path)))
+    }
 }
 
 /// One quorum a request must meet: the default's, or a rule's.
@@ -336,6 +349,30 @@ struct PolicyFile {
     groups: BTreeMap<String, Vec<String>>,
     #[serde(default, rename = "rule")]
     rules: Vec<RuleFile>,
+    #[serde(default)]
+    bytes_per_day: Option<SizeValue>,
+    #[serde(default)]
+    files_per_day: Option<u64>,
+}
+
+/// A size as a number of bytes or with a unit (`"10 GiB"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+/// A budget's limits as the file gives them.
+fn limit_of(bytes: Option<&SizeValue>, files: Option<u64>) -> Result<Limit, String> {
+    let bytes = match bytes {
+        None => None,
+        Some(SizeValue::Bytes(n)) => Some(*n),
+        Some(SizeValue::Text(text)) => {
+            Some(crate::units::parse_bytes(text).map_err(|e| format!("bytes_per_day: {e}"))?)
+        }
+    };
+    Ok(Limit { bytes, files })
 }
 
 #[derive(Debug, Deserialize)]
@@ -346,6 +383,10 @@ struct RuleFile {
     threshold: usize,
     /// A group's name, or approver entries.
     approvers: ApproverList,
+    #[serde(default)]
+    bytes_per_day: Option<SizeValue>,
+    #[serde(default)]
+    files_per_day: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -424,9 +465,13 @@ impl Policy {
         let mut names = BTreeMap::new();
         let keys = load_entries(&file.approvers, &base, &mut names).map_err(bad)?;
         let mut policy = Policy::new(file.threshold, keys).map_err(bad)?;
+        policy.budget = limit_of(file.bytes_per_day.as_ref(), file.files_per_day).map_err(bad)?;
         let mut seen = BTreeSet::new();
         for rule in &file.rules {
             let bad_rule = |why: String| bad(format!("rule {:?}: {why}", rule.name));
+            if rule.name.is_empty() {
+                return Err(bad_rule("a rule needs a name".into()));
+            }
             if !seen.insert(rule.name.as_str()) {
                 return Err(bad_rule("named twice".into()));
             }
@@ -464,11 +509,14 @@ impl Policy {
                 }
                 patterns.push(matchers);
             }
+            let budget =
+                limit_of(rule.bytes_per_day.as_ref(), rule.files_per_day).map_err(bad_rule)?;
             policy.rules.push(Rule {
                 name: rule.name.clone(),
                 patterns,
                 threshold: rule.threshold,
                 approvers,
+                budget,
             });
         }
         policy.names = names;
@@ -485,11 +533,7 @@ impl Policy {
         let mut rules = BTreeSet::new();
         for path in paths {
             for (at, rule) in self.rules.iter().enumerate() {
-                if rule
-                    .patterns
-                    .iter()
-                    .any(|m| m.iter().any(|g| g.is_match(path)))
-                {
+                if rule.matches(path) {
                     rules.insert(at);
                 }
             }
@@ -571,7 +615,52 @@ impl Policy {
             approvers,
             names: BTreeMap::new(),
             rules: Vec::new(),
+            budget: Limit::default(),
         })
+    }
+
+    /// The budgets set (`bytes_per_day`, `files_per_day`): the default's under the key `""`,
+    /// each rule's under its name.
+    pub fn budgets(&self) -> Vec<(&str, Limit)> {
+        let rules = self.rules.iter().map(|r| (r.name.as_str(), r.budget));
+        std::iter::once(("", self.budget))
+            .chain(rules)
+            .filter(|(_, limit)| limit.is_set())
+            .collect()
+    }
+
+    /// What exporting `files` (path, size) asks of the budgets set: every file counts
+    /// against the default's and against each rule its path matches.
+    pub fn demand<'a>(&self, files: impl IntoIterator<Item = (&'a str, u64)>) -> Demand {
+        let budgets = self.budgets();
+        let mut charges: Vec<Charge> = budgets
+            .iter()
+            .map(|(name, _)| Charge {
+                budget: (*name).to_string(),
+                bytes: 0,
+                files: 0,
+            })
+            .collect();
+        for (path, size) in files {
+            for (charge, (name, _)) in charges.iter_mut().zip(&budgets) {
+                let counts = name.is_empty()
+                    || self
+                        .rules
+                        .iter()
+                        .any(|r| r.name == *name && r.matches(path));
+                if counts {
+                    charge.bytes = charge.bytes.saturating_add(size);
+                    charge.files += 1;
+                }
+            }
+        }
+        let (limits, charges) = budgets
+            .into_iter()
+            .zip(charges)
+            .filter(|(_, charge)| charge.files > 0)
+            .map(|((name, limit), charge)| ((name.to_string(), limit), charge))
+            .unzip();
+        Demand { limits, charges }
     }
 
     /// The approvers' key ids.
@@ -950,6 +1039,57 @@ mod tests {
             let bad = dir.path().join("bad.toml");
             std::fs::write(&bad, text).unwrap();
             assert!(Policy::load(&bad).is_err(), "{why}");
+        }
+    }
+
+    #[test]
+    fn budgets_count_every_file_against_the_default_and_the_rules_it_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let pair = keypair();
+        let key = pair.pk.to_box().unwrap().to_string();
+        std::fs::write(dir.path().join("alice.pub"), key).unwrap();
+        let path = dir.path().join("approvals.toml");
+        std::fs::write(
+            &path,
+            "threshold = 1\napprovers = [\"alice.pub\"]\nbytes_per_day = \"10 GiB\"\n\
+             [[rule]]\nname = \"weights\"\npaths = [\"*.safetensors\"]\nthreshold = 1\n\
+             approvers = [\"alice.pub\"]\nbytes_per_day = 1048576\nfiles_per_day = 3\n\
+             [[rule]]\nname = \"pickles\"\npaths = [\"*.pt\"]\nthreshold = 1\n\
+             approvers = [\"alice.pub\"]\nfiles_per_day = 0\n\
+             [[rule]]\nname = \"reports\"\npaths = [\"*.pdf\"]\nthreshold = 1\n\
+             approvers = [\"alice.pub\"]\n",
+        )
+        .unwrap();
+        let policy = Policy::load(&path).unwrap();
+        let names: Vec<&str> = policy.budgets().iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["", "weights", "pickles"]);
+        let demand = policy.demand([("a/m.SafeTensors", 600), ("r.pdf", 5), ("b.safetensors", 1)]);
+        let got: Vec<(&str, u64, u64)> = demand
+            .charges
+            .iter()
+            .map(|c| (c.budget.as_str(), c.bytes, c.files))
+            .collect();
+        assert_eq!(got, [("", 606, 3), ("weights", 601, 2)]);
+        let usage = crate::budget::Usage::default();
+        assert_eq!(demand.check(&usage, 1), Ok(()));
+        let pickle = policy.demand([("x/model.pt", 0)]);
+        let refused = pickle.check(&usage, 1).unwrap_err();
+        assert!(refused.never_fits(), "{refused}");
+        assert!(
+            refused.to_string().contains("rule \"pickles\""),
+            "{refused}"
+        );
+        for bad in [
+            "bytes_per_day = \"ten\"",
+            "bytes_per_day = -1",
+            "files_per_day = \"3\"",
+        ] {
+            std::fs::write(
+                &path,
+                format!("threshold = 1\napprovers = [\"alice.pub\"]\n{bad}\n"),
+            )
+            .unwrap();
+            assert!(Policy::load(&path).is_err(), "{bad}");
         }
     }
 

@@ -15,6 +15,7 @@
 pub mod approval;
 pub mod audit;
 pub mod beneath;
+pub mod budget;
 pub mod config;
 pub mod envelope;
 pub mod exit;

@@ -32,6 +32,7 @@ pub enum Values {
     Count(u64),
     CountBy(&'static str, Vec<(Cow<'static, str>, u64)>),
     Gauge(f64),
+    GaugeBy(&'static str, Vec<(Cow<'static, str>, f64)>),
 }
 
 impl Metric {
@@ -69,6 +70,23 @@ impl Metric {
             values: Values::Gauge(value),
         }
     }
+
+    /// A gauge by one label.
+    pub fn gauge_by(
+        name: &'static str,
+        help: &'static str,
+        label: &'static str,
+        values: impl IntoIterator<Item = (impl Into<Cow<'static, str>>, f64)>,
+    ) -> Metric {
+        Metric {
+            name,
+            help,
+            values: Values::GaugeBy(
+                label,
+                values.into_iter().map(|(l, v)| (l.into(), v)).collect(),
+            ),
+        }
+    }
 }
 
 /// What a daemon hands the endpoint: its metrics, read now.
@@ -88,7 +106,7 @@ impl prometheus_client::collector::Collector for Collector {
         for metric in (self.0)() {
             let metric_type = match metric.values {
                 Values::Count(_) | Values::CountBy(..) => ConstCounter::new(0u64).metric_type(),
-                Values::Gauge(_) => ConstGauge::new(0.0f64).metric_type(),
+                Values::Gauge(_) | Values::GaugeBy(..) => ConstGauge::new(0.0f64).metric_type(),
             };
             let mut family =
                 encoder.encode_descriptor(metric.name, metric.help, None, metric_type)?;
@@ -99,6 +117,12 @@ impl prometheus_client::collector::Collector for Collector {
                     for (label_value, n) in values {
                         let labels = [(*label, label_value.as_ref())];
                         ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
+                    }
+                }
+                Values::GaugeBy(label, values) => {
+                    for (label_value, v) in values {
+                        let labels = [(*label, label_value.as_ref())];
+                        ConstGauge::new(*v).encode(family.encode_family(&labels)?)?;
                     }
                 }
             }

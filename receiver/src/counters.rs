@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use sluice_common::budget::{self, BudgetKey, Limit, Usage};
 use sluice_common::metrics::Metric;
 use sluice_protocol::counters::{DropCounters, DropReason};
 use sluice_protocol::rx::RxStats;
@@ -51,6 +52,9 @@ pub struct Counters {
     links_down: AtomicU64,
     /// Datagrams each link brought, with several links.
     link_datagrams: Mutex<Vec<u64>>,
+    /// The export budgets of `--approval-policy` and what the deliveries spent (written by
+    /// the publisher, which owns the use).
+    export_budget: Mutex<(Vec<(BudgetKey, Limit)>, Usage)>,
 }
 
 /// Counts only the delivery core knows, kept by it as it decides (it is sans-IO, so it holds
@@ -167,6 +171,7 @@ impl Counters {
             kernel_drops: AtomicU64::new(0),
             links_down: AtomicU64::new(0),
             link_datagrams: Mutex::new(Vec::new()),
+            export_budget: Mutex::new(Default::default()),
         }
     }
 
@@ -321,8 +326,29 @@ impl Counters {
 }
 
 impl Counters {
+    /// The export budgets and what the deliveries spent of them, now.
+    pub fn set_export_budget(&self, limits: &[(BudgetKey, Limit)], usage: &Usage) {
+        *self
+            .export_budget
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = (limits.to_vec(), usage.clone());
+    }
+
     /// The figures `/metrics` serves, from the same snapshot the summary reads.
     pub fn metrics(&self) -> Vec<Metric> {
+        let budgets = {
+            let guard = self
+                .export_budget
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            budget::metrics(&guard.0, &guard.1, budget::minute_now())
+        };
+        let mut metrics = self.run_metrics();
+        metrics.extend(budgets);
+        metrics
+    }
+
+    fn run_metrics(&self) -> Vec<Metric> {
         let s = self.snapshot();
         let since_last_frame = s.last_frame.map_or(f64::NAN, |last| {
             self.base.elapsed().saturating_sub(last).as_secs_f64()

@@ -79,6 +79,9 @@ pub enum Failure {
     /// `--approval-policy` is set and the object's approval does not pass it (the stable
     /// phrases of `sluice_common::approval::ApprovalError`).
     NotApproved(String),
+    /// `--approval-policy` sets export budgets and the file does not fit what this receiver
+    /// delivered in the last day (`sluice_common::budget::Exceeded`'s phrase).
+    OverBudget(String),
     /// The object store did not take the file before the receiver stopped: it stays in the
     /// state directory and is uploaded at the next start.
     StoreUnavailable(String),
@@ -154,7 +157,7 @@ impl fmt::Display for Failure {
             Failure::NoManifest => f.write_str("manifest never arrived"),
             Failure::Stale => f.write_str("stale: older than the delivered version"),
             Failure::Evicted(why) => write!(f, "evicted: {why}"),
-            Failure::NotApproved(why) => f.write_str(why),
+            Failure::NotApproved(why) | Failure::OverBudget(why) => f.write_str(why),
             Failure::StoreUnavailable(why) => write!(
                 f,
                 "not uploaded before the receiver stopped: {why} (kept in the state directory \

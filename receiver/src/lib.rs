@@ -48,6 +48,7 @@ pub mod counters;
 mod delivery;
 mod dispatch;
 mod error;
+mod export_budget;
 pub mod failure;
 mod flow;
 pub mod footprint;
@@ -368,6 +369,7 @@ impl Receiver {
         threads.push(
             publisher::spawn(
                 ctx.clone(),
+                counters.clone(),
                 sink::open(store, counters.clone()),
                 publish_rx,
                 input_tx.clone(),

@@ -36,7 +36,9 @@ use sluice_inspect::signing;
 use sluice_protocol::manifest::{Entry, EntryKind, Manifest};
 
 use crate::context::{self, Context};
+use crate::counters::Counters;
 use crate::delivery::{Committed, EntryOutcome, Input, PublishJob, Released, Reply};
+use crate::export_budget::ExportBudget;
 use crate::failure::Failure;
 use crate::gate::{self, Inspected, Inspection, Inspectors};
 use crate::held::{self, HeldMeta};
@@ -150,11 +152,14 @@ struct Publisher {
     forget: Vec<u64>,
     /// Signatures held, as checked (by held id).
     verified: HashMap<u64, Arc<Result<signing::Signed, String>>>,
+    /// The export budgets of `--approval-policy`, if it sets any.
+    budget: Option<ExportBudget>,
 }
 
 /// Starts the publisher; it runs until `jobs` closes, then commits what is left.
 pub(crate) fn spawn(
     ctx: Arc<Context>,
+    counters: Arc<Counters>,
     sink: Box<dyn Sink>,
     jobs: flume::Receiver<PublishJob>,
     replies: flume::Sender<Input>,
@@ -171,6 +176,7 @@ pub(crate) fn spawn(
                     None
                 }
             };
+            let budget = ExportBudget::open(ctx.approval.as_ref(), ctx.state.records(), counters);
             let mut publisher = Publisher {
                 ctx,
                 replies,
@@ -187,6 +193,7 @@ pub(crate) fn spawn(
                 released_finished: Vec::new(),
                 forget: Vec::new(),
                 verified: HashMap::new(),
+                budget,
             };
             publisher.run(&jobs);
         })
@@ -683,7 +690,12 @@ impl Publisher {
     /// in one durable transaction, and tells the delivery core: an entry counts as delivered
     /// only once its directory entry and its record are durable.
     fn commit(&mut self) {
-        if self.uncommitted.is_empty() && self.released.is_empty() {
+        let spent = self
+            .budget
+            .as_mut()
+            .map(ExportBudget::take_unspent)
+            .unwrap_or_default();
+        if self.uncommitted.is_empty() && self.released.is_empty() && spent.is_empty() {
             return;
         }
         self.sink.commit(&self.ctx);
@@ -691,7 +703,7 @@ impl Publisher {
         self.pending_sequences.clear();
         let mut finished: Vec<Finished> = batch.iter().map(|u| u.finished.clone()).collect();
         finished.append(&mut self.released_finished);
-        if let Err(e) = self.ctx.state.records().commit(&finished) {
+        if let Err(e) = self.ctx.state.records().commit_spent(&finished, &spent) {
             // The files are in place and durable; only the records are missing, so a replay
             // of them could be delivered again. Say so loudly.
             tracing::error!("cannot record {} deliveries: {e}", finished.len());
@@ -733,6 +745,7 @@ impl Publisher {
     ) -> Result<Placing, Failure> {
         let ctx = self.ctx.clone();
         let Some(trust) = model_trust(&ctx) else {
+            let staged = self.spend(&ctx, staged, e)?;
             return self
                 .sink
                 .place(&ctx, staged, e, signed)
@@ -740,10 +753,12 @@ impl Publisher {
         };
         let signed_before = |dir: &str| signature_delivered(&ctx, trust, dir);
         match self.models.arrive(trust, &e.path, e.size, signed_before) {
-            Arrival::Place => self
-                .sink
-                .place(&ctx, staged, e, signed)
-                .map(Placing::Placed),
+            Arrival::Place => {
+                let staged = self.spend(&ctx, staged, e)?;
+                self.sink
+                    .place(&ctx, staged, e, signed)
+                    .map(Placing::Placed)
+            }
             Arrival::Refuse(reason) => Err(gate::refuse(&ctx, e, staged, reason)),
             Arrival::Hold => {
                 match self.models.held_at(&e.path) {
@@ -759,6 +774,7 @@ impl Publisher {
                     }
                     None => {}
                 }
+                let staged = self.spend(&ctx, staged, e)?;
                 let id = self.next_held;
                 let Some(next) = id.checked_add(1) else {
                     let why = "files cannot wait for their model's signature this run (the \
@@ -790,6 +806,26 @@ impl Publisher {
                     self.settle(trust, &dir);
                 }
                 Ok(Placing::Held)
+            }
+        }
+    }
+
+    /// Takes the file `e` from the export budgets (when it is about to be placed or held),
+    /// or discards it with the budget's phrase.
+    fn spend(
+        &mut self,
+        ctx: &Context,
+        staged: StagedFile,
+        e: &Entry,
+    ) -> Result<StagedFile, Failure> {
+        let Some(budget) = self.budget.as_mut() else {
+            return Ok(staged);
+        };
+        match budget.spend(e) {
+            Ok(()) => Ok(staged),
+            Err(failure) => {
+                staged.discard(ctx);
+                Err(failure)
             }
         }
     }

@@ -18,6 +18,9 @@
 //!                                     (`--out s3://…`) and not yet completed or aborted:
 //!                                     recorded durably before its first part, so one a crash
 //!                                     cut short is aborted at the next start, not left behind
+//!   exported   (minute, budget)     → bytes and files delivered that count against an export
+//!                                     budget of `approvals.toml` (`""`: all exports), committed
+//!                                     with the deliveries; minutes older than a day pruned
 //! ```
 //!
 //! "Already delivered" is decided from these records alone — a record for the path with the
@@ -30,6 +33,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use sluice_common::budget::{self, Spent, Usage};
+
 use crate::object::ObjectKey;
 
 const LATEST: TableDefinition<&str, &[u8]> = TableDefinition::new("latest");
@@ -37,6 +42,7 @@ const SEQUENCES: TableDefinition<(u64, &str), u64> = TableDefinition::new("seque
 const DONE: TableDefinition<(u64, u64), u64> = TableDefinition::new("done");
 const MADE: TableDefinition<&str, ()> = TableDefinition::new("made");
 const UPLOADS: TableDefinition<&str, &str> = TableDefinition::new("uploads");
+const EXPORTED: TableDefinition<(u64, &str), (u64, u64)> = TableDefinition::new("exported");
 
 /// Done markers older than this are pruned at start: sessions are random per sender start,
 /// and the sequence records keep replays out after that.
@@ -116,6 +122,12 @@ impl Records {
             txn.open_table(SEQUENCES).map_err(err)?;
             txn.open_table(MADE).map_err(err)?;
             txn.open_table(UPLOADS).map_err(err)?;
+            let mut exported = txn.open_table(EXPORTED).map_err(err)?;
+            let oldest = budget::minute_now().saturating_sub(budget::WINDOW_MINUTES);
+            exported
+                .extract_if(|(minute, _), _| minute < oldest)
+                .map_err(err)?
+                .for_each(drop);
             let mut done = txn.open_table(DONE).map_err(err)?;
             let cutoff = now_secs().saturating_sub(DONE_RETENTION.as_secs());
             let pruned = done.extract_if(|_, at| at < cutoff).map_err(err)?.count();
@@ -125,6 +137,26 @@ impl Records {
         }
         txn.commit().map_err(err)?;
         Ok(records)
+    }
+
+    /// What was delivered against the export budgets in the last day.
+    pub fn export_usage(&self) -> Result<Usage, RecordsError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let exported = txn.open_table(EXPORTED).map_err(err)?;
+        let mut usage = Usage::default();
+        for row in exported.iter().map_err(err)? {
+            let (key, value) = row.map_err(err)?;
+            let (minute, budget) = key.value();
+            let (bytes, files) = value.value();
+            usage.add_spent(&Spent {
+                minute,
+                budget: budget.to_string(),
+                bytes,
+                files,
+            });
+        }
+        usage.prune(budget::minute_now());
+        Ok(usage)
     }
 
     /// Whether `obj` was finished by this or an earlier run.
@@ -234,7 +266,25 @@ impl Records {
 
     /// Records finished objects in one durable transaction (the group commit).
     pub fn commit(&self, finished: &[Finished]) -> Result<(), RecordsError> {
+        self.commit_spent(finished, &[])
+    }
+
+    /// [`Records::commit`], and what the deliveries took from the export budgets, in the
+    /// same transaction.
+    pub fn commit_spent(&self, finished: &[Finished], spent: &[Spent]) -> Result<(), RecordsError> {
         let txn = self.db.begin_write().map_err(err)?;
+        {
+            let mut exported = txn.open_table(EXPORTED).map_err(err)?;
+            for s in spent {
+                let key = (s.minute, s.budget.as_str());
+                let (bytes, files) = exported
+                    .get(key)
+                    .map_err(err)?
+                    .map_or((0, 0), |v| v.value());
+                let sum = (bytes.saturating_add(s.bytes), files.saturating_add(s.files));
+                exported.insert(key, sum).map_err(err)?;
+            }
+        }
         {
             let mut done = txn.open_table(DONE).map_err(err)?;
             let mut latest = txn.open_table(LATEST).map_err(err)?;

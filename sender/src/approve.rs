@@ -22,6 +22,7 @@ use std::time::SystemTime;
 use clap::{Parser, Subcommand};
 use sha2::{Digest, Sha256};
 use sluice_common::approval::{self, ApprovalError, Policy, Request, RequestFile};
+use sluice_common::budget::Demand;
 use sluice_common::exit::ExitStatus;
 use sluice_protocol::manifest::{
     Approval, EntryKind, MAX_APPROVAL_SIGNATURES, MAX_REQUEST_LEN, MAX_SIGNATURE_LEN,
@@ -202,6 +203,8 @@ pub struct Approved {
     pub names: Vec<String>,
     /// The request's exact bytes and the signatures given, as the manifests carry them.
     pub carried: Approval,
+    /// What its files ask of the export budgets (`bytes_per_day`, `files_per_day`).
+    pub demand: Demand,
 }
 
 /// Files by path: size and SHA-256 (lowercase hex), as read.
@@ -209,17 +212,36 @@ pub type Digests = BTreeMap<String, (u64, String)>;
 
 /// Why a request did not pass. `pending` when only approvals are missing: more signatures may
 /// still come (the watch daemon keeps such a request waiting; anything else is final).
+/// `recheck` when it waits for the export budget: looked at again as time passes, not only
+/// when it changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NotApproved {
     pub pending: bool,
+    pub recheck: bool,
     pub reason: String,
 }
 
 impl NotApproved {
-    fn refused(reason: impl std::fmt::Display) -> NotApproved {
+    pub fn refused(reason: impl std::fmt::Display) -> NotApproved {
         NotApproved {
             pending: false,
+            recheck: false,
             reason: reason.to_string(),
+        }
+    }
+
+    /// Over the export budget: waiting while it may fit later (or the ledger cannot be read:
+    /// an operator can mend it), refused if it never will.
+    pub fn over_budget(not_spent: &crate::export_budget::NotSpent) -> NotApproved {
+        use crate::export_budget::NotSpent;
+        let waits = match not_spent {
+            NotSpent::Exceeded(exceeded) => !exceeded.never_fits(),
+            NotSpent::Ledger(_) => true,
+        };
+        NotApproved {
+            pending: waits,
+            recheck: waits,
+            reason: not_spent.to_string(),
         }
     }
 }
@@ -303,6 +325,11 @@ pub struct Prechecked {
 }
 
 impl Prechecked {
+    /// What its files ask of the export budgets.
+    pub fn demand(&self) -> &Demand {
+        &self.approved.demand
+    }
+
     /// The last check: `files` (path → size and SHA-256 hex, as read) are exactly the
     /// request's, unchanged.
     pub fn finish(
@@ -369,6 +396,7 @@ pub fn precheck(
         };
         return Err(NotApproved {
             pending: true,
+            recheck: false,
             reason: format!("{short}; {}", who_signed(policy, tally)),
         });
     }
@@ -380,7 +408,6 @@ pub fn precheck(
     signed.dedup_by_key(|id| id.0);
     Ok(Prechecked {
         approved: Approved {
-            request,
             threshold: tallies
                 .iter()
                 .map(|t| t.threshold)
@@ -392,6 +419,8 @@ pub fn precheck(
                 request: bytes,
                 signatures,
             },
+            demand: policy.demand(request.files.iter().map(|f| (f.path.as_str(), f.size))),
+            request,
         },
     })
 }

@@ -3,8 +3,9 @@
 //! so can anything that wants live figures, without a lock.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
+use sluice_common::budget::{self, BudgetKey, Limit, Usage};
 use sluice_common::metrics::Metric;
 use sluice_common::outcome::Subscriber;
 use sluice_protocol::tx::TxStats;
@@ -32,6 +33,8 @@ pub struct Counters {
     /// checks refused and moved aside (a counter).
     outbox_pending: AtomicU64,
     outbox_refused: AtomicU64,
+    /// The export budgets of `approvals.toml` and what the ledger says is spent.
+    export_budget: Mutex<(Vec<(BudgetKey, Limit)>, Usage)>,
 }
 
 /// The counters at one moment.
@@ -92,6 +95,22 @@ impl Counters {
         self.outbox_pending.store(items, Ordering::Relaxed);
     }
 
+    /// The export budgets to show in `/metrics`, and what is spent of them.
+    pub(crate) fn set_budget_limits(&self, limits: Vec<(BudgetKey, Limit)>, usage: Usage) {
+        *self
+            .export_budget
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = (limits, usage);
+    }
+
+    /// What is spent of the export budgets, now.
+    pub(crate) fn set_export_budget(&self, usage: &Usage) {
+        self.export_budget
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .1 = usage.clone();
+    }
+
     /// One more item refused by the daemon's checks.
     pub(crate) fn count_refused_item(&self) {
         self.outbox_refused.fetch_add(1, Ordering::Relaxed);
@@ -107,7 +126,14 @@ impl Counters {
     /// `frame_overhead` is the link's bytes per frame beyond it (IP/UDP headers, COBS).
     pub fn metrics(&self, frame_overhead: u32) -> Vec<Metric> {
         let s = self.snapshot();
-        vec![
+        let budgets = {
+            let guard = self
+                .export_budget
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            budget::metrics(&guard.0, &guard.1, budget::minute_now())
+        };
+        let mut metrics = vec![
             Metric::counter_by(
                 "sluice_objects",
                 "Objects (files, directories, packs) by outcome.",
@@ -154,7 +180,9 @@ impl Counters {
                 "Outbox items refused by the approval or content checks and moved aside.",
                 get(&self.outbox_refused),
             ),
-        ]
+        ];
+        metrics.extend(budgets);
+        metrics
     }
 
     /// Everything, now.

@@ -32,6 +32,7 @@ mod content;
 pub mod counters;
 pub mod encode;
 mod error;
+pub mod export_budget;
 pub mod model_sign;
 pub mod objects;
 pub mod outcome;
@@ -265,6 +266,13 @@ fn prepare(options: &Options) -> Result<Prepared, Error> {
     };
     if let Some(path) = &options.policy {
         content::preflight(path, &objects)?;
+    }
+    // Last, once nothing else can stop the export: taken from the budget before the link
+    // opens (what may leave is counted, whether or not it arrives).
+    if let Some(approved) = &approval {
+        let state = options.state_dir();
+        export_budget::spend(&state, &approved.demand)
+            .map_err(|e| Error::NotApproved(e.to_string()))?;
     }
     Ok(Prepared {
         approval,

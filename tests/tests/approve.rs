@@ -602,3 +602,149 @@ fn weights_under_a_three_approver_rule_are_refused_with_two_even_from_a_patched_
         got.log
     );
 }
+
+/// Issue 29, part 3, budgets: `bytes_per_day = "1 MiB"` on the weights rule. The sender
+/// exports one 800 KiB file, then refuses the second before the link, naming the budget; a
+/// sender whose policy has no budget (patched, or mis-configured) sends it, and the receiver
+/// refuses it from its own delivery records. One approval each: only the budget stops it.
+#[test]
+#[ignore = "needs minisign (./test.sh installs it and runs this)"]
+fn a_budget_of_one_mib_a_day_refuses_the_second_800_kib_file_on_both_sides() {
+    use sluice_tests::binaries::free_udp_port;
+    use sluice_tests::harness::Setup;
+    require::tool("minisign", "minisign");
+    let s = Setup::new();
+    let dir = s.tmp.path();
+    minisign_keypair(dir, "alice");
+    std::fs::write(
+        dir.join("loose.toml"),
+        "threshold = 1\napprovers = [\"alice.pub\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("budget.toml"),
+        "threshold = 1\napprovers = [\"alice.pub\"]\n\
+         [[rule]]\nname = \"weights\"\npaths = [\"*.bin\"]\nthreshold = 1\n\
+         approvers = [\"alice.pub\"]\nbytes_per_day = \"1 MiB\"\n",
+    )
+    .unwrap();
+    let mut marks = Vec::new();
+    for (name, byte) in [("first", 0x31u8), ("second", 0x32)] {
+        let export = s.src.join(name);
+        std::fs::create_dir_all(&export).unwrap();
+        let mut content = vec![byte; 800 << 10];
+        let mark = format!("BUDGET-{name}-MARK");
+        content[..mark.len()].copy_from_slice(mark.as_bytes());
+        std::fs::write(export.join(format!("{name}.bin")), &content).unwrap();
+        marks.push(mark);
+        let out = format!("{name}.toml");
+        let made = approve(
+            &[
+                "request",
+                export.to_str().unwrap(),
+                "--purpose",
+                "release",
+                "--no-report",
+                "--out",
+                &out,
+            ],
+            dir,
+        );
+        assert!(made.status.success(), "{}", text(&made));
+        minisign_sign(dir, "alice.key", &out, &format!("{out}.alice.minisig"));
+    }
+
+    let port = free_udp_port();
+    let to: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let budget = dir.join("budget.toml");
+    let metrics = sluice_tests::scrape::free_tcp_addr();
+    let mut recv = s.receiver(
+        port,
+        8,
+        &[
+            "--approval-policy",
+            budget.to_str().unwrap(),
+            "--metrics",
+            &metrics.to_string(),
+        ],
+    );
+    let sender_state = dir.join("send-state");
+    let send = |name: &str, policy: &str| {
+        let mut cmd = sluice_tests::binaries::sender_cmd(&format!("udp://{to}"), &s.keys);
+        cmd.current_dir(dir)
+            .args([
+                "--approval",
+                &format!("{name}.toml"),
+                "--approval-policy",
+                policy,
+            ])
+            .arg("--state")
+            .arg(&sender_state)
+            .args(["--rate", "20MB"])
+            .arg(s.src.join(name));
+        run(&mut cmd)
+    };
+    let first = send("first", "budget.toml");
+    assert!(first.status.success(), "{}", text(&first));
+    let phrase = "export budget exceeded: rule \"weights\" 0.8 of 1 MiB today; this export \
+                  adds 800.0 KiB";
+    let refused = send("second", "budget.toml");
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(text(&refused).contains(phrase), "{}", text(&refused));
+    // The ledger holds the first export only.
+    let ledger = std::fs::read_to_string(sender_state.join("export-budget.jsonl")).unwrap();
+    assert_eq!(ledger.lines().count(), 1, "{ledger}");
+    assert!(
+        ledger.contains(&format!("\"bytes\":{}", 800 << 10)),
+        "{ledger}"
+    );
+
+    let patched = send("second", "loose.toml");
+    assert!(patched.status.success(), "{}", text(&patched));
+    // What the receiver spent, in `/metrics`: the first file only.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !recv.log().contains("export budget exceeded") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let page = sluice_tests::scrape::scrape(metrics).unwrap();
+    let series =
+        |name: &str| sluice_tests::scrape::value(&page, &format!("{name}{{budget=\"weights\"}}"));
+    assert_eq!(
+        series("sluice_export_budget_used_bytes"),
+        Some(f64::from(800u32 << 10)),
+        "{page}"
+    );
+    assert_eq!(
+        series("sluice_export_budget_used_files"),
+        Some(1.0),
+        "{page}"
+    );
+    let got = recv.finish(std::time::Duration::from_secs(60));
+    assert_eq!(got.code(), 3, "{}", got.log);
+    assert!(
+        got.log.contains(&phrase.replace('"', "\\\"")),
+        "{}",
+        got.log
+    );
+    assert!(
+        s.out.join("first/first.bin").exists()
+            && !s.out.join("second/second.bin").exists()
+            && tree::find_bytes(&s.out, marks[1].as_bytes()).is_empty(),
+        "{}",
+        got.log
+    );
+
+    // After a restart the receiver still knows what it delivered today: the second file,
+    // sent again, is refused again.
+    let mut recv = s.receiver(port, 8, &["--approval-policy", budget.to_str().unwrap()]);
+    let again = send("second", "loose.toml");
+    assert!(again.status.success(), "{}", text(&again));
+    let got = recv.finish(std::time::Duration::from_secs(60));
+    assert_eq!(got.code(), 3, "{}", got.log);
+    assert!(
+        got.log.contains(&phrase.replace('"', "\\\"")),
+        "{}",
+        got.log
+    );
+    assert!(!s.out.join("second/second.bin").exists(), "{}", got.log);
+}

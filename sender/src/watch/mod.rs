@@ -39,6 +39,7 @@ use crate::approve::NotApproved;
 use crate::counters::Counters;
 use crate::encode::{self, EncodeConfig, Passed, Produced};
 use crate::error::Error;
+use crate::export_budget;
 use crate::session::{Ends, Session};
 use journal::{Journal, State};
 use outbox::{Fingerprint, Listing, Settling};
@@ -47,6 +48,9 @@ pub use crate::cli::{AfterSend, WatchOptions};
 
 /// The safety-net rescan when no event came.
 const RESCAN_EVERY: Duration = Duration::from_secs(5);
+/// A request waiting for the export budget is looked at again this often (the budget's
+/// window moves by the minute).
+const BUDGET_RECHECK: Duration = Duration::from_secs(60);
 /// How long events are gathered before a rescan.
 const EVENT_DEBOUNCE: Duration = Duration::from_millis(50);
 /// How often `--keep-sent` prunes.
@@ -101,6 +105,19 @@ pub async fn run(
         _metrics,
     } = Session::start(&options.send, recipients, signer, link_key, metrics, None)?;
     let sequence = Sequence::open(&options.state, config.signer.id());
+    if let Some(policy) = &approvals {
+        let limits: Vec<_> = (policy.budgets().into_iter())
+            .map(|(name, limit)| (name.to_string(), limit))
+            .collect();
+        if !limits.is_empty() {
+            // Unreadable: said here; every export under a budget then waits with the reason.
+            let usage = export_budget::usage(&options.state).unwrap_or_else(|e| {
+                tracing::error!(state = %options.state.display(), "export budget ledger: {e}");
+                Default::default()
+            });
+            counters.set_budget_limits(limits, usage);
+        }
+    }
     tracing::info!(
         outbox = %options.outbox.display(),
         link = %options.send.shared.link,
@@ -146,6 +163,7 @@ pub async fn run(
         approvals,
         content,
         audit: audit.clone(),
+        counters: counters.clone(),
         copies_in: options.state.clone(),
         stage: progress.stage("the outbox checks"),
     };
@@ -175,6 +193,7 @@ pub async fn run(
         strange: BTreeSet::new(),
         audit: audit.clone(),
         said_pending: std::collections::BTreeMap::new(),
+        budget_wait: std::collections::BTreeMap::new(),
     };
     let channels = Channels {
         fs: fs_rx,
@@ -378,7 +397,9 @@ struct Checks {
     approvals: Option<sluice_common::approval::Policy>,
     content: Option<sluice_inspect::policy::Policy>,
     audit: Arc<AuditLog>,
-    /// Where the files' private copies are made (`--state`).
+    counters: Arc<Counters>,
+    /// Where the files' private copies are made, and the export budget's ledger kept
+    /// (`--state`).
     copies_in: PathBuf,
     /// Marks each chunk copied for the watchdog.
     stage: Stage,
@@ -401,14 +422,14 @@ impl Checks {
         if !self.gated() {
             return Ok((listing, None));
         }
-        let refused = |reason: String| NotApproved {
-            pending: false,
-            reason,
-        };
+        let refused = |reason: String| NotApproved::refused(reason);
         let (prechecked, listing) = match &self.approvals {
             None => (None, listing),
             Some(policy) => {
                 let (prechecked, listing) = request::precheck(policy, name, listing)?;
+                // Over the budget now: no file is read while it waits.
+                export_budget::fits(&self.copies_in, prechecked.demand())
+                    .map_err(|e| NotApproved::over_budget(&e))?;
                 (Some(prechecked), listing)
             }
         };
@@ -416,10 +437,29 @@ impl Checks {
         let (objects, files) =
             held::hold(objects, &self.copies_in, Some(&self.stage)).map_err(refused)?;
         let listing = Listing { objects, skipped };
-        let approval = match prechecked {
+        let approved = match prechecked {
             None => None,
-            Some(prechecked) => {
-                let approved = prechecked.finish(Some(&files))?;
+            Some(prechecked) => Some(prechecked.finish(Some(&files))?),
+        };
+        if let Some(policy) = &self.content {
+            let refused = crate::content::check_policy(policy, &listing.objects);
+            if let Some((path, reason)) = refused.first() {
+                return Err(NotApproved::refused(format!(
+                    "refused by the content policy: {path}: {reason}{}",
+                    match refused.len() {
+                        1 => String::new(),
+                        n => format!(" (and {} more, see the log)", n - 1),
+                    }
+                )));
+            }
+        }
+        let approval = match approved {
+            None => None,
+            Some(approved) => {
+                // Last: taken from the budget only once nothing else can hold the item back.
+                let usage = export_budget::spend(&self.copies_in, &approved.demand)
+                    .map_err(|e| NotApproved::over_budget(&e))?;
+                self.counters.set_export_budget(&usage);
                 let approvers = approved.names.clone();
                 tracing::info!(item = %name, approvers = %approvers.join(", "), "export approved");
                 self.audit.record(
@@ -447,21 +487,6 @@ impl Checks {
                 Some(approved.carried)
             }
         };
-        if let Some(policy) = &self.content {
-            let refused = crate::content::check_policy(policy, &listing.objects);
-            if let Some((path, reason)) = refused.first() {
-                return Err(NotApproved {
-                    pending: false,
-                    reason: format!(
-                        "refused by the content policy: {path}: {reason}{}",
-                        match refused.len() {
-                            1 => String::new(),
-                            n => format!(" (and {} more, see the log)", n - 1),
-                        }
-                    ),
-                });
-            }
-        }
         Ok((listing, approval))
     }
 }
@@ -602,6 +627,9 @@ struct Coordinator {
     /// The reason last logged for each request waiting for approvals (one per item in the
     /// journal as pending).
     said_pending: std::collections::BTreeMap<String, String>,
+    /// Requests waiting for the export budget, and when to look at each again (the window
+    /// rolls on: it may fit later without changing).
+    budget_wait: std::collections::BTreeMap<String, Instant>,
 }
 
 impl Coordinator {
@@ -800,6 +828,7 @@ impl Coordinator {
             let waiting = matches!(record.state, State::Pending | State::Failed);
             if waiting && !present.contains(&name) && !self.taken(&name) {
                 self.said_pending.remove(&name);
+                self.budget_wait.remove(&name);
                 if let Err(e) = self.journal_record(&name, &record.fingerprint, State::Done) {
                     tracing::error!("{e}");
                 }
@@ -821,11 +850,17 @@ impl Coordinator {
             let Some(look) = self.list(&name).map(|listing| listing.look()) else {
                 continue;
             };
-            // Failed, or waiting for approvals: looked at again once it changes.
-            let failed_as_is = self.journal.get(&name).is_some_and(|r| {
-                matches!(r.state, State::Failed | State::Pending)
-                    && r.fingerprint == look.fingerprint
-            });
+            // Failed, or waiting for approvals: looked at again once it changes; waiting for
+            // the budget: also once a while has passed.
+            let budget_due = self.budget_wait.get(&name).is_some_and(|at| *at <= now);
+            let failed_as_is = !budget_due
+                && self.journal.get(&name).is_some_and(|r| {
+                    matches!(r.state, State::Failed | State::Pending)
+                        && r.fingerprint == look.fingerprint
+                });
+            if budget_due {
+                self.budget_wait.remove(&name);
+            }
             if !failed_as_is {
                 self.settling
                     .observe(&name, look, outbox::identity(&entry), now);
@@ -921,10 +956,20 @@ impl Coordinator {
             return Ok(());
         };
         let item = self.in_flight.remove(at);
+        self.budget_wait.remove(&item.name);
         if held.pending {
+            if held.recheck {
+                self.budget_wait
+                    .insert(item.name.clone(), Instant::now() + BUDGET_RECHECK);
+            }
             // Said once per reason: a writer touching the item again and again adds no line.
             if self.said_pending.get(&item.name) != Some(&held.reason) {
-                tracing::warn!(item = %item.name, "waiting for approval: {}", held.reason);
+                let waits_for = if held.recheck {
+                    "export budget"
+                } else {
+                    "approval"
+                };
+                tracing::warn!(item = %item.name, "waiting for {waits_for}: {}", held.reason);
                 self.audit.record(
                     Event::new("pending")
                         .with("item", item.name.as_str())

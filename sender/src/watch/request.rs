@@ -34,10 +34,7 @@ pub fn precheck(
     name: &str,
     listing: Listing,
 ) -> Result<(Prechecked, Listing), NotApproved> {
-    let refused = |reason: String| NotApproved {
-        pending: false,
-        reason,
-    };
+    let refused = |reason: String| NotApproved::refused(reason);
     let below = format!("{name}/");
     let mut request = None;
     let mut signatures = Vec::new();

@@ -1,0 +1,92 @@
+//! The receiver's export budgets (`bytes_per_day`, `files_per_day` in `--approval-policy`):
+//! what it delivered in the last day, kept in its own delivery records — never what a sender
+//! says — so a sender that ignores its budget is still stopped here.
+//!
+//! Owned by the publisher: a file is checked and charged as it is placed (or begins to wait
+//! for its model's signature), and the charges are committed with the deliveries' records.
+//! A file over the budget is not placed: it fails with the budget's phrase.
+
+use std::sync::Arc;
+
+use sluice_common::approval::Policy;
+use sluice_common::budget::{self, BudgetKey, Limit, Spent, Usage};
+use sluice_protocol::manifest::Entry;
+
+use crate::counters::Counters;
+use crate::failure::Failure;
+use crate::records::Records;
+
+pub(crate) struct ExportBudget {
+    policy: Arc<Policy>,
+    limits: Vec<(BudgetKey, Limit)>,
+    usage: Usage,
+    /// Charged since the last commit.
+    unspent: Vec<Spent>,
+    /// The records could not say what was spent: every file under a budget is refused.
+    unknown: Option<String>,
+    counters: Arc<Counters>,
+}
+
+impl ExportBudget {
+    /// The budgets of `policy`, with what `records` say was spent; `None` if it sets none.
+    pub(crate) fn open(
+        policy: Option<&Arc<Policy>>,
+        records: &Records,
+        counters: Arc<Counters>,
+    ) -> Option<ExportBudget> {
+        let policy = policy?;
+        let limits: Vec<(BudgetKey, Limit)> = (policy.budgets().into_iter())
+            .map(|(name, limit)| (name.to_string(), limit))
+            .collect();
+        if limits.is_empty() {
+            return None;
+        }
+        let (usage, unknown) = match records.export_usage() {
+            Ok(usage) => (usage, None),
+            Err(e) => {
+                tracing::error!("export budgets: {e}; files under a budget are refused");
+                (Usage::default(), Some(e.to_string()))
+            }
+        };
+        counters.set_export_budget(&limits, &usage);
+        Some(ExportBudget {
+            policy: policy.clone(),
+            limits,
+            usage,
+            unspent: Vec::new(),
+            unknown,
+            counters,
+        })
+    }
+
+    /// Charges the file `e` to every budget that counts it, if it fits.
+    pub(crate) fn spend(&mut self, e: &Entry) -> Result<(), Failure> {
+        let demand = self.policy.demand([(e.path.as_str(), e.size)]);
+        if demand.is_empty() {
+            return Ok(());
+        }
+        if let Some(why) = &self.unknown {
+            return Err(Failure::OverBudget(format!("export budget unknown: {why}")));
+        }
+        let now = budget::minute_now();
+        self.usage.prune(now);
+        demand
+            .check(&self.usage, now)
+            .map_err(|exceeded| Failure::OverBudget(exceeded.to_string()))?;
+        self.usage.add(now, &demand.charges);
+        self.unspent
+            .extend(demand.charges.into_iter().map(|c| Spent {
+                minute: now,
+                budget: c.budget,
+                bytes: c.bytes,
+                files: c.files,
+            }));
+        self.counters.set_export_budget(&self.limits, &self.usage);
+        Ok(())
+    }
+
+    /// The charges to commit with the deliveries.
+    pub(crate) fn take_unspent(&mut self) -> Vec<Spent> {
+        std::mem::take(&mut self.unspent)
+    }
+}

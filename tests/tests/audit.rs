@@ -263,6 +263,37 @@ fn a_sender_log_cut_short_or_rewritten_is_caught_against_the_receivers_log() {
     let out = against(&copy);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("is not in this log"), "{}", text(&out));
+
+    // Issue 31, item 3: a whole later run removed (its `start` with it: the chain of what is
+    // left is intact, and every head of the first run is in it) is still caught; with
+    // `--other-senders` its heads are taken as another sender's.
+    let mut recv = s.receiver(port, 3, &[]);
+    let sent = s.send(to, &["--rate", "1MB"], &[&root], Duration::from_secs(60));
+    assert_exit(&sent, 0, "sluice-send");
+    assert_exit(&recv.finish(Duration::from_secs(60)), 0, "sluice-recv");
+    assert!(against(&send_log).status.success(), "both runs, whole");
+    std::fs::write(&copy, &original).unwrap();
+    let out = against(&copy);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("runs missing: the receiver recorded heads of 1 run(s)"),
+        "{}",
+        text(&out)
+    );
+    let out = Command::new(&binaries().audit)
+        .arg("verify")
+        .arg(&copy)
+        .arg("--against")
+        .arg(&recv_log)
+        .arg("--other-senders")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("note: the receiver also recorded"),
+        "{}",
+        text(&out)
+    );
 }
 
 /// The `prev` of a log's first record (the head a rotated-away file left, or the genesis).

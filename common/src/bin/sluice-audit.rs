@@ -41,6 +41,10 @@ enum Command {
         /// sender's heartbeats carry them across the link) must be in the log.
         #[arg(long, value_name = "RECEIVER_LOG")]
         against: Option<PathBuf>,
+        /// With --against: the receiver also hears other senders, so heads of runs this log
+        /// does not start are theirs (a note), not runs removed from this log (exit 1).
+        #[arg(long, requires = "against")]
+        other_senders: bool,
     },
     /// Print records readably, filtered.
     Show {
@@ -108,6 +112,7 @@ fn run(command: Command) -> Result<(), (ExitStatus, String)> {
             files,
             heads,
             against,
+            other_senders,
         } => {
             let text = read_all(&files).map_err(usage)?;
             let mut heads = match &heads {
@@ -116,6 +121,7 @@ fn run(command: Command) -> Result<(), (ExitStatus, String)> {
             };
             // The newest record a head held by the receiver vouches for.
             let mut anchored = None;
+            let mut missing_runs = Vec::new();
             if let Some(receiver_log) = &against {
                 let receiver = read_all(std::slice::from_ref(receiver_log)).map_err(usage)?;
                 let (recorded, unknown) = audit::heads_recorded_for(&receiver, &text);
@@ -123,13 +129,15 @@ fn run(command: Command) -> Result<(), (ExitStatus, String)> {
                     "{} heads recorded by the receiver for the runs in this log",
                     recorded.len()
                 );
-                if !unknown.is_empty() {
+                if !unknown.is_empty() && other_senders {
                     let unknown: Vec<String> = unknown.into_iter().collect();
                     println!(
                         "note: the receiver also recorded heads of runs this log does not \
-                         mention (another sender's, or runs removed from this log): {}",
+                         mention (--other-senders: taken as another sender's): {}",
                         unknown.join(", ")
                     );
+                } else {
+                    missing_runs = unknown.into_iter().collect();
                 }
                 anchored = Some(recorded.iter().map(|h| h.seq).max().unwrap_or(0));
                 heads.extend(recorded);
@@ -137,6 +145,21 @@ fn run(command: Command) -> Result<(), (ExitStatus, String)> {
             let head = audit::verify(&text, &heads)
                 .map_err(|broken| (ExitStatus::Failure, format!("tampered: {broken}")))?;
             println!("intact: head seq {} hash {}", head.seq, head.hash);
+            // Whole runs cut out (records and `start` together, the chain re-made, or the
+            // newest runs truncated) leave heads of sessions this log never started.
+            if !missing_runs.is_empty() {
+                return Err((
+                    ExitStatus::Failure,
+                    format!(
+                        "runs missing: the receiver recorded heads of {} run(s) this log does \
+                         not start (session {}): removed from this log, or in rotated files not \
+                         given (pass them, oldest first); if this receiver also hears another \
+                         sender, --other-senders",
+                        missing_runs.len(),
+                        missing_runs.join(", ")
+                    ),
+                ));
+            }
             match anchored {
                 // Records after the newest head the receiver holds could be cut from this log
                 // without a trace: intact is all that can be said of them.

@@ -161,6 +161,12 @@ pub(crate) enum BlockResult {
     Manifest { opened: Box<Opened>, existing: bool },
     /// The block could not be used.
     Failed(Failure),
+    /// A manifest that decrypted and verified, refused by this receiver's rules (approval,
+    /// path): the object fails, its outcomes naming the paths it carried.
+    Refused {
+        failure: Failure,
+        paths: Vec<String>,
+    },
 }
 
 /// A job for the decoder pool.
@@ -869,6 +875,9 @@ impl Delivery {
                         self.on_manifest(key, *opened, existing)
                     }
                     BlockResult::Failed(failure) => self.fail(ObjectKey::of(&key), failure),
+                    BlockResult::Refused { failure, paths } => {
+                        self.fail_naming(ObjectKey::of(&key), failure, paths)
+                    }
                 }
             }
             Reply::PartialSaved { key, saved } => {
@@ -1226,6 +1235,12 @@ impl Delivery {
 
     /// Reports an object failed (once), and drops its blocks unless a later run may use them.
     fn fail(&mut self, obj: ObjectKey, failure: Failure) {
+        self.fail_naming(obj, failure, Vec::new());
+    }
+
+    /// [`Delivery::fail`], naming `refused_paths` (a verified manifest's, refused) when the
+    /// object has no manifest of its own yet.
+    fn fail_naming(&mut self, obj: ObjectKey, failure: Failure, refused_paths: Vec<String>) {
         let Some(entry) = self.objects.get_mut(&obj) else {
             return;
         };
@@ -1233,7 +1248,10 @@ impl Delivery {
             return;
         }
         let kept = failure.keeps_state();
-        let paths = entry.paths();
+        let mut paths = entry.paths();
+        if paths.is_empty() {
+            paths = refused_paths;
+        }
         let charged = (entry.status == Status::Open).then(|| entry.footprint.charged());
         self.close(obj, Status::Failed { kept });
         if let Some(bytes) = charged.filter(|b| *b > 0 && !kept) {

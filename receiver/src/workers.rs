@@ -242,11 +242,18 @@ fn open_manifest(ctx: &Context, key: BlockKey, data: &[u8]) -> BlockResult {
         Ok(opened) => opened,
         Err(e) => return BlockResult::Failed(open_failure(ctx, e)),
     };
-    if let Err(failure) = check_opened(ctx, &opened) {
-        return BlockResult::Failed(failure);
-    }
     if opened.manifest.session != key.session || opened.manifest.object != key.object {
         return BlockResult::Failed(Failure::ManifestMismatch);
+    }
+    if let Err(failure) = check_opened(ctx, &opened) {
+        // Refused, not unreadable: say what it would have delivered.
+        let paths = opened
+            .manifest
+            .entries
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
+        return BlockResult::Refused { failure, paths };
     }
     // A single file already in place is recognised now; a pack's entries when published.
     let existing = match opened.manifest.entries.as_slice() {

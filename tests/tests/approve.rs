@@ -594,6 +594,15 @@ fn weights_under_a_three_approver_rule_are_refused_with_two_even_from_a_patched_
         "{}",
         got.log
     );
+    // The refusal names what it refused (the manifest verified; only the rule stopped it).
+    assert!(
+        got.log
+            .lines()
+            .any(|l| l.contains("object failed: not approved: rule")
+                && l.contains("export/model.safetensors")),
+        "{}",
+        got.log
+    );
     assert!(
         tree::find_bytes(&s.out, b"WEIGHTS-UNDER-RULE").is_empty()
             && !s.out.join("export/report.txt").exists()

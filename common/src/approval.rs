@@ -469,8 +469,11 @@ impl Policy {
         let mut seen = BTreeSet::new();
         for rule in &file.rules {
             let bad_rule = |why: String| bad(format!("rule {:?}: {why}", rule.name));
-            if rule.name.is_empty() {
-                return Err(bad_rule("a rule needs a name".into()));
+            // `(all exports)` names the top-level budget in `/metrics`.
+            if rule.name.is_empty() || rule.name.starts_with('(') {
+                return Err(bad_rule(
+                    "a rule needs a name, not starting with '('".into(),
+                ));
             }
             if !seen.insert(rule.name.as_str()) {
                 return Err(bad_rule("named twice".into()));
@@ -660,7 +663,11 @@ impl Policy {
             .filter(|(_, charge)| charge.files > 0)
             .map(|((name, limit), charge)| ((name.to_string(), limit), charge))
             .unzip();
-        Demand { limits, charges }
+        Demand {
+            limits,
+            charges,
+            export: None,
+        }
     }
 
     /// The approvers' key ids.

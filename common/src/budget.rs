@@ -65,6 +65,9 @@ pub struct Demand {
     /// The limits of the budgets charged.
     pub limits: Vec<(BudgetKey, Limit)>,
     pub charges: Vec<Charge>,
+    /// What identifies the export (its request's SHA-256): one sent again — after a
+    /// restart, or a failed attempt — is charged once.
+    pub export: Option<String>,
 }
 
 impl Demand {
@@ -92,6 +95,9 @@ pub struct Spent {
     pub budget: BudgetKey,
     pub bytes: u64,
     pub files: u64,
+    /// The export charged ([`Demand::export`]), where the ledger keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<String>,
 }
 
 /// The current minute since the Unix epoch.
@@ -138,11 +144,19 @@ impl Usage {
         );
     }
 
-    /// Forgets minutes that left the window at `now` (minutes).
+    /// Forgets minutes that left the window at `now` (minutes); minutes ahead of the clock
+    /// (it was set back) count as now, so they count a whole window, and no longer.
     pub fn prune(&mut self, now: u64) {
         let oldest = now.saturating_sub(WINDOW_MINUTES - 1);
         for minutes in self.spent.values_mut() {
-            *minutes = minutes.split_off(&oldest);
+            let mut kept = minutes.split_off(&oldest);
+            let ahead = kept.split_off(&now.saturating_add(1));
+            for (bytes, files) in ahead.into_values() {
+                let slot = kept.entry(now).or_default();
+                slot.0 = slot.0.saturating_add(bytes);
+                slot.1 = slot.1.saturating_add(files);
+            }
+            *minutes = kept;
         }
         self.spent.retain(|_, minutes| !minutes.is_empty());
     }
@@ -169,6 +183,7 @@ impl Usage {
                     budget: budget.clone(),
                     bytes: *bytes,
                     files: *files,
+                    export: None,
                 });
             }
         }
@@ -184,7 +199,7 @@ pub enum Over {
 }
 
 /// An export that does not fit its budget. `Display` is the stable phrase: `export budget
-/// exceeded: rule "weights" 10.0 of 10 GiB today; this export adds 800 KiB`.
+/// exceeded: rule "weights" 10.0 of 10 GiB today; this export adds 800.0 KiB`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exceeded {
     pub budget: BudgetKey,
@@ -227,7 +242,7 @@ impl fmt::Display for Exceeded {
             )?,
         }
         if self.limit == 0 {
-            f.write_str(" (the rule forbids it)")?;
+            f.write_str(" (the budget forbids it)")?;
         }
         Ok(())
     }
@@ -247,10 +262,10 @@ fn binary_unit(bytes: u64) -> (&'static str, f64) {
         .map_or(("B", 1.0), |(unit, size)| (*unit, *size as f64))
 }
 
-/// `10`, or `1.5`: a limit as people wrote it.
+/// `10`, `1.5` or `1.96`: a limit as people wrote it.
 fn trimmed(value: f64) -> String {
-    let text = format!("{value:.1}");
-    text.strip_suffix(".0").map_or(text.clone(), str::to_string)
+    let text = format!("{value:.2}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 /// A size in its own binary unit: `800.0 KiB`.
@@ -410,7 +425,7 @@ mod tests {
         assert_eq!(
             refused.to_string(),
             "export budget exceeded: rule \"weights\" 0 of 0 files today; this export adds 1 \
-             (the rule forbids it)"
+             (the budget forbids it)"
         );
         let small = Limit {
             bytes: Some(10 << 30),
@@ -434,7 +449,10 @@ mod tests {
             again.add_spent(&spent);
         }
         assert_eq!(again, usage);
+        // Minutes ahead of the clock count as now: a whole window, and no longer.
         usage.prune(900);
         assert_eq!(usage.used("weights", 900), (5, 1));
+        assert_eq!(usage.used("weights", 900 + WINDOW_MINUTES - 1), (5, 1));
+        assert_eq!(usage.used("weights", 900 + WINDOW_MINUTES), (0, 0));
     }
 }

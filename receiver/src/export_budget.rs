@@ -2,14 +2,15 @@
 //! what it delivered in the last day, kept in its own delivery records — never what a sender
 //! says — so a sender that ignores its budget is still stopped here.
 //!
-//! Owned by the publisher: a file is checked and charged as it is placed (or begins to wait
-//! for its model's signature), and the charges are committed with the deliveries' records.
-//! A file over the budget is not placed: it fails with the budget's phrase.
+//! Owned by the publisher: a file is checked before it is placed (and before it begins to
+//! wait for its model's signature, and again when released), and charged once it is placed;
+//! the charges are committed with the deliveries' records. A file over the budget is not
+//! placed: it fails with the budget's phrase.
 
 use std::sync::Arc;
 
 use sluice_common::approval::Policy;
-use sluice_common::budget::{self, BudgetKey, Limit, Spent, Usage};
+use sluice_common::budget::{self, BudgetKey, Demand, Limit, Spent, Usage};
 use sluice_protocol::manifest::Entry;
 
 use crate::counters::Counters;
@@ -59,20 +60,28 @@ impl ExportBudget {
         })
     }
 
-    /// Charges the file `e` to every budget that counts it, if it fits.
-    pub(crate) fn spend(&mut self, e: &Entry) -> Result<(), Failure> {
+    /// Whether the file `e` fits every budget that counts it: what it would take from them.
+    pub(crate) fn check(&self, e: &Entry) -> Result<Demand, Failure> {
         let demand = self.policy.demand([(e.path.as_str(), e.size)]);
         if demand.is_empty() {
-            return Ok(());
+            return Ok(demand);
         }
         if let Some(why) = &self.unknown {
             return Err(Failure::OverBudget(format!("export budget unknown: {why}")));
         }
+        demand
+            .check(&self.usage, budget::minute_now())
+            .map_err(|exceeded| Failure::OverBudget(exceeded.to_string()))?;
+        Ok(demand)
+    }
+
+    /// Takes a checked `demand` (its file placed) from the budgets.
+    pub(crate) fn charge(&mut self, demand: Demand) {
+        if demand.is_empty() {
+            return;
+        }
         let now = budget::minute_now();
         self.usage.prune(now);
-        demand
-            .check(&self.usage, now)
-            .map_err(|exceeded| Failure::OverBudget(exceeded.to_string()))?;
         self.usage.add(now, &demand.charges);
         self.unspent
             .extend(demand.charges.into_iter().map(|c| Spent {
@@ -80,13 +89,20 @@ impl ExportBudget {
                 budget: c.budget,
                 bytes: c.bytes,
                 files: c.files,
+                export: None,
             }));
-        self.counters.set_export_budget(&self.limits, &self.usage);
-        Ok(())
     }
 
-    /// The charges to commit with the deliveries.
+    /// Charged since the last commit, not yet durable.
+    pub(crate) fn has_unspent(&self) -> bool {
+        !self.unspent.is_empty()
+    }
+
+    /// The charges to commit with the deliveries (the counters follow them).
     pub(crate) fn take_unspent(&mut self) -> Vec<Spent> {
+        if !self.unspent.is_empty() {
+            self.counters.set_export_budget(&self.limits, &self.usage);
+        }
         std::mem::take(&mut self.unspent)
     }
 }

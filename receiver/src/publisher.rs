@@ -30,6 +30,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use sluice_common::approval;
+use sluice_common::budget::Demand;
 use sluice_common::keys::KeyId;
 use sluice_inspect::model_trust::ModelTrust;
 use sluice_inspect::signing;
@@ -261,7 +262,8 @@ impl Publisher {
             .as_ref()
             .filter(|_| !self.inspecting.is_empty())
             .map(|inspectors| &inspectors.done);
-        if !self.uncommitted.is_empty() || !self.released.is_empty() {
+        let unspent = self.budget.as_ref().is_some_and(ExportBudget::has_unspent);
+        if !self.uncommitted.is_empty() || !self.released.is_empty() || unspent {
             if *jobs_open {
                 match jobs.try_recv() {
                     Ok(job) => return Some(Next::Job(job)),
@@ -745,20 +747,11 @@ impl Publisher {
     ) -> Result<Placing, Failure> {
         let ctx = self.ctx.clone();
         let Some(trust) = model_trust(&ctx) else {
-            let staged = self.spend(&ctx, staged, e)?;
-            return self
-                .sink
-                .place(&ctx, staged, e, signed)
-                .map(Placing::Placed);
+            return self.place_within_budget(&ctx, staged, e, signed);
         };
         let signed_before = |dir: &str| signature_delivered(&ctx, trust, dir);
         match self.models.arrive(trust, &e.path, e.size, signed_before) {
-            Arrival::Place => {
-                let staged = self.spend(&ctx, staged, e)?;
-                self.sink
-                    .place(&ctx, staged, e, signed)
-                    .map(Placing::Placed)
-            }
+            Arrival::Place => self.place_within_budget(&ctx, staged, e, signed),
             Arrival::Refuse(reason) => Err(gate::refuse(&ctx, e, staged, reason)),
             Arrival::Hold => {
                 match self.models.held_at(&e.path) {
@@ -774,7 +767,11 @@ impl Publisher {
                     }
                     None => {}
                 }
-                let staged = self.spend(&ctx, staged, e)?;
+                // Charged when released (checked again then): a file waiting costs nothing.
+                if let Err(failure) = self.check_budget(e) {
+                    staged.discard(&ctx);
+                    return Err(failure);
+                }
                 let id = self.next_held;
                 let Some(next) = id.checked_add(1) else {
                     let why = "files cannot wait for their model's signature this run (the \
@@ -810,24 +807,35 @@ impl Publisher {
         }
     }
 
-    /// Takes the file `e` from the export budgets (when it is about to be placed or held),
-    /// or discards it with the budget's phrase.
-    fn spend(
+    /// Whether the file `e` fits the export budgets: what it would take from them.
+    fn check_budget(&self, e: &Entry) -> Result<Demand, Failure> {
+        match &self.budget {
+            Some(budget) => budget.check(e),
+            None => Ok(Demand::default()),
+        }
+    }
+
+    /// Places a file if it fits the export budgets, and charges it once placed (a file the
+    /// sink fails to place costs nothing).
+    fn place_within_budget(
         &mut self,
         ctx: &Context,
         staged: StagedFile,
         e: &Entry,
-    ) -> Result<StagedFile, Failure> {
-        let Some(budget) = self.budget.as_mut() else {
-            return Ok(staged);
-        };
-        match budget.spend(e) {
-            Ok(()) => Ok(staged),
+        signed: &Signed,
+    ) -> Result<Placing, Failure> {
+        let demand = match self.check_budget(e) {
+            Ok(demand) => demand,
             Err(failure) => {
                 staged.discard(ctx);
-                Err(failure)
+                return Err(failure);
             }
+        };
+        let placed = self.sink.place(ctx, staged, e, signed)?;
+        if let Some(budget) = self.budget.as_mut() {
+            budget.charge(demand);
         }
+        Ok(Placing::Placed(placed))
     }
 
     /// What the model at `dir` (its signature held) comes to now. A signature is read and
@@ -904,8 +912,15 @@ impl Publisher {
             };
             let signed = meta.signed();
             let e = &meta.entry;
-            let placed = match self.check_fresh(&e.path, &signed) {
-                Ok(()) => self.sink.place(&ctx, staged, e, &signed),
+            let checked = self
+                .check_fresh(&e.path, &signed)
+                .and_then(|()| self.check_budget(e));
+            let placed = match checked {
+                Ok(demand) => self.sink.place(&ctx, staged, e, &signed).inspect(|_| {
+                    if let Some(budget) = self.budget.as_mut() {
+                        budget.charge(demand);
+                    }
+                }),
                 Err(failure) => Err(gate::refuse(&ctx, e, staged, failure.to_string())),
             };
             let failure = match placed {

@@ -153,6 +153,7 @@ impl Records {
                 budget: budget.to_string(),
                 bytes,
                 files,
+                export: None,
             });
         }
         usage.prune(budget::minute_now());
@@ -275,6 +276,13 @@ impl Records {
         let txn = self.db.begin_write().map_err(err)?;
         {
             let mut exported = txn.open_table(EXPORTED).map_err(err)?;
+            if !spent.is_empty() {
+                // Keyed by minute first: the minutes out of the window lead the table.
+                let oldest = budget::minute_now().saturating_sub(budget::WINDOW_MINUTES);
+                exported
+                    .retain_in(..(oldest, ""), |_, _| false)
+                    .map_err(err)?;
+            }
             for s in spent {
                 let key = (s.minute, s.budget.as_str());
                 let (bytes, files) = exported

@@ -406,6 +406,7 @@ pub fn precheck(
         .collect();
     signed.sort_by_key(|id| id.0);
     signed.dedup_by_key(|id| id.0);
+    let export = hex::encode(Sha256::digest(&bytes));
     Ok(Prechecked {
         approved: Approved {
             threshold: tallies
@@ -419,7 +420,10 @@ pub fn precheck(
                 request: bytes,
                 signatures,
             },
-            demand: policy.demand(request.files.iter().map(|f| (f.path.as_str(), f.size))),
+            demand: Demand {
+                export: Some(export),
+                ..policy.demand(request.files.iter().map(|f| (f.path.as_str(), f.size)))
+            },
             request,
         },
     })

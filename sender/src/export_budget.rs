@@ -76,7 +76,17 @@ pub fn spend(state: &Path, demand: &Demand) -> Result<Usage, NotSpent> {
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
         .map_err(|e| ledger(LOCK, io::Error::from_raw_os_error(e.raw_os_error())))?;
     let now = budget::minute_now();
-    let (mut usage, lines, whole) = read(state).map_err(|e| ledger(LEDGER, e))?;
+    let Ledger {
+        mut usage,
+        lines,
+        whole,
+        mut paid,
+    } = read(state).map_err(|e| ledger(LEDGER, e))?;
+    // Sent again (a restart mid-send, a failed attempt): it was charged when it first left.
+    if let Some(export) = demand.export.as_ref().filter(|e| paid.contains_key(*e)) {
+        tracing::info!(request_sha256 = %export, "export budget: this request was charged already");
+        return Ok(usage);
+    }
     demand.check(&usage, now).map_err(NotSpent::Exceeded)?;
     usage.add(now, &demand.charges);
     let spent: Vec<Spent> = (demand.charges.iter())
@@ -85,13 +95,27 @@ pub fn spend(state: &Path, demand: &Demand) -> Result<Usage, NotSpent> {
             budget: c.budget.clone(),
             bytes: c.bytes,
             files: c.files,
+            export: demand.export.clone(),
         })
         .collect();
     usage.prune(now);
-    if lines > usage.records().len() + SLACK_LINES {
-        rewrite(state, &usage).map_err(|e| ledger(LEDGER, e))?;
+    if let Some(export) = &demand.export {
+        paid.insert(export.clone(), now);
+    }
+    if lines > usage.records().len() + paid.len() + SLACK_LINES {
+        rewrite(state, &usage, &paid).map_err(|e| ledger(LEDGER, e))?;
     } else {
         append(state, &spent, whole).map_err(|e| ledger(LEDGER, e))?;
+    }
+    for charge in &demand.charges {
+        let (bytes, files) = usage.used(&charge.budget, now);
+        tracing::info!(
+            budget = %budget::label(&charge.budget),
+            ledger = %state.join(LEDGER).display(),
+            "export budget: {} and {} file(s) spent today",
+            sluice_common::units::Bytes(bytes),
+            files
+        );
     }
     Ok(usage)
 }
@@ -102,7 +126,15 @@ pub fn fits(state: &Path, demand: &Demand) -> Result<(), NotSpent> {
     if demand.is_empty() {
         return Ok(());
     }
-    let (usage, _, _) = read(state).map_err(|e| NotSpent::Ledger(format!("{LEDGER}: {e}")))?;
+    let ledger = read(state).map_err(|e| NotSpent::Ledger(format!("{LEDGER}: {e}")))?;
+    if demand
+        .export
+        .as_ref()
+        .is_some_and(|e| ledger.paid.contains_key(e))
+    {
+        return Ok(());
+    }
+    let usage = ledger.usage;
     demand
         .check(&usage, budget::minute_now())
         .map_err(NotSpent::Exceeded)
@@ -111,11 +143,20 @@ pub fn fits(state: &Path, demand: &Demand) -> Result<(), NotSpent> {
 /// What the ledger in `state` holds (nothing if there is none yet), for `/metrics` and
 /// `sluice-send status`.
 pub fn usage(state: &Path) -> io::Result<Usage> {
-    read(state).map(|(usage, _, _)| usage)
+    read(state).map(|ledger| ledger.usage)
 }
 
-/// The ledger's use, its line count, and the length of its whole lines.
-fn read(state: &Path) -> io::Result<(Usage, usize, u64)> {
+/// What the ledger holds.
+struct Ledger {
+    usage: Usage,
+    /// Its lines, and the length of the whole ones (a torn last line after them).
+    lines: usize,
+    whole: u64,
+    /// The exports charged in the window, with the minute of their charge.
+    paid: std::collections::BTreeMap<String, u64>,
+}
+
+fn read(state: &Path) -> io::Result<Ledger> {
     let mut text = Vec::new();
     match open_flags().read(true).open(state.join(LEDGER)) {
         Ok(mut file) => file.read_to_end(&mut text)?,
@@ -123,6 +164,7 @@ fn read(state: &Path) -> io::Result<(Usage, usize, u64)> {
         Err(e) => return Err(e),
     };
     let mut usage = Usage::default();
+    let mut paid = std::collections::BTreeMap::new();
     let mut lines = 0;
     let mut rest = text.as_slice();
     while let Some(end) = rest.iter().position(|b| *b == b'\n') {
@@ -136,11 +178,22 @@ fn read(state: &Path) -> io::Result<(Usage, usize, u64)> {
             )
         })?;
         usage.add_spent(&spent);
+        if let Some(export) = spent.export {
+            paid.insert(export, spent.minute);
+        }
     }
     // `rest`: a line torn by a crash before its fsync; its export never began.
-    usage.prune(budget::minute_now());
+    let now = budget::minute_now();
+    usage.prune(now);
+    let oldest = now.saturating_sub(budget::WINDOW_MINUTES - 1);
+    paid.retain(|_, minute| *minute >= oldest);
     let whole = (text.len() - rest.len()) as u64;
-    Ok((usage, lines, whole))
+    Ok(Ledger {
+        usage,
+        lines,
+        whole,
+        paid,
+    })
 }
 
 fn line_of(spent: &Spent) -> io::Result<Vec<u8>> {
@@ -152,11 +205,16 @@ fn line_of(spent: &Spent) -> io::Result<Vec<u8>> {
 /// Appends `spent` after the ledger's `whole` lines (a torn line a crash left is cut off).
 fn append(state: &Path, spent: &[Spent], whole: u64) -> io::Result<()> {
     use std::io::{Seek, SeekFrom};
+    let created = !state.join(LEDGER).exists();
     let mut file = open_flags()
         .write(true)
         .create(true)
         .truncate(false)
         .open(state.join(LEDGER))?;
+    if created {
+        // The new name must survive a crash as well as the charge in it.
+        File::open(state)?.sync_all()?;
+    }
     if file.metadata()?.len() > whole {
         file.set_len(whole)?;
     }
@@ -169,11 +227,25 @@ fn append(state: &Path, spent: &[Spent], whole: u64) -> io::Result<()> {
     file.sync_all()
 }
 
-/// Replaces the ledger by the window's use, durably (new file, fsync, rename, fsync dir).
-fn rewrite(state: &Path, usage: &Usage) -> io::Result<()> {
+/// Replaces the ledger by the window's use and the exports charged in it, durably (new
+/// file, fsync, rename, fsync dir).
+fn rewrite(
+    state: &Path,
+    usage: &Usage,
+    paid: &std::collections::BTreeMap<String, u64>,
+) -> io::Result<()> {
     let mut out = Vec::new();
     for s in usage.records() {
         out.extend(line_of(&s)?);
+    }
+    for (export, minute) in paid {
+        out.extend(line_of(&Spent {
+            minute: *minute,
+            budget: String::new(),
+            bytes: 0,
+            files: 0,
+            export: Some(export.clone()),
+        })?);
     }
     let mut file: File = open_flags()
         .write(true)
@@ -249,6 +321,30 @@ mod tests {
     }
 
     #[test]
+    fn one_export_sent_again_is_charged_once_even_across_a_rewrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = policy(dir.path(), "files_per_day = 1");
+        let state = dir.path().join("state");
+        let demand = |export: &str| Demand {
+            export: Some(export.into()),
+            ..policy.demand([("m.safetensors", 10)])
+        };
+        spend(&state, &demand("request-a")).unwrap();
+        // A restart mid-send, or a retry: the same request passes, and costs nothing more.
+        fits(&state, &demand("request-a")).unwrap();
+        let again = spend(&state, &demand("request-a")).unwrap();
+        assert_eq!(again.used("weights", budget::minute_now()), (10, 1));
+        assert!(spend(&state, &demand("request-b")).is_err());
+        // Compacted: the request is still known as paid.
+        let usage = usage(&state).unwrap();
+        let paid =
+            std::collections::BTreeMap::from([("request-a".to_string(), budget::minute_now())]);
+        rewrite(&state, &usage, &paid).unwrap();
+        spend(&state, &demand("request-a")).unwrap();
+        assert!(spend(&state, &demand("request-b")).is_err());
+    }
+
+    #[test]
     fn minutes_out_of_the_window_are_rewritten_away() {
         let dir = tempfile::tempdir().unwrap();
         let policy = policy(dir.path(), "files_per_day = 1000000");
@@ -262,6 +358,7 @@ mod tests {
                     budget: "weights".into(),
                     bytes: 1,
                     files: 1,
+                    export: None,
                 })
                 .unwrap(),
             );

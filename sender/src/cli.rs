@@ -60,6 +60,10 @@ pub struct Args {
     /// Object name for data read from stdin (`-`).
     #[arg(long)]
     pub name: Option<String>,
+    /// When stderr is not a terminal (cron, systemd), log a progress line this often
+    /// (30s, 5m). Default 30s.
+    #[arg(long, value_name = "DURATION")]
+    pub progress_every: Option<String>,
     /// Blocks whose symbols are interleaved on the link (spreads loss bursts). Default 8.
     #[arg(long)]
     pub interleave: Option<String>,
@@ -117,6 +121,8 @@ pub struct Options {
     pub state: Option<PathBuf>,
     /// Object name for stdin.
     pub name: Option<String>,
+    /// A progress line this often when stderr is not a terminal.
+    pub progress_every: std::time::Duration,
     /// Blocks interleaved on the link.
     pub interleave: usize,
     /// The export approval PATH... must carry, if a policy is configured.
@@ -260,6 +266,11 @@ pub fn resolve_watch(mut args: WatchArgs) -> Result<WatchOptions, UsageError> {
     if !args.send.paths.is_empty() {
         return Err(UsageError(
             "watch takes no paths: it sends what appears in --outbox".into(),
+        ));
+    }
+    if args.send.progress_every.is_some() {
+        return Err(UsageError(
+            "--progress-every is for one-shot sends: the daemon logs each item as it goes".into(),
         ));
     }
     let outbox = layers.required_path("outbox", args.outbox, "the directory to watch")?;
@@ -406,6 +417,12 @@ fn resolve_in(layers: Layers<'_>, args: Args, paths_required: bool) -> Result<Op
                 .into(),
         ));
     }
+    let progress_every = match layers.value("progress-every", args.progress_every)? {
+        None => crate::progress::LINE_EVERY,
+        Some(v) => v.parse("a duration of at least 1s, e.g. 30s or 5m", |t| {
+            duration(t).filter(|d| *d >= std::time::Duration::from_secs(1))
+        })?,
+    };
     let name = match name {
         None => None,
         Some(v) => {
@@ -448,6 +465,7 @@ fn resolve_in(layers: Layers<'_>, args: Args, paths_required: bool) -> Result<Op
         spool: layers.path("spool", args.spool)?,
         state: layers.path("state", args.state)?,
         name,
+        progress_every,
         interleave,
         paths: args.paths,
         s3: sluice_common::s3::Settings::default(),

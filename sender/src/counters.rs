@@ -33,6 +33,8 @@ pub struct Counters {
     /// checks refused and moved aside (a counter).
     outbox_pending: AtomicU64,
     outbox_refused: AtomicU64,
+    /// Items the daemon sent whole.
+    outbox_sent: AtomicU64,
     /// The export budgets of `approvals.toml` and what the ledger says is spent.
     export_budget: Mutex<(Vec<(BudgetKey, Limit)>, Usage)>,
 }
@@ -114,6 +116,22 @@ impl Counters {
     /// One more item refused by the daemon's checks.
     pub(crate) fn count_refused_item(&self) {
         self.outbox_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One more item sent whole by the daemon.
+    pub(crate) fn count_sent_item(&self) {
+        self.outbox_sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The watch daemon's outbox, now: items sent whole, items refused, requests waiting for
+    /// approval, items not yet sent.
+    pub(crate) fn outbox(&self) -> [u64; 4] {
+        [
+            get(&self.outbox_sent),
+            get(&self.outbox_refused),
+            get(&self.outbox_pending),
+            get(&self.outbox_items),
+        ]
     }
 
     /// The watch daemon's outbox, now.

@@ -36,6 +36,7 @@ pub mod export_budget;
 pub mod model_sign;
 pub mod objects;
 pub mod outcome;
+pub mod progress;
 mod send_loop;
 mod session;
 pub mod summary;
@@ -138,8 +139,12 @@ impl Sender {
             metrics,
         } = ends;
         let file_bytes: u64 = objects.iter().filter_map(|o| o.size).sum();
-        let progress = std::io::stderr().is_terminal() && !options.shared.log.quiet;
-        let progress_total = progress.then_some(file_bytes * u64::from(options.passes));
+        let progress = match (options.shared.log.quiet, std::io::stderr().is_terminal()) {
+            (true, _) => progress::Show::Nothing,
+            (false, true) => progress::Show::Bar,
+            (false, false) => progress::Show::Lines,
+        };
+        let progress = (progress, file_bytes * u64::from(options.passes));
         let Session {
             mut config,
             mut send_loop,
@@ -147,14 +152,7 @@ impl Sender {
             overhead,
             audit,
             _metrics,
-        } = Session::start(
-            &options,
-            recipients,
-            signer,
-            link_key,
-            metrics,
-            progress_total,
-        )?;
+        } = Session::start(&options, recipients, signer, link_key, metrics, progress)?;
         let spool = match options.passes {
             1 => None,
             _ => Some(encode::Spool::create(options.spool.as_deref()).map_err(Error::Spool)?),

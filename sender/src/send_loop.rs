@@ -7,15 +7,15 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
 use sluice_common::link::FrameTx;
 use sluice_common::outcome::Outcomes;
 use sluice_protocol::tx::{OutgoingBlock, Scheduler, Transmit, TxConfig};
-use sluice_protocol::wire::{BlockKind, LinkKey, ObjectId, SessionId};
+use sluice_protocol::wire::{BlockKey, BlockKind, LinkKey, ObjectId, SessionId};
 
 use crate::counters::Counters;
 use crate::encode::{Passed, Produced};
 use crate::outcome::Outcome;
+use crate::progress::{Progress, Show};
 
 /// Copies of the audit-log head sent at the end of a run, and the time between them.
 const ANCHOR_REPEATS: usize = 3;
@@ -37,8 +37,11 @@ pub(crate) struct Settings {
     pub heartbeat_interval: Duration,
     /// Heartbeats keep going this long after the last symbol.
     pub linger: Duration,
-    /// Show a progress bar over this many plaintext bytes.
-    pub progress_total: Option<u64>,
+    /// Show progress over this many plaintext bytes, and how.
+    pub progress_total: u64,
+    pub progress: Show,
+    /// A progress line this often (with [`Show::Lines`]).
+    pub progress_every: Duration,
     /// The audit log whose durable head follows each heartbeat across the link.
     pub audit: Option<std::sync::Arc<sluice_common::audit::AuditLog>>,
 }
@@ -52,21 +55,6 @@ struct InFlight {
     last_pushed: bool,
     /// Paths and sizes of its entries, once the encoder said it queued the object.
     queued: Option<Vec<(String, u64)>>,
-}
-
-fn progress_bar(total: Option<u64>) -> ProgressBar {
-    match total {
-        None => ProgressBar::hidden(),
-        Some(total) => {
-            let bar = ProgressBar::new(total);
-            if let Ok(style) = ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
-            ) {
-                bar.set_style(style);
-            }
-            bar
-        }
-    }
 }
 
 /// A barrier waiting for the objects received before it.
@@ -90,7 +78,9 @@ pub(crate) struct SendLoop {
     failed_since_barrier: u64,
     /// Where passed barriers are reported.
     passed: Option<flume::Sender<Passed>>,
-    bar: ProgressBar,
+    progress: Progress,
+    /// Plaintext bytes of each block pushed and not yet sent (one per pass), for progress.
+    unsent_plain: HashMap<BlockKey, Vec<u64>>,
     start: Instant,
 }
 
@@ -117,7 +107,11 @@ impl SendLoop {
             settings.link_key.clone(),
             sluice_common::instant_since(start),
         );
-        let bar = progress_bar(settings.progress_total);
+        let progress = Progress::new(
+            settings.progress,
+            settings.progress_total,
+            settings.progress_every,
+        );
         SendLoop {
             settings,
             scheduler,
@@ -127,7 +121,8 @@ impl SendLoop {
             barriers: VecDeque::new(),
             failed_since_barrier: 0,
             passed: None,
-            bar,
+            progress,
+            unsent_plain: HashMap::new(),
             start,
         }
     }
@@ -278,7 +273,7 @@ impl SendLoop {
         link.flush().await?;
         self.take_sent();
         self.counters.record_tx(&self.scheduler.stats());
-        self.bar.finish_and_clear();
+        self.progress.finish();
         Ok(drained_after.unwrap_or_else(|| self.start.elapsed()))
     }
 
@@ -290,8 +285,8 @@ impl SendLoop {
                 plain_bytes,
                 pass,
             } => {
-                self.bar.inc(plain_bytes);
                 let key = block.key();
+                self.unsent_plain.entry(key).or_default().push(plain_bytes);
                 let track = self.in_flight.entry(key.object).or_default();
                 track.pending += 1;
                 if key.kind == BlockKind::Manifest && pass + 1 >= self.settings.passes {
@@ -305,7 +300,7 @@ impl SendLoop {
                 segments,
             } => {
                 if let Some(last) = entries.last() {
-                    self.bar.set_message(last.path.clone());
+                    self.progress.working_on(&last.path);
                 }
                 self.in_flight.entry(object).or_default().queued =
                     Some(entries.iter().map(|e| (e.path.clone(), e.size)).collect());
@@ -381,6 +376,13 @@ impl SendLoop {
     /// Counts blocks the scheduler finished against their objects.
     fn take_sent(&mut self) {
         while let Some(key) = self.scheduler.poll_sent() {
+            if let Some(plain) = self.unsent_plain.get_mut(&key) {
+                let bytes = plain.pop().unwrap_or(0);
+                if plain.is_empty() {
+                    self.unsent_plain.remove(&key);
+                }
+                self.progress.advance(bytes);
+            }
             if let Some(track) = self.in_flight.get_mut(&key.object) {
                 track.pending = track.pending.saturating_sub(1);
                 self.check_sent(key.object);

@@ -79,14 +79,14 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    /// Starts a session with `progress_total` plaintext bytes on a progress bar, if any.
+    /// Starts a session showing progress over a number of plaintext bytes, and how.
     pub(crate) fn start(
         options: &Options,
         recipients: Vec<age::x25519::Recipient>,
         signer: SigningKey,
         link_key: LinkKey,
         metrics: Option<tokio::net::TcpListener>,
-        progress_total: Option<u64>,
+        (progress, progress_total): (crate::progress::Show, u64),
     ) -> Result<Session, Error> {
         let mut session_bytes = [0u8; 8];
         getrandom::getrandom(&mut session_bytes).map_err(|e| Error::Random(e.to_string()))?;
@@ -154,6 +154,8 @@ impl Session {
             heartbeat_interval: Duration::from_secs(1),
             linger: Duration::from_secs(1),
             progress_total,
+            progress,
+            progress_every: options.progress_every,
             audit: Some(audit.clone()),
         };
         let send_loop = send_loop::SendLoop::new(settings, outcomes, counters.clone());

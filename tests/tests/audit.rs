@@ -268,10 +268,22 @@ fn a_sender_log_cut_short_or_rewritten_is_caught_against_the_receivers_log() {
     // left is intact, and every head of the first run is in it) is still caught; with
     // `--other-senders` its heads are taken as another sender's.
     let mut recv = s.receiver(port, 3, &[]);
-    let sent = s.send(to, &["--rate", "1MB"], &[&root], Duration::from_secs(60));
+    let sent = s.send(
+        to,
+        &["--rate", "1MB", "--progress-every", "1s"],
+        &[&root],
+        Duration::from_secs(60),
+    );
     assert_exit(&sent, 0, "sluice-send");
     assert_exit(&recv.finish(Duration::from_secs(60)), 0, "sluice-recv");
     assert!(against(&send_log).status.success(), "both runs, whole");
+    // Issue 31, item 4: stderr is not a terminal here, so progress comes as log lines, in
+    // the units of --rate.
+    assert!(
+        sent.log.contains("progress: ") && sent.log.contains(" of 3.00 MB ("),
+        "{}",
+        sent.log
+    );
     std::fs::write(&copy, &original).unwrap();
     let out = against(&copy);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));

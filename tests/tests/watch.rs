@@ -1152,6 +1152,17 @@ fn an_export_request_waits_for_its_quorum_in_the_outbox_and_only_approved_files_
     sigterm(&daemon);
     let stopped = daemon.finish(Duration::from_secs(20));
     assert_eq!(stopped.code(), 0, "{}", stopped.log);
+    // Issue 31, item 4: the daemon says what it did when it stops.
+    assert!(
+        stopped
+            .log
+            .contains("watch stopped: 1 item(s) sent (3 object(s)")
+            && stopped
+                .log
+                .contains("4 item(s) refused; 1 request(s) waiting for approval"),
+        "{}",
+        stopped.log
+    );
     let got = recv.finish(Duration::from_secs(60));
     assert_exit(&got, 0, "sluice-recv");
     for leaked in [

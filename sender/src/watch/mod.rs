@@ -103,7 +103,14 @@ pub async fn run(
         overhead: _,
         audit,
         _metrics,
-    } = Session::start(&options.send, recipients, signer, link_key, metrics, None)?;
+    } = Session::start(
+        &options.send,
+        recipients,
+        signer,
+        link_key,
+        metrics,
+        (crate::progress::Show::Nothing, 0),
+    )?;
     let sequence = Sequence::open(&options.state, config.signer.id());
     if let Some(policy) = &approvals {
         let limits: Vec<_> = (policy.budgets().into_iter())
@@ -227,6 +234,23 @@ pub async fn run(
     .map_err(|e| Error::Watch(format!("the coordinator stopped: {e}")))?
     .unwrap_or_else(|_| Err(Error::Watch("the coordinator panicked".into())));
     let snapshot = counters.snapshot();
+    let [items, refused, pending, left] = counters.outbox();
+    // What an operator reads when the daemon stops, as the receiver's summary.
+    tracing::info!(
+        items_sent = items,
+        objects_sent = snapshot.objects_sent,
+        objects_failed = snapshot.objects_failed,
+        bytes = snapshot.bytes,
+        items_refused = refused,
+        items_pending = pending,
+        items_left = left,
+        "watch stopped: {items} item(s) sent ({} object(s), {}), {} object(s) failed; {refused} \
+         item(s) refused; {pending} request(s) waiting for approval; {left} item(s) not yet \
+         sent",
+        snapshot.objects_sent,
+        sluice_common::units::Bytes(snapshot.bytes),
+        snapshot.objects_failed,
+    );
     audit.record(
         sluice_common::audit::Event::new("stop")
             .with("sent", snapshot.objects_sent)
@@ -944,6 +968,7 @@ impl Coordinator {
             return self.journal_record(&item.name, &item.fingerprint, State::Done);
         }
         self.journal_record(&item.name, &item.fingerprint, State::Sent)?;
+        self.counters.count_sent_item();
         tracing::info!(item = %item.name, bytes = item.bytes, "item sent");
         self.dispose(&item.name, &item.fingerprint)
     }

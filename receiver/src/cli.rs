@@ -35,7 +35,9 @@ const LINK_FORM: &str = "udp://HOST:PORT[?mtu=1500] or serial:///dev/ttyX[?baud=
     name = "sluice-recv",
     version,
     about = "Receive files and directory trees from a one-way link (data diode).",
-    after_help = "Key setup: `sluice-recv keygen DIR` writes DIR/receiver.key and DIR/receiver.pub."
+    after_help = "Other commands:\n  sluice-recv keygen DIR    write DIR/receiver.key and DIR/receiver.pub\n  \
+                  sluice-recv release PATH --reason TEXT …  let a refused file out of the \
+                  quarantine, audited (sluice-recv release --help)"
 )]
 pub struct Args {
     #[command(flatten)]

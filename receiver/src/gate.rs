@@ -248,13 +248,13 @@ fn quarantine(
 }
 
 /// What a quarantined file's reason and report are named by: `NAME` + this.
-const REASON: &str = ".reason";
+pub(crate) const REASON: &str = ".reason";
 pub(crate) const REPORT: &str = ".report.json";
 
 /// The path a refused file is kept under: its own, unless its name ends like a reason or a
 /// report — then `.refused` is added, so a sender's file never takes the place of what the
 /// gate wrote beside another.
-fn stored_path(path: &str) -> String {
+pub(crate) fn stored_path(path: &str) -> String {
     if path.ends_with(REASON) || path.ends_with(REPORT) {
         format!("{path}.refused")
     } else {

@@ -63,6 +63,7 @@ pub mod outcome;
 mod publish;
 mod publisher;
 mod records;
+mod release;
 mod s3_upload;
 pub mod segment;
 mod sink;
@@ -575,6 +576,9 @@ fn keygen(args: Vec<OsString>) -> ExitStatus {
 pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
     if args.get(1).is_some_and(|a| a == "keygen") {
         return keygen(args[1..].to_vec()).into();
+    }
+    if args.get(1).is_some_and(|a| a == "release") {
+        return release::main(args[1..].to_vec()).into();
     }
     let options = match config::parse(args, cli::resolve) {
         Parsed::Run(options) => options,

@@ -147,3 +147,28 @@ fn a_busy_metrics_port_is_a_start_up_error() {
         got.log
     );
 }
+
+/// Issue 31, item 7: a receiver killed with `kill -9` while a scraper's connection was open
+/// restarts at once on the same metrics port (the port is left in TIME_WAIT, which the
+/// listener's SO_REUSEADDR allows).
+#[test]
+fn a_receiver_killed_while_scraped_restarts_at_once_on_the_same_metrics_port() {
+    let s = Setup::new();
+    let addr = free_tcp_addr();
+    let link = format!("udp://127.0.0.1:{}", free_udp_port());
+    let start = || {
+        let mut cmd = sluice_tests::binaries::receiver_cmd(&link, &s.keys, &s.out, &s.state);
+        cmd.args(["--metrics", &addr.to_string()]);
+        Proc::spawn("sluice-recv", cmd)
+    };
+    let mut first = start();
+    scrape_until(addr, &mut first, |page| page.contains("sluice_frames"));
+    // A scraper mid-request when the daemon dies.
+    let open = std::net::TcpStream::connect(addr).unwrap();
+    first.kill();
+    drop(open);
+    let mut second = start();
+    let page = scrape_until(addr, &mut second, |page| page.contains("sluice_frames"));
+    assert!(page.contains("sluice_frames"), "{page}");
+    assert!(second.running(), "{}", second.log());
+}

@@ -444,3 +444,118 @@ fn a_slow_inspection_holds_back_only_its_own_file() {
         got.log
     );
 }
+
+/// Issue 31, item 7: `sluice-recv release` lets a false positive out of the quarantine on
+/// purpose: not while the receiver runs (one writer for its audit log), not a file changed
+/// in the quarantine since it was refused, never over a file already in `--out`; otherwise
+/// it lands at its path in `--out`, the audit log records who released it and why, and the
+/// quarantine no longer holds it.
+#[test]
+fn a_false_positive_is_released_from_the_quarantine_on_purpose_and_on_the_record() {
+    let s = Setup::new();
+    let src = s.src.join("drop");
+    write(
+        &src.join("tool.exe"),
+        b"FALSE-POSITIVE: a harmless build tool",
+    );
+    write(&src.join("notes.txt"), b"fine");
+    let quarantine = s.tmp.path().join("quarantine");
+    let policy = s.tmp.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "quarantine = {:?}\ndeny = [\"*.exe\"]\n",
+            quarantine.display().to_string()
+        ),
+    )
+    .unwrap();
+    let port = free_udp_port();
+    let to: SocketAddr = ([127, 0, 0, 1], port).into();
+    let link = format!("udp://127.0.0.1:{port}");
+    let release = |path: &str, reason: &str| {
+        let out = Command::new(&sluice_tests::binaries::binaries().recv)
+            .arg("release")
+            .args(["--link", &link])
+            .arg("--identity")
+            .arg(&s.keys.receiver_key)
+            .arg("--trust")
+            .arg(&s.keys.sender_pub)
+            .arg("--link-key")
+            .arg(&s.keys.link_key)
+            .arg("--out")
+            .arg(&s.out)
+            .arg("--state")
+            .arg(&s.state)
+            .arg("--policy")
+            .arg(&policy)
+            .args(["--reason", reason, "--by", "carol", path])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let mut recv = s.receiver(port, 5, &["--policy", policy.to_str().unwrap()]);
+    let sent = s.send(to, &["--rate", "10MB"], &[&src], Duration::from_secs(60));
+    assert_exit(&sent, 0, "sluice-send");
+    let held = quarantine.join("drop/tool.exe");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !held.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // While the receiver runs: refused, nothing moved.
+    let (code, text) = release("drop/tool.exe", "reviewed: a build tool");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("the receiver is running"), "{text}");
+    let got = recv.finish(Duration::from_secs(60));
+    assert!(got.log.contains("refused by policy"), "{}", got.log);
+    assert!(held.exists() && !s.out.join("drop/tool.exe").exists());
+
+    // Changed in the quarantine since it was refused: refused, nothing placed.
+    let original = std::fs::read(&held).unwrap();
+    std::fs::write(&held, b"SWAPPED IN THE QUARANTINE").unwrap();
+    let (code, text) = release("drop/tool.exe", "reviewed: a build tool");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("changed in the quarantine"), "{text}");
+    assert!(!s.out.join("drop/tool.exe").exists());
+    std::fs::write(&held, &original).unwrap();
+
+    // A reason is required; then it goes out.
+    let (code, text) = release("drop/tool.exe", " ");
+    assert_eq!(code, Some(2), "{text}");
+    let (code, text) = release("drop/tool.exe", "reviewed: a build tool");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("released drop/tool.exe"), "{text}");
+    assert_eq!(
+        std::fs::read(s.out.join("drop/tool.exe")).unwrap(),
+        original
+    );
+    assert!(!held.exists() && !quarantine.join("drop/tool.exe.reason").exists());
+    let audit = std::fs::read_to_string(s.state.join("audit.log")).unwrap();
+    let released: Vec<serde_json::Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["event"] == "released")
+        .collect();
+    assert_eq!(released.len(), 1, "{audit}");
+    assert_eq!(released[0]["path"], "drop/tool.exe");
+    assert_eq!(released[0]["by"], "carol");
+    assert_eq!(released[0]["reason"], "reviewed: a build tool");
+    assert!(
+        released[0]["refused"].as_str().unwrap().contains("*.exe"),
+        "{}",
+        released[0]
+    );
+    let verified = Command::new(&sluice_tests::binaries::binaries().audit)
+        .arg("verify")
+        .arg(s.state.join("audit.log"))
+        .output()
+        .unwrap();
+    assert!(verified.status.success(), "{verified:?}");
+    // Once out, it is not in the quarantine any more.
+    let (code, text) = release("drop/tool.exe", "again");
+    assert_eq!(code, Some(1), "{text}");
+}

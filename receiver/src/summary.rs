@@ -61,6 +61,8 @@ pub struct Report {
     pub sender_frames_sent: u64,
     /// Drops by reason.
     pub drops: DropCounters,
+    /// Datagrams the kernel dropped because the receive buffer was full (link overrun).
+    pub kernel_drops: u64,
     /// Blocks decoded.
     pub blocks_decoded: u64,
     /// Blocks that needed repair symbols to decode.
@@ -105,6 +107,7 @@ impl Report {
             frames_valid: c.frames_valid,
             sender_frames_sent: c.sender_frames_sent,
             drops: c.drops,
+            kernel_drops: c.kernel_drops,
             blocks_decoded: c.blocks_decoded,
             blocks_recovered: c.blocks_recovered,
             blocks_stalled: c.blocks_stalled,
@@ -174,6 +177,19 @@ impl Report {
             drops.join(", ")
         };
         let _ = writeln!(s, "  dropped:  {drops}");
+        if self.kernel_drops > 0 {
+            let _ = writeln!(
+                s,
+                "  overrun:  {} datagrams dropped by the kernel before this receiver read them \
+                 (its receive buffer was full){}",
+                self.kernel_drops,
+                if self.objects_failed > 0 {
+                    ": lower the sender's --rate, or raise net.core.rmem_max"
+                } else {
+                    ""
+                }
+            );
+        }
         let _ = writeln!(
             s,
             "  blocks:   {} decoded, {} recovered by FEC, {} stalled",
@@ -242,6 +258,7 @@ impl Report {
                 "frames_valid": self.frames_valid,
                 "sender_frames_sent": self.sender_frames_sent,
                 "dropped": dropped,
+                "kernel_drops": self.kernel_drops,
                 "blocks_decoded": self.blocks_decoded,
                 "blocks_recovered": self.blocks_recovered,
                 "blocks_stalled": self.blocks_stalled,

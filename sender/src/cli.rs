@@ -169,7 +169,15 @@ const SEGMENT_SIZES: std::ops::RangeInclusive<u64> =
     about = "Send every item (top-level file or directory) put into --outbox, once, in \
              arrival order; runs until stopped. Writers rename finished items into the outbox, \
              or write them elsewhere or as NAME.partial first: names starting with `.` or \
-             ending in `.partial` are never sent."
+             ending in `.partial` are never sent.",
+    // One-shot options the daemon refuses (each with its reason): not in its help.
+    mut_arg("approval", |a| a.hide(true)),
+    mut_arg("approval_sig", |a| a.hide(true)),
+    mut_arg("sign_model", |a| a.hide(true)),
+    mut_arg("sign_model_cert", |a| a.hide(true)),
+    mut_arg("progress_every", |a| a.hide(true)),
+    mut_arg("name", |a| a.hide(true)),
+    mut_arg("paths", |a| a.hide(true))
 )]
 pub struct WatchArgs {
     #[command(flatten)]
@@ -333,9 +341,11 @@ pub fn resolve_watch(mut args: WatchArgs) -> Result<WatchOptions, UsageError> {
     })
 }
 
-/// Merges the config file under the command line and checks every value.
+/// Merges the config file under the command line and checks every value. The file may be
+/// the daemon's (`send-watch.toml`): one file serves both, and a one-shot send ignores the
+/// keys only `watch` takes (`outbox`, `settle`, `keep-sent`, …); any other key is an error.
 pub fn resolve(args: Args) -> Result<Options, UsageError> {
-    let file = config::load_file::<Args>(args.shared.config.as_deref())?;
+    let file = config::load_file::<WatchArgs>(args.shared.config.as_deref())?;
     let mut options = resolve_in(Layers::new(file.as_ref()), args, true)?;
     options.s3 = file
         .map(|f| f.section("s3"))
@@ -475,6 +485,68 @@ fn resolve_in(layers: Layers<'_>, args: Args, paths_required: bool) -> Result<Op
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_daemons_config_file_serves_a_one_shot_send_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("send-watch.toml");
+        std::fs::write(
+            &config,
+            "link = \"udp://127.0.0.1:5000\"\nlink-key = \"l.key\"\nrecipient = [\"r.pub\"]\n\
+             sign-key = \"s.key\"\noutbox = \"/srv/o\"\nstate = \"/var/lib/s\"\n\
+             keep-sent = \"7d\"\nsettle = \"2s\"\nrate = \"50MB\"\n",
+        )
+        .unwrap();
+        let args = Args::try_parse_from(["sluice-send", "--config", config.to_str().unwrap(), "f"])
+            .unwrap();
+        let options = resolve(args).unwrap();
+        assert_eq!(options.rate, 50_000_000);
+        assert_eq!(
+            options.state.as_deref(),
+            Some(std::path::Path::new("/var/lib/s"))
+        );
+        // Keys neither command takes are still errors.
+        std::fs::write(
+            &config,
+            "link = \"udp://127.0.0.1:5000\"\nsettel = \"2s\"\n",
+        )
+        .unwrap();
+        let args = Args::try_parse_from(["sluice-send", "--config", config.to_str().unwrap(), "f"])
+            .unwrap();
+        assert!(resolve(args).is_err());
+    }
+
+    #[test]
+    fn watch_help_lists_only_what_the_daemon_takes() {
+        use clap::CommandFactory;
+        let help = WatchArgs::command().render_help().to_string();
+        for refused in [
+            "--approval ",
+            "--approval-sig",
+            "--sign-model",
+            "--progress-every",
+            "--name",
+        ] {
+            assert!(!help.contains(refused), "{refused} in:\n{help}");
+        }
+        for taken in ["--approval-policy", "--outbox", "--policy", "--rate"] {
+            assert!(help.contains(taken), "{taken} not in:\n{help}");
+        }
+        // Hidden, still parsed: refused with the reason.
+        let refused = resolve_watch(
+            WatchArgs::try_parse_from([
+                "w",
+                "--outbox",
+                "o",
+                "--state",
+                "s",
+                "--progress-every",
+                "1s",
+            ])
+            .unwrap(),
+        );
+        assert!(refused.unwrap_err().0.contains("one-shot"));
+    }
 
     /// The required options (with `link`), then `extra`.
     fn resolve_with_link(link: &str, extra: &[&str]) -> Result<Options, UsageError> {

@@ -91,7 +91,8 @@ pub struct Passed {
 pub struct QueuedEntry {
     pub path: String,
     pub size: u64,
-    pub sha256: [u8; 32],
+    /// The content's SHA-256; `None` for a directory.
+    pub sha256: Option<[u8; 32]>,
 }
 
 /// Fixed settings of one run's encoder.
@@ -891,7 +892,7 @@ impl Collector<'_> {
             .map(|e| QueuedEntry {
                 path: e.path.clone(),
                 size: e.size,
-                sha256: e.sha256,
+                sha256: (e.kind == EntryKind::File).then_some(e.sha256),
             })
             .collect();
         let failed = |reason: String| Produced::ObjectFailed {
@@ -1037,7 +1038,7 @@ mod tests {
     enum Event {
         /// Key and plaintext bytes (symbol counts vary: age adds random-length grease).
         Block(BlockKey, u64),
-        Queued(String, u64, [u8; 32], usize),
+        Queued(String, u64, Option<[u8; 32]>, usize),
         Failed(String),
         Pass(u16),
     }

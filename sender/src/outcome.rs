@@ -19,7 +19,8 @@ pub enum Outcome {
     Queued {
         path: String,
         size: u64,
-        sha256: [u8; 32],
+        /// Its content's SHA-256 (none for a directory: logged empty, as the receiver does).
+        sha256: Option<[u8; 32]>,
         /// Data segments of its object (0 when its content travels inline).
         segments: usize,
         /// It travels in a pack with other small entries.
@@ -69,7 +70,7 @@ impl Subscriber<Outcome> for LogLine {
             } => tracing::info!(
                 path = %path,
                 size,
-                sha256 = %hex::encode(sha256),
+                sha256 = %sha256.map(hex::encode).unwrap_or_default(),
                 segments,
                 packed,
                 "object queued"
@@ -99,7 +100,7 @@ impl Subscriber<Outcome> for AuditTrail {
             } => Event::new("queued")
                 .with("path", path.clone())
                 .with("size", *size)
-                .with("sha256", hex::encode(sha256)),
+                .with("sha256", sha256.map(hex::encode).unwrap_or_default()),
             Outcome::Sent { path, size } => Event::new("sent")
                 .with("path", path.clone())
                 .with("size", *size),

@@ -74,9 +74,12 @@ pub fn profile_dir() -> PathBuf {
 
 fn build(dir: &Path) {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent");
+    // The checkout this run was started from (`cargo run` and `cargo test` say so at run
+    // time); the path compiled in is only a fallback — a copied or moved checkout must not
+    // build and run the daemons of the original one.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    let workspace = manifest_dir.parent().expect("tests/ has a parent");
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace).args([
         "build",

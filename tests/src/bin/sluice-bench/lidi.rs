@@ -2,7 +2,7 @@
 //! or authentication), run on the same file over loopback UDP, tuned as its documentation
 //! says (`--batch 512`, two encode and decode threads). It is never vendored: build it from
 //! its public source in a scratch directory and point `SLUICE_BENCH_LIDI` at the directory
-//! holding `diode-oneshot-send` and `diode-oneshot-receive` (README.md, "Performance").
+//! holding `diode-oneshot-send` and `diode-oneshot-receive` (docs/PERFORMANCE.md).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -14,7 +14,7 @@
 //! at the old file's last. A truncated tail cannot be seen from the file alone; it is caught by
 //! checking the file against heads recorded elsewhere (`verify` with `heads`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -350,7 +350,10 @@ pub fn digest_of(options: &impl std::fmt::Debug) -> String {
 /// `receiver_log`), split into those of the sessions a sender's log (`sender_log`) started
 /// (its `start` records) and the sessions it does not mention (another sender's, or a run
 /// that was removed from the sender's log together with its start record).
-pub fn heads_recorded_for(receiver_log: &str, sender_log: &str) -> (Vec<Head>, BTreeSet<String>) {
+pub fn heads_recorded_for(
+    receiver_log: &str,
+    sender_log: &str,
+) -> (Vec<Head>, BTreeMap<String, Vec<Head>>) {
     let records = |text: &'_ str| {
         text.lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -363,7 +366,7 @@ pub fn heads_recorded_for(receiver_log: &str, sender_log: &str) -> (Vec<Head>, B
         .filter_map(|r| field(r, "session"))
         .collect();
     let mut heads = Vec::new();
-    let mut unknown = BTreeSet::new();
+    let mut unknown: BTreeMap<String, Vec<Head>> = BTreeMap::new();
     for r in records(receiver_log) {
         if r.get("event").and_then(Value::as_str) != Some("sender_audit_head") {
             continue;
@@ -378,10 +381,31 @@ pub fn heads_recorded_for(receiver_log: &str, sender_log: &str) -> (Vec<Head>, B
         if sessions.contains(&session) {
             heads.push(Head { seq, hash });
         } else {
-            unknown.insert(session);
+            unknown.entry(session).or_default().push(Head { seq, hash });
         }
     }
     (heads, unknown)
+}
+
+/// Of `heads`, those the log `text` does not hold (by seq and line hash), leaving out heads
+/// before its first record (in rotated files not given, or pruned).
+pub fn not_in_log<'a>(text: &str, heads: &'a [Head]) -> Vec<&'a Head> {
+    let mut held = std::collections::HashMap::new();
+    let mut first = None;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let seq = serde_json::from_str::<Value>(line)
+            .ok()
+            .and_then(|r| r.get("seq").and_then(Value::as_u64));
+        if let Some(seq) = seq {
+            first.get_or_insert(seq);
+            held.insert(seq, line_hash(line));
+        }
+    }
+    let first = first.unwrap_or(0);
+    heads
+        .iter()
+        .filter(|h| h.seq >= first && held.get(&h.seq) != Some(&h.hash))
+        .collect()
 }
 
 /// Why a log does not verify: the first bad record, by line number (1-based).
@@ -458,6 +482,32 @@ pub fn verify(text: &str, heads: &[Head]) -> Result<Head, Broken> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn heads_of_rotated_records_are_not_asked_for_but_later_ones_must_be_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        write_log(&path, 6);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let head = |i: usize| Head {
+            seq: i as u64 + 1,
+            hash: line_hash(lines[i]),
+        };
+        // The first two records rotated away: what is left starts at seq 3.
+        let kept = lines[2..].join("\n");
+        let heads = [head(0), head(3), head(5)];
+        assert!(not_in_log(&kept, &heads).is_empty());
+        // The last two cut off: the head of seq 6 is missing.
+        let cut = lines[2..4].join("\n");
+        assert_eq!(not_in_log(&cut, &heads), [&heads[2]]);
+        // A head with another hash at a seq the log holds: rewritten.
+        let forged = [Head {
+            seq: 4,
+            hash: "00".repeat(32),
+        }];
+        assert_eq!(not_in_log(&kept, &forged).len(), 1);
+    }
 
     fn write_log(path: &Path, count: usize) {
         let log = AuditLog::open(path).unwrap();

@@ -213,8 +213,11 @@ fn quarantine(
     reason: &str,
     report: Option<&Report>,
 ) -> io::Result<Quarantined> {
+    // One line a field: the reason (which may quote a name from the file) and the path are
+    // escaped, so neither can add a line of its own (`sluice-recv release` reads them).
     let reason = format!(
-        "refused: {reason}\npath: {}\nsize: {}\nsha256: {}\ntime: {}\n",
+        "refused: {}\npath: {}\nsize: {}\nsha256: {}\ntime: {}\n",
+        sluice_common::paths::escaped(reason),
         e.path,
         e.size,
         hex::encode(e.sha256),
@@ -250,13 +253,15 @@ fn quarantine(
 /// What a quarantined file's reason and report are named by: `NAME` + this.
 pub(crate) const REASON: &str = ".reason";
 pub(crate) const REPORT: &str = ".report.json";
+const REFUSED: &str = ".refused";
 
 /// The path a refused file is kept under: its own, unless its name ends like a reason or a
 /// report — then `.refused` is added, so a sender's file never takes the place of what the
 /// gate wrote beside another.
 pub(crate) fn stored_path(path: &str) -> String {
-    if path.ends_with(REASON) || path.ends_with(REPORT) {
-        format!("{path}.refused")
+    // `.refused` too: `a.reason` is kept as `a.reason.refused`, which another file may not be.
+    if path.ends_with(REASON) || path.ends_with(REPORT) || path.ends_with(REFUSED) {
+        format!("{path}{REFUSED}")
     } else {
         path.to_string()
     }

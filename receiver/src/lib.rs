@@ -470,7 +470,7 @@ fn reserved_name(out: &Path, state: &Path) -> Option<String> {
 }
 
 /// The process umask (read by setting it, then setting it back).
-fn process_umask() -> u32 {
+pub(crate) fn process_umask() -> u32 {
     // Read, not set-and-restore: setting it would briefly change the mask of every thread
     // of the process (and of other receivers in one test process).
     if let Some(mask) = std::fs::read_to_string("/proc/self/status")

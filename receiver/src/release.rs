@@ -92,18 +92,24 @@ pub(crate) fn main(args: Vec<std::ffi::OsString>) -> ExitStatus {
 /// What `.reason` says of a quarantined file.
 struct Refusal {
     refused: String,
+    path: String,
     size: u64,
     sha256: String,
 }
 
+/// The `.reason` the gate wrote: each field exactly once (its reason text escaped, so no
+/// file name can add a line of its own).
 fn parse_reason(text: &str) -> Option<Refusal> {
     let field = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix(": "))
-            .map(str::to_string)
+        let mut found = text
+            .lines()
+            .filter_map(|l| l.strip_prefix(key)?.strip_prefix(": "));
+        let value = found.next()?;
+        found.next().is_none().then(|| value.to_string())
     };
     Some(Refusal {
         refused: field("refused")?,
+        path: field("path")?,
         size: field("size")?.parse().ok()?,
         sha256: field("sha256")?,
     })
@@ -137,21 +143,27 @@ impl Release {
                 "release works on a quarantine directory and a directory --out".into(),
             ));
         }
-        // One writer for the audit log: the daemon must be stopped.
+        let out = Dir::open(&options.out)
+            .map_err(|e| failure(format!("cannot open --out {}: {e}", options.out.display())))?;
+        // The daemon's own state directory, locked (one writer for the audit log): its
+        // private staging directory, on --out's file system, holds the copy until it is
+        // renamed into place, so nobody who can write under --out can touch it meanwhile.
         let state_path = options.state_dir();
-        let state = Dir::open(&state_path)
-            .map_err(|e| failure(format!("cannot open --state {}: {e}", state_path.display())))?;
-        let lock = state
-            .open_rw("lock", 0o600)
-            .map_err(|e| failure(format!("cannot open {}/lock: {e}", state_path.display())))?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
-            |_| {
-                failure(format!(
+        let state =
+            crate::state::StateDir::open(&state_path, &out, &options.out).map_err(|e| match e {
+                crate::state::StateError::InUse(_) => failure(format!(
                     "the receiver is running (--state {} is locked): stop it, release, start it",
                     state_path.display()
-                ))
-            },
-        )?;
+                )),
+                other => failure(other.to_string()),
+            })?;
+        let audit_path = options.audit_log_path();
+        let audit = AuditLog::open(&audit_path).map_err(|e| {
+            failure(format!(
+                "cannot open the audit log {}: {e}",
+                audit_path.display()
+            ))
+        })?;
         let quarantine = Dir::open(&quarantine_path).map_err(|e| {
             failure(format!(
                 "cannot open the quarantine {}: {e}",
@@ -171,71 +183,69 @@ impl Release {
         let refusal = read_small(&held_dir, &reason_name)
             .ok()
             .and_then(|text| parse_reason(&text))
+            .filter(|r| r.path == self.path)
             .ok_or_else(|| {
                 failure(format!(
-                    "{shown}: no readable {reason_name} beside it in the quarantine: not a file \
-                     the gate refused"
+                    "{shown}: no {reason_name} for this path beside it in the quarantine: not \
+                     a file the gate refused"
                 ))
             })?;
         let (mut file, entry) = held_dir
             .open_regular(name)
             .map_err(|e| failure(format!("{shown}: cannot open it in the quarantine: {e}")))?;
-        let out = Dir::open(&options.out)
-            .map_err(|e| failure(format!("cannot open --out {}: {e}", options.out.display())))?;
         let (out_parents, out_name) = match self.path.rsplit_once('/') {
             Some((dir, name)) => (dir.split('/').collect::<Vec<_>>(), name),
             None => (Vec::new(), self.path.as_str()),
         };
+        let mode_mask = options.mode_mask & !crate::process_umask();
         let (dest, _) = out
-            .walk(&out_parents, Some(0o755 & options.mode_mask), &options.out)
+            .walk(&out_parents, Some(0o755 & mode_mask), &options.out)
             .map_err(|e| failure(format!("{shown}: cannot reach its place in --out: {e}")))?;
-        if dest.stat(out_name).ok().flatten().is_some() {
+        // Nor beside a name that looks the same (another Unicode normalization of it).
+        let taken = std::iter::once(out_name.to_string())
+            .chain(paths::normalization_twins(out_name))
+            .any(|n| dest.stat(&n).ok().flatten().is_some());
+        if taken {
             return Err(failure(format!(
-                "{shown} is already in --out: nothing released"
+                "{shown} (or a name that looks the same) is already in --out: nothing released"
             )));
         }
         // Copied into a new file first, hashed as it is read: what lands is what was checked.
-        let temporary = format!(".sluice-release-{}", std::process::id());
-        let _ = dest.remove_file(&temporary);
-        let mut copy = dest
+        let staging = state.staging();
+        let temporary = state.unique_name("release");
+        // Private to this user: only a copy a crashed release left can be there.
+        let _ = staging.remove_file(&temporary);
+        let mut copy = staging
             .create_file(&temporary, 0o600)
-            .map_err(|e| failure(format!("cannot write in --out: {e}")))?;
+            .map_err(|e| failure(format!("cannot write in the state directory: {e}")))?;
         let copied = copy_hashing(&mut file, &mut copy)
             .and_then(|(size, sha)| {
-                sluice_common::beneath::set_mode(&copy, 0o644 & options.mode_mask)?;
+                sluice_common::beneath::set_mode(&copy, 0o644 & mode_mask)?;
                 copy.sync_all()?;
                 Ok((size, sha))
             })
             .map_err(|e| failure(format!("cannot copy {shown}: {e}")));
-        let (size, sha256) = match copied {
-            Ok(copied) => copied,
-            Err(e) => {
-                let _ = dest.remove_file(&temporary);
-                return Err(e);
-            }
+        let discard = || {
+            let _ = staging.remove_file(&temporary);
         };
+        let (size, sha256) = copied.inspect_err(|_| discard())?;
         if size != refusal.size || size != entry.size || sha256 != refusal.sha256 {
-            let _ = dest.remove_file(&temporary);
+            discard();
             return Err(failure(format!(
                 "{shown} changed in the quarantine since it was refused (recorded {} bytes, \
                  SHA-256 {}; now {size} bytes, {sha256}): nothing released",
                 refusal.size, refusal.sha256
             )));
         }
-        if let Err(e) = dest
-            .rename_new(&temporary, &dest, out_name)
-            .and_then(|()| dest.sync())
-        {
-            let _ = dest.remove_file(&temporary);
+        if let Err(e) = staging.rename_new(&temporary, &dest, out_name) {
+            discard();
             return Err(failure(format!("cannot place {shown} in --out: {e}")));
         }
-        let audit_path = options.audit_log_path();
-        let audit = AuditLog::open(&audit_path).map_err(|e| {
-            failure(format!(
-                "cannot open --audit-log {}: {e}",
-                audit_path.display()
-            ))
-        })?;
+        // In place from here on: whatever follows is said, never undone.
+        if let Err(e) = dest.sync() {
+            eprintln!("warning: {shown} is in --out, but its directory did not sync: {e}");
+        }
+        let before = audit.durable_head().seq;
         audit.record(
             Event::new("released")
                 .with("path", self.path.clone())
@@ -245,10 +255,10 @@ impl Release {
                 .with("reason", self.reason.clone())
                 .with("by", self.by.clone()),
         );
-        if !wait_settled(&audit) {
+        if !wait_recorded(&audit, before) {
             return Err(failure(format!(
-                "{shown} is in --out, but its audit record is not on disk yet: the quarantined \
-                 copy is kept; check {}",
+                "{shown} is in --out, but its audit record could not be written to {}: the \
+                 quarantined copy is kept",
                 audit_path.display()
             )));
         }
@@ -288,8 +298,9 @@ fn copy_hashing(from: &mut impl Read, to: &mut impl Write) -> std::io::Result<(u
     Ok((size, hex::encode(hasher.finalize())))
 }
 
-/// Whether the audit record got on disk (its writer thread fsyncs it) within a few seconds.
-fn wait_settled(audit: &AuditLog) -> bool {
+/// Whether the record after `before` is on disk (the log's writer fsyncs it; a write that
+/// failed settles too, without moving the durable head), within a few seconds.
+fn wait_recorded(audit: &AuditLog, before: u64) -> bool {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !audit.settled() {
         if std::time::Instant::now() >= deadline {
@@ -297,5 +308,25 @@ fn wait_settled(audit: &AuditLog) -> bool {
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    true
+    audit.durable_head().seq > before
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_file_with_a_field_twice_or_missing_is_not_trusted() {
+        let good = "refused: denied name *.exe\npath: drop/tool.exe\nsize: 5\nsha256: ab\n\
+                    time: 2026-12-07T00:00:00Z\n";
+        let refusal = parse_reason(good).unwrap();
+        assert_eq!(
+            (refusal.path.as_str(), refusal.size, refusal.sha256.as_str()),
+            ("drop/tool.exe", 5, "ab")
+        );
+        // A line slipped in ahead of the real one (a name with a newline in a reason).
+        let injected = format!("size: 9\nsha256: ff\n{good}");
+        assert!(parse_reason(&injected).is_none());
+        assert!(parse_reason("refused: x\npath: p\nsize: 1\n").is_none());
+    }
 }

@@ -221,7 +221,12 @@ impl Report {
         }
         for f in &self.failures {
             let name = f.path.as_deref().unwrap_or(&f.object);
-            let _ = writeln!(s, "  failed:   {name}: {}", f.reason);
+            let _ = writeln!(
+                s,
+                "  failed:   {}: {}",
+                sluice_common::paths::escaped(name),
+                f.reason
+            );
         }
         if let Stop::LinkError(e) = &self.stop {
             let _ = writeln!(s, "  stopped:  link error: {e}");

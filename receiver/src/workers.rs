@@ -246,12 +246,11 @@ fn open_manifest(ctx: &Context, key: BlockKey, data: &[u8]) -> BlockResult {
         return BlockResult::Failed(Failure::ManifestMismatch);
     }
     if let Err(failure) = check_opened(ctx, &opened) {
-        // Refused, not unreadable: say what it would have delivered.
-        let paths = opened
-            .manifest
-            .entries
-            .into_iter()
+        // Refused, not unreadable: say what it would have delivered (a pack's first few
+        // entries: one refusal is not worth thousands of records).
+        let paths = (opened.manifest.entries.into_iter())
             .map(|e| e.path)
+            .take(MAX_REFUSED_NAMED)
             .collect();
         return BlockResult::Refused { failure, paths };
     }
@@ -265,6 +264,9 @@ fn open_manifest(ctx: &Context, key: BlockKey, data: &[u8]) -> BlockResult {
         existing,
     }
 }
+
+/// Entries of a refused manifest named in its outcomes.
+const MAX_REFUSED_NAMED: usize = 16;
 
 /// The path rules a verified manifest must also meet: a single entry's path must be
 /// acceptable (a pack's entries are refused one by one when it is published).

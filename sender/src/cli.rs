@@ -276,6 +276,12 @@ pub fn resolve_watch(mut args: WatchArgs) -> Result<WatchOptions, UsageError> {
             "watch takes no paths: it sends what appears in --outbox".into(),
         ));
     }
+    if args.send.name.is_some() {
+        return Err(UsageError(
+            "--name names stdin for one-shot sends: the daemon sends items by their own names"
+                .into(),
+        ));
+    }
     if args.send.progress_every.is_some() {
         return Err(UsageError(
             "--progress-every is for one-shot sends: the daemon logs each item as it goes".into(),

@@ -288,7 +288,9 @@ fn a_sender_log_cut_short_or_rewritten_is_caught_against_the_receivers_log() {
     let out = against(&copy);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
-        text(&out).contains("runs missing: the receiver recorded heads of 1 run(s)"),
+        text(&out).contains(
+            "runs missing: the receiver recorded heads of 1 run(s) this log does not hold"
+        ),
         "{}",
         text(&out)
     );

@@ -129,15 +129,25 @@ fn run(command: Command) -> Result<(), (ExitStatus, String)> {
                     "{} heads recorded by the receiver for the runs in this log",
                     recorded.len()
                 );
-                if !unknown.is_empty() && other_senders {
-                    let unknown: Vec<String> = unknown.into_iter().collect();
+                // Runs whose `start` this log lacks: their heads within or after this log's
+                // records must be in it (a run cut out whole, or the newest runs cut off),
+                // unless the receiver also hears other senders. Heads before its first
+                // record belong to rotated files not given.
+                for (session, heads) in &unknown {
+                    if !audit::not_in_log(&text, heads).is_empty() {
+                        missing_runs.push(session.clone());
+                    }
+                }
+                if !unknown.is_empty() {
+                    let sessions: Vec<&str> = unknown.keys().map(String::as_str).collect();
                     println!(
                         "note: the receiver also recorded heads of runs this log does not \
-                         mention (--other-senders: taken as another sender's): {}",
-                        unknown.join(", ")
+                         start: {}",
+                        sessions.join(", ")
                     );
-                } else {
-                    missing_runs = unknown.into_iter().collect();
+                }
+                if other_senders {
+                    missing_runs.clear();
                 }
                 anchored = Some(recorded.iter().map(|h| h.seq).max().unwrap_or(0));
                 heads.extend(recorded);
@@ -146,13 +156,13 @@ fn run(command: Command) -> Result<(), (ExitStatus, String)> {
                 .map_err(|broken| (ExitStatus::Failure, format!("tampered: {broken}")))?;
             println!("intact: head seq {} hash {}", head.seq, head.hash);
             // Whole runs cut out (records and `start` together, the chain re-made, or the
-            // newest runs truncated) leave heads of sessions this log never started.
+            // newest runs truncated) leave heads this log does not hold.
             if !missing_runs.is_empty() {
                 return Err((
                     ExitStatus::Failure,
                     format!(
                         "runs missing: the receiver recorded heads of {} run(s) this log does \
-                         not start (session {}): removed from this log, or in rotated files not \
+                         not hold (session {}): removed from this log, or in rotated files not \
                          given (pass them, oldest first); if this receiver also hears another \
                          sender, --other-senders",
                         missing_runs.len(),
@@ -209,8 +219,9 @@ fn run(command: Command) -> Result<(), (ExitStatus, String)> {
                 let rest: Vec<String> = record
                     .iter()
                     .filter(|(k, _)| !["seq", "time", "prev", "event"].contains(&k.as_str()))
+                    // A path or reason a sender chose: never raw control characters on a terminal.
                     .map(|(k, v)| match v {
-                        Value::String(s) => format!("{k}={s}"),
+                        Value::String(s) => format!("{k}={}", sluice_common::paths::escaped(s)),
                         other => format!("{k}={other}"),
                     })
                     .collect();

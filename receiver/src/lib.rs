@@ -215,7 +215,7 @@ impl Receiver {
         let reserved = out
             .as_ref()
             .and_then(|_| reserved_name(&options.out, &state_path));
-        let mode_mask = options.mode_mask & !process_umask();
+        let mode_mask = options.mode_mask & !context::process_umask();
         let max_state_bytes = match options.max_state {
             Some(bytes) => bytes,
             None => default_max_state(&state),
@@ -469,27 +469,6 @@ fn reserved_name(out: &Path, state: &Path) -> Option<String> {
         .map(str::to_string)
 }
 
-/// The process umask (read by setting it, then setting it back).
-pub(crate) fn process_umask() -> u32 {
-    // Read, not set-and-restore: setting it would briefly change the mask of every thread
-    // of the process (and of other receivers in one test process).
-    if let Some(mask) = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| umask_of(&status))
-    {
-        return mask;
-    }
-    let mask = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-    rustix::process::umask(mask);
-    mask.as_raw_mode()
-}
-
-/// The `Umask:` line of `/proc/<pid>/status` (Linux 4.7 and later).
-fn umask_of(status: &str) -> Option<u32> {
-    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
-    u32::from_str_radix(line.trim(), 8).ok()
-}
-
 /// `--max-state` when not given: half the free space of the state's file system at start,
 /// and at least 1 GiB.
 fn default_max_state(state: &StateDir) -> u64 {
@@ -624,17 +603,5 @@ pub fn print_summary(report: &Report, format: LogFormat) {
     match format {
         LogFormat::Human => eprint!("{}", report.human()),
         LogFormat::Json => eprintln!("{}", report.json()),
-    }
-}
-
-#[cfg(test)]
-mod umask_tests {
-    use super::*;
-
-    #[test]
-    fn the_umask_is_read_from_proc_status() {
-        assert_eq!(umask_of("Name:\tx\nUmask:\t0027\nState:\tR\n"), Some(0o027));
-        assert_eq!(umask_of("Name:\tx\n"), None);
-        assert_eq!(umask_of("Umask:\tzz\n"), None);
     }
 }

@@ -197,7 +197,7 @@ impl Release {
             Some((dir, name)) => (dir.split('/').collect::<Vec<_>>(), name),
             None => (Vec::new(), self.path.as_str()),
         };
-        let mode_mask = options.mode_mask & !crate::process_umask();
+        let mode_mask = options.mode_mask & !crate::context::process_umask();
         let (dest, _) = out
             .walk(&out_parents, Some(0o755 & mode_mask), &options.out)
             .map_err(|e| failure(format!("{shown}: cannot reach its place in --out: {e}")))?;

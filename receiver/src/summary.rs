@@ -244,7 +244,11 @@ impl Report {
         let failures: Vec<serde_json::Value> = self
             .failures
             .iter()
-            .map(|f| json!({"object": f.object, "path": f.path, "reason": f.reason}))
+            // Escaped as in the log lines: a sender's name never reaches a terminal raw.
+            .map(|f| {
+                let path = f.path.as_deref().map(sluice_common::paths::escaped);
+                json!({"object": f.object, "path": path, "reason": f.reason})
+            })
             .collect();
         json!({
             "message": "summary",

@@ -218,7 +218,9 @@ impl Release {
         let mut copy = staging
             .create_file(&temporary, 0o600)
             .map_err(|e| failure(format!("cannot write in the state directory: {e}")))?;
-        let copied = copy_hashing(&mut file, &mut copy)
+        // One byte past the recorded size is enough to tell it changed: never more.
+        let mut bounded = (&mut file).take(refusal.size.saturating_add(1));
+        let copied = copy_hashing(&mut bounded, &mut copy)
             .and_then(|(size, sha)| {
                 sluice_common::beneath::set_mode(&copy, 0o644 & mode_mask)?;
                 copy.sync_all()?;

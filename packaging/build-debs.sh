@@ -7,6 +7,8 @@
 #   come from SOURCE_DATE_EPOCH (the commit's time when not set), with Cargo.lock as is;
 # - the dependency list is embedded in each binary (`cargo auditable`: a `.dep-v0` section that
 #   `rust-audit-info`, `cargo audit bin`, syft or trivy read from the installed binary);
+# - each binary's man pages and bash, zsh and fish completions (packaging/manual) go into its
+#   package;
 # - each binary's CycloneDX SBOM (`cargo cyclonedx`) goes into its package as
 #   /usr/share/doc/<package>/sbom/<binary>.cdx.json, made reproducible (no random serial
 #   number, SOURCE_DATE_EPOCH as its time, no build path).
@@ -38,7 +40,14 @@ export CFLAGS="${CFLAGS:-} $prefix_map" CXXFLAGS="${CXXFLAGS:-} $prefix_map"
 packages=(sluice-sender sluice-receiver sluice-common)
 # Only this build's packages are listed and signed: none left from an earlier version.
 rm -rf target/debian
-cargo auditable build --release --locked "${packages[@]/#/--package=}" >&2
+# sluice-manual (not packaged) writes the man pages and shell completions from the binaries'
+# own command lines; built with them, it adds no crate feature they would not have.
+cargo auditable build --release --locked "${packages[@]/#/--package=}" --package=sluice-manual >&2
+rm -rf target/release/manual
+target/release/sluice-manual target/release/manual >&2
+# Compressed as Debian ships man pages (cargo-deb leaves files under target/ as they are); -n:
+# no name or time in the header, so the bytes depend on the page alone.
+gzip -9n target/release/manual/man/*.1
 
 # One SBOM per binary, then made reproducible.
 sbom=target/release/sbom
@@ -51,7 +60,7 @@ for crate in sender receiver common; do
     rm "$file"
   done
 done
-rm -f tests/*_bin.cdx.json
+rm -f tests/*_bin.cdx.json packaging/manual/*_bin.cdx.json
 
 for package in "${packages[@]}"; do
   # Stripped binaries; their debug symbols go to a separate -dbgsym .ddeb, as Debian does.

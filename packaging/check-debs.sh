@@ -2,9 +2,9 @@
 # Builds the three .deb packages as a release is built (packaging/build-debs.sh: sluice-send,
 # sluice-recv, and sluice-audit, which both depend on), installs them on this machine with
 # dpkg -i, and checks what an operator would: the binaries run and list what is inside them,
-# each package carries its SBOMs, systemd accepts the installed units, the sluice user and
-# the directories exist with the right owners and modes. Then removes them (purge) and the
-# user, leaving the machine as it was. Needs root. .ci/run calls it.
+# each package carries its SBOMs, man pages and shell completions, systemd accepts the
+# installed units, the sluice user and the directories exist with the right owners and modes.
+# Then removes them (purge) and the user, leaving the machine as it was. Needs root. .ci/run calls it.
 #
 #   packaging/check-debs.sh            # build, install, check, remove
 set -euo pipefail
@@ -73,6 +73,26 @@ for unit in sluice-send-watch.service sluice-recv.service; do
   out=$(systemd-analyze verify "/lib/systemd/system/$unit" 2>&1) || fail "verify $unit: $out"
   [ -z "$out" ] || fail "verify $unit: $out"
   systemd-analyze security --offline=true "/lib/systemd/system/$unit" | tail -n 1
+done
+# Each binary's man pages (compressed, as Debian ships them) and shell completions, and bash
+# completing an option of a subcommand (the words typed, the option expected).
+for words in "sluice-send watch --outb:--outbox" "sluice-recv release --rea:--reason" \
+             "sluice-audit verify --agai:--against" "sluice-approve check --pol:--policy" \
+             "sluice-inspect --model-k:--model-key"; do
+  typed=${words%%:*} expected=${words##*:} bin=${typed%% *}
+  page=/usr/share/man/man1/$bin.1.gz
+  zcat "$page" 2>/dev/null | grep -q "^\.TH $bin 1 " || fail "$bin: no man page at $page"
+  [ -s "/usr/share/zsh/vendor-completions/_$bin" ] || fail "$bin: no zsh completion"
+  [ -s "/usr/share/fish/vendor_completions.d/$bin.fish" ] || fail "$bin: no fish completion"
+  got=$(bash -c 'source "/usr/share/bash-completion/completions/$1"; read -ra COMP_WORDS <<<"$2"
+                 COMP_CWORD=$((${#COMP_WORDS[@]} - 1))
+                 "_${1//-/__}" "$1" "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD - 1]}"
+                 echo "${COMPREPLY[*]}"' _ "$bin" "$typed") || fail "$bin: bash completion: $got"
+  [ "$got" = "$expected" ] || fail "bash completes \"$typed\" as \"$got\", not $expected"
+done
+for page in sluice-send-watch sluice-send-status sluice-send-keygen sluice-recv-release \
+            sluice-approve-sign sluice-audit-show; do
+  [ -f "/usr/share/man/man1/$page.1.gz" ] || fail "no man page $page(1)"
 done
 getent passwd sluice >/dev/null || fail "no sluice user"
 check_mode() { # path owner:group mode

@@ -499,18 +499,23 @@ where
     }
 }
 
+/// The `keygen DIR` command named `name` (its help and man page), described by `about`.
+pub fn keygen_command(name: &'static str, about: &'static str) -> clap::Command {
+    use clap::Args as _;
+    // After `augment_args`, which would otherwise describe the command by `KeygenArgs`' doc.
+    KeygenArgs::augment_args(clap::Command::new(name))
+        .bin_name(name)
+        .about(about)
+}
+
 /// Parses `keygen DIR` (program name first) for the command `name`, described by `about`.
 pub fn parse_keygen(
     args: impl IntoIterator<Item = OsString>,
     name: &'static str,
     about: &'static str,
 ) -> Parsed<KeygenArgs> {
-    use clap::{Args as _, FromArgMatches as _};
-    // After `augment_args`, which would otherwise describe the command by `KeygenArgs`' doc.
-    let command = KeygenArgs::augment_args(clap::Command::new(name))
-        .bin_name(name)
-        .about(about);
-    match command
+    use clap::FromArgMatches as _;
+    match keygen_command(name, about)
         .try_get_matches_from(args)
         .and_then(|m| KeygenArgs::from_arg_matches(&m))
     {

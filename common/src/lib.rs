@@ -14,11 +14,13 @@
 
 pub mod approval;
 pub mod audit;
+pub mod audit_cli;
 pub mod beneath;
 pub mod budget;
 pub mod config;
 pub mod envelope;
 pub mod exit;
+pub mod hashed_copy;
 pub mod keys;
 pub mod link;
 pub mod logging;

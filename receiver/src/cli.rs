@@ -243,6 +243,10 @@ fn parse_idle(text: &str) -> Option<Duration> {
     (secs.is_finite() && secs > 0.0 && secs <= MAX_IDLE_SECS).then(|| Duration::from_secs_f64(secs))
 }
 
+/// What `sluice-recv keygen DIR` does.
+pub const KEYGEN_ABOUT: &str =
+    "Create DIR/receiver.key (age identity) and DIR/receiver.pub (its recipient)";
+
 #[cfg(test)]
 mod tests {
     use super::*;

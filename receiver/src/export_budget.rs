@@ -4,7 +4,8 @@
 //!
 //! Owned by the publisher: a file is checked before it is placed (and before it begins to
 //! wait for its model's signature, and again when released), and charged once it is placed;
-//! the charges are committed with the deliveries' records. A file over the budget is not
+//! the charges are committed with the deliveries' records. `sluice-recv release` counts a file
+//! it lets out of the quarantine the same way. A file over the budget is not
 //! placed: it fails with the budget's phrase.
 
 use std::sync::Arc;
@@ -62,7 +63,12 @@ impl ExportBudget {
 
     /// Whether the file `e` fits every budget that counts it: what it would take from them.
     pub(crate) fn check(&self, e: &Entry) -> Result<Demand, Failure> {
-        let demand = self.policy.demand([(e.path.as_str(), e.size)]);
+        self.check_file(&e.path, e.size)
+    }
+
+    /// [`ExportBudget::check`] of the file at `path`, `size` bytes.
+    pub(crate) fn check_file(&self, path: &str, size: u64) -> Result<Demand, Failure> {
+        let demand = self.policy.demand([(path, size)]);
         if demand.is_empty() {
             return Ok(demand);
         }

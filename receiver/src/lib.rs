@@ -57,6 +57,7 @@ mod heads;
 mod held;
 mod link_health;
 mod link_task;
+pub mod manual;
 mod models;
 pub mod object;
 pub mod outcome;
@@ -526,11 +527,7 @@ fn load_leftovers(ctx: &Context) -> Result<Vec<Resumed>, Error> {
 
 /// `sluice-recv keygen DIR`.
 fn keygen(args: Vec<OsString>) -> ExitStatus {
-    let parsed = match config::parse_keygen(
-        args,
-        "sluice-recv keygen",
-        "Create DIR/receiver.key (age identity) and DIR/receiver.pub (its recipient)",
-    ) {
+    let parsed = match config::parse_keygen(args, "sluice-recv keygen", cli::KEYGEN_ABOUT) {
         Parsed::Run(parsed) => parsed,
         Parsed::Exit(status) => return status,
     };

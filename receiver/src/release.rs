@@ -9,19 +9,25 @@
 //! to the SHA-256 its `.reason` recorded; it is copied into a new file beside its place in
 //! `--out` and renamed there without replacing anything; then `released` is recorded in the
 //! audit log (path, size, SHA-256, why it was refused, the operator's reason and name), and
-//! only then is it removed from the quarantine.
+//! only then is it removed from the quarantine. Under export budgets (`--approval-policy`) a
+//! release is checked and charged as a delivery is: over budget, nothing is released.
 
-use std::io::{Read, Write};
+use std::io::Read;
+use std::sync::Arc;
 
 use clap::Parser;
-use sha2::{Digest, Sha256};
+use sluice_common::approval::Policy;
 use sluice_common::audit::{AuditLog, Event};
 use sluice_common::beneath::Dir;
 use sluice_common::config::{self, Parsed, UsageError};
 use sluice_common::exit::ExitStatus;
+use sluice_common::hashed_copy::copy_hashing;
 use sluice_common::paths;
 
 use crate::cli::{self, Options};
+use crate::counters::Counters;
+use crate::export_budget::ExportBudget;
+use crate::state::StateDir;
 
 /// `sluice-recv release`.
 #[derive(Debug, Parser)]
@@ -72,6 +78,11 @@ fn resolve(args: ReleaseArgs) -> Result<Release, UsageError> {
 }
 
 /// Runs `sluice-recv release` (`args`: `release` first).
+/// `sluice-recv release`'s command line, for the man page and completions (`crate::manual`).
+pub(crate) fn command() -> clap::Command {
+    <ReleaseArgs as clap::CommandFactory>::command()
+}
+
 pub(crate) fn main(args: Vec<std::ffi::OsString>) -> ExitStatus {
     let release = match config::parse(args, resolve) {
         Parsed::Run(release) => release,
@@ -149,14 +160,13 @@ impl Release {
         // private staging directory, on --out's file system, holds the copy until it is
         // renamed into place, so nobody who can write under --out can touch it meanwhile.
         let state_path = options.state_dir();
-        let state =
-            crate::state::StateDir::open(&state_path, &out, &options.out).map_err(|e| match e {
-                crate::state::StateError::InUse(_) => failure(format!(
-                    "the receiver is running (--state {} is locked): stop it, release, start it",
-                    state_path.display()
-                )),
-                other => failure(other.to_string()),
-            })?;
+        let state = StateDir::open(&state_path, &out, &options.out).map_err(|e| match e {
+            crate::state::StateError::InUse(_) => failure(format!(
+                "the receiver is running (--state {} is locked): stop it, release, start it",
+                state_path.display()
+            )),
+            other => failure(other.to_string()),
+        })?;
         let audit_path = options.audit_log_path();
         let audit = AuditLog::open(&audit_path).map_err(|e| {
             failure(format!(
@@ -219,8 +229,7 @@ impl Release {
             .create_file(&temporary, 0o600)
             .map_err(|e| failure(format!("cannot write in the state directory: {e}")))?;
         // One byte past the recorded size is enough to tell it changed: never more.
-        let mut bounded = (&mut file).take(refusal.size.saturating_add(1));
-        let copied = copy_hashing(&mut bounded, &mut copy)
+        let copied = copy_hashing(&mut file, &mut copy, refusal.size, None)
             .and_then(|(size, sha)| {
                 sluice_common::beneath::set_mode(&copy, 0o644 & mode_mask)?;
                 copy.sync_all()?;
@@ -239,6 +248,15 @@ impl Release {
                 refusal.size, refusal.sha256
             )));
         }
+        // What the receiver delivers counts against the export budgets, a release too.
+        let mut budget = self.export_budget(&state)?;
+        let demand = match &budget {
+            Some(budget) => Some(budget.check_file(&self.path, size).map_err(|over| {
+                discard();
+                failure(format!("{shown}: {over}: nothing released"))
+            })?),
+            None => None,
+        };
         if let Err(e) = staging.rename_new(&temporary, &dest, out_name) {
             discard();
             return Err(failure(format!("cannot place {shown} in --out: {e}")));
@@ -246,6 +264,12 @@ impl Release {
         // In place from here on: whatever follows is said, never undone.
         if let Err(e) = dest.sync() {
             eprintln!("warning: {shown} is in --out, but its directory did not sync: {e}");
+        }
+        if let (Some(budget), Some(demand)) = (&mut budget, demand) {
+            budget.charge(demand);
+            if let Err(e) = state.records().commit_spent(&[], &budget.take_unspent()) {
+                eprintln!("warning: {shown} is in --out, but its export budget charge was not recorded: {e}");
+            }
         }
         let before = audit.durable_head().seq;
         audit.record(
@@ -276,28 +300,28 @@ impl Release {
     }
 }
 
+impl Release {
+    /// The receiver's export budgets (`--approval-policy`), with what its records say was
+    /// spent today; `None` without budgets.
+    fn export_budget(&self, state: &StateDir) -> Result<Option<ExportBudget>, Failed> {
+        let Some(path) = &self.options.approval_policy else {
+            return Ok(None);
+        };
+        let policy = Policy::load(path).map_err(|e| usage(format!("--approval-policy: {e}")))?;
+        Ok(ExportBudget::open(
+            Some(&Arc::new(policy)),
+            state.records(),
+            Arc::new(Counters::default()),
+        ))
+    }
+}
+
 /// A small text file of `dir` (a `.reason`), read without following links.
 fn read_small(dir: &Dir, name: &str) -> std::io::Result<String> {
     let (file, _) = dir.open_regular(name)?;
     let mut text = String::new();
     file.take(64 << 10).read_to_string(&mut text)?;
     Ok(text)
-}
-
-fn copy_hashing(from: &mut impl Read, to: &mut impl Write) -> std::io::Result<(u64, String)> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = from.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        to.write_all(&buf[..n])?;
-        size += n as u64;
-    }
-    Ok((size, hex::encode(hasher.finalize())))
 }
 
 /// Whether the record after `before` is on disk (the log's writer fsyncs it; a write that

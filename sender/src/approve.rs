@@ -111,6 +111,11 @@ enum Command {
 }
 
 /// Runs `sluice-approve` with `args` (program name first).
+/// `sluice-approve`'s command line, for its man page and completions (`crate::manual`).
+pub fn command() -> clap::Command {
+    <Args as clap::CommandFactory>::command()
+}
+
 pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
     let args = match Args::try_parse_from(args) {
         Ok(args) => args,
@@ -608,7 +613,8 @@ fn read_files(
         let mut copy = tempfile::tempfile().map_err(cannot)?;
         let listed = object.size.unwrap_or(u64::MAX);
         let (size, sha256) =
-            objects::copy_hashing(&mut reader, &mut copy, listed, None).map_err(cannot)?;
+            sluice_common::hashed_copy::copy_hashing(&mut reader, &mut copy, listed, None)
+                .map_err(cannot)?;
         if size > listed {
             return Err(format!("{shown} grew while it was being read"));
         }

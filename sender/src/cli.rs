@@ -488,6 +488,9 @@ fn resolve_in(layers: Layers<'_>, args: Args, paths_required: bool) -> Result<Op
     })
 }
 
+/// What `sluice-send keygen DIR` does.
+pub const KEYGEN_ABOUT: &str = "Create sender.key, sender.pub and link.key in DIR";
+
 #[cfg(test)]
 mod tests {
     use super::*;

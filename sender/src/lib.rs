@@ -33,6 +33,8 @@ pub mod counters;
 pub mod encode;
 mod error;
 pub mod export_budget;
+pub mod inspect_cli;
+pub mod manual;
 pub mod model_sign;
 pub mod objects;
 pub mod outcome;
@@ -422,11 +424,7 @@ fn watch_main(args: Vec<OsString>) -> ExitCode {
 
 /// `sluice-send keygen DIR`.
 fn keygen(args: Vec<OsString>) -> ExitStatus {
-    let args = match config::parse_keygen(
-        args,
-        "sluice-send keygen",
-        "Create sender.key, sender.pub and link.key in DIR",
-    ) {
+    let args = match config::parse_keygen(args, "sluice-send keygen", cli::KEYGEN_ABOUT) {
         Parsed::Run(args) => args,
         Parsed::Exit(status) => return status,
     };

@@ -24,10 +24,8 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
 use sluice_common::beneath::{self, Dir, Kind};
 use sluice_common::paths::{validate_object_path, MAX_PATH_BYTES};
-use sluice_common::service::Stage;
 use sluice_protocol::manifest::EntryKind;
 
 /// Where an object's content comes from.
@@ -78,35 +76,6 @@ impl Source {
             Source::Held(copy) => copy.shown.display().to_string(),
         }
     }
-}
-
-/// Bytes copied per watchdog step.
-const COPY_CHUNK: usize = 1 << 20;
-
-/// Copies `reader` into `copy` while hashing it, up to `limit` bytes and one more (a size
-/// above `limit` says the source grew); returns the size read and its SHA-256 (hex). One
-/// watchdog step per chunk.
-pub fn copy_hashing(
-    reader: &mut dyn Read,
-    copy: &mut File,
-    limit: u64,
-    stage: Option<&Stage>,
-) -> io::Result<(u64, String)> {
-    let mut reader = reader.take(limit.saturating_add(1));
-    let mut hash = Sha256::new();
-    let mut size = 0u64;
-    let mut buf = vec![0u8; COPY_CHUNK];
-    loop {
-        let _step = stage.map(Stage::step);
-        let n = reader.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hash.update(&buf[..n]);
-        std::io::Write::write_all(copy, &buf[..n])?;
-        size += n as u64;
-    }
-    Ok((size, hex::encode(hash.finalize())))
 }
 
 /// A file's content copied by the sender into an unnamed file of its own (`O_TMPFILE` in its

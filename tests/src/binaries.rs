@@ -183,7 +183,18 @@ pub fn keygen(dir: &Path) -> Keys {
 
 /// `sluice-recv` with link, identity, trust, link key, output and state set.
 pub fn receiver_cmd(link: &str, keys: &Keys, out: &Path, state: &Path) -> Command {
+    receiving(Command::new(&binaries().recv), link, keys, out, state)
+}
+
+/// `sluice-recv release` with the receiver's link, keys, output and state set; add the
+/// policy, the reason and the path.
+pub fn release_cmd(link: &str, keys: &Keys, out: &Path, state: &Path) -> Command {
     let mut cmd = Command::new(&binaries().recv);
+    cmd.arg("release");
+    receiving(cmd, link, keys, out, state)
+}
+
+fn receiving(mut cmd: Command, link: &str, keys: &Keys, out: &Path, state: &Path) -> Command {
     cmd.arg("--link")
         .arg(link)
         .arg("--identity")

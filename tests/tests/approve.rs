@@ -638,10 +638,14 @@ fn a_budget_of_one_mib_a_day_refuses_the_second_800_kib_file_on_both_sides() {
     )
     .unwrap();
     let mut marks = Vec::new();
-    for (name, byte) in [("first", 0x31u8), ("second", 0x32)] {
+    for (name, byte, kib) in [
+        ("first", 0x31u8, 800),
+        ("second", 0x32, 800),
+        ("third", 0x33, 300),
+    ] {
         let export = s.src.join(name);
         std::fs::create_dir_all(&export).unwrap();
-        let mut content = vec![byte; 800 << 10];
+        let mut content = vec![byte; kib << 10];
         let mark = format!("BUDGET-{name}-MARK");
         content[..mark.len()].copy_from_slice(mark.as_bytes());
         std::fs::write(export.join(format!("{name}.bin")), &content).unwrap();
@@ -756,4 +760,93 @@ fn a_budget_of_one_mib_a_day_refuses_the_second_800_kib_file_on_both_sides() {
         got.log
     );
     assert!(!s.out.join("second/second.bin").exists(), "{}", got.log);
+
+    // A file the content gate quarantined is charged when an operator releases it: 300 KiB
+    // more does not fit today, and nothing is released; under a larger budget it is, and
+    // the receiver's records count it.
+    let quarantine = dir.join("quarantine");
+    let deny = dir.join("deny.toml");
+    std::fs::write(
+        &deny,
+        format!(
+            "quarantine = {:?}\ndeny = [\"third.bin\"]\n",
+            quarantine.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut recv = s.receiver(
+        port,
+        5,
+        &[
+            "--approval-policy",
+            budget.to_str().unwrap(),
+            "--policy",
+            deny.to_str().unwrap(),
+        ],
+    );
+    let third = send("third", "loose.toml");
+    assert!(third.status.success(), "{}", text(&third));
+    let got = recv.finish(std::time::Duration::from_secs(60));
+    assert!(quarantine.join("third/third.bin").exists(), "{}", got.log);
+    let release = |approvals: &Path| {
+        let link = format!("udp://{to}");
+        let out = sluice_tests::binaries::release_cmd(&link, &s.keys, &s.out, &s.state)
+            .arg("--policy")
+            .arg(&deny)
+            .arg("--approval-policy")
+            .arg(approvals)
+            .args(["--reason", "reviewed", "third/third.bin"])
+            .output()
+            .unwrap();
+        (out.status.code(), text(&out))
+    };
+    let (code, said) = release(&budget);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains(
+            "third/third.bin: export budget exceeded: rule \"weights\" 0.8 of 1 MiB today; \
+             this export adds 300.0 KiB: nothing released"
+        ),
+        "{said}"
+    );
+    assert!(quarantine.join("third/third.bin").exists() && !s.out.join("third/third.bin").exists());
+    let larger = dir.join("larger.toml");
+    std::fs::write(
+        &larger,
+        std::fs::read_to_string(&budget)
+            .unwrap()
+            .replace("\"1 MiB\"", "\"2 MiB\""),
+    )
+    .unwrap();
+    let (code, said) = release(&larger);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        tree::find_bytes(&s.out, marks[2].as_bytes()).len() == 1,
+        "{said}"
+    );
+    let metrics = sluice_tests::scrape::free_tcp_addr();
+    let mut recv = s.receiver(
+        port,
+        3,
+        &[
+            "--approval-policy",
+            larger.to_str().unwrap(),
+            "--metrics",
+            &metrics.to_string(),
+        ],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let page = loop {
+        match sluice_tests::scrape::scrape(metrics) {
+            Some(page) => break page,
+            None if std::time::Instant::now() > deadline => panic!("no /metrics at {metrics}"),
+            None => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    };
+    assert_eq!(
+        sluice_tests::scrape::value(&page, "sluice_export_budget_used_bytes{budget=\"weights\"}"),
+        Some(f64::from(1100u32 << 10)),
+        "{page}"
+    );
+    recv.finish(std::time::Duration::from_secs(60));
 }

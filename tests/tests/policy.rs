@@ -473,19 +473,7 @@ fn a_false_positive_is_released_from_the_quarantine_on_purpose_and_on_the_record
     let to: SocketAddr = ([127, 0, 0, 1], port).into();
     let link = format!("udp://127.0.0.1:{port}");
     let release = |path: &str, reason: &str| {
-        let out = Command::new(&sluice_tests::binaries::binaries().recv)
-            .arg("release")
-            .args(["--link", &link])
-            .arg("--identity")
-            .arg(&s.keys.receiver_key)
-            .arg("--trust")
-            .arg(&s.keys.sender_pub)
-            .arg("--link-key")
-            .arg(&s.keys.link_key)
-            .arg("--out")
-            .arg(&s.out)
-            .arg("--state")
-            .arg(&s.state)
+        let out = sluice_tests::binaries::release_cmd(&link, &s.keys, &s.out, &s.state)
             .arg("--policy")
             .arg(&policy)
             .args(["--reason", reason, "--by", "carol", path])

@@ -33,7 +33,8 @@ pub fn hold(
         let mut copy = tempfile::tempfile_in(dir)
             .map_err(|e| format!("cannot make a private copy in {}: {e}", dir.display()))?;
         let (size, sha256) =
-            crate::objects::copy_hashing(&mut reader, &mut copy, listed, stage).map_err(cannot)?;
+            sluice_common::hashed_copy::copy_hashing(&mut reader, &mut copy, listed, stage)
+                .map_err(cannot)?;
         if size > listed {
             return Err(format!("{shown} grew while it was being checked"));
         }

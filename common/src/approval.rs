@@ -286,6 +286,8 @@ pub struct Policy {
     rules: Vec<Rule>,
     /// What may leave in a day, all exports together.
     budget: Limit,
+    /// SHA-256 (hex) of the `approvals.toml` it was loaded from: which policy was in force.
+    file_sha256: Option<String>,
 }
 
 /// `[[rule]]` of `approvals.toml`: files whose path matches `paths` need `threshold` of its
@@ -293,6 +295,8 @@ pub struct Policy {
 #[derive(Debug)]
 struct Rule {
     name: String,
+    /// The patterns as written.
+    paths: Vec<String>,
     /// Each pattern with its matchers (a pattern without `/` also matches the bare name
     /// anywhere below, as the content policy's name rules do).
     patterns: Vec<Vec<globset::GlobMatcher>>,
@@ -516,6 +520,7 @@ impl Policy {
                 limit_of(rule.bytes_per_day.as_ref(), rule.files_per_day).map_err(bad_rule)?;
             policy.rules.push(Rule {
                 name: rule.name.clone(),
+                paths: rule.paths.clone(),
                 patterns,
                 threshold: rule.threshold,
                 approvers,
@@ -523,7 +528,36 @@ impl Policy {
             });
         }
         policy.names = names;
+        policy.file_sha256 = Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+            text.as_bytes(),
+        )));
         Ok(policy)
+    }
+
+    /// What the policy requires, for the audit log's `start` record: the file's SHA-256, the
+    /// default quorum and budget, and each rule (patterns, quorum, approvers, budget).
+    pub fn summary(&self) -> serde_json::Value {
+        let ids = |keys: &TrustedKeys| keys.ids().map(|id| id.to_string()).collect::<Vec<_>>();
+        let rules: Vec<serde_json::Value> = (self.rules.iter())
+            .map(|rule| {
+                serde_json::json!({
+                    "name": rule.name,
+                    "paths": rule.paths,
+                    "threshold": rule.threshold,
+                    "approvers": ids(&rule.approvers),
+                    "bytes_per_day": rule.budget.bytes,
+                    "files_per_day": rule.budget.files,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "sha256": self.file_sha256,
+            "threshold": self.threshold,
+            "approvers": ids(&self.approvers),
+            "bytes_per_day": self.budget.bytes,
+            "files_per_day": self.budget.files,
+            "rules": rules,
+        })
     }
 
     /// The quorums a request naming `paths` must meet, each once: the default's always, and
@@ -619,6 +653,7 @@ impl Policy {
             names: BTreeMap::new(),
             rules: Vec::new(),
             budget: Limit::default(),
+            file_sha256: None,
         })
     }
 

@@ -300,12 +300,7 @@ impl Receiver {
                 .with("recipients", recipients)
                 .with(
                     "approval_policy",
-                    ctx.approval.as_ref().map(|p| {
-                        serde_json::json!({
-                            "threshold": p.threshold,
-                            "approvers": p.approver_ids().map(|id| id.to_string()).collect::<Vec<_>>(),
-                        })
-                    }),
+                    ctx.approval.as_ref().map(|p| p.summary()),
                 ),
         );
         Ok(Receiver {

@@ -211,6 +211,10 @@ fn an_expired_request_is_refused_whatever_its_approvals() {
 /// 16 hex digits. Stock minisign drops leading zeros (`5AC3CCD17626569` for
 /// `05AC3CCD17626569`), so the id is read as a number.
 /// The audit records of `log` whose event is `event`.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn audit_records(log: &Path, event: &str) -> Vec<serde_json::Value> {
     std::fs::read_to_string(log)
         .unwrap()
@@ -746,6 +750,17 @@ fn a_budget_of_one_mib_a_day_refuses_the_second_800_kib_file_on_both_sides() {
         "{}",
         got.log
     );
+
+    // The receiver's audit log says which policy was in force: its file's SHA-256, the
+    // rules and their budgets.
+    let starts = audit_records(&s.state.join("audit.log"), "start");
+    let policy = &starts[0]["approval_policy"];
+    let file_sha = sluice_tests::tree::sha256_file(&budget).unwrap();
+    assert_eq!(policy["sha256"], hex(&file_sha), "{policy}");
+    assert_eq!(policy["rules"][0]["name"], "weights", "{policy}");
+    assert_eq!(policy["rules"][0]["paths"][0], "*.bin", "{policy}");
+    assert_eq!(policy["rules"][0]["bytes_per_day"], 1 << 20, "{policy}");
+    assert_eq!(policy["threshold"], 1, "{policy}");
 
     // After a restart the receiver still knows what it delivered today: the second file,
     // sent again, is refused again.

@@ -44,6 +44,32 @@ fn fix_hyphenated_bash(script: &str, name: &str) -> String {
     script.replace(&arms, &state)
 }
 
+/// clap_complete's bash script offers hidden options too (`sluice-send watch --approval`, which
+/// the daemon refuses and its `--help` leaves out): each case arm's `opts` loses them. `label`
+/// is the arm of `command` (`sluice__send`, `sluice__send__subcmd__watch`).
+fn drop_hidden_bash(script: &str, command: &Command, label: &str) -> String {
+    let hidden: Vec<String> = (command.get_arguments())
+        .filter(|arg| arg.is_hide_set())
+        .filter_map(|arg| arg.get_long().map(|long| format!("--{long}")))
+        .collect();
+    let mut script = script.to_string();
+    let arm = format!("\n        {label})\n            opts=\"");
+    if let Some(start) = script.find(&arm).map(|at| at + arm.len()) {
+        if let Some(len) = script[start..].find('"') {
+            let opts: Vec<&str> = script[start..start + len]
+                .split(' ')
+                .filter(|word| !hidden.iter().any(|h| h == word))
+                .collect();
+            script.replace_range(start..start + len, &opts.join(" "));
+        }
+    }
+    for sub in command.get_subcommands() {
+        let label = format!("{label}__subcmd__{}", sub.get_name().replace('-', "__"));
+        script = drop_hidden_bash(&script, sub, &label);
+    }
+    script
+}
+
 fn write(out: &Path) -> std::io::Result<usize> {
     let mut files = 0;
     let man = out.join("man");
@@ -64,6 +90,7 @@ fn write(out: &Path) -> std::io::Result<usize> {
             let mut script = String::from_utf8_lossy(&script).into_owned();
             if shell == Shell::Bash {
                 script = fix_hyphenated_bash(&script, &name);
+                script = drop_hidden_bash(&script, &command, &name.replace('-', "__"));
             }
             std::fs::write(completion_file(out, shell, &name), script)?;
             files += 1;
@@ -86,6 +113,40 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("sluice-manual: {}: {e}", out.display());
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bash script for `sluice-send`, as `write` makes it.
+    fn bash_for_send() -> String {
+        let mut send = sluice_sender::manual::commands().remove(0);
+        let mut script = Vec::new();
+        clap_complete::generate(Shell::Bash, &mut send, "sluice-send", &mut script);
+        let script = fix_hyphenated_bash(&String::from_utf8_lossy(&script), "sluice-send");
+        drop_hidden_bash(&script, &send, "sluice__send")
+    }
+
+    #[test]
+    fn a_subcommands_arm_is_reached_and_offers_only_what_its_help_shows() {
+        let script = bash_for_send();
+        // The word loop's state has an arm (no `sluice__subcmd__send…` left unreachable).
+        assert!(script.contains("cmd=\"sluice__send__subcmd__watch\""));
+        let arm = script
+            .split("\n        sluice__send__subcmd__watch)\n            opts=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_default();
+        let opts: Vec<&str> = arm.split(' ').collect();
+        assert!(
+            opts.contains(&"--outbox") && opts.contains(&"--approval-policy"),
+            "{arm}"
+        );
+        for refused in ["--approval", "--approval-sig", "--name", "--sign-model"] {
+            assert!(!opts.contains(&refused), "{refused} offered: {arm}");
         }
     }
 }

@@ -76,7 +76,8 @@ for unit in sluice-send-watch.service sluice-recv.service; do
 done
 # Each binary's man pages (compressed, as Debian ships them) and shell completions, and bash
 # completing an option of a subcommand (the words typed, the option expected).
-for words in "sluice-send watch --outb:--outbox" "sluice-send watch --approval:--approval-policy" "sluice-recv release --rea:--reason" \
+for words in "sluice-send watch --outb:--outbox" "sluice-send watch --approval:--approval-policy" \
+             "sluice-send keygen --he:--help" "sluice-recv release --rea:--reason" \
              "sluice-audit verify --agai:--against" "sluice-approve check --pol:--policy" \
              "sluice-inspect --model-k:--model-key"; do
   typed=${words%%:*} expected=${words##*:} bin=${typed%% *}

@@ -10,11 +10,15 @@ use crate::release;
 
 /// `sluice-recv` with `keygen` and `release`.
 pub fn command() -> Command {
+    let keygen = sluice_common::config::keygen_command("keygen", KEYGEN_ABOUT);
     Args::command()
-        .subcommand(sluice_common::config::keygen_command(
-            "keygen",
-            KEYGEN_ABOUT,
-        ))
+        // A subcommand is only ever the first argument; there is no `help` subcommand.
+        .override_usage(
+            "sluice-recv [OPTIONS]\n       sluice-recv keygen DIR\n       \
+             sluice-recv release [OPTIONS] --reason TEXT PATH",
+        )
+        .disable_help_subcommand(true)
+        .subcommand(keygen.bin_name("sluice-recv keygen"))
         .subcommand(release::command().name("release"))
 }
 

@@ -77,12 +77,12 @@ fn resolve(args: ReleaseArgs) -> Result<Release, UsageError> {
     })
 }
 
-/// Runs `sluice-recv release` (`args`: `release` first).
 /// `sluice-recv release`'s command line, for the man page and completions (`crate::manual`).
 pub(crate) fn command() -> clap::Command {
     <ReleaseArgs as clap::CommandFactory>::command()
 }
 
+/// Runs `sluice-recv release` (`args`: `release` first).
 pub(crate) fn main(args: Vec<std::ffi::OsString>) -> ExitStatus {
     let release = match config::parse(args, resolve) {
         Parsed::Run(release) => release,
@@ -167,6 +167,8 @@ impl Release {
             )),
             other => failure(other.to_string()),
         })?;
+        // The budgets before anything is copied: a bad policy stops the release at once.
+        let mut budget = self.export_budget(&state)?;
         let audit_path = options.audit_log_path();
         let audit = AuditLog::open(&audit_path).map_err(|e| {
             failure(format!(
@@ -248,15 +250,22 @@ impl Release {
                 refusal.size, refusal.sha256
             )));
         }
-        // What the receiver delivers counts against the export budgets, a release too.
-        let mut budget = self.export_budget(&state)?;
-        let demand = match &budget {
-            Some(budget) => Some(budget.check_file(&self.path, size).map_err(|over| {
+        // What the receiver delivers counts against the export budgets, a release too:
+        // checked, then charged durably before it is placed (a placement that fails after
+        // that has cost budget, never the other way round).
+        if let Some(budget) = &mut budget {
+            let demand = budget.check_file(&self.path, size).map_err(|over| {
                 discard();
                 failure(format!("{shown}: {over}: nothing released"))
-            })?),
-            None => None,
-        };
+            })?;
+            budget.charge(demand);
+            if let Err(e) = state.records().commit_spent(&[], &budget.take_unspent()) {
+                discard();
+                return Err(failure(format!(
+                    "{shown}: cannot record its export budget charge ({e}): nothing released"
+                )));
+            }
+        }
         if let Err(e) = staging.rename_new(&temporary, &dest, out_name) {
             discard();
             return Err(failure(format!("cannot place {shown} in --out: {e}")));
@@ -264,12 +273,6 @@ impl Release {
         // In place from here on: whatever follows is said, never undone.
         if let Err(e) = dest.sync() {
             eprintln!("warning: {shown} is in --out, but its directory did not sync: {e}");
-        }
-        if let (Some(budget), Some(demand)) = (&mut budget, demand) {
-            budget.charge(demand);
-            if let Err(e) = state.records().commit_spent(&[], &budget.take_unspent()) {
-                eprintln!("warning: {shown} is in --out, but its export budget charge was not recorded: {e}");
-            }
         }
         let before = audit.durable_head().seq;
         audit.record(

@@ -110,12 +110,12 @@ enum Command {
     },
 }
 
-/// Runs `sluice-approve` with `args` (program name first).
 /// `sluice-approve`'s command line, for its man page and completions (`crate::manual`).
 pub fn command() -> clap::Command {
     <Args as clap::CommandFactory>::command()
 }
 
+/// Runs `sluice-approve` with `args` (program name first).
 pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
     let args = match Args::try_parse_from(args) {
         Ok(args) => args,

@@ -12,11 +12,15 @@ use crate::{approve, inspect_cli};
 
 /// `sluice-send` (with `keygen`, `watch`, `status`), `sluice-approve` and `sluice-inspect`.
 pub fn commands() -> Vec<Command> {
+    let keygen = sluice_common::config::keygen_command("keygen", KEYGEN_ABOUT);
     let send = Args::command()
-        .subcommand(sluice_common::config::keygen_command(
-            "keygen",
-            KEYGEN_ABOUT,
-        ))
+        // A subcommand is only ever the first argument; there is no `help` subcommand.
+        .override_usage(
+            "sluice-send [OPTIONS] PATH... | -\n       sluice-send keygen DIR\n       \
+             sluice-send watch [OPTIONS]\n       sluice-send status [OPTIONS]",
+        )
+        .disable_help_subcommand(true)
+        .subcommand(keygen.bin_name("sluice-send keygen"))
         .subcommand(WatchArgs::command().name("watch"))
         .subcommand(StatusArgs::command().name("status"));
     vec![send, approve::command(), inspect_cli::Args::command()]

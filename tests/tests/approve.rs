@@ -825,6 +825,25 @@ fn a_budget_of_one_mib_a_day_refuses_the_second_800_kib_file_on_both_sides() {
         "{said}"
     );
     assert!(quarantine.join("third/third.bin").exists() && !s.out.join("third/third.bin").exists());
+    // A policy that does not load stops the release before anything is copied.
+    let broken = dir.join("broken.toml");
+    std::fs::write(&broken, "threshold = \n").unwrap();
+    let (code, said) = release(&broken);
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("--approval-policy"), "{said}");
+    assert!(s.state.join("staging").is_dir());
+    let staged: Vec<_> = std::fs::read_dir(s.state.join("staging"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.contains("release"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        staged.is_empty(),
+        "a release's copy left in staging: {staged:?}"
+    );
     let larger = dir.join("larger.toml");
     std::fs::write(
         &larger,
@@ -842,7 +861,7 @@ fn a_budget_of_one_mib_a_day_refuses_the_second_800_kib_file_on_both_sides() {
     let metrics = sluice_tests::scrape::free_tcp_addr();
     let mut recv = s.receiver(
         port,
-        3,
+        10,
         &[
             "--approval-policy",
             larger.to_str().unwrap(),

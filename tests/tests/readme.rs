@@ -5,7 +5,7 @@
 //!   option fails here, not on a gateway box);
 //! - the first steps run as written: the two `keygen` lines, the receiver and the one-shot
 //!   sender of "sluice-send"/"sluice-recv" (addresses turned into loopback, placeholders
-//!   filled in), then `sluice-audit verify` on the receiver's audit log.
+//!   filled in); then the receiver's audit log verifies (`sluice-audit verify`).
 
 // Test code: a failed unwrap is a failed test, which is what it should be.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -193,13 +193,13 @@ fn mentions_in_tables(readme: &str) -> Vec<Mention> {
     found
 }
 
-/// Whether `help` lists `option` as an option (not as the prefix of a longer one).
+/// Whether `help` lists `option` as an option: in the part of a line that names options
+/// (`  -v, --verbose`, `      --rate <RATE>`), not in some description's text.
 fn lists(help: &str, option: &str) -> bool {
-    help.match_indices(option).any(|(at, _)| {
-        let after = help[at + option.len()..].chars().next();
-        let before = help[..at].chars().last();
-        !after.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-')
-            && before.is_none_or(|c| c.is_whitespace() || c == ',' || c == '[')
+    help.lines().any(|line| {
+        let line = line.trim_start();
+        let names = line.split("  ").next().unwrap_or_default();
+        line.starts_with('-') && names.split([' ', ',', '=']).any(|word| word == option)
     })
 }
 
@@ -316,7 +316,7 @@ fn readmes_first_steps_run_as_written() {
                 ("0.0.0.0:5000", &format!("127.0.0.1:{port}")),
                 ("/srv/inbox", "inbox"),
                 ("DIR", "recv-state"),
-                ("SECS", "3"),
+                ("SECS", "8"),
             ],
         ),
     );

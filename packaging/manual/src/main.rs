@@ -44,30 +44,31 @@ fn fix_hyphenated_bash(script: &str, name: &str) -> String {
     script.replace(&arms, &state)
 }
 
-/// clap_complete's bash script offers hidden options too (`sluice-send watch --approval`, which
-/// the daemon refuses and its `--help` leaves out): each case arm's `opts` loses them. `label`
-/// is the arm of `command` (`sluice__send`, `sluice__send__subcmd__watch`).
-fn drop_hidden_bash(script: &str, command: &Command, label: &str) -> String {
-    let hidden: Vec<String> = (command.get_arguments())
-        .filter(|arg| arg.is_hide_set())
-        .filter_map(|arg| arg.get_long().map(|long| format!("--{long}")))
-        .collect();
-    let mut script = script.to_string();
-    let arm = format!("\n        {label})\n            opts=\"");
-    if let Some(start) = script.find(&arm).map(|at| at + arm.len()) {
-        if let Some(len) = script[start..].find('"') {
-            let opts: Vec<&str> = script[start..start + len]
-                .split(' ')
-                .filter(|word| !hidden.iter().any(|h| h == word))
-                .collect();
-            script.replace_range(start..start + len, &opts.join(" "));
-        }
+/// `command` as completions should offer it: without the options its `--help` hides (clap_complete
+/// offers hidden ones too: `sluice-send watch --approval`, which the daemon refuses) and
+/// without a `help` subcommand (the binaries have none).
+fn visible(command: &Command) -> Command {
+    // clap takes names as `&'static str` (without its `string` feature, which building this
+    // beside the packaged binaries would switch on for them too): a few short strings, kept
+    // for the life of this one-shot program.
+    let leak = |text: &str| -> &'static str { Box::leak(text.to_string().into_boxed_str()) };
+    let mut shown = Command::new(leak(command.get_name()))
+        .disable_help_subcommand(true)
+        .args(
+            (command.get_arguments())
+                .filter(|arg| !arg.is_hide_set())
+                .cloned(),
+        );
+    if let Some(about) = command.get_about() {
+        shown = shown.about(about.clone());
+    }
+    if let Some(version) = command.get_version() {
+        shown = shown.version(leak(version));
     }
     for sub in command.get_subcommands() {
-        let label = format!("{label}__subcmd__{}", sub.get_name().replace('-', "__"));
-        script = drop_hidden_bash(&script, sub, &label);
+        shown = shown.subcommand(visible(sub));
     }
-    script
+    shown
 }
 
 fn write(out: &Path) -> std::io::Result<usize> {
@@ -79,18 +80,18 @@ fn write(out: &Path) -> std::io::Result<usize> {
             std::fs::create_dir_all(dir)?;
         }
     }
-    for mut command in commands() {
+    for command in commands() {
         let name = command.get_name().to_string();
         // One page per command and per subcommand (sluice-send-watch.1, …).
         clap_mangen::generate_to(command.clone(), &man)?;
         files += 1 + command.get_subcommands().count();
+        let mut offered = visible(&command);
         for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
             let mut script = Vec::new();
-            clap_complete::generate(shell, &mut command, &name, &mut script);
+            clap_complete::generate(shell, &mut offered, &name, &mut script);
             let mut script = String::from_utf8_lossy(&script).into_owned();
             if shell == Shell::Bash {
                 script = fix_hyphenated_bash(&script, &name);
-                script = drop_hidden_bash(&script, &command, &name.replace('-', "__"));
             }
             std::fs::write(completion_file(out, shell, &name), script)?;
             files += 1;
@@ -121,18 +122,17 @@ fn main() -> ExitCode {
 mod tests {
     use super::*;
 
-    /// The bash script for `sluice-send`, as `write` makes it.
-    fn bash_for_send() -> String {
-        let mut send = sluice_sender::manual::commands().remove(0);
+    /// The `shell` script for `sluice-send`, as `write` makes it.
+    fn script_for_send(shell: Shell) -> String {
+        let mut send = visible(&sluice_sender::manual::commands().remove(0));
         let mut script = Vec::new();
-        clap_complete::generate(Shell::Bash, &mut send, "sluice-send", &mut script);
-        let script = fix_hyphenated_bash(&String::from_utf8_lossy(&script), "sluice-send");
-        drop_hidden_bash(&script, &send, "sluice__send")
+        clap_complete::generate(shell, &mut send, "sluice-send", &mut script);
+        fix_hyphenated_bash(&String::from_utf8_lossy(&script), "sluice-send")
     }
 
     #[test]
     fn a_subcommands_arm_is_reached_and_offers_only_what_its_help_shows() {
-        let script = bash_for_send();
+        let script = script_for_send(Shell::Bash);
         // The word loop's state has an arm (no `sluice__subcmd__send…` left unreachable).
         assert!(script.contains("cmd=\"sluice__send__subcmd__watch\""));
         let arm = script
@@ -147,6 +147,25 @@ mod tests {
         );
         for refused in ["--approval", "--approval-sig", "--name", "--sign-model"] {
             assert!(!opts.contains(&refused), "{refused} offered: {arm}");
+        }
+        // keygen's arm is reached too (its name, not its own bin name).
+        assert!(script.contains("\n        sluice__send__subcmd__keygen)\n"));
+        assert!(!script.contains("help)"), "a help subcommand offered");
+    }
+
+    #[test]
+    fn zsh_and_fish_offer_no_hidden_option_either() {
+        let send = sluice_sender::manual::commands().remove(0);
+        let watch = send.find_subcommand("watch").cloned().unwrap_or_default();
+        for shell in [Shell::Zsh, Shell::Fish] {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut visible(&watch), "watch", &mut script);
+            let script = String::from_utf8_lossy(&script);
+            assert!(script.contains("outbox"), "{shell}: {script}");
+            assert!(
+                !script.contains("sign-model"),
+                "{shell}: --sign-model offered"
+            );
         }
     }
 }

@@ -74,6 +74,19 @@ fn problems_suffix(problems: &[String]) -> String {
     }
 }
 
+/// The file types a rule may name (`types = ["safetensors"]`): what a file is by its bytes,
+/// never its name, as the content gate's sniffer tells them (`sluice_inspect::sniff::Kind`).
+pub const CONTENT_TYPES: [&str; 8] = [
+    "pickle",
+    "zip",
+    "tar",
+    "numpy",
+    "safetensors",
+    "compressed",
+    "gguf",
+    "hdf5",
+];
+
 /// One approved file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -300,6 +313,8 @@ struct Rule {
     /// Each pattern with its matchers (a pattern without `/` also matches the bare name
     /// anywhere below, as the content policy's name rules do).
     patterns: Vec<Vec<globset::GlobMatcher>>,
+    /// File types by content ([`CONTENT_TYPES`]).
+    types: Vec<String>,
     threshold: usize,
     approvers: TrustedKeys,
     /// What may leave in a day of the files it matches.
@@ -307,10 +322,32 @@ struct Rule {
 }
 
 impl Rule {
-    fn matches(&self, path: &str) -> bool {
+    /// Whether a file at `path` that is of `types` by content is one of this rule's.
+    fn matches(&self, path: &str, types: &[&str]) -> bool {
         self.patterns
             .iter()
             .any(|m| m.iter().any(|g| g.is_match(path)))
+            || self.of_types(types).is_some()
+    }
+
+    /// The first of `types` this rule names.
+    fn of_types<'t>(&self, types: &[&'t str]) -> Option<&'t str> {
+        types
+            .iter()
+            .copied()
+            .find(|t| self.types.iter().any(|r| r == t))
+    }
+}
+
+impl RequestFile {
+    /// The types by content its report says it is (the requester's word: the receiver
+    /// sniffs the content itself).
+    pub fn reported_types(&self) -> Vec<&str> {
+        let formats = self.report.as_ref().map(|r| r.formats.as_slice());
+        (formats.unwrap_or_default().iter())
+            .map(String::as_str)
+            .filter(|f| CONTENT_TYPES.contains(f))
+            .collect()
     }
 }
 
@@ -383,7 +420,12 @@ fn limit_of(bytes: Option<&SizeValue>, files: Option<u64>) -> Result<Limit, Stri
 #[serde(deny_unknown_fields)]
 struct RuleFile {
     name: String,
+    #[serde(default)]
     paths: Vec<String>,
+    /// File types by content ([`CONTENT_TYPES`]): a file of one of them matches, whatever
+    /// its name.
+    #[serde(default)]
+    types: Vec<String>,
     threshold: usize,
     /// A group's name, or approver entries.
     approvers: ApproverList,
@@ -482,8 +524,18 @@ impl Policy {
             if !seen.insert(rule.name.as_str()) {
                 return Err(bad_rule("named twice".into()));
             }
-            if rule.paths.is_empty() {
-                return Err(bad_rule("no paths".into()));
+            if rule.paths.is_empty() && rule.types.is_empty() {
+                return Err(bad_rule("no paths and no types".into()));
+            }
+            if let Some(unknown) = rule
+                .types
+                .iter()
+                .find(|t| !CONTENT_TYPES.contains(&t.as_str()))
+            {
+                return Err(bad_rule(format!(
+                    "unknown type {unknown:?}: types are {}",
+                    CONTENT_TYPES.join(", ")
+                )));
             }
             let entries = match &rule.approvers {
                 ApproverList::Entries(entries) => entries,
@@ -522,6 +574,7 @@ impl Policy {
                 name: rule.name.clone(),
                 paths: rule.paths.clone(),
                 patterns,
+                types: rule.types.clone(),
                 threshold: rule.threshold,
                 approvers,
                 budget,
@@ -534,6 +587,35 @@ impl Policy {
         Ok(policy)
     }
 
+    /// The rules by type whose quorum `carried` (an object's approval, if any) does not meet.
+    pub fn content_quorums(&self, carried: Option<&Approval>) -> ContentQuorums {
+        let none = Vec::new();
+        let (request, signatures) = match carried {
+            Some(approval) => (approval.request.as_slice(), &approval.signatures),
+            None => (&[][..], &none),
+        };
+        let short = (self.rules.iter())
+            .filter(|rule| !rule.types.is_empty())
+            .filter_map(|rule| {
+                let requirement = Requirement {
+                    rule: Some(rule.name.as_str()),
+                    threshold: rule.threshold,
+                    approvers: &rule.approvers,
+                };
+                let tally = tally_of(requirement, request, signatures);
+                let met = tally.met();
+                let error = ApprovalError::Quorum {
+                    valid: tally.signed.len(),
+                    threshold: tally.threshold,
+                    problems: tally.problems,
+                    rule: tally.rule,
+                };
+                (!met).then(|| (rule.types.clone(), error))
+            })
+            .collect();
+        ContentQuorums { short }
+    }
+
     /// What the policy requires, for the audit log's `start` record: the file's SHA-256, the
     /// default quorum and budget, and each rule (patterns, quorum, approvers, budget).
     pub fn summary(&self) -> serde_json::Value {
@@ -543,6 +625,7 @@ impl Policy {
                 serde_json::json!({
                     "name": rule.name,
                     "paths": rule.paths,
+                    "types": rule.types,
                     "threshold": rule.threshold,
                     "approvers": ids(&rule.approvers),
                     "bytes_per_day": rule.budget.bytes,
@@ -560,17 +643,17 @@ impl Policy {
         })
     }
 
-    /// The quorums a request naming `paths` must meet, each once: the default's always, and
-    /// every rule matching one of its files (the strictest wins: all must hold; a lax rule
-    /// never lets a file past the default).
-    pub fn requirements<'a>(
+    /// The quorums a request for `files` (path, and types by content as far as known) must
+    /// meet, each once: the default's always, and every rule matching one of its files (the
+    /// strictest wins: all must hold; a lax rule never lets a file past the default).
+    pub fn requirements<'a, 'f>(
         &'a self,
-        paths: impl IntoIterator<Item = &'a str>,
+        files: impl IntoIterator<Item = (&'f str, Vec<&'f str>)>,
     ) -> Vec<Requirement<'a>> {
         let mut rules = BTreeSet::new();
-        for path in paths {
+        for (path, types) in files {
             for (at, rule) in self.rules.iter().enumerate() {
-                if rule.matches(path) {
+                if rule.matches(path, &types) {
                     rules.insert(at);
                 }
             }
@@ -590,10 +673,15 @@ impl Policy {
 
     /// The tally of each quorum `request` must meet (`bytes`: its exact bytes).
     pub fn tallies(&self, request: &Request, bytes: &[u8], signatures: &[Vec<u8>]) -> Vec<Tally> {
-        self.requirements(request.files.iter().map(|f| f.path.as_str()))
-            .into_iter()
-            .map(|r| tally_of(r, bytes, signatures))
-            .collect()
+        self.requirements(
+            request
+                .files
+                .iter()
+                .map(|f| (f.path.as_str(), f.reported_types())),
+        )
+        .into_iter()
+        .map(|r| tally_of(r, bytes, signatures))
+        .collect()
     }
 
     /// Every quorum `request` must meet is met: the approvers whose signatures count, all
@@ -670,6 +758,19 @@ impl Policy {
     /// What exporting `files` (path, size) asks of the budgets set: every file counts
     /// against the default's and against each rule its path matches.
     pub fn demand<'a>(&self, files: impl IntoIterator<Item = (&'a str, u64)>) -> Demand {
+        self.demand_typed(
+            files
+                .into_iter()
+                .map(|(path, size)| (path, size, Vec::new())),
+        )
+    }
+
+    /// [`Policy::demand`] of files whose types by content are known too: a rule naming one of
+    /// them counts the file whatever its name.
+    pub fn demand_typed<'a>(
+        &self,
+        files: impl IntoIterator<Item = (&'a str, u64, Vec<&'a str>)>,
+    ) -> Demand {
         let budgets = self.budgets();
         let mut charges: Vec<Charge> = budgets
             .iter()
@@ -679,13 +780,13 @@ impl Policy {
                 files: 0,
             })
             .collect();
-        for (path, size) in files {
+        for (path, size, types) in files {
             for (charge, (name, _)) in charges.iter_mut().zip(&budgets) {
                 let counts = name.is_empty()
                     || self
                         .rules
                         .iter()
-                        .any(|r| r.name == *name && r.matches(path));
+                        .any(|r| r.name == *name && r.matches(path, &types));
                 if counts {
                     charge.bytes = charge.bytes.saturating_add(size);
                     charge.files += 1;
@@ -822,6 +923,38 @@ pub fn check_carried(
         }
     }
     Ok(approvers)
+}
+
+/// What an approval that came with an object says for its files' types by content: each rule
+/// naming types whose quorum it does not meet. Worked out once per object (`Policy::
+/// content_quorums`), checked per file once its bytes are known ([`ContentQuorums::check`]).
+#[derive(Debug, Clone, Default)]
+pub struct ContentQuorums {
+    short: Vec<(Vec<String>, ApprovalError)>,
+}
+
+impl ContentQuorums {
+    /// Whether no rule by type is short (nothing to check).
+    pub fn is_empty(&self) -> bool {
+        self.short.is_empty()
+    }
+
+    /// A file at `path` that is of `types` by content needs the quorum of every rule naming
+    /// one of them, whatever it is called: a weights file renamed `report.txt` still needs the
+    /// weights rule's approvers.
+    pub fn check(&self, path: &str, types: &[&str]) -> Result<(), ApprovalError> {
+        for (rule_types, short) in &self.short {
+            let Some(kind) = types.iter().find(|t| rule_types.iter().any(|r| r == *t)) else {
+                continue;
+            };
+            let mut short = short.clone();
+            if let ApprovalError::Quorum { problems, .. } = &mut short {
+                problems.push(format!("{} is {kind} by content", paths::escaped(path)));
+            }
+            return Err(short);
+        }
+        Ok(())
+    }
 }
 
 /// The approvers whose signatures in `carried` verify under `policy` (no other check): what
@@ -1082,6 +1215,73 @@ mod tests {
             std::fs::write(&bad, text).unwrap();
             assert!(Policy::load(&bad).is_err(), "{why}");
         }
+    }
+
+    #[test]
+    fn a_rule_by_type_holds_a_file_of_that_type_whatever_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (alice, bob) = (keypair(), keypair());
+        for (name, pair) in [("alice", &alice), ("bob", &bob)] {
+            let key = pair.pk.to_box().unwrap().to_string();
+            std::fs::write(dir.path().join(format!("{name}.pub")), key).unwrap();
+        }
+        let path = dir.path().join("approvals.toml");
+        let write = |rule: &str| {
+            std::fs::write(
+                &path,
+                format!("threshold = 1\napprovers = [\"alice.pub\"]\n[[rule]]\nname = \"weights\"\n{rule}"),
+            )
+            .unwrap();
+            Policy::load(&path)
+        };
+        let policy = write(
+            "types = [\"safetensors\", \"gguf\"]\nthreshold = 2\n\
+             approvers = [\"alice.pub\", \"bob.pub\"]\nbytes_per_day = 100\n",
+        )
+        .unwrap();
+        let bytes = b"a request".to_vec();
+        let alone = Approval {
+            request: bytes.clone(),
+            signatures: vec![sign(&alice, &bytes)],
+        };
+        let short = policy.content_quorums(Some(&alone));
+        // A text file passes; weights called report.txt do not, named by the rule.
+        assert_eq!(short.check("out/report.txt", &[]), Ok(()));
+        let refused = short
+            .check("out/report.txt", &["safetensors"])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            refused,
+            "not approved: rule \"weights\": 1 of 2 approvals (out/report.txt is safetensors by \
+             content)"
+        );
+        assert!(policy.content_quorums(None).check("m", &["gguf"]).is_err());
+        let both = Approval {
+            request: bytes.clone(),
+            signatures: vec![sign(&alice, &bytes), sign(&bob, &bytes)],
+        };
+        let met = policy.content_quorums(Some(&both));
+        assert!(met.is_empty() && met.check("out/report.txt", &["safetensors"]).is_ok());
+        // Its budget counts the file by type too.
+        let demand = policy.demand_typed([("out/report.txt", 7, vec!["safetensors"])]);
+        let charged: Vec<(&str, u64)> = (demand.charges.iter())
+            .map(|c| (c.budget.as_str(), c.bytes))
+            .collect();
+        assert_eq!(charged, [("weights", 7)]);
+        assert!(policy.demand([("out/report.txt", 7)]).is_empty());
+        // A type the gate does not know, or a rule that names nothing, is refused.
+        let err = write("types = [\"weights\"]\nthreshold = 1\napprovers = [\"bob.pub\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown type \"weights\": types are pickle, zip"),
+            "{err}"
+        );
+        let err = write("threshold = 1\napprovers = [\"bob.pub\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no paths and no types"), "{err}");
     }
 
     #[test]

@@ -33,8 +33,35 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every kind but [`Kind::Other`].
+    pub const ALL: [Kind; 8] = [
+        Kind::Pickle,
+        Kind::Zip,
+        Kind::Tar,
+        Kind::Numpy,
+        Kind::Safetensors,
+        Kind::Compressed,
+        Kind::Gguf,
+        Kind::Hdf5,
+    ];
+
     fn bit(self) -> u16 {
         1 << self as u8
+    }
+
+    /// Its name, as `approvals.toml` rules name types (`sluice_common::approval::CONTENT_TYPES`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Pickle => "pickle",
+            Kind::Zip => "zip",
+            Kind::Tar => "tar",
+            Kind::Numpy => "numpy",
+            Kind::Safetensors => "safetensors",
+            Kind::Compressed => "compressed",
+            Kind::Gguf => "gguf",
+            Kind::Hdf5 => "hdf5",
+            Kind::Other => "other",
+        }
     }
 }
 
@@ -57,6 +84,14 @@ impl Kinds {
     /// Whether there is none.
     pub fn is_empty(self) -> bool {
         self.0 == 0
+    }
+
+    /// Their names ([`Kind::name`]).
+    pub fn names(self) -> Vec<&'static str> {
+        (Kind::ALL.into_iter())
+            .filter(|k| self.has(*k))
+            .map(Kind::name)
+            .collect()
     }
 }
 
@@ -228,6 +263,15 @@ impl Compression {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_kinds_are_the_types_approval_rules_may_name() {
+        let names: Vec<&str> = super::Kind::ALL
+            .into_iter()
+            .map(super::Kind::name)
+            .collect();
+        assert_eq!(names, sluice_common::approval::CONTENT_TYPES);
+    }
+
     use super::*;
 
     #[test]

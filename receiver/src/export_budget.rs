@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use sluice_common::approval::Policy;
 use sluice_common::budget::{self, BudgetKey, Demand, Limit, Spent, Usage};
+use sluice_inspect::sniff;
 use sluice_protocol::manifest::Entry;
 
 use crate::counters::Counters;
@@ -62,13 +63,19 @@ impl ExportBudget {
     }
 
     /// Whether the file `e` fits every budget that counts it: what it would take from them.
-    pub(crate) fn check(&self, e: &Entry) -> Result<Demand, Failure> {
-        self.check_file(&e.path, e.size)
+    /// `types`: what it is by content ([`types_by_content`]), for rules that name types.
+    pub(crate) fn check(&self, e: &Entry, types: &[&str]) -> Result<Demand, Failure> {
+        self.check_file(&e.path, e.size, types)
     }
 
-    /// [`ExportBudget::check`] of the file at `path`, `size` bytes.
-    pub(crate) fn check_file(&self, path: &str, size: u64) -> Result<Demand, Failure> {
-        let demand = self.policy.demand([(path, size)]);
+    /// [`ExportBudget::check`] of the file at `path`, `size` bytes, of `types` by content.
+    pub(crate) fn check_file(
+        &self,
+        path: &str,
+        size: u64,
+        types: &[&str],
+    ) -> Result<Demand, Failure> {
+        let demand = self.policy.demand_typed([(path, size, types.to_vec())]);
         if demand.is_empty() {
             return Ok(demand);
         }
@@ -111,4 +118,24 @@ impl ExportBudget {
         }
         std::mem::take(&mut self.unspent)
     }
+}
+
+/// What the file `file` (`size` bytes, open for reading) is by content, as approval rules
+/// name types: its first bytes sniffed as the content gate sniffs them.
+pub(crate) fn types_by_content(
+    file: &std::fs::File,
+    size: u64,
+) -> std::io::Result<Vec<&'static str>> {
+    use std::os::unix::fs::FileExt;
+    let mut head = vec![0u8; sniff::SNIFF_LEN];
+    let mut len = 0;
+    while len < head.len() {
+        match file.read_at(&mut head[len..], len as u64) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(sniff::kinds(&head[..len], size).names())
 }

@@ -44,6 +44,8 @@ impl HeldMeta {
                 .iter()
                 .map(|k| sluice_common::keys::KeyId(*k))
                 .collect(),
+            // Its type was checked when it began to wait.
+            content: std::sync::Arc::default(),
         }
     }
 

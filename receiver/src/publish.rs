@@ -29,6 +29,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
+use sluice_common::approval::ContentQuorums;
 use sluice_common::beneath::{self, Dir, Kind, WalkError};
 use sluice_common::keys::KeyId;
 use sluice_common::paths::{self, PathError};
@@ -251,6 +252,10 @@ pub(crate) struct Signed {
     pub signer: u64,
     pub sequence: u64,
     pub approvers: Arc<[KeyId]>,
+    /// The approval rules by type its approval falls short of: a file of such a type is
+    /// refused once its bytes show it (none for a file that waited for its model's
+    /// signature: checked when it began to wait).
+    pub content: Arc<ContentQuorums>,
 }
 
 fn delivery(ctx: &Context, e: &Entry, signed: &Signed, entry: beneath::Entry) -> Delivery {
@@ -774,6 +779,7 @@ mod tests {
             signer: 1,
             sequence: 1,
             approvers: Arc::new([]),
+            content: Arc::default(),
         }
     }
 

@@ -39,7 +39,7 @@ use sluice_protocol::manifest::{Entry, EntryKind, Manifest};
 use crate::context::{self, Context};
 use crate::counters::Counters;
 use crate::delivery::{Committed, EntryOutcome, Input, PublishJob, Released, Reply};
-use crate::export_budget::ExportBudget;
+use crate::export_budget::{types_by_content, ExportBudget};
 use crate::failure::Failure;
 use crate::gate::{self, Inspected, Inspection, Inspectors};
 use crate::held::{self, HeldMeta};
@@ -88,6 +88,14 @@ fn verdict<E>(received: Result<Inspected, E>) -> Next {
 /// A job, or the jobs over.
 fn job<E>(received: Result<PublishJob, E>) -> Next {
     received.map_or(Next::JobsOver, Next::Job)
+}
+
+/// What the staged file of `e` is by content (read through its directory: staged files are
+/// open for writing only). Unreadable, it is not placed: a type it hides could need approvers.
+fn types_of(ctx: &Context, staged: &StagedFile, e: &Entry) -> Result<Vec<&'static str>, Failure> {
+    (staged.dir(ctx).open_file(staged.name()))
+        .and_then(|file| types_by_content(&file, e.size))
+        .map_err(|err| Failure::Io(format!("cannot read {} to tell its type: {err}", e.path)))
 }
 
 /// What became of a file that passed the gate.
@@ -327,10 +335,14 @@ impl Publisher {
                 check_existing,
                 inline,
             } => {
+                let content = (self.ctx.approval.as_ref())
+                    .map(|policy| policy.content_quorums(manifest.approval.as_ref()))
+                    .unwrap_or_default();
                 let signed = Signed {
                     signer,
                     sequence: manifest.sequence,
                     approvers: self.approvers(&manifest),
+                    content: Arc::new(content),
                 };
                 if manifest.is_inline() {
                     self.publish_inline(obj, &manifest, &signed, &inline);
@@ -746,12 +758,28 @@ impl Publisher {
         signed: &Signed,
     ) -> Result<Placing, Failure> {
         let ctx = self.ctx.clone();
+        // What it is by content, where an approval rule or a budget may name its type.
+        let types = if self.budget.is_some() || !signed.content.is_empty() {
+            match types_of(&ctx, &staged, e) {
+                Ok(types) => types,
+                Err(failure) => {
+                    staged.discard(&ctx);
+                    return Err(failure);
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        if let Err(short) = signed.content.check(&e.path, &types) {
+            staged.discard(&ctx);
+            return Err(Failure::NotApproved(short.to_string()));
+        }
         let Some(trust) = model_trust(&ctx) else {
-            return self.place_within_budget(&ctx, staged, e, signed);
+            return self.place_within_budget(&ctx, staged, e, signed, &types);
         };
         let signed_before = |dir: &str| signature_delivered(&ctx, trust, dir);
         match self.models.arrive(trust, &e.path, e.size, signed_before) {
-            Arrival::Place => self.place_within_budget(&ctx, staged, e, signed),
+            Arrival::Place => self.place_within_budget(&ctx, staged, e, signed, &types),
             Arrival::Refuse(reason) => Err(gate::refuse(&ctx, e, staged, reason)),
             Arrival::Hold => {
                 match self.models.held_at(&e.path) {
@@ -768,7 +796,7 @@ impl Publisher {
                     None => {}
                 }
                 // Charged when released (checked again then): a file waiting costs nothing.
-                if let Err(failure) = self.check_budget(e) {
+                if let Err(failure) = self.check_budget(e, &types) {
                     staged.discard(&ctx);
                     return Err(failure);
                 }
@@ -808,9 +836,9 @@ impl Publisher {
     }
 
     /// Whether the file `e` fits the export budgets: what it would take from them.
-    fn check_budget(&self, e: &Entry) -> Result<Demand, Failure> {
+    fn check_budget(&self, e: &Entry, types: &[&str]) -> Result<Demand, Failure> {
         match &self.budget {
-            Some(budget) => budget.check(e),
+            Some(budget) => budget.check(e, types),
             None => Ok(Demand::default()),
         }
     }
@@ -823,8 +851,9 @@ impl Publisher {
         staged: StagedFile,
         e: &Entry,
         signed: &Signed,
+        types: &[&str],
     ) -> Result<Placing, Failure> {
-        let demand = match self.check_budget(e) {
+        let demand = match self.check_budget(e, types) {
             Ok(demand) => demand,
             Err(failure) => {
                 staged.discard(ctx);
@@ -914,7 +943,8 @@ impl Publisher {
             let e = &meta.entry;
             let checked = self
                 .check_fresh(&e.path, &signed)
-                .and_then(|()| self.check_budget(e));
+                .and_then(|()| types_of(&ctx, &staged, e))
+                .and_then(|types| self.check_budget(e, &types));
             let placed = match checked {
                 Ok(demand) => self.sink.place(&ctx, staged, e, &signed).inspect(|_| {
                     if let Some(budget) = self.budget.as_mut() {

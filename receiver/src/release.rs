@@ -254,10 +254,17 @@ impl Release {
         // checked, then charged durably before it is placed (a placement that fails after
         // that has cost budget, never the other way round).
         if let Some(budget) = &mut budget {
-            let demand = budget.check_file(&self.path, size).map_err(|over| {
+            // The quarantined file (open for reading): the same bytes as the copy.
+            let types = crate::export_budget::types_by_content(&file, size).map_err(|e| {
                 discard();
-                failure(format!("{shown}: {over}: nothing released"))
+                failure(format!("cannot read {shown} to tell its type: {e}"))
             })?;
+            let demand = budget
+                .check_file(&self.path, size, &types)
+                .map_err(|over| {
+                    discard();
+                    failure(format!("{shown}: {over}: nothing released"))
+                })?;
             budget.charge(demand);
             if let Err(e) = state.records().commit_spent(&[], &budget.take_unspent()) {
                 discard();

@@ -427,7 +427,9 @@ pub fn precheck(
             },
             demand: Demand {
                 export: Some(export),
-                ..policy.demand(request.files.iter().map(|f| (f.path.as_str(), f.size)))
+                ..policy.demand_typed(
+                    (request.files.iter()).map(|f| (f.path.as_str(), f.size, f.reported_types())),
+                )
             },
             request,
         },

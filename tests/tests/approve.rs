@@ -616,6 +616,87 @@ fn weights_under_a_three_approver_rule_are_refused_with_two_even_from_a_patched_
     );
 }
 
+/// Issue 29, part 3, rules by type: `types = ["safetensors"]` holds weights whatever their
+/// name. Renamed `report.txt` and sent with a request that carries no content report, they
+/// pass the sender's check (it knows only names there) and are refused by the receiver, which
+/// sniffs the bytes; a request whose report says what the file is is refused by the sender
+/// already; with the rule's second approval the same file is delivered.
+#[test]
+#[ignore = "needs minisign (./test.sh installs it and runs this)"]
+fn weights_renamed_to_dodge_a_rule_by_type_are_still_held_to_it() {
+    use sluice_tests::binaries::free_udp_port;
+    use sluice_tests::harness::Setup;
+    require::tool("minisign", "minisign");
+    let s = Setup::new();
+    let dir = s.tmp.path();
+    for name in ["alice", "bob"] {
+        minisign_keypair(dir, name);
+    }
+    std::fs::write(
+        dir.join("approvals.toml"),
+        "threshold = 1\napprovers = [\"alice.pub\"]\n\
+         [[rule]]\nname = \"weights\"\ntypes = [\"safetensors\"]\nthreshold = 2\n\
+         approvers = [\"alice.pub\", \"bob.pub\"]\n",
+    )
+    .unwrap();
+    let export = s.src.join("disguised");
+    std::fs::create_dir_all(&export).unwrap();
+    let header = br#"{"w":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}}"#;
+    let mut weights = (header.len() as u64).to_le_bytes().to_vec();
+    weights.extend_from_slice(header);
+    weights.extend_from_slice(b"WGTS");
+    std::fs::write(export.join("report.txt"), &weights).unwrap();
+    for (out, report) in [("bare.toml", true), ("reported.toml", false)] {
+        let mut args = vec!["request", export.to_str().unwrap(), "--purpose", "q3"];
+        if report {
+            args.push("--no-report");
+        }
+        args.extend(["--out", out]);
+        let made = approve(&args, dir);
+        assert!(made.status.success(), "{}", text(&made));
+        minisign_sign(dir, "alice.key", out, &format!("{out}.alice.minisig"));
+    }
+    let port = free_udp_port();
+    let to: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let send = |request: &str| {
+        let mut cmd = sluice_tests::binaries::sender_cmd(&format!("udp://{to}"), &s.keys);
+        cmd.current_dir(dir)
+            .args(["--approval", request, "--approval-policy", "approvals.toml"])
+            .args(["--rate", "10MB"])
+            .arg(&export);
+        run(&mut cmd)
+    };
+    let phrase = "not approved: rule \"weights\": 1 of 2 approvals";
+    // The request's report says what the file is: the sender refuses before the link.
+    let refused = send("reported.toml");
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(text(&refused).contains(phrase), "{}", text(&refused));
+    // Without a report the sender sees a text file by name; the receiver sees the bytes.
+    let policy = dir.join("approvals.toml");
+    let mut recv = s.receiver(port, 3, &["--approval-policy", policy.to_str().unwrap()]);
+    let sent = send("bare.toml");
+    assert!(sent.status.success(), "{}", text(&sent));
+    let got = recv.finish(std::time::Duration::from_secs(60));
+    assert_eq!(got.code(), 3, "{}", got.log);
+    let logged = format!(
+        "{} (disguised/report.txt is safetensors by content)",
+        phrase.replace('"', "\\\"")
+    );
+    assert!(got.log.contains(&logged), "{logged} not in {}", got.log);
+    assert!(tree::find_bytes(&s.out, b"WGTS").is_empty(), "{}", got.log);
+    // Bob signs too: the same export is delivered.
+    minisign_sign(dir, "bob.key", "bare.toml", "bare.toml.bob.minisig");
+    let mut recv = s.receiver(port, 3, &["--approval-policy", policy.to_str().unwrap()]);
+    let sent = send("bare.toml");
+    assert!(sent.status.success(), "{}", text(&sent));
+    let got = recv.finish(std::time::Duration::from_secs(60));
+    assert_eq!(got.code(), 0, "{}", got.log);
+    assert_eq!(
+        std::fs::read(s.out.join("disguised/report.txt")).unwrap(),
+        weights
+    );
+}
+
 /// Issue 29, part 3, budgets: `bytes_per_day = "1 MiB"` on the weights rule. The sender
 /// exports one 800 KiB file, then refuses the second before the link, naming the budget; a
 /// sender whose policy has no budget (patched, or mis-configured) sends it, and the receiver

@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use sluice_common::approval::Policy;
 use sluice_common::budget::{self, BudgetKey, Demand, Limit, Spent, Usage};
-use sluice_inspect::sniff;
 use sluice_protocol::manifest::Entry;
 
 use crate::counters::Counters;
@@ -120,22 +119,8 @@ impl ExportBudget {
     }
 }
 
-/// What the file `file` (`size` bytes, open for reading) is by content, as approval rules
-/// name types: its first bytes sniffed as the content gate sniffs them.
-pub(crate) fn types_by_content(
-    file: &std::fs::File,
-    size: u64,
-) -> std::io::Result<Vec<&'static str>> {
-    use std::os::unix::fs::FileExt;
-    let mut head = vec![0u8; sniff::SNIFF_LEN];
-    let mut len = 0;
-    while len < head.len() {
-        match file.read_at(&mut head[len..], len as u64) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(sniff::kinds(&head[..len], size).names())
+/// What the file `file` (open for reading) is by content, as approval rules name types: the
+/// kinds the content gate finds in it (by its first bytes, and a zip by its end).
+pub(crate) fn types_by_content(mut file: &std::fs::File) -> std::io::Result<Vec<&'static str>> {
+    Ok(sluice_inspect::inspector::file_kinds(&mut file)?.names())
 }

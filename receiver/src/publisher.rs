@@ -94,7 +94,7 @@ fn job<E>(received: Result<PublishJob, E>) -> Next {
 /// open for writing only). Unreadable, it is not placed: a type it hides could need approvers.
 fn types_of(ctx: &Context, staged: &StagedFile, e: &Entry) -> Result<Vec<&'static str>, Failure> {
     (staged.dir(ctx).open_file(staged.name()))
-        .and_then(|file| types_by_content(&file, e.size))
+        .and_then(|file| types_by_content(&file))
         .map_err(|err| Failure::Io(format!("cannot read {} to tell its type: {err}", e.path)))
 }
 

@@ -255,7 +255,7 @@ impl Release {
         // that has cost budget, never the other way round).
         if let Some(budget) = &mut budget {
             // The quarantined file (open for reading): the same bytes as the copy.
-            let types = crate::export_budget::types_by_content(&file, size).map_err(|e| {
+            let types = crate::export_budget::types_by_content(&file).map_err(|e| {
                 discard();
                 failure(format!("cannot read {shown} to tell its type: {e}"))
             })?;

@@ -118,13 +118,16 @@ pub fn kinds(head: &[u8], file_len: u64) -> Kinds {
         [0x93, b'N', b'U', b'M', b'P', b'Y', ..] => kinds = kinds.with(Kind::Numpy),
         [b'G', b'G', b'U', b'F', ..] => kinds = kinds.with(Kind::Gguf),
         [0x89, b'H', b'D', b'F', b'\r', b'\n', 0x1a, b'\n', ..] => kinds = kinds.with(Kind::Hdf5),
-        [l0, l1, l2, l3, l4, l5, l6, l7, b'{', ..] => {
-            let len = u64::from_le_bytes([*l0, *l1, *l2, *l3, *l4, *l5, *l6, *l7]);
-            if len >= 2 && len <= file_len.saturating_sub(8) {
-                kinds = kinds.with(Kind::Safetensors);
-            }
-        }
         _ => {}
+    }
+    // Looked at whatever the first bytes also are: a header length can spell another magic
+    // (67 324 752 bytes is `PK\x03\x04`, 2 622 080 starts `80 02 28`), and the file still
+    // loads as safetensors.
+    if let [l0, l1, l2, l3, l4, l5, l6, l7, b'{', ..] = head {
+        let len = u64::from_le_bytes([*l0, *l1, *l2, *l3, *l4, *l5, *l6, *l7]);
+        if len >= 2 && len <= file_len.saturating_sub(8) {
+            kinds = kinds.with(Kind::Safetensors);
+        }
     }
     // A zlib or lzma magic is two bytes, which a safetensors header length can be (40 056
     // bytes is `78 9c`): such a file is safetensors, and the safetensors inspector refuses it

@@ -119,8 +119,8 @@ impl ExportBudget {
     }
 }
 
-/// What the file `file` (open for reading) is by content, as approval rules name types: the
-/// kinds the content gate finds in it (by its first bytes, and a zip by its end).
+/// What the file `file` (open for reading) is by content, as approval rules name types: what
+/// the content gate finds it is (`sluice_inspect::inspector::file_types`).
 pub(crate) fn types_by_content(mut file: &std::fs::File) -> std::io::Result<Vec<&'static str>> {
-    Ok(sluice_inspect::inspector::file_kinds(&mut file)?.names())
+    sluice_inspect::inspector::file_types(&mut file)
 }

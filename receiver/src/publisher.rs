@@ -98,6 +98,32 @@ fn types_of(ctx: &Context, staged: &StagedFile, e: &Entry) -> Result<Vec<&'stati
         .map_err(|err| Failure::Io(format!("cannot read {} to tell its type: {err}", e.path)))
 }
 
+/// A staged file, if the approval that came with it covers what it is by content: a file of a
+/// type an approval rule names needs that rule's quorum whatever it is called. Checked before
+/// the gate, so a file short of it is never quarantined (where `sluice-recv release` could
+/// let it out); such a file is discarded.
+fn type_approved(
+    ctx: &Context,
+    staged: StagedFile,
+    e: &Entry,
+    signed: &Signed,
+) -> Result<StagedFile, Failure> {
+    if signed.content.is_empty() {
+        return Ok(staged);
+    }
+    let checked = types_of(ctx, &staged, e).and_then(|types| {
+        (signed.content.check(&e.path, &types))
+            .map_err(|short| Failure::NotApproved(short.to_string()))
+    });
+    match checked {
+        Ok(()) => Ok(staged),
+        Err(failure) => {
+            staged.discard(ctx);
+            Err(failure)
+        }
+    }
+}
+
 /// What became of a file that passed the gate.
 enum Placing {
     Placed(Placed),
@@ -480,7 +506,8 @@ impl Publisher {
                 Some(content) => Ok(content),
                 None => Content::open(&self.ctx, obj),
             })
-            .and_then(|content| content.finish(&self.ctx, e, &mut self.buf));
+            .and_then(|content| content.finish(&self.ctx, e, &mut self.buf))
+            .and_then(|staged| type_approved(&self.ctx, staged, e, signed));
         let staged = match (staged, &self.inspectors) {
             (Ok(staged), Some(inspectors)) => {
                 let inspection = Inspection {
@@ -607,6 +634,13 @@ impl Publisher {
         for (i, file) in staged {
             let Some(e) = manifest.entries.get(i) else {
                 continue;
+            };
+            let file = match type_approved(&self.ctx, file, e, signed) {
+                Ok(file) => file,
+                Err(failure) => {
+                    outcomes.push(EntryOutcome::Failed(i, failure));
+                    continue;
+                }
             };
             let placed = match &self.inspectors {
                 Some(inspectors) => {
@@ -758,8 +792,8 @@ impl Publisher {
         signed: &Signed,
     ) -> Result<Placing, Failure> {
         let ctx = self.ctx.clone();
-        // What it is by content, where an approval rule or a budget may name its type.
-        let types = if self.budget.is_some() || !signed.content.is_empty() {
+        // What it is by content, where a budget may name its type.
+        let types = if self.budget.is_some() {
             match types_of(&ctx, &staged, e) {
                 Ok(types) => types,
                 Err(failure) => {
@@ -770,10 +804,6 @@ impl Publisher {
         } else {
             Vec::new()
         };
-        if let Err(short) = signed.content.check(&e.path, &types) {
-            staged.discard(&ctx);
-            return Err(Failure::NotApproved(short.to_string()));
-        }
         let Some(trust) = model_trust(&ctx) else {
             return self.place_within_budget(&ctx, staged, e, signed, &types);
         };

@@ -671,13 +671,40 @@ fn weights_renamed_to_dodge_a_rule_by_type_are_still_held_to_it() {
     let refused = send("reported.toml");
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
     assert!(text(&refused).contains(phrase), "{}", text(&refused));
-    // Without a report the sender sees a text file by name; the receiver sees the bytes.
+    // Without a report the sender sees a text file by name; the receiver sees the bytes. Its
+    // content gate would quarantine a .txt, but the file is refused before the gate: never
+    // in the quarantine, where `sluice-recv release` could let it out.
     let policy = dir.join("approvals.toml");
-    let mut recv = s.receiver(port, 3, &["--approval-policy", policy.to_str().unwrap()]);
+    let quarantine = dir.join("quarantine");
+    let gate = dir.join("gate.toml");
+    std::fs::write(
+        &gate,
+        format!(
+            "quarantine = {:?}\ndeny = [\"*.txt\"]\n",
+            quarantine.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut recv = s.receiver(
+        port,
+        3,
+        &[
+            "--approval-policy",
+            policy.to_str().unwrap(),
+            "--policy",
+            gate.to_str().unwrap(),
+        ],
+    );
     let sent = send("bare.toml");
     assert!(sent.status.success(), "{}", text(&sent));
     let got = recv.finish(std::time::Duration::from_secs(60));
     assert_eq!(got.code(), 3, "{}", got.log);
+    assert!(tree::find_bytes(dir, b"WGTS").len() <= 1, "{}", got.log);
+    assert!(
+        !quarantine.join("disguised/report.txt").exists(),
+        "{}",
+        got.log
+    );
     let logged = format!(
         "{} (disguised/report.txt is safetensors by content)",
         phrase.replace('"', "\\\"")

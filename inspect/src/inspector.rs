@@ -321,7 +321,7 @@ pub fn file_kinds(r: &mut dyn ReadSeek) -> io::Result<Kinds> {
 }
 
 /// [`file_kinds`], and the first bytes it looked at.
-fn file_kinds_and_head(r: &mut dyn ReadSeek) -> io::Result<(Kinds, Vec<u8>)> {
+pub fn file_kinds_and_head(r: &mut dyn ReadSeek) -> io::Result<(Kinds, Vec<u8>)> {
     let size = r.seek(SeekFrom::End(0))?;
     r.seek(SeekFrom::Start(0))?;
     let mut head = Vec::with_capacity(sniff::SNIFF_LEN);
@@ -333,17 +333,6 @@ fn file_kinds_and_head(r: &mut dyn ReadSeek) -> io::Result<(Kinds, Vec<u8>)> {
         kinds = kinds.with(Kind::Zip);
     }
     Ok((kinds, head))
-}
-
-/// What approval rules by type match in a file: [`file_kinds`], and a pickle also when the
-/// pickle inspector claims one without a `PROTO` opcode (protocols 0 and 1), as the gate and
-/// Python's unpickler read it.
-pub fn file_types(r: &mut dyn ReadSeek) -> io::Result<Vec<&'static str>> {
-    let (mut kinds, head) = file_kinds_and_head(r)?;
-    if !kinds.has(Kind::Zip) && crate::formats::pickle::looks_like_pickle(&head) {
-        kinds = kinds.with(Kind::Pickle);
-    }
-    Ok(kinds.names())
 }
 
 /// The first bytes of a stream of `size` bytes, for claiming.
@@ -376,21 +365,5 @@ mod tests {
         assert_eq!(kinds.names(), ["zip"]);
         let text = file_kinds(&mut Cursor::new(b"just text".to_vec())).unwrap();
         assert!(text.is_empty());
-    }
-
-    /// What a rule by type sees: a protocol 1 pickle (no `PROTO`) is a pickle, and a
-    /// safetensors file whose header length spells a zip's magic is safetensors as well.
-    #[test]
-    fn types_for_approval_rules_are_what_the_gate_would_claim() {
-        let pickle = b"}q\x00(X\x01\x00\x00\x00aq\x01K\x01u.".to_vec();
-        assert_eq!(file_types(&mut Cursor::new(pickle)).unwrap(), ["pickle"]);
-        let mut tricky = 0x0403_4B50u64.to_le_bytes().to_vec();
-        tricky.push(b'{');
-        tricky.resize(0x0403_4B50 + 8 + 16, b' ');
-        let types = file_types(&mut Cursor::new(tricky)).unwrap();
-        assert!(
-            types.contains(&"safetensors") && types.contains(&"zip"),
-            "{types:?}"
-        );
     }
 }

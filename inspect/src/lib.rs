@@ -28,6 +28,7 @@
 
 pub mod bounds;
 pub mod clock;
+pub mod file_type;
 pub mod formats;
 pub mod inspector;
 pub mod model_trust;

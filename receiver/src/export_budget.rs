@@ -120,7 +120,7 @@ impl ExportBudget {
 }
 
 /// What the file `file` (open for reading) is by content, as approval rules name types: what
-/// the content gate finds it is (`sluice_inspect::inspector::file_types`).
+/// the content gate finds it is (`sluice_inspect::file_type::file_types`).
 pub(crate) fn types_by_content(mut file: &std::fs::File) -> std::io::Result<Vec<&'static str>> {
-    sluice_inspect::inspector::file_types(&mut file)
+    sluice_inspect::file_type::file_types(&mut file)
 }

@@ -211,6 +211,19 @@ fn an_expired_request_is_refused_whatever_its_approvals() {
 /// 16 hex digits. Stock minisign drops leading zeros (`5AC3CCD17626569` for
 /// `05AC3CCD17626569`), so the id is read as a number.
 /// The audit records of `log` whose event is `event`.
+/// A content policy in `dir` that quarantines files named `pattern` (in `dir/quarantine`):
+/// the policy's path and the quarantine's.
+fn denying(dir: &Path, pattern: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let quarantine = dir.join("quarantine");
+    let policy = dir.join("deny.toml");
+    let text = format!(
+        "quarantine = {:?}\ndeny = [{pattern:?}]\n",
+        quarantine.display().to_string()
+    );
+    std::fs::write(&policy, text).unwrap();
+    (policy, quarantine)
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -675,16 +688,7 @@ fn weights_renamed_to_dodge_a_rule_by_type_are_still_held_to_it() {
     // content gate would quarantine a .txt, but the file is refused before the gate: never
     // in the quarantine, where `sluice-recv release` could let it out.
     let policy = dir.join("approvals.toml");
-    let quarantine = dir.join("quarantine");
-    let gate = dir.join("gate.toml");
-    std::fs::write(
-        &gate,
-        format!(
-            "quarantine = {:?}\ndeny = [\"*.txt\"]\n",
-            quarantine.display().to_string()
-        ),
-    )
-    .unwrap();
+    let (gate, quarantine) = denying(dir, "*.txt");
     let mut recv = s.receiver(
         port,
         3,
@@ -887,16 +891,7 @@ fn a_budget_of_one_mib_a_day_refuses_the_second_800_kib_file_on_both_sides() {
     // A file the content gate quarantined is charged when an operator releases it: 300 KiB
     // more does not fit today, and nothing is released; under a larger budget it is, and
     // the receiver's records count it.
-    let quarantine = dir.join("quarantine");
-    let deny = dir.join("deny.toml");
-    std::fs::write(
-        &deny,
-        format!(
-            "quarantine = {:?}\ndeny = [\"third.bin\"]\n",
-            quarantine.display().to_string()
-        ),
-    )
-    .unwrap();
+    let (deny, quarantine) = denying(dir, "third.bin");
     let mut recv = s.receiver(
         port,
         5,

@@ -587,6 +587,11 @@ impl Policy {
         Ok(policy)
     }
 
+    /// Whether a rule names types: only then is a file's content looked at for them.
+    pub fn has_type_rules(&self) -> bool {
+        self.rules.iter().any(|rule| !rule.types.is_empty())
+    }
+
     /// The rules by type whose quorum `carried` (an object's approval, if any) does not meet.
     pub fn content_quorums(&self, carried: Option<&Approval>) -> ContentQuorums {
         let none = Vec::new();

@@ -90,6 +90,13 @@ fn job<E>(received: Result<PublishJob, E>) -> Next {
     received.map_or(Next::JobsOver, Next::Job)
 }
 
+/// Whether an approval rule names types: without one, no file is read to tell its type.
+fn typed_rules(ctx: &Context) -> bool {
+    ctx.approval
+        .as_ref()
+        .is_some_and(|policy| policy.has_type_rules())
+}
+
 /// What the staged file of `e` is by content (read through its directory: staged files are
 /// open for writing only). Unreadable, it is not placed: a type it hides could need approvers.
 fn types_of(ctx: &Context, staged: &StagedFile, e: &Entry) -> Result<Vec<&'static str>, Failure> {
@@ -793,7 +800,7 @@ impl Publisher {
     ) -> Result<Placing, Failure> {
         let ctx = self.ctx.clone();
         // What it is by content, where a budget may name its type.
-        let types = if self.budget.is_some() {
+        let types = if self.budget.is_some() && typed_rules(&ctx) {
             match types_of(&ctx, &staged, e) {
                 Ok(types) => types,
                 Err(failure) => {
@@ -973,7 +980,10 @@ impl Publisher {
             let e = &meta.entry;
             let checked = self
                 .check_fresh(&e.path, &signed)
-                .and_then(|()| types_of(&ctx, &staged, e))
+                .and_then(|()| match typed_rules(&ctx) {
+                    true => types_of(&ctx, &staged, e),
+                    false => Ok(Vec::new()),
+                })
                 .and_then(|types| self.check_budget(e, &types));
             let placed = match checked {
                 Ok(demand) => self.sink.place(&ctx, staged, e, &signed).inspect(|_| {
